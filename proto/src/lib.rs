@@ -1,0 +1,1 @@
+pub mod v1 { tonic::include_proto!("automaldesc.v1"); }
