@@ -1,1 +1,31 @@
-fn main() {}
+//! The `automaldesc` binary: parses arguments and calls the library crates.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "automaldesc", version, about = "Self-training annotation of scripts at scale")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build, import and inspect script corpora.
+    #[command(subcommand)]
+    Corpus(automaldesc_coordinator::corpus_cmd::CorpusCmd),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Corpus(cmd) => automaldesc_coordinator::corpus_cmd::run(cmd),
+    }
+}
