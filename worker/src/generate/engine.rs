@@ -1,0 +1,345 @@
+//! Batched generation over a slot cache. A request (one prompt, several samples at their own
+//! temperatures and seeds) is prefilled once; its KV rows are copied into one slot per
+//! sample. All occupied slots then decode together, a finished slot is refilled from the
+//! queue at once, and samples that the early-stop policy already condemns stop right after
+//! their label.
+
+use std::time::Instant;
+
+use automaldesc_common::Language;
+use burn::tensor::Tensor;
+
+use super::sampler::{choice_probs, log_prob, Sampler, SamplingParams};
+use super::schema::{AnswerSchema, AnswerState, Next};
+use crate::model::{KvCache, Llama};
+
+/// One prompt to answer, several times.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Prompt tokens, ending with the answer prefix (`{"language": "`).
+    pub prompt: Vec<u32>,
+    pub samples: Vec<SamplingParams>,
+    pub max_new_tokens: usize,
+}
+
+/// Which samples may stop right after their label.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EarlyStop {
+    /// Stop every sample of a prompt once their labels are known and differ.
+    pub require_agreement: bool,
+    /// Stop a sample whose label probability is under this.
+    pub min_label_prob: Option<f32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The answer closed normally.
+    Stop,
+    /// `max_new_tokens` ran out inside the summary; the JSON was closed for it.
+    Length,
+    EarlyStopDisagree,
+    EarlyStopLowConfidence,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::EarlyStopDisagree => "early_stop_disagree",
+            FinishReason::EarlyStopLowConfidence => "early_stop_low_confidence",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SampleOutput {
+    pub request: usize,
+    pub sample: usize,
+    pub json: String,
+    pub language: Option<Language>,
+    /// Probability of each language (in `Language::ALL` order) at the language choice.
+    pub language_probs: [f32; 5],
+    pub label: Option<u8>,
+    /// Mass of the chosen label against the other one, from the model's raw logits.
+    pub label_prob: f32,
+    pub tokens: Vec<u32>,
+    /// Log-probability of each generated token under the unconstrained model.
+    pub logprobs: Vec<f32>,
+    pub finish: FinishReason,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenStats {
+    pub prefill_tokens: usize,
+    pub prefill_secs: f64,
+    /// Tokens produced by samples (one per sample per decode step).
+    pub decode_tokens: usize,
+    /// Batch rows computed by decode steps, padding slots included.
+    pub decode_rows: usize,
+    pub decode_steps: usize,
+    pub decode_secs: f64,
+    pub early_stopped: usize,
+    /// `max_new_tokens - generated` summed over early-stopped samples: an upper bound on
+    /// the decode tokens early stop saved.
+    pub saved_tokens_bound: usize,
+}
+
+struct Active {
+    request: usize,
+    sample: usize,
+    state: AnswerState,
+    sampler: Sampler,
+    feed: u32,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    language_probs: [f32; 5],
+    label_prob: f32,
+    finish: Option<FinishReason>,
+}
+
+pub struct Engine<'a> {
+    pub model: &'a Llama,
+    pub schema: &'a AnswerSchema,
+    /// Slots decoded together.
+    pub slots: usize,
+}
+
+impl Engine<'_> {
+    /// Answers every request; outputs come back in request order, samples in order.
+    pub fn run(&self, requests: &[Request], early: &EarlyStop) -> (Vec<SampleOutput>, GenStats) {
+        let mut stats = GenStats::default();
+        let mut outputs: Vec<Option<SampleOutput>> = Vec::new();
+        let offsets: Vec<usize> = requests
+            .iter()
+            .scan(0, |acc, r| {
+                let o = *acc;
+                *acc += r.samples.len();
+                Some(o)
+            })
+            .collect();
+        outputs.resize(requests.iter().map(|r| r.samples.len()).sum(), None);
+        let capacity = requests
+            .iter()
+            .map(|r| r.prompt.len() + r.max_new_tokens + 1)
+            .max()
+            .unwrap_or(1);
+        let widest = requests.iter().map(|r| r.samples.len()).max().unwrap_or(1);
+        let slots = self.slots.max(widest);
+        let device = self.model.device();
+        let mut cache = KvCache::new(&self.model.config, slots, capacity, &device);
+        let mut active: Vec<Option<Active>> = (0..slots).map(|_| None).collect();
+        let mut queue = 0usize;
+
+        loop {
+            // Admit requests while their samples fit in free slots.
+            while queue < requests.len() {
+                let free: Vec<usize> = (0..active.len()).filter(|&s| active[s].is_none()).collect();
+                let req = &requests[queue];
+                if free.len() < req.samples.len() {
+                    break;
+                }
+                let started = Instant::now();
+                let mut single = KvCache::new(&self.model.config, 1, req.prompt.len(), &device);
+                let h = self.model.forward(&req.prompt, req.prompt.len(), &mut single);
+                let last = h.narrow(0, req.prompt.len() - 1, 1);
+                let logits = row_vecs(self.model.logits(last));
+                stats.prefill_tokens += req.prompt.len();
+                for (i, params) in req.samples.iter().enumerate() {
+                    let slot = free[i];
+                    cache.copy_slot_from(slot, &single, 0);
+                    let mut a = Active {
+                        request: queue,
+                        sample: i,
+                        state: AnswerState::new(),
+                        sampler: Sampler::new(params.clone()),
+                        feed: 0,
+                        tokens: Vec::new(),
+                        logprobs: Vec::new(),
+                        language_probs: [0.0; 5],
+                        label_prob: 0.0,
+                        finish: None,
+                    };
+                    self.decide(&mut a, &logits[0], req.max_new_tokens);
+                    active[slot] = Some(a);
+                }
+                stats.prefill_secs += started.elapsed().as_secs_f64();
+                queue += 1;
+            }
+            self.apply_early_stop(&mut active, early, requests);
+            self.retire(&mut active, &mut outputs, &offsets, &mut stats, requests);
+            if active.iter().all(Option::is_none) {
+                if queue >= requests.len() {
+                    break;
+                }
+                continue;
+            }
+            if queue >= requests.len() {
+                self.shrink(&mut cache, &mut active);
+            }
+            // One decode step for every slot; free slots decode a throwaway token.
+            let started = Instant::now();
+            // Free slots and finished samples waiting for their siblings decode a
+            // throwaway token from an emptied slot.
+            let mut feed = vec![0u32; active.len()];
+            for (s, a) in active.iter().enumerate() {
+                match a {
+                    Some(a) if a.finish.is_none() => feed[s] = a.feed,
+                    _ => cache.reset_slot(s),
+                }
+            }
+            let h = self.model.forward(&feed, 1, &mut cache);
+            let logits = row_vecs(self.model.logits(h));
+            for (s, a) in active.iter_mut().enumerate() {
+                if let Some(a) = a.as_mut().filter(|a| a.finish.is_none()) {
+                    let max_new = requests[a.request].max_new_tokens;
+                    self.decide(a, &logits[s], max_new);
+                    stats.decode_tokens += 1;
+                }
+            }
+            stats.decode_rows += active.len();
+            stats.decode_steps += 1;
+            stats.decode_secs += started.elapsed().as_secs_f64();
+        }
+        (outputs.into_iter().flatten().collect(), stats)
+    }
+
+    /// Chooses the token that follows `logits` for one sample and records it.
+    fn decide(&self, a: &mut Active, logits: &[f32], max_new: usize) {
+        let schema = self.schema;
+        let token = match a.state.next(schema) {
+            Next::Done => {
+                a.finish = Some(FinishReason::Stop);
+                return;
+            }
+            Next::Forced(t) => t,
+            Next::Language(ids) => {
+                let probs = choice_probs(logits, ids);
+                a.language_probs.copy_from_slice(&probs);
+                a.sampler.sample(&candidates(logits, ids))
+            }
+            Next::Label(ids) => {
+                let probs = choice_probs(logits, ids);
+                let t = a.sampler.sample(&candidates(logits, ids));
+                a.label_prob = if t == ids[1] { probs[1] } else { probs[0] };
+                t
+            }
+            Next::Summary(s) => {
+                let allowed = schema.string_allowed(s);
+                a.sampler.sample(&candidates(logits, &allowed))
+            }
+        };
+        a.logprobs.push(log_prob(logits, token));
+        a.tokens.push(token);
+        a.state.advance(schema, token);
+        a.feed = token;
+        if a.state.is_done() {
+            a.finish = Some(FinishReason::Stop);
+        } else if a.tokens.len() >= max_new {
+            a.finish = Some(FinishReason::Length);
+        }
+    }
+
+    fn apply_early_stop(&self, active: &mut [Option<Active>], early: &EarlyStop, reqs: &[Request]) {
+        if let Some(min) = early.min_label_prob {
+            for a in active.iter_mut().flatten() {
+                if a.finish.is_none() && a.state.has_label() && a.label_prob < min {
+                    a.finish = Some(FinishReason::EarlyStopLowConfidence);
+                }
+            }
+        }
+        if !early.require_agreement {
+            return;
+        }
+        // A request's samples are admitted together and stay in slots until retired, so
+        // all its labels are visible here once every sample has one.
+        let mut by_request: std::collections::BTreeMap<usize, Vec<Option<u8>>> = Default::default();
+        for a in active.iter().flatten() {
+            by_request.entry(a.request).or_default().push(a.state.label);
+        }
+        for (r, labels) in by_request {
+            let complete = labels.len() == reqs[r].samples.len() && labels.iter().all(Option::is_some);
+            let agree = labels.windows(2).all(|w| w[0] == w[1]);
+            if complete && !agree {
+                for a in active.iter_mut().flatten().filter(|a| a.request == r) {
+                    if a.finish.is_none() || a.finish == Some(FinishReason::EarlyStopLowConfidence) {
+                        a.finish = Some(FinishReason::EarlyStopDisagree);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves finished samples out of their slots, once every sample of their request is
+    /// finished (so agreement can still be judged while siblings run).
+    fn retire(
+        &self,
+        active: &mut [Option<Active>],
+        outputs: &mut [Option<SampleOutput>],
+        offsets: &[usize],
+        stats: &mut GenStats,
+        reqs: &[Request],
+    ) {
+        let unfinished: std::collections::BTreeSet<usize> = active
+            .iter()
+            .flatten()
+            .filter(|a| a.finish.is_none())
+            .map(|a| a.request)
+            .collect();
+        for slot in active.iter_mut() {
+            let done = matches!(slot, Some(a) if a.finish.is_some() && !unfinished.contains(&a.request));
+            if !done {
+                continue;
+            }
+            let Some(a) = slot.take() else { continue };
+            let finish = a.finish.unwrap_or(FinishReason::Stop);
+            if matches!(finish, FinishReason::EarlyStopDisagree | FinishReason::EarlyStopLowConfidence) {
+                stats.early_stopped += 1;
+                stats.saved_tokens_bound += reqs[a.request].max_new_tokens.saturating_sub(a.tokens.len());
+            }
+            outputs[offsets[a.request] + a.sample] = Some(SampleOutput {
+                request: a.request,
+                sample: a.sample,
+                json: a.state.to_json(),
+                language: a.state.language,
+                language_probs: a.language_probs,
+                label: a.state.label,
+                label_prob: a.label_prob,
+                tokens: a.tokens,
+                logprobs: a.logprobs,
+                finish,
+            });
+        }
+    }
+
+    /// When the queue is empty, moves the remaining samples into a cache of fewer slots
+    /// so the tail of a run stops paying for empty rows.
+    fn shrink(&self, cache: &mut KvCache, active: &mut Vec<Option<Active>>) {
+        let live: Vec<usize> = (0..active.len()).filter(|&s| active[s].is_some()).collect();
+        let target = live.len().next_power_of_two();
+        if target * 2 > active.len() {
+            return;
+        }
+        let mut smaller = KvCache::new(&self.model.config, target, cache.capacity(), &self.model.device());
+        let mut moved: Vec<Option<Active>> = (0..target).map(|_| None).collect();
+        for (dst, &src) in live.iter().enumerate() {
+            smaller.copy_slot_from(dst, cache, src);
+            moved[dst] = active[src].take();
+        }
+        *cache = smaller;
+        *active = moved;
+    }
+}
+
+fn candidates(logits: &[f32], ids: &[u32]) -> Vec<(u32, f32)> {
+    ids.iter().map(|&i| (i, logits[i as usize])).collect()
+}
+
+fn row_vecs(logits: Tensor<2>) -> Vec<Vec<f32>> {
+    let [rows, vocab] = logits.dims();
+    let flat = logits
+        .into_data()
+        .to_vec::<f32>()
+        .expect("logits are f32");
+    (0..rows).map(|r| flat[r * vocab..(r + 1) * vocab].to_vec()).collect()
+}

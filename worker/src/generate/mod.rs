@@ -1,0 +1,12 @@
+//! Generation of structured answers: sampling, the answer schema, and the batched engine.
+
+pub mod engine;
+pub mod sampler;
+pub mod schema;
+
+pub use engine::{EarlyStop, Engine, FinishReason, GenStats, Request, SampleOutput};
+pub use sampler::{Sampler, SamplingParams};
+pub use schema::{AnswerSchema, AnswerState, Vocab, ANSWER_PREFIX};
+
+#[cfg(test)]
+mod tests;

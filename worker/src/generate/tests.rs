@@ -1,0 +1,176 @@
+use burn::tensor::Device;
+
+use super::*;
+use crate::model::{Llama, LlamaConfig};
+
+/// A toy byte-level vocabulary: id 0 is the end-of-turn control token, ids 1..=256 the
+/// single bytes, then a few multi-byte tokens (words, quotes, escapes) so the schema's
+/// multi-byte paths are exercised. Plain text encodes by greedy longest match.
+struct ToyVocab {
+    tokens: Vec<Vec<u8>>,
+}
+
+impl ToyVocab {
+    fn new() -> Self {
+        let mut tokens = vec![b"<|end|>".to_vec()];
+        tokens.extend((0..=255u8).map(|b| vec![b]));
+        for w in [
+            "bash", "bat", "ch", "javascript", "power", "shell", "python", "\", \"", "label",
+            "\": ", "summary", "\"}", "\\n", "\\\"", "\"", " the", " script", "\\u00", "\\",
+            "}\"", "a\"b", "\n\n", " runs",
+        ] {
+            tokens.push(w.as_bytes().to_vec());
+        }
+        Self { tokens }
+    }
+}
+
+impl Vocab for ToyVocab {
+    fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+    fn token_bytes(&self, id: u32) -> &[u8] {
+        &self.tokens[id as usize]
+    }
+    fn is_control(&self, id: u32) -> bool {
+        id == 0
+    }
+    fn encode_plain(&self, text: &str) -> Vec<u32> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let (id, len) = (1..self.tokens.len())
+                .filter(|&t| bytes[i..].starts_with(&self.tokens[t]))
+                .map(|t| (t as u32, self.tokens[t].len()))
+                .max_by_key(|&(t, l)| (l, std::cmp::Reverse(t)))
+                .expect("every byte is a token");
+            out.push(id);
+            i += len;
+        }
+        out
+    }
+}
+
+fn setup() -> (Llama, AnswerSchema, ToyVocab) {
+    let vocab = ToyVocab::new();
+    let config = LlamaConfig::tiny(vocab.vocab_size());
+    let model = Llama::random(&config, 11, &Device::flex());
+    let schema = AnswerSchema::new(&vocab, 0).unwrap();
+    (model, schema, vocab)
+}
+
+fn requests(vocab: &ToyVocab, n: usize, temps: &[f32], max_new: usize, seed: u64) -> Vec<Request> {
+    (0..n)
+        .map(|i| {
+            let mut prompt = vocab.encode_plain(&format!("script {i}: echo {}\n", i * 7));
+            prompt.extend(vocab.encode_plain(ANSWER_PREFIX));
+            Request {
+                prompt,
+                samples: temps
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &t)| SamplingParams {
+                        temperature: t,
+                        top_p: 0.95,
+                        seed: seed + (i * 10 + j) as u64,
+                    })
+                    .collect(),
+                max_new_tokens: max_new,
+            }
+        })
+        .collect()
+}
+
+fn check_answer(json: &str) {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let obj = v.as_object().unwrap();
+    let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    assert_eq!(keys.len(), 3, "{json}");
+    // Key order is checked on the text: serde_json's map may sort keys.
+    let (l, b, s) = (json.find("\"language\"").unwrap(), json.find("\"label\"").unwrap(), json.find("\"summary\"").unwrap());
+    assert!(l < b && b < s, "{json}");
+    let lang = obj["language"].as_str().unwrap();
+    assert!(lang.parse::<automaldesc_common::Language>().is_ok(), "{json}");
+    assert!(matches!(obj["label"].as_u64(), Some(0 | 1)), "{json}");
+    assert!(obj["summary"].is_string(), "{json}");
+}
+
+#[test]
+fn constrained_answers_always_parse() {
+    let (model, schema, vocab) = setup();
+    let engine = Engine { model: &model, schema: &schema, slots: 8 };
+    for (seed, max_new) in [(1u64, 60usize), (2, 25), (3, 14)] {
+        let reqs = requests(&vocab, 12, &[0.7, 1.5, 3.0], max_new, seed * 1000);
+        let (out, stats) = engine.run(&reqs, &EarlyStop::default());
+        assert_eq!(out.len(), 36);
+        for o in &out {
+            check_answer(&o.json);
+            assert!(o.tokens.len() <= max_new);
+            let p: f32 = o.language_probs.iter().sum();
+            assert!((p - 1.0).abs() < 1e-4, "language probs sum to {p}");
+            assert!(o.label_prob > 0.0 && o.label_prob <= 1.0);
+        }
+        // One prefill per request, not per sample.
+        let prompt_tokens: usize = reqs.iter().map(|r| r.prompt.len()).sum();
+        assert_eq!(stats.prefill_tokens, prompt_tokens);
+        assert!(out.iter().any(|o| o.finish == FinishReason::Length) || max_new == 60);
+    }
+}
+
+#[test]
+fn same_seed_same_answers() {
+    let (model, schema, vocab) = setup();
+    let engine = Engine { model: &model, schema: &schema, slots: 4 };
+    let reqs = requests(&vocab, 5, &[0.4, 0.8], 30, 7);
+    let (a, _) = engine.run(&reqs, &EarlyStop::default());
+    let (b, _) = engine.run(&reqs, &EarlyStop::default());
+    let texts = |o: &[SampleOutput]| o.iter().map(|x| x.json.clone()).collect::<Vec<_>>();
+    assert_eq!(texts(&a), texts(&b));
+    let (c, _) = engine.run(&requests(&vocab, 5, &[0.4, 0.8], 30, 8), &EarlyStop::default());
+    assert_ne!(texts(&a), texts(&c));
+}
+
+#[test]
+fn early_stop_only_stops_samples_the_policy_rejects() {
+    let (model, schema, vocab) = setup();
+    let engine = Engine { model: &model, schema: &schema, slots: 6 };
+    let reqs = requests(&vocab, 10, &[0.4, 0.6, 0.8], 40, 99);
+    let (full, full_stats) = engine.run(&reqs, &EarlyStop::default());
+    let policy = EarlyStop { require_agreement: true, min_label_prob: Some(0.55) };
+    let (early, early_stats) = engine.run(&reqs, &policy);
+    assert_eq!(full.len(), early.len());
+    let mut rejected = 0;
+    for r in 0..reqs.len() {
+        let group: Vec<&SampleOutput> = full.iter().filter(|o| o.request == r).collect();
+        let agree = group.windows(2).all(|w| w[0].label == w[1].label);
+        for o in group {
+            let e = &early[full.iter().position(|x| std::ptr::eq(x, o)).unwrap()];
+            let keep = agree && o.label_prob >= 0.55;
+            if keep {
+                assert_eq!(e.json, o.json, "a kept sample changed");
+                assert_eq!(e.finish, o.finish);
+            } else {
+                rejected += 1;
+                assert!(
+                    matches!(e.finish, FinishReason::EarlyStopDisagree | FinishReason::EarlyStopLowConfidence),
+                    "a rejected sample ran to the end: {:?}", e.finish
+                );
+                assert_eq!(e.label, o.label);
+            }
+        }
+    }
+    assert!(rejected > 0, "the policy rejected nothing; the test proves nothing");
+    assert_eq!(early_stats.early_stopped, rejected);
+    assert!(early_stats.decode_tokens < full_stats.decode_tokens);
+}
+
+#[test]
+fn string_state_accepts_escapes_and_rejects_raw_controls() {
+    use schema::StrState;
+    assert_eq!(StrState::Normal.run(b"a\\nb\\u00e9"), Some(StrState::Normal));
+    assert_eq!(StrState::Normal.run(b"x\"}"), Some(StrState::Ended));
+    assert_eq!(StrState::Normal.run(b"x\ny"), None);
+    assert_eq!(StrState::Normal.run(b"\\q"), None);
+    assert_eq!(StrState::Normal.run(b"\"a"), None);
+}

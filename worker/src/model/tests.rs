@@ -1,0 +1,99 @@
+use burn::tensor::{Device, Tensor};
+
+use super::*;
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn to_vec(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn tiny() -> (LlamaConfig, Llama) {
+    let config = LlamaConfig::tiny(97);
+    let model = Llama::random(&config, 7, &device());
+    (config, model)
+}
+
+/// Logits of every position from one full forward pass with an empty cache.
+fn full_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = KvCache::new(&model.config, 1, 64, &device());
+    let h = model.forward(tokens, tokens.len(), &mut cache);
+    to_vec(model.logits(h))
+}
+
+#[test]
+fn cached_decode_equals_full_recompute() {
+    let (config, model) = tiny();
+    let tokens: Vec<u32> = vec![5, 17, 3, 88, 42, 9, 61, 2, 33, 70];
+    let full = full_logits(&model, &tokens);
+    let v = config.vocab_size;
+
+    let mut cache = KvCache::new(&config, 1, 64, &device());
+    let prefix = 4;
+    let h = model.forward(&tokens[..prefix], prefix, &mut cache);
+    let mut got = to_vec(model.logits(h));
+    for &tok in &tokens[prefix..] {
+        let h = model.forward(&[tok], 1, &mut cache);
+        got.extend(to_vec(model.logits(h)));
+    }
+    assert_eq!(got.len(), tokens.len() * v);
+    let diff = max_abs_diff(&got, &full);
+    assert!(diff < 1e-4, "cached decode differs from recompute by {diff}");
+}
+
+#[test]
+fn batch_of_slots_equals_single_runs() {
+    let (config, model) = tiny();
+    let seqs: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4, 5, 6], vec![9, 8, 7], vec![40, 41, 42, 43, 44]];
+    let v = config.vocab_size;
+    // Prefill each sequence alone, then copy into one cache of three slots.
+    let mut batch = KvCache::new(&config, seqs.len(), 32, &device());
+    let mut expected = Vec::new();
+    for (s, seq) in seqs.iter().enumerate() {
+        let mut single = KvCache::new(&config, 1, 32, &device());
+        model.forward(&seq[..seq.len() - 1], seq.len() - 1, &mut single);
+        batch.copy_slot_from(s, &single, 0);
+        let full = full_logits(&model, seq);
+        expected.extend_from_slice(&full[(seq.len() - 1) * v..]);
+    }
+    let last: Vec<u32> = seqs.iter().map(|s| s[s.len() - 1]).collect();
+    let got = to_vec(model.logits(model.forward(&last, 1, &mut batch)));
+    let diff = max_abs_diff(&got, &expected);
+    assert!(diff < 1e-4, "batched decode differs from single runs by {diff}");
+}
+
+#[test]
+fn a_changed_weight_changes_the_logits() {
+    // Guards the two tests above against passing on a model that ignores its input.
+    let (_, model) = tiny();
+    let a = full_logits(&model, &[1, 2, 3]);
+    let b = full_logits(&model, &[1, 2, 4]);
+    assert!(max_abs_diff(&a[2 * 97..], &b[2 * 97..]) > 1e-3);
+}
+
+#[test]
+fn gguf_rope_rows_are_unpermuted_to_halves() {
+    // One head of dim 4, one column: GGUF order is (0, 2, 1, 3) of the halves layout.
+    let gguf = [0.0, 2.0, 1.0, 3.0];
+    assert_eq!(load::unpermute_rope_rows_for_test(&gguf, 1, 4, 1), vec![0.0, 1.0, 2.0, 3.0]);
+}
+
+#[test]
+fn missing_and_mismatched_tensors_are_named() {
+    let config = LlamaConfig::tiny(11);
+    let mut src = load::MemorySource::default();
+    let err = Llama::load(&config, &src, load::Naming::Gguf, &device()).unwrap_err();
+    assert!(err.to_string().contains("token_embd.weight"), "{err}");
+    src.tensors
+        .insert("token_embd.weight".into(), (vec![11, 65], vec![0.0; 11 * 65]));
+    let err = Llama::load(&config, &src, load::Naming::Gguf, &device()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("token_embd.weight") && msg.contains("[11, 65]") && msg.contains("[11, 64]"), "{msg}");
+}
