@@ -1,3 +1,4 @@
 //! Worker.
 
 pub mod gguf;
+pub mod tokenizer;
