@@ -159,47 +159,73 @@ fn control_tokens_and_known_ids() {
     }
 }
 
-#[test]
-fn matches_llama_cpp() {
-    let Some((path, t)) = load() else { return };
-    let corpus = corpus();
+/// Runs a reference script on the corpus; `None` (with a skip message) when
+/// its Python dependencies are missing (exit code 3).
+fn reference_ids(script: &str, path: &PathBuf, corpus: &[String]) -> Option<Vec<Vec<u32>>> {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("strings.json");
     let output = dir.path().join("ids.json");
-    std::fs::write(&input, serde_json::to_string(&corpus).unwrap()).unwrap();
+    std::fs::write(&input, serde_json::to_string(corpus).unwrap()).unwrap();
     let status = Command::new("python3")
-        .arg(workspace_root().join("scripts/tokenize_reference.py"))
-        .arg(&path)
+        .arg(workspace_root().join("scripts").join(script))
+        .arg(path)
         .arg(&input)
         .arg(&output)
         .status();
     match status {
         Ok(s) if s.success() => {}
         Ok(s) if s.code() == Some(3) => {
-            eprintln!("SKIP: llama_cpp (llama-cpp-python) not importable");
-            return;
+            eprintln!("SKIP: python dependencies of {script} are missing");
+            return None;
         }
-        Ok(s) => panic!("reference script failed: {s}"),
+        Ok(s) => panic!("{script} failed: {s}"),
         Err(e) => {
             eprintln!("SKIP: cannot run python3: {e}");
-            return;
+            return None;
         }
     }
-    let expected: Vec<Vec<u32>> =
+    let ids: Vec<Vec<u32>> =
         serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
-    assert_eq!(expected.len(), corpus.len());
+    assert_eq!(ids.len(), corpus.len());
+    Some(ids)
+}
+
+fn count_mismatches(t: &Tokenizer, corpus: &[String], expected: &[Vec<u32>], who: &str) -> usize {
     let mut mismatches = 0;
-    for (s, want) in corpus.iter().zip(&expected) {
+    for (s, want) in corpus.iter().zip(expected) {
         let got = t.encode(s).unwrap();
         if &got != want {
             mismatches += 1;
-            eprintln!("MISMATCH {s:?}\n  ours:      {got:?}\n  llama.cpp: {want:?}");
+            eprintln!("MISMATCH {s:?}\n  ours: {got:?}\n  {who}: {want:?}");
         }
     }
     println!(
-        "llama.cpp agreement: {}/{} strings",
+        "{who} agreement: {}/{} strings",
         corpus.len() - mismatches,
         corpus.len()
     );
-    assert_eq!(mismatches, 0);
+    mismatches
+}
+
+/// llama.cpp itself, through llama-cpp-python (`scripts/tokenize_reference.py`).
+#[test]
+fn matches_llama_cpp() {
+    let Some((path, t)) = load() else { return };
+    let corpus = corpus();
+    let Some(expected) = reference_ids("tokenize_reference.py", &path, &corpus) else {
+        return;
+    };
+    assert_eq!(count_mismatches(&t, &corpus, &expected, "llama.cpp"), 0);
+}
+
+/// An independent textbook BPE in Python over the GGUF vocabulary and merges
+/// (`scripts/bpe_reference.py`).
+#[test]
+fn matches_independent_python_bpe() {
+    let Some((path, t)) = load() else { return };
+    let corpus = corpus();
+    let Some(expected) = reference_ids("bpe_reference.py", &path, &corpus) else {
+        return;
+    };
+    assert_eq!(count_mismatches(&t, &corpus, &expected, "python bpe"), 0);
 }
