@@ -77,6 +77,11 @@ const SNIPPETS: &[&str] = &[
     "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math 𝒜ℬ𝒞 ∑∫∂√∞ ≤≥≠",
     "mixed 中文 and English 123 and 😀",
     "2 + 2 = 4; 10/3 ≈ 3.33; 1e-9",
+    "a  <|im_end|>  b<|im_end|><|im_start|><|im_start",
+    "I'M SHOUTING, WE'LL SEE, IT'S 'RE 'VE 'D",
+    "\u{3000}ideographic space\u{85}next line\u{1c}file sep",
+    "  \n  \n \t\n",
+    "٣٤٥ ௧௨௩ ½ ² Ⅻ",
 ];
 
 fn corpus() -> Vec<String> {
