@@ -1,7 +1,9 @@
 //! The worker's model runtime: a Llama-family decoder on burn (flex on the CPU, CUDA with the
-//! `cuda` feature), checkpoint loading, tokenization and batched, schema-constrained
+//! `cuda` feature), checkpoint loading (GGUF), tokenization and batched, schema-constrained
 //! generation of annotations.
 
 pub mod generate;
+pub mod gguf;
 pub mod model;
 pub mod prompt;
+pub mod tokenizer;
