@@ -1,3 +1,6 @@
-//! The coordinator: command-line front ends, run planning and state (to come).
+//! The coordinator crate hosts the `automaldesc` binary's commands: corpus tools, the
+//! analyst's `annotate`, and (to come) run planning, leases and state.
 
+pub mod annotate_cmd;
 pub mod corpus_cmd;
+pub mod device;

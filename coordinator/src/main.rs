@@ -14,6 +14,8 @@ enum Command {
     /// Build, import and inspect script corpora.
     #[command(subcommand)]
     Corpus(automaldesc_coordinator::corpus_cmd::CorpusCmd),
+    /// Annotate script files: one JSON line per script with verdict, summary and timings.
+    Annotate(automaldesc_coordinator::annotate_cmd::AnnotateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,5 +29,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Corpus(cmd) => automaldesc_coordinator::corpus_cmd::run(cmd),
+        Command::Annotate(args) => automaldesc_coordinator::annotate_cmd::run(args),
     }
 }

@@ -2,8 +2,11 @@
 //! `cuda` feature), checkpoint loading (GGUF), tokenization and batched, schema-constrained
 //! generation of annotations.
 
+pub mod annotate;
+pub mod bench;
 pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod prompt;
+pub mod runtime;
 pub mod tokenizer;

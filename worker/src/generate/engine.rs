@@ -67,6 +67,10 @@ pub struct SampleOutput {
     /// Log-probability of each generated token under the unconstrained model.
     pub logprobs: Vec<f32>,
     pub finish: FinishReason,
+    /// Seconds spent prefilling this sample's prompt (shared by its siblings).
+    pub prefill_secs: f64,
+    /// Seconds from the prompt's admission to this sample's retirement.
+    pub wall_secs: f64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -96,6 +100,8 @@ struct Active {
     language_probs: [f32; 5],
     label_prob: f32,
     finish: Option<FinishReason>,
+    admitted: Instant,
+    prefill_secs: f64,
 }
 
 pub struct Engine<'a> {
@@ -145,6 +151,7 @@ impl Engine<'_> {
                 let last = h.narrow(0, req.prompt.len() - 1, 1);
                 let logits = row_vecs(self.model.logits(last));
                 stats.prefill_tokens += req.prompt.len();
+                let prefill_secs = started.elapsed().as_secs_f64();
                 for (i, params) in req.samples.iter().enumerate() {
                     let slot = free[i];
                     cache.copy_slot_from(slot, &single, 0);
@@ -159,6 +166,8 @@ impl Engine<'_> {
                         language_probs: [0.0; 5],
                         label_prob: 0.0,
                         finish: None,
+                        admitted: started,
+                        prefill_secs,
                     };
                     self.decide(&mut a, &logits[0], req.max_new_tokens);
                     active[slot] = Some(a);
@@ -308,6 +317,8 @@ impl Engine<'_> {
                 tokens: a.tokens,
                 logprobs: a.logprobs,
                 finish,
+                prefill_secs: a.prefill_secs,
+                wall_secs: a.admitted.elapsed().as_secs_f64(),
             });
         }
     }

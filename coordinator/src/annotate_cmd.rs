@@ -1,0 +1,91 @@
+//! `automaldesc annotate <files...>`: a verdict and a summary per script, one JSON line each,
+//! for an analyst who just wants answers.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use automaldesc_worker::annotate::{annotate, AnnotateOptions};
+use automaldesc_worker::generate::EarlyStop;
+use automaldesc_worker::runtime::Annotator;
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct AnnotateArgs {
+    /// Script files to annotate.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// GGUF model file [default: $AUTOMALDESC_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf]
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Sampling temperatures, one sample each.
+    #[arg(long, value_delimiter = ',', default_value = "0.4,0.6,0.8")]
+    pub temperatures: Vec<f32>,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Prompt tokens per script; longer scripts keep their head and tail.
+    #[arg(long, default_value_t = 1536)]
+    pub prompt_budget: usize,
+    /// Stop samples right after the label when the temperatures disagree or the label
+    /// probability is under --min-label-prob.
+    #[arg(long)]
+    pub early_stop: bool,
+    #[arg(long, default_value_t = 0.9)]
+    pub min_label_prob: f32,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 8)]
+    pub slots: usize,
+}
+
+pub fn default_model_path() -> PathBuf {
+    std::env::var("AUTOMALDESC_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+}
+
+pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
+    let model = args.model.clone().unwrap_or_else(default_model_path);
+    anyhow::ensure!(
+        model.exists(),
+        "model file {} not found: run scripts/fetch_model.sh or pass --model",
+        model.display()
+    );
+    let mut scripts = Vec::with_capacity(args.files.len());
+    for f in &args.files {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        scripts.push((f.display().to_string(), bytes));
+    }
+    let device = crate::device::select()?;
+    let started = std::time::Instant::now();
+    let annotator = Annotator::load_gguf(&model, &device)?;
+    tracing::info!(model = %annotator.model_id, secs = started.elapsed().as_secs_f64(), "model loaded");
+    let opts = AnnotateOptions {
+        temperatures: args.temperatures,
+        top_p: args.top_p,
+        seed: args.seed,
+        max_new_tokens: args.max_new_tokens,
+        prompt_budget: args.prompt_budget,
+        early_stop: EarlyStop {
+            require_agreement: args.early_stop,
+            min_label_prob: args.early_stop.then_some(args.min_label_prob),
+        },
+        slots: args.slots,
+    };
+    let (results, stats, secs) = annotate(&annotator, &scripts, &opts);
+    for r in &results {
+        println!("{}", serde_json::to_string(r)?);
+    }
+    tracing::info!(
+        scripts = results.len(),
+        secs,
+        scripts_per_sec = results.len() as f64 / secs,
+        prefill_tokens = stats.prefill_tokens,
+        decode_tokens = stats.decode_tokens,
+        early_stopped = stats.early_stopped,
+        "annotation finished"
+    );
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! Everything needed to answer with one model, loaded together from one GGUF file: the
+//! decoder, its tokenizer, its chat template and the answer schema for that tokenizer,
+//! plus the prompt builder with the long-script truncation policy.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+
+use crate::generate::{AnswerSchema, Vocab, ANSWER_PREFIX};
+use crate::gguf::{GgufError, GgufFile};
+use crate::model::load::{LoadError, Naming, TensorSource};
+use crate::model::{Llama, LlamaConfig};
+use crate::prompt::{self, ChatTemplate, Role};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("model file {path}: {source}")]
+    Gguf { path: String, source: GgufError },
+    #[error("model file {path}: {source}")]
+    Load { path: String, source: LoadError },
+    #[error("model file {path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+impl TensorSource for GgufFile {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let info = self.tensor(name).ok()?;
+        // GGUF lists the innermost dimension first; row-major shapes list it last.
+        Some(info.dims.iter().rev().map(|&d| d as usize).collect())
+    }
+
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>, LoadError> {
+        self.dequantize(name).map_err(|e| LoadError::Read {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Reads the decoder's hyper-parameters from `llama.*` metadata.
+pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, GgufError> {
+    let arch = g.architecture()?;
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = g.get_u32(&key("embedding_length"))? as usize;
+    let heads = g.get_u32(&key("attention.head_count"))? as usize;
+    let vocab = match g.get_u32_opt(&key("vocab_size"))? {
+        Some(v) => v as usize,
+        None => g.get_array("tokenizer.ggml.tokens")?.len(),
+    };
+    let head_dim = match g.get_u32_opt(&key("rope.dimension_count"))? {
+        Some(d) => d as usize,
+        None => hidden / heads,
+    };
+    let mut config = LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: g.get_u32(&key("feed_forward_length"))? as usize,
+        num_layers: g.get_u32(&key("block_count"))? as usize,
+        num_heads: heads,
+        num_kv_heads: g.get_u32_opt(&key("attention.head_count_kv"))?.unwrap_or(heads as u32) as usize,
+        head_dim,
+        rms_norm_eps: f64::from(g.get_f32(&key("attention.layer_norm_rms_epsilon"))?),
+        rope_theta: f64::from(g.get_f32_opt(&key("rope.freq_base"))?.unwrap_or(10_000.0)),
+        rope_scaling: None,
+        max_position: g.get_u32_opt(&key("context_length"))?.unwrap_or(2048) as usize,
+        tie_embeddings: !g.has_tensor("output.weight"),
+    };
+    if g.get_str_opt(&key("rope.scaling.type"))? == Some("linear") {
+        if let Some(factor) = g.get_f32_opt(&key("rope.scaling.factor"))? {
+            config.rope_scaling = Some(crate::model::RopeScaling::Linear {
+                factor: f64::from(factor),
+            });
+        }
+    }
+    Ok(config)
+}
+
+impl Vocab for Tokenizer {
+    fn vocab_size(&self) -> usize {
+        Tokenizer::vocab_size(self)
+    }
+    fn token_bytes(&self, id: u32) -> &[u8] {
+        Tokenizer::token_bytes(self, id)
+    }
+    fn is_control(&self, id: u32) -> bool {
+        Tokenizer::is_control(self, id)
+    }
+    fn encode_plain(&self, text: &str) -> Vec<u32> {
+        self.encode(text).unwrap_or_default()
+    }
+}
+
+/// A model ready to annotate.
+pub struct Annotator {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub schema: AnswerSchema,
+    /// `file name@first 16 hex of sha256 of the first 1 MiB and the size`: cheap and stable.
+    pub model_id: String,
+}
+
+impl Annotator {
+    pub fn load_gguf(path: &Path, device: &Device) -> Result<Self, RuntimeError> {
+        let p = path.display().to_string();
+        let gg = |source| RuntimeError::Gguf { path: p.clone(), source };
+        let g = GgufFile::open(path).map_err(gg)?;
+        let config = config_from_gguf(&g).map_err(gg)?;
+        let mut model = Llama::load(&config, &g, Naming::Gguf, device)
+            .map_err(|source| RuntimeError::Load { path: p.clone(), source })?;
+        if g.has_tensor("rope_freqs.weight") {
+            // Llama 3.1 files carry their rope scaling as per-frequency divisors.
+            let factors = g.dequantize("rope_freqs.weight").map_err(gg)?;
+            for (f, d) in model.inv_freq.iter_mut().zip(factors) {
+                *f /= f64::from(d);
+            }
+        }
+        let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| RuntimeError::Invalid {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        let invalid = |reason: String| RuntimeError::Invalid { path: p.clone(), reason };
+        let template_text = tokenizer
+            .chat_template()
+            .ok_or_else(|| invalid("no tokenizer.chat_template".into()))?;
+        let template = ChatTemplate::detect(template_text).map_err(|e| invalid(e.to_string()))?;
+        let end_id = tokenizer
+            .token_id(template.end_of_turn())
+            .ok_or_else(|| invalid(format!("no {} token", template.end_of_turn())))?;
+        let schema = AnswerSchema::new(&tokenizer, end_id).map_err(|e| invalid(e.to_string()))?;
+        let model_id = model_id(path).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            schema,
+            model_id,
+        })
+    }
+
+    /// Renders a conversation with the model's template and tokenizes it.
+    pub fn encode_chat(&self, messages: &[(Role, &str)]) -> Vec<u32> {
+        let text = self.template.render(messages, true);
+        self.tokenizer.encode(&text).unwrap_or_default()
+    }
+
+    /// The annotation prompt for one script, ending with the answer prefix. A script whose
+    /// prompt would exceed `budget` tokens keeps its head (two thirds of the room) and tail
+    /// (one third), joined by a marker that says how many bytes were dropped.
+    pub fn annotation_prompt(&self, script: &[u8], budget: usize) -> AnnotationPrompt {
+        let text = String::from_utf8_lossy(script);
+        let render = |body: &str| {
+            let user = prompt::annotation_user_message(body);
+            let mut s = self
+                .template
+                .render(&[(Role::System, prompt::ANNOTATOR_SYSTEM), (Role::User, &user)], true);
+            s.push_str(ANSWER_PREFIX);
+            self.tokenizer.encode(&s).unwrap_or_default()
+        };
+        let full = render(&text);
+        if full.len() <= budget {
+            return AnnotationPrompt { tokens: full, truncated: None };
+        }
+        let script_tokens = self.tokenizer.encode(&text).unwrap_or_default();
+        let overhead = full.len().saturating_sub(script_tokens.len()) + 24;
+        let room = budget.saturating_sub(overhead).max(16);
+        let head = room * 2 / 3;
+        let tail = room - head;
+        let head_text = self.tokenizer.decode(&script_tokens[..head.min(script_tokens.len())]);
+        let tail_start = script_tokens.len().saturating_sub(tail);
+        let tail_text = self.tokenizer.decode(&script_tokens[tail_start..]);
+        let dropped = text.len().saturating_sub(head_text.len() + tail_text.len());
+        let body = format!("{head_text}{}{tail_text}", prompt::truncation_marker(dropped));
+        let mut tokens = render(&body);
+        tokens.truncate(budget.max(1));
+        AnnotationPrompt {
+            tokens,
+            truncated: Some(Truncation {
+                original_tokens: full.len(),
+                dropped_bytes: dropped,
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnnotationPrompt {
+    pub tokens: Vec<u32>,
+    pub truncated: Option<Truncation>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Truncation {
+    pub original_tokens: usize,
+    pub dropped_bytes: usize,
+}
+
+fn model_id(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    let mut head = vec![0u8; 1 << 20];
+    let n = f.read(&mut head)?;
+    head.truncate(n);
+    head.extend_from_slice(&size.to_le_bytes());
+    let hash = automaldesc_common::sha256_hex(&head);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(format!("{name}@{}", &hash[..16]))
+}
