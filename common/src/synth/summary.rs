@@ -1,0 +1,370 @@
+//! Reference summaries: 3-4 paragraphs of technical analysis, about 200-250 words, built
+//! from the concrete facts a family template recorded, with varied phrasing and order.
+
+use rand::Rng;
+
+use super::names::{pick, R};
+use super::obfuscate::Obf;
+use super::Draft;
+use crate::types::{Label, Language};
+
+pub(crate) struct Input<'a> {
+    pub language: Language,
+    pub label: Label,
+    pub description: &'static str,
+    pub draft: &'a Draft,
+    pub content: &'a str,
+    pub inner_lines: usize,
+    pub obf: Option<&'a Obf>,
+    pub pad_note: Option<&'a str>,
+}
+
+fn lang_name(r: &mut R, l: Language) -> &'static str {
+    match l {
+        Language::Bash => pick(r, &["Bash", "shell", "Bash shell"]),
+        Language::Batch => pick(r, &["batch", "Windows batch", "cmd.exe batch"]),
+        Language::Javascript => "JavaScript",
+        Language::Powershell => "PowerShell",
+        Language::Python => "Python",
+    }
+}
+
+/// Names of the functions (or batch subroutines) defined in `code`.
+pub(crate) fn functions(l: Language, code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in code.lines() {
+        let t = line.trim_start();
+        let name = match l {
+            Language::Bash => t
+                .strip_prefix("function ")
+                .map(|s| s.split(|c: char| c == ' ' || c == '(' || c == '{').next().unwrap_or(""))
+                .or_else(|| t.strip_suffix("() {").filter(|s| !s.contains(' '))),
+            Language::Batch => t
+                .strip_prefix(':')
+                .filter(|s| !s.starts_with(':') && !s.is_empty() && !s.contains(' '))
+                .filter(|s| !s.eq_ignore_ascii_case("eof")),
+            Language::Javascript => t
+                .strip_prefix("async function ")
+                .or_else(|| t.strip_prefix("function "))
+                .and_then(|s| s.split('(').next()),
+            Language::Powershell => t
+                .strip_prefix("function ")
+                .and_then(|s| s.split(|c: char| c == ' ' || c == '{' || c == '(').next()),
+            Language::Python => t
+                .strip_prefix("async def ")
+                .or_else(|| t.strip_prefix("def "))
+                .and_then(|s| s.split('(').next()),
+        };
+        if let Some(n) = name {
+            let n = n.trim();
+            if !n.is_empty() && !out.iter().any(|o: &String| o == n) {
+                out.push(if l == Language::Batch { format!(":{n}") } else { n.to_string() });
+            }
+        }
+    }
+    out
+}
+
+fn list(items: &[String]) -> String {
+    match items.len() {
+        0 => String::new(),
+        1 => items[0].clone(),
+        n => format!("{} and {}", items[..n - 1].join(", "), items[n - 1]),
+    }
+}
+
+const SYNONYMS: &[(&str, &[&str])] = &[
+    ("downloads", &["downloads", "fetches", "retrieves", "pulls down"]),
+    ("writes", &["writes", "saves", "stores"]),
+    ("executes", &["executes", "runs", "launches"]),
+    ("creates", &["creates", "sets up", "establishes"]),
+    ("deletes", &["deletes", "removes", "erases"]),
+    ("sends", &["sends", "transmits", "posts"]),
+    ("checks", &["checks", "verifies", "tests"]),
+    ("copies", &["copies", "duplicates"]),
+    ("reads", &["reads", "loads", "parses"]),
+    ("starts", &["starts", "spawns", "launches"]),
+];
+
+fn vary(r: &mut R, s: &str) -> String {
+    let mut out = Vec::new();
+    for w in s.split(' ') {
+        match SYNONYMS.iter().find(|(k, _)| *k == w) {
+            Some((_, alts)) => out.push(pick(r, alts).to_string()),
+            None => out.push(w.to_string()),
+        }
+    }
+    out.join(" ")
+}
+
+fn words(paras: &[Vec<String>]) -> usize {
+    paras
+        .iter()
+        .flat_map(|p| p.iter())
+        .map(|s| s.split_whitespace().count())
+        .sum()
+}
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_ascii_lowercase().to_string() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+fn structure(r: &mut R, l: Language, code: &str) -> (String, Vec<String>) {
+    let fns = functions(l, code);
+    let (plural, single) = if l == Language::Batch {
+        ("subroutines", "subroutine")
+    } else {
+        ("functions", "function")
+    };
+    let shown: Vec<String> = fns.iter().take(4).cloned().collect();
+    let main = match fns.len() {
+        0 => pick(
+            r,
+            &[
+                "There are no PL here; the statements run straight from top to bottom.",
+                "It is a flat sequence of statements without any PL.",
+                "No PL are defined, so control flows linearly through the file.",
+            ],
+        )
+        .replace("PL", plural),
+        1 => format!("A single {single} named {} holds most of the logic.", fns[0]),
+        n => match r.random_range(0..3) {
+            0 => format!("The code is organised into {n} {plural}, including {}.", list(&shown)),
+            1 => format!(
+                "Its logic is split across {plural} such as {}, with a short main section that ties them together.",
+                list(&shown)
+            ),
+            _ => format!("It defines {n} {plural} ({}) and calls them in order.", list(&shown)),
+        },
+    };
+    let mut extra = Vec::new();
+    let argp = [
+        ("getopts", "getopts"),
+        ("while [[ $# -gt 0 ]]", "a while/case loop over the positional arguments"),
+        ("argparse", "argparse"),
+        ("param(", "a param() block"),
+        ("process.argv", "process.argv"),
+        ("%~1", "the %~1 positional parameter"),
+        ("sys.argv", "sys.argv"),
+    ];
+    if let Some((_, how)) = argp.iter().find(|(k, _)| code.contains(k)) {
+        extra.push(format!(
+            "{} {how}.",
+            pick(r, &["Command-line options are read with", "Arguments come in through", "Its options are parsed using"])
+        ));
+    }
+    let errs = [
+        ("set -euo pipefail", "set -euo pipefail, so any failing command stops the run"),
+        ("trap ", "a trap handler"),
+        ("except ", "try/except blocks"),
+        ("catch", "try/catch blocks"),
+        ("errorlevel", "errorlevel checks after the important commands"),
+        ("ErrorActionPreference", "$ErrorActionPreference together with try/catch"),
+    ];
+    if let Some((_, how)) = errs.iter().find(|(k, _)| code.contains(k)) {
+        extra.push(format!(
+            "{} {how}.",
+            pick(r, &["Errors are handled through", "Failure handling relies on", "For error handling it uses"])
+        ));
+    }
+    (main, extra)
+}
+
+fn attack_ids(behaviours: &[String]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for b in behaviours {
+        let mut rest = b.as_str();
+        while let Some(p) = rest.find('T') {
+            let cand: String = rest[p..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '.')
+                .collect();
+            if cand.len() >= 5 && cand[1..5].chars().all(|c| c.is_ascii_digit()) && !ids.contains(&cand) {
+                ids.push(cand.clone());
+            }
+            rest = &rest[p + 1..];
+        }
+    }
+    ids
+}
+
+/// Compose the reference summary.
+pub(crate) fn write(r: &mut R, inp: &Input) -> String {
+    let d = inp.draft;
+    let ln = lang_name(r, inp.language);
+    let n = inp.inner_lines;
+    let purpose = vary(r, &d.purpose);
+    let mal = inp.label == Label::Malicious;
+
+    // Paragraph 1: overview.
+    let mut p1 = Vec::new();
+    let mut p1_opt = Vec::new();
+    match inp.obf {
+        Some(o) => {
+            p1.push(match r.random_range(0..3) {
+                0 => format!("The file is a thin {ln} wrapper whose only logic is {}.", o.technique),
+                1 => format!("What is visible in this {ln} file is an obfuscation layer: {}.", o.technique),
+                _ => format!("The real code is hidden behind {}.", o.technique),
+            });
+            p1.push(match r.random_range(0..2) {
+                0 => format!("Decoded, the payload is a {n}-line {ln} script that {purpose}."),
+                _ => format!("Once decoded it yields a {ln} script of about {n} lines that {purpose}."),
+            });
+        }
+        None => p1.push(match r.random_range(0..5) {
+            0 => format!("This {n}-line {ln} script {purpose}."),
+            1 => format!("The {ln} file, {n} lines long, {purpose}."),
+            2 => format!("Written in {ln}, this script of roughly {n} lines {purpose}."),
+            3 => format!("At {n} lines, the {ln} program {purpose}."),
+            _ => format!("This is a {ln} script that {purpose}; it runs to {n} lines."),
+        }),
+    }
+    let (st, st_extra) = structure(r, inp.language, &d.content);
+    p1.push(st);
+    p1_opt.extend(st_extra);
+
+    // Paragraph 2: execution.
+    let mut p2 = Vec::new();
+    let k = d.steps.len();
+    for (i, s) in d.steps.iter().enumerate() {
+        let s = vary(r, s);
+        let sent = if k == 1 {
+            format!("When run, it {s}.")
+        } else if i == 0 {
+            match r.random_range(0..3) {
+                0 => format!("First, it {s}."),
+                1 => format!("On launch, the script {s}."),
+                _ => format!("Execution begins as the code {s}."),
+            }
+        } else if i + 1 == k {
+            match r.random_range(0..4) {
+                0 => format!("Finally, it {s}."),
+                1 => format!("As a last step it {s}."),
+                2 => format!("The run ends after it {s}."),
+                _ => format!("Lastly, the script {s}."),
+            }
+        } else {
+            match r.random_range(0..6) {
+                0 => format!("Next, it {s}."),
+                1 => format!("It then {s}."),
+                2 => format!("After that, the script {s}."),
+                3 => format!("Following this, it {s}."),
+                4 => format!("The code also {s}."),
+                _ => format!("In the next step it {s}."),
+            }
+        };
+        p2.push(sent);
+    }
+
+    // Paragraph 3: effects and indicators.
+    let mut p3: Vec<String> = d.effects.iter().map(|e| vary(r, e)).collect();
+    let mut iocs: Vec<String> = d.iocs.iter().filter(|i| inp.content.contains(i.as_str())).take(5).cloned().collect();
+    if let Some(o) = inp.obf {
+        for i in &o.iocs {
+            if inp.content.contains(i.as_str()) && !iocs.contains(i) {
+                iocs.insert(0, i.clone());
+            }
+        }
+    }
+    if !iocs.is_empty() {
+        let l = list(&iocs);
+        p3.push(match r.random_range(0..4) {
+            0 => format!("Concrete artefacts in the file include {l}."),
+            1 => format!("Notable strings are {l}."),
+            2 => format!("The values worth recording are {l}."),
+            _ => format!("Indicators visible in the text: {l}."),
+        });
+    }
+    let mut p3_opt = Vec::new();
+    let ids = attack_ids(&d.behaviours);
+    if mal && !ids.is_empty() {
+        p3.push(match r.random_range(0..3) {
+            0 => format!("In ATT&CK terms this corresponds to {}.", list(&ids)),
+            1 => format!("The behaviour maps to MITRE ATT&CK {}.", list(&ids)),
+            _ => format!("Relevant ATT&CK techniques are {}.", list(&ids)),
+        });
+    } else if !mal {
+        p3_opt.push(
+            pick(
+                r,
+                &[
+                    "Its actions stay within what the task needs, and each step reports what it is doing.",
+                    "The powerful commands it contains serve the task directly and nothing is hidden.",
+                    "It neither persists itself nor contacts hosts beyond the ones its job requires.",
+                    "Every change it makes is one an administrator would expect from a tool of this kind.",
+                ],
+            )
+            .to_string(),
+        );
+    }
+
+    // Paragraph 4: closing assessment, padding, size.
+    let mut p4 = Vec::new();
+    let desc = lower_first(inp.description);
+    p4.push(match (mal, r.random_range(0..3)) {
+        (true, 0) => format!("Overall, the script is {desc}."),
+        (true, 1) => format!("Taken together, this is {desc}, and the concrete hosts and paths above are what defenders should block or hunt for."),
+        (true, _) => format!("In short, the file implements {desc}."),
+        (false, 0) => format!("In short, it is {desc}, and its size fits that job."),
+        (false, 1) => format!("Taken as a whole, this is {desc} written for routine operations."),
+        (false, _) => format!("Overall the file is {desc}."),
+    });
+    if let Some(pn) = inp.pad_note {
+        p4.push(format!(
+            "Most of its {} bytes are {pn}, placed ahead of the working code and never acted upon beyond being loaded.",
+            inp.content.len()
+        ));
+    }
+    let mut p4_opt = vec![format!(
+        "The file is {} bytes in total{}.",
+        inp.content.len(),
+        if inp.obf.is_some() { " including the encoded payload" } else { "" }
+    )];
+    if inp.obf.is_some() {
+        p4_opt.push("Static scanners that only look at the outer text see none of the commands described above until the layer is decoded.".to_string());
+    }
+
+    let mut paras = vec![p1, p2, p3];
+    let with_p4 = inp.pad_note.is_some() || r.random_bool(0.55);
+    if with_p4 {
+        paras.push(p4);
+    }
+    let swapped = r.random_bool(0.3);
+    if swapped {
+        paras.swap(1, 2);
+    }
+    let (steps_idx, eff_idx) = if swapped { (2, 1) } else { (1, 2) };
+    let target = r.random_range(200..245);
+    let mut fillers: Vec<(usize, String)> = Vec::new();
+    for s in p1_opt {
+        fillers.push((0, s));
+    }
+    for s in p3_opt {
+        fillers.push((eff_idx, s));
+    }
+    let last = paras.len() - 1;
+    for s in p4_opt {
+        fillers.push((last, s));
+    }
+    for (at, s) in fillers {
+        if words(&paras) >= target {
+            break;
+        }
+        paras[at].push(s);
+    }
+    // Too long: drop middle steps (the first and last stay).
+    while words(&paras) > 275 && paras[steps_idx].len() > 2 {
+        let mid = paras[steps_idx].len() / 2;
+        paras[steps_idx].remove(mid);
+    }
+    paras
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| p.join(" "))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
