@@ -6,12 +6,36 @@ use super::names::{self, fill, pick, R};
 use super::{Draft, Family};
 
 pub(crate) const FAMILIES: &[Family] = &[
-    Family { name: "log-rotation", description: "A log rotation job that compresses and prunes application logs", gen: log_rotation },
-    Family { name: "backup-archive", description: "A backup script that archives data and ships it to a backup host", gen: backup },
-    Family { name: "vendor-installer", description: "A vendor installer that downloads and sets up a command-line tool", gen: vendor_installer },
-    Family { name: "ci-build", description: "A continuous-integration build and test script", gen: ci_build },
-    Family { name: "health-check", description: "A service health check that probes endpoints and alerts on failure", gen: health_check },
-    Family { name: "user-provisioning", description: "A user provisioning tool for Linux servers", gen: user_provisioning },
+    Family {
+        name: "log-rotation",
+        description: "A log rotation job that compresses and prunes application logs",
+        gen: log_rotation,
+    },
+    Family {
+        name: "backup-archive",
+        description: "A backup script that archives data and ships it to a backup host",
+        gen: backup,
+    },
+    Family {
+        name: "vendor-installer",
+        description: "A vendor installer that downloads and sets up a command-line tool",
+        gen: vendor_installer,
+    },
+    Family {
+        name: "ci-build",
+        description: "A continuous-integration build and test script",
+        gen: ci_build,
+    },
+    Family {
+        name: "health-check",
+        description: "A service health check that probes endpoints and alerts on failure",
+        gen: health_check,
+    },
+    Family {
+        name: "user-provisioning",
+        description: "A user provisioning tool for Linux servers",
+        gen: user_provisioning,
+    },
 ];
 
 pub(crate) fn header(r: &mut R, what: &str, strict: bool) -> String {
@@ -19,11 +43,22 @@ pub(crate) fn header(r: &mut R, what: &str, strict: bool) -> String {
     if r.random_bool(0.7) {
         s.push_str(&format!("#\n# {what}\n#\n"));
         if r.random_bool(0.5) {
-            s.push_str(&format!("# Maintainer: {}@{}.com\n", names::user(r), names::company(r)));
+            s.push_str(&format!(
+                "# Maintainer: {}@{}.com\n",
+                names::user(r),
+                names::company(r)
+            ));
         }
     }
     if strict {
-        s.push_str(pick(r, &["set -euo pipefail\n", "set -eu\n", "set -o errexit -o nounset -o pipefail\n"]));
+        s.push_str(pick(
+            r,
+            &[
+                "set -euo pipefail\n",
+                "set -eu\n",
+                "set -o errexit -o nounset -o pipefail\n",
+            ],
+        ));
     }
     s.push('\n');
     s
@@ -74,7 +109,9 @@ const HELPERS: &[&str] = &[
 pub(crate) fn helpers(r: &mut R, max: usize) -> String {
     let n = r.random_range(0..=max.min(HELPERS.len()));
     let start = r.random_range(0..HELPERS.len());
-    (0..n).map(|i| HELPERS[(start + i) % HELPERS.len()]).collect()
+    (0..n)
+        .map(|i| HELPERS[(start + i) % HELPERS.len()])
+        .collect()
 }
 
 fn log_rotation(r: &mut R) -> Draft {
@@ -83,10 +120,20 @@ fn log_rotation(r: &mut R) -> Draft {
     let keep = r.random_range(3..30);
     let size = pick(r, &["10M", "50M", "100M", "200M"]);
     let (lg, l) = logger(r);
-    let mut c = header(r, &format!("Rotate {app} logs; keep {keep} compressed generations"), true);
+    let mut c = header(
+        r,
+        &format!("Rotate {app} logs; keep {keep} compressed generations"),
+        true,
+    );
     c.push_str(&lg);
     c.push_str(&helpers(r, 3));
-    c.push_str(&args(r, &[("dir", "LOG_DIR", &dir), ("keep", "KEEP", &keep.to_string())]));
+    c.push_str(&args(
+        r,
+        &[
+            ("dir", "LOG_DIR", &dir),
+            ("keep", "KEEP", &keep.to_string()),
+        ],
+    ));
     c.push_str(&fill(
         r#"MAX_SIZE="@SIZE@"
 
@@ -108,7 +155,12 @@ find "$LOG_DIR" -name '*.gz' -mtime +@KEEP@ -print -delete
 systemctl kill -s HUP @APP@.service 2>/dev/null || true
 @L@ "rotation finished for $LOG_DIR"
 "#,
-        &[("SIZE", size), ("L", l), ("KEEP", &keep.to_string()), ("APP", app)],
+        &[
+            ("SIZE", size),
+            ("L", l),
+            ("KEEP", &keep.to_string()),
+            ("APP", app),
+        ],
     ));
     Draft {
         content: c,
@@ -134,7 +186,11 @@ fn backup(r: &mut R) -> Draft {
     let dest = format!("/backups/{}", names::word(r));
     let days = r.random_range(5..60);
     let (lg, l) = logger(r);
-    let mut c = header(r, "Nightly backup: database dump plus application files", true);
+    let mut c = header(
+        r,
+        "Nightly backup: database dump plus application files",
+        true,
+    );
     c.push_str(&lg);
     c.push_str(&helpers(r, 4));
     c.push_str(&fill(
@@ -241,11 +297,17 @@ echo "@TOOL@ installed to $PREFIX/@TOOL@"
     ]);
     Draft {
         content: c,
-        purpose: format!("installs version {ver} of the {tool} command-line tool from the vendor site {host}"),
+        purpose: format!(
+            "installs version {ver} of the {tool} command-line tool from the vendor site {host}"
+        ),
         steps,
         effects: vec![format!(
             "The only lasting change is the {tool} binary in {prefix}{}.",
-            if pipe { ", plus whatever the vendor bootstrap script configures; piping a download into sh is the vendor's documented install path here" } else { "" }
+            if pipe {
+                ", plus whatever the vendor bootstrap script configures; piping a download into sh is the vendor's documented install path here"
+            } else {
+                ""
+            }
         )],
         behaviours: vec!["Downloads and installs vendor software".into()],
         iocs: vec![host, prefix.to_string(), "sha256sum -c".into()],
@@ -257,9 +319,21 @@ fn ci_build(r: &mut R) -> Draft {
     let reg = format!("registry.{}.com", names::company(r));
     let lang = r.random_range(0..3);
     let (build, test, kind) = match lang {
-        0 => ("cargo build --release --locked", "cargo test --all --locked", "Rust"),
-        1 => ("npm ci && npm run build", "npm test -- --ci --reporters=default", "Node.js"),
-        _ => ("go build -trimpath -o bin/@APP@ ./cmd/@APP@", "go test -race ./...", "Go"),
+        0 => (
+            "cargo build --release --locked",
+            "cargo test --all --locked",
+            "Rust",
+        ),
+        1 => (
+            "npm ci && npm run build",
+            "npm test -- --ci --reporters=default",
+            "Node.js",
+        ),
+        _ => (
+            "go build -trimpath -o bin/@APP@ ./cmd/@APP@",
+            "go test -race ./...",
+            "Go",
+        ),
     };
     let build = build.replace("@APP@", app);
     let (lg, l) = logger(r);
@@ -291,7 +365,13 @@ if [ "$BRANCH" = "main" ]; then
 fi
 @L@ "pipeline finished for $GIT_SHA on $BRANCH"
 "#,
-        &[("REG", &reg), ("APP", app), ("BUILD", &build), ("TEST", test), ("L", l)],
+        &[
+            ("REG", &reg),
+            ("APP", app),
+            ("BUILD", &build),
+            ("TEST", test),
+            ("L", l),
+        ],
     ));
     Draft {
         content: c,
@@ -312,11 +392,22 @@ fn health_check(r: &mut R) -> Draft {
     let n = r.random_range(2..6);
     let hosts: Vec<String> = (0..n).map(|_| names::internal_host(r)).collect();
     let port = pick(r, &[80, 443, 8080, 8443, 9090, 3000]);
-    let hook = format!("https://hooks.{}.com/services/{}", names::company(r), names::token(r, 12));
+    let hook = format!(
+        "https://hooks.{}.com/services/{}",
+        names::company(r),
+        names::token(r, 12)
+    );
     let (lg, l) = logger(r);
-    let mut c = header(r, "Probe service health endpoints and alert the on-call channel", false);
+    let mut c = header(
+        r,
+        "Probe service health endpoints and alert the on-call channel",
+        false,
+    );
     c.push_str(&lg);
-    c.push_str(&format!("HOSTS=({})\nPORT={port}\nWEBHOOK=\"{hook}\"\nFAILED=()\n\n", hosts.join(" ")));
+    c.push_str(&format!(
+        "HOSTS=({})\nPORT={port}\nWEBHOOK=\"{hook}\"\nFAILED=()\n\n",
+        hosts.join(" ")
+    ));
     c.push_str(&fill(
         r#"check_host() {
     local h="$1" code
@@ -367,9 +458,19 @@ fn user_provisioning(r: &mut R) -> Draft {
     let group = pick(r, &["developers", "ops", "analysts", "support", "dbadmins"]);
     let shell = pick(r, &["/bin/bash", "/bin/zsh"]);
     let keys_url = format!("https://git.{}.com/api/users", names::company(r));
-    let mut c = header(r, "Create or update local accounts from a roster file", true);
+    let mut c = header(
+        r,
+        "Create or update local accounts from a roster file",
+        true,
+    );
     c.push_str(&helpers(r, 3));
-    c.push_str(&args(r, &[("roster", "ROSTER", "/etc/provision/users.csv"), ("group", "GROUP", group)]));
+    c.push_str(&args(
+        r,
+        &[
+            ("roster", "ROSTER", "/etc/provision/users.csv"),
+            ("group", "GROUP", group),
+        ],
+    ));
     c.push_str(&fill(
         r#"[ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
 getent group "$GROUP" >/dev/null || groupadd "$GROUP"

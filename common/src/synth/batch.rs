@@ -6,12 +6,36 @@ use super::names::{self, fill, pick, R};
 use super::{Draft, Family};
 
 pub(crate) const FAMILIES: &[Family] = &[
-    Family { name: "msbuild-build", description: "A Visual Studio solution build script", gen: msbuild },
-    Family { name: "robocopy-backup", description: "A file backup job built on robocopy mirroring", gen: robocopy_backup },
-    Family { name: "temp-cleanup", description: "A disk cleanup script for temporary and cache folders", gen: temp_cleanup },
-    Family { name: "network-diagnostics", description: "A network troubleshooting script that gathers connectivity data", gen: net_diag },
-    Family { name: "msi-deployment", description: "A silent software deployment script for MSI packages", gen: msi_deploy },
-    Family { name: "logon-drive-mapping", description: "A domain logon script that maps network drives and printers", gen: logon },
+    Family {
+        name: "msbuild-build",
+        description: "A Visual Studio solution build script",
+        gen: msbuild,
+    },
+    Family {
+        name: "robocopy-backup",
+        description: "A file backup job built on robocopy mirroring",
+        gen: robocopy_backup,
+    },
+    Family {
+        name: "temp-cleanup",
+        description: "A disk cleanup script for temporary and cache folders",
+        gen: temp_cleanup,
+    },
+    Family {
+        name: "network-diagnostics",
+        description: "A network troubleshooting script that gathers connectivity data",
+        gen: net_diag,
+    },
+    Family {
+        name: "msi-deployment",
+        description: "A silent software deployment script for MSI packages",
+        gen: msi_deploy,
+    },
+    Family {
+        name: "logon-drive-mapping",
+        description: "A domain logon script that maps network drives and printers",
+        gen: logon,
+    },
 ];
 
 pub(crate) fn header(r: &mut R, what: &str) -> String {
@@ -19,7 +43,11 @@ pub(crate) fn header(r: &mut R, what: &str) -> String {
     let c = pick(r, &["rem", "::", "REM"]);
     s.push_str(&format!("{c} {what}\n"));
     if r.random_bool(0.5) {
-        s.push_str(&format!("{c} Owner: {} ({}.local)\n", names::user(r), names::company(r)));
+        s.push_str(&format!(
+            "{c} Owner: {} ({}.local)\n",
+            names::user(r),
+            names::company(r)
+        ));
     }
     if r.random_bool(0.6) {
         s.push_str("setlocal EnableExtensions EnableDelayedExpansion\n");
@@ -35,7 +63,10 @@ fn msbuild(r: &mut R) -> Draft {
     let cfg = pick(r, &["Release", "Debug"]);
     let share = format!("\\\\{}\\drops", names::internal_host(r));
     let vs = pick(r, &["2019", "2022"]);
-    let mut c = header(r, &format!("Build {sln} and copy the output to the drop share"));
+    let mut c = header(
+        r,
+        &format!("Build {sln} and copy the output to the drop share"),
+    );
     c.push_str(&fill(
         r#"set "CONFIG=%~1"
 if "%CONFIG%"=="" set "CONFIG=@CFG@"
@@ -87,7 +118,15 @@ exit /b 1
 }
 
 fn robocopy_backup(r: &mut R) -> Draft {
-    let src = pick(r, &["D:\\Data", "C:\\Users", "E:\\Projects", "D:\\Shares\\Finance"]);
+    let src = pick(
+        r,
+        &[
+            "D:\\Data",
+            "C:\\Users",
+            "E:\\Projects",
+            "D:\\Shares\\Finance",
+        ],
+    );
     let dst = format!("\\\\{}\\backup\\%COMPUTERNAME%", names::internal_host(r));
     let threads = pick(r, &[8, 16, 32]);
     let mut c = header(r, "Nightly mirror of the data volume to the NAS");
@@ -170,7 +209,14 @@ exit /b 0
 fn net_diag(r: &mut R) -> Draft {
     let host = names::internal_host(r);
     let gw = names::private_ip(r);
-    let out = pick(r, &["%USERPROFILE%\\Desktop\\netdiag.txt", "%TEMP%\\netdiag.txt", "C:\\Support\\netdiag.txt"]);
+    let out = pick(
+        r,
+        &[
+            "%USERPROFILE%\\Desktop\\netdiag.txt",
+            "%TEMP%\\netdiag.txt",
+            "C:\\Support\\netdiag.txt",
+        ],
+    );
     let mut c = header(r, "Collect network diagnostics for the help desk");
     c.push_str(&fill(
         r#"set "OUT=@OUT@"
@@ -214,7 +260,10 @@ fn msi_deploy(r: &mut R) -> Draft {
     let prod = names::pascal(names::product(r));
     let ver = names::version(r);
     let share = format!("\\\\{}\\software\\{prod}", names::internal_host(r));
-    let mut c = header(r, &format!("Deploy {prod} {ver} silently (run from GPO startup)"));
+    let mut c = header(
+        r,
+        &format!("Deploy {prod} {ver} silently (run from GPO startup)"),
+    );
     c.push_str(&fill(
         r#"set "PKG=@SHARE@\@PROD@-@VER@-x64.msi"
 set "MARK=%ProgramData%\@PROD@\installed-@VER@.txt"

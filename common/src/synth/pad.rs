@@ -17,15 +17,37 @@ fn sha(r: &mut R) -> String {
 }
 
 const REGIONS: &[&str] = &[
-    "us-east", "us-west", "eu-central", "eu-west", "ap-south", "ap-northeast", "sa-east", "ca-central",
-    "af-south", "me-south",
+    "us-east",
+    "us-west",
+    "eu-central",
+    "eu-west",
+    "ap-south",
+    "ap-northeast",
+    "sa-east",
+    "ca-central",
+    "af-south",
+    "me-south",
 ];
 
 const PHRASES: &[&str] = &[
-    "Save changes", "Cancel", "Your session has expired", "Loading", "Invalid e-mail address",
-    "Password must contain at least 8 characters", "Upload complete", "Network error, retrying",
-    "Select a file", "Search results", "No items found", "Delete this item?", "Settings saved",
-    "Sign in", "Sign out", "Terms of service", "Privacy policy", "Download report",
+    "Save changes",
+    "Cancel",
+    "Your session has expired",
+    "Loading",
+    "Invalid e-mail address",
+    "Password must contain at least 8 characters",
+    "Upload complete",
+    "Network error, retrying",
+    "Select a file",
+    "Search results",
+    "No items found",
+    "Delete this item?",
+    "Settings saved",
+    "Sign in",
+    "Sign out",
+    "Terms of service",
+    "Privacy policy",
+    "Download report",
 ];
 
 /// Insert padding into `content` (after a shebang or `@echo off` line) and return a
@@ -40,7 +62,14 @@ pub(crate) fn insert(lang: Language, content: &mut String, r: &mut R) -> String 
             what = "checksum manifest held in a here-document";
             block.push_str("# Release manifest: sha256 and path of every shipped file\nread -r -d '' MANIFEST <<'EOF' || true\n");
             while block.len() < target {
-                let p = format!("{}/{}/{}_{}.{}", pick(r, &["lib", "share", "bin", "etc", "doc"]), names::product(r), names::word(r), rows, pick(r, &["so", "conf", "txt", "dat", "json"]));
+                let p = format!(
+                    "{}/{}/{}_{}.{}",
+                    pick(r, &["lib", "share", "bin", "etc", "doc"]),
+                    names::product(r),
+                    names::word(r),
+                    rows,
+                    pick(r, &["so", "conf", "txt", "dat", "json"])
+                );
                 block.push_str(&format!("{}  {p}\n", sha(r)));
                 rows += 1;
             }
@@ -65,7 +94,10 @@ pub(crate) fn insert(lang: Language, content: &mut String, r: &mut R) -> String 
             what = "translation dictionary of user-interface strings";
             block.push_str("var I18N_STRINGS = {\n");
             while block.len() < target {
-                let loc = pick(r, &["en", "de", "fr", "es", "it", "pt", "nl", "pl", "sv", "ja"]);
+                let loc = pick(
+                    r,
+                    &["en", "de", "fr", "es", "it", "pt", "nl", "pl", "sv", "ja"],
+                );
                 block.push_str(&format!(
                     "  \"{loc}.{}.{rows}\": \"{} ({})\",\n",
                     names::camel(r),

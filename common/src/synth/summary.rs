@@ -37,7 +37,11 @@ pub(crate) fn functions(l: Language, code: &str) -> Vec<String> {
         let name = match l {
             Language::Bash => t
                 .strip_prefix("function ")
-                .map(|s| s.split(|c: char| c == ' ' || c == '(' || c == '{').next().unwrap_or(""))
+                .map(|s| {
+                    s.split(|c: char| c == ' ' || c == '(' || c == '{')
+                        .next()
+                        .unwrap_or("")
+                })
                 .or_else(|| t.strip_suffix("() {").filter(|s| !s.contains(' '))),
             Language::Batch => t
                 .strip_prefix(':')
@@ -58,7 +62,11 @@ pub(crate) fn functions(l: Language, code: &str) -> Vec<String> {
         if let Some(n) = name {
             let n = n.trim();
             if !n.is_empty() && !out.iter().any(|o: &String| o == n) {
-                out.push(if l == Language::Batch { format!(":{n}") } else { n.to_string() });
+                out.push(if l == Language::Batch {
+                    format!(":{n}")
+                } else {
+                    n.to_string()
+                });
             }
         }
     }
@@ -74,7 +82,10 @@ fn list(items: &[String]) -> String {
 }
 
 const SYNONYMS: &[(&str, &[&str])] = &[
-    ("downloads", &["downloads", "fetches", "retrieves", "pulls down"]),
+    (
+        "downloads",
+        &["downloads", "fetches", "retrieves", "pulls down"],
+    ),
     ("writes", &["writes", "saves", "stores"]),
     ("executes", &["executes", "runs", "launches"]),
     ("creates", &["creates", "sets up", "establishes"]),
@@ -144,7 +155,10 @@ fn structure(r: &mut R, l: Language, code: &str) -> (String, Vec<String>) {
     let mut extra = Vec::new();
     let argp = [
         ("getopts", "getopts"),
-        ("while [[ $# -gt 0 ]]", "a while/case loop over the positional arguments"),
+        (
+            "while [[ $# -gt 0 ]]",
+            "a while/case loop over the positional arguments",
+        ),
         ("argparse", "argparse"),
         ("param(", "a param() block"),
         ("process.argv", "process.argv"),
@@ -154,24 +168,206 @@ fn structure(r: &mut R, l: Language, code: &str) -> (String, Vec<String>) {
     if let Some((_, how)) = argp.iter().find(|(k, _)| code.contains(k)) {
         extra.push(format!(
             "{} {how}.",
-            pick(r, &["Command-line options are read with", "Arguments come in through", "Its options are parsed using"])
+            pick(
+                r,
+                &[
+                    "Command-line options are read with",
+                    "Arguments come in through",
+                    "Its options are parsed using"
+                ]
+            )
         ));
     }
     let errs = [
-        ("set -euo pipefail", "set -euo pipefail, so any failing command stops the run"),
+        (
+            "set -euo pipefail",
+            "set -euo pipefail, so any failing command stops the run",
+        ),
         ("trap ", "a trap handler"),
         ("except ", "try/except blocks"),
         ("catch", "try/catch blocks"),
-        ("errorlevel", "errorlevel checks after the important commands"),
-        ("ErrorActionPreference", "$ErrorActionPreference together with try/catch"),
+        (
+            "errorlevel",
+            "errorlevel checks after the important commands",
+        ),
+        (
+            "ErrorActionPreference",
+            "$ErrorActionPreference together with try/catch",
+        ),
     ];
     if let Some((_, how)) = errs.iter().find(|(k, _)| code.contains(k)) {
         extra.push(format!(
             "{} {how}.",
-            pick(r, &["Errors are handled through", "Failure handling relies on", "For error handling it uses"])
+            pick(
+                r,
+                &[
+                    "Errors are handled through",
+                    "Failure handling relies on",
+                    "For error handling it uses"
+                ]
+            )
         ));
     }
     (main, extra)
+}
+
+const TOOLS: &[(Language, &[&str])] = &[
+    (
+        Language::Bash,
+        &[
+            "curl",
+            "wget",
+            "nc ",
+            "tar ",
+            "gzip",
+            "ssh ",
+            "rsync",
+            "crontab",
+            "systemctl",
+            "find ",
+            "sed ",
+            "awk ",
+            "python3",
+            "docker",
+            "iptables",
+            "chmod",
+            "nohup",
+            "pkill",
+            "base64",
+            "openssl",
+            "pg_dump",
+            "useradd",
+            "git ",
+        ],
+    ),
+    (
+        Language::Batch,
+        &[
+            "reg add",
+            "reg query",
+            "schtasks",
+            "powershell",
+            "certutil",
+            "bitsadmin",
+            "robocopy",
+            "xcopy",
+            "msiexec",
+            "wmic",
+            "netsh",
+            "vssadmin",
+            "psexec",
+            "net use",
+            "forfiles",
+            "ping",
+            "attrib",
+            "msbuild",
+            "wevtutil",
+            "bcdedit",
+            "sc stop",
+            "cleanmgr",
+            "wscript",
+        ],
+    ),
+    (
+        Language::Javascript,
+        &[
+            "fetch(",
+            "XMLHttpRequest",
+            "ActiveXObject",
+            "document.createElement",
+            "addEventListener",
+            "require('fs')",
+            "require('child_process')",
+            "require('https')",
+            "require('net')",
+            "express",
+            "setInterval",
+            "localStorage",
+            "navigator.sendBeacon",
+            "btoa",
+            "JSON.stringify",
+            "caches.open",
+            "readline",
+        ],
+    ),
+    (
+        Language::Powershell,
+        &[
+            "Invoke-WebRequest",
+            "Invoke-RestMethod",
+            "Invoke-Expression",
+            "New-Object",
+            "Get-CimInstance",
+            "Set-MpPreference",
+            "Add-MpPreference",
+            "Start-Process",
+            "Get-ChildItem",
+            "Set-Content",
+            "Send-MailMessage",
+            "Get-ADUser",
+            "Add-Type",
+            "Set-WmiInstance",
+            "Invoke-Command",
+            "Compress-Archive",
+            "robocopy",
+            "Start-Service",
+            "Export-Csv",
+        ],
+    ),
+    (
+        Language::Python,
+        &[
+            "requests",
+            "socket",
+            "subprocess",
+            "os.walk",
+            "argparse",
+            "logging",
+            "sqlite3",
+            "psycopg2",
+            "urllib.request",
+            "zipfile",
+            "base64",
+            "threading",
+            "flask",
+            "csv",
+            "json",
+            "pynput",
+            "unittest",
+            "cryptography",
+            "win32crypt",
+        ],
+    ),
+];
+
+fn tools_used(l: Language, code: &str) -> Vec<String> {
+    TOOLS
+        .iter()
+        .filter(|(lang, _)| *lang == l)
+        .flat_map(|(_, ts)| ts.iter())
+        .filter(|t| code.contains(**t))
+        .map(|t| t.trim().trim_end_matches('(').to_string())
+        .take(6)
+        .collect()
+}
+
+fn runtime(l: Language, code: &str) -> &'static str {
+    match l {
+        Language::Bash => "a POSIX shell such as /bin/bash on Linux or another Unix system",
+        Language::Batch => "cmd.exe on Windows",
+        Language::Javascript if code.contains("ActiveXObject") || code.contains("WScript") => {
+            "Windows Script Host (wscript.exe or cscript.exe), not a browser"
+        }
+        Language::Javascript if code.contains("require(") => {
+            "Node.js on the server or a developer machine"
+        }
+        Language::Javascript if code.contains("self.addEventListener") => {
+            "the browser as a service worker"
+        }
+        Language::Javascript => "the browser, inside the page that loads it",
+        Language::Powershell => "powershell.exe or pwsh on Windows",
+        Language::Python => "a Python 3 interpreter",
+    }
 }
 
 fn attack_ids(behaviours: &[String]) -> Vec<String> {
@@ -183,7 +379,10 @@ fn attack_ids(behaviours: &[String]) -> Vec<String> {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '.')
                 .collect();
-            if cand.len() >= 5 && cand[1..5].chars().all(|c| c.is_ascii_digit()) && !ids.contains(&cand) {
+            if cand.len() >= 5
+                && cand[1..5].chars().all(|c| c.is_ascii_digit())
+                && !ids.contains(&cand)
+            {
                 ids.push(cand.clone());
             }
             rest = &rest[p + 1..];
@@ -206,13 +405,21 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
     match inp.obf {
         Some(o) => {
             p1.push(match r.random_range(0..3) {
-                0 => format!("The file is a thin {ln} wrapper whose only logic is {}.", o.technique),
-                1 => format!("What is visible in this {ln} file is an obfuscation layer: {}.", o.technique),
+                0 => format!(
+                    "The file is a thin {ln} wrapper whose only logic is {}.",
+                    o.technique
+                ),
+                1 => format!(
+                    "What is visible in this {ln} file is an obfuscation layer: {}.",
+                    o.technique
+                ),
                 _ => format!("The real code is hidden behind {}.", o.technique),
             });
             p1.push(match r.random_range(0..2) {
                 0 => format!("Decoded, the payload is a {n}-line {ln} script that {purpose}."),
-                _ => format!("Once decoded it yields a {ln} script of about {n} lines that {purpose}."),
+                _ => format!(
+                    "Once decoded it yields a {ln} script of about {n} lines that {purpose}."
+                ),
             });
         }
         None => p1.push(match r.random_range(0..5) {
@@ -262,7 +469,13 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
 
     // Paragraph 3: effects and indicators.
     let mut p3: Vec<String> = d.effects.iter().map(|e| vary(r, e)).collect();
-    let mut iocs: Vec<String> = d.iocs.iter().filter(|i| inp.content.contains(i.as_str())).take(5).cloned().collect();
+    let mut iocs: Vec<String> = d
+        .iocs
+        .iter()
+        .filter(|i| inp.content.contains(i.as_str()))
+        .take(5)
+        .cloned()
+        .collect();
     if let Some(o) = inp.obf {
         for i in &o.iocs {
             if inp.content.contains(i.as_str()) && !iocs.contains(i) {
@@ -319,10 +532,60 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
             inp.content.len()
         ));
     }
+    let tools = tools_used(inp.language, &d.content);
+    if tools.len() >= 2 {
+        p3_opt.push(match r.random_range(0..3) {
+            0 => format!("Commands and APIs it relies on include {}.", list(&tools)),
+            1 => format!("The work is done with {}.", list(&tools)),
+            _ => format!("Its main building blocks are {}.", list(&tools)),
+        });
+    }
+    p1_opt.push(match r.random_range(0..3) {
+        0 => format!(
+            "It is written to run under {}.",
+            runtime(inp.language, &d.content)
+        ),
+        1 => format!("The code targets {}.", runtime(inp.language, &d.content)),
+        _ => format!(
+            "Its execution environment is {}.",
+            runtime(inp.language, &d.content)
+        ),
+    });
+    if mal {
+        let caps: Vec<String> = d
+            .behaviours
+            .iter()
+            .map(|b| lower_first(b.split(" (").next().unwrap_or(b)))
+            .collect();
+        if caps.len() >= 2 {
+            p3_opt.push(format!(
+                "Broken down, its capabilities are: {}.",
+                list(&caps)
+            ));
+        }
+        if let Some(first) = iocs.first() {
+            p3_opt.push(match r.random_range(0..3) {
+                0 => format!("Blocking or hunting for {first} across the estate finds other hosts where it ran."),
+                1 => format!("Responders can search endpoints and proxy logs for {first} to scope the incident."),
+                _ => format!("The string {first} is a reliable detection anchor for this sample."),
+            });
+        }
+    } else {
+        let n_fns = functions(inp.language, &d.content).len();
+        p3_opt.push(match (n_fns, r.random_range(0..2)) {
+            (0, _) => format!("For a {n}-line job the flat layout is proportionate, and the commands match the stated purpose one to one."),
+            (_, 0) => format!("At {n} lines with {n_fns} helper routines, its size is in proportion to the job it performs."),
+            _ => "The code is written for maintainability, with named values near the top that an operator can adjust.".to_string(),
+        });
+    }
     let mut p4_opt = vec![format!(
         "The file is {} bytes in total{}.",
         inp.content.len(),
-        if inp.obf.is_some() { " including the encoded payload" } else { "" }
+        if inp.obf.is_some() {
+            " including the encoded payload"
+        } else {
+            ""
+        }
     )];
     if inp.obf.is_some() {
         p4_opt.push("Static scanners that only look at the outer text see none of the commands described above until the layer is decoded.".to_string());
@@ -349,6 +612,10 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
     let last = paras.len() - 1;
     for s in p4_opt {
         fillers.push((last, s));
+    }
+    for i in (1..fillers.len()).rev() {
+        let j = r.random_range(0..=i);
+        fillers.swap(i, j);
     }
     for (at, s) in fillers {
         if words(&paras) >= target {

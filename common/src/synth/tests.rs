@@ -60,7 +60,13 @@ fn plan_matches_what_generate_emits() {
     }
     for cell in plan(&c) {
         assert!(cell.count >= 1);
-        assert_eq!(counts.get(&(cell.split, cell.language, cell.label)).copied().unwrap_or(0), cell.count);
+        assert_eq!(
+            counts
+                .get(&(cell.split, cell.language, cell.label))
+                .copied()
+                .unwrap_or(0),
+            cell.count
+        );
     }
     assert_eq!(n, total(&c));
     assert_eq!(total(&cfg(0.0)), 0);
@@ -75,8 +81,16 @@ fn generation_is_deterministic_and_random_access() {
     assert_eq!(a, b);
     let other: Vec<SynthScript> = generate(&SynthConfig { seed: 7, ..c }).collect();
     assert_eq!(a.len(), other.len());
-    let differing = a.iter().zip(&other).filter(|(x, y)| x.content != y.content).count();
-    assert!(differing > a.len() * 9 / 10, "only {differing} of {} differ", a.len());
+    let differing = a
+        .iter()
+        .zip(&other)
+        .filter(|(x, y)| x.content != y.content)
+        .count();
+    assert!(
+        differing > a.len() * 9 / 10,
+        "only {differing} of {} differ",
+        a.len()
+    );
     for i in [0, 1, 17, a.len() as u64 / 2, a.len() as u64 - 1] {
         assert_eq!(generate_one(&c, i), a[i as usize]);
     }
@@ -91,7 +105,10 @@ fn family_breadth_and_coverage() {
     assert!(malicious >= 25, "{malicious} malicious families");
     for lang in Language::ALL {
         for label in [Label::Benign, Label::Malicious] {
-            let n = fams.iter().filter(|f| f.label == label && f.languages.contains(&lang)).count();
+            let n = fams
+                .iter()
+                .filter(|f| f.label == label && f.languages.contains(&lang))
+                .count();
             assert!(n >= 5, "{lang} {label:?}: {n}");
         }
     }
@@ -101,7 +118,11 @@ fn family_breadth_and_coverage() {
     }
     for f in &fams {
         for l in &f.languages {
-            assert!(seen.contains_key(&(f.name, f.label, *l)), "{} ({l}) never generated", f.name);
+            assert!(
+                seen.contains_key(&(f.name, f.label, *l)),
+                "{} ({l}) never generated",
+                f.name
+            );
         }
     }
 }
@@ -109,20 +130,47 @@ fn family_breadth_and_coverage() {
 #[test]
 fn obfuscation_share_and_real_payloads() {
     let all = labelled_full();
-    let mal_test: Vec<&SynthScript> = all.iter().filter(|s| s.split == Split::Test && s.label == Label::Malicious).collect();
+    let mal_test: Vec<&SynthScript> = all
+        .iter()
+        .filter(|s| s.split == Split::Test && s.label == Label::Malicious)
+        .collect();
     let obf = mal_test.iter().filter(|s| s.obfuscated).count();
     let share = obf as f64 / mal_test.len() as f64;
     assert!(share >= 0.06 && share <= 0.16, "obfuscated share {share}");
-    assert!(all.iter().filter(|s| s.label == Label::Benign).all(|s| !s.obfuscated));
+    assert!(all
+        .iter()
+        .filter(|s| s.label == Label::Benign)
+        .all(|s| !s.obfuscated));
 
-    let commands = ["http", "curl", "reg ", "New-Object", "Invoke-", "import ", "require(", "echo", "set ", "Set-", "socket", "wget", "powershell", "Get-", "$"];
+    let commands = [
+        "http",
+        "curl",
+        "reg ",
+        "New-Object",
+        "Invoke-",
+        "import ",
+        "require(",
+        "echo",
+        "set ",
+        "Set-",
+        "socket",
+        "wget",
+        "powershell",
+        "Get-",
+        "$",
+        "/bin/",
+        "nc ",
+    ];
     let mut decoded_ok = 0;
     let unl = generate(&cfg(0.05)).filter(|s| s.obfuscated);
     for s in all.iter().filter(|s| s.obfuscated).cloned().chain(unl) {
         let text = String::from_utf8_lossy(&s.content).to_string();
         let payload = if let Some(p) = text.split("-EncodedCommand ").nth(1) {
             let bytes = b64decode(p.trim()).expect("EncodedCommand is valid base64");
-            let units: Vec<u16> = bytes.chunks(2).map(|c| u16::from_le_bytes([c[0], *c.get(1).unwrap_or(&0)])).collect();
+            let units: Vec<u16> = bytes
+                .chunks(2)
+                .map(|c| u16::from_le_bytes([c[0], *c.get(1).unwrap_or(&0)]))
+                .collect();
             Some(String::from_utf16(&units).expect("UTF-16LE"))
         } else if text.contains("| base64 -d | bash") {
             let b = text.split('\'').nth(1).unwrap_or("");
@@ -134,25 +182,37 @@ fn obfuscation_share_and_real_payloads() {
             None
         };
         if let Some(p) = payload {
-            assert!(commands.iter().any(|c| p.contains(c)), "decoded payload lacks commands: {p}");
+            assert!(
+                commands.iter().any(|c| p.contains(c)),
+                "decoded payload lacks commands: {p}"
+            );
             assert!(p.lines().count() >= 2, "decoded payload too short: {p}");
             decoded_ok += 1;
         }
     }
-    assert!(decoded_ok >= 10, "only {decoded_ok} decodable base64 payloads checked");
+    assert!(
+        decoded_ok >= 10,
+        "only {decoded_ok} decodable base64 payloads checked"
+    );
 }
 
 #[test]
 fn encoders_round_trip() {
     let text = "Write-Host 'hello'; Get-Process | Select -First 3\n";
-    assert_eq!(b64decode(&b64encode(text.as_bytes())).unwrap(), text.as_bytes());
+    assert_eq!(
+        b64decode(&b64encode(text.as_bytes())).unwrap(),
+        text.as_bytes()
+    );
     assert_eq!(b64encode(b"ab"), "YWI=");
     assert_eq!(b64encode(&utf16le("ab")), "YQBiAA==");
     let mut r = script_rng(1, 2);
     for lang in Language::ALL {
         for _ in 0..20 {
             let o = obfuscate::wrap(lang, "echo one\necho two\n", &mut r);
-            assert!(!o.content.contains("echo one"), "{lang}: payload left in clear text");
+            assert!(
+                !o.content.contains("echo one"),
+                "{lang}: payload left in clear text"
+            );
             assert!(o.iocs.iter().all(|i| o.content.contains(i.as_str())));
         }
     }
@@ -166,10 +226,23 @@ fn words(s: &str) -> usize {
 fn summaries_are_grounded_and_well_formed() {
     let all = labelled_full();
     assert_eq!(all.len(), 900 + 3636);
-    let forbidden = ["malicious", "benign", "label", "seems", "possibly", "might", "perhaps", "likely", "appears to"];
+    let forbidden = [
+        "malicious",
+        "benign",
+        "label",
+        "seems",
+        "possibly",
+        "might",
+        "perhaps",
+        "likely",
+        "appears to",
+    ];
     let mut in_range = 0;
     for s in &all {
-        let sum = s.summary.as_deref().expect("seed and test scripts have summaries");
+        let sum = s
+            .summary
+            .as_deref()
+            .expect("seed and test scripts have summaries");
         let paras = sum.split("\n\n").count();
         assert!((3..=4).contains(&paras), "{paras} paragraphs: {sum}");
         let w = words(sum);
@@ -186,29 +259,65 @@ fn summaries_are_grounded_and_well_formed() {
         let grounded = sum
             .split_whitespace()
             .map(|t| t.trim_matches(|c: char| ",.;:()\"'".contains(c)))
-            .filter(|t| t.len() >= 4 && t.chars().any(|c| c.is_ascii_digit() || "./\\-_:%$".contains(c)))
+            .filter(|t| {
+                t.len() >= 4
+                    && t.chars()
+                        .any(|c| c.is_ascii_digit() || "./\\-_:%$".contains(c))
+            })
             .any(|t| content.contains(t));
-        assert!(grounded, "no concrete token of the script in summary of {}: {sum}", s.family);
+        assert!(
+            grounded,
+            "no concrete token of the script in summary of {}: {sum}",
+            s.family
+        );
         assert!(!s.behaviours.is_empty());
         assert!(s.noisy_label.is_none());
     }
-    assert!(in_range * 100 >= all.len() * 85, "{in_range} of {} summaries in 170-280 words", all.len());
+    let mut ws: Vec<usize> = all
+        .iter()
+        .filter_map(|s| s.summary.as_deref())
+        .map(words)
+        .collect();
+    ws.sort_unstable();
+    println!(
+        "summary words: min {} p10 {} median {} p90 {} max {}",
+        ws[0],
+        ws[ws.len() / 10],
+        ws[ws.len() / 2],
+        ws[ws.len() * 9 / 10],
+        ws[ws.len() - 1]
+    );
+    assert!(
+        in_range * 100 >= all.len() * 85,
+        "{in_range} of {} summaries in 170-280 words",
+        all.len()
+    );
     // Phrasing varies: the first sentences are not one template.
     let openers: std::collections::BTreeSet<String> = all
         .iter()
         .filter_map(|s| s.summary.as_ref())
         .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .collect();
-    assert!(openers.len() > 30, "only {} distinct openers", openers.len());
+    assert!(
+        openers.len() > 30,
+        "only {} distinct openers",
+        openers.len()
+    );
 }
 
 #[test]
 fn noisy_labels_follow_the_configured_rate() {
-    let c = SynthConfig { scale: 0.1, noisy_label_error: 0.2, seed: 3 };
+    let c = SynthConfig {
+        scale: 0.1,
+        noisy_label_error: 0.2,
+        seed: 3,
+    };
     let mut n = 0;
     let mut flipped = 0;
     for s in generate(&c).filter(|s| s.split == Split::Unlabelled) {
-        let nl = s.noisy_label.expect("unlabelled scripts carry a noisy label");
+        let nl = s
+            .noisy_label
+            .expect("unlabelled scripts carry a noisy label");
         assert!(s.summary.is_none());
         n += 1;
         if nl != s.label {
@@ -217,8 +326,14 @@ fn noisy_labels_follow_the_configured_rate() {
     }
     let rate = flipped as f64 / n as f64;
     assert!((rate - 0.2).abs() < 0.015, "flip rate {rate} over {n}");
-    let zero = SynthConfig { noisy_label_error: 0.0, ..c };
-    assert!(generate(&zero).filter(|s| s.split == Split::Unlabelled).take(2000).all(|s| s.noisy_label == Some(s.label)));
+    let zero = SynthConfig {
+        noisy_label_error: 0.0,
+        ..c
+    };
+    assert!(generate(&zero)
+        .filter(|s| s.split == Split::Unlabelled)
+        .take(2000)
+        .all(|s| s.noisy_label == Some(s.label)));
 }
 
 #[test]
