@@ -2,7 +2,7 @@
 
 use rand::Rng;
 
-use super::bash::{header, helpers, logger};
+use super::bash_common::{header, helpers, logger};
 use super::names::{self, fill, pick, R};
 use super::{Draft, Family};
 

@@ -10,6 +10,7 @@
 //! they exceed 16 KB, and seed and test scripts get a reference technical summary.
 
 mod bash;
+mod bash_common;
 mod bash_mal;
 mod batch;
 mod batch_mal;
@@ -21,8 +22,10 @@ mod pad;
 mod powershell;
 mod powershell_mal;
 mod python;
+mod python_impact;
 mod python_mal;
 mod summary;
+mod summary_facts;
 #[cfg(test)]
 mod tests;
 

@@ -235,7 +235,7 @@ fn batch(inner: &str, r: &mut R) -> Obf {
             technique: format!(
                 "a shuffled alphabet stored in the variable {v}, with most letters of every command rebuilt from substring slices such as {example} that cmd.exe expands at run time"
             ),
-            iocs: vec![example, format!("set \"{v}=")],
+            iocs: vec![example, v],
             behaviour: T1027,
         }
     } else {

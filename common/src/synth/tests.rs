@@ -361,6 +361,21 @@ fn time_full_generation() {
 #[ignore]
 fn print_examples() {
     let c = SynthConfig::default();
+    if std::env::var("SYNTH_LIST").is_ok() {
+        for s in generate(&c).take_while(|s| s.split != Split::Unlabelled) {
+            println!(
+                "{} {} {} {:?} {} obf={} bytes={}",
+                s.index,
+                s.split,
+                s.language,
+                s.label,
+                s.family,
+                s.obfuscated,
+                s.content.len()
+            );
+        }
+        return;
+    }
     let want = std::env::var("SYNTH_EXAMPLES").unwrap_or_default();
     for i in want.split(',').filter_map(|s| s.trim().parse::<u64>().ok()) {
         let s = generate_one(&c, i);
