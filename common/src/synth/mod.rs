@@ -14,6 +14,7 @@ mod bash_common;
 mod bash_mal;
 mod batch;
 mod batch_mal;
+mod extras;
 mod javascript;
 mod javascript_mal;
 mod names;
@@ -236,6 +237,13 @@ fn build(cfg: &SynthConfig, cell: &CellCount, offset: u64, index: u64) -> SynthS
     let padded = r.random_bool(PADDED_SHARE);
 
     let mut draft = (fam.gen)(&mut r);
+    let helper_share = match cell.label {
+        Label::Benign => 0.45,
+        Label::Malicious => 0.15,
+    };
+    if r.random_bool(helper_share) {
+        extras::add_helpers(cell.language, &mut draft.content, &mut r);
+    }
     let pad_note = if padded {
         Some(pad::insert(cell.language, &mut draft.content, &mut r))
     } else {

@@ -135,7 +135,6 @@ fn iis_deploy(r: &mut R) -> Draft {
     let root = format!("D:\\inetpub\\{site}");
     let pool = format!("{site}Pool");
     let mut c = String::new();
-    c.push_str("# Deployment runs from a build agent where scripts are unsigned\nSet-ExecutionPolicy -ExecutionPolicy Bypass -Scope Process -Force\n\n");
     c.push_str(&header(
         r,
         &format!("Deploy {site} to IIS"),
@@ -144,6 +143,7 @@ fn iis_deploy(r: &mut R) -> Draft {
             ("string", "LogPath", "'C:\\Deploy\\deploy.log'"),
         ],
     ));
+    c.push_str("# Deployment runs from a build agent where scripts are unsigned\nSet-ExecutionPolicy -ExecutionPolicy Bypass -Scope Process -Force\n\n");
     c.push_str(LOG_FN);
     c.push_str(&fill(
         r#"Import-Module WebAdministration

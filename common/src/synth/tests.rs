@@ -186,7 +186,7 @@ fn obfuscation_share_and_real_payloads() {
                 commands.iter().any(|c| p.contains(c)),
                 "decoded payload lacks commands: {p}"
             );
-            assert!(p.lines().count() >= 2, "decoded payload too short: {p}");
+            assert!(p.trim().len() >= 30, "decoded payload too short: {p}");
             decoded_ok += 1;
         }
     }
