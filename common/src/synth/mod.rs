@@ -128,6 +128,8 @@ pub const PUBLISHED_CELLS: [(Split, Language, u64, u64); 15] = [
 pub const OBFUSCATED_SHARE: f64 = 0.10;
 /// Share of scripts that receive bulky padding (most of them then exceed 16 KB).
 pub const PADDED_SHARE: f64 = 0.04;
+/// Share of scripts that receive a moderate embedded table (2-11 KB), spreading sizes.
+pub const MEDIUM_PADDED_SHARE: f64 = 0.18;
 
 fn scaled(count: u64, scale: f64) -> u64 {
     if count == 0 || scale <= 0.0 || !scale.is_finite() {
@@ -234,7 +236,14 @@ fn build(cfg: &SynthConfig, cell: &CellCount, offset: u64, index: u64) -> SynthS
         &fams[r.random_range(0..fams.len())]
     };
     let obfuscate = cell.label == Label::Malicious && r.random_bool(OBFUSCATED_SHARE);
-    let padded = r.random_bool(PADDED_SHARE);
+    let pad_roll: f64 = r.random();
+    let pad_target = if pad_roll < PADDED_SHARE {
+        Some(r.random_range(17_000..42_000))
+    } else if pad_roll < PADDED_SHARE + MEDIUM_PADDED_SHARE {
+        Some(r.random_range(2_000..11_000))
+    } else {
+        None
+    };
 
     let mut draft = (fam.gen)(&mut r);
     let helper_share = match cell.label {
@@ -244,11 +253,7 @@ fn build(cfg: &SynthConfig, cell: &CellCount, offset: u64, index: u64) -> SynthS
     if r.random_bool(helper_share) {
         extras::add_helpers(cell.language, &mut draft.content, &mut r);
     }
-    let pad_note = if padded {
-        Some(pad::insert(cell.language, &mut draft.content, &mut r))
-    } else {
-        None
-    };
+    let pad_note = pad_target.map(|t| pad::insert(cell.language, &mut draft.content, &mut r, t));
     let inner_lines = draft.content.lines().count();
     let obf = if obfuscate {
         Some(obfuscate::wrap(cell.language, &draft.content, &mut r))
@@ -270,7 +275,7 @@ fn build(cfg: &SynthConfig, cell: &CellCount, offset: u64, index: u64) -> SynthS
                 content: &content,
                 inner_lines,
                 obf: obf.as_ref(),
-                pad_note: pad_note.as_deref(),
+                pad_note: pad_note.as_ref().map(|(s, n)| (s.as_str(), *n)),
             },
         )),
         Split::Unlabelled => None,

@@ -50,10 +50,14 @@ const PHRASES: &[&str] = &[
     "Download report",
 ];
 
-/// Insert padding into `content` (after a shebang or `@echo off` line) and return a
-/// sentence fragment describing it for the summary.
-pub(crate) fn insert(lang: Language, content: &mut String, r: &mut R) -> String {
-    let target = r.random_range(17_000..42_000);
+/// Insert about `target` bytes of padding into `content` (after a shebang or `@echo off`
+/// line); returns a noun phrase describing it for the summary and the bytes inserted.
+pub(crate) fn insert(
+    lang: Language,
+    content: &mut String,
+    r: &mut R,
+    target: usize,
+) -> (String, usize) {
     let mut block = String::new();
     let mut rows = 0usize;
     let what;
@@ -152,5 +156,5 @@ pub(crate) fn insert(lang: Language, content: &mut String, r: &mut R) -> String 
         0
     };
     content.insert_str(at, &block);
-    format!("a {what} with {rows} entries")
+    (format!("a {what} with {rows} entries"), block.len())
 }

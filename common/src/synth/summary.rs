@@ -19,7 +19,8 @@ pub(crate) struct Input<'a> {
     pub content: &'a str,
     pub inner_lines: usize,
     pub obf: Option<&'a Obf>,
-    pub pad_note: Option<&'a str>,
+    /// Description of inserted padding and its size in bytes.
+    pub pad_note: Option<(&'a str, usize)>,
 }
 
 fn lang_name(r: &mut R, l: Language) -> &'static str {
@@ -207,11 +208,19 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
         (false, 1) => format!("Taken as a whole, this is {desc} written for routine operations."),
         (false, _) => format!("Overall the file is {desc}."),
     });
-    if let Some(pn) = inp.pad_note {
-        p4.push(format!(
-            "Most of its {} bytes are {pn}, placed ahead of the working code and never acted upon beyond being loaded.",
-            inp.content.len()
-        ));
+    if let Some((pn, bytes)) = inp.pad_note {
+        let total = d.content.len().max(1);
+        let share = bytes * 100 / total;
+        let whose = if inp.obf.is_some() {
+            "the decoded script's"
+        } else {
+            "its"
+        };
+        p4.push(if share >= 50 {
+            format!("Most of {whose} {total} bytes are {pn}, placed ahead of the working code and not referenced by it.")
+        } else {
+            format!("About {share} percent of {whose} {total} bytes are {pn}, data that the working code does not reference.")
+        });
     }
     let tools = tools_used(inp.language, &d.content);
     if tools.len() >= 2 {
