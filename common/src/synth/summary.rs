@@ -265,6 +265,38 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
             _ => "The code is written for maintainability, with named values near the top that an operator can adjust.".to_string(),
         });
     }
+    let chatty = [
+        "echo ",
+        "Write-Host",
+        "Write-Output",
+        "Write-Log",
+        "print(",
+        "console.log",
+        "log.info",
+        "logging.",
+    ]
+    .iter()
+    .any(|t| d.content.contains(t));
+    let quiet = match (chatty, mal) {
+        (false, true) => Some(
+            "It prints nothing while it works, so a user who starts it sees no sign of activity.",
+        ),
+        (false, false) => Some(
+            "It works quietly and reports only through its exit status and the files it writes.",
+        ),
+        (true, false) => {
+            Some("Progress messages are printed as it goes, so an operator can follow each step.")
+        }
+        (true, true) => None,
+    };
+    if let Some(q) = quiet {
+        p3_opt.push(q.to_string());
+    }
+    if d.content.lines().count() <= 8 && inp.obf.is_none() {
+        p1_opt.push(format!(
+            "With only {n} lines there is no configuration, argument handling or error recovery around the core command."
+        ));
+    }
     let mut p4_opt = vec![format!(
         "The file is {} bytes in total{}.",
         inp.content.len(),
