@@ -67,7 +67,7 @@ fn reverse_shell(r: &mut R) -> Draft {
             purpose: format!("opens a reverse shell to {host} on TCP port {port}"),
             steps: vec![how],
             effects: vec![format!("Whoever listens on {host}:{port} gets a command prompt with the privileges of the user who ran it.")],
-            behaviours: vec!["Creates a reverse shell (T1059.004)".into(), "Uses a non-standard port for C2 (T1571)".into()],
+            behaviours: vec!["Creates a reverse shell (T1059.004)".into(), names::port_behaviour(port)],
             iocs: vec![host, port.to_string()],
         };
     }
@@ -113,7 +113,7 @@ disown
             "detaches the loop from the terminal with disown so it survives logout of the session".into(),
         ],
         effects: vec![format!("The host becomes remotely controllable from {host}:{port} for as long as the loop keeps running.")],
-        behaviours: vec!["Creates a reverse shell (T1059.004)".into(), "Uses a non-standard port for C2 (T1571)".into()],
+        behaviours: vec!["Creates a reverse shell (T1059.004)".into(), names::port_behaviour(port)],
         iocs: vec![host, port.to_string(), "disown".into()],
     }
 }

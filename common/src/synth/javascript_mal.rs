@@ -367,7 +367,7 @@ connect();
         effects: vec![format!("The operator at {host} gets interactive command execution with the Node process's privileges.")],
         behaviours: vec![
             "Creates a reverse shell (T1059.007)".into(),
-            "Uses a non-standard port for C2 (T1571)".into(),
+            names::port_behaviour(port),
         ],
         iocs: vec![host, port.to_string()],
     }

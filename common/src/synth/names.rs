@@ -322,7 +322,7 @@ pub(crate) fn win_drop_dir(r: &mut R) -> &'static str {
             "%PROGRAMDATA%\\Updates",
             "%LOCALAPPDATA%\\Temp",
             "%PUBLIC%\\Libraries",
-            "%APPDATA%\\Roaming\\Sync",
+            "%APPDATA%\\Sync",
         ],
     )
 }
@@ -388,4 +388,13 @@ pub(crate) fn url_path(r: &mut R) -> String {
         ],
     );
     format!("/{dir}/{}", token(r, 6))
+}
+
+/// ATT&CK behaviour for the C2 port: T1571 for unusual ports, T1071.001 for web ports.
+pub(crate) fn port_behaviour(port: u16) -> String {
+    match port {
+        80 | 443 | 8080 | 8443 => "Uses a web port for command and control (T1071.001)".to_string(),
+        53 => "Uses the DNS port for command and control (T1571)".to_string(),
+        _ => "Uses a non-standard port for C2 (T1571)".to_string(),
+    }
 }

@@ -93,7 +93,7 @@ def connect():
         )],
         behaviours: vec![
             "Creates a reverse shell (T1059.006)".into(),
-            "Uses a non-standard port for C2 (T1571)".into(),
+            names::port_behaviour(port),
         ],
         iocs: vec![host, port.to_string(), "os.dup2".into()],
     }

@@ -166,7 +166,11 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
         }
     }
     if !iocs.is_empty() {
-        let l = list(&iocs);
+        let shown: Vec<String> = iocs
+            .iter()
+            .map(|i| i.trim_end_matches('(').to_string())
+            .collect();
+        let l = list(&shown);
         p3.push(match r.random_range(0..4) {
             0 => format!("Concrete artefacts in the file include {l}."),
             1 => format!("Notable strings are {l}."),
