@@ -4,7 +4,7 @@
 
 use rand::Rng;
 
-use super::names::R;
+use super::names::{self, pick, R};
 use crate::types::Language;
 
 const PY: &[&str] = &[
@@ -105,4 +105,51 @@ fn python_insert_point(content: &str) -> usize {
         None if content.starts_with("#!") => content.find('\n').map(|i| i + 1).unwrap_or(0),
         None => 0,
     }
+}
+
+/// Prepend a vendor-style header (copyright, version, short changelog). Applied with the
+/// same probability to both labels, so a polished header says nothing about intent.
+pub(crate) fn add_banner(lang: Language, content: &mut String, r: &mut R) {
+    let company = names::pascal(names::company(r));
+    let year = r.random_range(2015..2025);
+    let ver = names::version(r);
+    let lines = [
+        format!("Copyright (c) {year} {company} Inc. All rights reserved."),
+        format!("Version: {ver}"),
+        "Changelog:".to_string(),
+        format!(
+            "  {ver}  {}",
+            pick(
+                r,
+                &[
+                    "fix retry handling",
+                    "support proxies",
+                    "faster startup",
+                    "log rotation tweaks",
+                    "minor cleanups"
+                ]
+            )
+        ),
+        format!("  {}.0  initial release", year - 2000),
+    ];
+    let (prefix, open, close) = match lang {
+        Language::Bash | Language::Python => ("# ", "", ""),
+        Language::Batch => (":: ", "", ""),
+        Language::Javascript => (" * ", "/*\n", " */\n"),
+        Language::Powershell => ("# ", "", ""),
+    };
+    let mut block = String::from(open);
+    for l in &lines {
+        block.push_str(prefix);
+        block.push_str(l);
+        block.push('\n');
+    }
+    block.push_str(close);
+    let first = content.lines().next().unwrap_or("");
+    let at = if first.starts_with("#!") || first.to_ascii_lowercase().starts_with("@echo off") {
+        content.find('\n').map(|i| i + 1).unwrap_or(content.len())
+    } else {
+        0
+    };
+    content.insert_str(at, &block);
 }

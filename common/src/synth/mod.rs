@@ -128,6 +128,8 @@ pub const PUBLISHED_CELLS: [(Split, Language, u64, u64); 15] = [
 pub const OBFUSCATED_SHARE: f64 = 0.10;
 /// Share of scripts that receive bulky padding (most of them then exceed 16 KB).
 pub const PADDED_SHARE: f64 = 0.04;
+/// Share of scripts (either label) that get a vendor-style copyright and changelog header.
+pub const BANNER_SHARE: f64 = 0.2;
 /// Share of scripts that receive a moderate embedded table (2-11 KB), spreading sizes.
 pub const MEDIUM_PADDED_SHARE: f64 = 0.18;
 
@@ -252,6 +254,9 @@ fn build(cfg: &SynthConfig, cell: &CellCount, offset: u64, index: u64) -> SynthS
     };
     if r.random_bool(helper_share) {
         extras::add_helpers(cell.language, &mut draft.content, &mut r);
+    }
+    if r.random_bool(BANNER_SHARE) {
+        extras::add_banner(cell.language, &mut draft.content, &mut r);
     }
     let pad_note = pad_target.map(|t| pad::insert(cell.language, &mut draft.content, &mut r, t));
     let inner_lines = draft.content.lines().count();

@@ -20,7 +20,7 @@ pub(crate) const FAMILIES: &[Family] = &[
     },
     Family {
         name: "browser-credential-stealer",
-        description: "An infostealer that decrypts saved browser passwords and cookies",
+        description: "An infostealer that decrypts passwords saved in Chromium-based browsers",
         gen: browser_stealer,
     },
     Family {

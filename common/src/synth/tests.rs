@@ -393,3 +393,18 @@ fn print_examples() {
         );
     }
 }
+
+#[test]
+#[ignore]
+fn print_families() {
+    for f in families() {
+        let langs: Vec<&str> = f.languages.iter().map(|l| l.as_str()).collect();
+        println!(
+            "| {:?} | {} | {} | {} |",
+            f.label,
+            f.name,
+            langs.join(", "),
+            f.description
+        );
+    }
+}
