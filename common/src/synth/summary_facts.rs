@@ -137,7 +137,7 @@ pub(crate) fn structure(r: &mut R, l: Language, code: &str) -> (String, Vec<Stri
         ),
         (
             "ErrorActionPreference",
-            "$ErrorActionPreference together with try/catch",
+            "$ErrorActionPreference set to Stop, which turns every cmdlet error into a terminating one",
         ),
     ];
     if let Some((_, how)) = errs.iter().find(|(k, _)| code.contains(k)) {
