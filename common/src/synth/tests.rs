@@ -408,3 +408,25 @@ fn print_families() {
         );
     }
 }
+
+/// Writes scripts of a small-scale corpus to $SYNTH_DUMP for external syntax checks.
+#[test]
+#[ignore]
+fn dump_scripts() {
+    let Ok(dir) = std::env::var("SYNTH_DUMP") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).expect("create dump dir");
+    for s in generate(&cfg(0.01)) {
+        let ext = match s.language {
+            Language::Bash => "sh",
+            Language::Batch => "bat",
+            Language::Javascript => "js",
+            Language::Powershell => "ps1",
+            Language::Python => "py",
+        };
+        let name = format!("{:06}-{}-{}.{ext}", s.index, s.family, if s.obfuscated { "obf" } else { "plain" });
+        std::fs::write(dir.join(name), &s.content).expect("write script");
+    }
+}
