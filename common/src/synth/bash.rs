@@ -110,6 +110,23 @@ fn backup(r: &mut R) -> Draft {
     let db = names::db_name(r);
     let dest = format!("/backups/{}", names::word(r));
     let days = r.random_range(5..60);
+    let (dump_cmd, dump_tool, engine) = match r.random_range(0..3) {
+        0 => (
+            "pg_dump --format=custom --no-owner \"$DB_NAME\" > \"$WORK_DIR/$DB_NAME-$STAMP.dump\"",
+            "pg_dump --format=custom --no-owner",
+            "PostgreSQL",
+        ),
+        1 => (
+            "mysqldump --single-transaction --routines \"$DB_NAME\" | gzip > \"$WORK_DIR/$DB_NAME-$STAMP.sql.gz\"",
+            "mysqldump --single-transaction piped through gzip",
+            "MySQL",
+        ),
+        _ => (
+            "mongodump --db \"$DB_NAME\" --archive=\"$WORK_DIR/$DB_NAME-$STAMP.archive\" --gzip",
+            "mongodump --archive --gzip",
+            "MongoDB",
+        ),
+    };
     let (lg, l) = logger(r);
     let mut c = header(
         r,
@@ -127,7 +144,7 @@ WORK_DIR=$(mktemp -d)
 
 dump_database() {
     @L@ "dumping $DB_NAME"
-    pg_dump --format=custom --no-owner "$DB_NAME" > "$WORK_DIR/$DB_NAME-$STAMP.dump"
+    @DUMP@
 }
 
 archive_files() {
@@ -147,21 +164,22 @@ ship
 rm -rf "$WORK_DIR"
 @L@ "backup $STAMP complete"
 "#,
-        &[("SRC", &src), ("DB", &db), ("USER", user), ("HOST", &host), ("DEST", &dest), ("L", l), ("DAYS", &days.to_string())],
+        &[
+            ("DUMP", dump_cmd),("SRC", &src), ("DB", &db), ("USER", user), ("HOST", &host), ("DEST", &dest), ("L", l), ("DAYS", &days.to_string())],
     ));
     Draft {
         content: c,
-        purpose: format!("backs up the {db} PostgreSQL database and the files in {src} to {host}"),
+        purpose: format!("backs up the {db} {engine} database and the files in {src} to {host}"),
         steps: vec![
             "creates a temporary work directory with mktemp -d and a timestamp for the run".into(),
-            format!("dumps {db} with pg_dump --format=custom --no-owner"),
+            format!("dumps {db} with {dump_tool}"),
             format!("archives {src} with tar -czf and records SHA256SUMS for the results"),
             format!("copies the work directory with rsync over ssh in BatchMode to {user}@{host}:{dest}"),
             format!("prunes remote backups older than {days} days with a remote find command"),
         ],
         effects: vec![format!("The host {host} accumulates one dated directory per run while local temporary data is removed.")],
         behaviours: vec!["Backs up a database and files to a remote host".into()],
-        iocs: vec![host, src, dest, "pg_dump".into()],
+        iocs: vec![host, src, dest, dump_tool.split(' ').next().unwrap_or("tar").to_string()],
     }
 }
 

@@ -426,7 +426,12 @@ fn dump_scripts() {
             Language::Powershell => "ps1",
             Language::Python => "py",
         };
-        let name = format!("{:06}-{}-{}.{ext}", s.index, s.family, if s.obfuscated { "obf" } else { "plain" });
+        let name = format!(
+            "{:06}-{}-{}.{ext}",
+            s.index,
+            s.family,
+            if s.obfuscated { "obf" } else { "plain" }
+        );
         std::fs::write(dir.join(name), &s.content).expect("write script");
     }
 }
