@@ -45,7 +45,7 @@ const SYNONYMS: &[(&str, &[&str])] = &[
     ("sends", &["sends", "transmits", "posts"]),
     ("checks", &["checks", "verifies", "tests"]),
     ("copies", &["copies", "duplicates"]),
-    ("reads", &["reads", "loads", "parses"]),
+    ("reads", &["reads", "loads"]),
     ("starts", &["starts", "spawns", "launches"]),
 ];
 
@@ -191,7 +191,7 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
             pick(
                 r,
                 &[
-                    "Its actions stay within what the task needs, and each step reports what it is doing.",
+                    "Its actions stay within what the task needs.",
                     "The powerful commands it contains serve the task directly and nothing is hidden.",
                     "It neither persists itself nor contacts hosts beyond the ones its job requires.",
                     "Every change it makes is one an administrator would expect from a tool of this kind.",
@@ -209,7 +209,7 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
         (true, 1) => format!("Taken together, this is {desc}, and the concrete hosts and paths above are what defenders should block or hunt for."),
         (true, _) => format!("In short, the file implements {desc}."),
         (false, 0) => format!("In short, it is {desc}, and its size fits that job."),
-        (false, 1) => format!("Taken as a whole, this is {desc} written for routine operations."),
+        (false, 1) => format!("Taken as a whole, it is routine operational code: {desc}."),
         (false, _) => format!("Overall the file is {desc}."),
     });
     if let Some((pn, bytes)) = inp.pad_note {
@@ -266,7 +266,11 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
         p3_opt.push(match (n_fns, r.random_range(0..2)) {
             (0, _) => format!("For a {n}-line job the flat layout is proportionate, and the commands match the stated purpose one to one."),
             (_, 0) => format!("At {n} lines with {n_fns} helper routines, its size is in proportion to the job it performs."),
-            _ => "The code is written for maintainability, with named values near the top that an operator can adjust.".to_string(),
+            _ => pick(r, &[
+                "The code is written for maintainability, with named values near the top that an operator can adjust.",
+                "Settings such as paths and hosts sit in variables near the top, which keeps the logic easy to adjust.",
+                "Its layout favours maintenance: configuration first, then the logic that uses it.",
+            ]).to_string(),
         });
     }
     let chatty = [
@@ -282,15 +286,20 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
     .iter()
     .any(|t| d.content.contains(t));
     let quiet = match (chatty, mal) {
-        (false, true) => Some(
+        (false, true) => Some(pick(r, &[
             "It prints nothing while it works, so a user who starts it sees no sign of activity.",
-        ),
-        (false, false) => Some(
+            "Nothing is written to the console, leaving the user unaware that it ran.",
+            "The script stays silent on the console from start to finish.",
+        ])),
+        (false, false) => Some(pick(r, &[
             "It works quietly and reports only through its exit status and the files it writes.",
-        ),
-        (true, false) => {
-            Some("Progress messages are printed as it goes, so an operator can follow each step.")
-        }
+            "There is no console chatter; success or failure shows in the exit code and the outputs.",
+        ])),
+        (true, false) => Some(pick(r, &[
+            "Progress messages are printed as it goes, so an operator can follow each step.",
+            "Each stage announces itself on the console, which makes runs easy to follow in a log.",
+            "Status lines are emitted along the way, which helps when reading scheduler or CI logs.",
+        ])),
         (true, true) => None,
     };
     if let Some(q) = quiet {

@@ -94,7 +94,7 @@ pub(crate) fn structure(r: &mut R, l: Language, code: &str) -> (String, Vec<Stri
                 "Its logic is split across {plural} such as {}, with a short main section that ties them together.",
                 list(&shown)
             ),
-            _ => format!("It defines {n} {plural} ({}) and calls them in order.", list(&shown)),
+            _ => format!("It defines {n} {plural} ({}).", list(&shown)),
         },
     };
     let mut extra = Vec::new();
