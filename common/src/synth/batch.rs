@@ -260,6 +260,13 @@ fn msi_deploy(r: &mut R) -> Draft {
     let prod = names::pascal(names::product(r));
     let ver = names::version(r);
     let share = format!("\\\\{}\\software\\{prod}", names::internal_host(r));
+    let sha = format!(
+        "{:016x}{:016x}{:016x}{:016x}",
+        r.random::<u64>(),
+        r.random::<u64>(),
+        r.random::<u64>(),
+        r.random::<u64>()
+    );
     let mut c = header(
         r,
         &format!("Deploy {prod} {ver} silently (run from GPO startup)"),
@@ -277,6 +284,15 @@ reg query "HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall" /s /f "@PRO
     call :log "removing previous @PROD@ version"
     wmic product where "name like '@PROD@%%'" call uninstall /nointeractive >nul
 )
+rem verify the package against the hash published by the packaging team
+set "HASHOK="
+for /f "skip=1 tokens=*" %%h in ('certutil -hashfile "%PKG%" SHA256 ^| find /v ":"') do (
+    if /i "%%h"=="@SHA@" set "HASHOK=1"
+)
+if not defined HASHOK (
+    call :log "hash mismatch for %PKG%, aborting"
+    exit /b 2
+)
 call :log "installing %PKG%"
 msiexec /i "%PKG%" /qn /norestart ALLUSERS=1 /l*v "%WINDIR%\Temp\@PROD@-msi.log"
 if %errorlevel% NEQ 0 if %errorlevel% NEQ 3010 (
@@ -289,7 +305,12 @@ call :log "install ok"
 exit /b 0
 
 "#,
-        &[("SHARE", &share), ("PROD", &prod), ("VER", &ver)],
+        &[
+            ("SHARE", &share),
+            ("PROD", &prod),
+            ("VER", &ver),
+            ("SHA", &sha),
+        ],
     ));
     c.push_str(LOG_SUB);
     Draft {
@@ -298,6 +319,7 @@ exit /b 0
         steps: vec![
             format!("exits early when the marker file installed-{ver}.txt already exists under %ProgramData%\\{prod}"),
             "looks for an older version in the Uninstall registry key and removes it through wmic product call uninstall".into(),
+            "verifies the package with certutil -hashfile SHA256 against a pinned hash and aborts on mismatch".into(),
             format!("runs msiexec /i on {prod}-{ver}-x64.msi with /qn /norestart ALLUSERS=1 and a verbose log"),
             "accepts exit code 3010 as success and writes the marker file".into(),
         ],
