@@ -130,7 +130,7 @@ pub(crate) fn add_banner(lang: Language, content: &mut String, r: &mut R) {
                 ]
             )
         ),
-        format!("  {}.0  initial release", year - 2000),
+        format!("  1.0.0  initial release ({year})"),
     ];
     let (prefix, open, close) = match lang {
         Language::Bash | Language::Python => ("# ", "", ""),

@@ -44,7 +44,6 @@ const SYNONYMS: &[(&str, &[&str])] = &[
     ("deletes", &["deletes", "removes", "erases"]),
     ("sends", &["sends", "transmits", "posts"]),
     ("checks", &["checks", "verifies", "tests"]),
-    ("copies", &["copies", "duplicates"]),
     ("reads", &["reads", "loads"]),
     ("starts", &["starts", "spawns", "launches"]),
 ];
@@ -177,6 +176,18 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
             2 => format!("The values worth recording are {l}."),
             _ => format!("Indicators visible in the text: {l}."),
         });
+    }
+    if inp.obf.is_some() {
+        let hidden: Vec<String> = d.iocs.iter().take(3).cloned().collect();
+        if !hidden.is_empty() {
+            p3.push(match r.random_range(0..2) {
+                0 => format!(
+                    "Inside the decoded layer the indicators are {}.",
+                    list(&hidden)
+                ),
+                _ => format!("Once decoded, the payload exposes {}.", list(&hidden)),
+            });
+        }
     }
     let mut p3_opt = Vec::new();
     let ids = attack_ids(&d.behaviours);
