@@ -185,10 +185,9 @@ fn psexec(r: &mut R) -> Draft {
     );
     let subnet = names::private_ip(r);
     let net: String = subnet
-        .rsplitn(2, '.')
-        .nth(1)
-        .unwrap_or("10.0.0")
-        .to_string();
+        .rsplit_once('.')
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_else(|| "10.0.0".to_string());
     let mut c = header(r, "deploy");
     c.push_str(&fill(
         r#"set "U=@USER@"

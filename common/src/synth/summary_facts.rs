@@ -14,11 +14,7 @@ pub(crate) fn functions(l: Language, code: &str) -> Vec<String> {
         let name = match l {
             Language::Bash => t
                 .strip_prefix("function ")
-                .map(|s| {
-                    s.split(|c: char| c == ' ' || c == '(' || c == '{')
-                        .next()
-                        .unwrap_or("")
-                })
+                .map(|s| s.split([' ', '(', '{']).next().unwrap_or(""))
                 .or_else(|| t.strip_suffix("() {").filter(|s| !s.contains(' '))),
             Language::Batch => t
                 .strip_prefix(':')
@@ -30,7 +26,7 @@ pub(crate) fn functions(l: Language, code: &str) -> Vec<String> {
                 .and_then(|s| s.split('(').next()),
             Language::Powershell => t
                 .strip_prefix("function ")
-                .and_then(|s| s.split(|c: char| c == ' ' || c == '{' || c == '(').next()),
+                .and_then(|s| s.split([' ', '{', '(']).next()),
             Language::Python => t
                 .strip_prefix("async def ")
                 .or_else(|| t.strip_prefix("def "))

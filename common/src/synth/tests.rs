@@ -136,7 +136,7 @@ fn obfuscation_share_and_real_payloads() {
         .collect();
     let obf = mal_test.iter().filter(|s| s.obfuscated).count();
     let share = obf as f64 / mal_test.len() as f64;
-    assert!(share >= 0.06 && share <= 0.16, "obfuscated share {share}");
+    assert!((0.06..=0.16).contains(&share), "obfuscated share {share}");
     assert!(all
         .iter()
         .filter(|s| s.label == Label::Benign)
@@ -172,10 +172,7 @@ fn obfuscation_share_and_real_payloads() {
                 .map(|c| u16::from_le_bytes([c[0], *c.get(1).unwrap_or(&0)]))
                 .collect();
             Some(String::from_utf16(&units).expect("UTF-16LE"))
-        } else if text.contains("| base64 -d | bash") {
-            let b = text.split('\'').nth(1).unwrap_or("");
-            Some(String::from_utf8(b64decode(b).expect("base64")).expect("utf8"))
-        } else if text.contains("exec(base64.b64decode(") {
+        } else if text.contains("| base64 -d | bash") || text.contains("exec(base64.b64decode(") {
             let b = text.split('\'').nth(1).unwrap_or("");
             Some(String::from_utf8(b64decode(b).expect("base64")).expect("utf8"))
         } else {
@@ -249,7 +246,11 @@ fn summaries_are_grounded_and_well_formed() {
         if (170..=280).contains(&w) {
             in_range += 1;
         }
-        assert!(w >= 120 && w <= 330, "{w} words for {}: {sum}", s.family);
+        assert!(
+            (120..=330).contains(&w),
+            "{w} words for {}: {sum}",
+            s.family
+        );
         let lower = sum.to_lowercase();
         for f in forbidden {
             assert!(!lower.contains(f), "forbidden {f:?} in {sum}");
