@@ -190,7 +190,11 @@ pub(crate) fn write(r: &mut R, inp: &Input) -> String {
         }
     }
     let mut p3_opt = Vec::new();
-    let ids = attack_ids(&d.behaviours);
+    let mut all_behaviours = d.behaviours.clone();
+    if let Some(o) = inp.obf {
+        all_behaviours.push(o.behaviour.to_string());
+    }
+    let ids = attack_ids(&all_behaviours);
     if mal && !ids.is_empty() {
         p3.push(match r.random_range(0..3) {
             0 => format!("In ATT&CK terms this corresponds to {}.", list(&ids)),
