@@ -62,7 +62,7 @@ pub fn batched_bench(model: &Llama, npp: usize, ntg: usize, sequences: usize, se
 
 fn argmax_rows(logits: burn::tensor::Tensor<2>) -> Vec<u32> {
     let [rows, vocab] = logits.dims();
-    let flat = logits.into_data().to_vec::<f32>().unwrap_or_default();
+    let flat = logits.into_data().try_to_vec::<f32>().unwrap_or_default();
     (0..rows)
         .map(|r| {
             let row = &flat[r * vocab..(r + 1) * vocab];

@@ -87,7 +87,7 @@ fn greedy_tokens_and_logprobs_match_llama_cpp() {
         h = h.narrow(0, prompt.len() - 1, 1);
         let mut matched = 0;
         for (i, step) in steps.iter().enumerate() {
-            let logits = model.logits(h).into_data().to_vec::<f32>().unwrap();
+            let logits = model.logits(h).into_data().try_to_vec::<f32>().unwrap();
             let lp = log_softmax(&logits);
             for top in step["top"].as_array().unwrap() {
                 let id = top[0].as_u64().unwrap() as usize;

@@ -350,7 +350,7 @@ fn row_vecs(logits: Tensor<2>) -> Vec<Vec<f32>> {
     let [rows, vocab] = logits.dims();
     let flat = logits
         .into_data()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .expect("logits are f32");
     (0..rows).map(|r| flat[r * vocab..(r + 1) * vocab].to_vec()).collect()
 }

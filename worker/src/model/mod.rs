@@ -107,11 +107,13 @@ impl Llama {
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * t]), &device);
         let mut x = self.embed.val().select(0, ids); // [b*t, hidden]
 
-        let positions: Vec<usize> = (0..b)
-            .flat_map(|s| (0..t).map(move |i| cache.len(s) + i))
+        let lens: Vec<usize> = (0..b).map(|s| cache.len(s)).collect();
+        let positions: Vec<usize> = lens
+            .iter()
+            .flat_map(|&len| (0..t).map(move |i| len + i))
             .collect();
         let (cos, sin) = self.rope_tables(&positions, b, t, &device);
-        let upto = (0..b).map(|s| cache.len(s)).max().unwrap_or(0) + t;
+        let upto = lens.iter().copied().max().unwrap_or(0) + t;
         let bias = attention_bias(cache, t, upto, &device);
 
         for (layer, block) in self.blocks.iter().enumerate() {

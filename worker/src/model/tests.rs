@@ -7,7 +7,7 @@ fn device() -> Device {
 }
 
 fn to_vec(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().unwrap()
+    t.into_data().try_to_vec::<f32>().unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
