@@ -50,7 +50,7 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
     let model = args.model.clone().unwrap_or_else(default_model_path);
     anyhow::ensure!(
         model.exists(),
-        "model file {} not found: run scripts/fetch_model.sh or pass --model",
+        "model file {} not found: run deploy/fetch_model.sh or pass --model",
         model.display()
     );
     let mut scripts = Vec::with_capacity(args.files.len());

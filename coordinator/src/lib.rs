@@ -2,5 +2,6 @@
 //! analyst's `annotate`, and (to come) run planning, leases and state.
 
 pub mod annotate_cmd;
+pub mod bench_cmd;
 pub mod corpus_cmd;
 pub mod device;

@@ -16,6 +16,15 @@ enum Command {
     Corpus(automaldesc_coordinator::corpus_cmd::CorpusCmd),
     /// Annotate script files: one JSON line per script with verdict, summary and timings.
     Annotate(automaldesc_coordinator::annotate_cmd::AnnotateArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Decoder throughput next to llama.cpp's, as ratios.
+    Runtime(automaldesc_coordinator::bench_cmd::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +39,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Corpus(cmd) => automaldesc_coordinator::corpus_cmd::run(cmd),
         Command::Annotate(args) => automaldesc_coordinator::annotate_cmd::run(args),
+        Command::Bench(BenchCmd::Runtime(args)) => automaldesc_coordinator::bench_cmd::run(args),
     }
 }

@@ -1,7 +1,7 @@
 //! Conformance with llama.cpp: greedy decoding of fixed chat prompts on SmolLM2-135M-Instruct
 //! gives the same prompt tokens and the same generated tokens as llama.cpp on the same
 //! weights (its F32 copy of the GGUF), with next-token log-probabilities within
-//! `LOGPROB_TOLERANCE`. The reference comes from `scripts/llamacpp_reference.py`.
+//! `LOGPROB_TOLERANCE`. The reference comes from `tests/peer/llamacpp_reference.py`.
 //! Runs whenever the model file is present; prints why it skips otherwise.
 
 use std::path::PathBuf;
@@ -42,7 +42,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
 #[test]
 fn greedy_tokens_and_logprobs_match_llama_cpp() {
     let Some(path) = model_path() else {
-        eprintln!("SKIP: model file absent (set AUTOMALDESC_GGUF or run scripts/fetch_model.sh)");
+        eprintln!("SKIP: model file absent (set AUTOMALDESC_GGUF or run deploy/fetch_model.sh)");
         return;
     };
     let reference_path = std::env::var("AUTOMALDESC_LLAMACPP_REFERENCE")

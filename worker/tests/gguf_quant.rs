@@ -1,5 +1,5 @@
 //! Dequantisation against fixtures produced by the independent Python `gguf`
-//! package (see `scripts/gen_quant_fixtures.py`).
+//! package (see `tests/peer/gen_quant_fixtures.py`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

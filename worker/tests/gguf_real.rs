@@ -3,7 +3,7 @@
 //! The file is found via `AUTOMALDESC_GGUF` or at
 //! `models/SmolLM2-135M-Instruct.Q4_1.gguf` under the workspace root. The
 //! dequantisation reference comes from the independent Python `gguf` package
-//! through `scripts/gguf_reference.py`; without it that test is skipped.
+//! through `tests/peer/gguf_reference.py`; without it that test is skipped.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -133,7 +133,7 @@ fn real_file_matches_python_gguf() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ref.json");
-    let script = workspace_root().join("scripts/gguf_reference.py");
+    let script = workspace_root().join("tests/peer/gguf_reference.py");
     let status = Command::new("python3")
         .arg(&script)
         .arg(&path)

@@ -212,7 +212,7 @@ fn count_mismatches(t: &Tokenizer, corpus: &[String], expected: &[Vec<u32>], who
     mismatches
 }
 
-/// llama.cpp itself, through llama-cpp-python (`scripts/tokenize_reference.py`).
+/// llama.cpp itself, through llama-cpp-python (`tests/peer/tokenize_reference.py`).
 #[test]
 fn matches_llama_cpp() {
     let Some((path, t)) = load() else { return };
@@ -224,7 +224,7 @@ fn matches_llama_cpp() {
 }
 
 /// An independent textbook BPE in Python over the GGUF vocabulary and merges
-/// (`scripts/bpe_reference.py`).
+/// (`tests/peer/bpe_reference.py`).
 #[test]
 fn matches_independent_python_bpe() {
     let Some((path, t)) = load() else { return };

@@ -22,12 +22,12 @@ F32 file. `--no-f32` decodes on the given file as is (to show how far Q4_1 drift
 files disagree.
 
 Usage:
-  python3 scripts/llamacpp_reference.py \
+  python3 tests/peer/llamacpp_reference.py \
       --model /path/SmolLM2-135M-Instruct.Q4_1.gguf \
       --prompts tests/data/conformance_prompts.json \
       --out tests/data/llamacpp_reference_f32.json
-  python3 scripts/llamacpp_reference.py --model ... --no-f32 --out /tmp/ref_q4_1.json
-  python3 scripts/llamacpp_reference.py --compare a.json b.json
+  python3 tests/peer/llamacpp_reference.py --model ... --no-f32 --out /tmp/ref_q4_1.json
+  python3 tests/peer/llamacpp_reference.py --compare a.json b.json
 """
 
 import argparse

@@ -2,7 +2,7 @@
 """Throughput of llama.cpp on a GGUF model, measured the way llama.cpp measures it.
 
 Primary path: llama.cpp's own `llama-batched-bench` (built by
-scripts/build_llamacpp_tools.sh into --tools-dir):
+tests/peer/build_llamacpp_tools.sh into --tools-dir):
 
     llama-batched-bench -m MODEL -c CTX -b 2048 -ub 512 -npp NPP -ntg NTG -npl NPL -t THREADS
 
@@ -19,7 +19,7 @@ Prints one JSON object on stdout:
     "prefill_tps": S_PP at B=1, "decode_tps": {"1": S_TG at B=1, "8": ..., "32": ...}}]}
 
 Usage:
-  python3 scripts/llamacpp_bench.py --model M.gguf --threads 2 --npp 512 --ntg 128 \
+  python3 tests/peer/llamacpp_bench.py --model M.gguf --threads 2 --npp 512 --ntg 128 \
       --npl 1,8,32 --tools-dir /work/peer-bin
   (--model may be given several times; --make-f32/--make-f16 also bench F32/F16 copies
    made with llama.cpp's quantizer, cached in --cache-dir)

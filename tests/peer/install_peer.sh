@@ -4,8 +4,8 @@
 # Idempotent: does nothing when the pinned version already imports.
 # Only apt (compiler) and pip (PyPI) are used.
 #
-#   scripts/install_peer.sh            # default: llama-cpp-python 0.3.36
-#   LLAMA_CPP_PYTHON_VERSION=0.3.36 PYTHON=python3 scripts/install_peer.sh
+#   tests/peer/install_peer.sh            # default: llama-cpp-python 0.3.36
+#   LLAMA_CPP_PYTHON_VERSION=0.3.36 PYTHON=python3 tests/peer/install_peer.sh
 #
 # The build takes ~5 minutes on 2 cores.  CMAKE_ARGS defaults to a native CPU build
 # (-DGGML_NATIVE=ON) without libcurl.

@@ -3,7 +3,7 @@
 # llama-quantize) from the llama.cpp sources vendored in the llama-cpp-python sdist,
 # so the tools match the library used for the conformance reference.
 #
-#   scripts/build_llamacpp_tools.sh DEST_DIR [SDIST.tar.gz | SOURCE_DIR]
+#   tests/peer/build_llamacpp_tools.sh DEST_DIR [SDIST.tar.gz | SOURCE_DIR]
 #
 # DEST_DIR receives the binaries (keep it outside the repository).  Without a second
 # argument the sdist of llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION (default 0.3.36) is

@@ -1,0 +1,100 @@
+//! `automaldesc bench runtime`: decoder throughput measured like `llama-batched-bench`,
+//! next to llama.cpp's own numbers taken in the same run, reported as ratios.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Context;
+use automaldesc_worker::bench::batched_bench;
+use automaldesc_worker::runtime::Annotator;
+use clap::Args;
+use serde_json::Value;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 512)]
+    pub npp: usize,
+    /// Decode steps.
+    #[arg(long, default_value_t = 128)]
+    pub ntg: usize,
+    /// Sequence counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub npl: Vec<usize>,
+    /// The GGUF llama.cpp runs (an F32 copy of --model gives the same numerics).
+    #[arg(long)]
+    pub llamacpp_model: Option<PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Directory with llama.cpp's built tools (llama-batched-bench), if any.
+    #[arg(long)]
+    pub llamacpp_tools: Option<PathBuf>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let model = args.model.clone().unwrap_or_else(crate::annotate_cmd::default_model_path);
+    let device = crate::device::select()?;
+    let annotator = Annotator::load_gguf(&model, &device)?;
+    // Warm-up: first calls allocate and fault in the weights.
+    batched_bench(&annotator.model, 16, 4, 1, 0);
+    let mut ours = Vec::new();
+    for &b in &args.npl {
+        let row = batched_bench(&annotator.model, args.npp, args.ntg, b, 1);
+        eprintln!("automaldesc B={b}: {}", serde_json::to_string(&row)?);
+        ours.push(row);
+    }
+    let peer = match &args.llamacpp_model {
+        Some(m) => Some(llamacpp(&args, m)?),
+        None => None,
+    };
+    println!("| B | prefill tok/s (ours / llama.cpp / ratio) | decode tok/s (ours / llama.cpp / ratio) | total tok/s (ours / llama.cpp / ratio) |");
+    println!("|---|---|---|---|");
+    for row in &ours {
+        let theirs = peer.as_ref().and_then(|p| peer_row(p, row.sequences));
+        let cell = |o: f64, key: &str| match theirs.as_ref().and_then(|t| t[key].as_f64()) {
+            Some(t) => format!("{o:.1} / {t:.1} / {:.2}", o / t),
+            None => format!("{o:.1} / - / -"),
+        };
+        println!(
+            "| {} | {} | {} | {} |",
+            row.sequences,
+            cell(row.prefill_tps, "s_pp"),
+            cell(row.decode_tps, "s_tg"),
+            cell(row.total_tps, "s")
+        );
+    }
+    Ok(())
+}
+
+fn llamacpp(args: &BenchArgs, model: &PathBuf) -> anyhow::Result<Value> {
+    let npl: Vec<String> = args.npl.iter().map(|n| n.to_string()).collect();
+    let mut cmd = Command::new("python3");
+    cmd.arg("tests/peer/llamacpp_bench.py")
+        .arg("--model")
+        .arg(model)
+        .args(["--threads", &args.threads.to_string()])
+        .args(["--npp", &args.npp.to_string(), "--ntg", &args.ntg.to_string()])
+        .args(["--npl", &npl.join(",")]);
+    if let Some(t) = &args.llamacpp_tools {
+        cmd.arg("--tools-dir").arg(t);
+    }
+    let out = cmd.output().context("cannot run tests/peer/llamacpp_bench.py")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "llama.cpp bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).context("llama.cpp bench printed no JSON")?;
+    eprintln!("llama.cpp: {v}");
+    Ok(v)
+}
+
+fn peer_row(peer: &Value, sequences: usize) -> Option<Value> {
+    peer["models"][0]["results"]
+        .as_array()?
+        .iter()
+        .find(|r| r["pl"].as_u64() == Some(sequences as u64))
+        .cloned()
+}
