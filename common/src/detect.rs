@@ -188,7 +188,7 @@ fn score_batch(l: &str, lower: &str, s: &mut f64) {
     add(s, lower.starts_with("exit /b") || lower.starts_with("call :"), 4.0);
     add(s, lower == "pause" || lower == "cls", 2.0);
     add(s, l.starts_with(':') && !l.starts_with("::") && l.len() > 1 && l[1..].chars().all(|c| c.is_alphanumeric() || c == '_'), 1.5);
-    add(s, lower.starts_with("set ") && l.contains('=') && !l.contains(' = '), 0.5);
+    add(s, lower.starts_with("set ") && l.contains('=') && !l.contains(" = "), 0.5);
     add(s, l.matches('%').count() >= 2 && !l.contains("%s") && !l.contains("%d"), 0.5);
 }
 

@@ -106,17 +106,17 @@ fn release_row(
     path: Option<&str>,
     behaviours: Vec<String>,
 ) -> Result<ReleaseRow> {
-    let need = |v: Option<&str>, name: &str| {
+    fn need<'a>(v: Option<&'a str>, name: &str, position: &str) -> Result<&'a str> {
         v.ok_or_else(|| Error::invalid(format!("{position}: `{name}` is missing or null")))
-    };
-    let sha = need(sha256, "sha256")?.trim().to_ascii_lowercase();
+    }
+    let sha = need(sha256, "sha256", &position)?.trim().to_ascii_lowercase();
     if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::invalid(format!("{position}: sha256 {sha:?} is not 64 hex digits")));
     }
     Ok(ReleaseRow {
-        label: parse_label_text(need(label, "label")?, &position)?,
-        language: parse_language_text(need(language, "language")?, &position)?,
-        summary: need(summary, "summary")?.to_string(),
+        label: parse_label_text(need(label, "label", &position)?, &position)?,
+        language: parse_language_text(need(language, "language", &position)?, &position)?,
+        summary: need(summary, "summary", &position)?.to_string(),
         path: path.map(str::to_string),
         behaviours,
         sha256: sha,
@@ -165,6 +165,10 @@ fn utf8_column(b: &RecordBatch, name: &str, required: bool) -> Result<Option<Str
     Ok(casted.as_any().downcast_ref::<StringArray>().cloned())
 }
 
+fn text_at(a: &Option<StringArray>, i: usize) -> Option<&str> {
+    a.as_ref().and_then(|a| (!a.is_null(i)).then(|| a.value(i)))
+}
+
 /// Parses a Parquet release file; invalid values are errors naming the row (0-based).
 pub fn parse_release_parquet(data: bytes::Bytes) -> Result<Vec<ReleaseRow>> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(data)?.build()?;
@@ -182,7 +186,6 @@ pub fn parse_release_parquet(data: bytes::Bytes) -> Result<Vec<ReleaseRow>> {
             .index_of("behaviours")
             .ok()
             .and_then(|i| b.column(i).as_any().downcast_ref::<ListArray>().cloned());
-        let get = |a: &Option<StringArray>, i: usize| a.as_ref().and_then(|a| (!a.is_null(i)).then(|| a.value(i)));
         for i in 0..b.num_rows() {
             let beh = behaviours
                 .as_ref()
@@ -191,11 +194,11 @@ pub fn parse_release_parquet(data: bytes::Bytes) -> Result<Vec<ReleaseRow>> {
                 .unwrap_or_default();
             rows.push(release_row(
                 format!("row {}", offset + i),
-                get(&sha, i),
-                get(&label, i),
-                get(&lang, i),
-                get(&summary, i),
-                get(&path, i),
+                text_at(&sha, i),
+                text_at(&label, i),
+                text_at(&lang, i),
+                text_at(&summary, i),
+                text_at(&path, i),
                 beh,
             )?);
         }

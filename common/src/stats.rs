@@ -117,7 +117,7 @@ pub async fn dataset_stats(url: &str) -> Result<StatsTable> {
     let mut pairs = Vec::new();
     for meta in list_parquet(store.as_ref(), &prefix).await? {
         let cols = [lang_col, label_col];
-        for b in read_batches(store.clone(), &meta.location, None, Some(&cols)).await? {
+        for b in read_batches(store.clone(), &meta.location, None, Some(&cols[..])).await? {
             let langs = str_column(&b, lang_col)?;
             let labels = u8_column(&b, label_col)?;
             for i in 0..b.num_rows() {

@@ -169,17 +169,17 @@ impl ArrowRow for GenerationRow {
             .map(|i| {
                 for (a, n) in [
                     (sha as &dyn Array, "sha256"),
-                    (sample, "sample_index"),
-                    (temp, "temperature"),
-                    (seed, "seed"),
-                    (response, "response"),
-                    (label_prob, "label_prob"),
-                    (prompt_tokens, "prompt_tokens"),
-                    (gen_tokens, "generated_tokens"),
-                    (finish, "finish_reason"),
-                    (truncated, "prompt_truncated"),
-                    (model, "model_id"),
-                    (attempt, "attempt_id"),
+                    (sample as &dyn Array, "sample_index"),
+                    (temp as &dyn Array, "temperature"),
+                    (seed as &dyn Array, "seed"),
+                    (response as &dyn Array, "response"),
+                    (label_prob as &dyn Array, "label_prob"),
+                    (prompt_tokens as &dyn Array, "prompt_tokens"),
+                    (gen_tokens as &dyn Array, "generated_tokens"),
+                    (finish as &dyn Array, "finish_reason"),
+                    (truncated as &dyn Array, "prompt_truncated"),
+                    (model as &dyn Array, "model_id"),
+                    (attempt as &dyn Array, "attempt_id"),
                 ] {
                     required(a, n, i)?;
                 }

@@ -105,9 +105,9 @@ impl ArrowRow for RejectedRow {
             .map(|i| {
                 for (a, n) in [
                     (sha as &dyn Array, "sha256"),
-                    (stage, "stage"),
-                    (reason, "reason"),
-                    (detail, "detail"),
+                    (stage as &dyn Array, "stage"),
+                    (reason as &dyn Array, "reason"),
+                    (detail as &dyn Array, "detail"),
                 ] {
                     required(a, n, i)?;
                 }
