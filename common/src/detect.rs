@@ -175,6 +175,19 @@ fn score_bash(l: &str, s: &mut f64) {
     add(s, l.starts_with("echo ") || l.starts_with("printf "), 0.5);
     add(s, l.contains(" || ") || l.contains(" && "), 0.3);
     add(s, l.starts_with("exit ") && l[5..].trim().parse::<i32>().is_ok(), 1.0);
+    add(s, l.starts_with("exec ") || l.starts_with("return $"), 1.5);
+    add(s, is_shell_assignment(l), 1.5);
+}
+
+/// `NAME=value` with no space around `=`: a shell assignment (Python and PowerShell space it,
+/// batch prefixes it with `set`).
+fn is_shell_assignment(l: &str) -> bool {
+    let Some(eq) = l.find('=') else { return false };
+    let name = &l[..eq];
+    !name.is_empty()
+        && !l[eq + 1..].starts_with('=')
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn score_batch(l: &str, lower: &str, s: &mut f64) {
@@ -219,6 +232,7 @@ fn score_powershell(l: &str, lower: &str, s: &mut f64) {
     add(s, lower.contains(" -like ") || lower.contains(" -match ") || lower.contains(" -notmatch "), 2.0);
     add(s, lower.starts_with("<#") || lower.starts_with("#>"), 3.0);
     add(s, l.contains("@{"), 1.0);
+    add(s, l.starts_with('$') && l.contains(" = ") && !l.starts_with("$("), 1.5);
     add(s, l.contains("$_.") || l.contains("| %") || l.contains("| ?"), 1.5);
     add(s, has_cmdlet(l), 2.5);
 }
