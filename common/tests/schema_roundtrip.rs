@@ -150,15 +150,13 @@ fn wrong_type_and_missing_column_are_named() {
 
 #[test]
 fn bad_values_are_named_by_row() {
-    let mut rows = labelled_rows();
-    let batch = LabelledRow::to_batch(&rows).unwrap();
+    let batch = LabelledRow::to_batch(&labelled_rows()).unwrap();
     // Swap in an unknown language on row 1.
     let mut cols = batch.columns().to_vec();
     cols[1] = Arc::new(StringArray::from(vec!["powershell", "ruby"]));
     let bad = RecordBatch::try_new(batch.schema(), cols).unwrap();
     let err = LabelledRow::from_batch(&bad).unwrap_err().to_string();
     assert!(err.contains("`language` row 1") && err.contains("ruby"), "{err}");
-    rows.truncate(1);
 }
 
 #[test]
