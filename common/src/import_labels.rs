@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::parquet_io::{list_parquet, read_file, write_dataset, WriterOptions, WrittenFile};
 use crate::schema::{CorpusRow, LabelledRow};
-use crate::store::{child, get_bytes, open_store, put_bytes};
+use crate::store::{child, get_bytes, open_object, open_store, put_bytes};
 use crate::types::{sha256_hex, Label, Language};
 
 /// Name of the JSONL report of rows that could not be joined, inside the output prefix.
@@ -218,7 +218,7 @@ fn safe_join(root: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
 
 /// Corpus rows whose sha256 is in `wanted`, from every file of the corpus.
 async fn corpus_rows_for(url: &str, wanted: &HashSet<String>) -> Result<HashMap<String, CorpusRow>> {
-    let (store, prefix) = open_store(url)?;
+    let (store, prefix) = open_object(url)?;
     let mut found = HashMap::new();
     for meta in list_parquet(store.as_ref(), &prefix).await? {
         for row in read_file::<CorpusRow>(store.clone(), &meta.location).await? {
@@ -241,7 +241,7 @@ pub async fn import_labels(
     if opts.root.is_none() && opts.corpus_url.is_none() {
         return Err(Error::invalid("give a root directory or a corpus to join labels to scripts"));
     }
-    let (in_store, in_path) = open_store(input_url)?;
+    let (in_store, in_path) = open_object(input_url)?;
     let data = get_bytes(in_store.as_ref(), &in_path).await?;
     let rows = if input_url.ends_with(".jsonl") || input_url.ends_with(".json") {
         parse_release_jsonl(&data)?

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::parquet_io::{dataset_schema, list_parquet, read_batches};
-use crate::store::open_store;
+use crate::store::open_object;
 use crate::types::{Label, Language};
 
 /// Which kind of dataset the table was computed from.
@@ -100,7 +100,7 @@ fn u8_column<'a>(b: &'a arrow::record_batch::RecordBatch, name: &str) -> Result<
 
 /// Computes the table for the dataset at `url`, reading only the two columns it needs.
 pub async fn dataset_stats(url: &str) -> Result<StatsTable> {
-    let (store, prefix) = open_store(url)?;
+    let (store, prefix) = open_object(url)?;
     let schema = dataset_schema(store.clone(), &prefix)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no parquet files under {url}")))?;

@@ -25,13 +25,23 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
         .clone()
 }
 
-/// Opens the store for `url` and returns it with the path prefix inside it.
+/// Opens the store for `url` (an output location) and returns it with the path prefix inside it.
 ///
 /// Accepted forms: a local path (relative or absolute), `file:///abs/path`,
 /// `memory://<name>/<prefix>` (a named process-wide store), and `s3://bucket/prefix`, configured
 /// from the `AWS_*` environment (including `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP` for
 /// S3-compatible servers). Local directories are created when missing.
 pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    open(url, true)
+}
+
+/// Like [`open_store`] for reading an existing input (a file or a dataset): local paths must exist
+/// and nothing is created.
+pub fn open_object(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    open(url, false)
+}
+
+fn open(url: &str, create: bool) -> Result<(Arc<dyn ObjectStore>, Path)> {
     if let Some(rest) = url.strip_prefix("memory://") {
         let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if name.is_empty() {
@@ -40,7 +50,7 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
         return Ok((memory_store(name), Path::parse(prefix)?));
     }
     if let Some(rest) = url.strip_prefix("file://") {
-        return open_local(rest);
+        return open_local(rest, create);
     }
     match Url::parse(url) {
         Ok(u) if u.scheme().len() > 1 => {
@@ -52,13 +62,16 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
             Ok((Arc::from(store), path))
         }
         // No scheme (or a Windows drive letter): a local path.
-        _ => open_local(url),
+        _ => open_local(url, create),
     }
 }
 
-fn open_local(path: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+fn open_local(path: &str, create: bool) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let p = std::path::Path::new(path);
     if !p.exists() {
+        if !create {
+            return Err(Error::NotFound(format!("local file {path}")));
+        }
         std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
     }
     let abs = std::fs::canonicalize(p).map_err(|e| Error::io(p, e))?;
@@ -126,6 +139,14 @@ mod tests {
         assert!(target.is_dir());
         put_bytes(store.as_ref(), &child(&prefix, "f.bin"), vec![1, 2, 3]).await.unwrap();
         assert_eq!(std::fs::read(target.join("f.bin")).unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn opening_a_missing_input_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("labels.jsonl");
+        assert!(matches!(open_object(missing.to_str().unwrap()), Err(Error::NotFound(_))));
+        assert!(!missing.exists());
     }
 
     #[test]
