@@ -2,7 +2,6 @@
 //! row groups sized for parallel reads, and readers for whole datasets, single files and
 //! row-group ranges, so a planner can shard work without rewriting files.
 
-use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -90,7 +89,6 @@ pub struct DatasetWriter<R: ArrowRow> {
     /// Raw (in-memory) and stored bytes so far, to predict compression.
     raw_total: u64,
     stored_total: u64,
-    _row: PhantomData<R>,
 }
 
 impl<R: ArrowRow> DatasetWriter<R> {
@@ -105,7 +103,6 @@ impl<R: ArrowRow> DatasetWriter<R> {
             files: Vec::new(),
             raw_total: 0,
             stored_total: 0,
-            _row: PhantomData,
         }
     }
 
