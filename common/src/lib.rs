@@ -2,7 +2,17 @@
 //! Arrow schemas of every stage's data, Parquet IO over object storage, the synthetic
 //! corpus generator, and corpus import and statistics.
 
+pub mod detect;
+pub mod error;
+pub mod import;
+pub mod import_labels;
+pub mod manifest;
+pub mod parquet_io;
+pub mod schema;
+pub mod stats;
+pub mod store;
 pub mod synth;
 pub mod types;
 
+pub use error::{Error, Result};
 pub use types::{sha256_hex, Label, Language, Split};

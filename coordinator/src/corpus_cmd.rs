@@ -1,10 +1,135 @@
 //! `automaldesc corpus ...`: synthetic corpus generation, import and statistics.
 
-use clap::Subcommand;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use automaldesc_common::import::{import_dir, ImportOptions};
+use automaldesc_common::import_labels::{import_labels, LabelImportOptions};
+use automaldesc_common::parquet_io::WriterOptions;
+use automaldesc_common::stats::dataset_stats;
+use automaldesc_common::store::block_on;
+use clap::{Args, Subcommand};
+
+/// Output file sizing shared by the commands that write datasets.
+#[derive(Args, Clone, Debug)]
+pub struct SizingArgs {
+    /// Target size of each Parquet file, in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub target_file_mib: u64,
+    /// Target in-memory size of each row group, in MiB.
+    #[arg(long, default_value_t = 8)]
+    pub row_group_mib: u64,
+}
+
+impl SizingArgs {
+    fn writer(&self) -> WriterOptions {
+        WriterOptions {
+            target_file_bytes: self.target_file_mib.max(1) << 20,
+            row_group_bytes: self.row_group_mib.max(1) << 20,
+            ..Default::default()
+        }
+    }
+}
 
 #[derive(Subcommand)]
-pub enum CorpusCmd {}
+pub enum CorpusCmd {
+    /// Import a directory tree of script files as a corpus dataset.
+    Import {
+        /// Directory to walk.
+        dir: PathBuf,
+        /// Output dataset: a local path, file://, s3://bucket/prefix or memory://name/prefix.
+        #[arg(long)]
+        out: String,
+        /// Skip files larger than this many bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_bytes: u64,
+        #[command(flatten)]
+        sizing: SizingArgs,
+        /// Print the summary as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a labelled set (release format: Parquet or JSONL with sha256, label, language,
+    /// summary and optional path), joined to script contents by path or by sha256.
+    ImportLabels {
+        /// The release file (.parquet or .jsonl), as a path or URL.
+        input: String,
+        /// Output labelled dataset.
+        #[arg(long)]
+        out: String,
+        /// Directory the rows' `path` values are relative to.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Corpus dataset to find scripts in by sha256.
+        #[arg(long)]
+        corpus: Option<String>,
+        /// Where to write the joined scripts as a corpus dataset.
+        #[arg(long)]
+        corpus_out: Option<String>,
+        /// Provenance recorded on every row: seed, test...
+        #[arg(long, default_value = "seed")]
+        provenance: String,
+        #[command(flatten)]
+        sizing: SizingArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-language benign/malicious counts of a corpus or labelled dataset.
+    Stats {
+        /// Dataset URL or path.
+        url: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 pub fn run(cmd: CorpusCmd) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        CorpusCmd::Import { dir, out, max_bytes, sizing, json } => {
+            let opts = ImportOptions { max_bytes, writer: sizing.writer() };
+            let report = block_on(import_dir(&dir, &out, &opts))?
+                .with_context(|| format!("importing {} into {out}", dir.display()))?;
+            if json {
+                let mut v = serde_json::to_value(&report)?;
+                // The per-file list can be long; it is in _skipped.jsonl.
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("skipped");
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{report}");
+                println!("skipped files and reasons: {out}/_skipped.jsonl");
+            }
+        }
+        CorpusCmd::ImportLabels { input, out, root, corpus, corpus_out, provenance, sizing, json } => {
+            let opts = LabelImportOptions { root, corpus_url: corpus, provenance, writer: sizing.writer() };
+            let report = block_on(import_labels(&input, &out, corpus_out.as_deref(), &opts))?
+                .with_context(|| format!("importing labels from {input}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("rows              {:>8}", report.rows);
+                println!("joined by path    {:>8}", report.joined_by_path);
+                println!("joined by sha256  {:>8}", report.joined_by_sha256);
+                for (reason, n) in &report.rejected_by_reason {
+                    println!("rejected {reason:<16} {n:>8}");
+                }
+                for r in report.rejected.iter().take(20) {
+                    println!("  {}: {} ({})", r.position, r.reason, r.detail);
+                }
+                if report.rejected.len() > 20 {
+                    println!("  ... {} more in {out}/_rejected.jsonl", report.rejected.len() - 20);
+                }
+            }
+        }
+        CorpusCmd::Stats { url, json } => {
+            let table = block_on(dataset_stats(&url))?.with_context(|| format!("reading {url}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&table)?);
+            } else {
+                print!("{table}");
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,158 @@
+//! Opens the object store behind a dataset URL, so every stage reads and writes local
+//! directories, in-memory test stores and S3-compatible buckets through one interface.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// Process-wide in-memory stores by name, so `memory://name/...` written by one call can be
+/// read back by another.
+fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    let map = STORES.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = match map.lock() {
+        Ok(m) => m,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    map.entry(name.to_string())
+        .or_insert_with(|| Arc::new(InMemory::new()))
+        .clone()
+}
+
+/// Opens the store for `url` (an output location) and returns it with the path prefix inside it.
+///
+/// Accepted forms: a local path (relative or absolute), `file:///abs/path`,
+/// `memory://<name>/<prefix>` (a named process-wide store), and `s3://bucket/prefix`, configured
+/// from the `AWS_*` environment (including `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP` for
+/// S3-compatible servers). Local directories are created when missing.
+pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    open(url, true)
+}
+
+/// Like [`open_store`] for reading an existing input (a file or a dataset): local paths must exist
+/// and nothing is created.
+pub fn open_object(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    open(url, false)
+}
+
+fn open(url: &str, create: bool) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    if let Some(rest) = url.strip_prefix("memory://") {
+        let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if name.is_empty() {
+            return Err(Error::invalid(format!("memory url {url:?} needs a store name: memory://<name>/<prefix>")));
+        }
+        return Ok((memory_store(name), Path::parse(prefix)?));
+    }
+    if let Some(rest) = url.strip_prefix("file://") {
+        return open_local(rest, create);
+    }
+    match Url::parse(url) {
+        Ok(u) if u.scheme().len() > 1 => {
+            let opts: Vec<(String, String)> = std::env::vars()
+                .filter(|(k, _)| k.starts_with("AWS_"))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect();
+            let (store, path) = object_store::parse_url_opts(&u, opts)?;
+            Ok((Arc::from(store), path))
+        }
+        // No scheme (or a Windows drive letter): a local path.
+        _ => open_local(url, create),
+    }
+}
+
+fn open_local(path: &str, create: bool) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    let p = std::path::Path::new(path);
+    if !p.exists() {
+        if !create {
+            return Err(Error::NotFound(format!("local file {path}")));
+        }
+        std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+    }
+    let abs = std::fs::canonicalize(p).map_err(|e| Error::io(p, e))?;
+    let store = object_store::local::LocalFileSystem::new();
+    let prefix = Path::from_absolute_path(&abs)
+        .map_err(|e| Error::invalid(format!("local path {}: {e}", abs.display())))?;
+    Ok((Arc::new(store), prefix))
+}
+
+/// Joins a file name (or relative path) onto a prefix.
+pub fn child(prefix: &Path, name: &str) -> Path {
+    name.split('/')
+        .filter(|s| !s.is_empty())
+        .fold(prefix.clone(), |p, part| p.child(part))
+}
+
+/// Reads a whole object into memory.
+pub async fn get_bytes(store: &dyn ObjectStore, path: &Path) -> Result<bytes::Bytes> {
+    match store.get(path).await {
+        Ok(r) => Ok(r.bytes().await?),
+        Err(object_store::Error::NotFound { .. }) => Err(Error::NotFound(format!("object {path}"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes a whole object.
+pub async fn put_bytes(store: &dyn ObjectStore, path: &Path, data: Vec<u8>) -> Result<()> {
+    store.put(path, data.into()).await?;
+    Ok(())
+}
+
+/// Runs a future to completion on a fresh runtime: the synchronous entry point for CLIs.
+pub fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start async runtime: {e}")))?;
+    Ok(rt.block_on(fut))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_is_shared_by_name() {
+        let (s1, p1) = open_store("memory://shared-test/a/b").unwrap();
+        s1.put(&child(&p1, "x.txt"), b"hello".to_vec().into()).await.unwrap();
+        let (s2, p2) = open_store("memory://shared-test/a").unwrap();
+        let got = get_bytes(s2.as_ref(), &child(&p2, "b/x.txt")).await.unwrap();
+        assert_eq!(&got[..], b"hello");
+        let (s3, _) = open_store("memory://other-store/a").unwrap();
+        assert!(matches!(
+            get_bytes(s3.as_ref(), &child(&p2, "b/x.txt")).await,
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn local_relative_path_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("nested/out");
+        let url = format!("file://{}", target.display());
+        let (store, prefix) = open_store(&url).unwrap();
+        assert!(target.is_dir());
+        put_bytes(store.as_ref(), &child(&prefix, "f.bin"), vec![1, 2, 3]).await.unwrap();
+        assert_eq!(std::fs::read(target.join("f.bin")).unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn opening_a_missing_input_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("labels.jsonl");
+        assert!(matches!(open_object(missing.to_str().unwrap()), Err(Error::NotFound(_))));
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn s3_url_is_configured_from_env_options() {
+        // Building an S3 client does no IO; only the bucket and prefix are checked here.
+        let (_, path) = open_store("s3://bucket/some/prefix").unwrap();
+        assert_eq!(path.as_ref(), "some/prefix");
+    }
+}

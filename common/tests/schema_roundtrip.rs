@@ -1,0 +1,177 @@
+//! Every schema survives a trip through Parquet, in memory and on disk, and reading reports
+//! wrong or missing columns by name.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use automaldesc_common::manifest::{Manifest, ManifestFile};
+use automaldesc_common::parquet_io::{read_dataset, write_dataset, WriterOptions};
+use automaldesc_common::schema::*;
+use automaldesc_common::store::open_store;
+use automaldesc_common::{Label, Language};
+
+fn corpus_rows() -> Vec<CorpusRow> {
+    let mut a = CorpusRow::new(b"echo hi\n".to_vec(), "bin/a.sh", Some(Language::Bash));
+    a.noisy_label = Some(Label::Malicious);
+    let b = CorpusRow::new(vec![0xff, 0xfe, b'x', 0], "synth:dropper", None);
+    vec![a, b]
+}
+
+fn labelled_rows() -> Vec<LabelledRow> {
+    vec![
+        LabelledRow {
+            sha256: "a".repeat(64),
+            language: Language::Powershell,
+            label: Label::Malicious,
+            summary: "downloads and runs a payload".into(),
+            behaviours: vec!["download".into(), "exec".into()],
+            provenance: "iter-2:model=abc:adapter=x1".into(),
+        },
+        LabelledRow {
+            sha256: "b".repeat(64),
+            language: Language::Python,
+            label: Label::Benign,
+            summary: "prints a table".into(),
+            behaviours: vec![],
+            provenance: "seed".into(),
+        },
+    ]
+}
+
+fn generation_rows() -> Vec<GenerationRow> {
+    let base = GenerationRow {
+        sha256: "c".repeat(64),
+        sample_index: 0,
+        temperature: 0.7,
+        seed: u64::MAX - 3,
+        response: "language: bash\nlabel: 1\nsummary: wipes logs".into(),
+        language: Some(Language::Bash),
+        label: Some(Label::Malicious),
+        summary: Some("wipes logs".into()),
+        label_prob: 0.93,
+        language_probs: vec![0.9, 0.02, 0.03, 0.03, 0.02],
+        prompt_tokens: 812,
+        generated_tokens: 44,
+        finish_reason: FinishReason::Stop,
+        prompt_truncated: false,
+        model_id: "m-123".into(),
+        adapter_id: Some("lora-7".into()),
+        attempt_id: "unit-4/attempt-1".into(),
+    };
+    let mut other = base.clone();
+    other.sample_index = 1;
+    other.language = None;
+    other.label = None;
+    other.summary = None;
+    other.adapter_id = None;
+    other.language_probs = vec![];
+    other.finish_reason = FinishReason::EarlyStopLowConfidence;
+    other.prompt_truncated = true;
+    vec![base, other]
+}
+
+fn judgement_rows() -> Vec<JudgementRow> {
+    vec![
+        JudgementRow { sha256: "d".repeat(64), sample_index: 2, judge_label: Some(Label::Benign), judge_prob: 0.1, judge_model_id: "j".into() },
+        JudgementRow { sha256: "d".repeat(64), sample_index: 3, judge_label: None, judge_prob: 0.5, judge_model_id: "j".into() },
+    ]
+}
+
+fn funnel_rows() -> Vec<FunnelRow> {
+    vec![
+        FunnelRow { stage: "generate".into(), reason: "kept".into(), count: 10 },
+        FunnelRow { stage: "filter".into(), reason: "disagree".into(), count: 3 },
+    ]
+}
+
+fn rejected_rows() -> Vec<RejectedRow> {
+    vec![RejectedRow { sha256: "e".repeat(64), stage: "filter".into(), reason: "low_confidence".into(), detail: "p=0.55 < 0.9".into() }]
+}
+
+async fn round_trip<R: ArrowRow + PartialEq + std::fmt::Debug>(url: &str, rows: Vec<R>) {
+    // Batch conversion alone.
+    let batch = R::to_batch(&rows).unwrap();
+    assert_eq!(batch.schema(), R::schema());
+    assert_eq!(R::from_batch(&batch).unwrap(), rows);
+    // Through Parquet.
+    let (store, prefix) = open_store(url).unwrap();
+    let files = write_dataset(store.clone(), &prefix, rows.clone(), WriterOptions::default()).await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].rows, rows.len() as u64);
+    let back: Vec<R> = read_dataset(store, &prefix).await.unwrap();
+    assert_eq!(back, rows, "round trip through {url}");
+}
+
+async fn all_round_trips(base: &str) {
+    round_trip(&format!("{base}/corpus"), corpus_rows()).await;
+    round_trip(&format!("{base}/labelled"), labelled_rows()).await;
+    round_trip(&format!("{base}/generations"), generation_rows()).await;
+    round_trip(&format!("{base}/judgements"), judgement_rows()).await;
+    round_trip(&format!("{base}/funnel"), funnel_rows()).await;
+    round_trip(&format!("{base}/rejected"), rejected_rows()).await;
+}
+
+#[tokio::test]
+async fn every_schema_round_trips_in_memory() {
+    all_round_trips("memory://schema-rt/run1").await;
+}
+
+#[tokio::test]
+async fn every_schema_round_trips_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    all_round_trips(dir.path().to_str().unwrap()).await;
+    assert!(dir.path().join("corpus/part-00000.parquet").is_file());
+}
+
+#[test]
+fn wrong_type_and_missing_column_are_named() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("stage", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("count", DataType::Utf8, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec!["a"])),
+        Arc::new(StringArray::from(vec!["b"])),
+        Arc::new(StringArray::from(vec!["3"])),
+    ];
+    let b = RecordBatch::try_new(schema, cols).unwrap();
+    let err = FunnelRow::from_batch(&b).unwrap_err().to_string();
+    assert!(err.contains("`count`") && err.contains("Utf8") && err.contains("UInt64"), "{err}");
+
+    let schema = Arc::new(Schema::new(vec![Field::new("stage", DataType::Utf8, false), Field::new("count", DataType::UInt64, false)]));
+    let cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec!["a"])), Arc::new(UInt64Array::from(vec![1u64]))];
+    let b = RecordBatch::try_new(schema, cols).unwrap();
+    let err = FunnelRow::from_batch(&b).unwrap_err().to_string();
+    assert!(err.contains("`reason`") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn bad_values_are_named_by_row() {
+    let batch = LabelledRow::to_batch(&labelled_rows()).unwrap();
+    // Swap in an unknown language on row 1.
+    let mut cols = batch.columns().to_vec();
+    cols[1] = Arc::new(StringArray::from(vec!["powershell", "ruby"]));
+    let bad = RecordBatch::try_new(batch.schema(), cols).unwrap();
+    let err = LabelledRow::from_batch(&bad).unwrap_err().to_string();
+    assert!(err.contains("`language` row 1") && err.contains("ruby"), "{err}");
+}
+
+#[test]
+fn manifest_round_trips_as_json() {
+    let m = Manifest {
+        run_id: "r1".into(),
+        iteration: 2,
+        stage: "generate".into(),
+        files: vec![ManifestFile { path: "part-00000.parquet".into(), rows: 10, bytes: 1234, sha256: "f".repeat(64) }],
+        config_hash: "abc".into(),
+        model_id: Some("m".into()),
+        adapter_id: None,
+        counts: [("kept".to_string(), 7u64)].into_iter().collect(),
+    };
+    let back = Manifest::from_json(&m.to_json().unwrap()).unwrap();
+    assert_eq!(back, m);
+    assert_eq!(back.total_rows(), 10);
+}
