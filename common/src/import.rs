@@ -97,8 +97,8 @@ impl ImportReport {
 
 impl fmt::Display for ImportReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "scanned     {:>8}", self.scanned)?;
-        writeln!(f, "imported    {:>8}  ({} bytes in {} files)", self.imported, self.imported_bytes, self.files.len())?;
+        writeln!(f, "{:<16} {:>8}", "scanned", self.scanned)?;
+        writeln!(f, "{:<16} {:>8}  ({} bytes in {} files)", "imported", self.imported, self.imported_bytes, self.files.len())?;
         for r in [
             SkipReason::Duplicate,
             SkipReason::TooLarge,
@@ -106,11 +106,11 @@ impl fmt::Display for ImportReport {
             SkipReason::Unreadable,
             SkipReason::NotRegularFile,
         ] {
-            writeln!(f, "{:<11} {:>8}", r.as_str(), self.skipped_count(r))?;
+            writeln!(f, "{:<16} {:>8}", r.as_str(), self.skipped_count(r))?;
         }
         writeln!(f, "per language:")?;
         for (lang, n) in &self.per_language {
-            writeln!(f, "  {lang:<11} {n:>8}")?;
+            writeln!(f, "  {lang:<14} {n:>8}")?;
         }
         write!(f, "detected by:")?;
         for (by, n) in &self.detected_by {
