@@ -12,6 +12,7 @@ pub mod schema;
 pub mod stats;
 pub mod store;
 pub mod synth;
+pub mod synth_dataset;
 pub mod types;
 
 pub use error::{Error, Result};
