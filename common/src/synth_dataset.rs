@@ -100,3 +100,41 @@ pub async fn write_synth_corpus(cfg: &SynthConfig, out: &str, opts: &WriterOptio
     put_bytes(store.as_ref(), &child(&prefix, "synth.json"), json).await?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parquet_io::read_dataset;
+    use crate::schema::{CorpusRow, LabelledRow};
+    use crate::synth::plan;
+    use crate::types::Split;
+
+    #[tokio::test]
+    async fn every_generated_script_lands_in_exactly_one_split_dataset() {
+        let cfg = SynthConfig { seed: 3, scale: 0.01, noisy_label_error: 0.1 };
+        let out = "memory://synth-test/corpus";
+        let report = write_synth_corpus(&cfg, out, &WriterOptions::default()).await.unwrap();
+        let (store, prefix) = open_store(out).unwrap();
+        let count = |split: Split| plan(&cfg).iter().filter(|c| c.split == split).map(|c| c.count).sum::<u64>();
+        let unl: Vec<CorpusRow> = read_dataset(store.clone(), &child(&prefix, "unlabelled")).await.unwrap();
+        let truth: Vec<LabelledRow> = read_dataset(store.clone(), &child(&prefix, "truth")).await.unwrap();
+        let seed: Vec<LabelledRow> = read_dataset(store.clone(), &child(&prefix, "seed/labels")).await.unwrap();
+        let seed_scripts: Vec<CorpusRow> = read_dataset(store.clone(), &child(&prefix, "seed/scripts")).await.unwrap();
+        let test: Vec<LabelledRow> = read_dataset(store.clone(), &child(&prefix, "test/labels")).await.unwrap();
+        assert_eq!(unl.len() as u64, count(Split::Unlabelled));
+        assert_eq!(truth.len(), unl.len());
+        assert_eq!(seed.len() as u64, count(Split::Seed));
+        assert_eq!(seed_scripts.len(), seed.len());
+        assert_eq!(test.len() as u64, count(Split::Test));
+        assert_eq!(report.scripts, (unl.len() + seed.len() + test.len()) as u64);
+        // Labels join their scripts by sha256, and seed/test summaries are present.
+        for (l, s) in seed.iter().zip(&seed_scripts) {
+            assert_eq!(l.sha256, s.sha256);
+            assert_eq!(s.sha256, crate::types::sha256_hex(&s.content));
+            assert!(l.summary.split_whitespace().count() > 100, "{}", l.summary);
+        }
+        assert!(unl.iter().all(|r| r.noisy_label.is_some()));
+        let flipped = unl.iter().zip(&truth).filter(|(u, t)| u.noisy_label != Some(t.label)).count();
+        assert!(flipped > 0 && flipped < unl.len() / 4, "{flipped} of {}", unl.len());
+    }
+}

@@ -7,13 +7,26 @@ use anyhow::Context;
 use automaldesc_worker::annotate::{annotate, AnnotateOptions};
 use automaldesc_worker::generate::EarlyStop;
 use automaldesc_worker::runtime::Annotator;
+use std::io::Write;
+
 use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct AnnotateArgs {
     /// Script files to annotate.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "from")]
     pub files: Vec<PathBuf>,
+    /// A labelled split (a directory or URL with `scripts/` and `labels/`, as written by
+    /// `corpus synth` or `corpus import-labels`): annotate its scripts and score the answers
+    /// against its labels.
+    #[arg(long, conflicts_with = "files")]
+    pub from: Option<String>,
+    /// With --from: annotate only the first N scripts.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write the JSON lines here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// GGUF model file [default: $AUTOMALDESC_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf]
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -53,11 +66,17 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
         "model file {} not found: run deploy/fetch_model.sh or pass --model",
         model.display()
     );
-    let mut scripts = Vec::with_capacity(args.files.len());
-    for f in &args.files {
-        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-        scripts.push((f.display().to_string(), bytes));
-    }
+    let (scripts, truth) = match &args.from {
+        Some(url) => crate::labelled_split::read(url, args.limit)?,
+        None => {
+            let mut scripts = Vec::with_capacity(args.files.len());
+            for f in &args.files {
+                let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+                scripts.push((f.display().to_string(), bytes));
+            }
+            (scripts, Vec::new())
+        }
+    };
     let device = crate::device::select()?;
     let started = std::time::Instant::now();
     let annotator = Annotator::load_gguf(&model, &device)?;
@@ -75,9 +94,27 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
         slots: args.slots,
     };
     let (results, stats, secs) = annotate(&annotator, &scripts, &opts);
+    let mut sink: Box<dyn std::io::Write> = match &args.out {
+        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
     for r in &results {
-        println!("{}", serde_json::to_string(r)?);
+        writeln!(sink, "{}", serde_json::to_string(r)?)?;
     }
+    if !truth.is_empty() {
+        eprintln!("{}", crate::labelled_split::score(&results, &truth));
+    }
+    eprintln!(
+        "{} scripts in {secs:.1}s ({:.3} scripts/s); prefill {} tokens in {:.1}s, decode {} tokens in {:.1}s; early-stopped samples {} (at most {} decode tokens saved)",
+        results.len(),
+        results.len() as f64 / secs,
+        stats.prefill_tokens,
+        stats.prefill_secs,
+        stats.decode_tokens,
+        stats.decode_secs,
+        stats.early_stopped,
+        stats.saved_tokens_bound
+    );
     tracing::info!(
         scripts = results.len(),
         secs,

@@ -5,3 +5,4 @@ pub mod annotate_cmd;
 pub mod bench_cmd;
 pub mod corpus_cmd;
 pub mod device;
+pub mod labelled_split;

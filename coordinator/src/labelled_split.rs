@@ -1,0 +1,65 @@
+//! A labelled split (`scripts/` + `labels/`) read for annotation, and the score of answers
+//! against its labels.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use anyhow::Context;
+use automaldesc_common::parquet_io::read_dataset;
+use automaldesc_common::schema::{CorpusRow, LabelledRow};
+use automaldesc_common::store::{block_on, open_object};
+use automaldesc_worker::annotate::ScriptAnnotation;
+
+/// Scripts (name = sha256) and their labels, in label order, the first `limit` of them.
+pub fn read(url: &str, limit: Option<usize>) -> anyhow::Result<(Vec<(String, Vec<u8>)>, Vec<LabelledRow>)> {
+    let base = url.trim_end_matches('/');
+    let load = |part: &str| -> anyhow::Result<_> {
+        let u = format!("{base}/{part}");
+        open_object(&u).with_context(|| format!("opening {u}"))
+    };
+    let (store, prefix) = load("labels")?;
+    let mut labels: Vec<LabelledRow> = block_on(read_dataset(store, &prefix))??;
+    let (store, prefix) = load("scripts")?;
+    let scripts: Vec<CorpusRow> = block_on(read_dataset(store, &prefix))??;
+    let by_sha: HashMap<&str, &CorpusRow> = scripts.iter().map(|r| (r.sha256.as_str(), r)).collect();
+    labels.truncate(limit.unwrap_or(usize::MAX));
+    let mut out = Vec::with_capacity(labels.len());
+    for l in &labels {
+        let row = by_sha
+            .get(l.sha256.as_str())
+            .with_context(|| format!("label {} has no script in {base}/scripts", l.sha256))?;
+        out.push((l.sha256.clone(), row.content.clone()));
+    }
+    Ok((out, labels))
+}
+
+/// Label and language accuracy per sample and by majority over a script's samples.
+pub fn score(results: &[ScriptAnnotation], truth: &[LabelledRow]) -> String {
+    let (mut n, mut label_ok, mut lang_ok, mut unparsed) = (0, 0, 0, 0);
+    let mut majority_ok = 0;
+    for (r, t) in results.iter().zip(truth) {
+        let want = t.label.as_u8();
+        let mut votes = [0usize; 2];
+        for s in &r.samples {
+            n += 1;
+            if serde_json::from_str::<serde_json::Value>(&s.response).is_err() {
+                unparsed += 1;
+            }
+            if let Some(l) = s.label {
+                votes[usize::from(l)] += 1;
+                label_ok += usize::from(l == want);
+            }
+            lang_ok += usize::from(s.language.as_deref() == Some(t.language.as_str()));
+        }
+        let vote = u8::from(votes[1] > votes[0]);
+        majority_ok += usize::from(vote == want);
+    }
+    let pct = |a: usize, b: usize| 100.0 * a as f64 / b.max(1) as f64;
+    let mut s = String::new();
+    let _ = writeln!(s, "scored {} scripts, {n} samples against the labels:", results.len());
+    let _ = writeln!(s, "  label accuracy per sample     {:5.1}%", pct(label_ok, n));
+    let _ = writeln!(s, "  label accuracy, majority vote {:5.1}%", pct(majority_ok, results.len()));
+    let _ = writeln!(s, "  language accuracy per sample  {:5.1}%", pct(lang_ok, n));
+    let _ = write!(s, "  unparseable answers           {:5.1}%", pct(unparsed, n));
+    s
+}
