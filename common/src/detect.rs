@@ -41,7 +41,11 @@ pub fn shebang(content: &[u8]) -> Shebang {
     let Some(rest) = content.strip_prefix(b"#!") else {
         return Shebang::Absent;
     };
-    let line_end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len()).min(256);
+    let line_end = rest
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(rest.len())
+        .min(256);
     let line = String::from_utf8_lossy(&rest[..line_end]);
     let mut words = line.split_whitespace();
     let Some(first) = words.next() else {
@@ -102,7 +106,11 @@ pub fn binary_reason(content: &[u8]) -> Option<String> {
         .count();
     let ratio = odd as f64 / sample.len() as f64;
     if ratio > 0.10 {
-        Some(format!("binary: {:.0}% control bytes in the first {} bytes", ratio * 100.0, sample.len()))
+        Some(format!(
+            "binary: {:.0}% control bytes in the first {} bytes",
+            ratio * 100.0,
+            sample.len()
+        ))
     } else {
         None
     }
@@ -127,7 +135,10 @@ pub fn detect(path: &Path, content: &[u8]) -> (Option<Language>, Option<Detected
 /// Scores keywords per language over the first 64 KiB; returns the clear winner, if any.
 pub fn language_from_content(content: &[u8]) -> Option<Language> {
     let scores = content_scores(content);
-    let mut ranked: Vec<(Language, f64)> = Language::ALL.iter().map(|&l| (l, scores[l.index()])).collect();
+    let mut ranked: Vec<(Language, f64)> = Language::ALL
+        .iter()
+        .map(|&l| (l, scores[l.index()]))
+        .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     let (best, top) = ranked[0];
     let second = ranked[1].1;
@@ -160,21 +171,49 @@ fn add(score: &mut f64, cond: bool, w: f64) {
 }
 
 fn score_bash(l: &str, s: &mut f64) {
-    add(s, matches!(l, "fi" | "then" | "done" | "esac" | "do" | "else" | "};"), 2.0);
-    add(s, l.ends_with("; then") || l.ends_with("; do") || l.ends_with(";;"), 3.0);
-    add(s, l.starts_with("if [") || l.starts_with("elif [") || l.starts_with("while ["), 3.0);
+    add(
+        s,
+        matches!(l, "fi" | "then" | "done" | "esac" | "do" | "else" | "};"),
+        2.0,
+    );
+    add(
+        s,
+        l.ends_with("; then") || l.ends_with("; do") || l.ends_with(";;"),
+        3.0,
+    );
+    add(
+        s,
+        l.starts_with("if [") || l.starts_with("elif [") || l.starts_with("while ["),
+        3.0,
+    );
     add(s, l.starts_with("case ") && l.ends_with(" in"), 3.0);
     add(s, l.starts_with("export ") && l.contains('='), 2.0);
-    add(s, l.starts_with("local ") || l.starts_with("readonly "), 2.0);
-    add(s, l.starts_with("set -") || l.starts_with("shift") || l.starts_with("trap "), 2.0);
+    add(
+        s,
+        l.starts_with("local ") || l.starts_with("readonly "),
+        2.0,
+    );
+    add(
+        s,
+        l.starts_with("set -") || l.starts_with("shift") || l.starts_with("trap "),
+        2.0,
+    );
     add(s, l.contains("2>&1") || l.contains("/dev/null"), 2.0);
     add(s, l.contains("$(") || l.contains("${"), 1.0);
-    add(s, l.contains("\"$@\"") || l.contains("$1") || l.contains("$#") || l.contains("$?"), 1.0);
+    add(
+        s,
+        l.contains("\"$@\"") || l.contains("$1") || l.contains("$#") || l.contains("$?"),
+        1.0,
+    );
     add(s, l.contains("[ -") || l.contains("[[ "), 1.5);
     add(s, l.ends_with("() {") || l.ends_with("(){"), 3.0);
     add(s, l.starts_with("echo ") || l.starts_with("printf "), 0.5);
     add(s, l.contains(" || ") || l.contains(" && "), 0.3);
-    add(s, l.starts_with("exit ") && l[5..].trim().parse::<i32>().is_ok(), 1.0);
+    add(
+        s,
+        l.starts_with("exit ") && l[5..].trim().parse::<i32>().is_ok(),
+        1.0,
+    );
     add(s, l.starts_with("exec ") || l.starts_with("return $"), 1.5);
     add(s, is_shell_assignment(l), 1.5);
 }
@@ -191,58 +230,202 @@ fn is_shell_assignment(l: &str) -> bool {
 }
 
 fn score_batch(l: &str, lower: &str, s: &mut f64) {
-    add(s, lower.starts_with("@echo off") || lower.starts_with("echo off"), 10.0);
-    add(s, lower.starts_with("rem ") || lower == "rem" || l.starts_with("::"), 3.0);
-    add(s, lower.contains("%~dp0") || lower.contains("%errorlevel%") || lower.contains("%~"), 4.0);
-    add(s, lower.starts_with("goto ") || lower.contains(" goto "), 3.0);
-    add(s, lower.starts_with("setlocal") || lower.starts_with("endlocal"), 4.0);
-    add(s, lower.starts_with("set /a ") || lower.starts_with("set /p ") || lower.starts_with("set \""), 4.0);
-    add(s, lower.starts_with("if exist ") || lower.starts_with("if not exist ") || lower.starts_with("if errorlevel"), 4.0);
-    add(s, lower.starts_with("exit /b") || lower.starts_with("call :"), 4.0);
+    add(
+        s,
+        lower.starts_with("@echo off") || lower.starts_with("echo off"),
+        10.0,
+    );
+    add(
+        s,
+        lower.starts_with("rem ") || lower == "rem" || l.starts_with("::"),
+        3.0,
+    );
+    add(
+        s,
+        lower.contains("%~dp0") || lower.contains("%errorlevel%") || lower.contains("%~"),
+        4.0,
+    );
+    add(
+        s,
+        lower.starts_with("goto ") || lower.contains(" goto "),
+        3.0,
+    );
+    add(
+        s,
+        lower.starts_with("setlocal") || lower.starts_with("endlocal"),
+        4.0,
+    );
+    add(
+        s,
+        lower.starts_with("set /a ") || lower.starts_with("set /p ") || lower.starts_with("set \""),
+        4.0,
+    );
+    add(
+        s,
+        lower.starts_with("if exist ")
+            || lower.starts_with("if not exist ")
+            || lower.starts_with("if errorlevel"),
+        4.0,
+    );
+    add(
+        s,
+        lower.starts_with("exit /b") || lower.starts_with("call :"),
+        4.0,
+    );
     add(s, lower == "pause" || lower == "cls", 2.0);
-    add(s, l.starts_with(':') && !l.starts_with("::") && l.len() > 1 && l[1..].chars().all(|c| c.is_alphanumeric() || c == '_'), 1.5);
-    add(s, lower.starts_with("set ") && l.contains('=') && !l.contains(" = "), 0.5);
-    add(s, l.matches('%').count() >= 2 && !l.contains("%s") && !l.contains("%d"), 0.5);
+    add(
+        s,
+        l.starts_with(':')
+            && !l.starts_with("::")
+            && l.len() > 1
+            && l[1..].chars().all(|c| c.is_alphanumeric() || c == '_'),
+        1.5,
+    );
+    add(
+        s,
+        lower.starts_with("set ") && l.contains('=') && !l.contains(" = "),
+        0.5,
+    );
+    add(
+        s,
+        l.matches('%').count() >= 2 && !l.contains("%s") && !l.contains("%d"),
+        0.5,
+    );
 }
 
 fn score_javascript(l: &str, s: &mut f64) {
-    add(s, (l.starts_with("const ") || l.starts_with("let ")) && l.contains('='), 2.0);
-    add(s, l.starts_with("var ") && l.contains('=') && l.ends_with(';'), 2.0);
+    add(
+        s,
+        (l.starts_with("const ") || l.starts_with("let ")) && l.contains('='),
+        2.0,
+    );
+    add(
+        s,
+        l.starts_with("var ") && l.contains('=') && l.ends_with(';'),
+        2.0,
+    );
     add(s, l.contains("=>"), 2.0);
-    add(s, l.contains("require(") || l.contains("module.exports") || l.starts_with("exports."), 4.0);
-    add(s, l.contains("console.log") || l.contains("JSON.parse") || l.contains("JSON.stringify"), 4.0);
-    add(s, l.contains("document.") || l.contains("window.") || l.contains("new Promise"), 3.0);
+    add(
+        s,
+        l.contains("require(") || l.contains("module.exports") || l.starts_with("exports."),
+        4.0,
+    );
+    add(
+        s,
+        l.contains("console.log") || l.contains("JSON.parse") || l.contains("JSON.stringify"),
+        4.0,
+    );
+    add(
+        s,
+        l.contains("document.") || l.contains("window.") || l.contains("new Promise"),
+        3.0,
+    );
     add(s, l.contains("===") || l.contains("!=="), 3.0);
-    add(s, l.starts_with("});") || l.starts_with("})") || l == "};", 2.0);
-    add(s, l.starts_with("import ") && (l.contains(" from '") || l.contains(" from \"")), 4.0);
-    add(s, l.starts_with("export default") || l.starts_with("export function") || l.starts_with("export const"), 4.0);
-    add(s, l.starts_with("function ") && l.contains('(') && l.ends_with('{') && !l.contains('-'), 1.5);
+    add(
+        s,
+        l.starts_with("});") || l.starts_with("})") || l == "};",
+        2.0,
+    );
+    add(
+        s,
+        l.starts_with("import ") && (l.contains(" from '") || l.contains(" from \"")),
+        4.0,
+    );
+    add(
+        s,
+        l.starts_with("export default")
+            || l.starts_with("export function")
+            || l.starts_with("export const"),
+        4.0,
+    );
+    add(
+        s,
+        l.starts_with("function ") && l.contains('(') && l.ends_with('{') && !l.contains('-'),
+        1.5,
+    );
     add(s, l.starts_with("//") || l.starts_with("/*"), 0.5);
     add(s, l.contains("undefined") || l.contains("this."), 1.0);
     add(s, l.ends_with(';') && !l.starts_with('#'), 0.2);
 }
 
 fn score_powershell(l: &str, lower: &str, s: &mut f64) {
-    add(s, lower.starts_with("param(") || lower.starts_with("param ("), 3.0);
-    add(s, lower.contains("[cmdletbinding(") || lower.contains("[parameter("), 5.0);
-    add(s, lower.contains("$psscriptroot") || lower.contains("$env:") || lower.contains("$psversiontable"), 5.0);
-    add(s, lower.contains("$null") || lower.contains("$true") || lower.contains("$false"), 3.0);
-    add(s, lower.contains("[string]") || lower.contains("[int]") || lower.contains("[switch]"), 3.0);
-    add(s, lower.contains(" -erroraction ") || lower.contains("-eq $") || lower.contains(" -ne $"), 2.0);
-    add(s, lower.contains(" -like ") || lower.contains(" -match ") || lower.contains(" -notmatch "), 2.0);
+    add(
+        s,
+        lower.starts_with("param(") || lower.starts_with("param ("),
+        3.0,
+    );
+    add(
+        s,
+        lower.contains("[cmdletbinding(") || lower.contains("[parameter("),
+        5.0,
+    );
+    add(
+        s,
+        lower.contains("$psscriptroot")
+            || lower.contains("$env:")
+            || lower.contains("$psversiontable"),
+        5.0,
+    );
+    add(
+        s,
+        lower.contains("$null") || lower.contains("$true") || lower.contains("$false"),
+        3.0,
+    );
+    add(
+        s,
+        lower.contains("[string]") || lower.contains("[int]") || lower.contains("[switch]"),
+        3.0,
+    );
+    add(
+        s,
+        lower.contains(" -erroraction ") || lower.contains("-eq $") || lower.contains(" -ne $"),
+        2.0,
+    );
+    add(
+        s,
+        lower.contains(" -like ") || lower.contains(" -match ") || lower.contains(" -notmatch "),
+        2.0,
+    );
     add(s, lower.starts_with("<#") || lower.starts_with("#>"), 3.0);
     add(s, l.contains("@{"), 1.0);
-    add(s, l.starts_with('$') && l.contains(" = ") && !l.starts_with("$("), 1.5);
-    add(s, l.contains("$_.") || l.contains("| %") || l.contains("| ?"), 1.5);
+    add(
+        s,
+        l.starts_with('$') && l.contains(" = ") && !l.starts_with("$("),
+        1.5,
+    );
+    add(
+        s,
+        l.contains("$_.") || l.contains("| %") || l.contains("| ?"),
+        1.5,
+    );
     add(s, has_cmdlet(l), 2.5);
 }
 
 /// A `Verb-Noun` cmdlet with one of the common approved verbs.
 fn has_cmdlet(l: &str) -> bool {
     const VERBS: [&str; 22] = [
-        "Get-", "Set-", "New-", "Write-", "Invoke-", "Start-", "Stop-", "Import-", "Test-", "Join-",
-        "Remove-", "Add-", "Out-", "Select-", "Where-", "ForEach-", "Convert", "Export-", "Copy-",
-        "Split-", "Resolve-", "Register-",
+        "Get-",
+        "Set-",
+        "New-",
+        "Write-",
+        "Invoke-",
+        "Start-",
+        "Stop-",
+        "Import-",
+        "Test-",
+        "Join-",
+        "Remove-",
+        "Add-",
+        "Out-",
+        "Select-",
+        "Where-",
+        "ForEach-",
+        "Convert",
+        "Export-",
+        "Copy-",
+        "Split-",
+        "Resolve-",
+        "Register-",
     ];
     VERBS.iter().any(|v| {
         l.match_indices(v).any(|(i, m)| {
@@ -254,20 +437,66 @@ fn has_cmdlet(l: &str) -> bool {
 }
 
 fn score_python(raw: &str, l: &str, s: &mut f64) {
-    add(s, l.starts_with("def ") && l.contains('(') && l.ends_with(':'), 3.0);
-    add(s, l.starts_with("async def ") || (l.starts_with("class ") && l.ends_with(':')), 3.0);
+    add(
+        s,
+        l.starts_with("def ") && l.contains('(') && l.ends_with(':'),
+        3.0,
+    );
+    add(
+        s,
+        l.starts_with("async def ") || (l.starts_with("class ") && l.ends_with(':')),
+        3.0,
+    );
     add(s, l.starts_with("from ") && l.contains(" import "), 3.0);
-    add(s, l.starts_with("import ") && !l.contains(" from ") && !l.ends_with(';'), 2.0);
+    add(
+        s,
+        l.starts_with("import ") && !l.contains(" from ") && !l.ends_with(';'),
+        2.0,
+    );
     add(s, l.starts_with("if __name__ =="), 5.0);
-    add(s, l.starts_with("elif ") || l == "try:" || l.starts_with("except") || l == "else:", 3.0);
-    add(s, l.starts_with("for ") && l.contains(" in ") && l.ends_with(':'), 2.0);
-    add(s, (l.starts_with("if ") || l.starts_with("while ")) && l.ends_with(':'), 1.5);
+    add(
+        s,
+        l.starts_with("elif ") || l == "try:" || l.starts_with("except") || l == "else:",
+        3.0,
+    );
+    add(
+        s,
+        l.starts_with("for ") && l.contains(" in ") && l.ends_with(':'),
+        2.0,
+    );
+    add(
+        s,
+        (l.starts_with("if ") || l.starts_with("while ")) && l.ends_with(':'),
+        1.5,
+    );
     add(s, l.starts_with("\"\"\"") || l.starts_with("'''"), 2.0);
-    add(s, l.starts_with("raise ") || l.starts_with("with ") && l.ends_with(':'), 2.0);
-    add(s, l.contains("self.") || l.contains("self,") || l.contains("(self)"), 1.0);
-    add(s, l.starts_with('@') && l[1..].starts_with(|c: char| c.is_ascii_alphabetic()) && !l.contains(' '), 1.0);
-    add(s, l.contains(" None") || l.contains(" True") || l.contains(" False"), 0.5);
-    add(s, raw.starts_with("    ") && !l.ends_with(';') && !l.ends_with('{'), 0.1);
+    add(
+        s,
+        l.starts_with("raise ") || l.starts_with("with ") && l.ends_with(':'),
+        2.0,
+    );
+    add(
+        s,
+        l.contains("self.") || l.contains("self,") || l.contains("(self)"),
+        1.0,
+    );
+    add(
+        s,
+        l.starts_with('@')
+            && l[1..].starts_with(|c: char| c.is_ascii_alphabetic())
+            && !l.contains(' '),
+        1.0,
+    );
+    add(
+        s,
+        l.contains(" None") || l.contains(" True") || l.contains(" False"),
+        0.5,
+    );
+    add(
+        s,
+        raw.starts_with("    ") && !l.ends_with(';') && !l.ends_with('{'),
+        0.1,
+    );
 }
 
 #[cfg(test)]
@@ -276,12 +505,27 @@ mod tests {
 
     #[test]
     fn shebangs_through_env() {
-        assert_eq!(shebang(b"#!/usr/bin/env python3\nx"), Shebang::Known(Language::Python));
-        assert_eq!(shebang(b"#!/usr/bin/env -S node --harmony\n"), Shebang::Known(Language::Javascript));
+        assert_eq!(
+            shebang(b"#!/usr/bin/env python3\nx"),
+            Shebang::Known(Language::Python)
+        );
+        assert_eq!(
+            shebang(b"#!/usr/bin/env -S node --harmony\n"),
+            Shebang::Known(Language::Javascript)
+        );
         assert_eq!(shebang(b"#! /bin/sh -e\n"), Shebang::Known(Language::Bash));
-        assert_eq!(shebang(b"#!/usr/bin/pwsh\n"), Shebang::Known(Language::Powershell));
-        assert_eq!(shebang(b"#!/usr/bin/python3.11\n"), Shebang::Known(Language::Python));
-        assert_eq!(shebang(b"#!/usr/bin/perl -w\n"), Shebang::Other("perl".into()));
+        assert_eq!(
+            shebang(b"#!/usr/bin/pwsh\n"),
+            Shebang::Known(Language::Powershell)
+        );
+        assert_eq!(
+            shebang(b"#!/usr/bin/python3.11\n"),
+            Shebang::Known(Language::Python)
+        );
+        assert_eq!(
+            shebang(b"#!/usr/bin/perl -w\n"),
+            Shebang::Other("perl".into())
+        );
         assert_eq!(shebang(b"echo hi\n"), Shebang::Absent);
     }
 
@@ -303,16 +547,26 @@ mod tests {
     #[test]
     fn extension_beats_shebang_and_other_interpreters_are_unknown() {
         let (l, by) = detect(Path::new("a/b.PS1"), b"#!/bin/sh\n");
-        assert_eq!((l, by), (Some(Language::Powershell), Some(DetectedBy::Extension)));
-        assert_eq!(detect(Path::new("tool"), b"#!/usr/bin/perl\nprint 1;\n"), (None, None));
+        assert_eq!(
+            (l, by),
+            (Some(Language::Powershell), Some(DetectedBy::Extension))
+        );
+        assert_eq!(
+            detect(Path::new("tool"), b"#!/usr/bin/perl\nprint 1;\n"),
+            (None, None)
+        );
     }
 
     #[test]
     fn binary_files_are_recognised() {
-        assert!(binary_reason(b"\x7fELF\x02\x01\x01\x00\x00").unwrap().contains("NUL"));
+        assert!(binary_reason(b"\x7fELF\x02\x01\x01\x00\x00")
+            .unwrap()
+            .contains("NUL"));
         assert!(binary_reason(b"echo h\xc3\xa9llo\n").is_none());
         assert!(binary_reason(&[0xFF, 0xFE, b'a', 0]).is_none());
-        let noisy: Vec<u8> = (0..1000u32).map(|i| [0x01, 0x02, 0x90, b'a'][(i % 4) as usize]).collect();
+        let noisy: Vec<u8> = (0..1000u32)
+            .map(|i| [0x01, 0x02, 0x90, b'a'][(i % 4) as usize])
+            .collect();
         assert!(binary_reason(&noisy).unwrap().contains("control bytes"));
     }
 }

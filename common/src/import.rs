@@ -86,19 +86,36 @@ pub struct ImportReport {
 
 impl ImportReport {
     pub fn skipped_count(&self, reason: SkipReason) -> u64 {
-        self.skipped_by_reason.get(reason.as_str()).copied().unwrap_or(0)
+        self.skipped_by_reason
+            .get(reason.as_str())
+            .copied()
+            .unwrap_or(0)
     }
 
     fn skip(&mut self, path: String, reason: SkipReason, detail: String) {
-        *self.skipped_by_reason.entry(reason.as_str().to_string()).or_default() += 1;
-        self.skipped.push(SkippedFile { path, reason, detail });
+        *self
+            .skipped_by_reason
+            .entry(reason.as_str().to_string())
+            .or_default() += 1;
+        self.skipped.push(SkippedFile {
+            path,
+            reason,
+            detail,
+        });
     }
 }
 
 impl fmt::Display for ImportReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{:<16} {:>8}", "scanned", self.scanned)?;
-        writeln!(f, "{:<16} {:>8}  ({} bytes in {} files)", "imported", self.imported, self.imported_bytes, self.files.len())?;
+        writeln!(
+            f,
+            "{:<16} {:>8}  ({} bytes in {} files)",
+            "imported",
+            self.imported,
+            self.imported_bytes,
+            self.files.len()
+        )?;
         for r in [
             SkipReason::Duplicate,
             SkipReason::TooLarge,
@@ -130,7 +147,11 @@ fn walk(root: &Path, report: &mut ImportReport) -> Vec<(PathBuf, String)> {
         let mut entries: Vec<PathBuf> = match std::fs::read_dir(&dir) {
             Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
             Err(e) => {
-                report.skip(rel_dir, SkipReason::Unreadable, format!("cannot list directory: {e}"));
+                report.skip(
+                    rel_dir,
+                    SkipReason::Unreadable,
+                    format!("cannot list directory: {e}"),
+                );
                 continue;
             }
         };
@@ -148,28 +169,46 @@ fn walk(root: &Path, report: &mut ImportReport) -> Vec<(PathBuf, String)> {
 }
 
 fn rel(root: &Path, p: &Path) -> String {
-    p.strip_prefix(root).unwrap_or(p).to_string_lossy().replace('\\', "/")
+    p.strip_prefix(root)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .replace('\\', "/")
 }
 
 /// Reads one file, or says why it is not imported.
-fn read_candidate(path: &Path, max_bytes: u64) -> std::result::Result<Vec<u8>, (SkipReason, String)> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| (SkipReason::Unreadable, format!("cannot stat: {e}")))?;
+fn read_candidate(
+    path: &Path,
+    max_bytes: u64,
+) -> std::result::Result<Vec<u8>, (SkipReason, String)> {
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| (SkipReason::Unreadable, format!("cannot stat: {e}")))?;
     if !meta.is_file() {
-        let kind = if meta.file_type().is_symlink() { "symlink" } else { "not a regular file" };
+        let kind = if meta.file_type().is_symlink() {
+            "symlink"
+        } else {
+            "not a regular file"
+        };
         return Err((SkipReason::NotRegularFile, kind.to_string()));
     }
     if meta.len() > max_bytes {
         return Err((
             SkipReason::TooLarge,
-            format!("{} bytes exceeds the size cap of {max_bytes} bytes", meta.len()),
+            format!(
+                "{} bytes exceeds the size cap of {max_bytes} bytes",
+                meta.len()
+            ),
         ));
     }
-    let content = std::fs::read(path).map_err(|e| (SkipReason::Unreadable, format!("cannot read: {e}")))?;
+    let content =
+        std::fs::read(path).map_err(|e| (SkipReason::Unreadable, format!("cannot read: {e}")))?;
     // The file may have grown between stat and read.
     if content.len() as u64 > max_bytes {
         return Err((
             SkipReason::TooLarge,
-            format!("{} bytes exceeds the size cap of {max_bytes} bytes", content.len()),
+            format!(
+                "{} bytes exceeds the size cap of {max_bytes} bytes",
+                content.len()
+            ),
         ));
     }
     if let Some(why) = detect::binary_reason(&content) {
@@ -191,7 +230,10 @@ fn detected_by_name(by: Option<DetectedBy>) -> &'static str {
 /// and `_manifest.json` beside the Parquet files. `source` is the path relative to `root`.
 pub async fn import_dir(root: &Path, out_url: &str, opts: &ImportOptions) -> Result<ImportReport> {
     if !root.is_dir() {
-        return Err(Error::NotFound(format!("import directory {}", root.display())));
+        return Err(Error::NotFound(format!(
+            "import directory {}",
+            root.display()
+        )));
     }
     let (store, prefix) = open_store(out_url)?;
     let mut report = ImportReport::default();
@@ -217,11 +259,19 @@ pub async fn import_dir(root: &Path, out_url: &str, opts: &ImportOptions) -> Res
         first_seen.insert(sha, rel_path.clone());
         let (lang, by) = detect::detect(Path::new(&rel_path), &content);
         let lang_name = lang.map_or("unknown", |l| l.as_str());
-        *report.per_language.entry(lang_name.to_string()).or_default() += 1;
-        *report.detected_by.entry(detected_by_name(by).to_string()).or_default() += 1;
+        *report
+            .per_language
+            .entry(lang_name.to_string())
+            .or_default() += 1;
+        *report
+            .detected_by
+            .entry(detected_by_name(by).to_string())
+            .or_default() += 1;
         report.imported += 1;
         report.imported_bytes += content.len() as u64;
-        writer.write(CorpusRow::new(content, rel_path, lang)).await?;
+        writer
+            .write(CorpusRow::new(content, rel_path, lang))
+            .await?;
     }
     report.files = writer.finish().await?;
 
@@ -230,7 +280,12 @@ pub async fn import_dir(root: &Path, out_url: &str, opts: &ImportOptions) -> Res
         lines.push_str(&serde_json::to_string(s)?);
         lines.push('\n');
     }
-    put_bytes(store.as_ref(), &child(&prefix, SKIPPED_REPORT), lines.into_bytes()).await?;
+    put_bytes(
+        store.as_ref(),
+        &child(&prefix, SKIPPED_REPORT),
+        lines.into_bytes(),
+    )
+    .await?;
 
     let mut counts: BTreeMap<String, u64> = report
         .skipped_by_reason
@@ -249,6 +304,11 @@ pub async fn import_dir(root: &Path, out_url: &str, opts: &ImportOptions) -> Res
         adapter_id: None,
         counts,
     };
-    put_bytes(store.as_ref(), &child(&prefix, MANIFEST), manifest.to_json()?.into_bytes()).await?;
+    put_bytes(
+        store.as_ref(),
+        &child(&prefix, MANIFEST),
+        manifest.to_json()?.into_bytes(),
+    )
+    .await?;
     Ok(report)
 }

@@ -71,7 +71,10 @@ pub struct LabelImportReport {
 
 impl LabelImportReport {
     fn reject(&mut self, row: &ReleaseRow, reason: &str, detail: String) {
-        *self.rejected_by_reason.entry(reason.to_string()).or_default() += 1;
+        *self
+            .rejected_by_reason
+            .entry(reason.to_string())
+            .or_default() += 1;
         self.rejected.push(LabelRejection {
             position: row.position.clone(),
             sha256: row.sha256.clone(),
@@ -94,7 +97,8 @@ fn parse_label_text(v: &str, position: &str) -> Result<Label> {
 }
 
 fn parse_language_text(v: &str, position: &str) -> Result<Language> {
-    v.parse().map_err(|e| Error::invalid(format!("{position}: {e}")))
+    v.parse()
+        .map_err(|e| Error::invalid(format!("{position}: {e}")))
 }
 
 fn release_row(
@@ -109,9 +113,13 @@ fn release_row(
     fn need<'a>(v: Option<&'a str>, name: &str, position: &str) -> Result<&'a str> {
         v.ok_or_else(|| Error::invalid(format!("{position}: `{name}` is missing or null")))
     }
-    let sha = need(sha256, "sha256", &position)?.trim().to_ascii_lowercase();
+    let sha = need(sha256, "sha256", &position)?
+        .trim()
+        .to_ascii_lowercase();
     if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::invalid(format!("{position}: sha256 {sha:?} is not 64 hex digits")));
+        return Err(Error::invalid(format!(
+            "{position}: sha256 {sha:?} is not 64 hex digits"
+        )));
     }
     Ok(ReleaseRow {
         label: parse_label_text(need(label, "label", &position)?, &position)?,
@@ -126,14 +134,16 @@ fn release_row(
 
 /// Parses a JSONL release file; invalid values are errors naming the line.
 pub fn parse_release_jsonl(data: &[u8]) -> Result<Vec<ReleaseRow>> {
-    let text = std::str::from_utf8(data).map_err(|e| Error::invalid(format!("label file is not utf-8: {e}")))?;
+    let text = std::str::from_utf8(data)
+        .map_err(|e| Error::invalid(format!("label file is not utf-8: {e}")))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let pos = format!("line {}", i + 1);
-        let v: Value = serde_json::from_str(line).map_err(|e| Error::invalid(format!("{pos}: {e}")))?;
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| Error::invalid(format!("{pos}: {e}")))?;
         let text_of = |k: &str| -> Option<String> {
             match v.get(k)? {
                 Value::String(s) => Some(s.clone()),
@@ -143,11 +153,28 @@ pub fn parse_release_jsonl(data: &[u8]) -> Result<Vec<ReleaseRow>> {
             }
         };
         let behaviours = match v.get("behaviours") {
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
             _ => Vec::new(),
         };
-        let (s, l, g, m, p) = (text_of("sha256"), text_of("label"), text_of("language"), text_of("summary"), text_of("path"));
-        rows.push(release_row(pos, s.as_deref(), l.as_deref(), g.as_deref(), m.as_deref(), p.as_deref(), behaviours)?);
+        let (s, l, g, m, p) = (
+            text_of("sha256"),
+            text_of("label"),
+            text_of("language"),
+            text_of("summary"),
+            text_of("path"),
+        );
+        rows.push(release_row(
+            pos,
+            s.as_deref(),
+            l.as_deref(),
+            g.as_deref(),
+            m.as_deref(),
+            p.as_deref(),
+            behaviours,
+        )?);
     }
     Ok(rows)
 }
@@ -160,8 +187,12 @@ fn utf8_column(b: &RecordBatch, name: &str, required: bool) -> Result<Option<Str
             Ok(None)
         };
     };
-    let casted = cast(b.column(idx), &DataType::Utf8)
-        .map_err(|e| Error::invalid(format!("column `{name}` of type {} cannot be read as text: {e}", b.column(idx).data_type())))?;
+    let casted = cast(b.column(idx), &DataType::Utf8).map_err(|e| {
+        Error::invalid(format!(
+            "column `{name}` of type {} cannot be read as text: {e}",
+            b.column(idx).data_type()
+        ))
+    })?;
     Ok(casted.as_any().downcast_ref::<StringArray>().cloned())
 }
 
@@ -190,7 +221,12 @@ pub fn parse_release_parquet(data: bytes::Bytes) -> Result<Vec<ReleaseRow>> {
             let beh = behaviours
                 .as_ref()
                 .filter(|l| !l.is_null(i))
-                .and_then(|l| l.value(i).as_any().downcast_ref::<StringArray>().map(|s| s.iter().flatten().map(str::to_string).collect()))
+                .and_then(|l| {
+                    l.value(i)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .map(|s| s.iter().flatten().map(str::to_string).collect())
+                })
                 .unwrap_or_default();
             rows.push(release_row(
                 format!("row {}", offset + i),
@@ -210,14 +246,19 @@ pub fn parse_release_parquet(data: bytes::Bytes) -> Result<Vec<ReleaseRow>> {
 /// A relative path that stays under its root, or why not.
 fn safe_join(root: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
     let p = Path::new(rel);
-    if p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if p.components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         return Err(format!("path {rel:?} is absolute or leaves the root"));
     }
     Ok(root.join(p))
 }
 
 /// Corpus rows whose sha256 is in `wanted`, from every file of the corpus.
-async fn corpus_rows_for(url: &str, wanted: &HashSet<String>) -> Result<HashMap<String, CorpusRow>> {
+async fn corpus_rows_for(
+    url: &str,
+    wanted: &HashSet<String>,
+) -> Result<HashMap<String, CorpusRow>> {
     let (store, prefix) = open_object(url)?;
     let mut found = HashMap::new();
     for meta in list_parquet(store.as_ref(), &prefix).await? {
@@ -239,7 +280,9 @@ pub async fn import_labels(
     opts: &LabelImportOptions,
 ) -> Result<LabelImportReport> {
     if opts.root.is_none() && opts.corpus_url.is_none() {
-        return Err(Error::invalid("give a root directory or a corpus to join labels to scripts"));
+        return Err(Error::invalid(
+            "give a root directory or a corpus to join labels to scripts",
+        ));
     }
     let (in_store, in_path) = open_object(input_url)?;
     let data = get_bytes(in_store.as_ref(), &in_path).await?;
@@ -248,10 +291,15 @@ pub async fn import_labels(
     } else if input_url.ends_with(".parquet") {
         parse_release_parquet(data)?
     } else {
-        return Err(Error::invalid(format!("label file {input_url:?} must end in .parquet or .jsonl")));
+        return Err(Error::invalid(format!(
+            "label file {input_url:?} must end in .parquet or .jsonl"
+        )));
     };
 
-    let mut report = LabelImportReport { rows: rows.len() as u64, ..Default::default() };
+    let mut report = LabelImportReport {
+        rows: rows.len() as u64,
+        ..Default::default()
+    };
     let needs_corpus: HashSet<String> = rows
         .iter()
         .filter(|r| r.path.is_none() || opts.root.is_none())
@@ -267,7 +315,11 @@ pub async fn import_labels(
     let mut scripts = Vec::new();
     for row in &rows {
         if let Some(first) = seen.get(&row.sha256) {
-            report.reject(row, "duplicate", format!("sha256 already labelled at {first}"));
+            report.reject(
+                row,
+                "duplicate",
+                format!("sha256 already labelled at {first}"),
+            );
             continue;
         }
         let script = match (&opts.root, &row.path) {
@@ -287,7 +339,10 @@ pub async fn import_labels(
                             report.reject(
                                 row,
                                 "sha256_mismatch",
-                                format!("file {rel} has sha256 {actual}, the row says {}", row.sha256),
+                                format!(
+                                    "file {rel} has sha256 {actual}, the row says {}",
+                                    row.sha256
+                                ),
                             );
                             continue;
                         }
@@ -313,7 +368,10 @@ pub async fn import_labels(
             },
         };
         seen.insert(row.sha256.clone(), row.position.clone());
-        report.per_language_label.entry(row.language.as_str().to_string()).or_default()[row.label.as_u8() as usize] += 1;
+        report
+            .per_language_label
+            .entry(row.language.as_str().to_string())
+            .or_default()[row.label.as_u8() as usize] += 1;
         labelled.push(LabelledRow {
             sha256: row.sha256.clone(),
             language: row.language,
@@ -326,13 +384,24 @@ pub async fn import_labels(
     }
 
     let (out_store, out_prefix) = open_store(out_url)?;
-    report.labelled_files = write_dataset(out_store.clone(), &out_prefix, labelled, opts.writer.clone()).await?;
+    report.labelled_files = write_dataset(
+        out_store.clone(),
+        &out_prefix,
+        labelled,
+        opts.writer.clone(),
+    )
+    .await?;
     let mut lines = String::new();
     for r in &report.rejected {
         lines.push_str(&serde_json::to_string(r)?);
         lines.push('\n');
     }
-    put_bytes(out_store.as_ref(), &child(&out_prefix, REJECTED_REPORT), lines.into_bytes()).await?;
+    put_bytes(
+        out_store.as_ref(),
+        &child(&out_prefix, REJECTED_REPORT),
+        lines.into_bytes(),
+    )
+    .await?;
     if let Some(url) = corpus_out_url {
         let (cs, cp) = open_store(url)?;
         report.corpus_files = write_dataset(cs, &cp, scripts, opts.writer.clone()).await?;

@@ -118,7 +118,10 @@ impl<R: ArrowRow> DatasetWriter<R> {
     /// Raw bytes the next row group may hold: its own limit, and no more than what is left
     /// of the current file's target once compression is accounted for.
     fn row_group_limit(&self) -> u64 {
-        let written = self.current.as_ref().map_or(0, |f| f.writer.bytes_written() as u64);
+        let written = self
+            .current
+            .as_ref()
+            .map_or(0, |f| f.writer.bytes_written() as u64);
         let left = self.opts.target_file_bytes.saturating_sub(written);
         let left_raw = (left as f64 / self.ratio()) as u64;
         self.opts.row_group_bytes.min(left_raw).max(1)
@@ -154,7 +157,11 @@ impl<R: ArrowRow> DatasetWriter<R> {
             bytes: 0,
         };
         let writer = AsyncArrowWriter::try_new(sink, R::schema(), Some(props))?;
-        Ok(OpenFile { name, writer, rows: 0 })
+        Ok(OpenFile {
+            name,
+            writer,
+            rows: 0,
+        })
     }
 
     async fn flush_row_group(&mut self) -> Result<()> {
@@ -272,7 +279,12 @@ pub async fn dataset_layout(store: Arc<dyn ObjectStore>, prefix: &Path) -> Resul
     let mut out = Vec::new();
     for meta in list_parquet(store.as_ref(), prefix).await? {
         let b = builder(store.clone(), &meta.location).await?;
-        let rows = b.metadata().row_groups().iter().map(|g| g.num_rows() as u64).collect();
+        let rows = b
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows() as u64)
+            .collect();
         out.push(FileLayout {
             path: meta.location,
             size_bytes: meta.size,
@@ -340,7 +352,10 @@ pub async fn read_row_groups<R: ArrowRow>(
 }
 
 /// All rows of every file under `prefix`, files in path order.
-pub async fn read_dataset<R: ArrowRow>(store: Arc<dyn ObjectStore>, prefix: &Path) -> Result<Vec<R>> {
+pub async fn read_dataset<R: ArrowRow>(
+    store: Arc<dyn ObjectStore>,
+    prefix: &Path,
+) -> Result<Vec<R>> {
     let mut out = Vec::new();
     for meta in list_parquet(store.as_ref(), prefix).await? {
         out.extend(read_file::<R>(store.clone(), &meta.location).await?);

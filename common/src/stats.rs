@@ -40,7 +40,10 @@ pub struct StatsTable {
 
 impl StatsTable {
     /// Counts (language, label) pairs.
-    pub fn from_pairs(kind: DatasetKind, pairs: impl IntoIterator<Item = (Option<Language>, Option<Label>)>) -> Self {
+    pub fn from_pairs(
+        kind: DatasetKind,
+        pairs: impl IntoIterator<Item = (Option<Language>, Option<Label>)>,
+    ) -> Self {
         let mut cells = [[0u64; 3]; 6];
         for (lang, label) in pairs {
             let r = lang.map_or(5, |l| l.index());
@@ -48,9 +51,16 @@ impl StatsTable {
             cells[r][c] += 1;
         }
         let mut rows = Vec::new();
-        let mut total = StatsRow { language: "total".into(), ..Default::default() };
+        let mut total = StatsRow {
+            language: "total".into(),
+            ..Default::default()
+        };
         for (r, c) in cells.iter().enumerate() {
-            let name = if r < 5 { Language::ALL[r].as_str() } else { "unknown" };
+            let name = if r < 5 {
+                Language::ALL[r].as_str()
+            } else {
+                "unknown"
+            };
             let row = StatsRow {
                 language: name.to_string(),
                 benign: c[0],
@@ -78,9 +88,17 @@ impl StatsTable {
 
 impl fmt::Display for StatsTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<12}{:>12}{:>12}{:>12}{:>12}", "language", "benign", "malicious", "unlabelled", "total")?;
+        writeln!(
+            f,
+            "{:<12}{:>12}{:>12}{:>12}{:>12}",
+            "language", "benign", "malicious", "unlabelled", "total"
+        )?;
         for r in &self.rows {
-            writeln!(f, "{:<12}{:>12}{:>12}{:>12}{:>12}", r.language, r.benign, r.malicious, r.unlabelled, r.total)?;
+            writeln!(
+                f,
+                "{:<12}{:>12}{:>12}{:>12}{:>12}",
+                r.language, r.benign, r.malicious, r.unlabelled, r.total
+            )?;
         }
         Ok(())
     }
@@ -125,14 +143,21 @@ pub async fn dataset_stats(url: &str) -> Result<StatsTable> {
                     None
                 } else {
                     Some(langs.value(i).parse::<Language>().map_err(|e| {
-                        Error::invalid(format!("{}: column `{lang_col}` row {i}: {e}", meta.location))
+                        Error::invalid(format!(
+                            "{}: column `{lang_col}` row {i}: {e}",
+                            meta.location
+                        ))
                     })?)
                 };
                 let label = if labels.is_null(i) {
                     None
                 } else {
                     Some(Label::from_u8(labels.value(i)).ok_or_else(|| {
-                        Error::invalid(format!("{}: column `{label_col}` row {i}: label {} is not 0 or 1", meta.location, labels.value(i)))
+                        Error::invalid(format!(
+                            "{}: column `{label_col}` row {i}: label {} is not 0 or 1",
+                            meta.location,
+                            labels.value(i)
+                        ))
                     })?)
                 };
                 pairs.push((lang, label));

@@ -45,7 +45,9 @@ fn open(url: &str, create: bool) -> Result<(Arc<dyn ObjectStore>, Path)> {
     if let Some(rest) = url.strip_prefix("memory://") {
         let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if name.is_empty() {
-            return Err(Error::invalid(format!("memory url {url:?} needs a store name: memory://<name>/<prefix>")));
+            return Err(Error::invalid(format!(
+                "memory url {url:?} needs a store name: memory://<name>/<prefix>"
+            )));
         }
         return Ok((memory_store(name), Path::parse(prefix)?));
     }
@@ -119,9 +121,13 @@ mod tests {
     #[tokio::test]
     async fn memory_store_is_shared_by_name() {
         let (s1, p1) = open_store("memory://shared-test/a/b").unwrap();
-        s1.put(&child(&p1, "x.txt"), b"hello".to_vec().into()).await.unwrap();
+        s1.put(&child(&p1, "x.txt"), b"hello".to_vec().into())
+            .await
+            .unwrap();
         let (s2, p2) = open_store("memory://shared-test/a").unwrap();
-        let got = get_bytes(s2.as_ref(), &child(&p2, "b/x.txt")).await.unwrap();
+        let got = get_bytes(s2.as_ref(), &child(&p2, "b/x.txt"))
+            .await
+            .unwrap();
         assert_eq!(&got[..], b"hello");
         let (s3, _) = open_store("memory://other-store/a").unwrap();
         assert!(matches!(
@@ -137,7 +143,9 @@ mod tests {
         let url = format!("file://{}", target.display());
         let (store, prefix) = open_store(&url).unwrap();
         assert!(target.is_dir());
-        put_bytes(store.as_ref(), &child(&prefix, "f.bin"), vec![1, 2, 3]).await.unwrap();
+        put_bytes(store.as_ref(), &child(&prefix, "f.bin"), vec![1, 2, 3])
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(target.join("f.bin")).unwrap(), vec![1, 2, 3]);
     }
 
@@ -145,7 +153,10 @@ mod tests {
     fn opening_a_missing_input_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("labels.jsonl");
-        assert!(matches!(open_object(missing.to_str().unwrap()), Err(Error::NotFound(_))));
+        assert!(matches!(
+            open_object(missing.to_str().unwrap()),
+            Err(Error::NotFound(_))
+        ));
         assert!(!missing.exists());
     }
 

@@ -27,15 +27,24 @@ pub struct SynthReport {
     pub files: BTreeMap<String, Vec<ManifestFile>>,
 }
 
-pub async fn write_synth_corpus(cfg: &SynthConfig, out: &str, opts: &WriterOptions) -> Result<SynthReport> {
+pub async fn write_synth_corpus(
+    cfg: &SynthConfig,
+    out: &str,
+    opts: &WriterOptions,
+) -> Result<SynthReport> {
     let (store, prefix) = open_store(out)?;
     let writer = |name: &str| child(&prefix, name);
-    let mut unlabelled = DatasetWriter::<CorpusRow>::new(store.clone(), writer("unlabelled"), opts.clone());
+    let mut unlabelled =
+        DatasetWriter::<CorpusRow>::new(store.clone(), writer("unlabelled"), opts.clone());
     let mut truth = DatasetWriter::<LabelledRow>::new(store.clone(), writer("truth"), opts.clone());
-    let mut seed_scripts = DatasetWriter::<CorpusRow>::new(store.clone(), writer("seed/scripts"), opts.clone());
-    let mut seed_labels = DatasetWriter::<LabelledRow>::new(store.clone(), writer("seed/labels"), opts.clone());
-    let mut test_scripts = DatasetWriter::<CorpusRow>::new(store.clone(), writer("test/scripts"), opts.clone());
-    let mut test_labels = DatasetWriter::<LabelledRow>::new(store.clone(), writer("test/labels"), opts.clone());
+    let mut seed_scripts =
+        DatasetWriter::<CorpusRow>::new(store.clone(), writer("seed/scripts"), opts.clone());
+    let mut seed_labels =
+        DatasetWriter::<LabelledRow>::new(store.clone(), writer("seed/labels"), opts.clone());
+    let mut test_scripts =
+        DatasetWriter::<CorpusRow>::new(store.clone(), writer("test/scripts"), opts.clone());
+    let mut test_labels =
+        DatasetWriter::<LabelledRow>::new(store.clone(), writer("test/labels"), opts.clone());
     let mut report = SynthReport {
         seed: cfg.seed,
         scale: cfg.scale,
@@ -111,16 +120,39 @@ mod tests {
 
     #[tokio::test]
     async fn every_generated_script_lands_in_exactly_one_split_dataset() {
-        let cfg = SynthConfig { seed: 3, scale: 0.01, noisy_label_error: 0.1 };
+        let cfg = SynthConfig {
+            seed: 3,
+            scale: 0.01,
+            noisy_label_error: 0.1,
+        };
         let out = "memory://synth-test/corpus";
-        let report = write_synth_corpus(&cfg, out, &WriterOptions::default()).await.unwrap();
+        let report = write_synth_corpus(&cfg, out, &WriterOptions::default())
+            .await
+            .unwrap();
         let (store, prefix) = open_store(out).unwrap();
-        let count = |split: Split| plan(&cfg).iter().filter(|c| c.split == split).map(|c| c.count).sum::<u64>();
-        let unl: Vec<CorpusRow> = read_dataset(store.clone(), &child(&prefix, "unlabelled")).await.unwrap();
-        let truth: Vec<LabelledRow> = read_dataset(store.clone(), &child(&prefix, "truth")).await.unwrap();
-        let seed: Vec<LabelledRow> = read_dataset(store.clone(), &child(&prefix, "seed/labels")).await.unwrap();
-        let seed_scripts: Vec<CorpusRow> = read_dataset(store.clone(), &child(&prefix, "seed/scripts")).await.unwrap();
-        let test: Vec<LabelledRow> = read_dataset(store.clone(), &child(&prefix, "test/labels")).await.unwrap();
+        let count = |split: Split| {
+            plan(&cfg)
+                .iter()
+                .filter(|c| c.split == split)
+                .map(|c| c.count)
+                .sum::<u64>()
+        };
+        let unl: Vec<CorpusRow> = read_dataset(store.clone(), &child(&prefix, "unlabelled"))
+            .await
+            .unwrap();
+        let truth: Vec<LabelledRow> = read_dataset(store.clone(), &child(&prefix, "truth"))
+            .await
+            .unwrap();
+        let seed: Vec<LabelledRow> = read_dataset(store.clone(), &child(&prefix, "seed/labels"))
+            .await
+            .unwrap();
+        let seed_scripts: Vec<CorpusRow> =
+            read_dataset(store.clone(), &child(&prefix, "seed/scripts"))
+                .await
+                .unwrap();
+        let test: Vec<LabelledRow> = read_dataset(store.clone(), &child(&prefix, "test/labels"))
+            .await
+            .unwrap();
         assert_eq!(unl.len() as u64, count(Split::Unlabelled));
         assert_eq!(truth.len(), unl.len());
         assert_eq!(seed.len() as u64, count(Split::Seed));
@@ -134,7 +166,15 @@ mod tests {
             assert!(l.summary.split_whitespace().count() > 100, "{}", l.summary);
         }
         assert!(unl.iter().all(|r| r.noisy_label.is_some()));
-        let flipped = unl.iter().zip(&truth).filter(|(u, t)| u.noisy_label != Some(t.label)).count();
-        assert!(flipped > 0 && flipped < unl.len() / 4, "{flipped} of {}", unl.len());
+        let flipped = unl
+            .iter()
+            .zip(&truth)
+            .filter(|(u, t)| u.noisy_label != Some(t.label))
+            .count();
+        assert!(
+            flipped > 0 && flipped < unl.len() / 4,
+            "{flipped} of {}",
+            unl.len()
+        );
     }
 }

@@ -26,9 +26,19 @@ async fn small_target_rolls_several_files_near_the_target() {
     let (store, prefix) = open_store(dir.path().to_str().unwrap()).unwrap();
     let rows = scripts(600); // about 2.4 MB of content
     let target = 256 * 1024;
-    let opts = WriterOptions { target_file_bytes: target, row_group_bytes: 32 * 1024, ..Default::default() };
-    let files = write_dataset(store.clone(), &prefix, rows.clone(), opts).await.unwrap();
-    assert!(files.len() >= 5, "expected several files, got {}", files.len());
+    let opts = WriterOptions {
+        target_file_bytes: target,
+        row_group_bytes: 32 * 1024,
+        ..Default::default()
+    };
+    let files = write_dataset(store.clone(), &prefix, rows.clone(), opts)
+        .await
+        .unwrap();
+    assert!(
+        files.len() >= 5,
+        "expected several files, got {}",
+        files.len()
+    );
     let n = files.len();
     for (i, f) in files.iter().enumerate() {
         assert_eq!(f.path, format!("part-{i:05}.parquet"));
@@ -37,7 +47,11 @@ async fn small_target_rolls_several_files_near_the_target() {
         assert_eq!(automaldesc_common::sha256_hex(&on_disk), f.sha256);
         if i + 1 < n {
             let ratio = f.bytes as f64 / target as f64;
-            assert!((0.9..1.25).contains(&ratio), "file {i} is {} bytes for target {target}", f.bytes);
+            assert!(
+                (0.9..1.25).contains(&ratio),
+                "file {i} is {} bytes for target {target}",
+                f.bytes
+            );
         }
     }
     assert_eq!(files.iter().map(|f| f.rows).sum::<u64>(), 600);
@@ -45,10 +59,16 @@ async fn small_target_rolls_several_files_near_the_target() {
     let layout = dataset_layout(store.clone(), &prefix).await.unwrap();
     assert_eq!(layout.len(), n);
     for (i, (l, f)) in layout.iter().zip(&files).enumerate() {
-        println!("{}: {} bytes, row groups {:?}", f.path, f.bytes, l.row_group_rows);
+        println!(
+            "{}: {} bytes, row groups {:?}",
+            f.path, f.bytes, l.row_group_rows
+        );
         assert_eq!(l.num_rows(), f.rows);
         if i + 1 < n {
-            assert!(l.num_row_groups() >= 4, "row groups should be several times smaller than files");
+            assert!(
+                l.num_row_groups() >= 4,
+                "row groups should be several times smaller than files"
+            );
         }
     }
     let back: Vec<CorpusRow> = read_dataset(store, &prefix).await.unwrap();
@@ -59,8 +79,13 @@ async fn small_target_rolls_several_files_near_the_target() {
 async fn row_group_range_returns_exactly_those_rows() {
     let (store, prefix) = open_store("memory://pio-range/ds").unwrap();
     let rows = scripts(100);
-    let opts = WriterOptions { row_group_rows: 10, ..Default::default() };
-    let files = write_dataset(store.clone(), &prefix, rows.clone(), opts).await.unwrap();
+    let opts = WriterOptions {
+        row_group_rows: 10,
+        ..Default::default()
+    };
+    let files = write_dataset(store.clone(), &prefix, rows.clone(), opts)
+        .await
+        .unwrap();
     assert_eq!(files.len(), 1);
     let layout = dataset_layout(store.clone(), &prefix).await.unwrap();
     assert_eq!(layout[0].row_group_rows, vec![10; 10]);
@@ -69,12 +94,19 @@ async fn row_group_range_returns_exactly_those_rows() {
     assert_eq!(got, rows[30..50].to_vec());
     let empty: Vec<CorpusRow> = read_row_groups(store.clone(), path, 4..4).await.unwrap();
     assert!(empty.is_empty());
-    let err = read_row_groups::<CorpusRow>(store.clone(), path, 8..11).await.unwrap_err().to_string();
+    let err = read_row_groups::<CorpusRow>(store.clone(), path, 8..11)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("out of range") && err.contains("10"), "{err}");
     // Shards reassemble the file.
     let mut all = Vec::new();
     for s in (0..10).step_by(3) {
-        all.extend(read_row_groups::<CorpusRow>(store.clone(), path, s..(s + 3).min(10)).await.unwrap());
+        all.extend(
+            read_row_groups::<CorpusRow>(store.clone(), path, s..(s + 3).min(10))
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(all, rows);
 }
@@ -82,16 +114,34 @@ async fn row_group_range_returns_exactly_those_rows() {
 #[tokio::test]
 async fn listing_skips_reports_and_sorts() {
     let (store, prefix) = open_store("memory://pio-list/ds").unwrap();
-    let opts = WriterOptions { target_file_bytes: 1, ..Default::default() };
-    write_dataset(store.clone(), &prefix, scripts(3), opts).await.unwrap();
-    automaldesc_common::store::put_bytes(store.as_ref(), &prefix.child("_skipped.jsonl"), b"{}".to_vec()).await.unwrap();
+    let opts = WriterOptions {
+        target_file_bytes: 1,
+        ..Default::default()
+    };
+    write_dataset(store.clone(), &prefix, scripts(3), opts)
+        .await
+        .unwrap();
+    automaldesc_common::store::put_bytes(
+        store.as_ref(),
+        &prefix.child("_skipped.jsonl"),
+        b"{}".to_vec(),
+    )
+    .await
+    .unwrap();
     let names: Vec<String> = list_parquet(store.as_ref(), &prefix)
         .await
         .unwrap()
         .iter()
         .map(|m| m.location.filename().unwrap().to_string())
         .collect();
-    assert_eq!(names, vec!["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]);
+    assert_eq!(
+        names,
+        vec![
+            "part-00000.parquet",
+            "part-00001.parquet",
+            "part-00002.parquet"
+        ]
+    );
 }
 
 fn have_pyarrow() -> bool {
@@ -128,12 +178,16 @@ async fn pyarrow_reads_the_files_unchanged() {
             provenance: "test".into(),
         },
     ];
-    write_dataset(store.clone(), &prefix, rows, WriterOptions::default()).await.unwrap();
+    write_dataset(store.clone(), &prefix, rows, WriterOptions::default())
+        .await
+        .unwrap();
     let mut corpus = scripts(3);
     corpus[1].content = vec![0xff, 0x00, 0x80];
     let cdir = dir.path().join("corpus");
     let (cs, cp) = open_store(cdir.to_str().unwrap()).unwrap();
-    write_dataset(cs, &cp, corpus, WriterOptions::default()).await.unwrap();
+    write_dataset(cs, &cp, corpus, WriterOptions::default())
+        .await
+        .unwrap();
 
     let script = r#"
 import sys, pyarrow.parquet as pq, pyarrow as pa
@@ -155,6 +209,11 @@ print("pyarrow ok", t.num_rows, c.num_rows)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "pyarrow failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pyarrow failed: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("pyarrow ok 2 3"), "{stdout}");
 }

@@ -74,20 +74,45 @@ fn generation_rows() -> Vec<GenerationRow> {
 
 fn judgement_rows() -> Vec<JudgementRow> {
     vec![
-        JudgementRow { sha256: "d".repeat(64), sample_index: 2, judge_label: Some(Label::Benign), judge_prob: 0.1, judge_model_id: "j".into() },
-        JudgementRow { sha256: "d".repeat(64), sample_index: 3, judge_label: None, judge_prob: 0.5, judge_model_id: "j".into() },
+        JudgementRow {
+            sha256: "d".repeat(64),
+            sample_index: 2,
+            judge_label: Some(Label::Benign),
+            judge_prob: 0.1,
+            judge_model_id: "j".into(),
+        },
+        JudgementRow {
+            sha256: "d".repeat(64),
+            sample_index: 3,
+            judge_label: None,
+            judge_prob: 0.5,
+            judge_model_id: "j".into(),
+        },
     ]
 }
 
 fn funnel_rows() -> Vec<FunnelRow> {
     vec![
-        FunnelRow { stage: "generate".into(), reason: "kept".into(), count: 10 },
-        FunnelRow { stage: "filter".into(), reason: "disagree".into(), count: 3 },
+        FunnelRow {
+            stage: "generate".into(),
+            reason: "kept".into(),
+            count: 10,
+        },
+        FunnelRow {
+            stage: "filter".into(),
+            reason: "disagree".into(),
+            count: 3,
+        },
     ]
 }
 
 fn rejected_rows() -> Vec<RejectedRow> {
-    vec![RejectedRow { sha256: "e".repeat(64), stage: "filter".into(), reason: "low_confidence".into(), detail: "p=0.55 < 0.9".into() }]
+    vec![RejectedRow {
+        sha256: "e".repeat(64),
+        stage: "filter".into(),
+        reason: "low_confidence".into(),
+        detail: "p=0.55 < 0.9".into(),
+    }]
 }
 
 async fn round_trip<R: ArrowRow + PartialEq + std::fmt::Debug>(url: &str, rows: Vec<R>) {
@@ -97,7 +122,14 @@ async fn round_trip<R: ArrowRow + PartialEq + std::fmt::Debug>(url: &str, rows: 
     assert_eq!(R::from_batch(&batch).unwrap(), rows);
     // Through Parquet.
     let (store, prefix) = open_store(url).unwrap();
-    let files = write_dataset(store.clone(), &prefix, rows.clone(), WriterOptions::default()).await.unwrap();
+    let files = write_dataset(
+        store.clone(),
+        &prefix,
+        rows.clone(),
+        WriterOptions::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].rows, rows.len() as u64);
     let back: Vec<R> = read_dataset(store, &prefix).await.unwrap();
@@ -139,10 +171,19 @@ fn wrong_type_and_missing_column_are_named() {
     ];
     let b = RecordBatch::try_new(schema, cols).unwrap();
     let err = FunnelRow::from_batch(&b).unwrap_err().to_string();
-    assert!(err.contains("`count`") && err.contains("Utf8") && err.contains("UInt64"), "{err}");
+    assert!(
+        err.contains("`count`") && err.contains("Utf8") && err.contains("UInt64"),
+        "{err}"
+    );
 
-    let schema = Arc::new(Schema::new(vec![Field::new("stage", DataType::Utf8, false), Field::new("count", DataType::UInt64, false)]));
-    let cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec!["a"])), Arc::new(UInt64Array::from(vec![1u64]))];
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("stage", DataType::Utf8, false),
+        Field::new("count", DataType::UInt64, false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec!["a"])),
+        Arc::new(UInt64Array::from(vec![1u64])),
+    ];
     let b = RecordBatch::try_new(schema, cols).unwrap();
     let err = FunnelRow::from_batch(&b).unwrap_err().to_string();
     assert!(err.contains("`reason`") && err.contains("missing"), "{err}");
@@ -156,7 +197,10 @@ fn bad_values_are_named_by_row() {
     cols[1] = Arc::new(StringArray::from(vec!["powershell", "ruby"]));
     let bad = RecordBatch::try_new(batch.schema(), cols).unwrap();
     let err = LabelledRow::from_batch(&bad).unwrap_err().to_string();
-    assert!(err.contains("`language` row 1") && err.contains("ruby"), "{err}");
+    assert!(
+        err.contains("`language` row 1") && err.contains("ruby"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -165,7 +209,12 @@ fn manifest_round_trips_as_json() {
         run_id: "r1".into(),
         iteration: 2,
         stage: "generate".into(),
-        files: vec![ManifestFile { path: "part-00000.parquet".into(), rows: 10, bytes: 1234, sha256: "f".repeat(64) }],
+        files: vec![ManifestFile {
+            path: "part-00000.parquet".into(),
+            rows: 10,
+            bytes: 1234,
+            sha256: "f".repeat(64),
+        }],
         config_hash: "abc".into(),
         model_id: Some("m".into()),
         adapter_id: None,

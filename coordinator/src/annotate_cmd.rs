@@ -71,7 +71,8 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
         None => {
             let mut scripts = Vec::with_capacity(args.files.len());
             for f in &args.files {
-                let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+                let bytes =
+                    std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
                 scripts.push((f.display().to_string(), bytes));
             }
             (scripts, Vec::new())
@@ -95,7 +96,9 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
     };
     let (results, stats, secs) = annotate(&annotator, &scripts, &opts);
     let mut sink: Box<dyn std::io::Write> = match &args.out {
-        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?),
+        Some(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ),
         None => Box::new(std::io::stdout().lock()),
     };
     for r in &results {

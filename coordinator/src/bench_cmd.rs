@@ -6,6 +6,7 @@ use std::process::Command;
 
 use anyhow::Context;
 use automaldesc_worker::bench::batched_bench;
+use automaldesc_worker::model::{Llama, LlamaConfig};
 use automaldesc_worker::runtime::Annotator;
 use clap::Args;
 use serde_json::Value;
@@ -31,17 +32,79 @@ pub struct BenchArgs {
     /// Directory with llama.cpp's built tools (llama-batched-bench), if any.
     #[arg(long)]
     pub llamacpp_tools: Option<PathBuf>,
+    /// Use deterministic random weights of this preset's shape instead of a model file
+    /// (e.g. smollm2-135m): throughput does not depend on the values.
+    #[arg(long)]
+    pub random_weights: Option<String>,
+}
+
+/// Checks the selected device against the flex CPU backend on a small random model: the
+/// same tokens through the same weights must give the same logits.
+pub fn device_check() -> anyhow::Result<()> {
+    use automaldesc_worker::model::{KvCache, Llama, LlamaConfig};
+    let device = crate::device::select()?;
+    let cpu = burn::tensor::Device::flex();
+    let mut config = LlamaConfig::smollm2_135m();
+    config.num_layers = 4;
+    let tokens: Vec<u32> = (0..64).map(|i| (i * 7919 % 49152) as u32).collect();
+    let run = |d: &burn::tensor::Device| -> anyhow::Result<Vec<f32>> {
+        let model = Llama::random(&config, 5, d);
+        let mut cache = KvCache::new(&config, 1, 80, d);
+        let h = model.forward(&tokens, tokens.len(), &mut cache);
+        let mut out = model
+            .logits(h)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let h = model.forward(&[17], 1, &mut cache);
+        out.extend(
+            model
+                .logits(h)
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+        Ok(out)
+    };
+    let (a, b) = (run(&device)?, run(&cpu)?);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
+    println!(
+        "device {device:?} vs flex: {} logits, max |diff| {diff:.2e} (max |logit| {scale:.2})",
+        a.len()
+    );
+    anyhow::ensure!(
+        diff <= 1e-2 * scale.max(1.0),
+        "the device disagrees with the CPU backend"
+    );
+    Ok(())
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let model = args.model.clone().unwrap_or_else(crate::annotate_cmd::default_model_path);
+    let model = args
+        .model
+        .clone()
+        .unwrap_or_else(crate::annotate_cmd::default_model_path);
     let device = crate::device::select()?;
-    let annotator = Annotator::load_gguf(&model, &device)?;
+    let llama = match &args.random_weights {
+        Some(name) => {
+            let config = LlamaConfig::by_name(name).with_context(|| {
+                format!("unknown preset {name}; known: {:?}", LlamaConfig::PRESETS)
+            })?;
+            Llama::random(&config, 1, &device)
+        }
+        None => Annotator::load_gguf(&model, &device)?.model,
+    };
+    eprintln!("device: {device:?}");
     // Warm-up: first calls allocate and fault in the weights.
-    batched_bench(&annotator.model, 16, 4, 1, 0);
+    batched_bench(&llama, 16, 4, 1, 0);
     let mut ours = Vec::new();
     for &b in &args.npl {
-        let row = batched_bench(&annotator.model, args.npp, args.ntg, b, 1);
+        let row = batched_bench(&llama, args.npp, args.ntg, b, 1);
         eprintln!("automaldesc B={b}: {}", serde_json::to_string(&row)?);
         ours.push(row);
     }
@@ -75,18 +138,26 @@ fn llamacpp(args: &BenchArgs, model: &PathBuf) -> anyhow::Result<Value> {
         .arg("--model")
         .arg(model)
         .args(["--threads", &args.threads.to_string()])
-        .args(["--npp", &args.npp.to_string(), "--ntg", &args.ntg.to_string()])
+        .args([
+            "--npp",
+            &args.npp.to_string(),
+            "--ntg",
+            &args.ntg.to_string(),
+        ])
         .args(["--npl", &npl.join(",")]);
     if let Some(t) = &args.llamacpp_tools {
         cmd.arg("--tools-dir").arg(t);
     }
-    let out = cmd.output().context("cannot run tests/peer/llamacpp_bench.py")?;
+    let out = cmd
+        .output()
+        .context("cannot run tests/peer/llamacpp_bench.py")?;
     anyhow::ensure!(
         out.status.success(),
         "llama.cpp bench failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).context("llama.cpp bench printed no JSON")?;
+    let v: Value =
+        serde_json::from_slice(&out.stdout).context("llama.cpp bench printed no JSON")?;
     eprintln!("llama.cpp: {v}");
     Ok(v)
 }

@@ -104,13 +104,23 @@ pub enum CorpusCmd {
 
 pub fn run(cmd: CorpusCmd) -> anyhow::Result<()> {
     match cmd {
-        CorpusCmd::Synth { out, scale, seed, noisy_label_error, sizing } => {
+        CorpusCmd::Synth {
+            out,
+            scale,
+            seed,
+            noisy_label_error,
+            sizing,
+        } => {
             anyhow::ensure!(scale > 0.0, "--scale must be positive, got {scale}");
             anyhow::ensure!(
                 (0.0..=1.0).contains(&noisy_label_error),
                 "--noisy-label-error must be within 0..1, got {noisy_label_error}"
             );
-            let cfg = SynthConfig { seed, scale, noisy_label_error };
+            let cfg = SynthConfig {
+                seed,
+                scale,
+                noisy_label_error,
+            };
             let started = std::time::Instant::now();
             let report = block_on(write_synth_corpus(&cfg, &out, &sizing.writer()))?
                 .with_context(|| format!("writing the synthetic corpus to {out}"))?;
@@ -122,12 +132,22 @@ pub fn run(cmd: CorpusCmd) -> anyhow::Result<()> {
             );
             for part in ["seed/labels", "test/labels", "unlabelled"] {
                 let url = format!("{}/{part}", out.trim_end_matches('/'));
-                let table = block_on(dataset_stats(&url))?.with_context(|| format!("reading {url}"))?;
+                let table =
+                    block_on(dataset_stats(&url))?.with_context(|| format!("reading {url}"))?;
                 println!("\n{part}\n{table}");
             }
         }
-        CorpusCmd::Import { dir, out, max_bytes, sizing, json } => {
-            let opts = ImportOptions { max_bytes, writer: sizing.writer() };
+        CorpusCmd::Import {
+            dir,
+            out,
+            max_bytes,
+            sizing,
+            json,
+        } => {
+            let opts = ImportOptions {
+                max_bytes,
+                writer: sizing.writer(),
+            };
             let report = block_on(import_dir(&dir, &out, &opts))?
                 .with_context(|| format!("importing {} into {out}", dir.display()))?;
             if json {
@@ -142,8 +162,22 @@ pub fn run(cmd: CorpusCmd) -> anyhow::Result<()> {
                 println!("skipped files and reasons: {out}/_skipped.jsonl");
             }
         }
-        CorpusCmd::ImportLabels { input, out, root, corpus, corpus_out, provenance, sizing, json } => {
-            let opts = LabelImportOptions { root, corpus_url: corpus, provenance, writer: sizing.writer() };
+        CorpusCmd::ImportLabels {
+            input,
+            out,
+            root,
+            corpus,
+            corpus_out,
+            provenance,
+            sizing,
+            json,
+        } => {
+            let opts = LabelImportOptions {
+                root,
+                corpus_url: corpus,
+                provenance,
+                writer: sizing.writer(),
+            };
             let report = block_on(import_labels(&input, &out, corpus_out.as_deref(), &opts))?
                 .with_context(|| format!("importing labels from {input}"))?;
             if json {
@@ -159,7 +193,10 @@ pub fn run(cmd: CorpusCmd) -> anyhow::Result<()> {
                     println!("  {}: {} ({})", r.position, r.reason, r.detail);
                 }
                 if report.rejected.len() > 20 {
-                    println!("  ... {} more in {out}/_rejected.jsonl", report.rejected.len() - 20);
+                    println!(
+                        "  ... {} more in {out}/_rejected.jsonl",
+                        report.rejected.len() - 20
+                    );
                 }
             }
         }

@@ -11,7 +11,10 @@ use automaldesc_common::store::{block_on, open_object};
 use automaldesc_worker::annotate::ScriptAnnotation;
 
 /// Scripts (name = sha256) and their labels, in label order, the first `limit` of them.
-pub fn read(url: &str, limit: Option<usize>) -> anyhow::Result<(Vec<(String, Vec<u8>)>, Vec<LabelledRow>)> {
+pub fn read(
+    url: &str,
+    limit: Option<usize>,
+) -> anyhow::Result<(Vec<(String, Vec<u8>)>, Vec<LabelledRow>)> {
     let base = url.trim_end_matches('/');
     let load = |part: &str| -> anyhow::Result<_> {
         let u = format!("{base}/{part}");
@@ -21,7 +24,8 @@ pub fn read(url: &str, limit: Option<usize>) -> anyhow::Result<(Vec<(String, Vec
     let mut labels: Vec<LabelledRow> = block_on(read_dataset(store, &prefix))??;
     let (store, prefix) = load("scripts")?;
     let scripts: Vec<CorpusRow> = block_on(read_dataset(store, &prefix))??;
-    let by_sha: HashMap<&str, &CorpusRow> = scripts.iter().map(|r| (r.sha256.as_str(), r)).collect();
+    let by_sha: HashMap<&str, &CorpusRow> =
+        scripts.iter().map(|r| (r.sha256.as_str(), r)).collect();
     labels.truncate(limit.unwrap_or(usize::MAX));
     let mut out = Vec::with_capacity(labels.len());
     for l in &labels {
@@ -56,10 +60,30 @@ pub fn score(results: &[ScriptAnnotation], truth: &[LabelledRow]) -> String {
     }
     let pct = |a: usize, b: usize| 100.0 * a as f64 / b.max(1) as f64;
     let mut s = String::new();
-    let _ = writeln!(s, "scored {} scripts, {n} samples against the labels:", results.len());
-    let _ = writeln!(s, "  label accuracy per sample     {:5.1}%", pct(label_ok, n));
-    let _ = writeln!(s, "  label accuracy, majority vote {:5.1}%", pct(majority_ok, results.len()));
-    let _ = writeln!(s, "  language accuracy per sample  {:5.1}%", pct(lang_ok, n));
-    let _ = write!(s, "  unparseable answers           {:5.1}%", pct(unparsed, n));
+    let _ = writeln!(
+        s,
+        "scored {} scripts, {n} samples against the labels:",
+        results.len()
+    );
+    let _ = writeln!(
+        s,
+        "  label accuracy per sample     {:5.1}%",
+        pct(label_ok, n)
+    );
+    let _ = writeln!(
+        s,
+        "  label accuracy, majority vote {:5.1}%",
+        pct(majority_ok, results.len())
+    );
+    let _ = writeln!(
+        s,
+        "  language accuracy per sample  {:5.1}%",
+        pct(lang_ok, n)
+    );
+    let _ = write!(
+        s,
+        "  unparseable answers           {:5.1}%",
+        pct(unparsed, n)
+    );
     s
 }

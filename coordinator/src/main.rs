@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "automaldesc", version, about = "Self-training annotation of scripts at scale")]
+#[command(
+    name = "automaldesc",
+    version,
+    about = "Self-training annotation of scripts at scale"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,13 +29,14 @@ enum Command {
 enum BenchCmd {
     /// Decoder throughput next to llama.cpp's, as ratios.
     Runtime(automaldesc_coordinator::bench_cmd::BenchArgs),
+    /// Compare the selected device (e.g. CUDA) with the CPU backend on a random model.
+    DeviceCheck,
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -40,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Command::Corpus(cmd) => automaldesc_coordinator::corpus_cmd::run(cmd),
         Command::Annotate(args) => automaldesc_coordinator::annotate_cmd::run(args),
         Command::Bench(BenchCmd::Runtime(args)) => automaldesc_coordinator::bench_cmd::run(args),
+        Command::Bench(BenchCmd::DeviceCheck) => automaldesc_coordinator::bench_cmd::device_check(),
     }
 }

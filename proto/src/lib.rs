@@ -1,1 +1,3 @@
-pub mod v1 { tonic::include_proto!("automaldesc.v1"); }
+pub mod v1 {
+    tonic::include_proto!("automaldesc.v1");
+}

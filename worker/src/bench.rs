@@ -25,7 +25,13 @@ pub struct BatchedBenchRow {
     pub total_tps: f64,
 }
 
-pub fn batched_bench(model: &Llama, npp: usize, ntg: usize, sequences: usize, seed: u64) -> BatchedBenchRow {
+pub fn batched_bench(
+    model: &Llama,
+    npp: usize,
+    ntg: usize,
+    sequences: usize,
+    seed: u64,
+) -> BatchedBenchRow {
     let device = model.device();
     let vocab = model.config.vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -66,7 +72,9 @@ fn argmax_rows(logits: burn::tensor::Tensor<2>) -> Vec<u32> {
     (0..rows)
         .map(|r| {
             let row = &flat[r * vocab..(r + 1) * vocab];
-            (0..vocab).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0) as u32
+            (0..vocab)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap_or(0) as u32
         })
         .collect()
 }

@@ -65,7 +65,10 @@ impl ChatTemplate {
                     }
                 }
                 for (role, text) in messages {
-                    out.push_str(&format!("<|im_start|>{}\n{text}<|im_end|>\n", role.as_str()));
+                    out.push_str(&format!(
+                        "<|im_start|>{}\n{text}<|im_end|>\n",
+                        role.as_str()
+                    ));
                 }
                 if add_generation_prompt {
                     out.push_str("<|im_start|>assistant\n");
@@ -140,7 +143,10 @@ mod tests {
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
         );
         let with_system = t.render(&[(Role::System, "S"), (Role::User, "hi")], false);
-        assert_eq!(with_system, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n");
+        assert_eq!(
+            with_system,
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+        );
     }
 
     #[test]

@@ -58,7 +58,9 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<LlamaConfig, GgufError> {
         intermediate_size: g.get_u32(&key("feed_forward_length"))? as usize,
         num_layers: g.get_u32(&key("block_count"))? as usize,
         num_heads: heads,
-        num_kv_heads: g.get_u32_opt(&key("attention.head_count_kv"))?.unwrap_or(heads as u32) as usize,
+        num_kv_heads: g
+            .get_u32_opt(&key("attention.head_count_kv"))?
+            .unwrap_or(heads as u32) as usize,
         head_dim,
         rms_norm_eps: f64::from(g.get_f32(&key("attention.layer_norm_rms_epsilon"))?),
         rope_theta: f64::from(g.get_f32_opt(&key("rope.freq_base"))?.unwrap_or(10_000.0)),
@@ -104,11 +106,18 @@ pub struct Annotator {
 impl Annotator {
     pub fn load_gguf(path: &Path, device: &Device) -> Result<Self, RuntimeError> {
         let p = path.display().to_string();
-        let gg = |source| RuntimeError::Gguf { path: p.clone(), source };
+        let gg = |source| RuntimeError::Gguf {
+            path: p.clone(),
+            source,
+        };
         let g = GgufFile::open(path).map_err(gg)?;
         let config = config_from_gguf(&g).map_err(gg)?;
-        let mut model = Llama::load(&config, &g, Naming::Gguf, device)
-            .map_err(|source| RuntimeError::Load { path: p.clone(), source })?;
+        let mut model = Llama::load(&config, &g, Naming::Gguf, device).map_err(|source| {
+            RuntimeError::Load {
+                path: p.clone(),
+                source,
+            }
+        })?;
         if g.has_tensor("rope_freqs.weight") {
             // Llama 3.1 files carry their rope scaling as per-frequency divisors.
             let factors = g.dequantize("rope_freqs.weight").map_err(gg)?;
@@ -120,7 +129,10 @@ impl Annotator {
             path: p.clone(),
             reason: e.to_string(),
         })?;
-        let invalid = |reason: String| RuntimeError::Invalid { path: p.clone(), reason };
+        let invalid = |reason: String| RuntimeError::Invalid {
+            path: p.clone(),
+            reason,
+        };
         let template_text = tokenizer
             .chat_template()
             .ok_or_else(|| invalid("no tokenizer.chat_template".into()))?;
@@ -152,26 +164,38 @@ impl Annotator {
         let text = String::from_utf8_lossy(script);
         let render = |body: &str| {
             let user = prompt::annotation_user_message(body);
-            let mut s = self
-                .template
-                .render(&[(Role::System, prompt::ANNOTATOR_SYSTEM), (Role::User, &user)], true);
+            let mut s = self.template.render(
+                &[
+                    (Role::System, prompt::ANNOTATOR_SYSTEM),
+                    (Role::User, &user),
+                ],
+                true,
+            );
             s.push_str(ANSWER_PREFIX);
             self.tokenizer.encode(&s).unwrap_or_default()
         };
         let full = render(&text);
         if full.len() <= budget {
-            return AnnotationPrompt { tokens: full, truncated: None };
+            return AnnotationPrompt {
+                tokens: full,
+                truncated: None,
+            };
         }
         let script_tokens = self.tokenizer.encode(&text).unwrap_or_default();
         let overhead = full.len().saturating_sub(script_tokens.len()) + 24;
         let room = budget.saturating_sub(overhead).max(16);
         let head = room * 2 / 3;
         let tail = room - head;
-        let head_text = self.tokenizer.decode(&script_tokens[..head.min(script_tokens.len())]);
+        let head_text = self
+            .tokenizer
+            .decode(&script_tokens[..head.min(script_tokens.len())]);
         let tail_start = script_tokens.len().saturating_sub(tail);
         let tail_text = self.tokenizer.decode(&script_tokens[tail_start..]);
         let dropped = text.len().saturating_sub(head_text.len() + tail_text.len());
-        let body = format!("{head_text}{}{tail_text}", prompt::truncation_marker(dropped));
+        let body = format!(
+            "{head_text}{}{tail_text}",
+            prompt::truncation_marker(dropped)
+        );
         let mut tokens = render(&body);
         tokens.truncate(budget.max(1));
         AnnotationPrompt {
@@ -205,6 +229,9 @@ fn model_id(path: &Path) -> std::io::Result<String> {
     head.truncate(n);
     head.extend_from_slice(&size.to_le_bytes());
     let hash = automaldesc_common::sha256_hex(&head);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Ok(format!("{name}@{}", &hash[..16]))
 }

@@ -72,7 +72,11 @@ fn greedy_tokens_and_logprobs_match_llama_cpp() {
             .collect();
         let refs: Vec<(Role, &str)> = messages.iter().map(|(r, s)| (*r, s.as_str())).collect();
         let rendered = annotator.template.render(&refs, true);
-        assert_eq!(rendered, p["rendered"].as_str().unwrap(), "{name}: rendered prompt differs");
+        assert_eq!(
+            rendered,
+            p["rendered"].as_str().unwrap(),
+            "{name}: rendered prompt differs"
+        );
         let prompt = annotator.encode_chat(&refs);
         let expected_prompt: Vec<u32> = p["prompt_ids"]
             .as_array()
@@ -101,11 +105,16 @@ fn greedy_tokens_and_logprobs_match_llama_cpp() {
                     lp[id]
                 );
             }
-            let ours = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap();
+            let ours = (0..logits.len())
+                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                .unwrap();
             let theirs = step["id"].as_u64().unwrap() as usize;
             if ours != theirs {
                 let gap = step["gap"].as_f64().unwrap();
-                assert!(gap < NEAR_TIE, "{name} step {i}: chose {ours}, llama.cpp {theirs} (gap {gap})");
+                assert!(
+                    gap < NEAR_TIE,
+                    "{name} step {i}: chose {ours}, llama.cpp {theirs} (gap {gap})"
+                );
                 eprintln!("{name}: near-tie at step {i} (gap {gap:.4}); compared up to here");
                 break;
             }

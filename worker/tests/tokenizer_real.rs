@@ -172,7 +172,7 @@ fn reference_ids(script: &str, path: &PathBuf, corpus: &[String]) -> Option<Vec<
     let output = dir.path().join("ids.json");
     std::fs::write(&input, serde_json::to_string(corpus).unwrap()).unwrap();
     let status = Command::new("python3")
-        .arg(workspace_root().join("scripts").join(script))
+        .arg(workspace_root().join("tests/peer").join(script))
         .arg(path)
         .arg(&input)
         .arg(&output)

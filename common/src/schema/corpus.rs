@@ -27,7 +27,11 @@ pub struct CorpusRow {
 
 impl CorpusRow {
     /// A row whose sha256 and size are computed from the content.
-    pub fn new(content: Vec<u8>, source: impl Into<String>, language_hint: Option<Language>) -> Self {
+    pub fn new(
+        content: Vec<u8>,
+        source: impl Into<String>,
+        language_hint: Option<Language>,
+    ) -> Self {
         CorpusRow {
             sha256: crate::types::sha256_hex(&content),
             size_bytes: content.len() as u64,
@@ -58,11 +62,19 @@ impl ArrowRow for CorpusRow {
     fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
         let cols: Vec<ArrayRef> = vec![
             strs(rows.iter().map(|r| r.sha256.as_str())),
-            Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.content.as_slice()))),
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.size_bytes))),
+            Arc::new(BinaryArray::from_iter_values(
+                rows.iter().map(|r| r.content.as_slice()),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.size_bytes),
+            )),
             strs(rows.iter().map(|r| r.source.as_str())),
             opt_strs(rows.iter().map(|r| r.language_hint.map(|l| l.as_str()))),
-            Arc::new(rows.iter().map(|r| r.noisy_label.map(|l| l.as_u8())).collect::<UInt8Array>()),
+            Arc::new(
+                rows.iter()
+                    .map(|r| r.noisy_label.map(|l| l.as_u8()))
+                    .collect::<UInt8Array>(),
+            ),
         ];
         batch(Self::schema(), cols)
     }
@@ -130,7 +142,9 @@ impl ArrowRow for LabelledRow {
         let cols: Vec<ArrayRef> = vec![
             strs(rows.iter().map(|r| r.sha256.as_str())),
             strs(rows.iter().map(|r| r.language.as_str())),
-            Arc::new(UInt8Array::from_iter_values(rows.iter().map(|r| r.label.as_u8()))),
+            Arc::new(UInt8Array::from_iter_values(
+                rows.iter().map(|r| r.label.as_u8()),
+            )),
             strs(rows.iter().map(|r| r.summary.as_str())),
             strings_list(rows.iter().map(|r| r.behaviours.as_slice())),
             strs(rows.iter().map(|r| r.provenance.as_str())),
@@ -165,7 +179,8 @@ impl ArrowRow for LabelledRow {
     }
 
     fn approx_bytes(&self) -> usize {
-        64 + 16 + self.summary.len()
+        64 + 16
+            + self.summary.len()
             + self.provenance.len()
             + self.behaviours.iter().map(|b| b.len() + 8).sum::<usize>()
     }

@@ -127,19 +127,37 @@ impl ArrowRow for GenerationRow {
     fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
         let cols: Vec<ArrayRef> = vec![
             strs(rows.iter().map(|r| r.sha256.as_str())),
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.sample_index))),
-            Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.temperature))),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|r| r.sample_index),
+            )),
+            Arc::new(Float32Array::from_iter_values(
+                rows.iter().map(|r| r.temperature),
+            )),
             Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.seed))),
             strs(rows.iter().map(|r| r.response.as_str())),
             opt_strs(rows.iter().map(|r| r.language.map(|l| l.as_str()))),
-            Arc::new(rows.iter().map(|r| r.label.map(|l| l.as_u8())).collect::<UInt8Array>()),
+            Arc::new(
+                rows.iter()
+                    .map(|r| r.label.map(|l| l.as_u8()))
+                    .collect::<UInt8Array>(),
+            ),
             opt_strs(rows.iter().map(|r| r.summary.as_deref())),
-            Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.label_prob))),
+            Arc::new(Float32Array::from_iter_values(
+                rows.iter().map(|r| r.label_prob),
+            )),
             floats_list(rows.iter().map(|r| r.language_probs.as_slice())),
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.prompt_tokens))),
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.generated_tokens))),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|r| r.prompt_tokens),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|r| r.generated_tokens),
+            )),
             strs(rows.iter().map(|r| r.finish_reason.as_str())),
-            Arc::new(rows.iter().map(|r| Some(r.prompt_truncated)).collect::<BooleanArray>()),
+            Arc::new(
+                rows.iter()
+                    .map(|r| Some(r.prompt_truncated))
+                    .collect::<BooleanArray>(),
+            ),
             strs(rows.iter().map(|r| r.model_id.as_str())),
             opt_strs(rows.iter().map(|r| r.adapter_id.as_deref())),
             strs(rows.iter().map(|r| r.attempt_id.as_str())),
@@ -196,10 +214,9 @@ impl ArrowRow for GenerationRow {
                     language_probs: floats_at(lang_probs, "language_probs", i)?,
                     prompt_tokens: prompt_tokens.value(i),
                     generated_tokens: gen_tokens.value(i),
-                    finish_reason: finish
-                        .value(i)
-                        .parse()
-                        .map_err(|e| Error::invalid(format!("column `finish_reason` row {i}: {e}")))?,
+                    finish_reason: finish.value(i).parse().map_err(|e| {
+                        Error::invalid(format!("column `finish_reason` row {i}: {e}"))
+                    })?,
                     prompt_truncated: truncated.value(i),
                     model_id: model.value(i).to_string(),
                     adapter_id: opt_str(adapter, i),
@@ -247,9 +264,17 @@ impl ArrowRow for JudgementRow {
     fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
         let cols: Vec<ArrayRef> = vec![
             strs(rows.iter().map(|r| r.sha256.as_str())),
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.sample_index))),
-            Arc::new(rows.iter().map(|r| r.judge_label.map(|l| l.as_u8())).collect::<UInt8Array>()),
-            Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.judge_prob))),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|r| r.sample_index),
+            )),
+            Arc::new(
+                rows.iter()
+                    .map(|r| r.judge_label.map(|l| l.as_u8()))
+                    .collect::<UInt8Array>(),
+            ),
+            Arc::new(Float32Array::from_iter_values(
+                rows.iter().map(|r| r.judge_prob),
+            )),
             strs(rows.iter().map(|r| r.judge_model_id.as_str())),
         ];
         batch(Self::schema(), cols)

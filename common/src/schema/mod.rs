@@ -58,7 +58,9 @@ fn column<'a, T: Array + 'static>(
     expected: &DataType,
 ) -> Result<&'a T> {
     let idx = batch.schema().index_of(name).map_err(|_| {
-        Error::invalid(format!("column `{name}` is missing (expected type {expected})"))
+        Error::invalid(format!(
+            "column `{name}` is missing (expected type {expected})"
+        ))
     })?;
     let col = batch.column(idx);
     if !same_type(col.data_type(), expected) {
@@ -93,14 +95,20 @@ pub(crate) fn f32_col<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a Float32A
 pub(crate) fn bool_col<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a BooleanArray> {
     column(b, name, &DataType::Boolean)
 }
-pub(crate) fn list_col<'a>(b: &'a RecordBatch, name: &str, item: DataType) -> Result<&'a ListArray> {
+pub(crate) fn list_col<'a>(
+    b: &'a RecordBatch,
+    name: &str,
+    item: DataType,
+) -> Result<&'a ListArray> {
     column(b, name, &list_of(item))
 }
 
 /// Fails when a required value is null, naming the column and row.
 pub(crate) fn required(a: &dyn Array, name: &str, row: usize) -> Result<()> {
     if a.is_null(row) {
-        Err(Error::invalid(format!("column `{name}` row {row} is null but required")))
+        Err(Error::invalid(format!(
+            "column `{name}` row {row} is null but required"
+        )))
     } else {
         Ok(())
     }
@@ -117,7 +125,9 @@ pub(crate) fn parse_language(v: &str, name: &str, row: usize) -> Result<Language
 
 pub(crate) fn parse_label(v: u8, name: &str, row: usize) -> Result<Label> {
     Label::from_u8(v).ok_or_else(|| {
-        Error::invalid(format!("column `{name}` row {row}: label {v} is not 0 (benign) or 1 (malicious)"))
+        Error::invalid(format!(
+            "column `{name}` row {row}: label {v} is not 0 (benign) or 1 (malicious)"
+        ))
     })
 }
 
@@ -144,7 +154,9 @@ pub(crate) fn strings_at(a: &ListArray, name: &str, row: usize) -> Result<Vec<St
         .as_any()
         .downcast_ref::<StringArray>()
         .ok_or_else(|| Error::Internal(format!("column `{name}` items are not utf8")))?;
-    Ok(s.iter().map(|x| x.unwrap_or_default().to_string()).collect())
+    Ok(s.iter()
+        .map(|x| x.unwrap_or_default().to_string())
+        .collect())
 }
 
 pub(crate) fn floats_at(a: &ListArray, name: &str, row: usize) -> Result<Vec<f32>> {

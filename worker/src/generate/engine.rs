@@ -147,7 +147,9 @@ impl Engine<'_> {
                 }
                 let started = Instant::now();
                 let mut single = KvCache::new(&self.model.config, 1, req.prompt.len(), &device);
-                let h = self.model.forward(&req.prompt, req.prompt.len(), &mut single);
+                let h = self
+                    .model
+                    .forward(&req.prompt, req.prompt.len(), &mut single);
                 let last = h.narrow(0, req.prompt.len() - 1, 1);
                 let logits = row_vecs(self.model.logits(last));
                 stats.prefill_tokens += req.prompt.len();
@@ -267,11 +269,13 @@ impl Engine<'_> {
             by_request.entry(a.request).or_default().push(a.state.label);
         }
         for (r, labels) in by_request {
-            let complete = labels.len() == reqs[r].samples.len() && labels.iter().all(Option::is_some);
+            let complete =
+                labels.len() == reqs[r].samples.len() && labels.iter().all(Option::is_some);
             let agree = labels.windows(2).all(|w| w[0] == w[1]);
             if complete && !agree {
                 for a in active.iter_mut().flatten().filter(|a| a.request == r) {
-                    if a.finish.is_none() || a.finish == Some(FinishReason::EarlyStopLowConfidence) {
+                    if a.finish.is_none() || a.finish == Some(FinishReason::EarlyStopLowConfidence)
+                    {
                         a.finish = Some(FinishReason::EarlyStopDisagree);
                     }
                 }
@@ -296,15 +300,21 @@ impl Engine<'_> {
             .map(|a| a.request)
             .collect();
         for slot in active.iter_mut() {
-            let done = matches!(slot, Some(a) if a.finish.is_some() && !unfinished.contains(&a.request));
+            let done =
+                matches!(slot, Some(a) if a.finish.is_some() && !unfinished.contains(&a.request));
             if !done {
                 continue;
             }
             let Some(a) = slot.take() else { continue };
             let finish = a.finish.unwrap_or(FinishReason::Stop);
-            if matches!(finish, FinishReason::EarlyStopDisagree | FinishReason::EarlyStopLowConfidence) {
+            if matches!(
+                finish,
+                FinishReason::EarlyStopDisagree | FinishReason::EarlyStopLowConfidence
+            ) {
                 stats.early_stopped += 1;
-                stats.saved_tokens_bound += reqs[a.request].max_new_tokens.saturating_sub(a.tokens.len());
+                stats.saved_tokens_bound += reqs[a.request]
+                    .max_new_tokens
+                    .saturating_sub(a.tokens.len());
             }
             outputs[offsets[a.request] + a.sample] = Some(SampleOutput {
                 request: a.request,
@@ -331,7 +341,12 @@ impl Engine<'_> {
         if target * 2 > active.len() {
             return;
         }
-        let mut smaller = KvCache::new(&self.model.config, target, cache.capacity(), &self.model.device());
+        let mut smaller = KvCache::new(
+            &self.model.config,
+            target,
+            cache.capacity(),
+            &self.model.device(),
+        );
         let mut moved: Vec<Option<Active>> = (0..target).map(|_| None).collect();
         for (dst, &src) in live.iter().enumerate() {
             smaller.copy_slot_from(dst, cache, src);
@@ -352,5 +367,7 @@ fn row_vecs(logits: Tensor<2>) -> Vec<Vec<f32>> {
         .into_data()
         .try_to_vec::<f32>()
         .expect("logits are f32");
-    (0..rows).map(|r| flat[r * vocab..(r + 1) * vocab].to_vec()).collect()
+    (0..rows)
+        .map(|r| flat[r * vocab..(r + 1) * vocab].to_vec())
+        .collect()
 }

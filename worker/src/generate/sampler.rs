@@ -42,7 +42,13 @@ impl Sampler {
         let best = allowed
             .iter()
             .copied()
-            .fold((allowed[0].0, f32::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+            .fold((allowed[0].0, f32::NEG_INFINITY), |a, b| {
+                if b.1 > a.1 {
+                    b
+                } else {
+                    a
+                }
+            });
         if self.params.temperature <= 0.0 {
             return best.0;
         }
@@ -92,7 +98,10 @@ pub fn choice_probs(logits: &[f32], ids: &[u32]) -> Vec<f32> {
         .iter()
         .map(|&i| logits[i as usize])
         .fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = ids.iter().map(|&i| (logits[i as usize] - max).exp()).collect();
+    let e: Vec<f32> = ids
+        .iter()
+        .map(|&i| (logits[i as usize] - max).exp())
+        .collect();
     let s: f32 = e.iter().sum();
     e.into_iter().map(|x| x / s).collect()
 }

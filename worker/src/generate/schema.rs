@@ -73,9 +73,11 @@ impl StrState {
                 b'u' => Some(StrState::Unicode(0)),
                 _ => None,
             },
-            StrState::Unicode(k) if b.is_ascii_hexdigit() => {
-                Some(if k == 3 { StrState::Normal } else { StrState::Unicode(k + 1) })
-            }
+            StrState::Unicode(k) if b.is_ascii_hexdigit() => Some(if k == 3 {
+                StrState::Normal
+            } else {
+                StrState::Unicode(k + 1)
+            }),
             StrState::Unicode(_) => None,
             StrState::Closed if b == b'}' => Some(StrState::Ended),
             StrState::Closed | StrState::Ended => None,
@@ -119,7 +121,9 @@ impl AnswerSchema {
             ));
         }
         let n = vocab.vocab_size();
-        let bytes: Vec<Vec<u8>> = (0..n as u32).map(|i| vocab.token_bytes(i).to_vec()).collect();
+        let bytes: Vec<Vec<u8>> = (0..n as u32)
+            .map(|i| vocab.token_bytes(i).to_vec())
+            .collect();
         let control: Vec<bool> = (0..n as u32).map(|i| vocab.is_control(i)).collect();
         let string_normal = (0..n)
             .filter(|&i| !control[i] && !bytes[i].is_empty())
@@ -251,7 +255,10 @@ impl AnswerState {
                 for &b in schema.token_bytes(token) {
                     let before = self.string;
                     self.string = before.step(b).unwrap_or(StrState::Ended);
-                    if matches!(self.string, StrState::Normal | StrState::Escape | StrState::Unicode(_)) {
+                    if matches!(
+                        self.string,
+                        StrState::Normal | StrState::Escape | StrState::Unicode(_)
+                    ) {
                         self.summary_raw.push(b);
                     }
                 }
@@ -285,7 +292,10 @@ impl AnswerState {
     /// so the text always parses; callers record the truncation separately.
     pub fn to_json(&self) -> String {
         let lang = self.language.map(|l| l.as_str()).unwrap_or("");
-        let label = self.label.map(|l| l.to_string()).unwrap_or_else(|| "null".into());
+        let label = self
+            .label
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "null".into());
         let mut raw = self.summary_raw.clone();
         match self.string {
             StrState::Escape => {
@@ -298,4 +308,3 @@ impl AnswerState {
         format!("{{\"language\": \"{lang}\", \"label\": {label}, \"summary\": \"{summary}\"}}")
     }
 }
-

@@ -15,9 +15,29 @@ impl ToyVocab {
         let mut tokens = vec![b"<|end|>".to_vec()];
         tokens.extend((0..=255u8).map(|b| vec![b]));
         for w in [
-            "bash", "bat", "ch", "javascript", "power", "shell", "python", "\", \"", "label",
-            "\": ", "summary", "\"}", "\\n", "\\\"", "\"", " the", " script", "\\u00", "\\",
-            "}\"", "a\"b", "\n\n", " runs",
+            "bash",
+            "bat",
+            "ch",
+            "javascript",
+            "power",
+            "shell",
+            "python",
+            "\", \"",
+            "label",
+            "\": ",
+            "summary",
+            "\"}",
+            "\\n",
+            "\\\"",
+            "\"",
+            " the",
+            " script",
+            "\\u00",
+            "\\",
+            "}\"",
+            "a\"b",
+            "\n\n",
+            " runs",
         ] {
             tokens.push(w.as_bytes().to_vec());
         }
@@ -88,10 +108,17 @@ fn check_answer(json: &str) {
     let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     assert_eq!(keys.len(), 3, "{json}");
     // Key order is checked on the text: serde_json's map may sort keys.
-    let (l, b, s) = (json.find("\"language\"").unwrap(), json.find("\"label\"").unwrap(), json.find("\"summary\"").unwrap());
+    let (l, b, s) = (
+        json.find("\"language\"").unwrap(),
+        json.find("\"label\"").unwrap(),
+        json.find("\"summary\"").unwrap(),
+    );
     assert!(l < b && b < s, "{json}");
     let lang = obj["language"].as_str().unwrap();
-    assert!(lang.parse::<automaldesc_common::Language>().is_ok(), "{json}");
+    assert!(
+        lang.parse::<automaldesc_common::Language>().is_ok(),
+        "{json}"
+    );
     assert!(matches!(obj["label"].as_u64(), Some(0 | 1)), "{json}");
     assert!(obj["summary"].is_string(), "{json}");
 }
@@ -99,7 +126,11 @@ fn check_answer(json: &str) {
 #[test]
 fn constrained_answers_always_parse() {
     let (model, schema, vocab) = setup();
-    let engine = Engine { model: &model, schema: &schema, slots: 8 };
+    let engine = Engine {
+        model: &model,
+        schema: &schema,
+        slots: 8,
+    };
     for (seed, max_new) in [(1u64, 60usize), (2, 25), (3, 14)] {
         let reqs = requests(&vocab, 12, &[0.7, 1.5, 3.0], max_new, seed * 1000);
         let (out, stats) = engine.run(&reqs, &EarlyStop::default());
@@ -121,23 +152,37 @@ fn constrained_answers_always_parse() {
 #[test]
 fn same_seed_same_answers() {
     let (model, schema, vocab) = setup();
-    let engine = Engine { model: &model, schema: &schema, slots: 4 };
+    let engine = Engine {
+        model: &model,
+        schema: &schema,
+        slots: 4,
+    };
     let reqs = requests(&vocab, 5, &[0.4, 0.8], 30, 7);
     let (a, _) = engine.run(&reqs, &EarlyStop::default());
     let (b, _) = engine.run(&reqs, &EarlyStop::default());
     let texts = |o: &[SampleOutput]| o.iter().map(|x| x.json.clone()).collect::<Vec<_>>();
     assert_eq!(texts(&a), texts(&b));
-    let (c, _) = engine.run(&requests(&vocab, 5, &[0.4, 0.8], 30, 8), &EarlyStop::default());
+    let (c, _) = engine.run(
+        &requests(&vocab, 5, &[0.4, 0.8], 30, 8),
+        &EarlyStop::default(),
+    );
     assert_ne!(texts(&a), texts(&c));
 }
 
 #[test]
 fn early_stop_only_stops_samples_the_policy_rejects() {
     let (model, schema, vocab) = setup();
-    let engine = Engine { model: &model, schema: &schema, slots: 6 };
+    let engine = Engine {
+        model: &model,
+        schema: &schema,
+        slots: 6,
+    };
     let reqs = requests(&vocab, 10, &[0.4, 0.6, 0.8], 40, 99);
     let (full, full_stats) = engine.run(&reqs, &EarlyStop::default());
-    let policy = EarlyStop { require_agreement: true, min_label_prob: Some(0.55) };
+    let policy = EarlyStop {
+        require_agreement: true,
+        min_label_prob: Some(0.55),
+    };
     let (early, early_stats) = engine.run(&reqs, &policy);
     assert_eq!(full.len(), early.len());
     let mut rejected = 0;
@@ -153,14 +198,21 @@ fn early_stop_only_stops_samples_the_policy_rejects() {
             } else {
                 rejected += 1;
                 assert!(
-                    matches!(e.finish, FinishReason::EarlyStopDisagree | FinishReason::EarlyStopLowConfidence),
-                    "a rejected sample ran to the end: {:?}", e.finish
+                    matches!(
+                        e.finish,
+                        FinishReason::EarlyStopDisagree | FinishReason::EarlyStopLowConfidence
+                    ),
+                    "a rejected sample ran to the end: {:?}",
+                    e.finish
                 );
                 assert_eq!(e.label, o.label);
             }
         }
     }
-    assert!(rejected > 0, "the policy rejected nothing; the test proves nothing");
+    assert!(
+        rejected > 0,
+        "the policy rejected nothing; the test proves nothing"
+    );
     assert_eq!(early_stats.early_stopped, rejected);
     assert!(early_stats.decode_tokens < full_stats.decode_tokens);
 }
@@ -168,7 +220,10 @@ fn early_stop_only_stops_samples_the_policy_rejects() {
 #[test]
 fn string_state_accepts_escapes_and_rejects_raw_controls() {
     use schema::StrState;
-    assert_eq!(StrState::Normal.run(b"a\\nb\\u00e9"), Some(StrState::Normal));
+    assert_eq!(
+        StrState::Normal.run(b"a\\nb\\u00e9"),
+        Some(StrState::Normal)
+    );
     assert_eq!(StrState::Normal.run(b"x\"}"), Some(StrState::Ended));
     assert_eq!(StrState::Normal.run(b"x\ny"), None);
     assert_eq!(StrState::Normal.run(b"\\q"), None);

@@ -85,7 +85,10 @@ impl KvCache {
         let vc = std::mem::replace(&mut self.v[layer], Tensor::empty([0, d], &device));
         self.k[layer] = kc.select_assign(0, idx.clone(), k, IndexingUpdateOp::Assign);
         self.v[layer] = vc.select_assign(0, idx, v, IndexingUpdateOp::Assign);
-        (self.view(&self.k[layer], upto), self.view(&self.v[layer], upto))
+        (
+            self.view(&self.k[layer], upto),
+            self.view(&self.v[layer], upto),
+        )
     }
 
     /// Marks `t` more tokens as stored in every slot.
@@ -98,7 +101,11 @@ impl KvCache {
     /// Copies slot `src` of `other` (all layers, its stored length) into slot `dst`.
     pub fn copy_slot_from(&mut self, dst: usize, other: &KvCache, src: usize) {
         let len = other.lens[src];
-        assert!(len <= self.capacity, "kv cache overflow: capacity {}", self.capacity);
+        assert!(
+            len <= self.capacity,
+            "kv cache overflow: capacity {}",
+            self.capacity
+        );
         let device = self.k[0].device();
         let d = self.head_dim;
         let mut from = Vec::with_capacity(self.kv_heads * len);

@@ -174,8 +174,8 @@ impl LlamaConfig {
                         } else if wavelen > low_wavelen {
                             f / factor
                         } else {
-                            let smooth =
-                                (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     }
@@ -210,7 +210,9 @@ impl LlamaConfig {
             num_layers: hf.num_hidden_layers,
             num_heads: hf.num_attention_heads,
             num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads),
+            head_dim: hf
+                .head_dim
+                .unwrap_or(hf.hidden_size / hf.num_attention_heads),
             rms_norm_eps: hf.rms_norm_eps,
             rope_theta: hf.rope_theta.unwrap_or(10_000.0),
             rope_scaling,
@@ -275,6 +277,9 @@ mod tests {
             "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
             "rms_norm_eps": 1e-05, "rope_theta": 100000, "max_position_embeddings": 8192,
             "tie_word_embeddings": true}"#;
-        assert_eq!(LlamaConfig::from_hf_json(text).unwrap(), LlamaConfig::smollm2_135m());
+        assert_eq!(
+            LlamaConfig::from_hf_json(text).unwrap(),
+            LlamaConfig::smollm2_135m()
+        );
     }
 }

@@ -111,7 +111,13 @@ impl Loader<'_> {
     }
 
     /// A linear weight `[out, in]` from the checkpoint.
-    fn linear(&self, part: Part, layer: usize, out: usize, inp: usize) -> Result<Vec<f32>, LoadError> {
+    fn linear(
+        &self,
+        part: Part,
+        layer: usize,
+        out: usize,
+        inp: usize,
+    ) -> Result<Vec<f32>, LoadError> {
         let mut w = self.read(part, layer, &[out, inp])?;
         if self.naming == Naming::Gguf && matches!(part, Part::Q | Part::K) {
             let heads = if part == Part::Q {
@@ -177,7 +183,11 @@ impl Llama {
         device: &Device,
     ) -> Result<Self, LoadError> {
         let c = config;
-        let ld = Loader { src, naming, config };
+        let ld = Loader {
+            src,
+            naming,
+            config,
+        };
         let (hid, hd) = (c.hidden_size, c.head_dim);
         let (q_rows, kv_rows) = (c.num_heads * hd, c.num_kv_heads * hd);
         let embed = ld.read(Part::Embed, 0, &[c.vocab_size, hid])?;
@@ -250,6 +260,11 @@ impl TensorSource for MemorySource {
 }
 
 #[cfg(test)]
-pub(crate) fn unpermute_rope_rows_for_test(w: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn unpermute_rope_rows_for_test(
+    w: &[f32],
+    heads: usize,
+    hd: usize,
+    cols: usize,
+) -> Vec<f32> {
     unpermute_rope_rows(w, heads, hd, cols)
 }

@@ -62,7 +62,10 @@ impl Llama {
             let data: Vec<f32> = (0..rows * cols)
                 .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
                 .collect();
-            Param::from_tensor(Tensor::from_data(TensorData::new(data, [rows, cols]), device))
+            Param::from_tensor(Tensor::from_data(
+                TensorData::new(data, [rows, cols]),
+                device,
+            ))
         };
         let c = config;
         let qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
@@ -196,8 +199,11 @@ impl Llama {
         let scores = scores.reshape([b, nkv, g, t, upto]) + bias.clone();
         let probs = softmax(scores, 4).reshape([b, nkv, g * t, upto]);
         let out = probs.matmul(v_all); // [b, nkv, g*t, hd]
-        // [b, nh, t, hd] -> [b, t, nh, hd] -> [b*t, nh*hd]
-        let out = out.reshape([b, nh, t, hd]).swap_dims(1, 2).reshape([b * t, nh * hd]);
+                                       // [b, nh, t, hd] -> [b, t, nh, hd] -> [b*t, nh*hd]
+        let out = out
+            .reshape([b, nh, t, hd])
+            .swap_dims(1, 2)
+            .reshape([b * t, nh * hd]);
         out.matmul(block.attn.wo.val())
     }
 }

@@ -12,7 +12,10 @@ fn to_vec(t: Tensor<2>) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn tiny() -> (LlamaConfig, Llama) {
@@ -45,13 +48,20 @@ fn cached_decode_equals_full_recompute() {
     }
     assert_eq!(got.len(), tokens.len() * v);
     let diff = max_abs_diff(&got, &full);
-    assert!(diff < 1e-4, "cached decode differs from recompute by {diff}");
+    assert!(
+        diff < 1e-4,
+        "cached decode differs from recompute by {diff}"
+    );
 }
 
 #[test]
 fn batch_of_slots_equals_single_runs() {
     let (config, model) = tiny();
-    let seqs: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4, 5, 6], vec![9, 8, 7], vec![40, 41, 42, 43, 44]];
+    let seqs: Vec<Vec<u32>> = vec![
+        vec![1, 2, 3, 4, 5, 6],
+        vec![9, 8, 7],
+        vec![40, 41, 42, 43, 44],
+    ];
     let v = config.vocab_size;
     // Prefill each sequence alone, then copy into one cache of three slots.
     let mut batch = KvCache::new(&config, seqs.len(), 32, &device());
@@ -66,7 +76,10 @@ fn batch_of_slots_equals_single_runs() {
     let last: Vec<u32> = seqs.iter().map(|s| s[s.len() - 1]).collect();
     let got = to_vec(model.logits(model.forward(&last, 1, &mut batch)));
     let diff = max_abs_diff(&got, &expected);
-    assert!(diff < 1e-4, "batched decode differs from single runs by {diff}");
+    assert!(
+        diff < 1e-4,
+        "batched decode differs from single runs by {diff}"
+    );
 }
 
 #[test]
@@ -82,7 +95,10 @@ fn a_changed_weight_changes_the_logits() {
 fn gguf_rope_rows_are_unpermuted_to_halves() {
     // One head of dim 4, one column: GGUF order is (0, 2, 1, 3) of the halves layout.
     let gguf = [0.0, 2.0, 1.0, 3.0];
-    assert_eq!(load::unpermute_rope_rows_for_test(&gguf, 1, 4, 1), vec![0.0, 1.0, 2.0, 3.0]);
+    assert_eq!(
+        load::unpermute_rope_rows_for_test(&gguf, 1, 4, 1),
+        vec![0.0, 1.0, 2.0, 3.0]
+    );
 }
 
 #[test]
@@ -91,9 +107,14 @@ fn missing_and_mismatched_tensors_are_named() {
     let mut src = load::MemorySource::default();
     let err = Llama::load(&config, &src, load::Naming::Gguf, &device()).unwrap_err();
     assert!(err.to_string().contains("token_embd.weight"), "{err}");
-    src.tensors
-        .insert("token_embd.weight".into(), (vec![11, 65], vec![0.0; 11 * 65]));
+    src.tensors.insert(
+        "token_embd.weight".into(),
+        (vec![11, 65], vec![0.0; 11 * 65]),
+    );
     let err = Llama::load(&config, &src, load::Naming::Gguf, &device()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("token_embd.weight") && msg.contains("[11, 65]") && msg.contains("[11, 64]"), "{msg}");
+    assert!(
+        msg.contains("token_embd.weight") && msg.contains("[11, 65]") && msg.contains("[11, 64]"),
+        "{msg}"
+    );
 }
