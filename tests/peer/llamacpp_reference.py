@@ -289,7 +289,7 @@ def compare(a_path, b_path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model")
-    ap.add_argument("--prompts", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "conformance_prompts.json"))
+    ap.add_argument("--prompts", default=os.path.join(os.path.dirname(__file__), "..", "data", "conformance_prompts.json"))
     ap.add_argument("--n-predict", type=int, default=48)
     ap.add_argument("--out")
     ap.add_argument("--f32", help="where to cache the F32 copy (default: next to --out)")
