@@ -19,7 +19,7 @@ const LOGPROB_TOLERANCE: f64 = 0.03;
 /// Tokens that must match exactly, unless llama.cpp itself saw a near-tie first.
 const MIN_MATCHING_TOKENS: usize = 32;
 /// A step whose top-2 gap in llama.cpp is below this is a near-tie: f32 summation order
-/// alone may flip it, and the sequences are compared only up to it.
+/// alone may flip it, so a different choice there is reported, not failed.
 const NEAR_TIE: f64 = 2.0 * LOGPROB_TOLERANCE;
 
 fn root() -> PathBuf {
