@@ -313,6 +313,17 @@ async fn roundtrip(server: &MotoServer) {
     assert_eq!(code, 200, "{xml}");
     assert_eq!(keys_in_listing(&xml), all_keys);
 
+    // The server's request log shows the uploads came over the wire: one PUT per small file,
+    // and a multipart upload (create, parts, complete) for the big one.
+    let log = server.log();
+    let puts = log.lines().filter(|l| l.contains(&format!("\"PUT /{BUCKET}/runs/corpus/part-"))).count();
+    assert_eq!(puts, files.len(), "{log}");
+    let big_path = format!("/{BUCKET}/runs/big/part-00000.parquet");
+    assert!(log.contains(&format!("\"POST {big_path}?uploads")), "{log}");
+    let parts = log.lines().filter(|l| l.contains(&format!("\"PUT {big_path}?partNumber="))).count();
+    assert!(parts >= 2, "{parts} parts:\n{log}");
+    assert!(log.contains(&format!("\"POST {big_path}?uploadId=")), "{log}");
+
     // A missing dataset reads as empty, a missing file as not found.
     let (empty_store, empty_prefix) = open_object(&format!("s3://{BUCKET}/runs/none")).unwrap();
     assert!(read_dataset::<CorpusRow>(empty_store.clone(), &empty_prefix).await.unwrap().is_empty());
