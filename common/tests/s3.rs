@@ -50,19 +50,35 @@ struct MotoServer {
 impl MotoServer {
     fn start() -> MotoServer {
         // A free loopback port: bind to port 0, note the port, release it for the server.
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("moto.log");
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = Command::new(python())
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .expect("start moto server");
-        let mut server = MotoServer { child, port, log, _dir: dir };
+        let mut server = MotoServer {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
         server.wait_ready();
         server
     }
@@ -87,7 +103,11 @@ impl MotoServer {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "moto server did not answer within 60 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "moto server did not answer within 60 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -119,7 +139,10 @@ fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
         .and_then(|r| r.get(2..5))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
@@ -157,8 +180,12 @@ fn scripts(n: usize) -> Vec<CorpusRow> {
 }
 
 async fn list_keys(store: &dyn ObjectStore, prefix: Option<&Path>) -> Vec<String> {
-    let mut keys: Vec<String> =
-        store.list(prefix).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
+    let mut keys: Vec<String> = store
+        .list(prefix)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
     keys.sort();
     keys
 }
@@ -182,7 +209,12 @@ fn parquet_dataset_roundtrips_through_a_real_s3_server() {
 
     // The configuration the CLIs get: AWS_* variables, set once here before any runtime or
     // client thread exists (this binary holds this single test).
-    for k in ["AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"] {
+    for k in [
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ] {
         std::env::remove_var(k);
     }
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
@@ -201,25 +233,47 @@ fn parquet_dataset_roundtrips_through_a_real_s3_server() {
 async fn roundtrip(server: &MotoServer) {
     let url = format!("s3://{BUCKET}/runs/corpus");
     let rows = scripts(300);
-    assert!(rows.iter().filter(|r| std::str::from_utf8(&r.content).is_err()).count() >= 60);
+    assert!(
+        rows.iter()
+            .filter(|r| std::str::from_utf8(&r.content).is_err())
+            .count()
+            >= 60
+    );
 
     // Write through the output path, with a small target so several files are produced.
     let (store, prefix) = open_store(&url).unwrap();
     assert_eq!(store.to_string(), format!("AmazonS3({BUCKET})"));
     assert_eq!(prefix.as_ref(), "runs/corpus");
-    let opts = WriterOptions { target_file_bytes: 48 * 1024, row_group_bytes: 8 * 1024, ..Default::default() };
-    let files = write_dataset(store.clone(), &prefix, rows.clone(), opts).await.unwrap();
-    println!("wrote {} files: {:?}", files.len(), files.iter().map(|f| (f.rows, f.bytes)).collect::<Vec<_>>());
-    assert!(files.len() >= 4, "expected several files, got {}", files.len());
+    let opts = WriterOptions {
+        target_file_bytes: 48 * 1024,
+        row_group_bytes: 8 * 1024,
+        ..Default::default()
+    };
+    let files = write_dataset(store.clone(), &prefix, rows.clone(), opts)
+        .await
+        .unwrap();
+    println!(
+        "wrote {} files: {:?}",
+        files.len(),
+        files.iter().map(|f| (f.rows, f.bytes)).collect::<Vec<_>>()
+    );
+    assert!(
+        files.len() >= 4,
+        "expected several files, got {}",
+        files.len()
+    );
     assert_eq!(files.iter().map(|f| f.rows).sum::<u64>(), rows.len() as u64);
-    let expected_keys: Vec<String> =
-        (0..files.len()).map(|i| format!("runs/corpus/part-{i:05}.parquet")).collect();
+    let expected_keys: Vec<String> = (0..files.len())
+        .map(|i| format!("runs/corpus/part-{i:05}.parquet"))
+        .collect();
 
     // Read back through the input path: a fresh client, nothing shared with the writer.
     let (input, in_prefix) = open_object(&url).unwrap();
     assert!(!Arc::ptr_eq(&store, &input));
     for (f, key) in files.iter().zip(&expected_keys) {
-        let bytes = get_bytes(input.as_ref(), &Path::from(key.as_str())).await.unwrap();
+        let bytes = get_bytes(input.as_ref(), &Path::from(key.as_str()))
+            .await
+            .unwrap();
         assert_eq!(bytes.len() as u64, f.bytes, "{key}");
         assert_eq!(sha256_hex(&bytes), f.sha256, "{key}");
         assert_eq!(&bytes[..4], b"PAR1");
@@ -231,7 +285,10 @@ async fn roundtrip(server: &MotoServer) {
     // Footers and row groups: every row group on its own, concatenated, gives the rows back.
     let layout = dataset_layout(input.clone(), &in_prefix).await.unwrap();
     assert_eq!(
-        layout.iter().map(|l| l.path.to_string()).collect::<Vec<_>>(),
+        layout
+            .iter()
+            .map(|l| l.path.to_string())
+            .collect::<Vec<_>>(),
         expected_keys
     );
     let mut by_group: Vec<CorpusRow> = Vec::new();
@@ -240,22 +297,36 @@ async fn roundtrip(server: &MotoServer) {
         assert_eq!(l.num_rows(), f.rows);
         assert_eq!(l.size_bytes, f.bytes);
         for g in 0..l.num_row_groups() {
-            let part: Vec<CorpusRow> = read_row_groups(input.clone(), &l.path, g..g + 1).await.unwrap();
+            let part: Vec<CorpusRow> = read_row_groups(input.clone(), &l.path, g..g + 1)
+                .await
+                .unwrap();
             assert_eq!(part.len() as u64, l.row_group_rows[g]);
             by_group.extend(part);
             groups += 1;
         }
     }
-    assert!(groups > files.len(), "files should hold several row groups ({groups} in {})", files.len());
+    assert!(
+        groups > files.len(),
+        "files should hold several row groups ({groups} in {})",
+        files.len()
+    );
     assert_eq!(by_group, rows);
     // A range in the middle of the first multi-group file: exactly those rows.
-    let (fi, l) = layout.iter().enumerate().find(|(_, l)| l.num_row_groups() >= 3).unwrap();
+    let (fi, l) = layout
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.num_row_groups() >= 3)
+        .unwrap();
     let start: u64 = files[..fi].iter().map(|f| f.rows).sum::<u64>() + l.row_group_rows[0];
     let n = l.row_group_rows[1] + l.row_group_rows[2];
     let mid: Vec<CorpusRow> = read_row_groups(input.clone(), &l.path, 1..3).await.unwrap();
     assert_eq!(mid, rows[start as usize..(start + n) as usize].to_vec());
     let too_far = l.num_row_groups() + 1;
-    assert!(read_row_groups::<CorpusRow>(input.clone(), &l.path, 0..too_far).await.is_err());
+    assert!(
+        read_row_groups::<CorpusRow>(input.clone(), &l.path, 0..too_far)
+            .await
+            .is_err()
+    );
 
     // A file larger than object_store's 10 MB write buffer goes up as a multipart upload.
     let (big_store, big_prefix) = open_store(&format!("s3://{BUCKET}/runs/big")).unwrap();
@@ -266,17 +337,29 @@ async fn roundtrip(server: &MotoServer) {
             CorpusRow::new(content, format!("big/{i}"), None)
         })
         .collect();
-    let big_files = write_dataset(big_store.clone(), &big_prefix, big.clone(), WriterOptions::default())
-        .await
-        .unwrap();
+    let big_files = write_dataset(
+        big_store.clone(),
+        &big_prefix,
+        big.clone(),
+        WriterOptions::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(big_files.len(), 1);
-    assert!(big_files[0].bytes > 12_000_000, "{} bytes", big_files[0].bytes);
+    assert!(
+        big_files[0].bytes > 12_000_000,
+        "{} bytes",
+        big_files[0].bytes
+    );
     let big_key = Path::from("runs/big/part-00000.parquet");
     let meta = big_store.head(&big_key).await.unwrap();
     assert_eq!(meta.size, big_files[0].bytes);
     // S3 gives multipart objects an ETag of `<md5 of part md5s>-<parts>`.
     let etag = meta.e_tag.unwrap_or_default();
-    assert!(etag.trim_matches('"').contains('-'), "not a multipart ETag: {etag}");
+    assert!(
+        etag.trim_matches('"').contains('-'),
+        "not a multipart ETag: {etag}"
+    );
     let big_back: Vec<CorpusRow> = read_dataset(big_store.clone(), &big_prefix).await.unwrap();
     assert_eq!(big_back, big);
 
@@ -288,10 +371,16 @@ async fn roundtrip(server: &MotoServer) {
         ("aws_virtual_hosted_style_request", "false"),
         ("aws_region", "us-east-1"),
     ];
-    let (ex_store, ex_prefix) = open_store_with(&format!("s3://{BUCKET}/runs/explicit"), &explicit).unwrap();
-    let ex_files = write_dataset(ex_store.clone(), &ex_prefix, rows[..10].to_vec(), WriterOptions::default())
-        .await
-        .unwrap();
+    let (ex_store, ex_prefix) =
+        open_store_with(&format!("s3://{BUCKET}/runs/explicit"), &explicit).unwrap();
+    let ex_files = write_dataset(
+        ex_store.clone(),
+        &ex_prefix,
+        rows[..10].to_vec(),
+        WriterOptions::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(ex_files.len(), 1);
     let ex_back: Vec<CorpusRow> = read_dataset(ex_store.clone(), &ex_prefix).await.unwrap();
     assert_eq!(ex_back, rows[..10].to_vec());
@@ -304,9 +393,15 @@ async fn roundtrip(server: &MotoServer) {
     let (bucket_store, root) = open_object(&format!("s3://{BUCKET}")).unwrap();
     assert_eq!(root.as_ref(), "");
     assert_eq!(list_keys(bucket_store.as_ref(), None).await, all_keys);
-    assert_eq!(list_keys(input.as_ref(), Some(&in_prefix)).await, expected_keys);
+    assert_eq!(
+        list_keys(input.as_ref(), Some(&in_prefix)).await,
+        expected_keys
+    );
     let listed = list_parquet(input.as_ref(), &in_prefix).await.unwrap();
-    assert_eq!(listed.iter().map(|m| m.size).collect::<Vec<_>>(), files.iter().map(|f| f.bytes).collect::<Vec<_>>());
+    assert_eq!(
+        listed.iter().map(|m| m.size).collect::<Vec<_>>(),
+        files.iter().map(|f| f.bytes).collect::<Vec<_>>()
+    );
 
     // ...and through the server's own ListObjectsV2, with no object_store involved.
     let (code, xml) = http(server.port, "GET", &format!("/{BUCKET}?list-type=2")).unwrap();
@@ -316,19 +411,38 @@ async fn roundtrip(server: &MotoServer) {
     // The server's request log shows the uploads came over the wire: one PUT per small file,
     // and a multipart upload (create, parts, complete) for the big one.
     let log = server.log();
-    let puts = log.lines().filter(|l| l.contains(&format!("\"PUT /{BUCKET}/runs/corpus/part-"))).count();
+    let puts = log
+        .lines()
+        .filter(|l| l.contains(&format!("\"PUT /{BUCKET}/runs/corpus/part-")))
+        .count();
     assert_eq!(puts, files.len(), "{log}");
     let big_path = format!("/{BUCKET}/runs/big/part-00000.parquet");
     assert!(log.contains(&format!("\"POST {big_path}?uploads")), "{log}");
-    let parts = log.lines().filter(|l| l.contains(&format!("\"PUT {big_path}?partNumber="))).count();
+    let parts = log
+        .lines()
+        .filter(|l| l.contains(&format!("\"PUT {big_path}?partNumber=")))
+        .count();
     assert!(parts >= 2, "{parts} parts:\n{log}");
-    assert!(log.contains(&format!("\"POST {big_path}?uploadId=")), "{log}");
+    assert!(
+        log.contains(&format!("\"POST {big_path}?uploadId=")),
+        "{log}"
+    );
 
     // A missing dataset reads as empty, a missing file as not found.
     let (empty_store, empty_prefix) = open_object(&format!("s3://{BUCKET}/runs/none")).unwrap();
-    assert!(read_dataset::<CorpusRow>(empty_store.clone(), &empty_prefix).await.unwrap().is_empty());
+    assert!(
+        read_dataset::<CorpusRow>(empty_store.clone(), &empty_prefix)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(matches!(
-        read_row_groups::<CorpusRow>(empty_store, &Path::from("runs/none/part-00000.parquet"), 0..1).await,
+        read_row_groups::<CorpusRow>(
+            empty_store,
+            &Path::from("runs/none/part-00000.parquet"),
+            0..1
+        )
+        .await,
         Err(automaldesc_common::Error::NotFound(_))
     ));
 }
