@@ -32,16 +32,24 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
 /// from the `AWS_*` environment (including `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP` for
 /// S3-compatible servers). Local directories are created when missing.
 pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
-    open(url, true)
+    open(url, true, &[])
 }
 
 /// Like [`open_store`] for reading an existing input (a file or a dataset): local paths must exist
 /// and nothing is created.
 pub fn open_object(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
-    open(url, false)
+    open(url, false, &[])
 }
 
-fn open(url: &str, create: bool) -> Result<(Arc<dyn ObjectStore>, Path)> {
+/// Like [`open_store`], with store options given explicitly instead of (or on top of) the
+/// environment: for `s3://` these are the `AWS_*` names in either case (`aws_endpoint`,
+/// `AWS_ALLOW_HTTP`, `aws_virtual_hosted_style_request`...), and they override the variables
+/// of the same name. Local and `memory://` stores take no options and ignore them.
+pub fn open_store_with(url: &str, options: &[(&str, &str)]) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    open(url, true, options)
+}
+
+fn open(url: &str, create: bool, options: &[(&str, &str)]) -> Result<(Arc<dyn ObjectStore>, Path)> {
     if let Some(rest) = url.strip_prefix("memory://") {
         let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if name.is_empty() {
@@ -56,8 +64,10 @@ fn open(url: &str, create: bool) -> Result<(Arc<dyn ObjectStore>, Path)> {
     }
     match Url::parse(url) {
         Ok(u) if u.scheme().len() > 1 => {
+            // The builder applies options in order, so explicit ones come last and win.
             let opts: Vec<(String, String)> = std::env::vars()
                 .filter(|(k, _)| k.starts_with("AWS_"))
+                .chain(options.iter().map(|(k, v)| (k.to_string(), v.to_string())))
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect();
             let (store, path) = object_store::parse_url_opts(&u, opts)?;
@@ -165,5 +175,39 @@ mod tests {
         // Building an S3 client does no IO; only the bucket and prefix are checked here.
         let (_, path) = open_store("s3://bucket/some/prefix").unwrap();
         assert_eq!(path.as_ref(), "some/prefix");
+    }
+
+    #[test]
+    fn explicit_s3_options_reach_the_client() {
+        // Path-style addressing against a custom endpoint: the bucket follows the endpoint.
+        let opts = [
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("aws_region", "eu-west-3"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("aws_virtual_hosted_style_request", "false"),
+            ("aws_access_key_id", "test-key"),
+            ("aws_secret_access_key", "test-secret"),
+        ];
+        let (store, path) = open_store_with("s3://bkt/a/b", &opts).unwrap();
+        assert_eq!(path.as_ref(), "a/b");
+        let debug = format!("{store:?}");
+        assert!(debug.contains("\"http://127.0.0.1:9/bkt\""), "{debug}");
+        assert!(debug.contains("\"eu-west-3\""), "{debug}");
+        assert_eq!(store.to_string(), "AmazonS3(bkt)");
+
+        // Virtual-hosted style takes the endpoint as the bucket's own address.
+        let vhost = [("aws_endpoint", "http://bkt.127.0.0.1:9"), ("aws_virtual_hosted_style_request", "true")];
+        let (store, _) = open_store_with("s3://bkt/a", &vhost).unwrap();
+        let debug = format!("{store:?}");
+        assert!(debug.contains("bucket_endpoint: \"http://bkt.127.0.0.1:9\""), "{debug}");
+
+        // A value the builder cannot parse is an error, not silently dropped.
+        let bad = [("aws_virtual_hosted_style_request", "sometimes")];
+        assert!(open_store_with("s3://bkt/a", &bad).is_err());
+
+        // Local stores ignore options.
+        let dir = tempfile::tempdir().unwrap();
+        let (_, local) = open_store_with(dir.path().to_str().unwrap(), &opts).unwrap();
+        assert!(local.as_ref().ends_with(dir.path().file_name().unwrap().to_str().unwrap()));
     }
 }
