@@ -45,7 +45,10 @@ pub fn open_object(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
 /// environment: for `s3://` these are the `AWS_*` names in either case (`aws_endpoint`,
 /// `AWS_ALLOW_HTTP`, `aws_virtual_hosted_style_request`...), and they override the variables
 /// of the same name. Local and `memory://` stores take no options and ignore them.
-pub fn open_store_with(url: &str, options: &[(&str, &str)]) -> Result<(Arc<dyn ObjectStore>, Path)> {
+pub fn open_store_with(
+    url: &str,
+    options: &[(&str, &str)],
+) -> Result<(Arc<dyn ObjectStore>, Path)> {
     open(url, true, options)
 }
 
@@ -196,10 +199,16 @@ mod tests {
         assert_eq!(store.to_string(), "AmazonS3(bkt)");
 
         // Virtual-hosted style takes the endpoint as the bucket's own address.
-        let vhost = [("aws_endpoint", "http://bkt.127.0.0.1:9"), ("aws_virtual_hosted_style_request", "true")];
+        let vhost = [
+            ("aws_endpoint", "http://bkt.127.0.0.1:9"),
+            ("aws_virtual_hosted_style_request", "true"),
+        ];
         let (store, _) = open_store_with("s3://bkt/a", &vhost).unwrap();
         let debug = format!("{store:?}");
-        assert!(debug.contains("bucket_endpoint: \"http://bkt.127.0.0.1:9\""), "{debug}");
+        assert!(
+            debug.contains("bucket_endpoint: \"http://bkt.127.0.0.1:9\""),
+            "{debug}"
+        );
 
         // A value the builder cannot parse is an error, not silently dropped.
         let bad = [("aws_virtual_hosted_style_request", "sometimes")];
@@ -208,6 +217,8 @@ mod tests {
         // Local stores ignore options.
         let dir = tempfile::tempdir().unwrap();
         let (_, local) = open_store_with(dir.path().to_str().unwrap(), &opts).unwrap();
-        assert!(local.as_ref().ends_with(dir.path().file_name().unwrap().to_str().unwrap()));
+        assert!(local
+            .as_ref()
+            .ends_with(dir.path().file_name().unwrap().to_str().unwrap()));
     }
 }
