@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use automaldesc_common::schema::FinishReason;
 use automaldesc_common::Language;
 use burn::tensor::Tensor;
 
@@ -29,27 +30,6 @@ pub struct EarlyStop {
     pub require_agreement: bool,
     /// Stop a sample whose label probability is under this.
     pub min_label_prob: Option<f32>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// The answer closed normally.
-    Stop,
-    /// `max_new_tokens` ran out inside the summary; the JSON was closed for it.
-    Length,
-    EarlyStopDisagree,
-    EarlyStopLowConfidence,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::EarlyStopDisagree => "early_stop_disagree",
-            FinishReason::EarlyStopLowConfidence => "early_stop_low_confidence",
-        }
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -151,7 +131,7 @@ impl Engine<'_> {
                     .model
                     .forward(&req.prompt, req.prompt.len(), &mut single);
                 let last = h.narrow(0, req.prompt.len() - 1, 1);
-                let logits = row_vecs(self.model.logits(last));
+                let logits = flat_logits(self.model.logits(last));
                 stats.prefill_tokens += req.prompt.len();
                 let prefill_secs = started.elapsed().as_secs_f64();
                 for (i, params) in req.samples.iter().enumerate() {
@@ -171,7 +151,7 @@ impl Engine<'_> {
                         admitted: started,
                         prefill_secs,
                     };
-                    self.decide(&mut a, &logits[0], req.max_new_tokens);
+                    self.decide(&mut a, &logits, req.max_new_tokens);
                     active[slot] = Some(a);
                 }
                 stats.prefill_secs += started.elapsed().as_secs_f64();
@@ -200,11 +180,12 @@ impl Engine<'_> {
                 }
             }
             let h = self.model.forward(&feed, 1, &mut cache);
-            let logits = row_vecs(self.model.logits(h));
+            let logits = flat_logits(self.model.logits(h));
+            let vocab = self.model.config.vocab_size;
             for (s, a) in active.iter_mut().enumerate() {
                 if let Some(a) = a.as_mut().filter(|a| a.finish.is_none()) {
                     let max_new = requests[a.request].max_new_tokens;
-                    self.decide(a, &logits[s], max_new);
+                    self.decide(a, &logits[s * vocab..(s + 1) * vocab], max_new);
                     stats.decode_tokens += 1;
                 }
             }
@@ -237,7 +218,7 @@ impl Engine<'_> {
             }
             Next::Summary(s) => {
                 let allowed = schema.string_allowed(s);
-                a.sampler.sample(&candidates(logits, &allowed))
+                a.sampler.sample(&candidates(logits, allowed.as_ref()))
             }
         };
         a.logprobs.push(log_prob(logits, token));
@@ -361,13 +342,10 @@ fn candidates(logits: &[f32], ids: &[u32]) -> Vec<(u32, f32)> {
     ids.iter().map(|&i| (i, logits[i as usize])).collect()
 }
 
-fn row_vecs(logits: Tensor<2>) -> Vec<Vec<f32>> {
-    let [rows, vocab] = logits.dims();
-    let flat = logits
+/// Logits `[rows, vocab]` as one row-major vector; rows are sliced out, not copied.
+fn flat_logits(logits: Tensor<2>) -> Vec<f32> {
+    logits
         .into_data()
         .try_to_vec::<f32>()
-        .expect("logits are f32");
-    (0..rows)
-        .map(|r| flat[r * vocab..(r + 1) * vocab].to_vec())
-        .collect()
+        .expect("logits are f32")
 }

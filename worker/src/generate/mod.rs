@@ -4,7 +4,8 @@ pub mod engine;
 pub mod sampler;
 pub mod schema;
 
-pub use engine::{EarlyStop, Engine, FinishReason, GenStats, Request, SampleOutput};
+pub use automaldesc_common::schema::FinishReason;
+pub use engine::{EarlyStop, Engine, GenStats, Request, SampleOutput};
 pub use sampler::{Sampler, SamplingParams};
 pub use schema::{AnswerSchema, AnswerState, Vocab, ANSWER_PREFIX};
 

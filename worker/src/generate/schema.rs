@@ -145,19 +145,16 @@ impl AnswerSchema {
     }
 
     /// Tokens allowed next inside the summary string from state `s`.
-    pub fn string_allowed(&self, s: StrState) -> Vec<u32> {
+    pub fn string_allowed(&self, s: StrState) -> std::borrow::Cow<'_, [u32]> {
         if s == StrState::Normal {
-            return self.string_normal.clone();
+            return std::borrow::Cow::Borrowed(&self.string_normal);
         }
-        (0..self.bytes.len())
+        let ids: Vec<u32> = (0..self.bytes.len())
             .filter(|&i| !self.control[i] && !self.bytes[i].is_empty())
             .filter(|&i| s.run(&self.bytes[i]).is_some())
             .map(|i| i as u32)
-            .collect()
-    }
-
-    pub fn string_normal(&self) -> &[u32] {
-        &self.string_normal
+            .collect();
+        std::borrow::Cow::Owned(ids)
     }
 
     pub fn token_bytes(&self, id: u32) -> &[u8] {
