@@ -27,7 +27,8 @@ pub struct AnnotateArgs {
     /// Write the JSON lines here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// GGUF model file [default: $AUTOMALDESC_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf]
+    /// GGUF model file or Hugging Face model directory (config.json, safetensors,
+    /// tokenizer.json) [default: $AUTOMALDESC_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf]
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Sampling temperatures, one sample each.
@@ -80,7 +81,7 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
     };
     let device = crate::device::select()?;
     let started = std::time::Instant::now();
-    let annotator = Annotator::load_gguf(&model, &device)?;
+    let annotator = Annotator::load(&model, &device)?;
     tracing::info!(model = %annotator.model_id, secs = started.elapsed().as_secs_f64(), "model loaded");
     let opts = AnnotateOptions {
         temperatures: args.temperatures,

@@ -97,7 +97,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             })?;
             Llama::random(&config, 1, &device)
         }
-        None => Annotator::load_gguf(&model, &device)?.model,
+        None => Annotator::load(&model, &device)?.model,
     };
     eprintln!("device: {device:?}");
     // Warm-up: first calls allocate and fault in the weights.

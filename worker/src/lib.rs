@@ -1,5 +1,5 @@
 //! The worker's model runtime: a Llama-family decoder on burn (flex on the CPU, CUDA with the
-//! `cuda` feature), checkpoint loading (GGUF), tokenization and batched, schema-constrained
+//! `cuda` feature), checkpoint loading (GGUF, safetensors), tokenization and batched, schema-constrained
 //! generation of annotations.
 
 pub mod annotate;
@@ -9,4 +9,5 @@ pub mod gguf;
 pub mod model;
 pub mod prompt;
 pub mod runtime;
+pub mod safetensors;
 pub mod tokenizer;

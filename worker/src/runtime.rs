@@ -1,6 +1,6 @@
-//! Everything needed to answer with one model, loaded together from one GGUF file: the
-//! decoder, its tokenizer, its chat template and the answer schema for that tokenizer,
-//! plus the prompt builder with the long-script truncation policy.
+//! Everything needed to answer with one model, loaded together from one GGUF file or one
+//! Hugging Face directory: the decoder, its tokenizer, its chat template and the answer
+//! schema for that tokenizer, plus the prompt builder with the long-script truncation policy.
 
 use std::path::Path;
 
@@ -11,6 +11,7 @@ use crate::gguf::{GgufError, GgufFile};
 use crate::model::load::{LoadError, Naming, TensorSource};
 use crate::model::{Llama, LlamaConfig};
 use crate::prompt::{self, ChatTemplate, Role};
+use crate::safetensors::SafeTensors;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +105,15 @@ pub struct Annotator {
 }
 
 impl Annotator {
+    /// Loads a model from a GGUF file or a Hugging Face model directory.
+    pub fn load(path: &Path, device: &Device) -> Result<Self, RuntimeError> {
+        if path.is_dir() {
+            Self::load_hf(path, device)
+        } else {
+            Self::load_gguf(path, device)
+        }
+    }
+
     pub fn load_gguf(path: &Path, device: &Device) -> Result<Self, RuntimeError> {
         let p = path.display().to_string();
         let gg = |source| RuntimeError::Gguf {
@@ -129,19 +139,68 @@ impl Annotator {
             path: p.clone(),
             reason: e.to_string(),
         })?;
+        let model_id = model_id(path).map_err(|e| RuntimeError::Invalid {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::assemble(model, tokenizer, model_id, &p)
+    }
+
+    /// Loads a Hugging Face model directory: `config.json`, `model.safetensors` (or its
+    /// sharded index), `tokenizer.json`, and the chat template from
+    /// `tokenizer_config.json` or `chat_template.jinja`.
+    pub fn load_hf(dir: &Path, device: &Device) -> Result<Self, RuntimeError> {
+        let p = dir.display().to_string();
         let invalid = |reason: String| RuntimeError::Invalid {
             path: p.clone(),
             reason,
         };
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_err(|e| invalid(format!("{name}: {e}")))
+        };
+        let config = LlamaConfig::from_hf_json(&read("config.json")?)
+            .map_err(|e| invalid(format!("config.json: {e}")))?;
+        let weights = SafeTensors::open(dir).map_err(|e| invalid(e.to_string()))?;
+        let model = Llama::load(&config, &weights, Naming::HuggingFace, device).map_err(
+            |source| RuntimeError::Load {
+                path: p.clone(),
+                source,
+            },
+        )?;
+        let mut tokenizer = Tokenizer::from_tokenizer_json(&dir.join("tokenizer.json"))
+            .map_err(|e| invalid(e.to_string()))?;
+        let template = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
+            Ok(t) => Some(t),
+            Err(_) => hf_chat_template(&read("tokenizer_config.json")?)
+                .map_err(|e| invalid(format!("tokenizer_config.json: {e}")))?,
+        };
+        if let Some(t) = template {
+            tokenizer.set_chat_template(t);
+        }
+        let model_id = model_id(&dir.join("config.json")).map_err(|e| invalid(e.to_string()))?;
+        Self::assemble(model, tokenizer, model_id, &p)
+    }
+
+    /// The parts every checkpoint format shares once model and tokenizer are loaded: the
+    /// chat template, the end-of-turn token and the answer schema for that tokenizer.
+    fn assemble(
+        model: Llama,
+        tokenizer: Tokenizer,
+        model_id: String,
+        path: &str,
+    ) -> Result<Self, RuntimeError> {
+        let invalid = |reason: String| RuntimeError::Invalid {
+            path: path.to_string(),
+            reason,
+        };
         let template_text = tokenizer
             .chat_template()
-            .ok_or_else(|| invalid("no tokenizer.chat_template".into()))?;
+            .ok_or_else(|| invalid("no chat template".into()))?;
         let template = ChatTemplate::detect(template_text).map_err(|e| invalid(e.to_string()))?;
         let end_id = tokenizer
             .token_id(template.end_of_turn())
             .ok_or_else(|| invalid(format!("no {} token", template.end_of_turn())))?;
         let schema = AnswerSchema::new(&tokenizer, end_id).map_err(|e| invalid(e.to_string()))?;
-        let model_id = model_id(path).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             model,
             tokenizer,
@@ -234,4 +293,18 @@ fn model_id(path: &Path) -> std::io::Result<String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     Ok(format!("{name}@{}", &hash[..16]))
+}
+
+/// The chat template of a `tokenizer_config.json`: a string, or a list of named templates
+/// of which the one named `default` is used.
+fn hf_chat_template(text: &str) -> Result<Option<String>, serde_json::Error> {
+    let v: serde_json::Value = serde_json::from_str(text)?;
+    Ok(match v.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    })
 }

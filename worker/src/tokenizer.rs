@@ -281,6 +281,11 @@ impl Tokenizer {
         })
     }
 
+    /// Sets the chat template (a `tokenizer.json` does not carry one).
+    pub fn set_chat_template(&mut self, template: String) {
+        self.chat_template = Some(template);
+    }
+
     /// Token ids of `text`; control tokens written in the text become their ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(tk_err)?;
