@@ -161,12 +161,13 @@ impl Annotator {
         let config = LlamaConfig::from_hf_json(&read("config.json")?)
             .map_err(|e| invalid(format!("config.json: {e}")))?;
         let weights = SafeTensors::open(dir).map_err(|e| invalid(e.to_string()))?;
-        let model = Llama::load(&config, &weights, Naming::HuggingFace, device).map_err(
-            |source| RuntimeError::Load {
-                path: p.clone(),
-                source,
-            },
-        )?;
+        let model =
+            Llama::load(&config, &weights, Naming::HuggingFace, device).map_err(|source| {
+                RuntimeError::Load {
+                    path: p.clone(),
+                    source,
+                }
+            })?;
         let mut tokenizer = Tokenizer::from_tokenizer_json(&dir.join("tokenizer.json"))
             .map_err(|e| invalid(e.to_string()))?;
         let template = match std::fs::read_to_string(dir.join("chat_template.jinja")) {

@@ -112,7 +112,10 @@ impl SafeTensors {
         let mut files: Vec<PathBuf> = Vec::new();
         for name in parsed.weight_map.values() {
             if name.contains('/') || name.contains('\\') || name == ".." {
-                return Err(invalid(index, format!("shard name {name:?} is not a file name")));
+                return Err(invalid(
+                    index,
+                    format!("shard name {name:?} is not a file name"),
+                ));
             }
             let p = dir.join(name);
             if !files.contains(&p) {
@@ -196,7 +199,11 @@ fn invalid(path: &Path, reason: impl ToString) -> SafetensorsError {
     }
 }
 
-fn parse_header(path: &Path, map: &[u8], file: usize) -> Result<Vec<(String, Entry)>, SafetensorsError> {
+fn parse_header(
+    path: &Path,
+    map: &[u8],
+    file: usize,
+) -> Result<Vec<(String, Entry)>, SafetensorsError> {
     let len_bytes: [u8; 8] = map
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -207,7 +214,12 @@ fn parse_header(path: &Path, map: &[u8], file: usize) -> Result<Vec<(String, Ent
         .filter(|&n| n <= MAX_HEADER)
         .and_then(|n| n.checked_add(8))
         .filter(|&end| end <= map.len())
-        .ok_or_else(|| invalid(path, format!("header length {header_len} does not fit the file")))?;
+        .ok_or_else(|| {
+            invalid(
+                path,
+                format!("header length {header_len} does not fit the file"),
+            )
+        })?;
     let header: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(&map[8..data_start]).map_err(|e| invalid(path, e))?;
     let data_len = map.len() - data_start;
@@ -221,11 +233,17 @@ fn parse_header(path: &Path, map: &[u8], file: usize) -> Result<Vec<(String, Ent
         let dtype = Dtype::parse(&h.dtype).ok_or_else(|| {
             invalid(
                 path,
-                format!("tensor {name}: dtype {} is not supported (F32, F16, BF16)", h.dtype),
+                format!(
+                    "tensor {name}: dtype {} is not supported (F32, F16, BF16)",
+                    h.dtype
+                ),
             )
         })?;
         let [begin, end] = h.data_offsets;
-        let numel = h.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let numel = h
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
         let expected = numel.and_then(|n| n.checked_mul(dtype.size()));
         if begin > end || end > data_len || Some(end - begin) != expected {
             return Err(invalid(
@@ -301,7 +319,12 @@ mod tests {
         let err = SafeTensors::open(&p).err().unwrap().to_string();
         assert!(err.contains("tensor a") && err.contains("[3]"), "{err}");
 
-        let p = write(dir.path(), "i8.safetensors", r#"{"a":{"dtype":"I8","shape":[1],"data_offsets":[0,1]}}"#, &[1]);
+        let p = write(
+            dir.path(),
+            "i8.safetensors",
+            r#"{"a":{"dtype":"I8","shape":[1],"data_offsets":[0,1]}}"#,
+            &[1],
+        );
         let err = SafeTensors::open(&p).err().unwrap().to_string();
         assert!(err.contains("dtype I8 is not supported"), "{err}");
 
@@ -314,8 +337,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one = 1f32.to_le_bytes();
         let two = 2f32.to_le_bytes();
-        write(dir.path(), "s1.safetensors", r#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &one);
-        write(dir.path(), "s2.safetensors", r#"{"y":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &two);
+        write(
+            dir.path(),
+            "s1.safetensors",
+            r#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &one,
+        );
+        write(
+            dir.path(),
+            "s2.safetensors",
+            r#"{"y":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &two,
+        );
         let index = r#"{"metadata":{},"weight_map":{"x":"s1.safetensors","y":"s2.safetensors"}}"#;
         std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
         let st = SafeTensors::open(dir.path()).unwrap();
@@ -325,6 +358,9 @@ mod tests {
         let wrong = r#"{"weight_map":{"x":"s2.safetensors","y":"s2.safetensors"}}"#;
         std::fs::write(dir.path().join("model.safetensors.index.json"), wrong).unwrap();
         let err = SafeTensors::open(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("tensor x is not in its shard s2.safetensors"), "{err}");
+        assert!(
+            err.contains("tensor x is not in its shard s2.safetensors"),
+            "{err}"
+        );
     }
 }

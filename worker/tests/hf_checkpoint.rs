@@ -93,7 +93,9 @@ fn hf_directory_loads_the_same_model_as_the_gguf() {
     let dir = tempfile::tempdir().unwrap();
     let f32_dir = dir.path().join("f32");
     let f16_dir = dir.path().join("f16-sharded");
-    if !convert(&gguf, &f32_dir, &[]) || !convert(&gguf, &f16_dir, &["--dtype", "F16", "--shards", "3"]) {
+    if !convert(&gguf, &f32_dir, &[])
+        || !convert(&gguf, &f16_dir, &["--dtype", "F16", "--shards", "3"])
+    {
         return;
     }
     let device = Device::flex();
@@ -127,9 +129,18 @@ fn hf_directory_loads_the_same_model_as_the_gguf() {
     let from_f16 = Annotator::load(&f16_dir, &device).unwrap();
     let (tokens_f16, logits_f16) = greedy(&from_f16, &prompt);
     let diff16 = max_diff(&logits_gguf, &logits_f16);
-    let matching = tokens_f16.iter().zip(&tokens_gguf).take_while(|(a, b)| a == b).count();
-    eprintln!("f16 sharded vs gguf: max |logit diff| {diff16:.3e}, {matching}/8 greedy tokens equal");
-    assert!(diff16 > 0.0 && diff16 < 0.5, "f16 logits differ by {diff16}");
+    let matching = tokens_f16
+        .iter()
+        .zip(&tokens_gguf)
+        .take_while(|(a, b)| a == b)
+        .count();
+    eprintln!(
+        "f16 sharded vs gguf: max |logit diff| {diff16:.3e}, {matching}/8 greedy tokens equal"
+    );
+    assert!(
+        diff16 > 0.0 && diff16 < 0.5,
+        "f16 logits differ by {diff16}"
+    );
     assert!(matching >= 4, "f16 greedy tokens diverge after {matching}");
 }
 
@@ -147,7 +158,10 @@ fn a_mismatched_checkpoint_names_the_tensor_and_both_shapes() {
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["intermediate_size"] = 2048.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let err = Annotator::load(&out, &Device::flex()).err().unwrap().to_string();
+    let err = Annotator::load(&out, &Device::flex())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("model.layers.0.mlp.gate_proj.weight")
             && err.contains("[1536, 576]")
