@@ -6,6 +6,7 @@ pub mod annotate;
 pub mod bench;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
 pub mod model;
 pub mod prompt;
 pub mod runtime;

@@ -91,6 +91,22 @@ impl KvCache {
         )
     }
 
+    /// Takes the key and value tensors of `layer` out of the cache (for a kernel that
+    /// updates them in place); `put_layer` gives them back.
+    pub(crate) fn take_layer(&mut self, layer: usize) -> (Tensor<2>, Tensor<2>) {
+        let device = self.k[layer].device();
+        let d = self.head_dim;
+        (
+            std::mem::replace(&mut self.k[layer], Tensor::empty([0, d], &device)),
+            std::mem::replace(&mut self.v[layer], Tensor::empty([0, d], &device)),
+        )
+    }
+
+    pub(crate) fn put_layer(&mut self, layer: usize, k: Tensor<2>, v: Tensor<2>) {
+        self.k[layer] = k;
+        self.v[layer] = v;
+    }
+
     /// Marks `t` more tokens as stored in every slot.
     pub fn advance(&mut self, t: usize) {
         for l in &mut self.lens {

@@ -236,6 +236,7 @@ impl Llama {
             lm_head,
             inv_freq: c.rope_inv_freq(),
             config: c.clone(),
+            reference_ops: false,
         })
     }
 }

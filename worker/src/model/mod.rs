@@ -51,6 +51,10 @@ pub struct Llama {
     /// Inverse rotary frequencies, `head_dim / 2` of them.
     #[module(skip)]
     pub inv_freq: Vec<f64>,
+    /// Forces the reference path (plain tensor ops) even where the fused CPU kernels could
+    /// run; tests compare the two.
+    #[module(skip)]
+    pub reference_ops: bool,
 }
 
 impl Llama {
@@ -92,6 +96,7 @@ impl Llama {
             lm_head,
             inv_freq: c.rope_inv_freq(),
             config: c.clone(),
+            reference_ops: false,
         }
     }
 
@@ -110,6 +115,19 @@ impl Llama {
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * t]), &device);
         let mut x = self.embed.val().select(0, ids); // [b*t, hidden]
 
+        let eps = self.config.rms_norm_eps;
+        if !self.reference_ops && crate::kernels::native(&x) {
+            for (layer, block) in self.blocks.iter().enumerate() {
+                let h = crate::kernels::rms_norm(x.clone(), &block.attn_norm.val(), eps);
+                x = x + self.attention_fused(h, block, layer, cache, t);
+                let h = crate::kernels::rms_norm(x.clone(), &block.ffn_norm.val(), eps);
+                let gate_up = h.matmul(block.ffn.w_gate_up.val());
+                x = x + crate::kernels::swiglu(gate_up).matmul(block.ffn.w_down.val());
+            }
+            cache.advance(t);
+            return crate::kernels::rms_norm(x, &self.norm.val(), eps);
+        }
+
         let lens: Vec<usize> = (0..b).map(|s| cache.len(s)).collect();
         let positions: Vec<usize> = lens
             .iter()
@@ -120,14 +138,14 @@ impl Llama {
         let bias = attention_bias(cache, t, upto, &device);
 
         for (layer, block) in self.blocks.iter().enumerate() {
-            let h = rms_norm(x.clone(), &block.attn_norm.val(), self.config.rms_norm_eps);
+            let h = rms_norm(x.clone(), &block.attn_norm.val(), eps);
             let h = self.attention(h, block, layer, cache, t, (&cos, &sin), &bias, upto);
             x = x + h;
-            let h = rms_norm(x.clone(), &block.ffn_norm.val(), self.config.rms_norm_eps);
+            let h = rms_norm(x.clone(), &block.ffn_norm.val(), eps);
             x = x + feed_forward(h, &block.ffn, self.config.intermediate_size);
         }
         cache.advance(t);
-        rms_norm(x, &self.norm.val(), self.config.rms_norm_eps)
+        rms_norm(x, &self.norm.val(), eps)
     }
 
     /// Logits `[rows, vocab]` for the given final hidden states `[rows, hidden]`.
@@ -138,6 +156,34 @@ impl Llama {
             // 3-D form was measured 15x slower on the CPU backend.
             None => hidden.matmul(self.embed.val().transpose()),
         }
+    }
+
+    /// Attention through the fused CPU kernel: rotary embedding, cache write and attention
+    /// in one pass, with each slot's causal extent taken from its length (no mask tensor).
+    fn attention_fused(
+        &self,
+        x: Tensor<2>,
+        block: &Block,
+        layer: usize,
+        cache: &mut KvCache,
+        t: usize,
+    ) -> Tensor<2> {
+        let c = &self.config;
+        let qkv = x.matmul(block.attn.wqkv.val()); // [b*t, (nh + 2 nkv) * hd]
+        let step = crate::kernels::AttentionStep {
+            slots: cache.slots(),
+            t,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            capacity: cache.capacity(),
+            lens: (0..cache.slots()).map(|s| cache.len(s)).collect(),
+            inv_freq: self.inv_freq.clone(),
+        };
+        let (k, v) = cache.take_layer(layer);
+        let (out, k, v) = crate::kernels::attention(qkv, k, v, step); // out: [b*t, nh*hd]
+        cache.put_layer(layer, k, v);
+        out.matmul(block.attn.wo.val())
     }
 
     /// Cosine and sine tables `[b, 1, t, head_dim / 2]` for the given positions.

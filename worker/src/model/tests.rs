@@ -24,6 +24,14 @@ fn tiny() -> (LlamaConfig, Llama) {
     (config, model)
 }
 
+/// The same model on both paths: fused CPU kernels, then plain tensor ops.
+fn both_paths() -> [(LlamaConfig, Llama); 2] {
+    let (config, fused) = tiny();
+    let (_, mut reference) = tiny();
+    reference.reference_ops = true;
+    [(config.clone(), fused), (config, reference)]
+}
+
 /// Logits of every position from one full forward pass with an empty cache.
 fn full_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
     let mut cache = KvCache::new(&model.config, 1, 64, &device());
@@ -33,7 +41,12 @@ fn full_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
 
 #[test]
 fn cached_decode_equals_full_recompute() {
-    let (config, model) = tiny();
+    for (config, model) in both_paths() {
+        cached_decode_equals_full_recompute_on(config, model);
+    }
+}
+
+fn cached_decode_equals_full_recompute_on(config: LlamaConfig, model: Llama) {
     let tokens: Vec<u32> = vec![5, 17, 3, 88, 42, 9, 61, 2, 33, 70];
     let full = full_logits(&model, &tokens);
     let v = config.vocab_size;
@@ -56,7 +69,12 @@ fn cached_decode_equals_full_recompute() {
 
 #[test]
 fn batch_of_slots_equals_single_runs() {
-    let (config, model) = tiny();
+    for (config, model) in both_paths() {
+        batch_of_slots_equals_single_runs_on(config, model);
+    }
+}
+
+fn batch_of_slots_equals_single_runs_on(config: LlamaConfig, model: Llama) {
     let seqs: Vec<Vec<u32>> = vec![
         vec![1, 2, 3, 4, 5, 6],
         vec![9, 8, 7],
@@ -117,4 +135,42 @@ fn missing_and_mismatched_tensors_are_named() {
         msg.contains("token_embd.weight") && msg.contains("[11, 65]") && msg.contains("[11, 64]"),
         "{msg}"
     );
+}
+
+#[test]
+fn fused_kernels_match_the_reference_ops() {
+    let [(config, fused), (_, reference)] = both_paths();
+    let v = config.vocab_size;
+    // Three slots at different lengths; prefills longer than one kernel task (16 tokens).
+    let prompts: Vec<Vec<u32>> = vec![
+        (0..37).map(|i| (i * 13 % 97) as u32).collect(),
+        (0..5).map(|i| (i * 7 + 1) as u32).collect(),
+        (0..20).map(|i| (i * 29 % 97) as u32).collect(),
+    ];
+    let run = |model: &Llama| -> Vec<f32> {
+        let mut cache = KvCache::new(&config, prompts.len(), 48, &device());
+        let mut out = Vec::new();
+        for (s, p) in prompts.iter().enumerate() {
+            let mut single = KvCache::new(&config, 1, 48, &device());
+            out.extend(to_vec(model.logits(model.forward(p, p.len(), &mut single))));
+            cache.copy_slot_from(s, &single, 0);
+        }
+        // Two decode steps of all slots, then a 3-token step (t > 1 with a filled cache).
+        for step in 0..2u32 {
+            let feed: Vec<u32> = (0..3).map(|s| 50 + step * 3 + s).collect();
+            out.extend(to_vec(model.logits(model.forward(&feed, 1, &mut cache))));
+        }
+        let feed: Vec<u32> = (0..9).map(|i| (i * 11 % 97) as u32).collect();
+        out.extend(to_vec(model.logits(model.forward(&feed, 3, &mut cache))));
+        out
+    };
+    let (a, b) = (run(&fused), run(&reference));
+    assert_eq!(a.len(), (37 + 5 + 20 + 2 * 3 + 9) * v);
+    let diff = max_abs_diff(&a, &b);
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(
+        diff < 1e-4 * scale.max(1.0),
+        "fused and reference differ by {diff} (scale {scale})"
+    );
+    assert!(scale > 0.1, "logits are degenerate");
 }

@@ -1,0 +1,385 @@
+//! The decoder's non-matmul steps as CPU kernels on plain f32 slices: RMSNorm, SwiGLU, and
+//! attention fused with rotary embedding and the KV-cache write. Composed from generic tensor
+//! ops these steps cost more than the matmuls around them (strided views, scalar `exp`, a
+//! materialised mask); here each is one pass over its data.
+//!
+//! Every kernel body is written once, generic over `FMA`, and compiled twice: with AVX2+FMA
+//! enabled (chosen at run time when the CPU has them) and for the baseline target. Loops are
+//! written so the compiler vectorises them; there is no hand-written assembly.
+
+use rayon::prelude::*;
+
+/// Whether the AVX2+FMA builds of the kernels may run on this CPU.
+fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `$name`, which runs `$body::<true>` compiled for AVX2+FMA when the CPU has them
+/// and `$body::<false>` otherwise.
+macro_rules! simd_dispatch {
+    (fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
+                    $body::<true>($($arg),*)
+                }
+                if has_fma() {
+                    // SAFETY: the CPU supports the features `fast` was compiled for.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            $body::<false>($($arg),*)
+        }
+    };
+}
+
+#[inline(always)]
+fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Lanes of the accumulators: enough independent sums to hide FMA latency.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..LANES {
+            acc[l] = fmadd::<FMA>(x[l], y[l], acc[l]);
+        }
+    }
+    // Pairwise reduction of the lanes.
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+        width /= 2;
+    }
+    let mut s = acc[0];
+    for (x, y) in ar.iter().zip(br) {
+        s = fmadd::<FMA>(*x, *y, s);
+    }
+    s
+}
+
+/// `y += alpha * x`.
+#[inline(always)]
+fn axpy<const FMA: bool>(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi = fmadd::<FMA>(alpha, *xi, *yi);
+    }
+}
+
+/// `e^x` in f32, within 2 ulp on the range where it is neither 0 nor infinite: Cody-Waite
+/// reduction to `|r| <= ln 2 / 2`, a degree-7 Taylor polynomial, and the power of two put
+/// in the exponent bits. Branch-free so loops over it vectorise. Inputs are clamped to
+/// [-87, 88]; callers never feed it a masked (-inf) score.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    p * scale
+}
+
+/// Rows per parallel task of the row-wise kernels: enough work to pay for a task.
+const ROWS_PER_TASK: usize = 16;
+
+#[inline(always)]
+fn rms_norm_rows_body<const FMA: bool>(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let mean_square = dot::<FMA>(xr, xr) / n as f32;
+        let inv = 1.0 / (mean_square + eps).sqrt();
+        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+simd_dispatch!(fn rms_norm_rows_simd(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) => rms_norm_rows_body);
+
+/// `out = x / rms(x) * weight` for every row of `x` (`[rows, weight.len()]`).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let chunk = weight.len() * ROWS_PER_TASK;
+    x.par_chunks(chunk)
+        .zip(out.par_chunks_mut(chunk))
+        .for_each(|(xc, oc)| rms_norm_rows_simd(xc, weight, eps, oc));
+}
+
+#[inline(always)]
+fn swiglu_body<const FMA: bool>(gate_up: &[f32], ffn: usize, out: &mut [f32]) {
+    for (gu, o) in gate_up.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)) {
+        let (gate, up) = gu.split_at(ffn);
+        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + exp(-g)) * u;
+        }
+    }
+}
+
+simd_dispatch!(fn swiglu_simd(gate_up: &[f32], ffn: usize, out: &mut [f32]) => swiglu_body);
+
+/// `out = silu(gate) * up` for every row of `gate_up` (`[rows, 2 * ffn]`, gate first).
+pub fn swiglu(gate_up: &[f32], ffn: usize, out: &mut [f32]) {
+    gate_up
+        .par_chunks(2 * ffn * ROWS_PER_TASK)
+        .zip(out.par_chunks_mut(ffn * ROWS_PER_TASK))
+        .for_each(|(gu, o)| swiglu_simd(gu, ffn, o));
+}
+
+/// The shape of one attention step over a slot cache (see `model::KvCache` for its layout).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionStep {
+    pub slots: usize,
+    /// New tokens per slot.
+    pub t: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Positions each slot of the cache holds.
+    pub capacity: usize,
+    /// Tokens already cached per slot; the new ones go right after them.
+    pub lens: Vec<usize>,
+    /// Inverse rotary frequencies, `head_dim / 2` of them (Hugging Face halves layout).
+    pub inv_freq: Vec<f64>,
+}
+
+impl AttentionStep {
+    fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+
+    /// First element of `(slot, kv head, position)` in the flat cache.
+    fn cache_offset(&self, slot: usize, head: usize, pos: usize) -> usize {
+        ((slot * self.kv_heads + head) * self.capacity + pos) * self.head_dim
+    }
+}
+
+/// Tokens of one slot handled by one parallel task (queries of a block share K/V reads).
+const TOKENS_PER_TASK: usize = 16;
+
+/// Rotates `x` (one head, halves layout) into `out`: dimension `j` pairs with `j + hd/2`.
+#[inline(always)]
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let half = cos.len();
+    for j in 0..half {
+        let (a, b) = (x[j], x[j + half]);
+        out[j] = a * cos[j] - b * sin[j];
+        out[j + half] = b * cos[j] + a * sin[j];
+    }
+}
+
+#[inline(always)]
+fn softmax_in_place(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in x.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let mut lanes = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..LANES {
+            lanes[l] += c[l];
+        }
+    }
+    let sum = lanes.iter().sum::<f32>() + rest;
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Attention of tokens `tokens` of slot `s` for the query heads of KV head `h`; returns
+/// `[token, group, head_dim]`.
+#[inline(always)]
+fn attend_body<const FMA: bool>(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    step: &AttentionStep,
+    s: usize,
+    h: usize,
+    tokens: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let (hd, nh) = (step.head_dim, step.heads);
+    let g = nh / step.kv_heads;
+    let scale = (1.0 / (hd as f64).sqrt()) as f32;
+    let max_ctx = step.lens[s] + tokens.end;
+    let mut scores = vec![0f32; g * max_ctx];
+    let mut out = vec![0f32; tokens.len() * g * hd];
+    let base = step.cache_offset(s, h, 0);
+    for (n, i) in tokens.clone().enumerate() {
+        let ctx = step.lens[s] + i + 1;
+        let queries = &q[((s * step.t + i) * nh + h * g) * hd..][..g * hd];
+        for j in 0..ctx {
+            let k = &k_cache[base + j * hd..][..hd];
+            for (qh, query) in queries.chunks_exact(hd).enumerate() {
+                scores[qh * max_ctx + j] = dot::<FMA>(query, k) * scale;
+            }
+        }
+        for qh in 0..g {
+            softmax_in_place(&mut scores[qh * max_ctx..][..ctx]);
+        }
+        let o = &mut out[n * g * hd..][..g * hd];
+        for j in 0..ctx {
+            let v = &v_cache[base + j * hd..][..hd];
+            for (qh, acc) in o.chunks_exact_mut(hd).enumerate() {
+                axpy::<FMA>(scores[qh * max_ctx + j], v, acc);
+            }
+        }
+    }
+    out
+}
+
+simd_dispatch!(fn attend_simd(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    step: &AttentionStep,
+    s: usize,
+    h: usize,
+    tokens: std::ops::Range<usize>,
+) -> Vec<f32> => attend_body);
+
+/// One attention step: rotates the new queries and keys (rows of `qkv`, slot-major,
+/// `[slots * t, (heads + 2 kv_heads) * head_dim]`), writes the new keys and values into the
+/// caches after each slot's length, and attends every new token to its slot's cache up to
+/// and including itself. Returns `[slots * t, heads * head_dim]`.
+pub fn attention(
+    qkv: &[f32],
+    k_cache: &mut [f32],
+    v_cache: &mut [f32],
+    step: &AttentionStep,
+) -> Vec<f32> {
+    let (t, hd, nh, nkv) = (step.t, step.head_dim, step.heads, step.kv_heads);
+    let (half, width, rows) = (hd / 2, step.qkv_width(), step.slots * t);
+    assert_eq!(qkv.len(), rows * width, "qkv has the wrong size");
+    assert_eq!(step.lens.len(), step.slots, "one length per slot");
+    assert!(
+        step.lens.iter().all(|&l| l + t <= step.capacity),
+        "kv cache overflow: capacity {}",
+        step.capacity
+    );
+    assert_eq!(
+        k_cache.len(),
+        step.cache_offset(step.slots, 0, 0),
+        "cache size"
+    );
+    assert_eq!(v_cache.len(), k_cache.len(), "cache size");
+
+    let mut cos = vec![0f32; rows * half];
+    let mut sin = vec![0f32; rows * half];
+    for r in 0..rows {
+        let pos = (step.lens[r / t] + r % t) as f64;
+        for (j, f) in step.inv_freq.iter().enumerate() {
+            let angle = pos * f;
+            cos[r * half + j] = angle.cos() as f32;
+            sin[r * half + j] = angle.sin() as f32;
+        }
+    }
+    let mut q = vec![0f32; rows * nh * hd];
+    q.par_chunks_mut(nh * hd).enumerate().for_each(|(r, qr)| {
+        let (c, sn) = (&cos[r * half..][..half], &sin[r * half..][..half]);
+        for (head, out) in qr.chunks_exact_mut(hd).enumerate() {
+            rotate(&qkv[r * width + head * hd..][..hd], c, sn, out);
+        }
+    });
+    for r in 0..rows {
+        let (s, pos) = (r / t, step.lens[r / t] + r % t);
+        let (c, sn) = (&cos[r * half..][..half], &sin[r * half..][..half]);
+        for head in 0..nkv {
+            let at = step.cache_offset(s, head, pos);
+            let k = &qkv[r * width + (nh + head) * hd..][..hd];
+            rotate(k, c, sn, &mut k_cache[at..at + hd]);
+            let v = &qkv[r * width + (nh + nkv + head) * hd..][..hd];
+            v_cache[at..at + hd].copy_from_slice(v);
+        }
+    }
+
+    let (k_cache, v_cache) = (&*k_cache, &*v_cache);
+    let tasks: Vec<(usize, usize, usize)> = (0..step.slots)
+        .flat_map(|s| {
+            (0..nkv).flat_map(move |h| (0..t).step_by(TOKENS_PER_TASK).map(move |i| (s, h, i)))
+        })
+        .collect();
+    let parts: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(s, h, i0)| {
+            let tokens = i0..(i0 + TOKENS_PER_TASK).min(t);
+            attend_simd(&q, k_cache, v_cache, step, s, h, tokens)
+        })
+        .collect();
+    let g = nh / nkv;
+    let mut out = vec![0f32; rows * nh * hd];
+    for (&(s, h, i0), part) in tasks.iter().zip(&parts) {
+        for (n, chunk) in part.chunks_exact(g * hd).enumerate() {
+            let row = s * t + i0 + n;
+            out[(row * nh + h * g) * hd..][..g * hd].copy_from_slice(chunk);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_a_few_ulp_of_std() {
+        let mut worst = 0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (exp(x), x.exp());
+            worst = worst.max(((a - b) / b).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 3.0 * f32::EPSILON, "max relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn dot_and_softmax_match_plain_loops() {
+        let a: Vec<f32> = (0..67).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..67).map(|i| (i as f32 * 0.11).cos()).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot::<false>(&a, &b) - plain).abs() < 1e-5);
+        assert!((dot::<true>(&a, &b) - plain).abs() < 1e-5);
+        let mut s = a.clone();
+        softmax_in_place(&mut s);
+        let max = a.iter().copied().fold(f32::MIN, f32::max);
+        let z: f32 = a.iter().map(|v| (v - max).exp()).sum();
+        for (p, v) in s.iter().zip(&a) {
+            assert!((p - (v - max).exp() / z).abs() < 1e-6);
+        }
+    }
+}
