@@ -4,6 +4,7 @@
 //! numbers (`model::tests`).
 
 pub mod cpu;
+pub mod linear;
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
@@ -19,6 +20,14 @@ pub trait FusedOps: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// `x · W` for `x` `[rows, in]` and `W` packed in column panels `[panels, in, PANEL]`
+    /// (see `linear`); returns `[rows, out_features]`.
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        panels: FloatTensor<Self>,
+        out_features: usize,
     ) -> FloatTensor<Self>;
 
     /// `silu(gate) * up` of `[rows, 2 * ffn]` (gate columns first) → `[rows, ffn]`.
@@ -73,6 +82,22 @@ impl FusedOps for Flex {
         out
     }
 
+    fn fused_linear(x: FlexTensor, panels: FlexTensor, out_features: usize) -> FlexTensor {
+        let (x, panels) = (contiguous(x), contiguous(panels));
+        let dims = x.layout().shape().clone();
+        let (rows, inp) = (dims[0], dims[1]);
+        let mut out = FlexTensor::empty(Shape::from(vec![rows, out_features]), DType::F32);
+        linear::linear(
+            slice(&x),
+            rows,
+            inp,
+            slice(&panels),
+            out_features,
+            out.storage_mut::<f32>(),
+        );
+        out
+    }
+
     fn fused_swiglu(gate_up: FlexTensor) -> FlexTensor {
         let gate_up = contiguous(gate_up);
         let dims = gate_up.layout().shape().clone();
@@ -102,7 +127,21 @@ impl FusedOps for Flex {
 
 /// Whether `t` can take the fused CPU path: a flex f32 tensor.
 pub fn native(t: &Tensor<2>) -> bool {
-    matches!(t.device().as_dispatch(), DispatchDevice::Flex(_)) && t.dtype() == DType::F32
+    native_device(&t.device()) && t.dtype() == DType::F32
+}
+
+/// Whether tensors on `device` run the fused CPU kernels (the flex backend).
+pub fn native_device(device: &burn::tensor::Device) -> bool {
+    matches!(device.as_dispatch(), DispatchDevice::Flex(_))
+}
+
+/// `x · W` with `W` packed by `linear::pack` (`[panels, in, PANEL]`).
+pub fn linear(x: Tensor<2>, panels: Tensor<3>, out_features: usize) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_linear(
+        x.into_dispatch(),
+        panels.into_dispatch(),
+        out_features,
+    ))
 }
 
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {

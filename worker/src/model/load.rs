@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{Attention, Block, FeedForward, Llama, LlamaConfig};
+use super::{Attention, Block, FeedForward, Llama, LlamaConfig, Weight};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -208,13 +208,13 @@ impl Llama {
             blocks.push(Block {
                 attn_norm: param1(ld.read(Part::AttnNorm, l, &[hid])?, device),
                 attn: Attention {
-                    wqkv: param2(wqkv, [hid, n], device),
-                    wo: param2(wo, [q_rows, hid], device),
+                    wqkv: Weight::plain(wqkv, [hid, n], device),
+                    wo: Weight::plain(wo, [q_rows, hid], device),
                 },
                 ffn_norm: param1(ld.read(Part::FfnNorm, l, &[hid])?, device),
                 ffn: FeedForward {
-                    w_gate_up: param2(w_gate_up, [hid, 2 * ffn], device),
-                    w_down: param2(w_down, [ffn, hid], device),
+                    w_gate_up: Weight::plain(w_gate_up, [hid, 2 * ffn], device),
+                    w_down: Weight::plain(w_down, [ffn, hid], device),
                 },
             });
         }
@@ -224,7 +224,7 @@ impl Llama {
         } else {
             let w = ld.read(Part::Output, 0, &[c.vocab_size, hid])?;
             let (w, _) = fuse_transposed(&[(&w, c.vocab_size)], hid);
-            Some(param2(w, [hid, c.vocab_size], device))
+            Some(Weight::plain(w, [hid, c.vocab_size], device))
         };
         if lm_head.is_none() && !c.tie_embeddings {
             return Err(LoadError::Missing { name: out_name });
@@ -237,7 +237,8 @@ impl Llama {
             inv_freq: c.rope_inv_freq(),
             config: c.clone(),
             reference_ops: false,
-        })
+        }
+        .packed_for_device())
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod config;
 pub mod load;
+pub mod weight;
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
@@ -13,21 +14,22 @@ use rand::{Rng, SeedableRng};
 
 pub use cache::KvCache;
 pub use config::{LlamaConfig, RopeScaling};
+pub use weight::Weight;
 
 /// Weights of one attention block. Q, K and V are fused into one `[hidden, q+k+v]` matrix
 /// so a step does one matmul instead of three; rows use the Hugging Face rotary layout
 /// (halves, not interleaved pairs).
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub wqkv: Param<Tensor<2>>,
-    pub wo: Param<Tensor<2>>,
+    pub wqkv: Weight,
+    pub wo: Weight,
 }
 
 /// SwiGLU feed-forward with gate and up fused into one `[hidden, 2 * ffn]` matrix.
 #[derive(Module, Debug)]
 pub struct FeedForward {
-    pub w_gate_up: Param<Tensor<2>>,
-    pub w_down: Param<Tensor<2>>,
+    pub w_gate_up: Weight,
+    pub w_down: Weight,
 }
 
 #[derive(Module, Debug)]
@@ -44,8 +46,9 @@ pub struct Llama {
     pub embed: Param<Tensor<2>>,
     pub blocks: Vec<Block>,
     pub norm: Param<Tensor<1>>,
-    /// `[hidden, vocab]` when the checkpoint has its own output matrix.
-    pub lm_head: Option<Param<Tensor<2>>>,
+    /// `[hidden, vocab]` when the checkpoint has its own output matrix; with tied
+    /// embeddings, a packed copy of the embedding's transpose once the model is packed.
+    pub lm_head: Option<Weight>,
     #[module(skip)]
     pub config: LlamaConfig,
     /// Inverse rotary frequencies, `head_dim / 2` of them.
@@ -78,17 +81,17 @@ impl Llama {
             .map(|_| Block {
                 attn_norm: ones(c.hidden_size, device),
                 attn: Attention {
-                    wqkv: mat(c.hidden_size, qkv),
-                    wo: mat(c.num_heads * c.head_dim, c.hidden_size),
+                    wqkv: Weight::Plain(mat(c.hidden_size, qkv)),
+                    wo: Weight::Plain(mat(c.num_heads * c.head_dim, c.hidden_size)),
                 },
                 ffn_norm: ones(c.hidden_size, device),
                 ffn: FeedForward {
-                    w_gate_up: mat(c.hidden_size, 2 * c.intermediate_size),
-                    w_down: mat(c.intermediate_size, c.hidden_size),
+                    w_gate_up: Weight::Plain(mat(c.hidden_size, 2 * c.intermediate_size)),
+                    w_down: Weight::Plain(mat(c.intermediate_size, c.hidden_size)),
                 },
             })
             .collect();
-        let lm_head = (!c.tie_embeddings).then(|| mat(c.hidden_size, c.vocab_size));
+        let lm_head = (!c.tie_embeddings).then(|| Weight::Plain(mat(c.hidden_size, c.vocab_size)));
         Self {
             embed,
             blocks,
@@ -98,6 +101,58 @@ impl Llama {
             config: c.clone(),
             reference_ops: false,
         }
+        .packed_for_device()
+    }
+
+    /// Packs the linear weights when the device runs the fused CPU kernels.
+    pub(crate) fn packed_for_device(mut self) -> Self {
+        if crate::kernels::native_device(&self.device()) {
+            self.pack();
+        }
+        self
+    }
+
+    /// Packs every linear weight (and, with tied embeddings, a copy of the embedding's
+    /// transpose as the lm-head) for the CPU kernel.
+    pub fn pack(&mut self) {
+        for b in &mut self.blocks {
+            for w in [
+                &mut b.attn.wqkv,
+                &mut b.attn.wo,
+                &mut b.ffn.w_gate_up,
+                &mut b.ffn.w_down,
+            ] {
+                *w = w.to_packed();
+            }
+        }
+        self.lm_head = Some(match &self.lm_head {
+            Some(w) => w.to_packed(),
+            None => {
+                let e = self.embed.val();
+                let [vocab, hidden] = e.dims();
+                let rows = e.into_data().try_into_vec::<f32>().expect("f32 embedding");
+                Weight::packed_from_rows(&rows, vocab, hidden, &self.device())
+            }
+        });
+    }
+
+    /// Undoes [`Llama::pack`]: `[in, out]` weights for plain matmuls.
+    pub fn unpack(&mut self) {
+        for b in &mut self.blocks {
+            for w in [
+                &mut b.attn.wqkv,
+                &mut b.attn.wo,
+                &mut b.ffn.w_gate_up,
+                &mut b.ffn.w_down,
+            ] {
+                *w = w.to_plain();
+            }
+        }
+        self.lm_head = match &self.lm_head {
+            _ if self.config.tie_embeddings => None,
+            Some(w) => Some(w.to_plain()),
+            None => None,
+        };
     }
 
     pub fn device(&self) -> Device {
@@ -121,8 +176,8 @@ impl Llama {
                 let h = crate::kernels::rms_norm(x.clone(), &block.attn_norm.val(), eps);
                 x = x + self.attention_fused(h, block, layer, cache, t);
                 let h = crate::kernels::rms_norm(x.clone(), &block.ffn_norm.val(), eps);
-                let gate_up = h.matmul(block.ffn.w_gate_up.val());
-                x = x + crate::kernels::swiglu(gate_up).matmul(block.ffn.w_down.val());
+                let gate_up = block.ffn.w_gate_up.apply(h);
+                x = x + block.ffn.w_down.apply(crate::kernels::swiglu(gate_up));
             }
             cache.advance(t);
             return crate::kernels::rms_norm(x, &self.norm.val(), eps);
@@ -151,7 +206,7 @@ impl Llama {
     /// Logits `[rows, vocab]` for the given final hidden states `[rows, hidden]`.
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
         match &self.lm_head {
-            Some(w) => hidden.matmul(w.val()),
+            Some(w) => w.apply(hidden),
             // A 2-D matmul against the transposed view of `[vocab, hidden]`: the broadcast
             // 3-D form was measured 15x slower on the CPU backend.
             None => hidden.matmul(self.embed.val().transpose()),
@@ -169,7 +224,7 @@ impl Llama {
         t: usize,
     ) -> Tensor<2> {
         let c = &self.config;
-        let qkv = x.matmul(block.attn.wqkv.val()); // [b*t, (nh + 2 nkv) * hd]
+        let qkv = block.attn.wqkv.apply(x); // [b*t, (nh + 2 nkv) * hd]
         let step = crate::kernels::AttentionStep {
             slots: cache.slots(),
             t,
@@ -183,7 +238,7 @@ impl Llama {
         let (k, v) = cache.take_layer(layer);
         let (out, k, v) = crate::kernels::attention(qkv, k, v, step); // out: [b*t, nh*hd]
         cache.put_layer(layer, k, v);
-        out.matmul(block.attn.wo.val())
+        block.attn.wo.apply(out)
     }
 
     /// Cosine and sine tables `[b, 1, t, head_dim / 2]` for the given positions.
@@ -225,7 +280,7 @@ impl Llama {
     ) -> Tensor<2> {
         let c = &self.config;
         let (b, hd, nh, nkv) = (cache.slots(), c.head_dim, c.num_heads, c.num_kv_heads);
-        let qkv = x.matmul(block.attn.wqkv.val()); // [b*t, (nh + 2 nkv) * hd]
+        let qkv = block.attn.wqkv.apply(x); // [b*t, (nh + 2 nkv) * hd]
         let q = qkv.clone().narrow(1, 0, nh * hd);
         let k = qkv.clone().narrow(1, nh * hd, nkv * hd);
         let v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd);
@@ -250,7 +305,7 @@ impl Llama {
             .reshape([b, nh, t, hd])
             .swap_dims(1, 2)
             .reshape([b * t, nh * hd]);
-        out.matmul(block.attn.wo.val())
+        block.attn.wo.apply(out)
     }
 }
 
@@ -266,10 +321,10 @@ pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
 }
 
 fn feed_forward(x: Tensor<2>, ffn: &FeedForward, inner: usize) -> Tensor<2> {
-    let gate_up = x.matmul(ffn.w_gate_up.val()); // [rows, 2 * inner]
+    let gate_up = ffn.w_gate_up.apply(x); // [rows, 2 * inner]
     let gate = gate_up.clone().narrow(1, 0, inner);
     let up = gate_up.narrow(1, inner, inner);
-    (silu(gate) * up).matmul(ffn.w_down.val())
+    ffn.w_down.apply(silu(gate) * up)
 }
 
 /// Rotates `[b, heads, t, hd]` by the tables `[b, 1, t, hd / 2]`, pairing dimension `i`

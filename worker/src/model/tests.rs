@@ -28,6 +28,7 @@ fn tiny() -> (LlamaConfig, Llama) {
 fn both_paths() -> [(LlamaConfig, Llama); 2] {
     let (config, fused) = tiny();
     let (_, mut reference) = tiny();
+    reference.unpack();
     reference.reference_ops = true;
     [(config.clone(), fused), (config, reference)]
 }
@@ -173,4 +174,27 @@ fn fused_kernels_match_the_reference_ops() {
         "fused and reference differ by {diff} (scale {scale})"
     );
     assert!(scale > 0.1, "logits are degenerate");
+}
+
+#[test]
+fn packing_round_trips_and_keeps_the_logits() {
+    let (config, mut model) = tiny();
+    assert!(
+        matches!(model.blocks[0].attn.wqkv, Weight::Packed(_)),
+        "flex packs"
+    );
+    let tokens = [3u32, 14, 15, 92, 65, 35];
+    let packed = full_logits(&model, &tokens);
+    model.unpack();
+    assert!(matches!(model.blocks[0].attn.wqkv, Weight::Plain(_)));
+    assert!(
+        model.lm_head.is_none(),
+        "tied embeddings need no lm-head when unpacked"
+    );
+    let plain = full_logits(&model, &tokens);
+    assert!(max_abs_diff(&packed, &plain) < 1e-4);
+    assert_eq!(
+        model.blocks[1].ffn.w_down.dims(),
+        [config.intermediate_size, config.hidden_size]
+    );
 }

@@ -1,0 +1,271 @@
+//! `x · W` on the CPU with `W` packed once, at load time, into column panels: panel `p` holds
+//! columns `p*PANEL .. (p+1)*PANEL` of the `[in, out]` matrix, row after row, so the kernel
+//! reads every weight exactly once per call, front to back. A general GEMM library repacks
+//! its right-hand side on every call; at decode batch sizes that repacking costs more than
+//! the arithmetic, because the weights come from memory, not cache.
+//!
+//! The AVX-512 micro-kernel keeps an `MR x PANEL` block of the output in 16 registers and
+//! streams `k` rows of one panel through it. Other CPUs take a plain-loop fallback (correct,
+//! not tuned).
+
+use rayon::prelude::*;
+
+/// Output columns per panel (two 16-lane AVX-512 vectors).
+pub const PANEL: usize = 32;
+/// Rows of `x` per micro-kernel call.
+const MR: usize = 8;
+
+/// Panels needed for `out` columns (the last one zero-padded).
+pub fn panels(out: usize) -> usize {
+    out.div_ceil(PANEL)
+}
+
+/// Packs a row-major `[k, n]` matrix into `[panels(n), k, PANEL]`.
+pub fn pack(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(w.len(), k * n, "matrix size");
+    let mut out = vec![0f32; panels(n) * k * PANEL];
+    for (p, panel) in out.chunks_exact_mut(k * PANEL).enumerate() {
+        let cols = (n - p * PANEL).min(PANEL);
+        for (row, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
+            dst[..cols].copy_from_slice(&w[row * n + p * PANEL..][..cols]);
+        }
+    }
+    out
+}
+
+/// Packs the transpose of a row-major `[n, k]` matrix (`x · Wᵀ`, as for a tied lm-head
+/// whose weight is the `[vocab, hidden]` embedding) into `[panels(n), k, PANEL]`.
+pub fn pack_transposed(wt: &[f32], n: usize, k: usize) -> Vec<f32> {
+    assert_eq!(wt.len(), n * k, "matrix size");
+    let mut out = vec![0f32; panels(n) * k * PANEL];
+    for (col, row) in wt.chunks_exact(k).enumerate() {
+        let (p, lane) = (col / PANEL, col % PANEL);
+        let panel = &mut out[p * k * PANEL..][..k * PANEL];
+        for (kk, &v) in row.iter().enumerate() {
+            panel[kk * PANEL + lane] = v;
+        }
+    }
+    out
+}
+
+/// The inverse of [`pack`]: `[panels, k, PANEL]` back to row-major `[k, n]`.
+pub fn unpack(packed: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; k * n];
+    for (p, panel) in packed.chunks_exact(k * PANEL).enumerate() {
+        let cols = (n - p * PANEL).min(PANEL);
+        for (row, src) in panel.chunks_exact(PANEL).enumerate() {
+            out[row * n + p * PANEL..][..cols].copy_from_slice(&src[..cols]);
+        }
+    }
+    out
+}
+
+/// The output matrix, written by several tasks at once, each in its own columns.
+struct Output(*mut f32);
+
+// SAFETY: tasks write disjoint column ranges of the buffer (see `linear`), and the buffer
+// outlives the parallel loop that shares it.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+/// `out[m, n] = x[m, k] · W`, with `W` packed by [`pack`].
+pub fn linear(x: &[f32], m: usize, k: usize, packed: &[f32], n: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), m * k, "x size");
+    assert_eq!(packed.len(), panels(n) * k * PANEL, "packed weight size");
+    assert_eq!(out.len(), m * n, "out size");
+    let shared = Output(out.as_mut_ptr());
+    let fast = has_avx512();
+    (0..panels(n)).into_par_iter().for_each(|p| {
+        let panel = &packed[p * k * PANEL..][..k * PANEL];
+        let cols = (n - p * PANEL).min(PANEL);
+        let base = &shared;
+        let mut r = 0;
+        while r < m {
+            let rows = (m - r).min(MR);
+            let xs = &x[r * k..(r + rows) * k];
+            // SAFETY: rows `r .. r + rows`, columns `p*PANEL .. p*PANEL + cols` are inside
+            // `out` (asserted sizes) and written by this task alone.
+            let dst = unsafe { base.0.add(r * n + p * PANEL) };
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: `fast` means the CPU has AVX-512F; `dst` as above.
+                unsafe { avx512::block(xs, rows, k, panel, dst, n, cols) };
+                r += rows;
+                continue;
+            }
+            let _ = fast;
+            // SAFETY: `dst` as above.
+            unsafe { block_generic(xs, rows, k, panel, dst, n, cols) };
+            r += rows;
+        }
+    });
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `rows` rows of `x` times one panel, into `cols` columns at `dst` (row stride `n`).
+///
+/// # Safety
+/// `dst + r * n + c` must be valid for writes for every `r < rows`, `c < cols`.
+unsafe fn block_generic(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    panel: &[f32],
+    dst: *mut f32,
+    n: usize,
+    cols: usize,
+) {
+    for r in 0..rows {
+        let mut acc = [0f32; PANEL];
+        for (xv, w) in x[r * k..][..k].iter().zip(panel.chunks_exact(PANEL)) {
+            for (a, wv) in acc.iter_mut().zip(w) {
+                *a += xv * wv;
+            }
+        }
+        std::ptr::copy_nonoverlapping(acc.as_ptr(), dst.add(r * n), cols);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, PANEL};
+
+    /// Eight rows at once: 16 accumulators, two weight loads and eight broadcasts per `k`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile8(x: &[f32], k: usize, panel: &[f32], dst: *mut f32, n: usize, cols: usize) {
+        let mut c = [_mm512_setzero_ps(); 2 * MR];
+        let rows: [&[f32]; MR] = std::array::from_fn(|r| &x[r * k..][..k]);
+        for (kk, w) in panel.chunks_exact(PANEL).enumerate() {
+            let w0 = _mm512_loadu_ps(w.as_ptr());
+            let w1 = _mm512_loadu_ps(w.as_ptr().add(16));
+            for r in 0..MR {
+                let xv = _mm512_set1_ps(*rows[r].get_unchecked(kk));
+                c[2 * r] = _mm512_fmadd_ps(xv, w0, c[2 * r]);
+                c[2 * r + 1] = _mm512_fmadd_ps(xv, w1, c[2 * r + 1]);
+            }
+        }
+        for r in 0..MR {
+            store(c[2 * r], c[2 * r + 1], dst.add(r * n), cols);
+        }
+    }
+
+    /// One row: memory-bound, two accumulators per pair of weight loads.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile1(x: &[f32], panel: &[f32], dst: *mut f32, cols: usize) {
+        let (mut c0, mut c1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for (xv, w) in x.iter().zip(panel.chunks_exact(PANEL)) {
+            let xv = _mm512_set1_ps(*xv);
+            c0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w.as_ptr()), c0);
+            c1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w.as_ptr().add(16)), c1);
+        }
+        store(c0, c1, dst, cols);
+    }
+
+    /// Writes the first `cols` lanes of `lo|hi` to `dst`.
+    #[inline(always)]
+    unsafe fn store(lo: __m512, hi: __m512, dst: *mut f32, cols: usize) {
+        if cols == PANEL {
+            _mm512_storeu_ps(dst, lo);
+            _mm512_storeu_ps(dst.add(16), hi);
+        } else {
+            let mut tmp = [0f32; PANEL];
+            _mm512_storeu_ps(tmp.as_mut_ptr(), lo);
+            _mm512_storeu_ps(tmp.as_mut_ptr().add(16), hi);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+        }
+    }
+
+    /// See `super::block_generic`; the caller also guarantees AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn block(
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        panel: &[f32],
+        dst: *mut f32,
+        n: usize,
+        cols: usize,
+    ) {
+        if rows == MR {
+            tile8(x, k, panel, dst, n, cols);
+        } else {
+            for r in 0..rows {
+                tile1(&x[r * k..][..k], panel, dst.add(r * n), cols);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matmul(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                out[r * n + c] = (0..k).map(|i| x[r * k + i] * w[i * n + c]).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn packed_linear_matches_a_plain_matmul() {
+        // Ragged shapes: rows not a multiple of 8, columns not a multiple of the panel.
+        for &(m, k, n) in &[
+            (1, 7, 5),
+            (3, 64, 32),
+            (8, 40, 70),
+            (19, 33, 97),
+            (64, 16, 64),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 19) as f32 - 9.0) / 7.0)
+                .collect();
+            let w: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 53 % 23) as f32 - 11.0) / 5.0)
+                .collect();
+            let packed = pack(&w, k, n);
+            assert_eq!(unpack(&packed, k, n), w);
+            let wt: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+            assert_eq!(pack_transposed(&wt, n, k), packed);
+            let mut out = vec![f32::NAN; m * n];
+            linear(&x, m, k, &packed, n, &mut out);
+            let expected = matmul(&x, m, k, &w, n);
+            for (a, b) in out.iter().zip(&expected) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                    "{m}x{k}x{n}: {a} vs {b}"
+                );
+            }
+            let mut generic = vec![0f32; m * n];
+            for p in 0..panels(n) {
+                let cols = (n - p * PANEL).min(PANEL);
+                let panel = &packed[p * k * PANEL..][..k * PANEL];
+                // SAFETY: columns `p*PANEL..+cols` of `m` rows of stride `n` are in `generic`.
+                unsafe {
+                    block_generic(&x, m, k, panel, generic[p * PANEL..].as_mut_ptr(), n, cols)
+                };
+            }
+            for (a, b) in generic.iter().zip(&expected) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                    "generic {m}x{k}x{n}"
+                );
+            }
+        }
+    }
+}
