@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+use super::linear;
+
 /// Whether the AVX2+FMA builds of the kernels may run on this CPU.
 fn has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -187,6 +189,8 @@ impl AttentionStep {
 
 /// Tokens of one slot handled by one parallel task (queries of a block share K/V reads).
 const TOKENS_PER_TASK: usize = 16;
+/// Tokens per task when a step is long enough (a prefill) for the matrix-product path.
+const GEMM_TOKENS_PER_TASK: usize = 64;
 
 /// Rotates `x` (one head, halves layout) into `out`: dimension `j` pairs with `j + hd/2`.
 #[inline(always)]
@@ -271,6 +275,59 @@ simd_dispatch!(fn attend_simd(
     tokens: std::ops::Range<usize>,
 ) -> Vec<f32> => attend_body);
 
+#[inline(always)]
+fn masked_softmax_body<const FMA: bool>(
+    scores: &mut [f32],
+    ctx: usize,
+    valid: &[usize],
+    scale: f32,
+) {
+    for (row, &len) in scores.chunks_exact_mut(ctx).zip(valid) {
+        let (live, masked) = row.split_at_mut(len);
+        for v in live.iter_mut() {
+            *v *= scale;
+        }
+        softmax_in_place(live);
+        masked.fill(0.0);
+    }
+}
+
+simd_dispatch!(fn masked_softmax(scores: &mut [f32], ctx: usize, valid: &[usize], scale: f32) => masked_softmax_body);
+
+/// [`attend_body`] as two matrix products on the packed-panel kernel, for blocks of many
+/// tokens: `S = Q · Kᵀ` over every key the block's last token sees, a causal softmax per
+/// row, then `S · V`. Keys and values are packed once per block.
+fn attend_gemm(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    step: &AttentionStep,
+    s: usize,
+    h: usize,
+    tokens: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let (hd, nh) = (step.head_dim, step.heads);
+    let g = nh / step.kv_heads;
+    let ctx = step.lens[s] + tokens.end;
+    let base = step.cache_offset(s, h, 0);
+    let keys = linear::pack_transposed(&k_cache[base..][..ctx * hd], ctx, hd);
+    let values = linear::pack(&v_cache[base..][..ctx * hd], ctx, hd);
+    let rows = tokens.len() * g;
+    let mut queries = Vec::with_capacity(rows * hd);
+    let mut valid = Vec::with_capacity(rows);
+    for i in tokens {
+        queries.extend_from_slice(&q[((s * step.t + i) * nh + h * g) * hd..][..g * hd]);
+        valid.extend(std::iter::repeat_n(step.lens[s] + i + 1, g));
+    }
+    let mut scores = vec![0f32; rows * ctx];
+    linear::linear_serial(&queries, rows, hd, &keys, ctx, &mut scores);
+    let scale = (1.0 / (hd as f64).sqrt()) as f32;
+    masked_softmax(&mut scores, ctx, &valid, scale);
+    let mut out = vec![0f32; rows * hd];
+    linear::linear_serial(&scores, rows, ctx, &values, hd, &mut out);
+    out
+}
+
 /// One attention step: rotates the new queries and keys (rows of `qkv`, slot-major,
 /// `[slots * t, (heads + 2 kv_heads) * head_dim]`), writes the new keys and values into the
 /// caches after each slot's length, and attends every new token to its slot's cache up to
@@ -327,16 +384,24 @@ pub fn attention(
     }
 
     let (k_cache, v_cache) = (&*k_cache, &*v_cache);
+    let gemm = t >= GEMM_TOKENS_PER_TASK;
+    let per_task = if gemm {
+        GEMM_TOKENS_PER_TASK
+    } else {
+        TOKENS_PER_TASK
+    };
     let tasks: Vec<(usize, usize, usize)> = (0..step.slots)
-        .flat_map(|s| {
-            (0..nkv).flat_map(move |h| (0..t).step_by(TOKENS_PER_TASK).map(move |i| (s, h, i)))
-        })
+        .flat_map(|s| (0..nkv).flat_map(move |h| (0..t).step_by(per_task).map(move |i| (s, h, i))))
         .collect();
     let parts: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|&(s, h, i0)| {
-            let tokens = i0..(i0 + TOKENS_PER_TASK).min(t);
-            attend_simd(&q, k_cache, v_cache, step, s, h, tokens)
+            let tokens = i0..(i0 + per_task).min(t);
+            if gemm {
+                attend_gemm(&q, k_cache, v_cache, step, s, h, tokens)
+            } else {
+                attend_simd(&q, k_cache, v_cache, step, s, h, tokens)
+            }
         })
         .collect();
     let g = nh / nkv;

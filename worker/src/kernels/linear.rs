@@ -68,37 +68,67 @@ struct Output(*mut f32);
 unsafe impl Send for Output {}
 unsafe impl Sync for Output {}
 
-/// `out[m, n] = x[m, k] · W`, with `W` packed by [`pack`].
+/// `out[m, n] = x[m, k] · W`, with `W` packed by [`pack`]; panels run in parallel.
 pub fn linear(x: &[f32], m: usize, k: usize, packed: &[f32], n: usize, out: &mut [f32]) {
-    assert_eq!(x.len(), m * k, "x size");
-    assert_eq!(packed.len(), panels(n) * k * PANEL, "packed weight size");
-    assert_eq!(out.len(), m * n, "out size");
+    check_sizes(x, m, k, packed, n, out);
     let shared = Output(out.as_mut_ptr());
     let fast = has_avx512();
     (0..panels(n)).into_par_iter().for_each(|p| {
-        let panel = &packed[p * k * PANEL..][..k * PANEL];
-        let cols = (n - p * PANEL).min(PANEL);
         let base = &shared;
-        let mut r = 0;
-        while r < m {
-            let rows = (m - r).min(MR);
-            let xs = &x[r * k..(r + rows) * k];
-            // SAFETY: rows `r .. r + rows`, columns `p*PANEL .. p*PANEL + cols` are inside
-            // `out` (asserted sizes) and written by this task alone.
-            let dst = unsafe { base.0.add(r * n + p * PANEL) };
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                // SAFETY: `fast` means the CPU has AVX-512F; `dst` as above.
-                unsafe { avx512::block(xs, rows, k, panel, dst, n, cols) };
-                r += rows;
-                continue;
-            }
-            let _ = fast;
-            // SAFETY: `dst` as above.
-            unsafe { block_generic(xs, rows, k, panel, dst, n, cols) };
-            r += rows;
-        }
+        // SAFETY: sizes checked; this task alone writes the columns of panel `p`.
+        unsafe { panel_product(x, m, k, packed, p, n, base.0, fast) };
     });
+}
+
+/// [`linear`] on the calling thread, for callers that are already parallel tasks.
+pub fn linear_serial(x: &[f32], m: usize, k: usize, packed: &[f32], n: usize, out: &mut [f32]) {
+    check_sizes(x, m, k, packed, n, out);
+    let fast = has_avx512();
+    for p in 0..panels(n) {
+        // SAFETY: sizes checked; `out` is borrowed mutably for the whole loop.
+        unsafe { panel_product(x, m, k, packed, p, n, out.as_mut_ptr(), fast) };
+    }
+}
+
+fn check_sizes(x: &[f32], m: usize, k: usize, packed: &[f32], n: usize, out: &[f32]) {
+    assert_eq!(x.len(), m * k, "x size");
+    assert_eq!(packed.len(), panels(n) * k * PANEL, "packed weight size");
+    assert_eq!(out.len(), m * n, "out size");
+}
+
+/// Columns of panel `p` for all `m` rows, written to the row-major `[m, n]` matrix at `out`.
+///
+/// # Safety
+/// `out` must be valid for writes of `m * n` elements, `x` must hold `m * k` and `packed`
+/// `panels(n) * k * PANEL`, and `fast` may be true only on a CPU with AVX-512F.
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_product(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    packed: &[f32],
+    p: usize,
+    n: usize,
+    out: *mut f32,
+    fast: bool,
+) {
+    let panel = &packed[p * k * PANEL..][..k * PANEL];
+    let cols = (n - p * PANEL).min(PANEL);
+    let mut r = 0;
+    while r < m {
+        let rows = (m - r).min(MR);
+        let xs = &x[r * k..(r + rows) * k];
+        let dst = out.add(r * n + p * PANEL);
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            avx512::block(xs, rows, k, panel, dst, n, cols);
+            r += rows;
+            continue;
+        }
+        let _ = fast;
+        block_generic(xs, rows, k, panel, dst, n, cols);
+        r += rows;
+    }
 }
 
 fn has_avx512() -> bool {

@@ -142,31 +142,35 @@ fn missing_and_mismatched_tensors_are_named() {
 fn fused_kernels_match_the_reference_ops() {
     let [(config, fused), (_, reference)] = both_paths();
     let v = config.vocab_size;
-    // Three slots at different lengths; prefills longer than one kernel task (16 tokens).
+    // Three slots at different lengths. The 150-token prefill and the 70-token step take the
+    // matrix-product attention (blocks of 64, the last one partial); the others the
+    // per-token path (blocks of 16).
     let prompts: Vec<Vec<u32>> = vec![
-        (0..37).map(|i| (i * 13 % 97) as u32).collect(),
+        (0..150).map(|i| (i * 13 % 97) as u32).collect(),
         (0..5).map(|i| (i * 7 + 1) as u32).collect(),
         (0..20).map(|i| (i * 29 % 97) as u32).collect(),
     ];
     let run = |model: &Llama| -> Vec<f32> {
-        let mut cache = KvCache::new(&config, prompts.len(), 48, &device());
+        let mut cache = KvCache::new(&config, prompts.len(), 240, &device());
         let mut out = Vec::new();
         for (s, p) in prompts.iter().enumerate() {
-            let mut single = KvCache::new(&config, 1, 48, &device());
+            let mut single = KvCache::new(&config, 1, 160, &device());
             out.extend(to_vec(model.logits(model.forward(p, p.len(), &mut single))));
             cache.copy_slot_from(s, &single, 0);
         }
-        // Two decode steps of all slots, then a 3-token step (t > 1 with a filled cache).
+        // Two decode steps of all slots, then multi-token steps over a filled cache.
         for step in 0..2u32 {
             let feed: Vec<u32> = (0..3).map(|s| 50 + step * 3 + s).collect();
             out.extend(to_vec(model.logits(model.forward(&feed, 1, &mut cache))));
         }
-        let feed: Vec<u32> = (0..9).map(|i| (i * 11 % 97) as u32).collect();
-        out.extend(to_vec(model.logits(model.forward(&feed, 3, &mut cache))));
+        for t in [3usize, 70] {
+            let feed: Vec<u32> = (0..3 * t).map(|i| (i * 11 % 97) as u32).collect();
+            out.extend(to_vec(model.logits(model.forward(&feed, t, &mut cache))));
+        }
         out
     };
     let (a, b) = (run(&fused), run(&reference));
-    assert_eq!(a.len(), (37 + 5 + 20 + 2 * 3 + 9) * v);
+    assert_eq!(a.len(), (150 + 5 + 20 + 2 * 3 + 3 * 3 + 3 * 70) * v);
     let diff = max_abs_diff(&a, &b);
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
     assert!(
