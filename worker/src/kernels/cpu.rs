@@ -93,14 +93,18 @@ fn axpy<const FMA: bool>(alpha: f32, x: &[f32], y: &mut [f32]) {
 
 /// `e^x` in f32, within 2 ulp on the range where it is neither 0 nor infinite: Cody-Waite
 /// reduction to `|r| <= ln 2 / 2`, a degree-7 Taylor polynomial, and the power of two put
-/// in the exponent bits. Branch-free so loops over it vectorise. Inputs are clamped to
-/// [-87, 88]; callers never feed it a masked (-inf) score.
+/// in the exponent bits. Branch-free and without float-to-int conversions, so loops over it
+/// vectorise: adding 1.5 * 2^23 rounds `x log2 e` to an integer that lands in the low
+/// mantissa bits. Inputs are clamped to [-87, 88]; callers never feed it a masked (-inf)
+/// score.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    let x = x.max(-87.0).min(88.0);
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0 / 5040.0;
     let p = p * r + 1.0 / 720.0;
@@ -110,7 +114,9 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // The rounded integer sits in the low bits of `shifted` (bias 0x4B40_0000).
+    let int = shifted.to_bits().wrapping_sub(0x4B40_0000);
+    let scale = f32::from_bits(int.wrapping_add(127) << 23);
     p * scale
 }
 
