@@ -100,8 +100,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => Annotator::load(&model, &device)?.model,
     };
     eprintln!("device: {device:?}");
-    // Warm-up: first calls allocate and fault in the weights.
-    batched_bench(&llama, 16, 4, 1, 0);
+    // Warm-up at full prompt size: first calls allocate and fault in weights and buffers.
+    batched_bench(&llama, args.npp, 4, 1, 0);
     let mut ours = Vec::new();
     for &b in &args.npl {
         let row = batched_bench(&llama, args.npp, args.ntg, b, 1);

@@ -59,7 +59,7 @@ pub struct GenStats {
     pub prefill_secs: f64,
     /// Tokens produced by samples (one per sample per decode step).
     pub decode_tokens: usize,
-    /// Batch rows computed by decode steps, padding slots included.
+    /// Batch rows computed by decode steps (only samples still generating take a row).
     pub decode_rows: usize,
     pub decode_steps: usize,
     pub decode_secs: f64,
@@ -165,31 +165,27 @@ impl Engine<'_> {
                 }
                 continue;
             }
-            if queue >= requests.len() {
-                self.shrink(&mut cache, &mut active);
-            }
-            // One decode step for every slot; free slots decode a throwaway token.
+            // One decode step for the samples still generating. Finished samples waiting
+            // for their siblings and free slots stay out of the batch.
             let started = Instant::now();
-            // Free slots and finished samples waiting for their siblings decode a
-            // throwaway token from an emptied slot.
-            let mut feed = vec![0u32; active.len()];
-            for (s, a) in active.iter().enumerate() {
-                match a {
-                    Some(a) if a.finish.is_none() => feed[s] = a.feed,
-                    _ => cache.reset_slot(s),
-                }
-            }
-            let h = self.model.forward(&feed, 1, &mut cache);
+            let live: Vec<usize> = (0..active.len())
+                .filter(|&s| matches!(&active[s], Some(a) if a.finish.is_none()))
+                .collect();
+            let feed: Vec<u32> = live
+                .iter()
+                .map(|&s| active[s].as_ref().map_or(0, |a| a.feed))
+                .collect();
+            let h = self.model.forward_slots(&feed, 1, &mut cache, &live);
             let logits = flat_logits(self.model.logits(h));
             let vocab = self.model.config.vocab_size;
-            for (s, a) in active.iter_mut().enumerate() {
-                if let Some(a) = a.as_mut().filter(|a| a.finish.is_none()) {
+            for (row, &s) in live.iter().enumerate() {
+                if let Some(a) = active[s].as_mut() {
                     let max_new = requests[a.request].max_new_tokens;
-                    self.decide(a, &logits[s * vocab..(s + 1) * vocab], max_new);
+                    self.decide(a, &logits[row * vocab..(row + 1) * vocab], max_new);
                     stats.decode_tokens += 1;
                 }
             }
-            stats.decode_rows += active.len();
+            stats.decode_rows += live.len();
             stats.decode_steps += 1;
             stats.decode_secs += started.elapsed().as_secs_f64();
         }
@@ -312,29 +308,6 @@ impl Engine<'_> {
                 wall_secs: a.admitted.elapsed().as_secs_f64(),
             });
         }
-    }
-
-    /// When the queue is empty, moves the remaining samples into a cache of fewer slots
-    /// so the tail of a run stops paying for empty rows.
-    fn shrink(&self, cache: &mut KvCache, active: &mut Vec<Option<Active>>) {
-        let live: Vec<usize> = (0..active.len()).filter(|&s| active[s].is_some()).collect();
-        let target = live.len().next_power_of_two();
-        if target * 2 > active.len() {
-            return;
-        }
-        let mut smaller = KvCache::new(
-            &self.model.config,
-            target,
-            cache.capacity(),
-            &self.model.device(),
-        );
-        let mut moved: Vec<Option<Active>> = (0..target).map(|_| None).collect();
-        for (dst, &src) in live.iter().enumerate() {
-            smaller.copy_slot_from(dst, cache, src);
-            moved[dst] = active[src].take();
-        }
-        *cache = smaller;
-        *active = moved;
     }
 }
 

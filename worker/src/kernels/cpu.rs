@@ -168,7 +168,10 @@ pub fn swiglu(gate_up: &[f32], ffn: usize, out: &mut [f32]) {
 /// The shape of one attention step over a slot cache (see `model::KvCache` for its layout).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionStep {
-    pub slots: usize,
+    /// The cache slots this step appends to, in the order of the rows of `qkv`.
+    pub slots: Vec<usize>,
+    /// Slots the cache holds.
+    pub cache_slots: usize,
     /// New tokens per slot.
     pub t: usize,
     pub heads: usize,
@@ -176,7 +179,7 @@ pub struct AttentionStep {
     pub head_dim: usize,
     /// Positions each slot of the cache holds.
     pub capacity: usize,
-    /// Tokens already cached per slot; the new ones go right after them.
+    /// Tokens already cached in each of `slots`; the new ones go right after them.
     pub lens: Vec<usize>,
     /// Inverse rotary frequencies, `head_dim / 2` of them (Hugging Face halves layout).
     pub inv_freq: Vec<f64>,
@@ -187,9 +190,14 @@ impl AttentionStep {
         (self.heads + 2 * self.kv_heads) * self.head_dim
     }
 
-    /// First element of `(slot, kv head, position)` in the flat cache.
+    /// First element of `(cache slot, kv head, position)` in the flat cache.
     fn cache_offset(&self, slot: usize, head: usize, pos: usize) -> usize {
         ((slot * self.kv_heads + head) * self.capacity + pos) * self.head_dim
+    }
+
+    /// Rows of `qkv`: `t` per listed slot.
+    fn rows(&self) -> usize {
+        self.slots.len() * self.t
     }
 }
 
@@ -229,8 +237,8 @@ fn softmax_in_place(x: &mut [f32]) {
     }
 }
 
-/// Attention of tokens `tokens` of slot `s` for the query heads of KV head `h`; returns
-/// `[token, group, head_dim]`.
+/// Attention of tokens `tokens` of batch entry `s` (cache slot `step.slots[s]`) for the
+/// query heads of KV head `h`; returns `[token, group, head_dim]`.
 #[inline(always)]
 fn attend_body<const FMA: bool>(
     q: &[f32],
@@ -247,7 +255,7 @@ fn attend_body<const FMA: bool>(
     let max_ctx = step.lens[s] + tokens.end;
     let mut scores = vec![0f32; g * max_ctx];
     let mut out = vec![0f32; tokens.len() * g * hd];
-    let base = step.cache_offset(s, h, 0);
+    let base = step.cache_offset(step.slots[s], h, 0);
     for (n, i) in tokens.clone().enumerate() {
         let ctx = step.lens[s] + i + 1;
         let queries = &q[((s * step.t + i) * nh + h * g) * hd..][..g * hd];
@@ -315,7 +323,7 @@ fn attend_gemm(
     let (hd, nh) = (step.head_dim, step.heads);
     let g = nh / step.kv_heads;
     let ctx = step.lens[s] + tokens.end;
-    let base = step.cache_offset(s, h, 0);
+    let base = step.cache_offset(step.slots[s], h, 0);
     let keys = linear::pack_transposed(&k_cache[base..][..ctx * hd], ctx, hd);
     let values = linear::pack(&v_cache[base..][..ctx * hd], ctx, hd);
     let rows = tokens.len() * g;
@@ -334,10 +342,10 @@ fn attend_gemm(
     out
 }
 
-/// One attention step: rotates the new queries and keys (rows of `qkv`, slot-major,
-/// `[slots * t, (heads + 2 kv_heads) * head_dim]`), writes the new keys and values into the
-/// caches after each slot's length, and attends every new token to its slot's cache up to
-/// and including itself. Returns `[slots * t, heads * head_dim]`.
+/// One attention step: rotates the new queries and keys (rows of `qkv`, slot-major in the
+/// order of `step.slots`, `[slots * t, (heads + 2 kv_heads) * head_dim]`), writes the new
+/// keys and values into the caches after each slot's length, and attends every new token to
+/// its slot's cache up to and including itself. Returns `[slots * t, heads * head_dim]`.
 pub fn attention(
     qkv: &[f32],
     k_cache: &mut [f32],
@@ -345,9 +353,20 @@ pub fn attention(
     step: &AttentionStep,
 ) -> Vec<f32> {
     let (t, hd, nh, nkv) = (step.t, step.head_dim, step.heads, step.kv_heads);
-    let (half, width, rows) = (hd / 2, step.qkv_width(), step.slots * t);
+    let (half, width, rows) = (hd / 2, step.qkv_width(), step.rows());
     assert_eq!(qkv.len(), rows * width, "qkv has the wrong size");
-    assert_eq!(step.lens.len(), step.slots, "one length per slot");
+    assert_eq!(step.lens.len(), step.slots.len(), "one length per slot");
+    assert!(
+        step.slots.iter().all(|&s| s < step.cache_slots),
+        "slot outside the cache"
+    );
+    let mut seen = vec![false; step.cache_slots];
+    assert!(
+        step.slots
+            .iter()
+            .all(|&s| !std::mem::replace(&mut seen[s], true)),
+        "a slot listed twice"
+    );
     assert!(
         step.lens.iter().all(|&l| l + t <= step.capacity),
         "kv cache overflow: capacity {}",
@@ -355,7 +374,7 @@ pub fn attention(
     );
     assert_eq!(
         k_cache.len(),
-        step.cache_offset(step.slots, 0, 0),
+        step.cache_offset(step.cache_slots, 0, 0),
         "cache size"
     );
     assert_eq!(v_cache.len(), k_cache.len(), "cache size");
@@ -378,10 +397,10 @@ pub fn attention(
         }
     });
     for r in 0..rows {
-        let (s, pos) = (r / t, step.lens[r / t] + r % t);
+        let (slot, pos) = (step.slots[r / t], step.lens[r / t] + r % t);
         let (c, sn) = (&cos[r * half..][..half], &sin[r * half..][..half]);
         for head in 0..nkv {
-            let at = step.cache_offset(s, head, pos);
+            let at = step.cache_offset(slot, head, pos);
             let k = &qkv[r * width + (nh + head) * hd..][..hd];
             rotate(k, c, sn, &mut k_cache[at..at + hd]);
             let v = &qkv[r * width + (nh + nkv + head) * hd..][..hd];
@@ -396,7 +415,7 @@ pub fn attention(
     } else {
         TOKENS_PER_TASK
     };
-    let tasks: Vec<(usize, usize, usize)> = (0..step.slots)
+    let tasks: Vec<(usize, usize, usize)> = (0..step.slots.len())
         .flat_map(|s| (0..nkv).flat_map(move |h| (0..t).step_by(per_task).map(move |i| (s, h, i))))
         .collect();
     let parts: Vec<Vec<f32>> = tasks

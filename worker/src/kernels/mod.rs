@@ -120,7 +120,7 @@ impl FusedOps for Flex {
             cache_storage(&mut v_cache),
             &step,
         );
-        let shape = vec![step.slots * step.t, step.heads * step.head_dim];
+        let shape = vec![step.slots.len() * step.t, step.heads * step.head_dim];
         (new_tensor(out, shape), k_cache, v_cache)
     }
 }

@@ -55,11 +55,6 @@ impl KvCache {
         self.capacity - self.lens.iter().copied().max().unwrap_or(0)
     }
 
-    /// Forgets slot `s`; its old rows stay but are masked until overwritten.
-    pub fn reset_slot(&mut self, s: usize) {
-        self.lens[s] = 0;
-    }
-
     /// Writes the new keys and values `[slots, kv_heads, t, head_dim]` of `layer` after each
     /// slot's current length and returns the first `upto` positions of every slot,
     /// `[slots, kv_heads, upto, head_dim]`. Lengths move on only in `advance`, after the
@@ -105,6 +100,13 @@ impl KvCache {
     pub(crate) fn put_layer(&mut self, layer: usize, k: Tensor<2>, v: Tensor<2>) {
         self.k[layer] = k;
         self.v[layer] = v;
+    }
+
+    /// Marks `t` more tokens as stored in each of `slots`.
+    pub fn advance_slots(&mut self, slots: &[usize], t: usize) {
+        for &s in slots {
+            self.lens[s] += t;
+        }
     }
 
     /// Marks `t` more tokens as stored in every slot.

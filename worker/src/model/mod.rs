@@ -5,15 +5,16 @@
 pub mod cache;
 pub mod config;
 pub mod load;
+mod reference;
 pub mod weight;
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 
 pub use cache::KvCache;
 pub use config::{LlamaConfig, RopeScaling};
+pub use reference::rms_norm;
 pub use weight::Weight;
 
 /// Weights of one attention block. Q, K and V are fused into one `[hidden, q+k+v]` matrix
@@ -163,44 +164,44 @@ impl Llama {
     /// `[slots * t, hidden]`, row `b * t + i` for token `i` of slot `b`.
     /// `tokens` is slot-major: `tokens[b * t + i]`.
     pub fn forward(&self, tokens: &[u32], t: usize, cache: &mut KvCache) -> Tensor<2> {
-        let b = cache.slots();
-        assert_eq!(tokens.len(), b * t, "tokens must be slots * t");
-        let device = self.device();
-        let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * t]), &device);
-        let mut x = self.embed.val().select(0, ids); // [b*t, hidden]
+        let all: Vec<usize> = (0..cache.slots()).collect();
+        self.forward_slots(tokens, t, cache, &all)
+    }
 
+    /// Appends `t` tokens to each of the listed cache slots (the others are left alone) and
+    /// returns their final hidden states, `[slots.len() * t, hidden]`, in the order listed.
+    /// `tokens[j * t + i]` is token `i` of slot `slots[j]`.
+    pub fn forward_slots(
+        &self,
+        tokens: &[u32],
+        t: usize,
+        cache: &mut KvCache,
+        slots: &[usize],
+    ) -> Tensor<2> {
+        assert_eq!(tokens.len(), slots.len() * t, "tokens must be slots * t");
+        let x = self.embed_tokens(tokens);
+        if self.reference_ops || !crate::kernels::native(&x) {
+            return reference::forward(self, tokens, t, cache, slots);
+        }
         let eps = self.config.rms_norm_eps;
-        if !self.reference_ops && crate::kernels::native(&x) {
-            for (layer, block) in self.blocks.iter().enumerate() {
-                let h = crate::kernels::rms_norm(x.clone(), &block.attn_norm.val(), eps);
-                x = x + self.attention_fused(h, block, layer, cache, t);
-                let h = crate::kernels::rms_norm(x.clone(), &block.ffn_norm.val(), eps);
-                let gate_up = block.ffn.w_gate_up.apply(h);
-                x = x + block.ffn.w_down.apply(crate::kernels::swiglu(gate_up));
-            }
-            cache.advance(t);
-            return crate::kernels::rms_norm(x, &self.norm.val(), eps);
-        }
-
-        let lens: Vec<usize> = (0..b).map(|s| cache.len(s)).collect();
-        let positions: Vec<usize> = lens
-            .iter()
-            .flat_map(|&len| (0..t).map(move |i| len + i))
-            .collect();
-        let (cos, sin) = self.rope_tables(&positions, b, t, &device);
-        let upto = lens.iter().copied().max().unwrap_or(0) + t;
-        let bias = attention_bias(cache, t, upto, &device);
-
+        let mut x = x;
         for (layer, block) in self.blocks.iter().enumerate() {
-            let h = rms_norm(x.clone(), &block.attn_norm.val(), eps);
-            let h = self.attention(h, block, layer, cache, t, (&cos, &sin), &bias, upto);
-            x = x + h;
-            let h = rms_norm(x.clone(), &block.ffn_norm.val(), eps);
-            x = x + feed_forward(h, &block.ffn, self.config.intermediate_size);
+            let h = crate::kernels::rms_norm(x.clone(), &block.attn_norm.val(), eps);
+            x = x + self.attention_fused(h, block, layer, cache, t, slots);
+            let h = crate::kernels::rms_norm(x.clone(), &block.ffn_norm.val(), eps);
+            let gate_up = block.ffn.w_gate_up.apply(h);
+            x = x + block.ffn.w_down.apply(crate::kernels::swiglu(gate_up));
         }
-        cache.advance(t);
-        rms_norm(x, &self.norm.val(), eps)
+        cache.advance_slots(slots, t);
+        crate::kernels::rms_norm(x, &self.norm.val(), eps)
+    }
+
+    /// Embedding rows `[tokens.len(), hidden]`.
+    fn embed_tokens(&self, tokens: &[u32]) -> Tensor<2> {
+        let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
+        let n = ids.len();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device());
+        self.embed.val().select(0, ids)
     }
 
     /// Logits `[rows, vocab]` for the given final hidden states `[rows, hidden]`.
@@ -222,17 +223,19 @@ impl Llama {
         layer: usize,
         cache: &mut KvCache,
         t: usize,
+        slots: &[usize],
     ) -> Tensor<2> {
         let c = &self.config;
         let qkv = block.attn.wqkv.apply(x); // [b*t, (nh + 2 nkv) * hd]
         let step = crate::kernels::AttentionStep {
-            slots: cache.slots(),
+            slots: slots.to_vec(),
+            cache_slots: cache.slots(),
             t,
             heads: c.num_heads,
             kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
             capacity: cache.capacity(),
-            lens: (0..cache.slots()).map(|s| cache.len(s)).collect(),
+            lens: slots.iter().map(|&s| cache.len(s)).collect(),
             inv_freq: self.inv_freq.clone(),
         };
         let (k, v) = cache.take_layer(layer);
@@ -240,121 +243,10 @@ impl Llama {
         cache.put_layer(layer, k, v);
         block.attn.wo.apply(out)
     }
-
-    /// Cosine and sine tables `[b, 1, t, head_dim / 2]` for the given positions.
-    fn rope_tables(
-        &self,
-        positions: &[usize],
-        b: usize,
-        t: usize,
-        device: &Device,
-    ) -> (Tensor<4>, Tensor<4>) {
-        let half = self.config.head_dim / 2;
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
-            for &f in &self.inv_freq {
-                let angle = p as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
-        let shape = [b, 1, t, half];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        x: Tensor<2>,
-        block: &Block,
-        layer: usize,
-        cache: &mut KvCache,
-        t: usize,
-        rope: (&Tensor<4>, &Tensor<4>),
-        bias: &Tensor<5>,
-        upto: usize,
-    ) -> Tensor<2> {
-        let c = &self.config;
-        let (b, hd, nh, nkv) = (cache.slots(), c.head_dim, c.num_heads, c.num_kv_heads);
-        let qkv = block.attn.wqkv.apply(x); // [b*t, (nh + 2 nkv) * hd]
-        let q = qkv.clone().narrow(1, 0, nh * hd);
-        let k = qkv.clone().narrow(1, nh * hd, nkv * hd);
-        let v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd);
-        // [b*t, heads*hd] -> [b, t, heads, hd] -> [b, heads, t, hd]
-        let q = q.reshape([b, t, nh, hd]).swap_dims(1, 2);
-        let k = k.reshape([b, t, nkv, hd]).swap_dims(1, 2);
-        let v = v.reshape([b, t, nkv, hd]).swap_dims(1, 2);
-        let q = apply_rope(q, rope.0, rope.1);
-        let k = apply_rope(k, rope.0, rope.1);
-
-        let (k_all, v_all) = cache.append(layer, k, v, upto); // [b, nkv, upto, hd]
-        let g = nh / nkv;
-        // Query heads of one KV head are adjacent: [b, nh, t, hd] -> [b, nkv, g*t, hd].
-        let q = q.reshape([b, nkv, g * t, hd]);
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = q.matmul(k_all.swap_dims(2, 3)).mul_scalar(scale); // [b, nkv, g*t, upto]
-        let scores = scores.reshape([b, nkv, g, t, upto]) + bias.clone();
-        let probs = softmax(scores, 4).reshape([b, nkv, g * t, upto]);
-        let out = probs.matmul(v_all); // [b, nkv, g*t, hd]
-                                       // [b, nh, t, hd] -> [b, t, nh, hd] -> [b*t, nh*hd]
-        let out = out
-            .reshape([b, nh, t, hd])
-            .swap_dims(1, 2)
-            .reshape([b * t, nh * hd]);
-        block.attn.wo.apply(out)
-    }
 }
 
 fn ones(n: usize, device: &Device) -> Param<Tensor<1>> {
     Param::from_tensor(Tensor::ones([n], device))
-}
-
-/// `x / rms(x) * weight` over the last dimension of `[rows, hidden]`.
-pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
-    let ms = (x.clone() * x.clone()).mean_dim(1); // [rows, 1]
-    let inv = ms.add_scalar(eps).sqrt().recip();
-    x * inv * weight.clone().unsqueeze_dim::<2>(0)
-}
-
-fn feed_forward(x: Tensor<2>, ffn: &FeedForward, inner: usize) -> Tensor<2> {
-    let gate_up = ffn.w_gate_up.apply(x); // [rows, 2 * inner]
-    let gate = gate_up.clone().narrow(1, 0, inner);
-    let up = gate_up.narrow(1, inner, inner);
-    ffn.w_down.apply(silu(gate) * up)
-}
-
-/// Rotates `[b, heads, t, hd]` by the tables `[b, 1, t, hd / 2]`, pairing dimension `i`
-/// with `i + hd / 2` (the Hugging Face layout).
-fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let half = x.dims()[3] / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-    let r2 = x2 * cos.clone() + x1 * sin.clone();
-    Tensor::cat(vec![r1, r2], 3)
-}
-
-/// Additive mask `[b, 1, 1, t, upto]`: key `j` is visible to new token `i` of slot `s`
-/// when `j <= len(s) + i`; everything else (other slots' padding, the future) is -inf.
-fn attention_bias(cache: &KvCache, t: usize, upto: usize, device: &Device) -> Tensor<5> {
-    let b = cache.slots();
-    let mut data = vec![0f32; b * t * upto];
-    for s in 0..b {
-        let len = cache.len(s);
-        for i in 0..t {
-            let row = &mut data[(s * t + i) * upto..(s * t + i + 1) * upto];
-            for (j, v) in row.iter_mut().enumerate() {
-                if j > len + i {
-                    *v = f32::NEG_INFINITY;
-                }
-            }
-        }
-    }
-    Tensor::from_data(TensorData::new(data, [b, 1, 1, t, upto]), device)
 }
 
 #[cfg(test)]

@@ -202,3 +202,27 @@ fn packing_round_trips_and_keeps_the_logits() {
         [config.intermediate_size, config.hidden_size]
     );
 }
+
+#[test]
+fn forward_on_a_subset_of_slots_leaves_the_others_alone() {
+    for (config, model) in both_paths() {
+        let v = config.vocab_size;
+        let seqs: [&[u32]; 3] = [&[1, 2, 3, 4], &[9, 8], &[40, 41, 42]];
+        let mut cache = KvCache::new(&config, 3, 16, &device());
+        for (s, seq) in seqs.iter().enumerate() {
+            let mut single = KvCache::new(&config, 1, 16, &device());
+            model.forward(seq, seq.len(), &mut single);
+            cache.copy_slot_from(s, &single, 0);
+        }
+        // Slots 2 and 0, in that order; slot 1 sits out.
+        let got = to_vec(model.logits(model.forward_slots(&[7, 5], 1, &mut cache, &[2, 0])));
+        assert_eq!((cache.len(0), cache.len(1), cache.len(2)), (5, 2, 4));
+        let expect2 = full_logits(&model, &[40, 41, 42, 7]);
+        let expect0 = full_logits(&model, &[1, 2, 3, 4, 5]);
+        assert!(max_abs_diff(&got[..v], &expect2[3 * v..]) < 1e-4);
+        assert!(max_abs_diff(&got[v..], &expect0[4 * v..]) < 1e-4);
+        // Slot 1 continues as if nothing happened.
+        let next = to_vec(model.logits(model.forward_slots(&[3], 1, &mut cache, &[1])));
+        assert!(max_abs_diff(&next, &full_logits(&model, &[9, 8, 3])[2 * v..]) < 1e-4);
+    }
+}
