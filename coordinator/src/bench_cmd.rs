@@ -169,3 +169,91 @@ fn peer_row(peer: &Value, sequences: usize) -> Option<Value> {
         .find(|r| r["pl"].as_u64() == Some(sequences as u64))
         .cloned()
 }
+
+#[derive(Args, Debug)]
+pub struct BenchAnnotateArgs {
+    /// A labelled split (as written by `corpus synth`), e.g. data/quickstart/corpus/test.
+    #[arg(long)]
+    pub from: String,
+    /// Scripts taken from the split.
+    #[arg(long, default_value_t = 12)]
+    pub limit: usize,
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, value_delimiter = ',', default_value = "0.4,0.6,0.8")]
+    pub temperatures: Vec<f32>,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub prompt_budget: usize,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 24)]
+    pub slots: usize,
+    #[arg(long, default_value_t = 0.9)]
+    pub min_label_prob: f32,
+}
+
+/// `automaldesc bench annotate`: the whole annotate path (prompts, one shared prefill per
+/// script, constrained decoding at every temperature) on the same scripts without and with
+/// early stop, in one run.
+pub fn annotate(args: BenchAnnotateArgs) -> anyhow::Result<()> {
+    use automaldesc_worker::annotate::{annotate, AnnotateOptions};
+    use automaldesc_worker::generate::EarlyStop;
+
+    let (scripts, truth) = crate::labelled_split::read(&args.from, Some(args.limit))?;
+    let model = args
+        .model
+        .clone()
+        .unwrap_or_else(crate::annotate_cmd::default_model_path);
+    let device = crate::device::select()?;
+    let annotator = Annotator::load(&model, &device)?;
+    let base = AnnotateOptions {
+        temperatures: args.temperatures.clone(),
+        max_new_tokens: args.max_new_tokens,
+        prompt_budget: args.prompt_budget,
+        slots: args.slots,
+        ..AnnotateOptions::default()
+    };
+    println!(
+        "{} scripts, {} temperatures, max {} new tokens, {} slots",
+        scripts.len(),
+        args.temperatures.len(),
+        args.max_new_tokens,
+        args.slots
+    );
+    println!("| early stop | wall s | scripts/s | prefill tokens (s) | decode tokens (s) | decode steps | early-stopped samples | decode tokens saved (bound) | majority label accuracy |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for early in [false, true] {
+        let opts = AnnotateOptions {
+            early_stop: EarlyStop {
+                require_agreement: early,
+                min_label_prob: early.then_some(args.min_label_prob),
+            },
+            ..base.clone()
+        };
+        let (results, stats, secs) = annotate(&annotator, &scripts, &opts);
+        let correct = results
+            .iter()
+            .zip(&truth)
+            .filter(|(r, t)| {
+                let ones = r.samples.iter().filter(|s| s.label == Some(1)).count();
+                u8::from(2 * ones > r.samples.len()) == t.label.as_u8()
+            })
+            .count();
+        println!(
+            "| {} | {secs:.1} | {:.3} | {} ({:.1}) | {} ({:.1}) | {} | {} | {} | {}/{} |",
+            if early { "on" } else { "off" },
+            results.len() as f64 / secs,
+            stats.prefill_tokens,
+            stats.prefill_secs,
+            stats.decode_tokens,
+            stats.decode_secs,
+            stats.decode_steps,
+            stats.early_stopped,
+            stats.saved_tokens_bound,
+            correct,
+            results.len()
+        );
+    }
+    Ok(())
+}

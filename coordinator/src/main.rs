@@ -29,6 +29,8 @@ enum Command {
 enum BenchCmd {
     /// Decoder throughput next to llama.cpp's, as ratios.
     Runtime(automaldesc_coordinator::bench_cmd::BenchArgs),
+    /// Scripts per second of the whole annotate path, without and with early stop.
+    Annotate(automaldesc_coordinator::bench_cmd::BenchAnnotateArgs),
     /// Compare the selected device (e.g. CUDA) with the CPU backend on a random model.
     DeviceCheck,
 }
@@ -45,6 +47,9 @@ fn main() -> anyhow::Result<()> {
         Command::Corpus(cmd) => automaldesc_coordinator::corpus_cmd::run(cmd),
         Command::Annotate(args) => automaldesc_coordinator::annotate_cmd::run(args),
         Command::Bench(BenchCmd::Runtime(args)) => automaldesc_coordinator::bench_cmd::run(args),
+        Command::Bench(BenchCmd::Annotate(args)) => {
+            automaldesc_coordinator::bench_cmd::annotate(args)
+        }
         Command::Bench(BenchCmd::DeviceCheck) => automaldesc_coordinator::bench_cmd::device_check(),
     }
 }

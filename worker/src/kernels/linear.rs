@@ -172,35 +172,31 @@ mod avx512 {
 
     use super::{MR, PANEL};
 
-    /// Eight rows at once: 16 accumulators, two weight loads and eight broadcasts per `k`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile8(x: &[f32], k: usize, panel: &[f32], dst: *mut f32, n: usize, cols: usize) {
-        let mut c = [_mm512_setzero_ps(); 2 * MR];
-        let rows: [&[f32]; MR] = std::array::from_fn(|r| &x[r * k..][..k]);
+    /// `R` rows at once (`R <= MR`): `2R` accumulators, two weight loads and `R` broadcasts
+    /// per step of `k`. Eight rows keep 16 of the 32 vector registers busy.
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(
+        x: &[f32],
+        k: usize,
+        panel: &[f32],
+        dst: *mut f32,
+        n: usize,
+        cols: usize,
+    ) {
+        let mut c = [[_mm512_setzero_ps(); 2]; R];
+        let rows: [&[f32]; R] = std::array::from_fn(|r| &x[r * k..][..k]);
         for (kk, w) in panel.chunks_exact(PANEL).enumerate() {
             let w0 = _mm512_loadu_ps(w.as_ptr());
             let w1 = _mm512_loadu_ps(w.as_ptr().add(16));
-            for r in 0..MR {
+            for r in 0..R {
                 let xv = _mm512_set1_ps(*rows[r].get_unchecked(kk));
-                c[2 * r] = _mm512_fmadd_ps(xv, w0, c[2 * r]);
-                c[2 * r + 1] = _mm512_fmadd_ps(xv, w1, c[2 * r + 1]);
+                c[r][0] = _mm512_fmadd_ps(xv, w0, c[r][0]);
+                c[r][1] = _mm512_fmadd_ps(xv, w1, c[r][1]);
             }
         }
-        for r in 0..MR {
-            store(c[2 * r], c[2 * r + 1], dst.add(r * n), cols);
+        for (r, [lo, hi]) in c.into_iter().enumerate() {
+            store(lo, hi, dst.add(r * n), cols);
         }
-    }
-
-    /// One row: memory-bound, two accumulators per pair of weight loads.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile1(x: &[f32], panel: &[f32], dst: *mut f32, cols: usize) {
-        let (mut c0, mut c1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        for (xv, w) in x.iter().zip(panel.chunks_exact(PANEL)) {
-            let xv = _mm512_set1_ps(*xv);
-            c0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w.as_ptr()), c0);
-            c1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w.as_ptr().add(16)), c1);
-        }
-        store(c0, c1, dst, cols);
     }
 
     /// Writes the first `cols` lanes of `lo|hi` to `dst`.
@@ -217,7 +213,8 @@ mod avx512 {
         }
     }
 
-    /// See `super::block_generic`; the caller also guarantees AVX-512F.
+    /// See `super::block_generic`; the caller also guarantees AVX-512F. A short block is
+    /// split into 4-, 2- and 1-row tiles.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn block(
         x: &[f32],
@@ -228,16 +225,30 @@ mod avx512 {
         n: usize,
         cols: usize,
     ) {
-        if rows == MR {
-            tile8(x, k, panel, dst, n, cols);
-        } else {
-            for r in 0..rows {
-                tile1(&x[r * k..][..k], panel, dst.add(r * n), cols);
-            }
+        let mut r = 0;
+        while r < rows {
+            let (xs, d) = (&x[r * k..], dst.add(r * n));
+            r += match rows - r {
+                8.. => {
+                    tile::<MR>(xs, k, panel, d, n, cols);
+                    MR
+                }
+                4..=7 => {
+                    tile::<4>(xs, k, panel, d, n, cols);
+                    4
+                }
+                2 | 3 => {
+                    tile::<2>(xs, k, panel, d, n, cols);
+                    2
+                }
+                _ => {
+                    tile::<1>(xs, k, panel, d, n, cols);
+                    1
+                }
+            };
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
