@@ -22,16 +22,8 @@ const MIN_MATCHING_TOKENS: usize = 32;
 /// alone may flip it, so a different choice there is reported, not failed.
 const NEAR_TIE: f64 = 2.0 * LOGPROB_TOLERANCE;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn model_path() -> Option<PathBuf> {
-    let p = std::env::var("AUTOMALDESC_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    p.exists().then_some(p)
-}
+mod support;
+use support::{model_path, root};
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -41,10 +33,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
 
 #[test]
 fn greedy_tokens_and_logprobs_match_llama_cpp() {
-    let Some(path) = model_path() else {
-        eprintln!("SKIP: model file absent (set AUTOMALDESC_GGUF or run deploy/fetch_model.sh)");
-        return;
-    };
+    let Some(path) = model_path() else { return };
     let reference_path = std::env::var("AUTOMALDESC_LLAMACPP_REFERENCE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join("tests/data/llamacpp_reference_f32.json"));

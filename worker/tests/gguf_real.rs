@@ -6,33 +6,13 @@
 //! through `tests/peer/gguf_reference.py`; without it that test is skipped.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use automaldesc_worker::gguf::{GgmlType, GgufError, GgufFile};
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("AUTOMALDESC_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIP: real gguf model not found at {} (set AUTOMALDESC_GGUF)",
-            path.display()
-        );
-        None
-    }
-}
+mod support;
+use support::{model_path, root as workspace_root, skip};
 
 #[test]
 fn real_file_structure() {
@@ -143,12 +123,12 @@ fn real_file_matches_python_gguf() {
     match status {
         Ok(s) if s.success() => {}
         Ok(s) if s.code() == Some(3) => {
-            eprintln!("SKIP: python gguf package missing (pip install gguf numpy)");
+            skip("python gguf package missing (pip install gguf numpy)");
             return;
         }
         Ok(s) => panic!("reference script failed: {s}"),
         Err(e) => {
-            eprintln!("SKIP: cannot run python3: {e}");
+            skip(&format!("cannot run python3: {e}"));
             return;
         }
     }

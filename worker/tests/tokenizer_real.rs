@@ -7,27 +7,8 @@ use std::process::Command;
 use automaldesc_worker::gguf::GgufFile;
 use automaldesc_worker::tokenizer::Tokenizer;
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("AUTOMALDESC_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIP: real gguf model not found at {} (set AUTOMALDESC_GGUF)",
-            path.display()
-        );
-        None
-    }
-}
+mod support;
+use support::{model_path, root as workspace_root, skip};
 
 fn load() -> Option<(PathBuf, Tokenizer)> {
     let path = model_path()?;
@@ -180,12 +161,12 @@ fn reference_ids(script: &str, path: &PathBuf, corpus: &[String]) -> Option<Vec<
     match status {
         Ok(s) if s.success() => {}
         Ok(s) if s.code() == Some(3) => {
-            eprintln!("SKIP: python dependencies of {script} are missing");
+            skip(&format!("python dependencies of {script} are missing"));
             return None;
         }
         Ok(s) => panic!("{script} failed: {s}"),
         Err(e) => {
-            eprintln!("SKIP: cannot run python3: {e}");
+            skip(&format!("cannot run python3: {e}"));
             return None;
         }
     }

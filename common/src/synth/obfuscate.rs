@@ -43,6 +43,7 @@ pub(crate) fn b64encode(data: &[u8]) -> String {
 }
 
 /// Decode standard base64, ignoring whitespace; `None` on any other invalid byte.
+#[cfg(test)]
 pub(crate) fn b64decode(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let mut acc: u32 = 0;
