@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::generate::{EarlyStop, Engine, GenStats, Request, SamplingParams};
+use crate::generate::{EarlyStop, Engine, Format, GenStats, Request, SamplingParams};
 use crate::runtime::Annotator;
 
 #[derive(Clone, Debug)]
@@ -88,6 +88,7 @@ pub fn annotate(
                 })
                 .collect(),
             max_new_tokens: opts.max_new_tokens,
+            format: Format::Answer,
         })
         .collect();
     let engine = Engine {

@@ -17,10 +17,23 @@ use crate::model::{KvCache, Llama};
 /// One prompt to answer, several times.
 #[derive(Clone, Debug)]
 pub struct Request {
-    /// Prompt tokens, ending with the answer prefix (`{"language": "`).
+    /// Prompt tokens; for `Format::Answer` they end with the answer prefix
+    /// (`{"language": "`).
     pub prompt: Vec<u32>,
     pub samples: Vec<SamplingParams>,
     pub max_new_tokens: usize,
+    pub format: Format,
+}
+
+/// What a sample may generate.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Format {
+    /// The annotator's JSON answer, constrained to its schema (see `schema`).
+    #[default]
+    Answer,
+    /// Any token; the sample ends after one of `stop` (kept in its tokens) or at
+    /// `max_new_tokens`.
+    Text { stop: Vec<u32> },
 }
 
 /// Which samples may stop right after their label.
@@ -36,6 +49,7 @@ pub struct EarlyStop {
 pub struct SampleOutput {
     pub request: usize,
     pub sample: usize,
+    /// The JSON answer (`Format::Answer`); empty for `Format::Text` (see `tokens`).
     pub json: String,
     pub language: Option<Language>,
     /// Probability of each language (in `Language::ALL` order) at the language choice.
@@ -151,7 +165,7 @@ impl Engine<'_> {
                         admitted: started,
                         prefill_secs,
                     };
-                    self.decide(&mut a, &logits, req.max_new_tokens);
+                    self.decide(&mut a, &logits, req);
                     active[slot] = Some(a);
                 }
                 stats.prefill_secs += started.elapsed().as_secs_f64();
@@ -180,8 +194,8 @@ impl Engine<'_> {
             let vocab = self.model.config.vocab_size;
             for (row, &s) in live.iter().enumerate() {
                 if let Some(a) = active[s].as_mut() {
-                    let max_new = requests[a.request].max_new_tokens;
-                    self.decide(a, &logits[row * vocab..(row + 1) * vocab], max_new);
+                    let req = &requests[a.request];
+                    self.decide(a, &logits[row * vocab..(row + 1) * vocab], req);
                     stats.decode_tokens += 1;
                 }
             }
@@ -193,7 +207,21 @@ impl Engine<'_> {
     }
 
     /// Chooses the token that follows `logits` for one sample and records it.
-    fn decide(&self, a: &mut Active, logits: &[f32], max_new: usize) {
+    fn decide(&self, a: &mut Active, logits: &[f32], req: &Request) {
+        if let Format::Text { stop } = &req.format {
+            let all: Vec<(u32, f32)> = (0u32..).zip(logits.iter().copied()).collect();
+            let token = a.sampler.sample(&all);
+            a.logprobs.push(log_prob(logits, token));
+            a.tokens.push(token);
+            a.feed = token;
+            if stop.contains(&token) {
+                a.finish = Some(FinishReason::Stop);
+            } else if a.tokens.len() >= req.max_new_tokens {
+                a.finish = Some(FinishReason::Length);
+            }
+            return;
+        }
+        let max_new = req.max_new_tokens;
         let schema = self.schema;
         let token = match a.state.next(schema) {
             Next::Done => {
@@ -296,7 +324,10 @@ impl Engine<'_> {
             outputs[offsets[a.request] + a.sample] = Some(SampleOutput {
                 request: a.request,
                 sample: a.sample,
-                json: a.state.to_json(),
+                json: match reqs[a.request].format {
+                    Format::Answer => a.state.to_json(),
+                    Format::Text { .. } => String::new(),
+                },
                 language: a.state.language,
                 language_probs: a.language_probs,
                 label: a.state.label,

@@ -97,6 +97,7 @@ fn requests(vocab: &ToyVocab, n: usize, temps: &[f32], max_new: usize, seed: u64
                     })
                     .collect(),
                 max_new_tokens: max_new,
+                format: Format::Answer,
             }
         })
         .collect()
@@ -228,4 +229,82 @@ fn string_state_accepts_escapes_and_rejects_raw_controls() {
     assert_eq!(StrState::Normal.run(b"x\ny"), None);
     assert_eq!(StrState::Normal.run(b"\\q"), None);
     assert_eq!(StrState::Normal.run(b"\"a"), None);
+}
+
+/// Greedy continuation of `prompt` with the model alone: the reference for text requests.
+fn greedy_reference(model: &Llama, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32> {
+    let device = model.device();
+    let mut cache =
+        crate::model::KvCache::new(&model.config, 1, prompt.len() + max_new + 1, &device);
+    let mut h = model.forward(prompt, prompt.len(), &mut cache);
+    h = h.narrow(0, prompt.len() - 1, 1);
+    let mut out = Vec::new();
+    loop {
+        let row = model.logits(h).into_data().try_to_vec::<f32>().unwrap();
+        let next = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap() as u32;
+        out.push(next);
+        if stop.contains(&next) || out.len() >= max_new {
+            return out;
+        }
+        h = model.forward(&[next], 1, &mut cache);
+    }
+}
+
+#[test]
+fn text_requests_generate_free_tokens_up_to_a_stop_token() {
+    let (model, schema, vocab) = setup();
+    let engine = Engine {
+        model: &model,
+        schema: &schema,
+        slots: 4,
+    };
+    let prompts: Vec<Vec<u32>> = (0..3)
+        .map(|i| vocab.encode_plain(&format!("say {i}:")))
+        .collect();
+    // Stop on a token greedy decoding of the first prompt produces early, so that request
+    // stops before its budget; the others stop there too or run to the budget.
+    let free = greedy_reference(&model, &prompts[0], 12, &[]);
+    let stop = vec![free[2]];
+    let reqs: Vec<Request> = prompts
+        .iter()
+        .map(|p| Request {
+            prompt: p.clone(),
+            samples: vec![
+                SamplingParams::greedy(),
+                SamplingParams {
+                    temperature: 0.9,
+                    top_p: 0.9,
+                    seed: 5,
+                },
+            ],
+            max_new_tokens: 12,
+            format: Format::Text { stop: stop.clone() },
+        })
+        .collect();
+    let (outs, _) = engine.run(&reqs, &EarlyStop::default());
+    assert_eq!(outs.len(), 6);
+    for o in &outs {
+        assert!(o.json.is_empty() && o.label.is_none());
+        let ends_on_stop = stop.contains(o.tokens.last().unwrap());
+        assert_eq!(o.finish == FinishReason::Stop, ends_on_stop);
+        assert!(ends_on_stop || o.tokens.len() == 12, "{:?}", o.tokens);
+        assert!(o.tokens[..o.tokens.len() - 1]
+            .iter()
+            .all(|t| !stop.contains(t)));
+        if o.sample == 0 {
+            let want = greedy_reference(&model, &prompts[o.request], 12, &stop);
+            assert_eq!(o.tokens, want, "greedy text of request {}", o.request);
+        }
+    }
+    let first_stop = free.iter().position(|t| stop.contains(t)).unwrap() + 1;
+    assert_eq!(
+        outs[0].tokens.len(),
+        first_stop,
+        "the first request stops on its stop token"
+    );
+    // Same seed, same tokens, whatever else shares the batch.
+    let (alone, _) = engine.run(&reqs[2..], &EarlyStop::default());
+    assert_eq!(alone[1].tokens, outs[5].tokens);
 }
