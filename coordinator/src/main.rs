@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    automaldesc_worker::runtime::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Corpus(cmd) => automaldesc_coordinator::corpus_cmd::run(cmd),

@@ -309,3 +309,18 @@ fn hf_chat_template(text: &str) -> Result<Option<String>, serde_json::Error> {
         _ => None,
     })
 }
+
+/// Keeps freed memory in the process heap instead of handing it back to the kernel. The
+/// decoder allocates its activations afresh at every step (up to megabytes each); glibc
+/// serves allocations over 128 KiB with `mmap` and unmaps them on free, so every step paid
+/// page faults to zero fresh pages (measured: about 8% of a batch-32 decode step). Call once
+/// at process start; a no-op off glibc.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes allocator tunables; 32 MiB is glibc's largest accepted
+    // mmap threshold on 64-bit targets.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}

@@ -319,8 +319,8 @@ mod avx512 {
         for (j, o) in out.iter_mut().enumerate() {
             let k = keys.as_ptr().add(j * 16 * C);
             let mut acc = _mm512_mul_ps(q[0], _mm512_loadu_ps(k));
-            for (c, qc) in q.iter().enumerate().skip(1) {
-                acc = _mm512_fmadd_ps(*qc, _mm512_loadu_ps(k.add(16 * c)), acc);
+            for c in 1..C {
+                acc = _mm512_fmadd_ps(q[c], _mm512_loadu_ps(k.add(16 * c)), acc);
             }
             *o = _mm512_reduce_add_ps(acc) * scale;
         }
