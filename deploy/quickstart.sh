@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-data/quickstart}
-sample=${SAMPLE:-6}
+sample=${SAMPLE:-12}
 
 deploy/fetch_model.sh
 cargo build --quiet -p automaldesc-coordinator
@@ -14,4 +14,4 @@ bin=target/debug/automaldesc
 
 $bin corpus synth --out "$out/corpus" --scale 0.01 --seed 1
 $bin annotate --from "$out/corpus/test" --limit "$sample" --early-stop \
-  --max-new-tokens 128 --prompt-budget 1024 --out "$out/answers.jsonl"
+  --max-new-tokens 256 --prompt-budget 1024 --slots 24 --out "$out/answers.jsonl"

@@ -161,7 +161,14 @@ fn reference_ids(script: &str, path: &PathBuf, corpus: &[String]) -> Option<Vec<
     match status {
         Ok(s) if s.success() => {}
         Ok(s) if s.code() == Some(3) => {
-            skip(&format!("python dependencies of {script} are missing"));
+            let reason = format!("python dependencies of {script} are missing");
+            if script == "tokenize_reference.py" && !peer_required() {
+                // llama-cpp-python compiles llama.cpp; CI installs it when it can and says so
+                // through AUTOMALDESC_LLAMACPP_REFERENCE.
+                eprintln!("SKIP: {reason}");
+            } else {
+                skip(&reason);
+            }
             return None;
         }
         Ok(s) => panic!("{script} failed: {s}"),
@@ -174,6 +181,11 @@ fn reference_ids(script: &str, path: &PathBuf, corpus: &[String]) -> Option<Vec<
         serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
     assert_eq!(ids.len(), corpus.len());
     Some(ids)
+}
+
+/// CI sets this when it built the llama.cpp peer; the test then may not skip.
+fn peer_required() -> bool {
+    std::env::var_os("AUTOMALDESC_LLAMACPP_REFERENCE").is_some()
 }
 
 fn count_mismatches(t: &Tokenizer, corpus: &[String], expected: &[Vec<u32>], who: &str) -> usize {
