@@ -1,8 +1,10 @@
 //! The coordinator crate hosts the `automaldesc` binary's commands: corpus tools, the
-//! analyst's `annotate`, and (to come) run planning, leases and state.
+//! analyst's `annotate`, the durable coordination state (`state`), and (to come) run
+//! planning and leases.
 
 pub mod annotate_cmd;
 pub mod bench_cmd;
 pub mod corpus_cmd;
 pub mod device;
 pub mod labelled_split;
+pub mod state;
