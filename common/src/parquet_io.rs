@@ -242,12 +242,14 @@ pub async fn list_parquet(store: &dyn ObjectStore, prefix: &Path) -> Result<Vec<
     Ok(metas)
 }
 
-/// One file's layout: how many rows each row group holds.
+/// One file's layout: how many rows each row group holds, and its uncompressed bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileLayout {
     pub path: Path,
     pub size_bytes: u64,
     pub row_group_rows: Vec<u64>,
+    /// Uncompressed size of each row group (all columns), from the footer.
+    pub row_group_bytes: Vec<u64>,
 }
 
 impl FileLayout {
@@ -279,16 +281,15 @@ pub async fn dataset_layout(store: Arc<dyn ObjectStore>, prefix: &Path) -> Resul
     let mut out = Vec::new();
     for meta in list_parquet(store.as_ref(), prefix).await? {
         let b = builder(store.clone(), &meta.location).await?;
-        let rows = b
-            .metadata()
-            .row_groups()
-            .iter()
-            .map(|g| g.num_rows() as u64)
-            .collect();
+        let groups = b.metadata().row_groups();
         out.push(FileLayout {
             path: meta.location,
             size_bytes: meta.size,
-            row_group_rows: rows,
+            row_group_rows: groups.iter().map(|g| g.num_rows() as u64).collect(),
+            row_group_bytes: groups
+                .iter()
+                .map(|g| g.total_byte_size().max(0) as u64)
+                .collect(),
         });
     }
     Ok(out)

@@ -7,4 +7,5 @@ pub mod bench_cmd;
 pub mod corpus_cmd;
 pub mod device;
 pub mod labelled_split;
+pub mod planner;
 pub mod state;
