@@ -7,5 +7,6 @@ pub mod bench_cmd;
 pub mod corpus_cmd;
 pub mod device;
 pub mod labelled_split;
+pub mod lease_manager;
 pub mod planner;
 pub mod state;

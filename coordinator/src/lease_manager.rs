@@ -1,0 +1,281 @@
+//! Leases of one stage's tasks: who holds what, until when, and with which fencing token.
+//! A worker holds a task while it heartbeats; a lease that is not renewed within its TTL
+//! expires and the task goes back to the queue. Every lease gets a fencing token larger than
+//! any before, and a completion is accepted only from a lease the task still holds and
+//! that has not expired, so a worker that was cut off cannot commit late. Failed attempts
+//! retry with exponential backoff; after `max_attempts` the task is quarantined with its
+//! last error and the stage goes on. Near the end of a stage a task held for long may be
+//! leased a second time; the first completion wins.
+//!
+//! The book is plain state driven by the caller's clock (`now`), owned by one event loop;
+//! tests drive it with tokio's paused time.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Index of a task in its stage's plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(pub u32);
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub String);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LeasePolicy {
+    pub ttl: Duration,
+    /// Attempts (failures and expiries) before a task is quarantined.
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// When no task is queued, a task whose only lease is older than this may be leased to
+    /// a second worker.
+    pub speculate_after: Option<Duration>,
+}
+
+impl Default for LeasePolicy {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(30),
+            max_attempts: 3,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(60),
+            speculate_after: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// What a worker receives with a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub task: TaskId,
+    pub token: u64,
+    pub attempt: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("task {0:?} has no live lease with token {1} (expired, superseded or finished)")]
+    StaleLease(TaskId, u64),
+    #[error("no task {0:?} in this stage")]
+    UnknownTask(TaskId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailOutcome {
+    RetryAt(Instant),
+    Quarantined,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    Queued { ready_at: Instant },
+    Leased,
+    Done { token: u64 },
+    Quarantined { error: String },
+}
+
+#[derive(Clone, Debug)]
+struct Lease {
+    worker: WorkerId,
+    token: u64,
+    started: Instant,
+    expires: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    state: TaskState,
+    leases: Vec<Lease>,
+    attempts: u32,
+    last_error: Option<String>,
+}
+
+pub struct LeaseBook {
+    entries: Vec<Entry>,
+    policy: LeasePolicy,
+    next_token: u64,
+}
+
+impl LeaseBook {
+    /// `tasks` queued now; tokens start above `token_floor` (the highest token ever issued,
+    /// kept durably, so a restarted coordinator never reissues one).
+    pub fn new(tasks: u32, policy: LeasePolicy, token_floor: u64, now: Instant) -> Self {
+        let entries = (0..tasks)
+            .map(|_| Entry {
+                state: TaskState::Queued { ready_at: now },
+                leases: Vec::new(),
+                attempts: 0,
+                last_error: None,
+            })
+            .collect();
+        Self {
+            entries,
+            policy,
+            next_token: token_floor + 1,
+        }
+    }
+
+    pub fn state(&self, task: TaskId) -> Option<&TaskState> {
+        self.entries.get(task.0 as usize).map(|e| &e.state)
+    }
+
+    pub fn last_error(&self, task: TaskId) -> Option<&str> {
+        self.entries.get(task.0 as usize)?.last_error.as_deref()
+    }
+
+    /// The highest token issued so far (to persist).
+    pub fn token_high_water(&self) -> u64 {
+        self.next_token - 1
+    }
+
+    /// Every task is done or quarantined.
+    pub fn is_finished(&self) -> bool {
+        self.entries.iter().all(|e| {
+            matches!(
+                e.state,
+                TaskState::Done { .. } | TaskState::Quarantined { .. }
+            )
+        })
+    }
+
+    fn issue(&mut self, task: usize, worker: &WorkerId, now: Instant) -> Grant {
+        let token = self.next_token;
+        self.next_token += 1;
+        let e = &mut self.entries[task];
+        e.leases.push(Lease {
+            worker: worker.clone(),
+            token,
+            started: now,
+            expires: now + self.policy.ttl,
+        });
+        e.state = TaskState::Leased;
+        Grant {
+            task: TaskId(task as u32),
+            token,
+            attempt: e.attempts + 1,
+        }
+    }
+
+    /// The next task for `worker`: the first queued task whose backoff has passed; else,
+    /// with speculation on, a task held by someone else for longer than `speculate_after`.
+    pub fn acquire(&mut self, worker: &WorkerId, now: Instant) -> Option<Grant> {
+        let queued = self
+            .entries
+            .iter()
+            .position(|e| matches!(e.state, TaskState::Queued { ready_at } if ready_at <= now));
+        if let Some(i) = queued {
+            return Some(self.issue(i, worker, now));
+        }
+        let after = self.policy.speculate_after?;
+        let any_waiting = self
+            .entries
+            .iter()
+            .any(|e| matches!(e.state, TaskState::Queued { .. }));
+        if any_waiting {
+            return None;
+        }
+        let straggler = self.entries.iter().position(|e| {
+            matches!(e.state, TaskState::Leased)
+                && e.leases.len() == 1
+                && e.leases[0].worker != *worker
+                && now.duration_since(e.leases[0].started) >= after
+        })?;
+        Some(self.issue(straggler, worker, now))
+    }
+
+    /// Renews every live lease `worker` holds; returns how many.
+    pub fn heartbeat(&mut self, worker: &WorkerId, now: Instant) -> usize {
+        let ttl = self.policy.ttl;
+        let mut n = 0;
+        for lease in self.entries.iter_mut().flat_map(|e| e.leases.iter_mut()) {
+            if lease.worker == *worker && lease.expires > now {
+                lease.expires = now + ttl;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn live_lease(&self, task: TaskId, token: u64, now: Instant) -> Result<usize, Refusal> {
+        let e = self
+            .entries
+            .get(task.0 as usize)
+            .ok_or(Refusal::UnknownTask(task))?;
+        e.leases
+            .iter()
+            .position(|l| l.token == token && l.expires > now)
+            .ok_or(Refusal::StaleLease(task, token))
+    }
+
+    /// Accepts the result of the lease `token` if the task still holds it; the task is
+    /// done and any other lease on it is cancelled.
+    pub fn complete(&mut self, task: TaskId, token: u64, now: Instant) -> Result<(), Refusal> {
+        self.live_lease(task, token, now)?;
+        let e = &mut self.entries[task.0 as usize];
+        e.leases.clear();
+        e.state = TaskState::Done { token };
+        Ok(())
+    }
+
+    /// Records a failed attempt of the lease `token`: the task is retried after a backoff,
+    /// or quarantined with `error` once it has used its attempts.
+    pub fn fail(
+        &mut self,
+        task: TaskId,
+        token: u64,
+        error: &str,
+        now: Instant,
+    ) -> Result<FailOutcome, Refusal> {
+        let at = self.live_lease(task, token, now)?;
+        let e = &mut self.entries[task.0 as usize];
+        e.leases.remove(at);
+        e.last_error = Some(error.to_string());
+        Ok(self.after_attempt(task.0 as usize, now))
+    }
+
+    /// Drops leases whose TTL passed; a task left without a lease counts an attempt and is
+    /// queued again (or quarantined). Returns the (task, token) pairs that expired.
+    pub fn expire(&mut self, now: Instant) -> Vec<(TaskId, u64)> {
+        let mut expired = Vec::new();
+        for i in 0..self.entries.len() {
+            let e = &mut self.entries[i];
+            let before = e.leases.len();
+            e.leases.retain(|l| {
+                let live = l.expires > now;
+                if !live {
+                    expired.push((TaskId(i as u32), l.token));
+                }
+                live
+            });
+            if before > 0 && e.leases.is_empty() && matches!(e.state, TaskState::Leased) {
+                e.last_error = Some("lease expired: the worker stopped heartbeating".into());
+                self.after_attempt(i, now);
+            }
+        }
+        expired
+    }
+
+    fn after_attempt(&mut self, i: usize, now: Instant) -> FailOutcome {
+        let policy = self.policy;
+        let e = &mut self.entries[i];
+        if !e.leases.is_empty() {
+            // A speculative twin is still running; let it finish.
+            return FailOutcome::RetryAt(now);
+        }
+        e.attempts += 1;
+        if e.attempts >= policy.max_attempts {
+            let error = e.last_error.clone().unwrap_or_default();
+            e.state = TaskState::Quarantined { error };
+            return FailOutcome::Quarantined;
+        }
+        let factor = 1u32 << (e.attempts - 1).min(16);
+        let backoff = (policy.backoff_base * factor).min(policy.backoff_max);
+        let ready_at = now + backoff;
+        e.state = TaskState::Queued { ready_at };
+        FailOutcome::RetryAt(ready_at)
+    }
+}
+
+#[cfg(test)]
+mod tests;
