@@ -4,6 +4,7 @@
 
 pub mod detect;
 pub mod error;
+pub mod ids;
 pub mod import;
 pub mod import_labels;
 pub mod manifest;

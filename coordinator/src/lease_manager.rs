@@ -14,12 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Index of a task in its stage's plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TaskId(pub u32);
-
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkerId(pub String);
+pub use automaldesc_common::ids::{TaskId, WorkerId};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LeasePolicy {
