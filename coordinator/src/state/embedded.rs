@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::{check_key, BoxFuture, Expect, Result, StateError, StateStore, Versioned};
+use super::{
+    check_delete, check_key, BoxFuture, Expect, Result, StateError, StateStore, Versioned,
+};
 
 const LOG: &str = "state.log";
 const PUT: u8 = 1;
@@ -272,15 +274,8 @@ impl StateStore for EmbeddedStore {
     }
 
     fn delete<'a>(&'a self, key: &'a str, expect: Expect) -> BoxFuture<'a, Result<()>> {
-        if let Err(e) = check_key(key) {
+        if let Err(e) = check_delete(key, expect) {
             return Box::pin(async move { Err(e) });
-        }
-        if expect == Expect::Absent {
-            return Box::pin(async move {
-                Err(StateError::InvalidInput(
-                    "delete cannot expect the key to be absent".into(),
-                ))
-            });
         }
         let key = key.to_string();
         self.run(move |inner| inner.delete(&key, expect))

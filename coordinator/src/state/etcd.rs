@@ -8,7 +8,9 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
 };
 
-use super::{check_key, BoxFuture, Expect, Result, StateError, StateStore, Versioned};
+use super::{
+    check_delete, check_key, BoxFuture, Expect, Result, StateError, StateStore, Versioned,
+};
 
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -124,12 +126,7 @@ impl StateStore for EtcdStore {
 
     fn delete<'a>(&'a self, key: &'a str, expect: Expect) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            check_key(key)?;
-            if expect == Expect::Absent {
-                return Err(StateError::InvalidInput(
-                    "delete cannot expect the key to be absent".into(),
-                ));
-            }
+            check_delete(key, expect)?;
             let txn = Txn::new()
                 .when(self.compare(key, expect))
                 .and_then(vec![TxnOp::delete(self.full(key), None)]);

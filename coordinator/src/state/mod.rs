@@ -85,3 +85,14 @@ fn check_key(key: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Checks a delete request before it reaches a store.
+fn check_delete(key: &str, expect: Expect) -> Result<()> {
+    check_key(key)?;
+    if expect == Expect::Absent {
+        return Err(StateError::InvalidInput(
+            "delete cannot expect the key to be absent".into(),
+        ));
+    }
+    Ok(())
+}

@@ -113,18 +113,23 @@ impl Llama {
         self
     }
 
-    /// Packs every linear weight (and, with tied embeddings, a copy of the embedding's
-    /// transpose as the lm-head) for the CPU kernel.
-    pub fn pack(&mut self) {
-        for b in &mut self.blocks {
-            for w in [
+    /// The linear weights of every block.
+    fn block_weights(&mut self) -> impl Iterator<Item = &mut Weight> {
+        self.blocks.iter_mut().flat_map(|b| {
+            [
                 &mut b.attn.wqkv,
                 &mut b.attn.wo,
                 &mut b.ffn.w_gate_up,
                 &mut b.ffn.w_down,
-            ] {
-                *w = w.to_packed();
-            }
+            ]
+        })
+    }
+
+    /// Packs every linear weight (and, with tied embeddings, a copy of the embedding's
+    /// transpose as the lm-head) for the CPU kernel.
+    pub fn pack(&mut self) {
+        for w in self.block_weights() {
+            *w = w.to_packed();
         }
         self.lm_head = Some(match &self.lm_head {
             Some(w) => w.to_packed(),
@@ -139,15 +144,8 @@ impl Llama {
 
     /// Undoes [`Llama::pack`]: `[in, out]` weights for plain matmuls.
     pub fn unpack(&mut self) {
-        for b in &mut self.blocks {
-            for w in [
-                &mut b.attn.wqkv,
-                &mut b.attn.wo,
-                &mut b.ffn.w_gate_up,
-                &mut b.ffn.w_down,
-            ] {
-                *w = w.to_plain();
-            }
+        for w in self.block_weights() {
+            *w = w.to_plain();
         }
         self.lm_head = match &self.lm_head {
             _ if self.config.tie_embeddings => None,
