@@ -62,6 +62,14 @@ pub enum FailOutcome {
     Quarantined,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageCounts {
+    pub total: u32,
+    pub done: u32,
+    pub leased: u32,
+    pub quarantined: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskState {
     Queued { ready_at: Instant },
@@ -117,6 +125,45 @@ impl LeaseBook {
 
     pub fn last_error(&self, task: TaskId) -> Option<&str> {
         self.entries.get(task.0 as usize)?.last_error.as_deref()
+    }
+
+    /// Marks a task done from a durable commit record (when the book is rebuilt on start).
+    pub fn mark_done(&mut self, task: TaskId, token: u64) {
+        if let Some(e) = self.entries.get_mut(task.0 as usize) {
+            e.leases.clear();
+            e.state = TaskState::Done { token };
+        }
+    }
+
+    /// Marks a task quarantined from a durable record (when the book is rebuilt on start).
+    pub fn mark_quarantined(&mut self, task: TaskId, error: String) {
+        if let Some(e) = self.entries.get_mut(task.0 as usize) {
+            e.leases.clear();
+            e.last_error = Some(error.clone());
+            e.state = TaskState::Quarantined { error };
+        }
+    }
+
+    /// Whether `token` is a lease `task` holds now.
+    pub fn is_live(&self, task: TaskId, token: u64, now: Instant) -> bool {
+        self.live_lease(task, token, now).is_ok()
+    }
+
+    /// Tasks done, leased, quarantined, and in total.
+    pub fn counts(&self) -> StageCounts {
+        let mut c = StageCounts {
+            total: self.entries.len() as u32,
+            ..StageCounts::default()
+        };
+        for e in &self.entries {
+            match e.state {
+                TaskState::Done { .. } => c.done += 1,
+                TaskState::Leased => c.leased += 1,
+                TaskState::Quarantined { .. } => c.quarantined += 1,
+                TaskState::Queued { .. } => {}
+            }
+        }
+        c
     }
 
     /// The highest token issued so far (to persist).

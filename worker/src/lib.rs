@@ -1,9 +1,11 @@
-//! The worker's model runtime: a Llama-family decoder on burn (flex on the CPU, CUDA with the
+//! The worker: its loop against the coordinator (`worker_process`), the stage executors
+//! (`executor`), and the model runtime: a Llama-family decoder on burn (flex on the CPU, CUDA with the
 //! `cuda` feature), checkpoint loading (GGUF, safetensors), tokenization and batched, schema-constrained
 //! generation of annotations.
 
 pub mod annotate;
 pub mod bench;
+pub mod executor;
 pub mod generate;
 pub mod gguf;
 pub mod kernels;
@@ -12,3 +14,4 @@ pub mod prompt;
 pub mod runtime;
 pub mod safetensors;
 pub mod tokenizer;
+pub mod worker_process;

@@ -1,0 +1,321 @@
+//! One stage of a run, owned by one event loop: its plan, its lease book, and the commit of
+//! each task's output into the durable state, exactly once.
+//!
+//! A worker writes under a prefix unique to its attempt (the fencing token is part of it).
+//! `complete` accepts the attempt only if its lease is live, then records the task's commit
+//! with a create-if-absent write, so even across a coordinator restart the first commit wins
+//! and a second is refused. Files of refused or abandoned attempts are referenced by no
+//! commit record; a collector can delete them. Tokens are persisted before they are handed
+//! out, so a restarted coordinator never issues one twice.
+
+use std::sync::Arc;
+
+use automaldesc_common::ids::{LeaseRef, RunId, TaskId, WorkerId};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::lease_manager::{FailOutcome, LeaseBook, LeasePolicy, Refusal, StageCounts};
+use crate::planner::{RowGroupRange, TaskPlan};
+use crate::state::{Expect, StateError, StateStore};
+
+/// What a stage runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageSpec {
+    pub run: RunId,
+    pub stage: u32,
+    /// The executor: "echo", "generate", ...
+    pub kind: String,
+    /// Object-store URL the plan's file paths are relative to.
+    pub input_root: String,
+    /// Object-store URL under which attempts write.
+    pub output_root: String,
+    pub config_json: String,
+    pub tasks: Vec<TaskPlan>,
+}
+
+/// A task handed to a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub lease: LeaseRef,
+    pub attempt: u32,
+    pub kind: String,
+    pub input_root: String,
+    pub input: Vec<RowGroupRange>,
+    pub output_prefix: String,
+    pub config_json: String,
+}
+
+/// One output file of an attempt, as the worker reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The durable record of a committed task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub token: u64,
+    pub worker: String,
+    pub rows_in: u64,
+    pub outputs: Vec<OutputRecord>,
+    /// Input scripts the executor could not process: (sha256, reason).
+    pub quarantined: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("corrupt state record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+pub struct StageManager {
+    spec: StageSpec,
+    book: LeaseBook,
+    store: Arc<dyn StateStore>,
+}
+
+impl StageManager {
+    fn prefix(spec: &StageSpec) -> String {
+        format!("runs/{}/stages/{:03}", spec.run, spec.stage)
+    }
+
+    fn tokens_key(&self) -> String {
+        format!("{}/token-high-water", Self::prefix(&self.spec))
+    }
+
+    fn commit_key(&self, task: TaskId) -> String {
+        format!("{}/committed/{:05}", Self::prefix(&self.spec), task.0)
+    }
+
+    fn quarantine_key(&self, task: TaskId) -> String {
+        format!("{}/quarantined/{:05}", Self::prefix(&self.spec), task.0)
+    }
+
+    /// Opens the stage, rebuilding its state from the durable records: committed and
+    /// quarantined tasks stay so; every other task is queued again.
+    pub async fn open(
+        spec: StageSpec,
+        store: Arc<dyn StateStore>,
+        policy: LeasePolicy,
+        now: Instant,
+    ) -> Result<Self, StageError> {
+        let prefix = Self::prefix(&spec);
+        let floor = match store.get(&format!("{prefix}/token-high-water")).await? {
+            Some(v) => parse_u64(&format!("{prefix}/token-high-water"), &v.value)?,
+            None => 0,
+        };
+        let mut book = LeaseBook::new(spec.tasks.len() as u32, policy, floor, now);
+        for (key, v) in store.list(&format!("{prefix}/committed/")).await? {
+            let record: CommitRecord =
+                serde_json::from_slice(&v.value).map_err(|e| StageError::Corrupt {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+            book.mark_done(task_of(&key)?, record.token);
+        }
+        for (key, v) in store.list(&format!("{prefix}/quarantined/")).await? {
+            let error = String::from_utf8_lossy(&v.value).into_owned();
+            book.mark_quarantined(task_of(&key)?, error);
+        }
+        Ok(Self { spec, book, store })
+    }
+
+    pub fn spec(&self) -> &StageSpec {
+        &self.spec
+    }
+
+    pub fn counts(&self) -> StageCounts {
+        self.book.counts()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.book.is_finished()
+    }
+
+    /// The next task for `worker`, if any; its token is durable before it is returned.
+    pub async fn acquire(
+        &mut self,
+        worker: &WorkerId,
+        now: Instant,
+    ) -> Result<Option<Assignment>, StageError> {
+        let Some(grant) = self.book.acquire(worker, now) else {
+            return Ok(None);
+        };
+        let high = self.book.token_high_water().to_string().into_bytes();
+        self.store
+            .put(&self.tokens_key(), high, Expect::Any)
+            .await?;
+        let plan = &self.spec.tasks[grant.task.0 as usize];
+        let s = &self.spec;
+        Ok(Some(Assignment {
+            lease: LeaseRef {
+                run: s.run.clone(),
+                stage: s.stage,
+                task: grant.task,
+                token: grant.token,
+            },
+            attempt: grant.attempt,
+            kind: s.kind.clone(),
+            input_root: s.input_root.clone(),
+            input: plan.ranges.clone(),
+            output_prefix: format!(
+                "{}/runs/{}/stage-{:03}/task-{:05}/attempt-{}",
+                s.output_root.trim_end_matches('/'),
+                s.run,
+                s.stage,
+                grant.task.0,
+                grant.token
+            ),
+            config_json: s.config_json.clone(),
+        }))
+    }
+
+    /// Renews `worker`'s leases; returns the reported leases it no longer holds.
+    pub fn heartbeat(
+        &mut self,
+        worker: &WorkerId,
+        held: &[LeaseRef],
+        now: Instant,
+    ) -> Vec<LeaseRef> {
+        self.book.heartbeat(worker, now);
+        held.iter()
+            .filter(|l| !self.owns(l) || !self.book.is_live(l.task, l.token, now))
+            .cloned()
+            .collect()
+    }
+
+    fn owns(&self, lease: &LeaseRef) -> bool {
+        lease.run == self.spec.run && lease.stage == self.spec.stage
+    }
+
+    /// Commits an attempt's output if its lease is live and no other attempt committed
+    /// first. `Ok(Err(_))` is a refusal the worker is told about.
+    pub async fn complete(
+        &mut self,
+        worker: &WorkerId,
+        lease: &LeaseRef,
+        rows_in: u64,
+        outputs: Vec<OutputRecord>,
+        quarantined: Vec<(String, String)>,
+        now: Instant,
+    ) -> Result<Result<(), Refusal>, StageError> {
+        if !self.owns(lease) || !self.book.is_live(lease.task, lease.token, now) {
+            return Ok(Err(Refusal::StaleLease(lease.task, lease.token)));
+        }
+        let record = CommitRecord {
+            token: lease.token,
+            worker: worker.0.clone(),
+            rows_in,
+            outputs,
+            quarantined,
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| StageError::Corrupt {
+            key: self.commit_key(lease.task),
+            reason: e.to_string(),
+        })?;
+        match self
+            .store
+            .put(&self.commit_key(lease.task), json, Expect::Absent)
+            .await
+        {
+            Ok(_) => Ok(self.book.complete(lease.task, lease.token, now)),
+            Err(StateError::Conflict { .. }) => {
+                // Another attempt committed first (before a restart of this coordinator).
+                let winner = self.committed(lease.task).await?.map_or(0, |r| r.token);
+                self.book.mark_done(lease.task, winner);
+                Ok(Err(Refusal::StaleLease(lease.task, lease.token)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records a failed attempt; a task out of attempts is quarantined durably.
+    pub async fn fail(
+        &mut self,
+        lease: &LeaseRef,
+        error: &str,
+        now: Instant,
+    ) -> Result<Result<FailOutcome, Refusal>, StageError> {
+        if !self.owns(lease) {
+            return Ok(Err(Refusal::StaleLease(lease.task, lease.token)));
+        }
+        let outcome = match self.book.fail(lease.task, lease.token, error, now) {
+            Ok(o) => o,
+            Err(r) => return Ok(Err(r)),
+        };
+        if outcome == FailOutcome::Quarantined {
+            self.persist_quarantine(lease.task).await?;
+        }
+        Ok(Ok(outcome))
+    }
+
+    /// Expires silent leases; returns the expired (task, token) pairs.
+    pub async fn tick(&mut self, now: Instant) -> Result<Vec<(TaskId, u64)>, StageError> {
+        let expired = self.book.expire(now);
+        for &(task, _) in &expired {
+            if matches!(
+                self.book.state(task),
+                Some(crate::lease_manager::TaskState::Quarantined { .. })
+            ) {
+                self.persist_quarantine(task).await?;
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn persist_quarantine(&self, task: TaskId) -> Result<(), StageError> {
+        let error = self
+            .book
+            .last_error(task)
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec();
+        self.store
+            .put(&self.quarantine_key(task), error, Expect::Any)
+            .await?;
+        tracing::warn!(run = %self.spec.run, stage = self.spec.stage, task = %task, "task quarantined");
+        Ok(())
+    }
+
+    /// The commit record of `task`, if it was committed.
+    pub async fn committed(&self, task: TaskId) -> Result<Option<CommitRecord>, StageError> {
+        let key = self.commit_key(task);
+        match self.store.get(&key).await? {
+            None => Ok(None),
+            Some(v) => {
+                serde_json::from_slice(&v.value)
+                    .map(Some)
+                    .map_err(|e| StageError::Corrupt {
+                        key,
+                        reason: e.to_string(),
+                    })
+            }
+        }
+    }
+}
+
+fn parse_u64(key: &str, bytes: &[u8]) -> Result<u64, StageError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| StageError::Corrupt {
+            key: key.to_string(),
+            reason: "not a number".into(),
+        })
+}
+
+fn task_of(key: &str) -> Result<TaskId, StageError> {
+    key.rsplit('/')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .map(TaskId)
+        .ok_or_else(|| StageError::Corrupt {
+            key: key.to_string(),
+            reason: "no task number".into(),
+        })
+}
