@@ -19,20 +19,34 @@ pub struct EtcdStore {
 }
 
 fn etcd_err(e: etcd_client::Error) -> StateError {
-    match &e {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
-            StateError::Unavailable(e.to_string())
-        }
-        etcd_client::Error::GRpcStatus(s)
-            if matches!(
+    let unavailable = match &e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
                 s.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ) =>
-        {
-            StateError::Unavailable(e.to_string())
+            ) || caused_by_transport(s)
         }
-        _ => StateError::Internal(e.to_string()),
+        _ => false,
+    };
+    if unavailable {
+        StateError::Unavailable(e.to_string())
+    } else {
+        StateError::Internal(e.to_string())
     }
+}
+
+/// A status tonic made from a broken connection (code `Unknown`, "transport error") rather
+/// than an answer from etcd.
+fn caused_by_transport(s: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 impl EtcdStore {
