@@ -8,14 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use automaldesc_common::ids::{RunId, TaskId};
-use automaldesc_common::parquet_io::{dataset_layout, read_dataset, read_file, WriterOptions};
+use automaldesc_common::parquet_io::read_file;
 use automaldesc_common::schema::CorpusRow;
-use automaldesc_common::store::{child, open_store};
-use automaldesc_common::synth::SynthConfig;
-use automaldesc_common::synth_dataset::write_synth_corpus;
+use automaldesc_common::store::open_store;
 use automaldesc_coordinator::grpc_server::{serve_stage, ServeOptions};
 use automaldesc_coordinator::lease_manager::LeasePolicy;
-use automaldesc_coordinator::planner::{plan, InputFile, PlanOptions};
+use automaldesc_coordinator::planner::{plan, PlanOptions};
 use automaldesc_coordinator::stage_manager::{StageManager, StageSpec};
 use automaldesc_coordinator::state::{EmbeddedStore, StateStore};
 use automaldesc_proto::v1;
@@ -24,37 +22,16 @@ use automaldesc_worker::executor::EchoExecutor;
 use automaldesc_worker::worker_process::{run_worker, WorkerOptions};
 use object_store::path::Path;
 
+mod support;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_echo_stage_commits_every_row_once_despite_a_silent_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus").to_str().unwrap().to_string();
-    let opts = WriterOptions {
-        target_file_bytes: 200 << 10,
-        row_group_bytes: 32 << 10,
-        row_group_rows: 40,
-        ..WriterOptions::default()
-    };
-    let cfg = SynthConfig {
-        seed: 5,
-        scale: 0.003,
-        ..SynthConfig::default()
-    };
-    write_synth_corpus(&cfg, &corpus, &opts).await.unwrap();
-    let (input_store, prefix) = open_store(&corpus).unwrap();
-    let unlabelled = child(&prefix, "unlabelled");
-    let layout = dataset_layout(input_store.clone(), &unlabelled)
-        .await
-        .unwrap();
-    let files: Vec<InputFile> = layout.iter().map(InputFile::from).collect();
-    let total: u64 = files
-        .iter()
-        .flat_map(|f| &f.row_groups)
-        .map(|g| g.bytes)
-        .sum();
+    let corpus = support::small_corpus(&dir.path().join("corpus"), 5, 0.003).await;
     let tasks = plan(
-        &files,
+        &corpus.files,
         PlanOptions {
-            target_bytes: total / 8,
+            target_bytes: corpus.total_bytes / 8,
         },
     );
     let n_tasks = tasks.len();
@@ -66,7 +43,7 @@ async fn an_echo_stage_commits_every_row_once_despite_a_silent_worker() {
         run: RunId("run-1".into()),
         stage: 0,
         kind: "echo".into(),
-        input_root: corpus.clone(),
+        input_root: corpus.url.clone(),
         output_root: dir.path().join("out").to_str().unwrap().to_string(),
         config_json: "{}".into(),
         tasks,
@@ -186,10 +163,5 @@ async fn an_echo_stage_commits_every_row_once_despite_a_silent_worker() {
         }
         assert_eq!(rows, record.rows_in);
     }
-    let all: Vec<CorpusRow> = read_dataset(input_store, &unlabelled).await.unwrap();
-    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
-    for r in all {
-        *expected.entry(r.sha256).or_default() += 1;
-    }
-    assert_eq!(seen, expected);
+    assert_eq!(seen, corpus.sha_counts().await);
 }
