@@ -286,13 +286,21 @@ pub struct ServeOptions {
     pub tick: Duration,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the stage's event loop failed: {0}")]
+    Loop(String),
+}
+
 /// Serves one stage on `listener` until `shutdown` resolves; returns the stage's manager.
 pub async fn serve_stage(
     listener: tokio::net::TcpListener,
     manager: StageManager,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<StageManager, tonic::transport::Error> {
+) -> Result<StageManager, ServeError> {
     let (tx, handle) = spawn_stage_loop(manager, opts.tick);
     let svc = WorkerGrpc {
         tx,
@@ -307,5 +315,5 @@ pub async fn serve_stage(
         )
         .await?;
     // The service (and its sender) is dropped with the server: the loop ends.
-    Ok(handle.await.expect("the stage loop panicked"))
+    handle.await.map_err(|e| ServeError::Loop(e.to_string()))
 }
