@@ -232,14 +232,7 @@ pub fn annotate(args: BenchAnnotateArgs) -> anyhow::Result<()> {
             ..base.clone()
         };
         let (results, stats, secs) = annotate(&annotator, &scripts, &opts);
-        let correct = results
-            .iter()
-            .zip(&truth)
-            .filter(|(r, t)| {
-                let ones = r.samples.iter().filter(|s| s.label == Some(1)).count();
-                u8::from(2 * ones > r.samples.len()) == t.label.as_u8()
-            })
-            .count();
+        let correct = crate::labelled_split::score_counts(&results, &truth).majority_ok;
         println!(
             "| {} | {secs:.1} | {:.3} | {} ({:.1}) | {} ({:.1}) | {} | {} | {} | {}/{} |",
             if early { "on" } else { "off" },

@@ -37,33 +37,58 @@ pub fn read(
     Ok((out, labels))
 }
 
+/// Counts behind [`score`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScoreCounts {
+    pub scripts: usize,
+    pub samples: usize,
+    pub label_ok: usize,
+    /// Scripts whose majority label over their samples is right.
+    pub majority_ok: usize,
+    pub language_ok: usize,
+    pub unparsed: usize,
+}
+
 /// Label and language accuracy per sample and by majority over a script's samples.
-pub fn score(results: &[ScriptAnnotation], truth: &[LabelledRow]) -> String {
-    let (mut n, mut label_ok, mut lang_ok, mut unparsed) = (0, 0, 0, 0);
-    let mut majority_ok = 0;
+pub fn score_counts(results: &[ScriptAnnotation], truth: &[LabelledRow]) -> ScoreCounts {
+    let mut c = ScoreCounts {
+        scripts: results.len(),
+        ..ScoreCounts::default()
+    };
     for (r, t) in results.iter().zip(truth) {
         let want = t.label.as_u8();
         let mut votes = [0usize; 2];
         for s in &r.samples {
-            n += 1;
+            c.samples += 1;
             if serde_json::from_str::<serde_json::Value>(&s.response).is_err() {
-                unparsed += 1;
+                c.unparsed += 1;
             }
             if let Some(l) = s.label {
                 votes[usize::from(l)] += 1;
-                label_ok += usize::from(l == want);
+                c.label_ok += usize::from(l == want);
             }
-            lang_ok += usize::from(s.language.as_deref() == Some(t.language.as_str()));
+            c.language_ok += usize::from(s.language.as_deref() == Some(t.language.as_str()));
         }
-        let vote = u8::from(votes[1] > votes[0]);
-        majority_ok += usize::from(vote == want);
+        c.majority_ok += usize::from(u8::from(votes[1] > votes[0]) == want);
     }
+    c
+}
+
+/// [`score_counts`] as a small report.
+pub fn score(results: &[ScriptAnnotation], truth: &[LabelledRow]) -> String {
+    let ScoreCounts {
+        scripts,
+        samples: n,
+        label_ok,
+        majority_ok,
+        language_ok: lang_ok,
+        unparsed,
+    } = score_counts(results, truth);
     let pct = |a: usize, b: usize| 100.0 * a as f64 / b.max(1) as f64;
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "scored {} scripts, {n} samples against the labels:",
-        results.len()
+        "scored {scripts} scripts, {n} samples against the labels:"
     );
     let _ = writeln!(
         s,
@@ -73,7 +98,7 @@ pub fn score(results: &[ScriptAnnotation], truth: &[LabelledRow]) -> String {
     let _ = writeln!(
         s,
         "  label accuracy, majority vote {:5.1}%",
-        pct(majority_ok, results.len())
+        pct(majority_ok, scripts)
     );
     let _ = writeln!(
         s,

@@ -43,6 +43,12 @@ fn io_err(path: &Path, e: std::io::Error) -> StateError {
     StateError::Internal(format!("{}: {e}", path.display()))
 }
 
+fn lock(inner: &Mutex<Inner>) -> Result<std::sync::MutexGuard<'_, Inner>> {
+    inner
+        .lock()
+        .map_err(|_| StateError::Internal("state store lock poisoned".into()))
+}
+
 fn encode(tag: u8, revision: u64, key: &str, value: &[u8]) -> Vec<u8> {
     let mut rec = Vec::with_capacity(HEADER + key.len() + value.len() + CHECK);
     rec.push(tag);
@@ -144,14 +150,9 @@ impl EmbeddedStore {
     ) -> BoxFuture<'static, Result<T>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut guard = inner
-                    .lock()
-                    .map_err(|_| StateError::Internal("state store lock poisoned".into()))?;
-                op(&mut guard)
-            })
-            .await
-            .map_err(|e| StateError::Internal(format!("state store task failed: {e}")))?
+            tokio::task::spawn_blocking(move || op(&mut *lock(&inner)?))
+                .await
+                .map_err(|e| StateError::Internal(format!("state store task failed: {e}")))?
         })
     }
 }
@@ -252,11 +253,7 @@ impl StateStore for EmbeddedStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>>> {
         Box::pin(async move {
             check_key(key)?;
-            let inner = self
-                .inner
-                .lock()
-                .map_err(|_| StateError::Internal("state store lock poisoned".into()))?;
-            Ok(inner.map.get(key).cloned())
+            Ok(lock(&self.inner)?.map.get(key).cloned())
         })
     }
 
@@ -283,11 +280,7 @@ impl StateStore for EmbeddedStore {
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<(String, Versioned)>>> {
         Box::pin(async move {
-            let inner = self
-                .inner
-                .lock()
-                .map_err(|_| StateError::Internal("state store lock poisoned".into()))?;
-            Ok(inner
+            Ok(lock(&self.inner)?
                 .map
                 .range(prefix.to_string()..)
                 .take_while(|(k, _)| k.starts_with(prefix))

@@ -73,8 +73,6 @@ pub struct GenStats {
     pub prefill_secs: f64,
     /// Tokens produced by samples (one per sample per decode step).
     pub decode_tokens: usize,
-    /// Batch rows computed by decode steps (only samples still generating take a row).
-    pub decode_rows: usize,
     pub decode_steps: usize,
     pub decode_secs: f64,
     pub early_stopped: usize,
@@ -199,7 +197,6 @@ impl Engine<'_> {
                     stats.decode_tokens += 1;
                 }
             }
-            stats.decode_rows += live.len();
             stats.decode_steps += 1;
             stats.decode_secs += started.elapsed().as_secs_f64();
         }

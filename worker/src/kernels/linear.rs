@@ -114,21 +114,14 @@ unsafe fn panel_product(
 ) {
     let panel = &packed[p * k * PANEL..][..k * PANEL];
     let cols = (n - p * PANEL).min(PANEL);
-    let mut r = 0;
-    while r < m {
-        let rows = (m - r).min(MR);
-        let xs = &x[r * k..(r + rows) * k];
-        let dst = out.add(r * n + p * PANEL);
-        #[cfg(target_arch = "x86_64")]
-        if fast {
-            avx512::block(xs, rows, k, panel, dst, n, cols);
-            r += rows;
-            continue;
-        }
-        let _ = fast;
-        block_generic(xs, rows, k, panel, dst, n, cols);
-        r += rows;
+    let dst = out.add(p * PANEL);
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        avx512::block(x, m, k, panel, dst, n, cols);
+        return;
     }
+    let _ = fast;
+    block_generic(x, m, k, panel, dst, n, cols);
 }
 
 fn has_avx512() -> bool {

@@ -76,8 +76,7 @@ impl KvCache {
         let idx = self.row_indices(t, &device);
         let k = k.reshape([b * h * t, d]);
         let v = v.reshape([b * h * t, d]);
-        let kc = std::mem::replace(&mut self.k[layer], Tensor::empty([0, d], &device));
-        let vc = std::mem::replace(&mut self.v[layer], Tensor::empty([0, d], &device));
+        let (kc, vc) = self.take_layer(layer);
         self.k[layer] = kc.select_assign(0, idx.clone(), k, IndexingUpdateOp::Assign);
         self.v[layer] = vc.select_assign(0, idx, v, IndexingUpdateOp::Assign);
         (
@@ -125,7 +124,6 @@ impl KvCache {
             self.capacity
         );
         let device = self.k[0].device();
-        let d = self.head_dim;
         let mut from = Vec::with_capacity(self.kv_heads * len);
         let mut to = Vec::with_capacity(self.kv_heads * len);
         for h in 0..self.kv_heads {
@@ -140,8 +138,7 @@ impl KvCache {
         for layer in 0..self.k.len() {
             let rows_k = other.k[layer].clone().select(0, from.clone());
             let rows_v = other.v[layer].clone().select(0, from.clone());
-            let kc = std::mem::replace(&mut self.k[layer], Tensor::empty([0, d], &device));
-            let vc = std::mem::replace(&mut self.v[layer], Tensor::empty([0, d], &device));
+            let (kc, vc) = self.take_layer(layer);
             self.k[layer] = kc.select_assign(0, to.clone(), rows_k, IndexingUpdateOp::Assign);
             self.v[layer] = vc.select_assign(0, to.clone(), rows_v, IndexingUpdateOp::Assign);
         }

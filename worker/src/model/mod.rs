@@ -177,12 +177,11 @@ impl Llama {
         slots: &[usize],
     ) -> Tensor<2> {
         assert_eq!(tokens.len(), slots.len() * t, "tokens must be slots * t");
-        let x = self.embed_tokens(tokens);
-        if self.reference_ops || !crate::kernels::native(&x) {
+        if self.reference_ops || !crate::kernels::native(&self.embed.val()) {
             return reference::forward(self, tokens, t, cache, slots);
         }
         let eps = self.config.rms_norm_eps;
-        let mut x = x;
+        let mut x = self.embed_tokens(tokens);
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = crate::kernels::rms_norm(x.clone(), &block.attn_norm.val(), eps);
             x = x + self.attention_fused(h, block, layer, cache, t, slots);

@@ -22,6 +22,18 @@ pub struct Packed {
     pub out_features: usize,
 }
 
+impl Packed {
+    /// The `[in, out]` matrix again.
+    fn unpacked(&self) -> Tensor<2> {
+        let inp = self.panels.dims()[1];
+        let data = kernels::linear::unpack(&to_vec(self.panels.val()), inp, self.out_features);
+        Tensor::from_data(
+            TensorData::new(data, [inp, self.out_features]),
+            &self.panels.device(),
+        )
+    }
+}
+
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
@@ -68,14 +80,7 @@ impl Weight {
             Self::Packed(p) if kernels::native(&x) => {
                 kernels::linear(x, p.panels.val(), p.out_features)
             }
-            Self::Packed(_) => x.matmul(self.to_plain().plain_tensor()),
-        }
-    }
-
-    fn plain_tensor(&self) -> Tensor<2> {
-        match self {
-            Self::Plain(w) => w.val(),
-            Self::Packed(_) => self.to_plain().plain_tensor(),
+            Self::Packed(p) => x.matmul(p.unpacked()),
         }
     }
 
@@ -96,12 +101,7 @@ impl Weight {
     pub fn to_plain(&self) -> Self {
         match self {
             Self::Plain(w) => Self::Plain(w.clone()),
-            Self::Packed(p) => {
-                let [inp, out] = self.dims();
-                let device = p.panels.device();
-                let data = kernels::linear::unpack(&to_vec(p.panels.val()), inp, out);
-                Self::plain(data, [inp, out], &device)
-            }
+            Self::Packed(p) => Self::Plain(Param::from_tensor(p.unpacked())),
         }
     }
 }
