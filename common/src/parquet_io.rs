@@ -28,7 +28,8 @@ use crate::store::child;
 pub struct WriterOptions {
     /// A new file starts once the current one reaches this many bytes on storage.
     pub target_file_bytes: u64,
-    /// Rows are buffered into a row group until their in-memory size reaches this.
+    /// Rows are buffered into a row group until their in-memory size reaches this. Row
+    /// groups are the units the coordinator plans tasks from, so they stay small.
     pub row_group_bytes: u64,
     /// ...or until this many rows are buffered, whichever comes first.
     pub row_group_rows: usize,
@@ -41,7 +42,7 @@ impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
             target_file_bytes: 128 << 20,
-            row_group_bytes: 8 << 20,
+            row_group_bytes: 1 << 20,
             row_group_rows: 100_000,
             file_stem: "part".to_string(),
             zstd_level: 3,
@@ -276,21 +277,33 @@ async fn builder(
     Ok(ParquetRecordBatchStreamBuilder::new(reader).await?)
 }
 
-/// Row-group counts and row counts of every file of a dataset, read from footers only.
+/// Row-group counts and row counts of one file, read from its footer.
+pub async fn file_layout(store: Arc<dyn ObjectStore>, path: &Path) -> Result<FileLayout> {
+    let size_bytes = match store.head(path).await {
+        Ok(m) => m.size,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(Error::NotFound(format!("parquet file {path}")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let b = builder(store, path).await?;
+    let groups = b.metadata().row_groups();
+    Ok(FileLayout {
+        path: path.clone(),
+        size_bytes,
+        row_group_rows: groups.iter().map(|g| g.num_rows() as u64).collect(),
+        row_group_bytes: groups
+            .iter()
+            .map(|g| g.total_byte_size().max(0) as u64)
+            .collect(),
+    })
+}
+
+/// [`file_layout`] of every file of a dataset.
 pub async fn dataset_layout(store: Arc<dyn ObjectStore>, prefix: &Path) -> Result<Vec<FileLayout>> {
     let mut out = Vec::new();
     for meta in list_parquet(store.as_ref(), prefix).await? {
-        let b = builder(store.clone(), &meta.location).await?;
-        let groups = b.metadata().row_groups();
-        out.push(FileLayout {
-            path: meta.location,
-            size_bytes: meta.size,
-            row_group_rows: groups.iter().map(|g| g.num_rows() as u64).collect(),
-            row_group_bytes: groups
-                .iter()
-                .map(|g| g.total_byte_size().max(0) as u64)
-                .collect(),
-        });
+        out.push(file_layout(store.clone(), &meta.location).await?);
     }
     Ok(out)
 }

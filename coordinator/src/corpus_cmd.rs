@@ -18,8 +18,9 @@ pub struct SizingArgs {
     /// Target size of each Parquet file, in MiB.
     #[arg(long, default_value_t = 128)]
     pub target_file_mib: u64,
-    /// Target in-memory size of each row group, in MiB.
-    #[arg(long, default_value_t = 8)]
+    /// Target in-memory size of each row group, in MiB. A row group is the smallest piece
+    /// of a dataset a task can hold, so smaller row groups spread work more evenly.
+    #[arg(long, default_value_t = 1)]
     pub row_group_mib: u64,
 }
 

@@ -1,31 +1,43 @@
-//! The worker service over gRPC. Each request becomes a command to the stage's event loop,
-//! the only owner of the `StageManager`; the loop also expires silent leases on a timer.
+//! The coordinator's gRPC services: WorkerService for workers and ControlService for
+//! operators. Each request becomes a command to one event loop, the only owner of the
+//! [`RunManager`]; the loop also expires silent leases on a timer. Both services sit behind
+//! the bearer-token check and, when configured, TLS.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-use automaldesc_common::ids::{LeaseRef, WorkerId};
+use automaldesc_common::ids::{LeaseRef, RunId, WorkerId};
+use automaldesc_proto::security::{RequireToken, ServerTlsFiles};
+use automaldesc_proto::v1::control_service_server::{ControlService, ControlServiceServer};
 use automaldesc_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use automaldesc_proto::{require, v1, worker_id, PROTOCOL_VERSION};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use futures::Stream;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::lease_manager::{FailOutcome, Refusal};
-use crate::stage_manager::{Assignment, OutputRecord, StageError, StageManager};
+use crate::run_manager::{RunError, RunManager, RunPhase, RunStatus};
+use crate::run_spec::RunSpec;
+use crate::stage_manager::{Assignment, OutputRecord, StageError};
 use crate::state::StateError;
 
-type Reply<T> = oneshot::Sender<Result<T, StageError>>;
+/// How long a worker told "nothing now" waits before asking again.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+type Reply<T> = oneshot::Sender<Result<T, RunError>>;
 
 enum Command {
     Heartbeat {
         worker: WorkerId,
         leases: Vec<LeaseRef>,
+        draining: bool,
         reply: oneshot::Sender<Vec<LeaseRef>>,
     },
     Acquire {
         worker: WorkerId,
+        kinds: Vec<String>,
         reply: Reply<(Option<Assignment>, bool)>,
     },
     Complete {
@@ -39,51 +51,148 @@ enum Command {
     Fail {
         lease: LeaseRef,
         error: String,
-        reply: Reply<Result<FailOutcome, Refusal>>,
+        released: bool,
+        reply: Reply<Result<Option<FailOutcome>, Refusal>>,
+    },
+    Submit {
+        id: Option<RunId>,
+        spec: RunSpec,
+        reply: Reply<RunStatus>,
+    },
+    Get {
+        id: RunId,
+        reply: Reply<RunStatus>,
+    },
+    List {
+        reply: oneshot::Sender<Vec<RunStatus>>,
+    },
+    Watch {
+        id: RunId,
+        reply: Reply<watch::Receiver<RunStatus>>,
+    },
+    Cancel {
+        id: RunId,
+        reply: Reply<RunStatus>,
     },
 }
 
-/// Runs the stage's event loop until every sender is dropped; returns the manager.
-fn spawn_stage_loop(
-    mut manager: StageManager,
-    tick: Duration,
-) -> (mpsc::Sender<Command>, JoinHandle<StageManager>) {
-    let (tx, mut rx) = mpsc::channel::<Command>(256);
-    let handle = tokio::spawn(async move {
-        let mut timer = tokio::time::interval(tick);
-        loop {
-            tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    None => break,
-                    Some(cmd) => handle(&mut manager, cmd).await,
-                },
-                _ = timer.tick() => {
-                    if let Err(e) = manager.tick(Instant::now()).await {
-                        tracing::warn!(error = %e, "expiring leases failed; retrying on the next tick");
-                    }
-                }
-            }
-        }
-        manager
-    });
-    (tx, handle)
+/// How the coordinator paces its workers and when it stops.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub heartbeat_interval: Duration,
+    pub lease_ttl: Duration,
+    /// How often silent leases are looked for.
+    pub tick: Duration,
+    /// Stop serving once no run is running (a batch job's coordinator); workers are told
+    /// the work is finished.
+    pub exit_when_done: bool,
+    pub token: RequireToken,
+    pub tls: Option<ServerTlsFiles>,
 }
 
-async fn handle(m: &mut StageManager, cmd: Command) {
+impl ServeOptions {
+    /// Plain (no TLS, no token) serving with the given lease TTL.
+    pub fn plain(lease_ttl: Duration) -> Self {
+        Self {
+            heartbeat_interval: lease_ttl / 5,
+            lease_ttl,
+            tick: (lease_ttl / 10).max(Duration::from_millis(20)),
+            exit_when_done: false,
+            token: RequireToken::default(),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Security(#[from] automaldesc_proto::security::SecurityError),
+    /// Another coordinator leads now; this one must stop.
+    #[error("leadership lost: {0}")]
+    Fenced(String),
+    #[error("the coordinator's event loop failed: {0}")]
+    Loop(String),
+}
+
+/// Why the event loop ended.
+enum LoopEnd {
+    /// Every sender dropped (the server stopped).
+    Closed,
+    /// No run is running and `exit_when_done` is set.
+    Done,
+    Fenced(String),
+}
+
+async fn event_loop(
+    manager: &mut RunManager,
+    rx: &mut mpsc::Receiver<Command>,
+    opts: &ServeOptions,
+) -> LoopEnd {
+    let mut timer = tokio::time::interval(opts.tick);
+    // Once done, keep answering for a while so polling workers (they ask every
+    // `RETRY_AFTER`) learn it.
+    let mut done_since: Option<Instant> = None;
+    loop {
+        let result = tokio::select! {
+            cmd = rx.recv() => match cmd {
+                None => return LoopEnd::Closed,
+                Some(cmd) => handle(manager, cmd, opts.exit_when_done).await,
+            },
+            _ = timer.tick() => manager.tick(Instant::now()).await,
+        };
+        if let Err(e) = result {
+            return LoopEnd::Fenced(e.to_string());
+        }
+        if opts.exit_when_done && manager.idle() {
+            let since = *done_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= RETRY_AFTER * 5 {
+                return LoopEnd::Done;
+            }
+        }
+    }
+}
+
+/// Handles one command; only a lost leadership is an error for the loop.
+async fn handle(m: &mut RunManager, cmd: Command, exit_when_done: bool) -> Result<(), RunError> {
     let now = Instant::now();
-    // A dropped reply means the caller went away; nothing to do about it.
+    // A reply the caller no longer waits for is dropped: nothing to do about it.
+    fn answer<T>(reply: Reply<T>, r: Result<T, RunError>) -> Result<(), RunError> {
+        match r {
+            Err(e) if e.is_fenced() => {
+                let msg = e.to_string();
+                let _ = reply.send(Err(e));
+                Err(RunError::Stage(StageError::State(StateError::Fenced(msg))))
+            }
+            r => {
+                let _ = reply.send(r);
+                Ok(())
+            }
+        }
+    }
     match cmd {
         Command::Heartbeat {
             worker,
             leases,
+            draining,
             reply,
         } => {
+            if draining {
+                tracing::debug!(worker_id = %worker, "worker draining");
+            }
             let _ = reply.send(m.heartbeat(&worker, &leases, now));
+            Ok(())
         }
-        Command::Acquire { worker, reply } => {
-            let r = m.acquire(&worker, now).await;
-            let finished = m.is_finished();
-            let _ = reply.send(r.map(|a| (a, finished)));
+        Command::Acquire {
+            worker,
+            kinds,
+            reply,
+        } => {
+            let r = m.acquire(&worker, &kinds, now).await;
+            let finished = exit_when_done && m.idle();
+            answer(reply, r.map(|a| (a, finished)))
         }
         Command::Complete {
             worker,
@@ -96,42 +205,99 @@ async fn handle(m: &mut StageManager, cmd: Command) {
             let r = m
                 .complete(&worker, &lease, rows_in, outputs, quarantined, now)
                 .await;
-            let _ = reply.send(r);
+            answer(reply, r)
         }
         Command::Fail {
             lease,
             error,
+            released,
             reply,
-        } => {
-            let _ = reply.send(m.fail(&lease, &error, now).await);
+        } => answer(reply, m.fail(&lease, &error, released, now).await),
+        Command::Submit { id, spec, reply } => answer(reply, m.submit(id, spec).await),
+        Command::Get { id, reply } => answer(reply, m.status(&id)),
+        Command::List { reply } => {
+            let _ = reply.send(m.list());
+            Ok(())
         }
+        Command::Watch { id, reply } => answer(reply, m.subscribe(&id)),
+        Command::Cancel { id, reply } => answer(reply, m.cancel(&id).await),
     }
 }
 
-fn status(e: StageError) -> Status {
-    match e {
-        StageError::State(StateError::Unavailable(m)) => Status::unavailable(m),
-        other => Status::internal(other.to_string()),
+fn status(e: RunError) -> Status {
+    match &e {
+        RunError::NotFound(_) => Status::not_found(e.to_string()),
+        RunError::Exists(_) => Status::already_exists(e.to_string()),
+        RunError::Spec(_) | RunError::BadId(_) => Status::invalid_argument(e.to_string()),
+        _ if e.is_transient() || e.is_fenced() => Status::unavailable(e.to_string()),
+        RunError::Data { .. } => Status::failed_precondition(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn phase(p: RunPhase) -> v1::RunState {
+    match p {
+        RunPhase::Running => v1::RunState::Running,
+        RunPhase::Succeeded => v1::RunState::Succeeded,
+        RunPhase::Failed => v1::RunState::Failed,
+        RunPhase::Cancelled => v1::RunState::Cancelled,
+    }
+}
+
+/// The wire form of a run's status.
+pub fn to_proto(s: RunStatus) -> v1::RunStatus {
+    v1::RunStatus {
+        run_id: s.id.0,
+        state: phase(s.phase) as i32,
+        error: s.error,
+        stages_total: s.stages_total,
+        stages: s
+            .stages
+            .into_iter()
+            .map(|st| v1::StageProgress {
+                iteration: 0,
+                kind: st.kind,
+                tasks_total: st.counts.total,
+                tasks_done: st.counts.done,
+                tasks_leased: st.counts.leased,
+                tasks_quarantined: st.counts.quarantined,
+                scripts_done: st.totals.scripts_done,
+                tokens: 0,
+                index: st.index,
+                rows_out: st.totals.rows_out,
+                scripts_quarantined: st.totals.scripts_quarantined
+                    + st.totals.scripts_in_quarantined_tasks,
+                completions_refused: st.totals.completions_refused,
+                leases_expired: st.totals.leases_expired,
+                attempts_failed: st.totals.attempts_failed,
+                scripts_total: st.totals.scripts_total,
+            })
+            .collect(),
     }
 }
 
 #[derive(Clone)]
-pub struct WorkerGrpc {
+struct Loop {
     tx: mpsc::Sender<Command>,
-    heartbeat_interval: Duration,
-    lease_ttl: Duration,
 }
 
-impl WorkerGrpc {
+impl Loop {
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(make(reply))
             .await
-            .map_err(|_| Status::unavailable("the stage is closed"))?;
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         rx.await
-            .map_err(|_| Status::internal("the stage loop dropped a request"))
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))
     }
+}
+
+#[derive(Clone)]
+struct WorkerGrpc {
+    inner: Loop,
+    heartbeat_interval: Duration,
+    lease_ttl: Duration,
 }
 
 #[tonic::async_trait]
@@ -149,7 +315,8 @@ impl WorkerService for WorkerGrpc {
         }
         let worker = worker_id(r.worker_id)?;
         let caps = r.capabilities.unwrap_or_default();
-        tracing::info!(worker_id = %worker, backend = %caps.backend, slots = caps.slots, "worker registered");
+        tracing::info!(worker_id = %worker, backend = %caps.backend, slots = caps.slots,
+            kinds = ?caps.stage_kinds, "worker registered");
         Ok(Response::new(v1::RegisterResponse {
             protocol_version: PROTOCOL_VERSION,
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
@@ -169,9 +336,11 @@ impl WorkerService for WorkerGrpc {
             .map(LeaseRef::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         let lost = self
+            .inner
             .ask(|reply| Command::Heartbeat {
                 worker,
                 leases,
+                draining: r.draining,
                 reply,
             })
             .await?;
@@ -184,9 +353,15 @@ impl WorkerService for WorkerGrpc {
         &self,
         req: Request<v1::AcquireTaskRequest>,
     ) -> Result<Response<v1::AcquireTaskResponse>, Status> {
-        let worker = worker_id(req.into_inner().worker_id)?;
+        let r = req.into_inner();
+        let worker = worker_id(r.worker_id)?;
         let (task, finished) = self
-            .ask(|reply| Command::Acquire { worker, reply })
+            .inner
+            .ask(|reply| Command::Acquire {
+                worker,
+                kinds: r.stage_kinds,
+                reply,
+            })
             .await?
             .map_err(status)?;
         Ok(Response::new(v1::AcquireTaskResponse {
@@ -207,7 +382,7 @@ impl WorkerService for WorkerGrpc {
                 attempt: a.attempt,
                 input_root: a.input_root,
             }),
-            retry_after_ms: 200,
+            retry_after_ms: RETRY_AFTER.as_millis() as u64,
             finished,
         }))
     }
@@ -235,6 +410,7 @@ impl WorkerService for WorkerGrpc {
             .map(|q| (q.sha256, q.reason))
             .collect();
         let outcome = self
+            .inner
             .ask(|reply| Command::Complete {
                 worker,
                 lease,
@@ -264,9 +440,11 @@ impl WorkerService for WorkerGrpc {
         let r = req.into_inner();
         let lease = LeaseRef::try_from(require(r.lease, "lease")?)?;
         let outcome = self
+            .inner
             .ask(|reply| Command::Fail {
                 lease,
                 error: r.error,
+                released: r.released,
                 reply,
             })
             .await?
@@ -277,43 +455,156 @@ impl WorkerService for WorkerGrpc {
     }
 }
 
-/// How the coordinator paces its workers.
-#[derive(Clone, Copy, Debug)]
-pub struct ServeOptions {
-    pub heartbeat_interval: Duration,
-    pub lease_ttl: Duration,
-    /// How often silent leases are looked for.
-    pub tick: Duration,
+#[derive(Clone)]
+struct ControlGrpc {
+    inner: Loop,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error(transparent)]
-    Transport(#[from] tonic::transport::Error),
-    #[error("the stage's event loop failed: {0}")]
-    Loop(String),
+fn run_id(v: String) -> Result<RunId, Status> {
+    if v.is_empty() {
+        return Err(Status::invalid_argument("missing field run_id"));
+    }
+    Ok(RunId(v))
 }
 
-/// Serves one stage on `listener` until `shutdown` resolves; returns the stage's manager.
-pub async fn serve_stage(
+type StatusStream = Pin<Box<dyn Stream<Item = Result<v1::RunStatus, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlService for ControlGrpc {
+    async fn submit_run(
+        &self,
+        req: Request<v1::SubmitRunRequest>,
+    ) -> Result<Response<v1::RunStatus>, Status> {
+        let r = req.into_inner();
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol version {} is not {PROTOCOL_VERSION}",
+                r.protocol_version
+            )));
+        }
+        let spec = RunSpec::from_toml(&r.config_toml)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = (!r.run_id.is_empty()).then(|| RunId(r.run_id));
+        let s = self
+            .inner
+            .ask(|reply| Command::Submit { id, spec, reply })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(to_proto(s)))
+    }
+
+    async fn get_run(
+        &self,
+        req: Request<v1::RunRequest>,
+    ) -> Result<Response<v1::RunStatus>, Status> {
+        let id = run_id(req.into_inner().run_id)?;
+        let s = self
+            .inner
+            .ask(|reply| Command::Get { id, reply })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(to_proto(s)))
+    }
+
+    async fn list_runs(
+        &self,
+        _req: Request<v1::ListRunsRequest>,
+    ) -> Result<Response<v1::ListRunsResponse>, Status> {
+        let runs = self.inner.ask(|reply| Command::List { reply }).await?;
+        Ok(Response::new(v1::ListRunsResponse {
+            runs: runs.into_iter().map(to_proto).collect(),
+        }))
+    }
+
+    type WatchRunStream = StatusStream;
+
+    async fn watch_run(
+        &self,
+        req: Request<v1::RunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let id = run_id(req.into_inner().run_id)?;
+        let rx = self
+            .inner
+            .ask(|reply| Command::Watch { id, reply })
+            .await?
+            .map_err(status)?;
+        // The current status first, then every change, until the run ends.
+        let stream = futures::stream::unfold((rx, true, false), |(mut rx, first, ended)| async move {
+            if ended || (!first && rx.changed().await.is_err()) {
+                return None;
+            }
+            let s = rx.borrow_and_update().clone();
+            let ended = s.phase != RunPhase::Running;
+            Some((Ok(to_proto(s)), (rx, false, ended)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_run(
+        &self,
+        req: Request<v1::RunRequest>,
+    ) -> Result<Response<v1::RunStatus>, Status> {
+        let id = run_id(req.into_inner().run_id)?;
+        let s = self
+            .inner
+            .ask(|reply| Command::Cancel { id, reply })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(to_proto(s)))
+    }
+}
+
+/// Serves both services on `listener` until `shutdown` resolves (or, with
+/// `exit_when_done`, until no run is running); returns the manager.
+pub async fn serve(
     listener: tokio::net::TcpListener,
-    manager: StageManager,
+    mut manager: RunManager,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<StageManager, ServeError> {
-    let (tx, handle) = spawn_stage_loop(manager, opts.tick);
-    let svc = WorkerGrpc {
-        tx,
+) -> Result<RunManager, ServeError> {
+    let (tx, mut rx) = mpsc::channel::<Command>(1024);
+    let inner = Loop { tx };
+    let workers = WorkerGrpc {
+        inner: inner.clone(),
         heartbeat_interval: opts.heartbeat_interval,
         lease_ttl: opts.lease_ttl,
     };
-    tonic::transport::Server::builder()
-        .add_service(WorkerServiceServer::new(svc))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await?;
-    // The service (and its sender) is dropped with the server: the loop ends.
-    handle.await.map_err(|e| ServeError::Loop(e.to_string()))
+    let control = ControlGrpc { inner };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &opts.tls {
+        builder = builder.tls_config(tls.load()?)?;
+    }
+    let router = builder
+        .add_service(WorkerServiceServer::with_interceptor(
+            workers,
+            opts.token.clone(),
+        ))
+        .add_service(ControlServiceServer::with_interceptor(
+            control,
+            opts.token.clone(),
+        ));
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = router.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop_rx => {}
+            }
+        },
+    );
+    let loop_opts = opts.clone();
+    let event_loop = async move {
+        let end = event_loop(&mut manager, &mut rx, &loop_opts).await;
+        // Stop the server (if it is not stopping already); the loop is over.
+        let _ = stop_tx.send(());
+        (manager, end)
+    };
+    let (served, (mut manager, end)) = tokio::join!(server, event_loop);
+    served?;
+    manager.drain();
+    match end {
+        LoopEnd::Fenced(msg) => Err(ServeError::Fenced(msg)),
+        LoopEnd::Closed | LoopEnd::Done => Ok(manager),
+    }
 }

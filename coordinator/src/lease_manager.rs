@@ -62,7 +62,7 @@ pub enum FailOutcome {
     Quarantined,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StageCounts {
     pub total: u32,
     pub done: u32,
@@ -274,6 +274,18 @@ impl LeaseBook {
         e.leases.remove(at);
         e.last_error = Some(error.to_string());
         Ok(self.after_attempt(task.0 as usize, now))
+    }
+
+    /// Takes back the lease `token` unfinished (its worker is shutting down): with no other
+    /// lease on it, the task is queued again at once, and no attempt is counted.
+    pub fn release(&mut self, task: TaskId, token: u64, now: Instant) -> Result<(), Refusal> {
+        let at = self.live_lease(task, token, now)?;
+        let e = &mut self.entries[task.0 as usize];
+        e.leases.remove(at);
+        if e.leases.is_empty() {
+            e.state = TaskState::Queued { ready_at: now };
+        }
+        Ok(())
     }
 
     /// Drops leases whose TTL passed; a task left without a lease counts an attempt and is

@@ -4,11 +4,14 @@
 
 pub mod annotate_cmd;
 pub mod bench_cmd;
+pub mod cluster_cmd;
 pub mod corpus_cmd;
 pub mod device;
 pub mod grpc_server;
 pub mod labelled_split;
 pub mod lease_manager;
 pub mod planner;
+pub mod run_manager;
+pub mod run_spec;
 pub mod stage_manager;
 pub mod state;

@@ -1,5 +1,6 @@
 //! The `automaldesc` binary: parses arguments and calls the library crates.
 
+use automaldesc_coordinator::cluster_cmd as cluster;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -20,6 +21,19 @@ enum Command {
     Corpus(automaldesc_coordinator::corpus_cmd::CorpusCmd),
     /// Annotate script files: one JSON line per script with verdict, summary and timings.
     Annotate(automaldesc_coordinator::annotate_cmd::AnnotateArgs),
+    /// Run a whole run on this machine: a coordinator and workers in one process, with the
+    /// embedded state store (a run interrupted here resumes when started again).
+    Local(cluster::LocalArgs),
+    /// Serve as a cluster's coordinator (state in etcd with leader election, or embedded).
+    Coordinator(cluster::CoordinatorArgs),
+    /// Serve as a cluster's worker: lease tasks from the coordinator and run them.
+    Worker(cluster::WorkerArgs),
+    /// Submit a run spec to a coordinator.
+    Submit(cluster::SubmitArgs),
+    /// Show runs on a coordinator (one run, optionally followed until it ends).
+    Status(cluster::StatusArgs),
+    /// Cancel a run.
+    Cancel(cluster::CancelArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -47,6 +61,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Corpus(cmd) => automaldesc_coordinator::corpus_cmd::run(cmd),
         Command::Annotate(args) => automaldesc_coordinator::annotate_cmd::run(args),
+        Command::Local(args) => cluster::local(args),
+        Command::Coordinator(args) => cluster::coordinator(args),
+        Command::Worker(args) => cluster::worker(args),
+        Command::Submit(args) => cluster::submit(args),
+        Command::Status(args) => cluster::status(args),
+        Command::Cancel(args) => cluster::cancel(args),
         Command::Bench(BenchCmd::Runtime(args)) => automaldesc_coordinator::bench_cmd::run(args),
         Command::Bench(BenchCmd::Annotate(args)) => {
             automaldesc_coordinator::bench_cmd::annotate(args)

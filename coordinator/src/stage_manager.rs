@@ -73,10 +73,30 @@ pub enum StageError {
     Corrupt { key: String, reason: String },
 }
 
+/// Running totals of a stage, for progress reports. The script counts are rebuilt from the
+/// commit records on open; the attempt counters count since this coordinator opened it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageTotals {
+    /// Input scripts of all planned tasks.
+    pub scripts_total: u64,
+    /// Input scripts of committed tasks.
+    pub scripts_done: u64,
+    /// Rows the committed tasks wrote.
+    pub rows_out: u64,
+    /// Single scripts quarantined inside committed tasks.
+    pub scripts_quarantined: u64,
+    /// Input scripts of quarantined tasks.
+    pub scripts_in_quarantined_tasks: u64,
+    pub completions_refused: u32,
+    pub leases_expired: u32,
+    pub attempts_failed: u32,
+}
+
 pub struct StageManager {
     spec: StageSpec,
     book: LeaseBook,
     store: Arc<dyn StateStore>,
+    totals: StageTotals,
 }
 
 impl StageManager {
@@ -110,6 +130,10 @@ impl StageManager {
             None => 0,
         };
         let mut book = LeaseBook::new(spec.tasks.len() as u32, policy, floor, now);
+        let mut totals = StageTotals {
+            scripts_total: spec.tasks.iter().map(|t| t.rows).sum(),
+            ..StageTotals::default()
+        };
         for (key, v) in store.list(&format!("{prefix}/committed/")).await? {
             let record: CommitRecord =
                 serde_json::from_slice(&v.value).map_err(|e| StageError::Corrupt {
@@ -117,12 +141,39 @@ impl StageManager {
                     reason: e.to_string(),
                 })?;
             book.mark_done(task_of(&key)?, record.token);
+            totals.add_commit(&record);
         }
         for (key, v) in store.list(&format!("{prefix}/quarantined/")).await? {
             let error = String::from_utf8_lossy(&v.value).into_owned();
-            book.mark_quarantined(task_of(&key)?, error);
+            let task = task_of(&key)?;
+            book.mark_quarantined(task, error);
+            totals.scripts_in_quarantined_tasks += spec.tasks.get(task.0 as usize).map_or(0, |t| t.rows);
         }
-        Ok(Self { spec, book, store })
+        Ok(Self {
+            spec,
+            book,
+            store,
+            totals,
+        })
+    }
+
+    pub fn totals(&self) -> StageTotals {
+        self.totals
+    }
+
+    /// Every commit record of the stage, by task.
+    pub async fn commits(&self) -> Result<Vec<(TaskId, CommitRecord)>, StageError> {
+        read_commits(self.store.as_ref(), &self.spec.run, self.spec.stage).await
+    }
+
+    /// Every quarantined task of the stage with its last error.
+    pub async fn quarantined(&self) -> Result<Vec<(TaskId, String)>, StageError> {
+        let prefix = Self::prefix(&self.spec);
+        let mut out = Vec::new();
+        for (key, v) in self.store.list(&format!("{prefix}/quarantined/")).await? {
+            out.push((task_of(&key)?, String::from_utf8_lossy(&v.value).into_owned()));
+        }
+        Ok(out)
     }
 
     pub fn spec(&self) -> &StageSpec {
@@ -205,6 +256,7 @@ impl StageManager {
         now: Instant,
     ) -> Result<Result<(), Refusal>, StageError> {
         if !self.owns(lease) || !self.book.is_live(lease.task, lease.token, now) {
+            self.totals.completions_refused += 1;
             return Ok(Err(Refusal::StaleLease(lease.task, lease.token)));
         }
         let record = CommitRecord {
@@ -223,11 +275,15 @@ impl StageManager {
             .put(&self.commit_key(lease.task), json, Expect::Absent)
             .await
         {
-            Ok(_) => Ok(self.book.complete(lease.task, lease.token, now)),
+            Ok(_) => {
+                self.totals.add_commit(&record);
+                Ok(self.book.complete(lease.task, lease.token, now))
+            }
             Err(StateError::Conflict { .. }) => {
                 // Another attempt committed first (before a restart of this coordinator).
                 let winner = self.committed(lease.task).await?.map_or(0, |r| r.token);
                 self.book.mark_done(lease.task, winner);
+                self.totals.completions_refused += 1;
                 Ok(Err(Refusal::StaleLease(lease.task, lease.token)))
             }
             Err(e) => Err(e.into()),
@@ -248,15 +304,26 @@ impl StageManager {
             Ok(o) => o,
             Err(r) => return Ok(Err(r)),
         };
+        self.totals.attempts_failed += 1;
         if outcome == FailOutcome::Quarantined {
             self.persist_quarantine(lease.task).await?;
         }
         Ok(Ok(outcome))
     }
 
+    /// Gives a task back unfinished (its worker is shutting down): queued again at once, the
+    /// attempt not counted.
+    pub fn release(&mut self, lease: &LeaseRef, now: Instant) -> Result<(), Refusal> {
+        if !self.owns(lease) {
+            return Err(Refusal::StaleLease(lease.task, lease.token));
+        }
+        self.book.release(lease.task, lease.token, now)
+    }
+
     /// Expires silent leases; returns the expired (task, token) pairs.
     pub async fn tick(&mut self, now: Instant) -> Result<Vec<(TaskId, u64)>, StageError> {
         let expired = self.book.expire(now);
+        self.totals.leases_expired += expired.len() as u32;
         for &(task, _) in &expired {
             if matches!(
                 self.book.state(task),
@@ -268,7 +335,9 @@ impl StageManager {
         Ok(expired)
     }
 
-    async fn persist_quarantine(&self, task: TaskId) -> Result<(), StageError> {
+    async fn persist_quarantine(&mut self, task: TaskId) -> Result<(), StageError> {
+        self.totals.scripts_in_quarantined_tasks +=
+            self.spec.tasks.get(task.0 as usize).map_or(0, |t| t.rows);
         let error = self
             .book
             .last_error(task)
@@ -296,6 +365,32 @@ impl StageManager {
                     })
             }
         }
+    }
+}
+
+/// Every commit record of stage `stage` of `run`, by task.
+pub async fn read_commits(
+    store: &dyn StateStore,
+    run: &RunId,
+    stage: u32,
+) -> Result<Vec<(TaskId, CommitRecord)>, StageError> {
+    let prefix = format!("runs/{run}/stages/{stage:03}/committed/");
+    let mut out = Vec::new();
+    for (key, v) in store.list(&prefix).await? {
+        let record = serde_json::from_slice(&v.value).map_err(|e| StageError::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        out.push((task_of(&key)?, record));
+    }
+    Ok(out)
+}
+
+impl StageTotals {
+    fn add_commit(&mut self, r: &CommitRecord) {
+        self.scripts_done += r.rows_in;
+        self.rows_out += r.outputs.iter().map(|o| o.rows).sum::<u64>();
+        self.scripts_quarantined += r.quarantined.len() as u64;
     }
 }
 

@@ -1,52 +1,47 @@
-//! One echo stage through the real gRPC service: a coordinator on a loopback port, two
-//! workers, and a third that takes a task and goes silent. The silent worker's lease
-//! expires, its task is done by another, its late completion is refused, and the committed
-//! outputs hold every input row exactly once.
+//! A two-stage echo run through the real gRPC services in one process: a coordinator on a
+//! loopback port, two workers, and a third that takes a task and goes silent. The silent
+//! worker's lease expires, its task is done by another, its late completion is refused, a
+//! poisoned script is quarantined alone, and each stage's committed outputs hold every
+//! other input row exactly once. Files of the abandoned attempt are collected.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use automaldesc_common::ids::{RunId, TaskId};
-use automaldesc_common::parquet_io::read_file;
-use automaldesc_common::schema::CorpusRow;
-use automaldesc_common::store::open_store;
-use automaldesc_coordinator::grpc_server::{serve_stage, ServeOptions};
+use automaldesc_common::ids::RunId;
+use automaldesc_coordinator::cluster_cmd::executors;
+use automaldesc_coordinator::grpc_server::{serve, ServeOptions};
 use automaldesc_coordinator::lease_manager::LeasePolicy;
-use automaldesc_coordinator::planner::{plan, PlanOptions};
-use automaldesc_coordinator::stage_manager::{StageManager, StageSpec};
+use automaldesc_coordinator::run_manager::{RunManager, RunPhase};
+use automaldesc_coordinator::run_spec::{RunSpec, StageConfig};
 use automaldesc_coordinator::state::{EmbeddedStore, StateStore};
 use automaldesc_proto::v1;
+use automaldesc_proto::v1::control_service_client::ControlServiceClient;
 use automaldesc_proto::v1::worker_service_client::WorkerServiceClient;
-use automaldesc_worker::executor::EchoExecutor;
 use automaldesc_worker::worker_process::{run_worker, WorkerOptions};
-use object_store::path::Path;
 
 mod support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_echo_stage_commits_every_row_once_despite_a_silent_worker() {
+async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = support::small_corpus(&dir.path().join("corpus"), 5, 0.003).await;
-    let tasks = plan(
-        &corpus.files,
-        PlanOptions {
-            target_bytes: corpus.total_bytes / 8,
-        },
-    );
-    let n_tasks = tasks.len();
-    assert!(n_tasks >= 8);
-
-    let store: Arc<dyn StateStore> =
-        Arc::new(EmbeddedStore::open(&dir.path().join("state")).unwrap());
-    let spec = StageSpec {
-        run: RunId("run-1".into()),
-        stage: 0,
-        kind: "echo".into(),
-        input_root: corpus.url.clone(),
-        output_root: dir.path().join("out").to_str().unwrap().to_string(),
-        config_json: "{}".into(),
-        tasks,
+    let poisoned = corpus.poison(b"POISON-SCRIPT").await;
+    let out = dir.path().join("out").to_str().unwrap().to_string();
+    let spec = RunSpec {
+        input: corpus.unlabelled_url(),
+        output: out.clone(),
+        task_bytes: corpus.total_bytes / 8,
+        stages: vec![
+            StageConfig {
+                kind: "echo".into(),
+                config: serde_json::json!({ "quarantine_marker": "POISON-SCRIPT" }),
+            },
+            StageConfig {
+                kind: "echo".into(),
+                config: serde_json::json!({ "delay_ms": 20 }),
+            },
+        ],
     };
     let policy = LeasePolicy {
         ttl: Duration::from_millis(1500),
@@ -55,20 +50,26 @@ async fn an_echo_stage_commits_every_row_once_despite_a_silent_worker() {
         backoff_max: Duration::from_millis(200),
         speculate_after: None,
     };
-    let manager = StageManager::open(spec, store.clone(), policy, tokio::time::Instant::now())
-        .await
-        .unwrap();
+    let store: Arc<dyn StateStore> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("state")).unwrap());
+    let mut manager = RunManager::open(store.clone(), policy).await.unwrap();
+    let run = RunId("run-1".into());
+    let submitted = manager.submit(Some(run.clone()), spec.clone()).await.unwrap();
+    let n_tasks = submitted.stages[0].counts.total as usize;
+    assert!(n_tasks >= 8, "{n_tasks} tasks");
+    // The same submission again changes nothing; another spec under that id is refused.
+    assert_eq!(manager.submit(Some(run.clone()), spec.clone()).await.unwrap(), submitted);
+    let mut other = spec.clone();
+    other.task_bytes += 1;
+    assert!(manager.submit(Some(run.clone()), other).await.is_err());
+
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve_opts = ServeOptions {
-        heartbeat_interval: Duration::from_millis(300),
-        lease_ttl: policy.ttl,
-        tick: Duration::from_millis(100),
+    let opts = ServeOptions {
+        exit_when_done: true,
+        ..ServeOptions::plain(policy.ttl)
     };
-    let server = tokio::spawn(serve_stage(listener, manager, serve_opts, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(serve(listener, manager, opts, std::future::pending()));
 
     // The silent worker: takes the first task and never speaks again.
     let mut silent = loop {
@@ -80,41 +81,57 @@ async fn an_echo_stage_commits_every_row_once_despite_a_silent_worker() {
     let stolen = silent
         .acquire_task(v1::AcquireTaskRequest {
             worker_id: "silent".into(),
+            stage_kinds: vec!["echo".into()],
         })
         .await
         .unwrap()
         .into_inner()
         .task
         .unwrap();
+    // A worker that runs no echo gets nothing.
+    let none = silent
+        .acquire_task(v1::AcquireTaskRequest {
+            worker_id: "picky".into(),
+            stage_kinds: vec!["generate".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.task.is_none() && !none.finished);
+
+    let mut control = ControlServiceClient::connect(endpoint.clone()).await.unwrap();
+    let mut watch = control
+        .watch_run(v1::RunRequest {
+            run_id: run.0.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     let workers: Vec<_> = (0..2)
         .map(|i| {
-            let opts = WorkerOptions {
-                endpoint: endpoint.clone(),
-                worker_id: format!("w{i}"),
-                backend: "cpu".into(),
-                slots: 1,
-            };
+            let opts = WorkerOptions::new(&endpoint, &format!("w{i}"));
             tokio::spawn(run_worker(
                 opts,
-                Arc::new(EchoExecutor),
+                executors(&["echo".into()]).unwrap(),
                 std::future::pending(),
             ))
         })
         .collect();
-    let mut done = 0;
-    for w in workers {
-        let report = tokio::time::timeout(Duration::from_secs(120), w)
-            .await
-            .expect("workers finish")
-            .unwrap()
-            .unwrap();
-        done += report.completed;
+    // The watch streams until the run ends, and its last status says it succeeded.
+    let mut last = None;
+    while let Some(s) = tokio::time::timeout(Duration::from_secs(120), watch.message())
+        .await
+        .expect("the run progresses")
+        .unwrap()
+    {
+        last = Some(s);
     }
-    assert_eq!(
-        done as usize, n_tasks,
-        "every task completed once by the live workers"
-    );
+    let last = last.unwrap();
+    assert_eq!(last.state, v1::RunState::Succeeded as i32);
+    assert_eq!(last.stages.len(), 2);
+    assert_eq!(last.stages[0].scripts_quarantined, 1);
+    assert!(last.stages[0].leases_expired >= 1, "{:?}", last.stages[0]);
 
     // The silent worker comes back too late.
     let late = silent
@@ -133,35 +150,62 @@ async fn an_echo_stage_commits_every_row_once_despite_a_silent_worker() {
         .into_inner();
     assert!(!late.accepted, "a late completion must be refused");
 
-    let _ = stop_tx.send(());
-    let manager = server.await.unwrap().unwrap();
-    assert!(manager.is_finished());
-
-    // Every task committed once, by a live worker, with a newer token than the lost lease
-    // for the task the silent worker held.
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for t in 0..n_tasks as u32 {
-        let record = manager
-            .committed(TaskId(t))
+    let mut done = 0;
+    for w in workers {
+        let report = tokio::time::timeout(Duration::from_secs(30), w)
             .await
+            .expect("workers are told the work is finished")
             .unwrap()
-            .expect("committed");
-        assert!(record.worker.starts_with('w'));
-        if t == stolen.lease.as_ref().unwrap().task {
-            assert!(record.token > stolen.lease.as_ref().unwrap().token);
-        }
-        let (out_store, _) = open_store(dir.path().to_str().unwrap()).unwrap();
-        let mut rows = 0;
-        for f in &record.outputs {
-            let path =
-                Path::from_filesystem_path(&f.path).unwrap_or_else(|_| Path::from(f.path.as_str()));
-            let got: Vec<CorpusRow> = read_file(out_store.clone(), &path).await.unwrap();
-            rows += got.len() as u64;
-            for r in got {
-                *seen.entry(r.sha256).or_default() += 1;
-            }
-        }
-        assert_eq!(rows, record.rows_in);
+            .unwrap();
+        done += report.completed;
     }
-    assert_eq!(seen, corpus.sha_counts().await);
+    let manager = server.await.unwrap().unwrap();
+    let status = manager.status(&run).unwrap();
+    assert_eq!(status.phase, RunPhase::Succeeded);
+    let stage1_tasks = status.stages[1].counts.total;
+    assert_eq!(done, n_tasks as u32 + stage1_tasks, "every task completed once by the live workers");
+
+    // Stage 0: everything but the poisoned script, once; the poisoned one in quarantine.
+    let mut expected = corpus.sha_counts().await;
+    expected.remove(&poisoned);
+    let (rows0, quarantined0) = support::committed_rows(store.as_ref(), &run, 0, &out).await;
+    assert_eq!(rows0, expected);
+    assert_eq!(quarantined0, vec![poisoned.clone()]);
+    // Stage 1 read stage 0's committed output: the same rows again.
+    let (rows1, quarantined1) = support::committed_rows(store.as_ref(), &run, 1, &out).await;
+    assert_eq!(rows1, expected);
+    assert!(quarantined1.is_empty());
+    // The task the silent worker held was committed by a live worker with a newer token.
+    let commits = automaldesc_coordinator::stage_manager::read_commits(store.as_ref(), &run, 0)
+        .await
+        .unwrap();
+    let lease = stolen.lease.unwrap();
+    let record = &commits.iter().find(|(t, _)| t.0 == lease.task).unwrap().1;
+    assert!(record.worker.starts_with('w') && record.token > lease.token);
+    // Only committed files remain under the run's output.
+    let on_disk: BTreeMap<String, ()> = walk(&dir.path().join("out"))
+        .into_iter()
+        .map(|p| (p, ()))
+        .collect();
+    let mut committed = 0;
+    for k in [0u32, 1] {
+        let commits = automaldesc_coordinator::stage_manager::read_commits(store.as_ref(), &run, k)
+            .await
+            .unwrap();
+        committed += commits.iter().map(|(_, c)| c.outputs.len()).sum::<usize>();
+    }
+    assert_eq!(on_disk.len(), committed, "{on_disk:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.to_str().unwrap().to_string());
+        }
+    }
+    out
 }

@@ -302,6 +302,18 @@ async fn embedded_store_survives_a_restart_and_a_write_cut_short() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_at_a_time_owns_an_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = EmbeddedStore::open(dir.path()).unwrap();
+    match EmbeddedStore::open(dir.path()) {
+        Err(StateError::Unavailable(m)) => assert!(m.contains("in use"), "{m}"),
+        other => panic!("a second owner must be refused, got {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    EmbeddedStore::open(dir.path()).expect("free again once the owner is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_compacts_its_log_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let value = vec![7u8; 64 << 10];

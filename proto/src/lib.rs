@@ -6,6 +6,7 @@ pub mod v1 {
 }
 
 mod convert;
+pub mod security;
 
 pub use convert::{require, worker_id, ProtoError};
 

@@ -1,15 +1,20 @@
 //! What a worker runs for a task: a stage's executor reads the task's row-group ranges,
 //! writes its output under the attempt's own prefix, and reports the files. Executors run on
-//! a dedicated thread, never on the async runtime.
+//! a dedicated thread, never on the async runtime, and stay loaded between tasks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use automaldesc_common::manifest::ManifestFile;
 use automaldesc_common::parquet_io::{read_row_groups, DatasetWriter, WriterOptions};
 use automaldesc_common::schema::CorpusRow;
 use automaldesc_common::store::{block_on, open_object, open_store};
 use object_store::path::Path;
+use serde::Deserialize;
 
 /// One task as the executor sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct TaskInput {
     /// Object-store URL the input files are relative to.
     pub input_root: String,
@@ -18,6 +23,15 @@ pub struct TaskInput {
     /// Object-store URL this attempt writes under.
     pub output_prefix: String,
     pub config_json: String,
+    /// Set when the worker gives the task up (it is shutting down): an executor checks it
+    /// between batches and returns early with an error.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl TaskInput {
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +46,24 @@ pub struct TaskOutput {
 pub trait Executor: Send + Sync {
     /// The stage kind it runs ("echo", "generate", ...).
     fn kind(&self) -> &str;
+    /// Runs one task. An error fails the attempt (it is retried, then quarantined); a
+    /// single script that cannot be processed goes to `TaskOutput::quarantined` instead.
     fn run(&self, task: &TaskInput) -> Result<TaskOutput, String>;
+}
+
+/// Settings of the echo executor, from the stage's config.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoConfig {
+    /// Sleep this long per task (to test leases and failover).
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// A script whose content contains this is quarantined alone, with a reason.
+    #[serde(default)]
+    pub quarantine_marker: Option<String>,
+    /// A task holding a script whose content contains this fails, every attempt.
+    #[serde(default)]
+    pub fail_marker: Option<String>,
 }
 
 /// Reads every input row and writes it back unchanged: the engine's test executor.
@@ -44,27 +75,60 @@ impl Executor for EchoExecutor {
     }
 
     fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+        let cfg: EchoConfig = serde_json::from_str(&task.config_json)
+            .map_err(|e| format!("echo stage config: {e}"))?;
         let err = |e: automaldesc_common::Error| e.to_string();
-        block_on(async {
+        let mut rows: Vec<CorpusRow> = block_on(async {
             let (input, _) = open_object(&task.input_root).map_err(err)?;
-            let mut rows: Vec<CorpusRow> = Vec::new();
+            let mut rows = Vec::new();
             for (file, start, end) in &task.ranges {
                 let got = read_row_groups(input.clone(), &Path::from(file.as_str()), *start..*end)
                     .await
                     .map_err(err)?;
                 rows.extend(got);
             }
-            let rows_in = rows.len() as u64;
+            Ok::<_, String>(rows)
+        })
+        .map_err(err)??;
+        let rows_in = rows.len() as u64;
+        if let Some(m) = &cfg.fail_marker {
+            if let Some(r) = rows.iter().find(|r| contains(&r.content, m.as_bytes())) {
+                return Err(format!("echo: script {} holds the failure marker", r.sha256));
+            }
+        }
+        let mut quarantined = Vec::new();
+        if let Some(m) = &cfg.quarantine_marker {
+            rows.retain(|r| {
+                let bad = contains(&r.content, m.as_bytes());
+                if bad {
+                    quarantined.push((r.sha256.clone(), "echo: quarantine marker".to_string()));
+                }
+                !bad
+            });
+        }
+        // Sleep in slices so a cancelled task stops promptly.
+        let until = std::time::Instant::now() + Duration::from_millis(cfg.delay_ms);
+        while std::time::Instant::now() < until {
+            if task.cancelled() {
+                return Err("cancelled".into());
+            }
+            std::thread::sleep(Duration::from_millis(10).min(until - std::time::Instant::now()));
+        }
+        let files = block_on(async {
             let (out, prefix) = open_store(&task.output_prefix).map_err(err)?;
             let mut writer = DatasetWriter::<CorpusRow>::new(out, prefix, WriterOptions::default());
             writer.write_all(rows).await.map_err(err)?;
-            let files = writer.finish().await.map_err(err)?;
-            Ok(TaskOutput {
-                rows_in,
-                files,
-                quarantined: Vec::new(),
-            })
+            writer.finish().await.map_err(err)
         })
-        .map_err(err)?
+        .map_err(err)??;
+        Ok(TaskOutput {
+            rows_in,
+            files,
+            quarantined,
+        })
     }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }

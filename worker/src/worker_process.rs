@@ -1,116 +1,277 @@
 //! The worker's loop: register with the coordinator, ask for tasks, run each on a dedicated
 //! thread while a heartbeat keeps its lease, and report the output (or the failure). A
 //! lease the coordinator says is lost is abandoned: its output is never committed.
+//!
+//! The coordinator may be away for a while (restarting, or a standby taking over): calls
+//! that fail for want of a coordinator are retried, across the given endpoints, for up to
+//! `patience`. When `stop` resolves the worker drains: it takes no new task, lets the one
+//! it holds finish within `grace`, or else gives it back (released, not failed) and exits.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use automaldesc_common::store::{child, open_store};
+use automaldesc_proto::security::{AttachToken, ClientSecurity};
 use automaldesc_proto::v1::worker_service_client::WorkerServiceClient;
 use automaldesc_proto::{v1, PROTOCOL_VERSION};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use tonic::{Code, Status};
 
-use crate::executor::{Executor, TaskInput};
+use crate::executor::{Executor, TaskInput, TaskOutput};
+
+type Client = WorkerServiceClient<InterceptedService<Channel, AttachToken>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("cannot reach the coordinator at {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
-    #[error("coordinator refused {call}: {status}")]
-    Rpc {
-        call: &'static str,
-        status: tonic::Status,
+    #[error("no coordinator answered at {endpoints:?} for {waited:?}: {last}")]
+    Unreachable {
+        endpoints: Vec<String>,
+        waited: Duration,
+        last: Status,
     },
+    #[error("coordinator refused {call}: {status}")]
+    Rpc { call: &'static str, status: Status },
     #[error("malformed task from the coordinator: {0}")]
     BadTask(String),
+    #[error(transparent)]
+    Security(#[from] automaldesc_proto::security::SecurityError),
+    #[error("worker setup: {0}")]
+    Setup(String),
 }
 
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
-    pub endpoint: String,
+    /// Coordinator endpoints, tried in turn (a leader and its standbys).
+    pub endpoints: Vec<String>,
     pub worker_id: String,
     pub backend: String,
     pub slots: u32,
+    pub security: ClientSecurity,
+    /// How long to keep retrying while no coordinator answers.
+    pub patience: Duration,
+    /// How long a draining worker lets its task run before giving it back.
+    pub grace: Duration,
 }
 
-/// What one worker did before the stage finished.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+impl WorkerOptions {
+    /// Options for a plain connection to one coordinator.
+    pub fn new(endpoint: &str, worker_id: &str) -> Self {
+        Self {
+            endpoints: vec![endpoint.to_string()],
+            worker_id: worker_id.to_string(),
+            backend: "cpu".into(),
+            slots: 1,
+            security: ClientSecurity::default(),
+            patience: Duration::from_secs(60),
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one worker did before it stopped.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkerReport {
     pub completed: u32,
     pub refused: u32,
     pub failed: u32,
+    pub released: u32,
+    /// Seconds spent inside executors.
+    pub executor_seconds: f64,
 }
 
-fn rpc(call: &'static str) -> impl Fn(tonic::Status) -> WorkerError {
-    move |status| WorkerError::Rpc { call, status }
+/// Executors by stage kind.
+pub type Executors = BTreeMap<String, Arc<dyn Executor>>;
+
+/// A status that means "no coordinator now" rather than an answer.
+fn transient(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
+    )
 }
 
-/// Works until the coordinator says the stage is finished, or `stop` resolves.
+/// Connections to the coordinator endpoints; calls go to the current one and move on to
+/// the next when it does not answer.
+struct Coordinator {
+    endpoints: Vec<String>,
+    clients: Vec<Client>,
+    current: usize,
+    patience: Duration,
+}
+
+impl Coordinator {
+    fn new(opts: &WorkerOptions) -> Result<Self, WorkerError> {
+        if opts.endpoints.is_empty() {
+            return Err(WorkerError::Setup("no coordinator endpoint given".into()));
+        }
+        let clients = opts
+            .endpoints
+            .iter()
+            .map(|e| {
+                let channel = opts.security.channel(e)?;
+                Ok(WorkerServiceClient::with_interceptor(
+                    channel,
+                    opts.security.interceptor(),
+                ))
+            })
+            .collect::<Result<Vec<_>, WorkerError>>()?;
+        Ok(Self {
+            endpoints: opts.endpoints.clone(),
+            clients,
+            current: 0,
+            patience: opts.patience,
+        })
+    }
+
+    /// Calls until an answer comes, or no coordinator answered for `patience`.
+    async fn call<T, F, Fut>(&mut self, name: &'static str, mut f: F) -> Result<T, WorkerError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match f(self.clients[self.current].clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if transient(&s) => {
+                    if started.elapsed() >= self.patience {
+                        return Err(WorkerError::Unreachable {
+                            endpoints: self.endpoints.clone(),
+                            waited: started.elapsed(),
+                            last: s,
+                        });
+                    }
+                    tracing::debug!(call = name, endpoint = %self.endpoints[self.current], status = %s, "coordinator not answering");
+                    self.current = (self.current + 1) % self.clients.len();
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(status) => return Err(WorkerError::Rpc { call: name, status }),
+            }
+        }
+    }
+
+    /// One heartbeat attempt, no retries: returns whether the lease is lost, or `None`
+    /// when the coordinator did not answer.
+    async fn heartbeat(&mut self, worker: &str, lease: &v1::LeaseRef, draining: bool) -> Option<bool> {
+        let req = v1::HeartbeatRequest {
+            worker_id: worker.to_string(),
+            leases: vec![lease.clone()],
+            progress: None,
+            draining,
+        };
+        match self.clients[self.current].clone().heartbeat(req).await {
+            Ok(r) => Some(!r.get_ref().lost.is_empty()),
+            Err(s) => {
+                tracing::warn!(worker_id = worker, status = %s, "heartbeat failed");
+                if transient(&s) {
+                    self.current = (self.current + 1) % self.clients.len();
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Works until the coordinator says the work is finished, or `stop` resolves.
 pub async fn run_worker(
     opts: WorkerOptions,
-    executor: Arc<dyn Executor>,
-    stop: impl std::future::Future<Output = ()>,
+    executors: Executors,
+    stop: impl Future<Output = ()>,
 ) -> Result<WorkerReport, WorkerError> {
-    let mut client = WorkerServiceClient::connect(opts.endpoint.clone())
-        .await
-        .map_err(|e| WorkerError::Connect {
-            endpoint: opts.endpoint.clone(),
-            reason: e.to_string(),
-        })?;
-    let reg = client
-        .register(v1::RegisterRequest {
-            protocol_version: PROTOCOL_VERSION,
-            worker_id: opts.worker_id.clone(),
-            capabilities: Some(v1::Capabilities {
-                backend: opts.backend.clone(),
-                device_memory_bytes: 0,
-                models: Vec::new(),
-                slots: opts.slots,
-            }),
+    let mut coord = Coordinator::new(&opts)?;
+    let kinds: Vec<String> = executors.keys().cloned().collect();
+    let register = v1::RegisterRequest {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: opts.worker_id.clone(),
+        capabilities: Some(v1::Capabilities {
+            backend: opts.backend.clone(),
+            device_memory_bytes: 0,
+            models: Vec::new(),
+            slots: opts.slots,
+            stage_kinds: kinds.clone(),
+        }),
+    };
+    let reg = coord
+        .call("register", |mut c| {
+            let r = register.clone();
+            async move { c.register(r).await }
         })
-        .await
-        .map_err(rpc("register"))?
-        .into_inner();
-    let heartbeat = Duration::from_millis(reg.heartbeat_interval_ms.max(50));
+        .await?;
+    tracing::info!(worker_id = %opts.worker_id, kinds = ?kinds, "registered");
+    let heartbeat = Duration::from_millis(reg.heartbeat_interval_ms.max(20));
     let mut report = WorkerReport::default();
     tokio::pin!(stop);
+    let mut stop_seen = false;
     loop {
+        if stop_seen {
+            return Ok(report);
+        }
+        let request = v1::AcquireTaskRequest {
+            worker_id: opts.worker_id.clone(),
+            stage_kinds: kinds.clone(),
+        };
+        let acquire = coord.call("acquire", |mut c| {
+            let r = request.clone();
+            async move { c.acquire_task(r).await }
+        });
         let resp = tokio::select! {
-            _ = &mut stop => return Ok(report),
-            r = client.acquire_task(v1::AcquireTaskRequest { worker_id: opts.worker_id.clone() }) => {
-                r.map_err(rpc("acquire"))?.into_inner()
-            }
+            _ = &mut stop, if !stop_seen => return Ok(report),
+            r = acquire => r?,
         };
         let Some(task) = resp.task else {
             if resp.finished {
                 return Ok(report);
             }
-            tokio::time::sleep(Duration::from_millis(resp.retry_after_ms.max(10))).await;
+            tokio::select! {
+                _ = &mut stop, if !stop_seen => return Ok(report),
+                _ = tokio::time::sleep(Duration::from_millis(resp.retry_after_ms.clamp(10, 5000))) => {}
+            }
             continue;
         };
+        let Some(executor) = executors.get(&task.stage_kind).cloned() else {
+            return Err(WorkerError::BadTask(format!(
+                "stage kind {:?} has no executor here",
+                task.stage_kind
+            )));
+        };
+        let started = std::time::Instant::now();
         run_one(
-            &mut client,
+            &mut coord,
             &opts,
-            executor.clone(),
+            executor,
             task,
             heartbeat,
+            &mut stop,
+            &mut stop_seen,
             &mut report,
         )
         .await?;
+        report.executor_seconds += started.elapsed().as_secs_f64();
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_one(
-    client: &mut WorkerServiceClient<Channel>,
+    coord: &mut Coordinator,
     opts: &WorkerOptions,
     executor: Arc<dyn Executor>,
     task: v1::TaskAssignment,
     heartbeat: Duration,
+    stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    stop_seen: &mut bool,
     report: &mut WorkerReport,
 ) -> Result<(), WorkerError> {
     let lease = task
         .lease
         .clone()
         .ok_or_else(|| WorkerError::BadTask("no lease".into()))?;
+    let cancel = Arc::new(AtomicBool::new(false));
     let input = TaskInput {
         input_root: task.input_root.clone(),
         ranges: task
@@ -120,28 +281,51 @@ async fn run_one(
             .collect(),
         output_prefix: task.output_prefix.clone(),
         config_json: task.config_json.clone(),
+        cancel: cancel.clone(),
     };
     // The executor runs on its own thread; this task keeps the lease meanwhile.
     let work = tokio::task::spawn_blocking(move || executor.run(&input));
     tokio::pin!(work);
     let mut ticker = tokio::time::interval(heartbeat);
     let mut lost = false;
+    let mut deadline: Option<tokio::time::Instant> = None;
     let result = loop {
+        let give_up = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = &mut work => break r.map_err(|e| format!("executor panicked: {e}")).and_then(|r| r),
-            _ = ticker.tick() => {
-                let resp = client
-                    .heartbeat(v1::HeartbeatRequest {
-                        worker_id: opts.worker_id.clone(),
-                        leases: vec![lease.clone()],
-                        progress: None,
-                        draining: false,
+            _ = &mut *stop, if !*stop_seen => {
+                *stop_seen = true;
+                deadline = Some(tokio::time::Instant::now() + opts.grace);
+                tracing::info!(worker_id = %opts.worker_id, task = lease.task, grace = ?opts.grace, "draining: finishing the task in hand");
+            }
+            _ = give_up => {
+                cancel.store(true, Ordering::SeqCst);
+                tracing::warn!(worker_id = %opts.worker_id, task = lease.task, "grace period over: giving the task back");
+                let req = v1::FailTaskRequest {
+                    worker_id: opts.worker_id.clone(),
+                    lease: Some(lease.clone()),
+                    error: "released: the worker is shutting down".into(),
+                    released: true,
+                };
+                coord
+                    .call("release", |mut c| {
+                        let r = req.clone();
+                        async move { c.fail_task(r).await }
                     })
-                    .await;
-                match resp {
-                    Ok(r) if !r.get_ref().lost.is_empty() => lost = true,
-                    Ok(_) => {}
-                    Err(status) => tracing::warn!(worker_id = %opts.worker_id, %status, "heartbeat failed"),
+                    .await?;
+                report.released += 1;
+                return Ok(());
+            }
+            _ = ticker.tick() => {
+                if coord.heartbeat(&opts.worker_id, &lease, *stop_seen).await == Some(true) {
+                    lost = true;
+                    // Nothing it produces can be committed any more.
+                    cancel.store(true, Ordering::SeqCst);
                 }
             }
         }
@@ -151,33 +335,25 @@ async fn run_one(
         report.refused += 1;
         return Ok(());
     }
-    match result {
-        Ok(out) => {
-            let prefix = task.output_prefix.trim_end_matches('/');
-            let resp = client
-                .complete_task(v1::CompleteTaskRequest {
-                    worker_id: opts.worker_id.clone(),
-                    lease: Some(lease),
-                    outputs: out
-                        .files
-                        .into_iter()
-                        .map(|f| v1::OutputFile {
-                            path: format!("{prefix}/{}", f.path),
-                            size_bytes: f.bytes,
-                            sha256: f.sha256,
-                            rows: f.rows,
-                        })
-                        .collect(),
-                    rows_in: out.rows_in,
-                    quarantined: out
-                        .quarantined
-                        .into_iter()
-                        .map(|(sha256, reason)| v1::QuarantinedScript { sha256, reason })
-                        .collect(),
+    match result.and_then(|out| output_files(&task.output_prefix, out)) {
+        Ok((out, files)) => {
+            let req = v1::CompleteTaskRequest {
+                worker_id: opts.worker_id.clone(),
+                lease: Some(lease),
+                outputs: files,
+                rows_in: out.rows_in,
+                quarantined: out
+                    .quarantined
+                    .into_iter()
+                    .map(|(sha256, reason)| v1::QuarantinedScript { sha256, reason })
+                    .collect(),
+            };
+            let resp = coord
+                .call("complete", |mut c| {
+                    let r = req.clone();
+                    async move { c.complete_task(r).await }
                 })
-                .await
-                .map_err(rpc("complete"))?
-                .into_inner();
+                .await?;
             if resp.accepted {
                 report.completed += 1;
             } else {
@@ -186,16 +362,40 @@ async fn run_one(
             }
         }
         Err(error) => {
-            client
-                .fail_task(v1::FailTaskRequest {
-                    worker_id: opts.worker_id.clone(),
-                    lease: Some(lease),
-                    error,
+            tracing::warn!(worker_id = %opts.worker_id, task = lease.task, %error, "task failed");
+            let req = v1::FailTaskRequest {
+                worker_id: opts.worker_id.clone(),
+                lease: Some(lease.clone()),
+                error,
+                released: false,
+            };
+            coord
+                .call("fail", |mut c| {
+                    let r = req.clone();
+                    async move { c.fail_task(r).await }
                 })
-                .await
-                .map_err(rpc("fail"))?;
+                .await?;
             report.failed += 1;
         }
     }
     Ok(())
+}
+
+/// The output files as the coordinator records them: paths inside the output store.
+fn output_files(
+    output_prefix: &str,
+    out: TaskOutput,
+) -> Result<(TaskOutput, Vec<v1::OutputFile>), String> {
+    let (_, prefix) = open_store(output_prefix).map_err(|e| e.to_string())?;
+    let files = out
+        .files
+        .iter()
+        .map(|f| v1::OutputFile {
+            path: child(&prefix, &f.path).to_string(),
+            size_bytes: f.bytes,
+            sha256: f.sha256.clone(),
+            rows: f.rows,
+        })
+        .collect();
+    Ok((out, files))
 }

@@ -37,6 +37,29 @@ struct Inner {
     revision: u64,
     log: File,
     log_bytes: u64,
+    /// Held open with an exclusive lock: one process owns the directory.
+    _lock: File,
+}
+
+/// Takes the directory's lock file, or says who cannot have it.
+fn lock_dir(dir: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err(&path, e))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(StateError::Unavailable(format!(
+            "{} is in use by another coordinator (its LOCK file is held)",
+            dir.display()
+        )));
+    }
+    Ok(file)
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StateError {
@@ -90,6 +113,7 @@ impl EmbeddedStore {
     /// Opens (creating if needed) the store kept in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(LOG);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -136,6 +160,7 @@ impl EmbeddedStore {
             revision,
             log,
             log_bytes: at as u64,
+            _lock: lock,
         };
         inner.compact_if_large()?;
         Ok(Self {

@@ -1,12 +1,20 @@
 //! The state store on etcd: every key lives under a namespace prefix (so deployments can
 //! share an etcd), revisions are etcd's `mod_revision`s, and conditional writes are etcd
 //! transactions comparing `mod_revision` (or `create_revision == 0` for "absent").
+//!
+//! Leader election: coordinators [`campaign`](EtcdStore::campaign) for one key attached to
+//! an etcd lease they keep alive; whoever creates it leads until its lease lapses. The
+//! leader's store is [`fenced`](EtcdStore::fenced) by that key: every write also compares
+//! the key's `create_revision`, so once another coordinator has taken over, a write from
+//! the old leader fails (`StateError::Fenced`) instead of landing.
 
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
 };
+use tokio::sync::watch;
 
 use super::{
     check_delete, check_key, BoxFuture, Expect, Result, StateError, StateStore, Versioned,
@@ -16,6 +24,35 @@ use super::{
 pub struct EtcdStore {
     client: Client,
     namespace: String,
+    /// The leader key (full) and the create revision this store's writes require of it.
+    fence: Option<(String, i64)>,
+}
+
+/// This coordinator's leadership: it lasts while its etcd lease is kept alive.
+pub struct Leadership {
+    key: String,
+    create_revision: i64,
+    lease: i64,
+    client: Client,
+    lost: watch::Receiver<bool>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Resolves when the leadership is lost (the lease could not be kept alive).
+    pub async fn lost(&self) {
+        let mut rx = self.lost.clone();
+        // An error means the keeper is gone, which also ends the leadership.
+        let _ = rx.wait_for(|lost| *lost).await;
+    }
+
+    /// Gives the leadership up now, so a standby takes over without waiting for the TTL.
+    pub async fn resign(mut self) {
+        self.keeper.abort();
+        if let Err(e) = self.client.lease_revoke(self.lease).await {
+            tracing::warn!(error = %e, "could not revoke the leader lease; it will lapse");
+        }
+    }
 }
 
 fn etcd_err(e: etcd_client::Error) -> StateError {
@@ -63,7 +100,92 @@ impl EtcdStore {
         Ok(Self {
             client,
             namespace: namespace.to_string(),
+            fence: None,
         })
+    }
+
+    /// Waits until this process holds the leader key `name` (under the namespace), then
+    /// keeps its lease (`ttl`) alive in the background. `id` is written as the key's value
+    /// so operators can see who leads.
+    pub async fn campaign(&self, name: &str, id: &str, ttl: Duration) -> Result<Leadership> {
+        let key = self.full(name);
+        let ttl_s = ttl.as_secs().max(1) as i64;
+        let mut client = self.client.clone();
+        let mut announced = false;
+        loop {
+            let lease = client.lease_grant(ttl_s, None).await.map_err(etcd_err)?.id();
+            let txn = Txn::new()
+                .when(vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then(vec![TxnOp::put(
+                    key.clone(),
+                    id,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            let resp = client.txn(txn).await.map_err(etcd_err)?;
+            if resp.succeeded() {
+                let create_revision = resp
+                    .header()
+                    .map(|h| h.revision())
+                    .ok_or_else(|| StateError::Internal("etcd returned no revision".into()))?;
+                let (tx, lost) = watch::channel(false);
+                let keeper = tokio::spawn(keep_alive(client.clone(), lease, ttl, tx));
+                tracing::info!(leader = id, key = %key, "elected leader");
+                return Ok(Leadership {
+                    key,
+                    create_revision,
+                    lease,
+                    client,
+                    lost,
+                    keeper,
+                });
+            }
+            // Someone else leads: give our lease back and wait for theirs to go.
+            let _ = client.lease_revoke(lease).await;
+            if !announced {
+                let holder = client
+                    .get(key.clone(), None)
+                    .await
+                    .ok()
+                    .and_then(|r| r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()));
+                tracing::info!(leader = ?holder, "standing by");
+                announced = true;
+            }
+            tokio::time::sleep((ttl / 4).max(Duration::from_millis(100))).await;
+        }
+    }
+
+    /// This store with every write conditioned on `leadership` still holding.
+    pub fn fenced(&self, leadership: &Leadership) -> Self {
+        Self {
+            fence: Some((leadership.key.clone(), leadership.create_revision)),
+            ..self.clone()
+        }
+    }
+
+    fn guarded(&self, mut compares: Vec<Compare>) -> Vec<Compare> {
+        if let Some((key, rev)) = &self.fence {
+            compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, *rev));
+        }
+        compares
+    }
+
+    /// After a failed transaction: a lost leadership, else a conflict on `key`.
+    async fn refused(&self, key: &str, expect: Expect) -> StateError {
+        if let Some((fence, rev)) = &self.fence {
+            let mut kv = self.client.kv_client();
+            match kv.get(fence.clone(), None).await {
+                Ok(r) => {
+                    let current = r.kvs().first().map(|kv| kv.create_revision());
+                    if current != Some(*rev) {
+                        return StateError::Fenced(format!(
+                            "the leader key {fence} is no longer ours"
+                        ));
+                    }
+                }
+                Err(e) => return etcd_err(e),
+            }
+        }
+        self.conflict(key, expect).await
     }
 
     fn full(&self, key: &str) -> String {
@@ -118,12 +240,12 @@ impl StateStore for EtcdStore {
         Box::pin(async move {
             check_key(key)?;
             let txn = Txn::new()
-                .when(self.compare(key, expect))
+                .when(self.guarded(self.compare(key, expect)))
                 .and_then(vec![TxnOp::put(self.full(key), value, None)]);
             let mut kv = self.client.kv_client();
             let resp = kv.txn(txn).await.map_err(etcd_err)?;
             if !resp.succeeded() {
-                return Err(self.conflict(key, expect).await);
+                return Err(self.refused(key, expect).await);
             }
             let revision = resp
                 .op_responses()
@@ -142,12 +264,12 @@ impl StateStore for EtcdStore {
         Box::pin(async move {
             check_delete(key, expect)?;
             let txn = Txn::new()
-                .when(self.compare(key, expect))
+                .when(self.guarded(self.compare(key, expect)))
                 .and_then(vec![TxnOp::delete(self.full(key), None)]);
             let mut kv = self.client.kv_client();
             let resp = kv.txn(txn).await.map_err(etcd_err)?;
             if !resp.succeeded() {
-                return Err(self.conflict(key, expect).await);
+                return Err(self.refused(key, expect).await);
             }
             Ok(())
         })
@@ -175,5 +297,43 @@ impl StateStore for EtcdStore {
             }
             Ok(out)
         })
+    }
+}
+
+/// Keeps the leader lease alive every `ttl / 3`. Transient failures are retried; the
+/// leadership is lost when etcd says the lease is gone, or when no renewal succeeded for a
+/// whole `ttl` (by then etcd may have let it lapse).
+async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: watch::Sender<bool>) {
+    let period = (ttl / 3).max(Duration::from_millis(100));
+    let mut last_ok = tokio::time::Instant::now();
+    let mut stream = None;
+    loop {
+        if last_ok.elapsed() >= ttl {
+            tracing::error!(lease, "leader lease not renewed within its TTL");
+            let _ = lost.send(true);
+            return;
+        }
+        if stream.is_none() {
+            stream = client.lease_keep_alive(lease).await.ok();
+        }
+        if let Some((keeper, responses)) = stream.as_mut() {
+            let renewed = async {
+                keeper.keep_alive().await?;
+                responses.message().await
+            };
+            match tokio::time::timeout(period, renewed).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => last_ok = tokio::time::Instant::now(),
+                Ok(Ok(Some(_))) => {
+                    tracing::error!(lease, "etcd says the leader lease expired");
+                    let _ = lost.send(true);
+                    return;
+                }
+                other => {
+                    tracing::warn!(lease, outcome = ?other.map(|r| r.map(|_| ())), "leader lease renewal failed; retrying");
+                    stream = None;
+                }
+            }
+        }
+        tokio::time::sleep(period).await;
     }
 }

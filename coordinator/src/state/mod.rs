@@ -50,6 +50,9 @@ pub enum StateError {
     /// The store cannot be reached now; the caller may retry.
     #[error("state store unavailable: {0}")]
     Unavailable(String),
+    /// This coordinator is no longer the leader: its writes are refused.
+    #[error("not the leader any more: {0}")]
+    Fenced(String),
     #[error("invalid state store request: {0}")]
     InvalidInput(String),
     #[error("state store failure: {0}")]

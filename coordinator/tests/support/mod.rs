@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use automaldesc_common::parquet_io::{dataset_layout, read_dataset, WriterOptions};
+use automaldesc_common::parquet_io::{
+    dataset_layout, read_dataset, read_file, write_dataset, WriterOptions,
+};
 use automaldesc_common::schema::CorpusRow;
 use automaldesc_common::store::{child, open_store};
 use automaldesc_common::synth::SynthConfig;
@@ -24,6 +26,28 @@ pub struct Corpus {
 }
 
 impl Corpus {
+    /// The unlabelled split's location, as a run spec names its input.
+    pub fn unlabelled_url(&self) -> String {
+        format!("{}/unlabelled", self.url)
+    }
+
+    /// Adds one more file to the unlabelled split: a single script holding `marker`.
+    /// Returns its sha256.
+    pub async fn poison(&self, marker: &[u8]) -> String {
+        let mut content = b"echo 'harmless looking' # ".to_vec();
+        content.extend_from_slice(marker);
+        let row = CorpusRow::new(content, "test:poison", None);
+        let sha = row.sha256.clone();
+        let opts = WriterOptions {
+            file_stem: "poison".into(),
+            ..WriterOptions::default()
+        };
+        write_dataset(self.store.clone(), &self.unlabelled, vec![row], opts)
+            .await
+            .unwrap();
+        sha
+    }
+
     /// Scripts of the unlabelled split, counted by sha256.
     pub async fn sha_counts(&self) -> std::collections::BTreeMap<String, usize> {
         let rows: Vec<CorpusRow> = read_dataset(self.store.clone(), &self.unlabelled)
@@ -67,4 +91,36 @@ pub async fn small_corpus(dir: &std::path::Path, seed: u64, scale: f64) -> Corpu
         files,
         total_bytes,
     }
+}
+
+/// What stage `stage` of `run` committed: its output rows counted by sha256, and the
+/// scripts its executors quarantined.
+pub async fn committed_rows(
+    store: &dyn automaldesc_coordinator::state::StateStore,
+    run: &automaldesc_common::ids::RunId,
+    stage: u32,
+    output_url: &str,
+) -> (std::collections::BTreeMap<String, usize>, Vec<String>) {
+    let (out, _) = open_store(output_url).unwrap();
+    let mut rows = std::collections::BTreeMap::new();
+    let mut quarantined = Vec::new();
+    for (_, record) in automaldesc_coordinator::stage_manager::read_commits(store, run, stage)
+        .await
+        .unwrap()
+    {
+        let mut n = 0;
+        for f in &record.outputs {
+            let got: Vec<CorpusRow> = read_file(out.clone(), &Path::from(f.path.as_str()))
+                .await
+                .unwrap();
+            assert_eq!(got.len() as u64, f.rows);
+            n += got.len() as u64;
+            for r in got {
+                *rows.entry(r.sha256).or_default() += 1;
+            }
+        }
+        assert_eq!(n + record.quarantined.len() as u64, record.rows_in);
+        quarantined.extend(record.quarantined.into_iter().map(|(sha, _)| sha));
+    }
+    (rows, quarantined)
 }

@@ -1,0 +1,626 @@
+//! The distributed runtime's commands: `coordinator` and `worker` as separate processes
+//! for a cluster, `local` for both in one process on one machine, and `submit`, `status`
+//! and `cancel` for operators.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use automaldesc_common::ids::RunId;
+use automaldesc_proto::security::{
+    ClientSecurity, ClientTlsFiles, RequireToken, ServerTlsFiles, Token,
+};
+use automaldesc_proto::v1::control_service_client::ControlServiceClient;
+use automaldesc_proto::{v1, PROTOCOL_VERSION};
+use automaldesc_worker::executor::{EchoExecutor, Executor};
+use automaldesc_worker::worker_process::{run_worker, Executors, WorkerOptions, WorkerReport};
+use clap::Args;
+
+use crate::grpc_server::{serve, to_proto, ServeOptions};
+use crate::lease_manager::LeasePolicy;
+use crate::run_manager::{RunManager, RunPhase, RunStatus};
+use crate::run_spec::RunSpec;
+use crate::state::{EmbeddedStore, EtcdStore, StateError, StateStore};
+
+/// Where the coordinator keeps its durable state.
+#[derive(Args, Clone, Debug)]
+pub struct StateArgs {
+    /// etcd endpoints (comma-separated, e.g. http://etcd:2379); the coordinators elect a
+    /// leader through etcd. Without it the state is a local directory (--state-dir).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd, so deployments can share one etcd.
+    #[arg(long, default_value = "/automaldesc/")]
+    pub etcd_namespace: String,
+    /// Directory of the embedded state store (one coordinator at a time).
+    #[arg(long, default_value = "data/state")]
+    pub state_dir: PathBuf,
+}
+
+/// Lease pacing.
+#[derive(Args, Clone, Debug)]
+pub struct LeaseArgs {
+    /// Seconds a lease lives without a heartbeat.
+    #[arg(long, default_value_t = 30.0)]
+    pub lease_ttl: f64,
+    /// Attempts (failures and expired leases) before a task is quarantined.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Seconds before a failed task is retried (doubling per attempt, at most 60 s).
+    #[arg(long, default_value_t = 2.0)]
+    pub retry_backoff: f64,
+    /// Seconds after which, with nothing queued, a task still running may be leased to a
+    /// second worker (the first completion wins); 0 turns it off.
+    #[arg(long, default_value_t = 300.0)]
+    pub speculate_after: f64,
+}
+
+impl LeaseArgs {
+    fn policy(&self) -> anyhow::Result<LeasePolicy> {
+        if !(self.lease_ttl > 0.0) || self.max_attempts == 0 {
+            bail!("--lease-ttl must be positive and --max-attempts at least 1");
+        }
+        Ok(LeasePolicy {
+            ttl: Duration::from_secs_f64(self.lease_ttl),
+            max_attempts: self.max_attempts,
+            backoff_base: Duration::from_secs_f64(self.retry_backoff.max(0.0)),
+            backoff_max: Duration::from_secs(60),
+            speculate_after: (self.speculate_after > 0.0)
+                .then(|| Duration::from_secs_f64(self.speculate_after)),
+        })
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct CoordinatorArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "0.0.0.0:50051")]
+    pub listen: String,
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+    /// Submit this run spec (TOML) at start; submitting it again after a restart is harmless.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// The submitted run's id (default: derived from the time).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Exit once no run is running (a batch job); workers are told the work is finished.
+    #[arg(long)]
+    pub exit_when_done: bool,
+    /// This coordinator's name in the leader election.
+    #[arg(long, env = "HOSTNAME", default_value = "coordinator")]
+    pub name: String,
+    /// File holding the bearer token every worker and client must present.
+    #[arg(long, env = "AUTOMALDESC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// TLS certificate and key (PEM) to serve with.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must be signed by: mutual TLS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// How a client (worker or operator) reaches the coordinator.
+#[derive(Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// Coordinator endpoints, comma-separated (a leader and its standbys), e.g.
+    /// http://coordinator:50051; https:// with --tls-ca.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
+    pub coordinator: Vec<String>,
+    /// File holding the bearer token.
+    #[arg(long, env = "AUTOMALDESC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA (PEM) that signed the coordinator's certificate.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate and key (PEM), for mutual TLS.
+    #[arg(long, requires = "tls_key", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the coordinator's certificate carries, if not the endpoint's host.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_domain: Option<String>,
+}
+
+impl ClientArgs {
+    fn security(&self) -> anyhow::Result<ClientSecurity> {
+        let token = self.token_file.as_deref().map(Token::from_file).transpose()?;
+        let tls = self.tls_ca.as_ref().map(|ca| ClientTlsFiles {
+            ca: ca.clone(),
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            domain: self.tls_domain.clone(),
+        });
+        Ok(ClientSecurity { token, tls })
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// This worker's id (default: host name and process id).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Stage kinds this worker runs (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "echo")]
+    pub executors: Vec<String>,
+    /// Seconds to keep retrying while no coordinator answers.
+    #[arg(long, default_value_t = 120.0)]
+    pub patience: f64,
+    /// Seconds a worker told to stop lets its task run before giving it back.
+    #[arg(long, default_value_t = 30.0)]
+    pub grace: f64,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct LocalArgs {
+    /// The run spec (TOML).
+    pub spec: PathBuf,
+    /// Workers in this process.
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// Directory of the embedded state; a run interrupted here resumes when started again.
+    #[arg(long, default_value = "data/local/state")]
+    pub state_dir: PathBuf,
+    #[arg(long)]
+    pub run_id: Option<String>,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+    /// Stage kinds the workers run.
+    #[arg(long, value_delimiter = ',', default_value = "echo")]
+    pub executors: Vec<String>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SubmitArgs {
+    /// The run spec (TOML).
+    pub spec: PathBuf,
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Follow the run until it ends; exit non-zero unless it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct StatusArgs {
+    /// One run (default: every run).
+    pub run_id: Option<String>,
+    /// Follow the run until it ends.
+    #[arg(long, requires = "run_id")]
+    pub watch: bool,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct CancelArgs {
+    pub run_id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// The executors a worker offers, by name.
+pub fn executors(names: &[String]) -> anyhow::Result<Executors> {
+    let mut out = Executors::new();
+    for name in names {
+        let exec: Arc<dyn Executor> = match name.as_str() {
+            "echo" => Arc::new(EchoExecutor),
+            other => bail!("no executor {other:?} (available: echo)"),
+        };
+        out.insert(exec.kind().to_string(), exec);
+    }
+    Ok(out)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops this process");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+    }
+}
+
+/// Retries `f` while the state store is unavailable, for up to `patience`.
+async fn with_store_retry<T, F, Fut>(what: &str, patience: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() < patience && is_unavailable(&e) => {
+                tracing::warn!(error = %e, "{what}: state store unavailable; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.context(what.to_string())),
+        }
+    }
+}
+
+fn is_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<StateError>(), Some(StateError::Unavailable(_)))
+            || c.downcast_ref::<crate::run_manager::RunError>()
+                .is_some_and(|r| r.is_transient())
+    })
+}
+
+fn read_spec(path: &std::path::Path) -> anyhow::Result<(String, RunSpec)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading run spec {}", path.display()))?;
+    let spec = RunSpec::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+    Ok((text, spec))
+}
+
+pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let policy = args.lease.policy()?;
+    let token = args.token_file.as_deref().map(Token::from_file).transpose()?;
+    let tls = args.tls_cert.clone().map(|cert| ServerTlsFiles {
+        cert,
+        key: args.tls_key.clone().unwrap_or_default(),
+        client_ca: args.tls_client_ca.clone(),
+    });
+    if token.is_none() && !args.listen.starts_with("127.") && !args.listen.starts_with("localhost") {
+        tracing::warn!("serving without a token: anyone who reaches {} can submit runs and take tasks", args.listen);
+    }
+    let submitted = args.run.as_deref().map(read_spec).transpose()?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let patience = Duration::from_secs(300);
+        let (store, leadership): (Arc<dyn StateStore>, _) = if args.state.etcd.is_empty() {
+            let store = EmbeddedStore::open(&args.state.state_dir)
+                .with_context(|| format!("state directory {}", args.state.state_dir.display()))?;
+            (Arc::new(store), None)
+        } else {
+            let etcd = with_store_retry("connecting to etcd", patience, || async {
+                Ok(EtcdStore::connect(&args.state.etcd, &args.state.etcd_namespace).await?)
+            })
+            .await?;
+            let ttl = policy.ttl.min(Duration::from_secs(15)).max(Duration::from_secs(2));
+            let leadership = tokio::select! {
+                l = with_store_retry("leader election", Duration::MAX, || async {
+                    Ok(etcd.campaign("leader", &args.name, ttl).await?)
+                }) => l?,
+                _ = terminated() => return Ok(()),
+            };
+            (Arc::new(etcd.fenced(&leadership)) as Arc<dyn StateStore>, Some(leadership))
+        };
+        let mut manager = with_store_retry("opening the runs", patience, || async {
+            Ok(RunManager::open(store.clone(), policy).await?)
+        })
+        .await?;
+        if let Some((_, spec)) = submitted {
+            let id = args.run_id.clone().map(RunId);
+            let status = manager.submit(id, spec).await?;
+            println!("run {} submitted", status.id);
+        }
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "coordinator serving");
+        let opts = ServeOptions {
+            heartbeat_interval: (policy.ttl / 5).max(Duration::from_millis(50)),
+            lease_ttl: policy.ttl,
+            tick: (policy.ttl / 10).clamp(Duration::from_millis(20), Duration::from_secs(1)),
+            exit_when_done: args.exit_when_done,
+            token: RequireToken::new(token),
+            tls,
+        };
+        let lost = async {
+            match &leadership {
+                Some(l) => l.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut leadership_lost = false;
+        let shutdown = async {
+            tokio::select! {
+                _ = terminated() => {}
+                _ = lost => leadership_lost = true,
+            }
+        };
+        let served = serve(listener, manager, opts, shutdown).await;
+        if let Some(l) = leadership {
+            if !leadership_lost {
+                l.resign().await;
+            }
+        }
+        if leadership_lost {
+            bail!("leadership lost; exiting so that this process can stand by again");
+        }
+        served?;
+        tracing::info!("coordinator stopped");
+        Ok(())
+    })
+}
+
+pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let executors = executors(&args.executors)?;
+    let id = args.id.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let opts = WorkerOptions {
+        endpoints: args.client.coordinator.clone(),
+        worker_id: id,
+        backend: "cpu".into(),
+        slots: 1,
+        security: args.client.security()?,
+        patience: Duration::from_secs_f64(args.patience.max(0.0)),
+        grace: Duration::from_secs_f64(args.grace.max(0.0)),
+    };
+    let rt = runtime()?;
+    let report = rt.block_on(run_worker(opts, executors, terminated()))?;
+    print_report(&report);
+    // A task given back may still be running on its thread: do not wait for it.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
+
+fn print_report(r: &WorkerReport) {
+    println!(
+        "{}",
+        serde_json::json!({
+            "completed": r.completed,
+            "refused": r.refused,
+            "failed": r.failed,
+            "released": r.released,
+            "executor_seconds": r.executor_seconds,
+        })
+    );
+}
+
+pub fn local(args: LocalArgs) -> anyhow::Result<()> {
+    let (_, spec) = read_spec(&args.spec)?;
+    let policy = args.lease.policy()?;
+    let names = args.executors.clone();
+    executors(&names)?;
+    let rt = runtime()?;
+    let status = rt.block_on(async move {
+        let store: Arc<dyn StateStore> = Arc::new(
+            EmbeddedStore::open(&args.state_dir)
+                .with_context(|| format!("state directory {}", args.state_dir.display()))?,
+        );
+        let mut manager = RunManager::open(store, policy).await?;
+        let status = manager.submit(args.run_id.clone().map(RunId), spec).await?;
+        let id = status.id.clone();
+        let mut watch = manager.subscribe(&id)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let opts = ServeOptions {
+            exit_when_done: true,
+            ..ServeOptions::plain(policy.ttl)
+        };
+        let server = tokio::spawn(serve(listener, manager, opts, terminated()));
+        let mut workers = Vec::new();
+        for i in 0..args.workers.max(1) {
+            let opts = WorkerOptions::new(&endpoint, &format!("local-{i}"));
+            workers.push(tokio::spawn(run_worker(opts, executors(&names)?, terminated())));
+        }
+        let progress = tokio::spawn(async move {
+            loop {
+                print_progress(&watch.borrow_and_update());
+                if watch.changed().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        for w in workers {
+            w.await??;
+        }
+        let manager = server.await??;
+        progress.abort();
+        Ok::<_, anyhow::Error>(manager.status(&id)?)
+    })?;
+    print_progress(&status);
+    println!("{}", serde_json::to_string_pretty(&status_json(&to_proto(status.clone())))?);
+    rt.shutdown_timeout(Duration::from_millis(100));
+    if status.phase != RunPhase::Succeeded {
+        bail!("run {} ended {:?}: {}", status.id, status.phase, status.error);
+    }
+    Ok(())
+}
+
+fn print_progress(s: &RunStatus) {
+    if let Some(st) = s.stages.last() {
+        eprintln!(
+            "run {} {:?}: stage {}/{} ({}) tasks {}/{} done, {} leased, {} quarantined; scripts {}/{}",
+            s.id,
+            s.phase,
+            st.index + 1,
+            s.stages_total,
+            st.kind,
+            st.counts.done,
+            st.counts.total,
+            st.counts.leased,
+            st.counts.quarantined,
+            st.totals.scripts_done,
+            st.totals.scripts_total,
+        );
+    }
+}
+
+fn status_json(s: &v1::RunStatus) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": s.run_id,
+        "state": v1::RunState::try_from(s.state).map(|p| p.as_str_name()).unwrap_or("UNKNOWN"),
+        "error": s.error,
+        "stages_total": s.stages_total,
+        "stages": s.stages.iter().map(|st| serde_json::json!({
+            "index": st.index,
+            "kind": st.kind,
+            "tasks_total": st.tasks_total,
+            "tasks_done": st.tasks_done,
+            "tasks_leased": st.tasks_leased,
+            "tasks_quarantined": st.tasks_quarantined,
+            "scripts_total": st.scripts_total,
+            "scripts_done": st.scripts_done,
+            "scripts_quarantined": st.scripts_quarantined,
+            "rows_out": st.rows_out,
+            "completions_refused": st.completions_refused,
+            "leases_expired": st.leases_expired,
+            "attempts_failed": st.attempts_failed,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+type Control = ControlServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        automaldesc_proto::security::AttachToken,
+    >,
+>;
+
+/// A control client on the first endpoint that answers.
+async fn control(args: &ClientArgs) -> anyhow::Result<Control> {
+    let security = args.security()?;
+    let mut last = None;
+    for endpoint in &args.coordinator {
+        let channel = security.channel(endpoint)?;
+        let mut client = ControlServiceClient::with_interceptor(channel, security.interceptor());
+        match client.list_runs(v1::ListRunsRequest {}).await {
+            Ok(_) => return Ok(client),
+            Err(s) if s.code() == tonic::Code::Unavailable => last = Some(s),
+            Err(s) => bail!("{endpoint}: {}", s.message()),
+        }
+    }
+    match last {
+        Some(s) => bail!("no coordinator answered at {:?}: {}", args.coordinator, s.message()),
+        None => bail!("no coordinator endpoint given"),
+    }
+}
+
+fn print_status(s: &v1::RunStatus, json: bool) {
+    if json {
+        println!("{}", status_json(s));
+        return;
+    }
+    let state = v1::RunState::try_from(s.state).map_or("UNKNOWN", |p| p.as_str_name());
+    println!("{} {}{}", s.run_id, state.trim_start_matches("RUN_STATE_"),
+        if s.error.is_empty() { String::new() } else { format!(": {}", s.error) });
+    for st in &s.stages {
+        println!(
+            "  stage {}/{} {:<10} tasks {}/{} leased {} quarantined {}  scripts {}/{} out {}  refused {} expired {} failed {}",
+            st.index + 1, s.stages_total, st.kind, st.tasks_done, st.tasks_total, st.tasks_leased,
+            st.tasks_quarantined, st.scripts_done, st.scripts_total, st.rows_out,
+            st.completions_refused, st.leases_expired, st.attempts_failed,
+        );
+    }
+}
+
+/// Follows a run until it ends; returns its last status.
+async fn follow(client: &mut Control, id: &str, json: bool) -> anyhow::Result<v1::RunStatus> {
+    let mut stream = client
+        .watch_run(v1::RunRequest { run_id: id.to_string() })
+        .await
+        .map_err(|s| anyhow::anyhow!("watching run {id}: {}", s.message()))?
+        .into_inner();
+    let mut last = None;
+    while let Some(s) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("watching run {id}: {}", s.message()))?
+    {
+        print_status(&s, json);
+        last = Some(s);
+    }
+    last.ok_or_else(|| anyhow::anyhow!("the coordinator closed the watch of {id} without a status"))
+}
+
+pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let (text, _) = read_spec(&args.spec)?;
+    runtime()?.block_on(async move {
+        let mut client = control(&args.client).await?;
+        let s = client
+            .submit_run(v1::SubmitRunRequest {
+                protocol_version: PROTOCOL_VERSION,
+                config_toml: text,
+                run_id: args.run_id.clone().unwrap_or_default(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("submit refused: {}", s.message()))?
+            .into_inner();
+        println!("run {} submitted", s.run_id);
+        if args.wait {
+            let last = follow(&mut client, &s.run_id, false).await?;
+            if last.state != v1::RunState::Succeeded as i32 {
+                bail!("run {} did not succeed", last.run_id);
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let mut client = control(&args.client).await?;
+        match &args.run_id {
+            Some(id) if args.watch => {
+                follow(&mut client, id, args.json).await?;
+            }
+            Some(id) => {
+                let s = client
+                    .get_run(v1::RunRequest { run_id: id.clone() })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner();
+                print_status(&s, args.json);
+            }
+            None => {
+                let runs = client
+                    .list_runs(v1::ListRunsRequest {})
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner();
+                for s in &runs.runs {
+                    print_status(s, args.json);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let mut client = control(&args.client).await?;
+        let s = client
+            .cancel_run(v1::RunRequest { run_id: args.run_id.clone() })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        print_status(&s, false);
+        Ok(())
+    })
+}

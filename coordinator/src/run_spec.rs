@@ -1,0 +1,131 @@
+//! What the coordinator executes: a run is an input dataset and an ordered list of stages.
+//! Stage 0 reads the input; stage k reads the committed output of stage k-1. The file is
+//! TOML and unknown keys are rejected, so a typo is an error rather than a silent default.
+//!
+//! ```toml
+//! input = "s3://corpus/unlabelled"     # a directory of Parquet files
+//! output = "s3://work/out"             # stages write under <output>/runs/<run>/
+//! task_bytes = 4194304                 # input bytes a task aims at (default 4 MiB)
+//!
+//! [[stage]]
+//! kind = "echo"                        # the executor workers run
+//! config = { delay_ms = 0 }            # handed to the executor as JSON
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Input bytes a task aims at when the spec does not say.
+pub const DEFAULT_TASK_BYTES: u64 = 4 << 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Object-store URL of the input dataset (a directory of Parquet files).
+    pub input: String,
+    /// Object-store URL stages write under.
+    pub output: String,
+    #[serde(default = "default_task_bytes")]
+    pub task_bytes: u64,
+    #[serde(rename = "stage")]
+    pub stages: Vec<StageConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    pub kind: String,
+    /// Settings for the executor, passed to it as JSON.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+fn default_task_bytes() -> u64 {
+    DEFAULT_TASK_BYTES
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("run spec: {0}")]
+    Parse(String),
+    #[error("run spec: {0}")]
+    Invalid(String),
+}
+
+impl RunSpec {
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: RunSpec = toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |m: String| Err(SpecError::Invalid(m));
+        if self.input.trim().is_empty() {
+            return bad("`input` must name a dataset".into());
+        }
+        if self.output.trim().is_empty() {
+            return bad("`output` must name a location".into());
+        }
+        if self.stages.is_empty() {
+            return bad("a run needs at least one [[stage]]".into());
+        }
+        if self.task_bytes == 0 {
+            return bad("`task_bytes` must be positive".into());
+        }
+        for (i, s) in self.stages.iter().enumerate() {
+            let valid = !s.kind.is_empty()
+                && s.kind
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !valid {
+                return bad(format!(
+                    "stage {i}: kind {:?} must be lowercase letters, digits and '-'",
+                    s.kind
+                ));
+            }
+            if !s.config.is_object() {
+                return bad(format!("stage {i}: `config` must be a table"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_parses_with_defaults() {
+        let spec = RunSpec::from_toml(
+            r#"
+            input = "data/corpus/unlabelled"
+            output = "data/out"
+            [[stage]]
+            kind = "echo"
+            [[stage]]
+            kind = "echo"
+            config = { delay_ms = 5, quarantine_marker = "X" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(spec.task_bytes, DEFAULT_TASK_BYTES);
+        assert_eq!(spec.stages.len(), 2);
+        assert_eq!(spec.stages[0].config, serde_json::json!({}));
+        assert_eq!(spec.stages[1].config["delay_ms"], 5);
+    }
+
+    #[test]
+    fn unknown_keys_and_empty_runs_are_errors() {
+        let typo = RunSpec::from_toml("input = \"a\"\noutput = \"b\"\ntask_byte = 3\n[[stage]]\nkind = \"echo\"\n");
+        assert!(matches!(typo, Err(SpecError::Parse(m)) if m.contains("task_byte")));
+        let none = RunSpec::from_toml("input = \"a\"\noutput = \"b\"\nstage = []\n");
+        assert!(matches!(none, Err(SpecError::Invalid(m)) if m.contains("at least one")));
+        let kind = RunSpec::from_toml("input = \"a\"\noutput = \"b\"\n[[stage]]\nkind = \"Echo!\"\n");
+        assert!(matches!(kind, Err(SpecError::Invalid(m)) if m.contains("Echo!")));
+    }
+}
