@@ -90,6 +90,10 @@ pub struct CoordinatorArgs {
     /// Exit once no run is running (a batch job); workers are told the work is finished.
     #[arg(long)]
     pub exit_when_done: bool,
+    /// Seconds the leader's etcd lease lives: how soon a standby takes over from a leader
+    /// that died.
+    #[arg(long, default_value_t = 10)]
+    pub leader_ttl: u64,
     /// This coordinator's name in the leader election.
     #[arg(long, env = "HOSTNAME", default_value = "coordinator")]
     pub name: String,
@@ -306,7 +310,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 Ok(EtcdStore::connect(&args.state.etcd, &args.state.etcd_namespace).await?)
             })
             .await?;
-            let ttl = policy.ttl.min(Duration::from_secs(15)).max(Duration::from_secs(2));
+            let ttl = Duration::from_secs(args.leader_ttl.max(1));
             let leadership = tokio::select! {
                 l = with_store_retry("leader election", Duration::MAX, || async {
                     Ok(etcd.campaign("leader", &args.name, ttl).await?)

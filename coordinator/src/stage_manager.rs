@@ -198,9 +198,11 @@ impl StageManager {
             return Ok(None);
         };
         let high = self.book.token_high_water().to_string().into_bytes();
-        self.store
-            .put(&self.tokens_key(), high, Expect::Any)
-            .await?;
+        if let Err(e) = self.store.put(&self.tokens_key(), high, Expect::Any).await {
+            // The worker never hears of this lease: take it back without counting it.
+            let _ = self.book.release(grant.task, grant.token, now);
+            return Err(e.into());
+        }
         let plan = &self.spec.tasks[grant.task.0 as usize];
         let s = &self.spec;
         Ok(Some(Assignment {

@@ -271,6 +271,8 @@ async fn run_one(
         .lease
         .clone()
         .ok_or_else(|| WorkerError::BadTask("no lease".into()))?;
+    tracing::info!(worker_id = %opts.worker_id, run = %lease.run_id, stage = lease.stage,
+        task = lease.task, token = lease.token, attempt = task.attempt, "task started");
     let cancel = Arc::new(AtomicBool::new(false));
     let input = TaskInput {
         input_root: task.input_root.clone(),

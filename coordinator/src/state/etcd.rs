@@ -300,19 +300,14 @@ impl StateStore for EtcdStore {
     }
 }
 
-/// Keeps the leader lease alive every `ttl / 3`. Transient failures are retried; the
-/// leadership is lost when etcd says the lease is gone, or when no renewal succeeded for a
-/// whole `ttl` (by then etcd may have let it lapse).
+/// Keeps the leader lease alive every `ttl / 3`. The leadership is lost only when etcd
+/// answers that the lease is gone. While etcd cannot be reached the renewals are retried:
+/// an etcd restart keeps its leases, and if another coordinator did take over meanwhile,
+/// the fence refuses this one's writes anyway.
 async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: watch::Sender<bool>) {
     let period = (ttl / 3).max(Duration::from_millis(100));
-    let mut last_ok = tokio::time::Instant::now();
     let mut stream = None;
     loop {
-        if last_ok.elapsed() >= ttl {
-            tracing::error!(lease, "leader lease not renewed within its TTL");
-            let _ = lost.send(true);
-            return;
-        }
         if stream.is_none() {
             stream = client.lease_keep_alive(lease).await.ok();
         }
@@ -322,7 +317,7 @@ async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, lost: watch::
                 responses.message().await
             };
             match tokio::time::timeout(period, renewed).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => last_ok = tokio::time::Instant::now(),
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
                 Ok(Ok(Some(_))) => {
                     tracing::error!(lease, "etcd says the leader lease expired");
                     let _ = lost.send(true);

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+pub mod procs;
+
 use std::sync::Arc;
 
 use automaldesc_common::parquet_io::{
@@ -34,12 +37,17 @@ impl Corpus {
     /// Adds one more file to the unlabelled split: a single script holding `marker`.
     /// Returns its sha256.
     pub async fn poison(&self, marker: &[u8]) -> String {
+        self.poison_named("poison", marker).await
+    }
+
+    /// [`Corpus::poison`] with the file named `<stem>-00000.parquet`.
+    pub async fn poison_named(&self, stem: &str, marker: &[u8]) -> String {
         let mut content = b"echo 'harmless looking' # ".to_vec();
         content.extend_from_slice(marker);
         let row = CorpusRow::new(content, "test:poison", None);
         let sha = row.sha256.clone();
         let opts = WriterOptions {
-            file_stem: "poison".into(),
+            file_stem: stem.into(),
             ..WriterOptions::default()
         };
         write_dataset(self.store.clone(), &self.unlabelled, vec![row], opts)
@@ -123,4 +131,54 @@ pub async fn committed_rows(
         quarantined.extend(record.quarantined.into_iter().map(|(sha, _)| sha));
     }
     (rows, quarantined)
+}
+
+/// The sha256 of every input script of task `task` of stage `stage`, from its recorded plan.
+pub async fn task_scripts(
+    store: &dyn automaldesc_coordinator::state::StateStore,
+    run: &str,
+    stage: u32,
+    task: u32,
+) -> Vec<String> {
+    let key = format!("runs/{run}/stages/{stage:03}/plan");
+    let plan: automaldesc_coordinator::run_manager::StagePlan =
+        serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
+    let (input, _) = automaldesc_common::store::open_object(&plan.input_root).unwrap();
+    let mut out = Vec::new();
+    for r in &plan.tasks[task as usize].ranges {
+        let rows: Vec<CorpusRow> = automaldesc_common::parquet_io::read_row_groups(
+            input.clone(),
+            &Path::from(r.file.as_str()),
+            r.start..r.end,
+        )
+        .await
+        .unwrap();
+        out.extend(rows.into_iter().map(|r| r.sha256));
+    }
+    out
+}
+
+/// Quarantined tasks of a stage: (task, error).
+pub async fn quarantined_tasks(
+    store: &dyn automaldesc_coordinator::state::StateStore,
+    run: &str,
+    stage: u32,
+) -> Vec<(u32, String)> {
+    store
+        .list(&format!("runs/{run}/stages/{stage:03}/quarantined/"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            let task = k.rsplit('/').next().unwrap().parse().unwrap();
+            (task, String::from_utf8_lossy(&v.value).into_owned())
+        })
+        .collect()
+}
+
+/// A one-stage echo run spec over `input`.
+pub fn echo_spec(input: &str, output: &str, task_bytes: u64, config: &str) -> String {
+    format!(
+        "input = {input:?}\noutput = {output:?}\ntask_bytes = {task_bytes}\n\n[[stage]]\nkind = \"echo\"\nconfig = {config}\n"
+    )
 }
