@@ -584,8 +584,21 @@ pub async fn serve(
             opts.token.clone(),
         ));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = router.serve_with_incoming_shutdown(
+    // Small request/response exchanges: without TCP_NODELAY, Nagle's algorithm and delayed
+    // ACKs hold each one back for tens of milliseconds.
+    let incoming = futures::StreamExt::map(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            if let Ok(c) = &conn {
+                if let Err(e) = c.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            }
+            conn
+        },
+    );
+    let server = router.serve_with_incoming_shutdown(
+        incoming,
         async move {
             tokio::select! {
                 _ = shutdown => {}

@@ -45,6 +45,9 @@ enum BenchCmd {
     Runtime(automaldesc_coordinator::bench_cmd::BenchArgs),
     /// Scripts per second of the whole annotate path, without and with early stop.
     Annotate(automaldesc_coordinator::bench_cmd::BenchAnnotateArgs),
+    /// One echo stage through a coordinator and N worker processes, next to the same
+    /// dataflow in plain pyarrow + multiprocessing.
+    Engine(automaldesc_coordinator::bench_cmd::BenchEngineArgs),
     /// Compare the selected device (e.g. CUDA) with the CPU backend on a random model.
     DeviceCheck,
 }
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCmd::Annotate(args)) => {
             automaldesc_coordinator::bench_cmd::annotate(args)
         }
+        Command::Bench(BenchCmd::Engine(args)) => automaldesc_coordinator::bench_cmd::engine(args),
         Command::Bench(BenchCmd::DeviceCheck) => automaldesc_coordinator::bench_cmd::device_check(),
     }
 }

@@ -5,8 +5,9 @@
 //! `complete` accepts the attempt only if its lease is live, then records the task's commit
 //! with a create-if-absent write, so even across a coordinator restart the first commit wins
 //! and a second is refused. Files of refused or abandoned attempts are referenced by no
-//! commit record; a collector can delete them. Tokens are persisted before they are handed
-//! out, so a restarted coordinator never issues one twice.
+//! commit record; a collector can delete them. Tokens are reserved durably in blocks
+//! before they are handed out, and a restarted coordinator starts above the reservation,
+//! so no token is ever issued twice.
 
 use std::sync::Arc;
 
@@ -97,7 +98,12 @@ pub struct StageManager {
     book: LeaseBook,
     store: Arc<dyn StateStore>,
     totals: StageTotals,
+    /// Tokens up to this one are durably reserved (and may have been issued).
+    tokens_reserved: u64,
 }
+
+/// Tokens reserved per durable write.
+const TOKEN_BLOCK: u64 = 1000;
 
 impl StageManager {
     fn prefix(spec: &StageSpec) -> String {
@@ -154,6 +160,7 @@ impl StageManager {
             book,
             store,
             totals,
+            tokens_reserved: floor,
         })
     }
 
@@ -197,11 +204,16 @@ impl StageManager {
         let Some(grant) = self.book.acquire(worker, now) else {
             return Ok(None);
         };
-        let high = self.book.token_high_water().to_string().into_bytes();
-        if let Err(e) = self.store.put(&self.tokens_key(), high, Expect::Any).await {
-            // The worker never hears of this lease: take it back without counting it.
-            let _ = self.book.release(grant.task, grant.token, now);
-            return Err(e.into());
+        if grant.token > self.tokens_reserved {
+            // Reserve a block of tokens at once, so most leases cost no durable write.
+            let reserve = grant.token + TOKEN_BLOCK;
+            let high = reserve.to_string().into_bytes();
+            if let Err(e) = self.store.put(&self.tokens_key(), high, Expect::Any).await {
+                // The worker never hears of this lease: take it back without counting it.
+                let _ = self.book.release(grant.task, grant.token, now);
+                return Err(e.into());
+            }
+            self.tokens_reserved = reserve;
         }
         let plan = &self.spec.tasks[grant.task.0 as usize];
         let s = &self.spec;

@@ -209,3 +209,113 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_hands_out_nothing_and_bad_runs_are_refused_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = support::small_corpus(&dir.path().join("corpus"), 6, 0.002).await;
+    let out = dir.path().join("out").to_str().unwrap().to_string();
+    let store: Arc<dyn StateStore> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("state")).unwrap());
+    let policy = LeasePolicy::default();
+    let manager = RunManager::open(store.clone(), policy).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, manager, ServeOptions::plain(policy.ttl), async {
+        let _ = stopped.await;
+    }));
+    let mut control = loop {
+        match ControlServiceClient::connect(endpoint.clone()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let submit = |toml: String, id: &str| v1::SubmitRunRequest {
+        protocol_version: automaldesc_proto::PROTOCOL_VERSION,
+        config_toml: toml,
+        run_id: id.into(),
+    };
+    let good = support::echo_spec(&corpus.unlabelled_url(), &out, 1 << 20, "{}");
+
+    // Bad input is refused, saying what is wrong.
+    let missing = support::echo_spec(&format!("{}/nowhere", corpus.url), &out, 1 << 20, "{}");
+    let e = control.submit_run(submit(missing, "r-missing")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("nowhere"), "{e}");
+    let e = control
+        .submit_run(submit(good.replace("kind = \"echo\"", "kind = \"echo\"\nkinds = 1"), "r-typo"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("kinds"), "{e}");
+    let e = control.submit_run(submit(good.clone(), "Bad Id!")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = control
+        .get_run(v1::RunRequest { run_id: "r-none".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    // A run is cancelled while a worker holds one of its tasks.
+    let s = control.submit_run(submit(good, "r-cancel")).await.unwrap().into_inner();
+    assert_eq!(s.state, v1::RunState::Running as i32);
+    let mut worker = WorkerServiceClient::connect(endpoint.clone()).await.unwrap();
+    let task = worker
+        .acquire_task(v1::AcquireTaskRequest {
+            worker_id: "w".into(),
+            stage_kinds: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let c = control
+        .cancel_run(v1::RunRequest { run_id: "r-cancel".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.state, v1::RunState::Cancelled as i32);
+    let next = worker
+        .acquire_task(v1::AcquireTaskRequest {
+            worker_id: "w".into(),
+            stage_kinds: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(next.task.is_none());
+    let hb = worker
+        .heartbeat(v1::HeartbeatRequest {
+            worker_id: "w".into(),
+            leases: vec![task.lease.clone().unwrap()],
+            progress: None,
+            draining: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hb.lost.len(), 1, "the cancelled run's lease is gone");
+    let late = worker
+        .complete_task(v1::CompleteTaskRequest {
+            worker_id: "w".into(),
+            lease: task.lease,
+            outputs: Vec::new(),
+            rows_in: 0,
+            quarantined: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!late.accepted);
+    let _ = stop.send(());
+    let manager = server.await.unwrap().unwrap();
+    // The cancellation is durable.
+    drop(manager);
+    let reopened = RunManager::open(store, policy).await.unwrap();
+    assert_eq!(
+        reopened.status(&RunId("r-cancel".into())).unwrap().phase,
+        RunPhase::Cancelled
+    );
+}

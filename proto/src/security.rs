@@ -190,7 +190,8 @@ impl ClientSecurity {
     pub fn channel(&self, endpoint: &str) -> Result<tonic::transport::Channel, SecurityError> {
         let mut ep = tonic::transport::Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| SecurityError::Invalid(format!("endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(5));
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             ep = ep
                 .tls_config(tls.load()?)

@@ -240,7 +240,6 @@ pub async fn run_worker(
                 task.stage_kind
             )));
         };
-        let started = std::time::Instant::now();
         run_one(
             &mut coord,
             &opts,
@@ -252,7 +251,6 @@ pub async fn run_worker(
             &mut report,
         )
         .await?;
-        report.executor_seconds += started.elapsed().as_secs_f64();
     }
 }
 
@@ -286,6 +284,7 @@ async fn run_one(
         cancel: cancel.clone(),
     };
     // The executor runs on its own thread; this task keeps the lease meanwhile.
+    let started = std::time::Instant::now();
     let work = tokio::task::spawn_blocking(move || executor.run(&input));
     tokio::pin!(work);
     let mut ticker = tokio::time::interval(heartbeat);
@@ -332,6 +331,7 @@ async fn run_one(
             }
         }
     };
+    report.executor_seconds += started.elapsed().as_secs_f64();
     if lost {
         tracing::warn!(worker_id = %opts.worker_id, task = lease.task, "lease lost; the output is abandoned");
         report.refused += 1;
