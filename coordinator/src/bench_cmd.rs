@@ -291,7 +291,11 @@ fn reap(pid: i32) -> std::thread::JoinHandle<anyhow::Result<Exited>> {
         // SAFETY: zeroed rusage is a valid value; wait4 fills it for our own child.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-        anyhow::ensure!(rc == pid, "wait4({pid}) failed: {}", std::io::Error::last_os_error());
+        anyhow::ensure!(
+            rc == pid,
+            "wait4({pid}) failed: {}",
+            std::io::Error::last_os_error()
+        );
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
         Ok(Exited {
             at: std::time::Instant::now(),
@@ -326,7 +330,9 @@ fn engine_once(args: &BenchEngineArgs, workers: u32) -> anyhow::Result<EngineRun
             args.task_bytes
         ),
     )?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let exe = std::env::current_exe()?;
     let spawn = |name: &str, a: &[&str]| -> anyhow::Result<std::process::Child> {
         Command::new(&exe)
@@ -343,8 +349,16 @@ fn engine_once(args: &BenchEngineArgs, workers: u32) -> anyhow::Result<EngineRun
     let coordinator = spawn(
         "coordinator",
         &[
-            "coordinator", "--listen", &listen, "--state-dir", state.to_str().unwrap_or_default(),
-            "--exit-when-done", "--run", spec.to_str().unwrap_or_default(), "--run-id", "bench",
+            "coordinator",
+            "--listen",
+            &listen,
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            "--exit-when-done",
+            "--run",
+            spec.to_str().unwrap_or_default(),
+            "--run-id",
+            "bench",
         ],
     )?;
     let coordinator_exit = reap(coordinator.id() as i32);
@@ -352,14 +366,23 @@ fn engine_once(args: &BenchEngineArgs, workers: u32) -> anyhow::Result<EngineRun
     let mut reaped = Vec::new();
     for i in 0..workers {
         let name = format!("worker-{i}");
-        let child = spawn(&name, &["worker", "--coordinator", &endpoint, "--id", &name])?;
+        let child = spawn(
+            &name,
+            &["worker", "--coordinator", &endpoint, "--id", &name],
+        )?;
         reaped.push((name, reap(child.id() as i32)));
     }
     let mut last_exit = started;
     let mut executor_s = 0.0;
     for (name, handle) in reaped {
-        let exit = handle.join().map_err(|_| anyhow::anyhow!("reaper panicked"))??;
-        anyhow::ensure!(exit.success, "{name} failed; see {}", dir.join(format!("{name}.log")).display());
+        let exit = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("reaper panicked"))??;
+        anyhow::ensure!(
+            exit.success,
+            "{name} failed; see {}",
+            dir.join(format!("{name}.log")).display()
+        );
         last_exit = last_exit.max(exit.at);
         let report: Value = serde_json::from_str(
             std::fs::read_to_string(dir.join(format!("{name}.out")))?
@@ -372,7 +395,11 @@ fn engine_once(args: &BenchEngineArgs, workers: u32) -> anyhow::Result<EngineRun
     let coordinator = coordinator_exit
         .join()
         .map_err(|_| anyhow::anyhow!("reaper panicked"))??;
-    anyhow::ensure!(coordinator.success, "the coordinator failed; see {}", dir.join("coordinator.log").display());
+    anyhow::ensure!(
+        coordinator.success,
+        "the coordinator failed; see {}",
+        dir.join("coordinator.log").display()
+    );
     // Check the work before timing it: every input script came out once.
     let summary: Value = {
         let store = crate::state::EmbeddedStore::open(&state)?;
@@ -407,7 +434,11 @@ fn peer_once(args: &BenchEngineArgs, workers: u32) -> anyhow::Result<Value> {
         .args(["--workers", &workers.to_string()])
         .output()
         .context("running the Python peer")?;
-    anyhow::ensure!(o.status.success(), "Python peer: {}", String::from_utf8_lossy(&o.stderr));
+    anyhow::ensure!(
+        o.status.success(),
+        "Python peer: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let _ = std::fs::remove_dir_all(&out);
     Ok(serde_json::from_slice(&o.stdout)?)
 }
@@ -425,7 +456,11 @@ pub fn engine(args: BenchEngineArgs) -> anyhow::Result<()> {
         } else {
             let py = peer_once(&args, n)?;
             let py_scripts = py["scripts"].as_u64().unwrap_or(0);
-            anyhow::ensure!(py_scripts == ours.scripts, "the peer saw {py_scripts} scripts, we saw {}", ours.scripts);
+            anyhow::ensure!(
+                py_scripts == ours.scripts,
+                "the peer saw {py_scripts} scripts, we saw {}",
+                ours.scripts
+            );
             let rate = py["scripts_per_s"].as_f64().unwrap_or(f64::NAN);
             (format!("{rate:.0}"), format!("{:.2}", ours_rate / rate))
         };

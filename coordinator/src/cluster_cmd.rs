@@ -58,7 +58,7 @@ pub struct LeaseArgs {
 
 impl LeaseArgs {
     fn policy(&self) -> anyhow::Result<LeasePolicy> {
-        if !(self.lease_ttl > 0.0) || self.max_attempts == 0 {
+        if self.lease_ttl.is_nan() || self.lease_ttl <= 0.0 || self.max_attempts == 0 {
             bail!("--lease-ttl must be positive and --max-attempts at least 1");
         }
         Ok(LeasePolicy {
@@ -135,7 +135,11 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     fn security(&self) -> anyhow::Result<ClientSecurity> {
-        let token = self.token_file.as_deref().map(Token::from_file).transpose()?;
+        let token = self
+            .token_file
+            .as_deref()
+            .map(Token::from_file)
+            .transpose()?;
         let tls = self.tls_ca.as_ref().map(|ca| ClientTlsFiles {
             ca: ca.clone(),
             identity: self.tls_cert.clone().zip(self.tls_key.clone()),
@@ -273,9 +277,12 @@ where
 
 fn is_unavailable(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        matches!(c.downcast_ref::<StateError>(), Some(StateError::Unavailable(_)))
-            || c.downcast_ref::<crate::run_manager::RunError>()
-                .is_some_and(|r| r.is_transient())
+        matches!(
+            c.downcast_ref::<StateError>(),
+            Some(StateError::Unavailable(_))
+        ) || c
+            .downcast_ref::<crate::run_manager::RunError>()
+            .is_some_and(|r| r.is_transient())
     })
 }
 
@@ -288,14 +295,22 @@ fn read_spec(path: &std::path::Path) -> anyhow::Result<(String, RunSpec)> {
 
 pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let policy = args.lease.policy()?;
-    let token = args.token_file.as_deref().map(Token::from_file).transpose()?;
+    let token = args
+        .token_file
+        .as_deref()
+        .map(Token::from_file)
+        .transpose()?;
     let tls = args.tls_cert.clone().map(|cert| ServerTlsFiles {
         cert,
         key: args.tls_key.clone().unwrap_or_default(),
         client_ca: args.tls_client_ca.clone(),
     });
-    if token.is_none() && !args.listen.starts_with("127.") && !args.listen.starts_with("localhost") {
-        tracing::warn!("serving without a token: anyone who reaches {} can submit runs and take tasks", args.listen);
+    if token.is_none() && !args.listen.starts_with("127.") && !args.listen.starts_with("localhost")
+    {
+        tracing::warn!(
+            "serving without a token: anyone who reaches {} can submit runs and take tasks",
+            args.listen
+        );
     }
     let submitted = args.run.as_deref().map(read_spec).transpose()?;
     let rt = runtime()?;
@@ -317,7 +332,10 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 }) => l?,
                 _ = terminated() => return Ok(()),
             };
-            (Arc::new(etcd.fenced(&leadership)) as Arc<dyn StateStore>, Some(leadership))
+            (
+                Arc::new(etcd.fenced(&leadership)) as Arc<dyn StateStore>,
+                Some(leadership),
+            )
         };
         let mut manager = with_store_retry("opening the runs", patience, || async {
             Ok(RunManager::open(store.clone(), policy).await?)
@@ -429,7 +447,11 @@ pub fn local(args: LocalArgs) -> anyhow::Result<()> {
         let mut workers = Vec::new();
         for i in 0..args.workers.max(1) {
             let opts = WorkerOptions::new(&endpoint, &format!("local-{i}"));
-            workers.push(tokio::spawn(run_worker(opts, executors(&names)?, terminated())));
+            workers.push(tokio::spawn(run_worker(
+                opts,
+                executors(&names)?,
+                terminated(),
+            )));
         }
         let progress = tokio::spawn(async move {
             loop {
@@ -448,10 +470,18 @@ pub fn local(args: LocalArgs) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(manager.status(&id)?)
     })?;
     print_progress(&status);
-    println!("{}", serde_json::to_string_pretty(&status_json(&to_proto(status.clone())))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&status_json(&to_proto(status.clone())))?
+    );
     rt.shutdown_timeout(Duration::from_millis(100));
     if status.phase != RunPhase::Succeeded {
-        bail!("run {} ended {:?}: {}", status.id, status.phase, status.error);
+        bail!(
+            "run {} ended {:?}: {}",
+            status.id,
+            status.phase,
+            status.error
+        );
     }
     Ok(())
 }
@@ -520,7 +550,11 @@ async fn control(args: &ClientArgs) -> anyhow::Result<Control> {
         }
     }
     match last {
-        Some(s) => bail!("no coordinator answered at {:?}: {}", args.coordinator, s.message()),
+        Some(s) => bail!(
+            "no coordinator answered at {:?}: {}",
+            args.coordinator,
+            s.message()
+        ),
         None => bail!("no coordinator endpoint given"),
     }
 }
@@ -531,8 +565,16 @@ fn print_status(s: &v1::RunStatus, json: bool) {
         return;
     }
     let state = v1::RunState::try_from(s.state).map_or("UNKNOWN", |p| p.as_str_name());
-    println!("{} {}{}", s.run_id, state.trim_start_matches("RUN_STATE_"),
-        if s.error.is_empty() { String::new() } else { format!(": {}", s.error) });
+    println!(
+        "{} {}{}",
+        s.run_id,
+        state.trim_start_matches("RUN_STATE_"),
+        if s.error.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", s.error)
+        }
+    );
     for st in &s.stages {
         println!(
             "  stage {}/{} {:<10} tasks {}/{} leased {} quarantined {}  scripts {}/{} out {}  refused {} expired {} failed {}",
@@ -546,7 +588,9 @@ fn print_status(s: &v1::RunStatus, json: bool) {
 /// Follows a run until it ends; returns its last status.
 async fn follow(client: &mut Control, id: &str, json: bool) -> anyhow::Result<v1::RunStatus> {
     let mut stream = client
-        .watch_run(v1::RunRequest { run_id: id.to_string() })
+        .watch_run(v1::RunRequest {
+            run_id: id.to_string(),
+        })
         .await
         .map_err(|s| anyhow::anyhow!("watching run {id}: {}", s.message()))?
         .into_inner();
@@ -620,7 +664,9 @@ pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let mut client = control(&args.client).await?;
         let s = client
-            .cancel_run(v1::RunRequest { run_id: args.run_id.clone() })
+            .cancel_run(v1::RunRequest {
+                run_id: args.run_id.clone(),
+            })
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner();

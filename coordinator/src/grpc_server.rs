@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::lease_manager::{FailOutcome, Refusal};
 use crate::run_manager::{RunError, RunManager, RunPhase, RunStatus};
 use crate::run_spec::RunSpec;
-use crate::stage_manager::{Assignment, OutputRecord, StageError};
+use crate::stage_manager::{Assignment, Completion, OutputRecord, StageError};
 use crate::state::StateError;
 
 /// How long a worker told "nothing now" waits before asking again.
@@ -43,9 +43,7 @@ enum Command {
     Complete {
         worker: WorkerId,
         lease: LeaseRef,
-        rows_in: u64,
-        outputs: Vec<OutputRecord>,
-        quarantined: Vec<(String, String)>,
+        done: Completion,
         reply: Reply<Result<(), Refusal>>,
     },
     Fail {
@@ -197,16 +195,9 @@ async fn handle(m: &mut RunManager, cmd: Command, exit_when_done: bool) -> Resul
         Command::Complete {
             worker,
             lease,
-            rows_in,
-            outputs,
-            quarantined,
+            done,
             reply,
-        } => {
-            let r = m
-                .complete(&worker, &lease, rows_in, outputs, quarantined, now)
-                .await;
-            answer(reply, r)
-        }
+        } => answer(reply, m.complete(&worker, &lease, done, now).await),
         Command::Fail {
             lease,
             error,
@@ -233,6 +224,15 @@ fn status(e: RunError) -> Status {
         RunError::Data { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
+}
+
+fn check_version(v: u32) -> Result<(), Status> {
+    if v != PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "protocol version {v} is not {PROTOCOL_VERSION}"
+        )));
+    }
+    Ok(())
 }
 
 fn phase(p: RunPhase) -> v1::RunState {
@@ -307,12 +307,7 @@ impl WorkerService for WorkerGrpc {
         req: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         let r = req.into_inner();
-        if r.protocol_version != PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
-                "protocol version {} is not {PROTOCOL_VERSION}",
-                r.protocol_version
-            )));
-        }
+        check_version(r.protocol_version)?;
         let worker = worker_id(r.worker_id)?;
         let caps = r.capabilities.unwrap_or_default();
         tracing::info!(worker_id = %worker, backend = %caps.backend, slots = caps.slots,
@@ -414,9 +409,11 @@ impl WorkerService for WorkerGrpc {
             .ask(|reply| Command::Complete {
                 worker,
                 lease,
-                rows_in: r.rows_in,
-                outputs,
-                quarantined,
+                done: Completion {
+                    rows_in: r.rows_in,
+                    outputs,
+                    quarantined,
+                },
                 reply,
             })
             .await?
@@ -476,15 +473,10 @@ impl ControlService for ControlGrpc {
         req: Request<v1::SubmitRunRequest>,
     ) -> Result<Response<v1::RunStatus>, Status> {
         let r = req.into_inner();
-        if r.protocol_version != PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
-                "protocol version {} is not {PROTOCOL_VERSION}",
-                r.protocol_version
-            )));
-        }
+        check_version(r.protocol_version)?;
         let spec = RunSpec::from_toml(&r.config_toml)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let id = (!r.run_id.is_empty()).then(|| RunId(r.run_id));
+        let id = (!r.run_id.is_empty()).then_some(RunId(r.run_id));
         let s = self
             .inner
             .ask(|reply| Command::Submit { id, spec, reply })
@@ -529,14 +521,15 @@ impl ControlService for ControlGrpc {
             .await?
             .map_err(status)?;
         // The current status first, then every change, until the run ends.
-        let stream = futures::stream::unfold((rx, true, false), |(mut rx, first, ended)| async move {
-            if ended || (!first && rx.changed().await.is_err()) {
-                return None;
-            }
-            let s = rx.borrow_and_update().clone();
-            let ended = s.phase != RunPhase::Running;
-            Some((Ok(to_proto(s)), (rx, false, ended)))
-        });
+        let stream =
+            futures::stream::unfold((rx, true, false), |(mut rx, first, ended)| async move {
+                if ended || (!first && rx.changed().await.is_err()) {
+                    return None;
+                }
+                let s = rx.borrow_and_update().clone();
+                let ended = s.phase != RunPhase::Running;
+                Some((Ok(to_proto(s)), (rx, false, ended)))
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -597,15 +590,12 @@ pub async fn serve(
             conn
         },
     );
-    let server = router.serve_with_incoming_shutdown(
-        incoming,
-        async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = stop_rx => {}
-            }
-        },
-    );
+    let server = router.serve_with_incoming_shutdown(incoming, async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stop_rx => {}
+        }
+    });
     let loop_opts = opts.clone();
     let event_loop = async move {
         let end = event_loop(&mut manager, &mut rx, &loop_opts).await;

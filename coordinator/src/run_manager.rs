@@ -32,7 +32,7 @@ use crate::lease_manager::{FailOutcome, LeasePolicy, Refusal, StageCounts};
 use crate::planner::{plan, InputFile, PlanOptions, TaskPlan};
 use crate::run_spec::{RunSpec, SpecError};
 use crate::stage_manager::{
-    Assignment, OutputRecord, StageError, StageManager, StageSpec, StageTotals,
+    Assignment, Completion, StageError, StageManager, StageSpec, StageTotals,
 };
 use crate::state::{Expect, StateError, StateStore};
 
@@ -121,7 +121,10 @@ impl RunError {
     }
 
     pub fn is_fenced(&self) -> bool {
-        matches!(self, RunError::Stage(StageError::State(StateError::Fenced(_))))
+        matches!(
+            self,
+            RunError::Stage(StageError::State(StateError::Fenced(_)))
+        )
     }
 }
 
@@ -186,7 +189,10 @@ fn stage_key(run: &RunId, stage: u32, leaf: &str) -> String {
 
 /// Where stage `k` of a run writes, under the run's output location.
 pub fn stage_output_url(output: &str, run: &RunId, stage: u32) -> String {
-    format!("{}/runs/{run}/stage-{stage:03}", output.trim_end_matches('/'))
+    format!(
+        "{}/runs/{run}/stage-{stage:03}",
+        output.trim_end_matches('/')
+    )
 }
 
 fn check_id(id: &str) -> Result<(), RunError> {
@@ -319,7 +325,11 @@ impl RunManager {
 
     /// Starts a run. Submitting the same id with the same spec again is harmless (it
     /// returns the run as it is); the same id with another spec is refused.
-    pub async fn submit(&mut self, id: Option<RunId>, spec: RunSpec) -> Result<RunStatus, RunError> {
+    pub async fn submit(
+        &mut self,
+        id: Option<RunId>,
+        spec: RunSpec,
+    ) -> Result<RunStatus, RunError> {
         spec.validate()?;
         let id = match id {
             Some(id) => {
@@ -329,7 +339,11 @@ impl RunManager {
             None => self.fresh_id().await?,
         };
         let spec_key = run_key(&id, "spec");
-        match self.store.put(&spec_key, to_json(&spec), Expect::Absent).await {
+        match self
+            .store
+            .put(&spec_key, to_json(&spec), Expect::Absent)
+            .await
+        {
             Ok(_) => {}
             Err(StateError::Conflict { .. }) => {
                 let stored = self.store.get(&spec_key).await?;
@@ -408,8 +422,8 @@ impl RunManager {
                 (spec.input.clone(), layouts)
             }
             Some(prev) => {
-                let (store, _) =
-                    open_store(&spec.output).map_err(data(format!("run output {}", spec.output)))?;
+                let (store, _) = open_store(&spec.output)
+                    .map_err(data(format!("run output {}", spec.output)))?;
                 let mut layouts = Vec::new();
                 for (_, commit) in prev.commits().await? {
                     for out in commit.outputs {
@@ -491,13 +505,19 @@ impl RunManager {
                 garbage_files_deleted: garbage,
             };
             self.store
-                .put(&stage_key(&run.id, k, "summary"), to_json(&summary), Expect::Any)
+                .put(
+                    &stage_key(&run.id, k, "summary"),
+                    to_json(&summary),
+                    Expect::Any,
+                )
                 .await?;
             tracing::info!(run = %run.id, stage = k, done = summary.counts.done,
                 quarantined = summary.counts.quarantined, garbage, "stage finished");
             let mut record = run.record.clone();
             let next = if (k as usize) + 1 < run.spec.stages.len() {
-                let plan = self.plan_stage(&run.id, &run.spec, k + 1, Some(stage)).await?;
+                let plan = self
+                    .plan_stage(&run.id, &run.spec, k + 1, Some(stage))
+                    .await?;
                 record.stage = k + 1;
                 Some(stage_spec(&run.id, &run.spec, k + 1, plan))
             } else {
@@ -508,9 +528,10 @@ impl RunManager {
                 .put(&run_key(&run.id, "record"), to_json(&record), Expect::Any)
                 .await?;
             let current = match next {
-                Some(spec) => {
-                    Some(StageManager::open(spec, self.store.clone(), self.policy, Instant::now()).await?)
-                }
+                Some(spec) => Some(
+                    StageManager::open(spec, self.store.clone(), self.policy, Instant::now())
+                        .await?,
+                ),
                 None => None,
             };
             let run = &mut self.runs[i];
@@ -534,7 +555,11 @@ impl RunManager {
         if self.draining {
             return Ok(None);
         }
-        for run in self.runs.iter_mut().filter(|r| r.record.phase == RunPhase::Running) {
+        for run in self
+            .runs
+            .iter_mut()
+            .filter(|r| r.record.phase == RunPhase::Running)
+        {
             let Some(stage) = run.current.as_mut() else {
                 continue;
             };
@@ -562,7 +587,12 @@ impl RunManager {
     }
 
     /// Renews `worker`'s leases everywhere; returns the reported leases it no longer holds.
-    pub fn heartbeat(&mut self, worker: &WorkerId, held: &[LeaseRef], now: Instant) -> Vec<LeaseRef> {
+    pub fn heartbeat(
+        &mut self,
+        worker: &WorkerId,
+        held: &[LeaseRef],
+        now: Instant,
+    ) -> Vec<LeaseRef> {
         let mut lost = Vec::new();
         for run in &mut self.runs {
             if let Some(stage) = run.current.as_mut() {
@@ -571,7 +601,9 @@ impl RunManager {
         }
         for lease in held {
             let live = match self.stage_of(lease) {
-                Some((_, stage)) => stage.heartbeat(worker, std::slice::from_ref(lease), now).is_empty(),
+                Some((_, stage)) => stage
+                    .heartbeat(worker, std::slice::from_ref(lease), now)
+                    .is_empty(),
                 None => false,
             };
             if !live {
@@ -585,17 +617,13 @@ impl RunManager {
         &mut self,
         worker: &WorkerId,
         lease: &LeaseRef,
-        rows_in: u64,
-        outputs: Vec<OutputRecord>,
-        quarantined: Vec<(String, String)>,
+        done: Completion,
         now: Instant,
     ) -> Result<Result<(), Refusal>, RunError> {
         let Some((i, stage)) = self.stage_of(lease) else {
             return Ok(Err(Refusal::StaleLease(lease.task, lease.token)));
         };
-        let outcome = stage
-            .complete(worker, lease, rows_in, outputs, quarantined, now)
-            .await?;
+        let outcome = stage.complete(worker, lease, done, now).await?;
         self.advance_or_log(i).await?;
         Ok(outcome)
     }
@@ -673,7 +701,9 @@ impl RunManager {
 
     /// True when no run is running.
     pub fn idle(&self) -> bool {
-        self.runs.iter().all(|r| r.record.phase != RunPhase::Running)
+        self.runs
+            .iter()
+            .all(|r| r.record.phase != RunPhase::Running)
     }
 }
 
@@ -723,7 +753,10 @@ async fn collect_garbage(output: &str, run: &RunId, stage: &StageManager) -> u64
         let mut deleted = 0;
         for meta in all {
             if !keep.contains(meta.location.as_ref()) {
-                store.delete(&meta.location).await.map_err(|e| e.to_string())?;
+                store
+                    .delete(&meta.location)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 deleted += 1;
             }
         }

@@ -121,11 +121,14 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_empty_runs_are_errors() {
-        let typo = RunSpec::from_toml("input = \"a\"\noutput = \"b\"\ntask_byte = 3\n[[stage]]\nkind = \"echo\"\n");
+        let typo = RunSpec::from_toml(
+            "input = \"a\"\noutput = \"b\"\ntask_byte = 3\n[[stage]]\nkind = \"echo\"\n",
+        );
         assert!(matches!(typo, Err(SpecError::Parse(m)) if m.contains("task_byte")));
         let none = RunSpec::from_toml("input = \"a\"\noutput = \"b\"\nstage = []\n");
         assert!(matches!(none, Err(SpecError::Invalid(m)) if m.contains("at least one")));
-        let kind = RunSpec::from_toml("input = \"a\"\noutput = \"b\"\n[[stage]]\nkind = \"Echo!\"\n");
+        let kind =
+            RunSpec::from_toml("input = \"a\"\noutput = \"b\"\n[[stage]]\nkind = \"Echo!\"\n");
         assert!(matches!(kind, Err(SpecError::Invalid(m)) if m.contains("Echo!")));
     }
 }

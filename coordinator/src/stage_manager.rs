@@ -55,6 +55,15 @@ pub struct OutputRecord {
     pub sha256: String,
 }
 
+/// What a worker reports for a finished attempt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Completion {
+    pub rows_in: u64,
+    pub outputs: Vec<OutputRecord>,
+    /// Input scripts the executor could not process: (sha256, reason).
+    pub quarantined: Vec<(String, String)>,
+}
+
 /// The durable record of a committed task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitRecord {
@@ -153,7 +162,8 @@ impl StageManager {
             let error = String::from_utf8_lossy(&v.value).into_owned();
             let task = task_of(&key)?;
             book.mark_quarantined(task, error);
-            totals.scripts_in_quarantined_tasks += spec.tasks.get(task.0 as usize).map_or(0, |t| t.rows);
+            totals.scripts_in_quarantined_tasks +=
+                spec.tasks.get(task.0 as usize).map_or(0, |t| t.rows);
         }
         Ok(Self {
             spec,
@@ -178,7 +188,10 @@ impl StageManager {
         let prefix = Self::prefix(&self.spec);
         let mut out = Vec::new();
         for (key, v) in self.store.list(&format!("{prefix}/quarantined/")).await? {
-            out.push((task_of(&key)?, String::from_utf8_lossy(&v.value).into_owned()));
+            out.push((
+                task_of(&key)?,
+                String::from_utf8_lossy(&v.value).into_owned(),
+            ));
         }
         Ok(out)
     }
@@ -264,9 +277,7 @@ impl StageManager {
         &mut self,
         worker: &WorkerId,
         lease: &LeaseRef,
-        rows_in: u64,
-        outputs: Vec<OutputRecord>,
-        quarantined: Vec<(String, String)>,
+        done: Completion,
         now: Instant,
     ) -> Result<Result<(), Refusal>, StageError> {
         if !self.owns(lease) || !self.book.is_live(lease.task, lease.token, now) {
@@ -276,9 +287,9 @@ impl StageManager {
         let record = CommitRecord {
             token: lease.token,
             worker: worker.0.clone(),
-            rows_in,
-            outputs,
-            quarantined,
+            rows_in: done.rows_in,
+            outputs: done.outputs,
+            quarantined: done.quarantined,
         };
         let json = serde_json::to_vec(&record).map_err(|e| StageError::Corrupt {
             key: self.commit_key(lease.task),

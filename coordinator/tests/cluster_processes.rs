@@ -36,7 +36,10 @@ fn worker_args(endpoints: &str, id: &str, grace: &str) -> Vec<String> {
 async fn wait_until(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !pred() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -113,9 +116,13 @@ async fn workers_that_die_or_stall_lose_their_tasks_and_a_failing_task_is_quaran
     w1.signal(libc::SIGSTOP);
     let stalled = *w1.tasks_started().last().unwrap();
 
-    let end = wait_for(&[endpoint.clone()], "r1", Duration::from_secs(180), "the run to end", |s| {
-        s.state != v1::RunState::Running as i32
-    })
+    let end = wait_for(
+        std::slice::from_ref(&endpoint),
+        "r1",
+        Duration::from_secs(180),
+        "the run to end",
+        |s| s.state != v1::RunState::Running as i32,
+    )
     .await;
     assert!(succeeded(&end), "{end:?}");
     // The stalled worker wakes up: its lease is gone and nothing of it is committed.
@@ -127,13 +134,19 @@ async fn workers_that_die_or_stall_lose_their_tasks_and_a_failing_task_is_quaran
     assert!(report["refused"].as_u64().unwrap() >= 1, "{report}");
 
     let st = stage0(&end);
-    assert!(st.leases_expired >= 2, "the dead and the stalled leases expired: {st:?}");
+    assert!(
+        st.leases_expired >= 2,
+        "the dead and the stalled leases expired: {st:?}"
+    );
     assert_eq!(st.tasks_quarantined, 1, "{st:?}");
 
     // The failing task is quarantined with its error after 3 attempts.
     let quarantined = support::quarantined_tasks(&state, "r1", 0).await;
     assert_eq!(quarantined.len(), 1);
-    assert!(quarantined[0].1.contains("failure marker"), "{quarantined:?}");
+    assert!(
+        quarantined[0].1.contains("failure marker"),
+        "{quarantined:?}"
+    );
     let lost = support::task_scripts(&state, "r1", 0, quarantined[0].0).await;
     assert!(!lost.is_empty());
     // The lone bad script is quarantined by itself, unless the planner put it in the failing
@@ -226,9 +239,13 @@ async fn the_standby_takes_over_from_a_killed_leader_and_an_etcd_restart_only_pa
     let _w0 = Proc::spawn(dir.path(), "w0", &worker_args(&both, "w0", "5"));
     let _w1 = Proc::spawn(dir.path(), "w1", &worker_args(&both, "w1", "5"));
 
-    let before = wait_for(&[ea.clone()], "r2", Duration::from_secs(120), "progress under a", |s| {
-        done_tasks(s) >= 3
-    })
+    let before = wait_for(
+        std::slice::from_ref(&ea),
+        "r2",
+        Duration::from_secs(120),
+        "progress under a",
+        |s| done_tasks(s) >= 3,
+    )
     .await;
     let total = stage0(&before).tasks_total;
     assert!(total >= 10, "{total} tasks");
@@ -236,27 +253,37 @@ async fn the_standby_takes_over_from_a_killed_leader_and_an_etcd_restart_only_pa
     a.kill9();
 
     // b takes over, resumes from the durable records, and the workers follow it.
-    let after = wait_for(&[eb.clone()], "r2", Duration::from_secs(120), "progress under b", |s| {
-        done_tasks(s) >= done_tasks(&before) + 2
-    })
+    let after = wait_for(
+        std::slice::from_ref(&eb),
+        "r2",
+        Duration::from_secs(120),
+        "progress under b",
+        |s| done_tasks(s) >= done_tasks(&before) + 2,
+    )
     .await;
     assert!(b.log_text().contains("elected leader"));
-    assert!(stage0(&after).tasks_done < total, "the run must still be going");
+    assert!(
+        stage0(&after).tasks_done < total,
+        "the run must still be going"
+    );
 
     // etcd goes away for a while and comes back with its data.
     etcd.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     etcd.spawn();
 
-    let end = wait_for(&[eb.clone()], "r2", Duration::from_secs(180), "the run to end", |s| {
-        s.state != v1::RunState::Running as i32
-    })
+    let end = wait_for(
+        std::slice::from_ref(&eb),
+        "r2",
+        Duration::from_secs(180),
+        "the run to end",
+        |s| s.state != v1::RunState::Running as i32,
+    )
     .await;
     assert!(succeeded(&end), "{end:?}\n{}", b.log_text());
     assert_eq!(stage0(&end).tasks_done, total);
     // The client from before the restart reconnects by itself.
-    let (rows, quarantined) =
-        support::committed_rows(&state, &RunId("r2".into()), 0, &out).await;
+    let (rows, quarantined) = support::committed_rows(&state, &RunId("r2".into()), 0, &out).await;
     assert_eq!(rows, corpus.sha_counts().await);
     assert!(quarantined.is_empty());
 }
@@ -298,20 +325,42 @@ async fn sigterm_drains_workers_and_a_restarted_coordinator_resumes_the_run() {
     // w0 may finish its task when told to stop; w1 must give its task back.
     let mut w0 = Proc::spawn(dir.path(), "w0", &worker_args(&endpoint, "w0", "10"));
     let mut w1 = Proc::spawn(dir.path(), "w1", &worker_args(&endpoint, "w1", "0.2"));
-    wait_until("both workers to hold a task", Duration::from_secs(60), || {
-        !w0.tasks_started().is_empty() && !w1.tasks_started().is_empty()
-    })
+    wait_until(
+        "both workers to hold a task",
+        Duration::from_secs(60),
+        || !w0.tasks_started().is_empty() && !w1.tasks_started().is_empty(),
+    )
     .await;
     w0.signal(libc::SIGTERM);
     w1.signal(libc::SIGTERM);
-    assert!(w1.wait(Duration::from_secs(10)).success(), "{}", w1.log_text());
-    assert!(w0.wait(Duration::from_secs(20)).success(), "{}", w0.log_text());
+    assert!(
+        w1.wait(Duration::from_secs(10)).success(),
+        "{}",
+        w1.log_text()
+    );
+    assert!(
+        w0.wait(Duration::from_secs(20)).success(),
+        "{}",
+        w0.log_text()
+    );
     let (r0, r1) = (w0.report(), w1.report());
-    assert_eq!((r0["completed"].as_u64(), r0["released"].as_u64()), (Some(1), Some(0)), "{r0}");
-    assert_eq!((r1["completed"].as_u64(), r1["released"].as_u64()), (Some(0), Some(1)), "{r1}");
-    let mid = wait_for(&[endpoint.clone()], "r3", Duration::from_secs(10), "w0's commit", |s| {
-        stage0(s).tasks_done == 1
-    })
+    assert_eq!(
+        (r0["completed"].as_u64(), r0["released"].as_u64()),
+        (Some(1), Some(0)),
+        "{r0}"
+    );
+    assert_eq!(
+        (r1["completed"].as_u64(), r1["released"].as_u64()),
+        (Some(0), Some(1)),
+        "{r1}"
+    );
+    let mid = wait_for(
+        std::slice::from_ref(&endpoint),
+        "r3",
+        Duration::from_secs(10),
+        "w0's commit",
+        |s| stage0(s).tasks_done == 1,
+    )
     .await;
     // Giving a task back is not a failure.
     assert_eq!(stage0(&mid).attempts_failed, 0);
@@ -319,13 +368,21 @@ async fn sigterm_drains_workers_and_a_restarted_coordinator_resumes_the_run() {
 
     // The coordinator stops on SIGTERM; started again on its state, it resumes the run.
     c1.signal(libc::SIGTERM);
-    assert!(c1.wait(Duration::from_secs(20)).success(), "{}", c1.log_text());
+    assert!(
+        c1.wait(Duration::from_secs(20)).success(),
+        "{}",
+        c1.log_text()
+    );
     let _c2 = Proc::spawn(dir.path(), "c2", &coordinator_args);
     control(&endpoint, Duration::from_secs(60)).await;
     let _w2 = Proc::spawn(dir.path(), "w2", &worker_args(&endpoint, "w2", "5"));
-    let end = wait_for(&[endpoint.clone()], "r3", Duration::from_secs(120), "the run to end", |s| {
-        s.state != v1::RunState::Running as i32
-    })
+    let end = wait_for(
+        std::slice::from_ref(&endpoint),
+        "r3",
+        Duration::from_secs(120),
+        "the run to end",
+        |s| s.state != v1::RunState::Running as i32,
+    )
     .await;
     assert!(succeeded(&end), "{end:?}");
     drop(_c2);

@@ -39,32 +39,80 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it.
 fn make_certs(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
     ca.extend([
-        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ]);
     openssl(dir, &ca);
     for (name, san, usage) in [
-        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1", "extendedKeyUsage=serverAuth"),
-        ("client", "subjectAltName=DNS:worker", "extendedKeyUsage=clientAuth"),
+        (
+            "server",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "extendedKeyUsage=serverAuth",
+        ),
+        (
+            "client",
+            "subjectAltName=DNS:worker",
+            "extendedKeyUsage=clientAuth",
+        ),
     ] {
-        let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
         let mut req = vec!["req"];
         req.extend(ec);
         req.extend([
-            "-keyout", &key, "-out", &csr, "-subj", "/CN=automaldesc", "-addext", san, "-addext",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=automaldesc",
+            "-addext",
+            san,
+            "-addext",
             usage,
         ]);
         openssl(dir, &req);
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", &pem, "-days", "2", "-copy_extensions", "copy",
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-copy_extensions",
+                "copy",
             ],
         );
     }
@@ -84,7 +132,11 @@ fn client(dir: &Path, token: Option<&str>, cert: bool) -> ClientSecurity {
 async fn list_runs(security: &ClientSecurity, endpoint: &str) -> Result<usize, tonic::Status> {
     let channel = security.channel(endpoint).unwrap();
     let mut c = ControlServiceClient::with_interceptor(channel, security.interceptor());
-    Ok(c.list_runs(v1::ListRunsRequest {}).await?.into_inner().runs.len())
+    Ok(c.list_runs(v1::ListRunsRequest {})
+        .await?
+        .into_inner()
+        .runs
+        .len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -126,12 +178,21 @@ async fn only_clients_with_the_token_and_a_certificate_get_in() {
     let https = format!("https://127.0.0.1:{port}");
 
     // Everything right: the control API answers.
-    assert_eq!(list_runs(&client(&certs, Some("s3cret-token"), true), &https).await.unwrap(), 1);
+    assert_eq!(
+        list_runs(&client(&certs, Some("s3cret-token"), true), &https)
+            .await
+            .unwrap(),
+        1
+    );
     // No token, or a wrong one: UNAUTHENTICATED, saying which.
-    let none = list_runs(&client(&certs, None, true), &https).await.unwrap_err();
+    let none = list_runs(&client(&certs, None, true), &https)
+        .await
+        .unwrap_err();
     assert_eq!(none.code(), tonic::Code::Unauthenticated);
     assert!(none.message().contains("requires a bearer token"), "{none}");
-    let wrong = list_runs(&client(&certs, Some("guess"), true), &https).await.unwrap_err();
+    let wrong = list_runs(&client(&certs, Some("guess"), true), &https)
+        .await
+        .unwrap_err();
     assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
     assert!(wrong.message().contains("not valid"), "{wrong}");
     // No client certificate, or no TLS at all: the connection itself is refused.
@@ -141,23 +202,38 @@ async fn only_clients_with_the_token_and_a_certificate_get_in() {
         token: Some(Token::new("s3cret-token").unwrap()),
         tls: None,
     };
-    assert!(list_runs(&plain, &format!("http://127.0.0.1:{port}")).await.is_err());
+    assert!(list_runs(&plain, &format!("http://127.0.0.1:{port}"))
+        .await
+        .is_err());
 
     // A worker without the token is told so, and gives up at once.
     let mut opts = WorkerOptions::new(&https, "intruder");
     opts.security = client(&certs, None, true);
-    match run_worker(opts, executors(&["echo".into()]).unwrap(), std::future::pending()).await {
+    match run_worker(
+        opts,
+        executors(&["echo".into()]).unwrap(),
+        std::future::pending(),
+    )
+    .await
+    {
         Err(WorkerError::Rpc { call, status }) => {
-            assert_eq!((call, status.code()), ("register", tonic::Code::Unauthenticated));
+            assert_eq!(
+                (call, status.code()),
+                ("register", tonic::Code::Unauthenticated)
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
     // A worker with everything does the run.
     let mut opts = WorkerOptions::new(&https, "trusted");
     opts.security = client(&certs, Some("s3cret-token"), true);
-    let report = run_worker(opts, executors(&["echo".into()]).unwrap(), std::future::pending())
-        .await
-        .unwrap();
+    let report = run_worker(
+        opts,
+        executors(&["echo".into()]).unwrap(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
     assert!(report.completed >= 1);
     let manager = server.await.unwrap().unwrap();
     assert_eq!(manager.status(&run).unwrap().phase, RunPhase::Succeeded);

@@ -54,11 +54,20 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
         Arc::new(EmbeddedStore::open(&dir.path().join("state")).unwrap());
     let mut manager = RunManager::open(store.clone(), policy).await.unwrap();
     let run = RunId("run-1".into());
-    let submitted = manager.submit(Some(run.clone()), spec.clone()).await.unwrap();
+    let submitted = manager
+        .submit(Some(run.clone()), spec.clone())
+        .await
+        .unwrap();
     let n_tasks = submitted.stages[0].counts.total as usize;
     assert!(n_tasks >= 8, "{n_tasks} tasks");
     // The same submission again changes nothing; another spec under that id is refused.
-    assert_eq!(manager.submit(Some(run.clone()), spec.clone()).await.unwrap(), submitted);
+    assert_eq!(
+        manager
+            .submit(Some(run.clone()), spec.clone())
+            .await
+            .unwrap(),
+        submitted
+    );
     let mut other = spec.clone();
     other.task_bytes += 1;
     assert!(manager.submit(Some(run.clone()), other).await.is_err());
@@ -99,7 +108,9 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
         .into_inner();
     assert!(none.task.is_none() && !none.finished);
 
-    let mut control = ControlServiceClient::connect(endpoint.clone()).await.unwrap();
+    let mut control = ControlServiceClient::connect(endpoint.clone())
+        .await
+        .unwrap();
     let mut watch = control
         .watch_run(v1::RunRequest {
             run_id: run.0.clone(),
@@ -163,7 +174,11 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
     let status = manager.status(&run).unwrap();
     assert_eq!(status.phase, RunPhase::Succeeded);
     let stage1_tasks = status.stages[1].counts.total;
-    assert_eq!(done, n_tasks as u32 + stage1_tasks, "every task completed once by the live workers");
+    assert_eq!(
+        done,
+        n_tasks as u32 + stage1_tasks,
+        "every task completed once by the live workers"
+    );
 
     // Stage 0: everything but the poisoned script, once; the poisoned one in quarantine.
     let mut expected = corpus.sha_counts().await;
@@ -222,9 +237,14 @@ async fn a_cancelled_run_hands_out_nothing_and_bad_runs_are_refused_with_reasons
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, manager, ServeOptions::plain(policy.ttl), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        manager,
+        ServeOptions::plain(policy.ttl),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let mut control = loop {
         match ControlServiceClient::connect(endpoint.clone()).await {
             Ok(c) => break c,
@@ -240,27 +260,44 @@ async fn a_cancelled_run_hands_out_nothing_and_bad_runs_are_refused_with_reasons
 
     // Bad input is refused, saying what is wrong.
     let missing = support::echo_spec(&format!("{}/nowhere", corpus.url), &out, 1 << 20, "{}");
-    let e = control.submit_run(submit(missing, "r-missing")).await.unwrap_err();
+    let e = control
+        .submit_run(submit(missing, "r-missing"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(e.message().contains("nowhere"), "{e}");
     let e = control
-        .submit_run(submit(good.replace("kind = \"echo\"", "kind = \"echo\"\nkinds = 1"), "r-typo"))
+        .submit_run(submit(
+            good.replace("kind = \"echo\"", "kind = \"echo\"\nkinds = 1"),
+            "r-typo",
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("kinds"), "{e}");
-    let e = control.submit_run(submit(good.clone(), "Bad Id!")).await.unwrap_err();
+    let e = control
+        .submit_run(submit(good.clone(), "Bad Id!"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     let e = control
-        .get_run(v1::RunRequest { run_id: "r-none".into() })
+        .get_run(v1::RunRequest {
+            run_id: "r-none".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
 
     // A run is cancelled while a worker holds one of its tasks.
-    let s = control.submit_run(submit(good, "r-cancel")).await.unwrap().into_inner();
+    let s = control
+        .submit_run(submit(good, "r-cancel"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(s.state, v1::RunState::Running as i32);
-    let mut worker = WorkerServiceClient::connect(endpoint.clone()).await.unwrap();
+    let mut worker = WorkerServiceClient::connect(endpoint.clone())
+        .await
+        .unwrap();
     let task = worker
         .acquire_task(v1::AcquireTaskRequest {
             worker_id: "w".into(),
@@ -272,7 +309,9 @@ async fn a_cancelled_run_hands_out_nothing_and_bad_runs_are_refused_with_reasons
         .task
         .unwrap();
     let c = control
-        .cancel_run(v1::RunRequest { run_id: "r-cancel".into() })
+        .cancel_run(v1::RunRequest {
+            run_id: "r-cancel".into(),
+        })
         .await
         .unwrap()
         .into_inner();

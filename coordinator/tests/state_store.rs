@@ -207,7 +207,10 @@ async fn one_process_at_a_time_owns_an_embedded_store() {
     let first = EmbeddedStore::open(dir.path()).unwrap();
     match EmbeddedStore::open(dir.path()) {
         Err(StateError::Unavailable(m)) => assert!(m.contains("in use"), "{m}"),
-        other => panic!("a second owner must be refused, got {:?}", other.map(|_| ())),
+        other => panic!(
+            "a second owner must be refused, got {:?}",
+            other.map(|_| ())
+        ),
     }
     drop(first);
     EmbeddedStore::open(dir.path()).expect("free again once the owner is gone");

@@ -93,7 +93,9 @@ impl Interceptor for RequireToken {
         if self.allows(header) {
             Ok(req)
         } else if header.is_none() {
-            Err(Status::unauthenticated("this coordinator requires a bearer token"))
+            Err(Status::unauthenticated(
+                "this coordinator requires a bearer token",
+            ))
         } else {
             Err(Status::unauthenticated("the bearer token is not valid"))
         }
@@ -161,10 +163,8 @@ pub struct ClientTlsFiles {
 
 impl ClientTlsFiles {
     pub fn load(&self) -> Result<ClientTlsConfig, SecurityError> {
-        let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(
-            "TLS CA certificate",
-            &self.ca,
-        )?));
+        let mut cfg = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("TLS CA certificate", &self.ca)?));
         if let Some((cert, key)) = &self.identity {
             cfg = cfg.identity(Identity::from_pem(
                 read("TLS certificate", cert)?,
@@ -227,6 +227,13 @@ mod tests {
         let t = Token::new(" abc\n").unwrap();
         assert_eq!(t.header(), "Bearer abc");
         assert!(!format!("{t:?}").contains("abc"));
-        assert!(!format!("{:?}", ClientSecurity { token: Some(t), tls: None }).contains("abc"));
+        assert!(!format!(
+            "{:?}",
+            ClientSecurity {
+                token: Some(t),
+                tls: None
+            }
+        )
+        .contains("abc"));
     }
 }

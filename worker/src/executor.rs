@@ -93,7 +93,10 @@ impl Executor for EchoExecutor {
         let rows_in = rows.len() as u64;
         if let Some(m) = &cfg.fail_marker {
             if let Some(r) = rows.iter().find(|r| contains(&r.content, m.as_bytes())) {
-                return Err(format!("echo: script {} holds the failure marker", r.sha256));
+                return Err(format!(
+                    "echo: script {} holds the failure marker",
+                    r.sha256
+                ));
             }
         }
         let mut quarantined = Vec::new();

@@ -156,9 +156,37 @@ impl Coordinator {
         }
     }
 
+    /// Reports a failed attempt, or with `released` a task given back unfinished.
+    async fn fail(
+        &mut self,
+        worker: &str,
+        lease: &v1::LeaseRef,
+        error: String,
+        released: bool,
+    ) -> Result<(), WorkerError> {
+        let req = v1::FailTaskRequest {
+            worker_id: worker.to_string(),
+            lease: Some(lease.clone()),
+            error,
+            released,
+        };
+        let name = if released { "release" } else { "fail" };
+        self.call(name, |mut c| {
+            let r = req.clone();
+            async move { c.fail_task(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// One heartbeat attempt, no retries: returns whether the lease is lost, or `None`
     /// when the coordinator did not answer.
-    async fn heartbeat(&mut self, worker: &str, lease: &v1::LeaseRef, draining: bool) -> Option<bool> {
+    async fn heartbeat(
+        &mut self,
+        worker: &str,
+        lease: &v1::LeaseRef,
+        draining: bool,
+    ) -> Option<bool> {
         let req = v1::HeartbeatRequest {
             worker_id: worker.to_string(),
             leases: vec![lease.clone()],
@@ -307,18 +335,8 @@ async fn run_one(
             _ = give_up => {
                 cancel.store(true, Ordering::SeqCst);
                 tracing::warn!(worker_id = %opts.worker_id, task = lease.task, "grace period over: giving the task back");
-                let req = v1::FailTaskRequest {
-                    worker_id: opts.worker_id.clone(),
-                    lease: Some(lease.clone()),
-                    error: "released: the worker is shutting down".into(),
-                    released: true,
-                };
-                coord
-                    .call("release", |mut c| {
-                        let r = req.clone();
-                        async move { c.fail_task(r).await }
-                    })
-                    .await?;
+                let why = "released: the worker is shutting down".to_string();
+                coord.fail(&opts.worker_id, &lease, why, true).await?;
                 report.released += 1;
                 return Ok(());
             }
@@ -365,18 +383,7 @@ async fn run_one(
         }
         Err(error) => {
             tracing::warn!(worker_id = %opts.worker_id, task = lease.task, %error, "task failed");
-            let req = v1::FailTaskRequest {
-                worker_id: opts.worker_id.clone(),
-                lease: Some(lease.clone()),
-                error,
-                released: false,
-            };
-            coord
-                .call("fail", |mut c| {
-                    let r = req.clone();
-                    async move { c.fail_task(r).await }
-                })
-                .await?;
+            coord.fail(&opts.worker_id, &lease, error, false).await?;
             report.failed += 1;
         }
     }

@@ -168,7 +168,8 @@ async fn a_released_task_is_queued_at_once_without_costing_an_attempt() {
     p.max_attempts = 1;
     let mut book = LeaseBook::new(1, p, 0, Instant::now());
     let first = book.acquire(&worker("a"), Instant::now()).unwrap();
-    book.release(first.task, first.token, Instant::now()).unwrap();
+    book.release(first.task, first.token, Instant::now())
+        .unwrap();
     // Released, not failed: a single-attempt policy still hands it out again, now.
     let again = book.acquire(&worker("b"), Instant::now()).unwrap();
     assert_eq!((again.task, again.attempt), (first.task, 1));
@@ -176,6 +177,7 @@ async fn a_released_task_is_queued_at_once_without_costing_an_attempt() {
         book.release(first.task, first.token, Instant::now()),
         Err(Refusal::StaleLease(first.task, first.token))
     );
-    book.complete(again.task, again.token, Instant::now()).unwrap();
+    book.complete(again.task, again.token, Instant::now())
+        .unwrap();
     assert!(book.is_finished());
 }

@@ -11,8 +11,7 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 use tokio::sync::watch;
 
@@ -113,9 +112,17 @@ impl EtcdStore {
         let mut client = self.client.clone();
         let mut announced = false;
         loop {
-            let lease = client.lease_grant(ttl_s, None).await.map_err(etcd_err)?.id();
+            let lease = client
+                .lease_grant(ttl_s, None)
+                .await
+                .map_err(etcd_err)?
+                .id();
             let txn = Txn::new()
-                .when(vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .when(vec![Compare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
                 .and_then(vec![TxnOp::put(
                     key.clone(),
                     id,
@@ -142,11 +149,11 @@ impl EtcdStore {
             // Someone else leads: give our lease back and wait for theirs to go.
             let _ = client.lease_revoke(lease).await;
             if !announced {
-                let holder = client
-                    .get(key.clone(), None)
-                    .await
-                    .ok()
-                    .and_then(|r| r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()));
+                let holder = client.get(key.clone(), None).await.ok().and_then(|r| {
+                    r.kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                });
                 tracing::info!(leader = ?holder, "standing by");
                 announced = true;
             }
@@ -164,7 +171,11 @@ impl EtcdStore {
 
     fn guarded(&self, mut compares: Vec<Compare>) -> Vec<Compare> {
         if let Some((key, rev)) = &self.fence {
-            compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, *rev));
+            compares.push(Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                *rev,
+            ));
         }
         compares
     }

@@ -67,7 +67,11 @@ impl Proc {
                 return status;
             }
             if Instant::now() > deadline {
-                panic!("{} did not exit in {timeout:?}:\n{}", self.name, self.log_text());
+                panic!(
+                    "{} did not exit in {timeout:?}:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -84,9 +88,17 @@ impl Proc {
     /// The last JSON line the process printed (a worker's report).
     pub fn report(&self) -> serde_json::Value {
         let text = self.stdout_text();
-        let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| {
-            panic!("{} printed no report:\n{text}\n{}", self.name, self.log_text())
-        });
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} printed no report:\n{text}\n{}",
+                    self.name,
+                    self.log_text()
+                )
+            });
         serde_json::from_str(line).unwrap()
     }
 
@@ -97,7 +109,11 @@ impl Proc {
             .filter(|l| l.contains("task started"))
             .filter_map(|l| {
                 let at = l.find(" task=")? + 6;
-                l[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+                l[at..]
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
             })
             .collect()
     }
@@ -154,13 +170,19 @@ pub async fn wait_for(
                 last = Some(s);
             }
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; last status {last:?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last status {last:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 pub fn done_tasks(s: &v1::RunStatus) -> u32 {
-    s.stages.iter().map(|st| st.tasks_done + st.tasks_quarantined).sum()
+    s.stages
+        .iter()
+        .map(|st| st.tasks_done + st.tasks_quarantined)
+        .sum()
 }
 
 pub fn succeeded(s: &v1::RunStatus) -> bool {
