@@ -14,4 +14,5 @@ pub mod prompt;
 pub mod runtime;
 pub mod safetensors;
 pub mod tokenizer;
+pub mod train;
 pub mod worker_process;

@@ -192,6 +192,47 @@ impl SafeTensors {
     }
 }
 
+/// Writes f32 tensors `(name, shape, data)` as one safetensors file, with string metadata
+/// (the `__metadata__` entry). Names are stored in order; the header is padded to 8 bytes.
+pub fn write_f32(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, &[f32])],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), SafetensorsError> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::json!(metadata));
+    }
+    let mut offset = 0usize;
+    for (name, shape, data) in tensors {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(invalid(path, format!("{name}: shape {shape:?} but {} values", data.len())));
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + 4 * n]}),
+        );
+        offset += 4 * n;
+    }
+    let mut head = serde_json::to_vec(&header).map_err(|e| invalid(path, e))?;
+    while head.len() % 8 != 0 {
+        head.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + head.len() + offset);
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    for (_, _, data) in tensors {
+        for v in data.iter() {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    std::fs::write(path, out).map_err(|source| SafetensorsError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 fn invalid(path: &Path, reason: impl ToString) -> SafetensorsError {
     SafetensorsError::Invalid {
         path: path.display().to_string(),

@@ -160,6 +160,41 @@ impl AnswerSchema {
     pub fn token_bytes(&self, id: u32) -> &[u8] {
         &self.bytes[id as usize]
     }
+
+    /// The tokens constrained decoding emits for this answer, after the prompt's answer
+    /// prefix: the language's first token and its forced rest, the label digit and the
+    /// forced text after it, the summary (JSON-escaped, tokenized as plain text) and a
+    /// closing quote, then the forced `}` and end of turn. A summary over `max_summary`
+    /// tokens is cut there and nothing follows it, as when decoding runs out of tokens.
+    pub fn target_tokens(
+        &self,
+        vocab: &dyn Vocab,
+        language: Language,
+        label: u8,
+        summary: &str,
+        max_summary: usize,
+    ) -> Vec<u32> {
+        let i = Language::ALL
+            .iter()
+            .position(|&l| l == language)
+            .expect("a language of Language::ALL");
+        let mut out = vec![self.language_first[i]];
+        out.extend(&self.language_rest[i]);
+        out.push(self.label_ids[usize::from(label.min(1))]);
+        out.extend(&self.after_label);
+        let escaped = serde_json::to_string(summary).expect("a string encodes as JSON");
+        let body = &escaped[1..escaped.len() - 1];
+        let mut summary_tokens = vocab.encode_plain(body);
+        if summary_tokens.len() > max_summary {
+            summary_tokens.truncate(max_summary);
+            out.extend(summary_tokens);
+            return out;
+        }
+        out.extend(summary_tokens);
+        out.extend(vocab.encode_plain("\""));
+        out.extend([self.close_brace, self.end_id]);
+        out
+    }
 }
 
 /// What the decoder must do at the next step of one sample.

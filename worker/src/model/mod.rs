@@ -5,7 +5,7 @@
 pub mod cache;
 pub mod config;
 pub mod load;
-mod reference;
+pub(crate) mod reference;
 pub mod weight;
 
 use burn::module::{Module, Param};
@@ -194,7 +194,7 @@ impl Llama {
     }
 
     /// Embedding rows `[tokens.len(), hidden]`.
-    fn embed_tokens(&self, tokens: &[u32]) -> Tensor<2> {
+    pub(crate) fn embed_tokens(&self, tokens: &[u32]) -> Tensor<2> {
         let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
         let n = ids.len();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device());

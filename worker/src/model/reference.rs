@@ -57,7 +57,7 @@ pub(super) fn forward(
 }
 
 /// Cosine and sine tables `[b, 1, t, head_dim / 2]` for the given positions.
-fn rope_tables(
+pub(crate) fn rope_tables(
     model: &Llama,
     positions: &[usize],
     b: usize,
@@ -139,7 +139,7 @@ fn feed_forward(x: Tensor<2>, ffn: &FeedForward, inner: usize) -> Tensor<2> {
 
 /// Rotates `[b, heads, t, hd]` by the tables `[b, 1, t, hd / 2]`, pairing dimension `i`
 /// with `i + hd / 2` (the Hugging Face layout).
-fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+pub(crate) fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let half = x.dims()[3] / 2;
     let x1 = x.clone().narrow(3, 0, half);
     let x2 = x.narrow(3, half, half);

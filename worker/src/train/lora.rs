@@ -1,0 +1,525 @@
+//! LoRA adapters on the linear layers of the Llama decoder: for a projection `W` (`[in, out]`
+//! here, `x · W`), the adapted layer computes `x · W + (alpha / r) · (x · A) · B` with `A`
+//! `[in, r]` and `B` `[r, out]`. The base weights stay frozen; only `A` and `B` train. `A`
+//! starts uniform in ±1/√in and `B` at zero, so an untrained adapter changes nothing.
+//!
+//! Adapters are kept on the host as plain `f32` vectors (they are small: 2.0 M values at
+//! rank 8 on SmolLM2-135M), which makes the optimizer, checkpoints and the PEFT files exact
+//! and simple. The PEFT layout names each projection as Hugging Face does
+//! (`base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`, `[r, in]`;
+//! `...lora_B.weight`, `[out, r]`) in `adapter_model.safetensors`, beside an
+//! `adapter_config.json`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Llama, LlamaConfig, Weight};
+use crate::model::load::TensorSource;
+use crate::safetensors::{write_f32, SafeTensors, SafetensorsError};
+
+/// A projection of a decoder block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
+    /// The module name in Hugging Face checkpoints (and PEFT's `target_modules`).
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Proj::Q => "q_proj",
+            Proj::K => "k_proj",
+            Proj::V => "v_proj",
+            Proj::O => "o_proj",
+            Proj::Gate => "gate_proj",
+            Proj::Up => "up_proj",
+            Proj::Down => "down_proj",
+        }
+    }
+
+    fn hf_path(self) -> &'static str {
+        match self {
+            Proj::Q | Proj::K | Proj::V | Proj::O => "self_attn",
+            _ => "mlp",
+        }
+    }
+
+    fn from_hf_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.hf_name() == name)
+    }
+
+    /// `(in, out)` of the projection.
+    pub fn dims(self, c: &LlamaConfig) -> (usize, usize) {
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        match self {
+            Proj::Q => (h, c.num_heads * hd),
+            Proj::K | Proj::V => (h, c.num_kv_heads * hd),
+            Proj::O => (c.num_heads * hd, h),
+            Proj::Gate | Proj::Up => (h, c.intermediate_size),
+            Proj::Down => (c.intermediate_size, h),
+        }
+    }
+
+    /// Where the projection's columns sit in the fused weight that holds it, and that
+    /// weight's total width: Q|K|V share `wqkv`, gate|up share `w_gate_up`.
+    pub fn columns(self, c: &LlamaConfig) -> (usize, usize) {
+        let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let ffn = c.intermediate_size;
+        match self {
+            Proj::Q => (0, q + 2 * kv),
+            Proj::K => (q, q + 2 * kv),
+            Proj::V => (q + kv, q + 2 * kv),
+            Proj::Gate => (0, 2 * ffn),
+            Proj::Up => (ffn, 2 * ffn),
+            Proj::O => (0, c.hidden_size),
+            Proj::Down => (0, c.hidden_size),
+        }
+    }
+}
+
+/// Adapter hyperparameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f32,
+    pub dropout: f32,
+    pub targets: Vec<Proj>,
+}
+
+impl LoraConfig {
+    /// The published V1 adapter: rank 8, alpha 16, dropout 0.05, all linear layers.
+    pub fn v1() -> Self {
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            targets: Proj::ALL.to_vec(),
+        }
+    }
+
+    /// The published V2 adapter: rank 16, alpha 32, dropout 0.1.
+    pub fn v2() -> Self {
+        Self {
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.1,
+            targets: Proj::ALL.to_vec(),
+        }
+    }
+
+    pub fn scale(&self) -> f32 {
+        self.alpha / self.rank as f32
+    }
+}
+
+/// One projection's adapter, row-major: `a` is `[in, r]`, `b` is `[r, out]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraPair {
+    pub proj: Proj,
+    pub inp: usize,
+    pub out: usize,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+/// An adapter for every block: `layers[l]` holds one pair per target, in target order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraWeights {
+    pub config: LoraConfig,
+    pub layers: Vec<Vec<LoraPair>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error(transparent)]
+    Safetensors(#[from] SafetensorsError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("adapter {0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AdapterError + '_ {
+    move |source| AdapterError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// PEFT's `adapter_config.json`, the fields this project reads and writes.
+#[derive(Debug, Serialize, Deserialize)]
+struct PeftConfig {
+    peft_type: String,
+    #[serde(default)]
+    task_type: Option<String>,
+    r: usize,
+    lora_alpha: f32,
+    #[serde(default)]
+    lora_dropout: f32,
+    target_modules: serde_json::Value,
+    #[serde(default)]
+    bias: Option<String>,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    inference_mode: bool,
+}
+
+impl LoraWeights {
+    /// A fresh adapter: `A` uniform in ±1/√in from `seed`, `B` zero.
+    pub fn init(config: &LoraConfig, model: &LlamaConfig, seed: u64) -> Self {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let r = config.rank;
+        let layers = (0..model.num_layers)
+            .map(|_| {
+                config
+                    .targets
+                    .iter()
+                    .map(|&proj| {
+                        let (inp, out) = proj.dims(model);
+                        let bound = 1.0 / (inp as f32).sqrt();
+                        LoraPair {
+                            proj,
+                            inp,
+                            out,
+                            a: (0..inp * r)
+                                .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * bound)
+                                .collect(),
+                            b: vec![0.0; r * out],
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            config: config.clone(),
+            layers,
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.pairs().map(|p| p.a.len() + p.b.len()).sum()
+    }
+
+    pub fn pairs(&self) -> impl Iterator<Item = &LoraPair> {
+        self.layers.iter().flatten()
+    }
+
+    pub fn pairs_mut(&mut self) -> impl Iterator<Item = &mut LoraPair> {
+        self.layers.iter_mut().flatten()
+    }
+
+    /// The adapter's values in one vector (each pair's `a` then `b`, in order).
+    pub fn flatten(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.num_params());
+        for p in self.pairs() {
+            out.extend_from_slice(&p.a);
+            out.extend_from_slice(&p.b);
+        }
+        out
+    }
+
+    /// Sets the values from [`LoraWeights::flatten`]'s layout.
+    pub fn set_flat(&mut self, flat: &[f32]) {
+        assert_eq!(flat.len(), self.num_params(), "flat adapter size");
+        let mut at = 0;
+        for p in self.pairs_mut() {
+            let (na, nb) = (p.a.len(), p.b.len());
+            p.a.copy_from_slice(&flat[at..at + na]);
+            p.b.copy_from_slice(&flat[at + na..at + na + nb]);
+            at += na + nb;
+        }
+    }
+
+    /// Device tensors for a forward pass; with `trainable`, they require gradients.
+    pub fn tensors(&self, device: &Device, trainable: bool) -> LoraTensors {
+        let r = self.config.rank;
+        let make = |data: &[f32], shape: [usize; 2]| {
+            let t = Tensor::<2>::from_data(TensorData::new(data.to_vec(), shape), device);
+            if trainable {
+                t.require_grad()
+            } else {
+                t
+            }
+        };
+        LoraTensors {
+            scale: self.config.scale(),
+            layers: self
+                .layers
+                .iter()
+                .map(|pairs| {
+                    pairs
+                        .iter()
+                        .map(|p| {
+                            (
+                                p.proj,
+                                make(&p.a, [p.inp, r]),
+                                make(&p.b, [r, p.out]),
+                            )
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// Adds `scale · A · B` into the model's weights: the merged model computes what the
+    /// base model with this adapter computes. The model must be unpacked (plain weights).
+    pub fn merge_into(&self, model: &mut Llama) -> Result<(), AdapterError> {
+        let c = model.config.clone();
+        let scale = self.config.scale();
+        let r = self.config.rank;
+        for (block, pairs) in model.blocks.iter_mut().zip(&self.layers) {
+            for p in pairs {
+                let w = match p.proj {
+                    Proj::Q | Proj::K | Proj::V => &mut block.attn.wqkv,
+                    Proj::O => &mut block.attn.wo,
+                    Proj::Gate | Proj::Up => &mut block.ffn.w_gate_up,
+                    Proj::Down => &mut block.ffn.w_down,
+                };
+                let Weight::Plain(param) = w else {
+                    return Err(AdapterError::Invalid(
+                        "merging needs plain weights (unpack the model first)".into(),
+                    ));
+                };
+                let tensor = param.val();
+                let device = tensor.device();
+                let [inp, width] = tensor.dims();
+                let mut data = tensor
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| AdapterError::Invalid(format!("{e:?}")))?;
+                let (col0, _) = p.proj.columns(&c);
+                for i in 0..inp {
+                    let a_row = &p.a[i * r..(i + 1) * r];
+                    let row = &mut data[i * width + col0..i * width + col0 + p.out];
+                    for (k, &a) in a_row.iter().enumerate() {
+                        let b_row = &p.b[k * p.out..(k + 1) * p.out];
+                        for (o, &b) in row.iter_mut().zip(b_row) {
+                            *o += scale * a * b;
+                        }
+                    }
+                }
+                *w = Weight::plain(data, [inp, width], &device);
+            }
+        }
+        Ok(())
+    }
+
+    fn peft_key(layer: usize, proj: Proj, which: &str) -> String {
+        format!(
+            "base_model.model.model.layers.{layer}.{}.{}.lora_{which}.weight",
+            proj.hf_path(),
+            proj.hf_name()
+        )
+    }
+
+    /// Writes `adapter_config.json` and `adapter_model.safetensors` (PEFT's layout) into
+    /// `dir`; `metadata` goes into the safetensors header.
+    pub fn save_peft(
+        &self,
+        dir: &Path,
+        base_model: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), AdapterError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let r = self.config.rank;
+        let config = PeftConfig {
+            peft_type: "LORA".into(),
+            task_type: Some("CAUSAL_LM".into()),
+            r,
+            lora_alpha: self.config.alpha,
+            lora_dropout: self.config.dropout,
+            target_modules: serde_json::json!(self
+                .config
+                .targets
+                .iter()
+                .map(|p| p.hf_name())
+                .collect::<Vec<_>>()),
+            bias: Some("none".into()),
+            fan_in_fan_out: false,
+            use_rslora: false,
+            use_dora: false,
+            base_model_name_or_path: Some(base_model.into()),
+            inference_mode: true,
+        };
+        let path = dir.join("adapter_config.json");
+        let text = serde_json::to_string_pretty(&config)
+            .map_err(|e| AdapterError::Invalid(e.to_string()))?;
+        std::fs::write(&path, text).map_err(io(&path))?;
+        // PEFT stores A as [r, in] and B as [out, r]: the transposes of ours.
+        let mut owned = Vec::new();
+        for (l, pairs) in self.layers.iter().enumerate() {
+            for p in pairs {
+                owned.push((
+                    Self::peft_key(l, p.proj, "A"),
+                    vec![r, p.inp],
+                    transpose(&p.a, p.inp, r),
+                ));
+                owned.push((
+                    Self::peft_key(l, p.proj, "B"),
+                    vec![p.out, r],
+                    transpose(&p.b, r, p.out),
+                ));
+            }
+        }
+        let tensors: Vec<(String, Vec<usize>, &[f32])> = owned
+            .iter()
+            .map(|(n, s, d)| (n.clone(), s.clone(), d.as_slice()))
+            .collect();
+        write_f32(&dir.join("adapter_model.safetensors"), &tensors, metadata)?;
+        Ok(())
+    }
+
+    /// Reads a PEFT LoRA adapter (trained here or elsewhere) for a model of `model`'s shape.
+    pub fn load_peft(dir: &Path, model: &LlamaConfig) -> Result<Self, AdapterError> {
+        let path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let cfg: PeftConfig = serde_json::from_str(&text)
+            .map_err(|e| AdapterError::Invalid(format!("{}: {e}", path.display())))?;
+        if cfg.peft_type != "LORA" {
+            return Err(AdapterError::Invalid(format!("peft_type {:?} is not LORA", cfg.peft_type)));
+        }
+        if cfg.fan_in_fan_out || cfg.use_dora || cfg.use_rslora {
+            return Err(AdapterError::Invalid(
+                "fan_in_fan_out, DoRA and rsLoRA adapters are not supported".into(),
+            ));
+        }
+        if cfg.bias.as_deref().is_some_and(|b| b != "none") {
+            return Err(AdapterError::Invalid(format!("bias {:?} is not supported", cfg.bias)));
+        }
+        let names: Vec<String> = match &cfg.target_modules {
+            serde_json::Value::String(s) if s == "all-linear" => {
+                Proj::ALL.iter().map(|p| p.hf_name().to_string()).collect()
+            }
+            serde_json::Value::Array(v) => v
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+            other => {
+                return Err(AdapterError::Invalid(format!(
+                    "target_modules {other} is not a list of module names"
+                )))
+            }
+        };
+        let mut targets = Vec::new();
+        for n in &names {
+            let p = Proj::from_hf_name(n).ok_or_else(|| {
+                AdapterError::Invalid(format!("target module {n:?} is not a Llama projection"))
+            })?;
+            targets.push(p);
+        }
+        targets.sort();
+        let config = LoraConfig {
+            rank: cfg.r,
+            alpha: cfg.lora_alpha,
+            dropout: cfg.lora_dropout,
+            targets,
+        };
+        let st = SafeTensors::open(&dir.join("adapter_model.safetensors"))?;
+        let r = config.rank;
+        let mut layers = Vec::new();
+        for l in 0..model.num_layers {
+            let mut pairs = Vec::new();
+            for &proj in &config.targets {
+                let (inp, out) = proj.dims(model);
+                let read = |which: &str, shape: [usize; 2]| -> Result<Vec<f32>, AdapterError> {
+                    let key = Self::peft_key(l, proj, which);
+                    let got = st
+                        .shape(&key)
+                        .ok_or_else(|| AdapterError::Invalid(format!("missing tensor {key}")))?;
+                    if got.as_slice() != shape {
+                        return Err(AdapterError::Invalid(format!(
+                            "{key} has shape {got:?}, the model needs {shape:?}"
+                        )));
+                    }
+                    st.to_f32(&key)
+                        .ok_or_else(|| AdapterError::Invalid(format!("unreadable tensor {key}")))
+                };
+                let a = transpose(&read("A", [r, inp])?, r, inp);
+                let b = transpose(&read("B", [out, r])?, out, r);
+                pairs.push(LoraPair {
+                    proj,
+                    inp,
+                    out,
+                    a,
+                    b,
+                });
+            }
+            layers.push(pairs);
+        }
+        Ok(Self { config, layers })
+    }
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]`.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = x[i * cols + j];
+        }
+    }
+    out
+}
+
+/// An adapter's tensors on a device: per layer, `(projection, A, B)`.
+pub struct LoraTensors {
+    pub scale: f32,
+    pub layers: Vec<Vec<(Proj, Tensor<2>, Tensor<2>)>>,
+}
+
+impl LoraTensors {
+    /// Gradients of every `A` and `B`, flattened as [`LoraWeights::flatten`] lays them out.
+    pub fn grads(&self, grads: &burn::tensor::Gradients) -> Vec<f32> {
+        let mut out = Vec::new();
+        for (_, a, b) in self.layers.iter().flatten() {
+            for t in [a, b] {
+                let n = t.dims()[0] * t.dims()[1];
+                match t.grad(grads) {
+                    Some(g) => out.extend(
+                        g.into_data()
+                            .convert::<f32>()
+                            .try_into_vec::<f32>()
+                            .expect("f32 gradient"),
+                    ),
+                    // An unused adapter gets a zero gradient.
+                    None => out.extend(std::iter::repeat_n(0.0, n)),
+                }
+            }
+        }
+        out
+    }
+}
