@@ -31,6 +31,10 @@ pub struct AnnotateArgs {
     /// tokenizer.json) [default: $AUTOMALDESC_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf]
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// A LoRA adapter directory in PEFT's layout (`adapter_config.json` +
+    /// `adapter_model.safetensors`), as `automaldesc train` writes it, merged into the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Sampling temperatures, one sample each.
     #[arg(long, value_delimiter = ',', default_value = "0.4,0.6,0.8")]
     pub temperatures: Vec<f32>,
@@ -81,7 +85,10 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
     };
     let device = crate::device::select()?;
     let started = std::time::Instant::now();
-    let annotator = Annotator::load(&model, &device)?;
+    let mut annotator = Annotator::load(&model, &device)?;
+    if let Some(dir) = &args.adapter {
+        annotator = annotator.with_adapter(dir)?;
+    }
     tracing::info!(model = %annotator.model_id, secs = started.elapsed().as_secs_f64(), "model loaded");
     let opts = AnnotateOptions {
         temperatures: args.temperatures,

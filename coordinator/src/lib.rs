@@ -15,3 +15,4 @@ pub mod run_manager;
 pub mod run_spec;
 pub mod stage_manager;
 pub mod state;
+pub mod train_cmd;

@@ -21,6 +21,8 @@ enum Command {
     Corpus(automaldesc_coordinator::corpus_cmd::CorpusCmd),
     /// Annotate script files: one JSON line per script with verdict, summary and timings.
     Annotate(automaldesc_coordinator::annotate_cmd::AnnotateArgs),
+    /// Fine-tune a LoRA adapter on a labelled split.
+    Train(automaldesc_coordinator::train_cmd::TrainArgs),
     /// Run a whole run on this machine: a coordinator and workers in one process, with the
     /// embedded state store (a run interrupted here resumes when started again).
     Local(cluster::LocalArgs),
@@ -48,6 +50,8 @@ enum BenchCmd {
     /// One echo stage through a coordinator and N worker processes, next to the same
     /// dataflow in plain pyarrow + multiprocessing.
     Engine(automaldesc_coordinator::bench_cmd::BenchEngineArgs),
+    /// Training tokens per second on the real model.
+    Train(automaldesc_coordinator::train_cmd::BenchTrainArgs),
     /// Compare the selected device (e.g. CUDA) with the CPU backend on a random model.
     DeviceCheck,
 }
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Corpus(cmd) => automaldesc_coordinator::corpus_cmd::run(cmd),
         Command::Annotate(args) => automaldesc_coordinator::annotate_cmd::run(args),
+        Command::Train(args) => automaldesc_coordinator::train_cmd::run(args),
         Command::Local(args) => cluster::local(args),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),
@@ -74,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCmd::Annotate(args)) => {
             automaldesc_coordinator::bench_cmd::annotate(args)
         }
+        Command::Bench(BenchCmd::Train(args)) => automaldesc_coordinator::train_cmd::bench(args),
         Command::Bench(BenchCmd::Engine(args)) => automaldesc_coordinator::bench_cmd::engine(args),
         Command::Bench(BenchCmd::DeviceCheck) => automaldesc_coordinator::bench_cmd::device_check(),
     }

@@ -22,6 +22,11 @@ pub enum RuntimeError {
     Load { path: String, source: LoadError },
     #[error("model file {path}: {reason}")]
     Invalid { path: String, reason: String },
+    #[error("adapter {path}: {source}")]
+    Adapter {
+        path: String,
+        source: crate::train::lora::AdapterError,
+    },
 }
 
 impl TensorSource for GgufFile {
@@ -112,6 +117,23 @@ impl Annotator {
         } else {
             Self::load_gguf(path, device)
         }
+    }
+
+    /// Merges a LoRA adapter in PEFT's layout (trained here or elsewhere) into the model.
+    pub fn with_adapter(mut self, dir: &Path) -> Result<Self, RuntimeError> {
+        let err = |source| RuntimeError::Adapter {
+            path: dir.display().to_string(),
+            source,
+        };
+        let adapter = crate::train::lora::LoraWeights::load_peft(dir, &self.model.config).map_err(err)?;
+        self.model.unpack();
+        adapter.merge_into(&mut self.model).map_err(err)?;
+        self.model = self.model.packed_for_device();
+        let digest = automaldesc_common::sha256_hex(
+            &adapter.flatten().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        );
+        self.model_id = format!("{}+lora@{}", self.model_id, &digest[..16]);
+        Ok(self)
     }
 
     pub fn load_gguf(path: &Path, device: &Device) -> Result<Self, RuntimeError> {
