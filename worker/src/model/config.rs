@@ -198,11 +198,23 @@ impl LlamaConfig {
             rms_norm_eps: f64,
             rope_theta: Option<f64>,
             rope_scaling: Option<serde_json::Value>,
+            /// transformers 5 moved `rope_theta` and the scaling here.
+            rope_parameters: Option<serde_json::Value>,
             max_position_embeddings: usize,
             tie_word_embeddings: Option<bool>,
         }
         let hf: Hf = serde_json::from_str(text)?;
-        let rope_scaling = hf.rope_scaling.as_ref().and_then(parse_hf_rope_scaling);
+        let rope_scaling = hf
+            .rope_scaling
+            .as_ref()
+            .or(hf.rope_parameters.as_ref())
+            .and_then(parse_hf_rope_scaling);
+        let rope_theta = hf.rope_theta.or_else(|| {
+            hf.rope_parameters
+                .as_ref()
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(|t| t.as_f64())
+        });
         Ok(Self {
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -214,7 +226,7 @@ impl LlamaConfig {
                 .head_dim
                 .unwrap_or(hf.hidden_size / hf.num_attention_heads),
             rms_norm_eps: hf.rms_norm_eps,
-            rope_theta: hf.rope_theta.unwrap_or(10_000.0),
+            rope_theta: rope_theta.unwrap_or(10_000.0),
             rope_scaling,
             max_position: hf.max_position_embeddings,
             tie_embeddings: hf.tie_word_embeddings.unwrap_or(false),
@@ -281,5 +293,18 @@ mod tests {
             LlamaConfig::from_hf_json(text).unwrap(),
             LlamaConfig::smollm2_135m()
         );
+        // transformers 5 writes the rotary settings under `rope_parameters`.
+        let v5 = text.replace(
+            r#""rope_theta": 100000"#,
+            r#""rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}"#,
+        );
+        assert_eq!(LlamaConfig::from_hf_json(&v5).unwrap(), LlamaConfig::smollm2_135m());
+        let llama3 = text.replace(
+            r#""rope_theta": 100000"#,
+            r#""rope_parameters": {"rope_theta": 100000.0, "rope_type": "llama3", "factor": 32.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}"#,
+        );
+        assert!(LlamaConfig::from_hf_json(&llama3).unwrap().rope_scaling.is_some());
     }
 }
