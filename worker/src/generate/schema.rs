@@ -164,15 +164,15 @@ impl AnswerSchema {
     /// The tokens constrained decoding emits for this answer, after the prompt's answer
     /// prefix: the language's first token and its forced rest, the label digit and the
     /// forced text after it, the summary (JSON-escaped, tokenized as plain text) and a
-    /// closing quote, then the forced `}` and end of turn. A summary over `max_summary`
-    /// tokens is cut there and nothing follows it, as when decoding runs out of tokens.
+    /// closing quote, then the forced `}` and end of turn. Like decoding with
+    /// `max_tokens` new tokens, an answer that does not fit is cut there, unfinished.
     pub fn target_tokens(
         &self,
         vocab: &dyn Vocab,
         language: Language,
         label: u8,
         summary: &str,
-        max_summary: usize,
+        max_tokens: usize,
     ) -> Vec<u32> {
         let i = Language::ALL
             .iter()
@@ -183,16 +183,10 @@ impl AnswerSchema {
         out.push(self.label_ids[usize::from(label.min(1))]);
         out.extend(&self.after_label);
         let escaped = serde_json::to_string(summary).expect("a string encodes as JSON");
-        let body = &escaped[1..escaped.len() - 1];
-        let mut summary_tokens = vocab.encode_plain(body);
-        if summary_tokens.len() > max_summary {
-            summary_tokens.truncate(max_summary);
-            out.extend(summary_tokens);
-            return out;
-        }
-        out.extend(summary_tokens);
+        out.extend(vocab.encode_plain(&escaped[1..escaped.len() - 1]));
         out.extend(vocab.encode_plain("\""));
         out.extend([self.close_brace, self.end_id]);
+        out.truncate(max_tokens);
         out
     }
 }

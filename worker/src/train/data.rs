@@ -13,7 +13,7 @@ use crate::runtime::Annotator;
 pub struct Budget {
     /// Prompt tokens (longer scripts are truncated head and tail, as at inference).
     pub prompt: usize,
-    /// Answer tokens: the summary is cut to fit, as decoding would stop there.
+    /// Answer tokens: an answer longer than this is cut, as decoding would stop there.
     pub answer: usize,
 }
 
@@ -36,17 +36,12 @@ pub fn render(
     budget: Budget,
 ) -> Example {
     let prompt = annotator.annotation_prompt(script, budget.prompt).tokens;
-    // The fixed parts of the answer take about 12 tokens; the summary gets the rest.
-    let fixed = annotator
-        .schema
-        .target_tokens(&annotator.tokenizer, language, u8::from(malicious), "", usize::MAX)
-        .len();
     let target = annotator.schema.target_tokens(
         &annotator.tokenizer,
         language,
         u8::from(malicious),
         summary,
-        budget.answer.saturating_sub(fixed),
+        budget.answer,
     );
     Example { prompt, target }
 }
