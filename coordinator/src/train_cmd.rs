@@ -19,7 +19,8 @@ pub struct TrainArgs {
     /// its `seed` split).
     #[arg(long)]
     pub from: String,
-    /// Output directory: `adapter/` (PEFT layout), `lineage.json`, `checkpoint/`.
+    /// Output directory: `adapter/` (PEFT layout), `lineage.json`, `training_set.json`,
+    /// `checkpoint/` (training started again on the same directory resumes).
     #[arg(long)]
     pub out: PathBuf,
     /// Base model [default: $AUTOMALDESC_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf]
@@ -28,6 +29,13 @@ pub struct TrainArgs {
     /// The published adapter settings to start from: v1 (rank 8) or v2 (rank 16).
     #[arg(long, default_value = "v1")]
     pub preset: String,
+    /// Override the preset's adapter rank, alpha and dropout.
+    #[arg(long)]
+    pub rank: Option<usize>,
+    #[arg(long)]
+    pub alpha: Option<f32>,
+    #[arg(long)]
+    pub dropout: Option<f32>,
     #[arg(long)]
     pub epochs: Option<u32>,
     #[arg(long)]
@@ -76,7 +84,11 @@ fn load(
     budget: Budget,
 ) -> anyhow::Result<(Annotator, Vec<Example>, Vec<Example>, Vec<String>)> {
     let model = args_model.unwrap_or_else(crate::annotate_cmd::default_model_path);
-    anyhow::ensure!(model.exists(), "model file {} not found: run deploy/fetch_model.sh or pass --model", model.display());
+    anyhow::ensure!(
+        model.exists(),
+        "model file {} not found: run deploy/fetch_model.sh or pass --model",
+        model.display()
+    );
     let device = burn::tensor::Device::flex().autodiff();
     let mut annotator = Annotator::load(&model, &device)?;
     annotator.model = annotator.model.no_grad();
@@ -84,7 +96,14 @@ fn load(
     anyhow::ensure!(!labels.is_empty(), "{from} holds no labelled scripts");
     let (mut tr, mut va, mut shas) = (Vec::new(), Vec::new(), Vec::new());
     for ((sha, bytes), l) in scripts.iter().zip(&labels) {
-        let ex = render(&annotator, bytes, l.language, l.label.as_u8() == 1, &l.summary, budget);
+        let ex = render(
+            &annotator,
+            bytes,
+            l.language,
+            l.label.as_u8() == 1,
+            &l.summary,
+            budget,
+        );
         // Held out by hash, so the split does not depend on the order of the files.
         let h = u64::from_str_radix(&sha[..12.min(sha.len())], 16).unwrap_or(0);
         if (h % 10_000) as f64 / 10_000.0 < val_fraction {
@@ -100,32 +119,88 @@ fn load(
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut config = preset(&args.preset)?;
     config.seed = args.seed;
-    if let Some(v) = args.epochs { config.epochs = v; }
-    if let Some(v) = args.learning_rate { config.learning_rate = v; }
-    if let Some(v) = args.batch_tokens { config.batch_tokens = v; }
-    if let Some(v) = args.grad_accum { config.grad_accum = v; }
-    if let Some(v) = args.patience { config.patience = v; }
-    let budget = Budget { prompt: args.prompt_tokens, answer: args.answer_tokens };
-    let (annotator, tr, va, shas) = load(args.model.clone(), &args.from, args.limit, args.val_fraction, budget)?;
+    if let Some(v) = args.rank {
+        config.lora.rank = v;
+    }
+    if let Some(v) = args.alpha {
+        config.lora.alpha = v;
+    }
+    if let Some(v) = args.dropout {
+        config.lora.dropout = v;
+    }
+    anyhow::ensure!(config.lora.rank > 0, "--rank must be at least 1");
+    anyhow::ensure!(
+        (0.0..1.0).contains(&config.lora.dropout),
+        "--dropout must be in [0, 1)"
+    );
+    if let Some(v) = args.epochs {
+        config.epochs = v;
+    }
+    if let Some(v) = args.learning_rate {
+        config.learning_rate = v;
+    }
+    if let Some(v) = args.batch_tokens {
+        config.batch_tokens = v;
+    }
+    if let Some(v) = args.grad_accum {
+        config.grad_accum = v;
+    }
+    if let Some(v) = args.patience {
+        config.patience = v;
+    }
+    let budget = Budget {
+        prompt: args.prompt_tokens,
+        answer: args.answer_tokens,
+    };
+    let (annotator, tr, va, shas) = load(
+        args.model.clone(),
+        &args.from,
+        args.limit,
+        args.val_fraction,
+        budget,
+    )?;
     let target_tokens: usize = tr.iter().map(|e| e.target.len()).sum();
     eprintln!(
         "training on {} examples ({} answer tokens), validating on {}; base {}",
-        tr.len(), target_tokens, va.len(), annotator.model_id
+        tr.len(),
+        target_tokens,
+        va.len(),
+        annotator.model_id
     );
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let ckpt = args.out.join("checkpoint");
     let started = Instant::now();
     let trained = train(&annotator.model, &tr, &va, &config, Some(&ckpt), &mut |p| {
         eprintln!(
             "step {}/{} epoch {} loss {:.4} lr {:.2e} tokens {} ({:.0}/s) eta {:.0}s",
-            p.step, p.total_steps, p.epoch + 1, p.loss, p.learning_rate, p.tokens, p.tokens_per_s, p.eta_s
+            p.step,
+            p.total_steps,
+            p.epoch + 1,
+            p.loss,
+            p.learning_rate,
+            p.tokens,
+            p.tokens_per_s,
+            p.eta_s
         );
         true
     })?
     .context("training stopped before its end")?;
     let manifest = automaldesc_common::sha256_hex(shas.join("\n").as_bytes());
+    let model_path = args
+        .model
+        .clone()
+        .unwrap_or_else(crate::annotate_cmd::default_model_path);
+    let model_sha256 = file_sha256(&model_path)?;
+    // The training set's manifest: every script by its hash, in training order.
+    std::fs::write(
+        args.out.join("training_set.json"),
+        serde_json::to_string_pretty(&serde_json::json!({ "from": args.from, "train": shas }))?,
+    )?;
     let lineage = serde_json::json!({
         "base_model": annotator.model_id,
+        "base_model_file": model_path,
+        "base_model_sha256": model_sha256,
         "training_set": { "from": args.from, "examples": tr.len(), "validation": va.len(),
                           "sha256_of_script_hashes": manifest },
         "config": config,
@@ -137,17 +212,51 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     });
     let meta = BTreeMap::from([
         ("base_model".to_string(), annotator.model_id.clone()),
+        ("base_model_sha256".to_string(), model_sha256),
         ("training_set_sha256".to_string(), manifest),
         ("best_epoch".to_string(), trained.best_epoch.to_string()),
     ]);
     let adapter_dir = args.out.join("adapter");
-    trained.adapter.save_peft(&adapter_dir, &annotator.model_id, &meta)?;
-    std::fs::write(args.out.join("lineage.json"), serde_json::to_string_pretty(&lineage)?)?;
+    trained
+        .adapter
+        .save_peft(&adapter_dir, &annotator.model_id, &meta)?;
+    std::fs::write(
+        args.out.join("lineage.json"),
+        serde_json::to_string_pretty(&lineage)?,
+    )?;
     for h in &trained.history {
-        eprintln!("epoch {}: train loss {:.4}, validation loss {:.4}", h.epoch + 1, h.train_loss, h.val_loss);
+        eprintln!(
+            "epoch {}: train loss {:.4}, validation loss {:.4}",
+            h.epoch + 1,
+            h.train_loss,
+            h.val_loss
+        );
     }
-    eprintln!("adapter (best epoch {}) written to {}", trained.best_epoch + 1, adapter_dir.display());
+    eprintln!(
+        "adapter (best epoch {}) written to {}",
+        trained.best_epoch + 1,
+        adapter_dir.display()
+    );
     Ok(())
+}
+
+/// Hex sha256 of a file (a directory: of its files, by name).
+fn file_sha256(path: &std::path::Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut files = vec![path.to_path_buf()];
+    if path.is_dir() {
+        files = std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.sort();
+    }
+    for f in files.iter().filter(|f| f.is_file()) {
+        let mut file =
+            std::fs::File::open(f).with_context(|| format!("hashing {}", f.display()))?;
+        std::io::copy(&mut file, &mut hasher)?;
+    }
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 #[derive(Args, Debug)]
@@ -173,9 +282,19 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
     let mut config = preset(&args.preset)?;
     config.batch_tokens = args.batch_tokens;
     config.epochs = 1000;
-    let (annotator, tr, _, _) = load(args.model.clone(), &args.from, Some(args.limit), 0.0, Budget::default())?;
+    let (annotator, tr, _, _) = load(
+        args.model.clone(),
+        &args.from,
+        Some(args.limit),
+        0.0,
+        Budget::default(),
+    )?;
     let mut marks: Vec<(Instant, u64)> = Vec::new();
-    let total_tokens = |ex: &[Example]| ex.iter().map(|e| e.prompt.len() + e.target.len()).sum::<usize>();
+    let total_tokens = |ex: &[Example]| {
+        ex.iter()
+            .map(|e| e.prompt.len() + e.target.len())
+            .sum::<usize>()
+    };
     let answer_tokens: usize = tr.iter().map(|e| e.target.len()).sum();
     let steps = args.steps + 1;
     train(&annotator.model, &tr, &[], &config, None, &mut |p| {

@@ -125,12 +125,17 @@ impl Annotator {
             path: dir.display().to_string(),
             source,
         };
-        let adapter = crate::train::lora::LoraWeights::load_peft(dir, &self.model.config).map_err(err)?;
+        let adapter =
+            crate::train::lora::LoraWeights::load_peft(dir, &self.model.config).map_err(err)?;
         self.model.unpack();
         adapter.merge_into(&mut self.model).map_err(err)?;
         self.model = self.model.packed_for_device();
         let digest = automaldesc_common::sha256_hex(
-            &adapter.flatten().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+            &adapter
+                .flatten()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
         );
         self.model_id = format!("{}+lora@{}", self.model_id, &digest[..16]);
         Ok(self)

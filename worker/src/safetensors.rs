@@ -207,7 +207,10 @@ pub fn write_f32(
     for (name, shape, data) in tensors {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(invalid(path, format!("{name}: shape {shape:?} but {} values", data.len())));
+            return Err(invalid(
+                path,
+                format!("{name}: shape {shape:?} but {} values", data.len()),
+            ));
         }
         header.insert(
             name.clone(),

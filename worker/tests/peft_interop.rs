@@ -28,7 +28,9 @@ fn python() -> Option<String> {
                 std::env::var("AUTOMALDESC_REQUIRE_PEFT").map_or(true, |v| v != "1"),
                 "AUTOMALDESC_REQUIRE_PEFT=1 but AUTOMALDESC_PEFT_PYTHON is not set"
             );
-            eprintln!("SKIP: set AUTOMALDESC_PEFT_PYTHON to a Python with peft, transformers and torch");
+            eprintln!(
+                "SKIP: set AUTOMALDESC_PEFT_PYTHON to a Python with peft, transformers and torch"
+            );
             None
         }
     }
@@ -40,7 +42,11 @@ fn run(py: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run the PEFT peer");
-    assert!(out.status.success(), "peft_check.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "peft_check.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -52,13 +58,25 @@ struct Logits {
 fn parse(text: &str) -> Logits {
     let v: serde_json::Value = serde_json::from_str(text).unwrap();
     Logits {
-        tokens: v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect(),
-        values: v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+        tokens: v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect(),
+        values: v["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect(),
     }
 }
 
 fn load_base(dir: &Path, device: &Device) -> Llama {
-    let config = LlamaConfig::from_hf_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let config =
+        LlamaConfig::from_hf_json(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+            .unwrap();
     let st = SafeTensors::open(dir).unwrap();
     let mut model = Llama::load(&config, &st, Naming::HuggingFace, device).unwrap();
     model.unpack();
@@ -78,12 +96,21 @@ fn our_logits(model: &Llama, tokens: &[u32], adapter: Option<&LoraWeights>) -> V
     };
     let tensors = adapter.map(|a| a.tensors(&device, false));
     let h = hidden_states(model, &batch, tensors.as_ref(), None);
-    model.logits(h).into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    model
+        .logits(h)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
 }
 
 fn assert_close(what: &str, ours: &[f32], theirs: &[f32], tol: f32) {
     assert_eq!(ours.len(), theirs.len(), "{what}: lengths");
-    let worst = ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     eprintln!("{what}: max |diff| {worst:.2e} over {} logits", ours.len());
     assert!(worst < tol, "{what}: max |diff| {worst} >= {tol}");
 }
@@ -104,19 +131,44 @@ fn adapters_move_between_peft_and_automaldesc() {
     assert_eq!(theirs.config.rank, 4);
     assert_eq!(theirs.config.targets.len(), 7);
     let base = our_logits(&model, &peft.tokens, None);
-    let moved = base.iter().zip(&peft.values).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(moved > 1e-2, "PEFT's adapter must change the logits ({moved})");
-    assert_close("PEFT adapter, unmerged", &our_logits(&model, &peft.tokens, Some(&theirs)), &peft.values, 1e-4);
+    let moved = base
+        .iter()
+        .zip(&peft.values)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        moved > 1e-2,
+        "PEFT's adapter must change the logits ({moved})"
+    );
+    assert_close(
+        "PEFT adapter, unmerged",
+        &our_logits(&model, &peft.tokens, Some(&theirs)),
+        &peft.values,
+        1e-4,
+    );
     let mut merged = load_base(&dir.path().join("base"), &device);
     theirs.merge_into(&mut merged).unwrap();
-    assert_close("PEFT adapter, merged", &our_logits(&merged, &peft.tokens, None), &peft.values, 1e-4);
+    assert_close(
+        "PEFT adapter, merged",
+        &our_logits(&merged, &peft.tokens, None),
+        &peft.values,
+        1e-4,
+    );
 
     // An adapter of ours in PEFT.
     let lora = LoraConfig {
         rank: 8,
         alpha: 16.0,
         dropout: 0.05,
-        targets: vec![Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down],
+        targets: vec![
+            Proj::Q,
+            Proj::K,
+            Proj::V,
+            Proj::O,
+            Proj::Gate,
+            Proj::Up,
+            Proj::Down,
+        ],
     };
     let mut ours = LoraWeights::init(&lora, &model.config, 21);
     let donor = LoraWeights::init(&lora, &model.config, 22);
@@ -127,11 +179,29 @@ fn adapters_move_between_peft_and_automaldesc() {
     }
     let out = dir.path().join("ours");
     ours.save_peft(&out, "tiny", &Default::default()).unwrap();
-    let tokens = peft.tokens.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
+    let tokens = peft
+        .tokens
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let in_peft = parse(&run(
         &py,
-        &["logits", "--base", dir.path().join("base").to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--tokens", &tokens],
+        &[
+            "logits",
+            "--base",
+            dir.path().join("base").to_str().unwrap(),
+            "--adapter",
+            out.to_str().unwrap(),
+            "--tokens",
+            &tokens,
+        ],
     ));
     model.reference_ops = true;
-    assert_close("our adapter in PEFT", &our_logits(&model, &peft.tokens, Some(&ours)), &in_peft.values, 1e-4);
+    assert_close(
+        "our adapter in PEFT",
+        &our_logits(&model, &peft.tokens, Some(&ours)),
+        &in_peft.values,
+        1e-4,
+    );
 }

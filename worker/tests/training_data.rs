@@ -50,7 +50,12 @@ fn examples_follow_the_inference_prompt_and_the_answer_schema() {
             true,
             "Downloads a script and pipes it to \"bash\" \\ runs it.\nNo checks.",
         ),
-        (b"print('hello')\n", Language::Python, false, "Prints a greeting: ünïcode 日本 🎉 and a tab\t."),
+        (
+            b"print('hello')\n",
+            Language::Python,
+            false,
+            "Prints a greeting: ünïcode 日本 🎉 and a tab\t.",
+        ),
         (b"@echo off\r\ndir C:\\\r\n", Language::Batch, false, ""),
         (b"Write-Host 'hi'", Language::Powershell, true, "Short."),
     ];
@@ -60,7 +65,10 @@ fn examples_follow_the_inference_prompt_and_the_answer_schema() {
     };
     for (script, language, malicious, summary) in cases {
         let ex = render(&annotator, script, language, malicious, summary, budget);
-        assert_eq!(ex.prompt, annotator.annotation_prompt(script, budget.prompt).tokens);
+        assert_eq!(
+            ex.prompt,
+            annotator.annotation_prompt(script, budget.prompt).tokens
+        );
         let state = replay(&annotator, &ex.target);
         assert!(state.is_done(), "the answer ends with the end of turn");
         let json: serde_json::Value = serde_json::from_str(&state.to_json()).unwrap();
@@ -76,7 +84,14 @@ fn examples_follow_the_inference_prompt_and_the_answer_schema() {
         prompt: 256,
         answer: 64,
     };
-    let ex = render(&annotator, long_script.as_bytes(), Language::Bash, false, &long_summary, budget);
+    let ex = render(
+        &annotator,
+        long_script.as_bytes(),
+        Language::Bash,
+        false,
+        &long_summary,
+        budget,
+    );
     let prompt = annotator.annotation_prompt(long_script.as_bytes(), 256);
     assert!(prompt.truncated.is_some());
     assert_eq!(ex.prompt, prompt.tokens);
@@ -85,7 +100,13 @@ fn examples_follow_the_inference_prompt_and_the_answer_schema() {
     let state = replay(&annotator, &ex.target);
     assert!(state.has_label() && !state.is_done());
     let text = String::from_utf8(state.summary_raw.clone()).unwrap();
-    assert!(long_summary.starts_with(&text) && text.len() > 100, "{text:?}");
+    assert!(
+        long_summary.starts_with(&text) && text.len() > 100,
+        "{text:?}"
+    );
     // The tokenizer the examples were made with is the runtime's.
-    assert_eq!(annotator.tokenizer.encode_plain("Short."), annotator.tokenizer.encode("Short.").unwrap());
+    assert_eq!(
+        annotator.tokenizer.encode_plain("Short."),
+        annotator.tokenizer.encode("Short.").unwrap()
+    );
 }

@@ -298,13 +298,19 @@ mod tests {
             r#""rope_theta": 100000"#,
             r#""rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}"#,
         );
-        assert_eq!(LlamaConfig::from_hf_json(&v5).unwrap(), LlamaConfig::smollm2_135m());
+        assert_eq!(
+            LlamaConfig::from_hf_json(&v5).unwrap(),
+            LlamaConfig::smollm2_135m()
+        );
         let llama3 = text.replace(
             r#""rope_theta": 100000"#,
             r#""rope_parameters": {"rope_theta": 100000.0, "rope_type": "llama3", "factor": 32.0,
                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}"#,
         );
-        assert!(LlamaConfig::from_hf_json(&llama3).unwrap().rope_scaling.is_some());
+        assert!(LlamaConfig::from_hf_json(&llama3)
+            .unwrap()
+            .rope_scaling
+            .is_some());
     }
 }

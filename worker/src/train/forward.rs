@@ -69,10 +69,20 @@ fn project(
 }
 
 /// An inverted-dropout mask `[rows, cols]` (kept entries scaled by 1 / (1 - p)).
-fn dropout_mask(d: Option<Dropout>, salt: u64, rows: usize, cols: usize, device: &Device) -> Option<Tensor<2>> {
+fn dropout_mask(
+    d: Option<Dropout>,
+    salt: u64,
+    rows: usize,
+    cols: usize,
+    device: &Device,
+) -> Option<Tensor<2>> {
     let d = d.filter(|d| d.p > 0.0)?;
     device.seed(d.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt);
-    let keep = Tensor::<2>::random([rows, cols], Distribution::Bernoulli(1.0 - d.p as f64), device);
+    let keep = Tensor::<2>::random(
+        [rows, cols],
+        Distribution::Bernoulli(1.0 - d.p as f64),
+        device,
+    );
     Some(keep.mul_scalar(1.0 / (1.0 - d.p)))
 }
 
@@ -115,9 +125,20 @@ pub fn hidden_states(
             &[q_w, kv_w, kv_w],
             mask,
         );
-        let q = qkv.clone().narrow(1, 0, q_w).reshape([b, t, nh, hd]).swap_dims(1, 2);
-        let k = qkv.clone().narrow(1, q_w, kv_w).reshape([b, t, nkv, hd]).swap_dims(1, 2);
-        let v = qkv.narrow(1, q_w + kv_w, kv_w).reshape([b, t, nkv, hd]).swap_dims(1, 2);
+        let q = qkv
+            .clone()
+            .narrow(1, 0, q_w)
+            .reshape([b, t, nh, hd])
+            .swap_dims(1, 2);
+        let k = qkv
+            .clone()
+            .narrow(1, q_w, kv_w)
+            .reshape([b, t, nkv, hd])
+            .swap_dims(1, 2);
+        let v = qkv
+            .narrow(1, q_w + kv_w, kv_w)
+            .reshape([b, t, nkv, hd])
+            .swap_dims(1, 2);
         let q = apply_rope(q, &cos, &sin).reshape([b, nkv, g * t, hd]);
         let k = apply_rope(k, &cos, &sin);
         let scores = q
@@ -132,7 +153,14 @@ pub fn hidden_states(
             .swap_dims(1, 2)
             .reshape([rows, q_w]);
         let mask = dropout_mask(dropout, salt | 1, rows, q_w, &device);
-        x = x + project(&block.attn.wo, out, lora_l, &[Proj::O], &[c.hidden_size], mask);
+        x = x + project(
+            &block.attn.wo,
+            out,
+            lora_l,
+            &[Proj::O],
+            &[c.hidden_size],
+            mask,
+        );
         let h = rms_norm(x.clone(), &block.ffn_norm.val(), eps);
         let mask = dropout_mask(dropout, salt | 2, rows, c.hidden_size, &device);
         let gate_up = project(
@@ -145,7 +173,14 @@ pub fn hidden_states(
         );
         let act = silu(gate_up.clone().narrow(1, 0, ffn)) * gate_up.narrow(1, ffn, ffn);
         let mask = dropout_mask(dropout, salt | 3, rows, ffn, &device);
-        x = x + project(&block.ffn.w_down, act, lora_l, &[Proj::Down], &[c.hidden_size], mask);
+        x = x + project(
+            &block.ffn.w_down,
+            act,
+            lora_l,
+            &[Proj::Down],
+            &[c.hidden_size],
+            mask,
+        );
     }
     rms_norm(x, &model.norm.val(), eps)
 }
@@ -161,7 +196,10 @@ pub fn target_log_probs(
     let hidden = hidden_states(model, batch, lora, dropout);
     let n = batch.rows.len();
     let rows: Vec<i64> = batch.rows.iter().map(|&r| r as i64).collect();
-    let picked = hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device));
+    let picked = hidden.select(
+        0,
+        Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device),
+    );
     let logp = log_softmax(model.logits(picked), 1); // [n, vocab]
     let targets: Vec<i64> = batch.targets.iter().map(|&t| i64::from(t)).collect();
     let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);

@@ -17,8 +17,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Llama, LlamaConfig, Weight};
 use crate::model::load::TensorSource;
+use crate::model::{Llama, LlamaConfig, Weight};
 use crate::safetensors::{write_f32, SafeTensors, SafetensorsError};
 
 /// A projection of a decoder block.
@@ -281,13 +281,7 @@ impl LoraWeights {
                 .map(|pairs| {
                     pairs
                         .iter()
-                        .map(|p| {
-                            (
-                                p.proj,
-                                make(&p.a, [p.inp, r]),
-                                make(&p.b, [r, p.out]),
-                            )
-                        })
+                        .map(|p| (p.proj, make(&p.a, [p.inp, r]), make(&p.b, [r, p.out])))
                         .collect()
                 })
                 .collect(),
@@ -410,7 +404,10 @@ impl LoraWeights {
         let cfg: PeftConfig = serde_json::from_str(&text)
             .map_err(|e| AdapterError::Invalid(format!("{}: {e}", path.display())))?;
         if cfg.peft_type != "LORA" {
-            return Err(AdapterError::Invalid(format!("peft_type {:?} is not LORA", cfg.peft_type)));
+            return Err(AdapterError::Invalid(format!(
+                "peft_type {:?} is not LORA",
+                cfg.peft_type
+            )));
         }
         if cfg.fan_in_fan_out || cfg.use_dora || cfg.use_rslora {
             return Err(AdapterError::Invalid(
@@ -418,7 +415,10 @@ impl LoraWeights {
             ));
         }
         if cfg.bias.as_deref().is_some_and(|b| b != "none") {
-            return Err(AdapterError::Invalid(format!("bias {:?} is not supported", cfg.bias)));
+            return Err(AdapterError::Invalid(format!(
+                "bias {:?} is not supported",
+                cfg.bias
+            )));
         }
         let names: Vec<String> = match &cfg.target_modules {
             serde_json::Value::String(s) if s == "all-linear" => {

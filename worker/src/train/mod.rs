@@ -165,7 +165,11 @@ fn data_hash(train: &[Example], val: &[Example]) -> String {
 
 /// Micro-batches of one epoch (indices into `examples`): by length, at most `budget`
 /// padded tokens each, in an order shuffled from `seed` and `epoch` (`None`: in order).
-pub fn micro_batches(examples: &[Example], budget: usize, shuffle: Option<(u64, u32)>) -> Vec<Vec<usize>> {
+pub fn micro_batches(
+    examples: &[Example],
+    budget: usize,
+    shuffle: Option<(u64, u32)>,
+) -> Vec<Vec<usize>> {
     let mut idx: Vec<usize> = (0..examples.len()).collect();
     idx.sort_by_key(|&i| (examples[i].len(), i));
     let mut out: Vec<Vec<usize>> = Vec::new();
@@ -190,7 +194,12 @@ pub fn micro_batches(examples: &[Example], budget: usize, shuffle: Option<(u64, 
 /// The padded batch of the listed examples: each sequence is prompt ++ target, and the row
 /// of every token before a target token is scored against it.
 pub fn make_batch(examples: &[Example], idx: &[usize]) -> Batch {
-    let t = idx.iter().map(|&i| examples[i].len() - 1).max().unwrap_or(1).max(1);
+    let t = idx
+        .iter()
+        .map(|&i| examples[i].len() - 1)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let b = idx.len();
     let mut tokens = vec![0u32; b * t];
     let (mut rows, mut targets) = (Vec::new(), Vec::new());
@@ -215,14 +224,24 @@ pub fn make_batch(examples: &[Example], idx: &[usize]) -> Batch {
 
 /// Mean negative log-likelihood of the targets of `examples` under the model with
 /// `adapter` (no dropout, no gradients).
-pub fn mean_loss(model: &Llama, examples: &[Example], adapter: Option<&LoraWeights>, budget: usize) -> f64 {
+pub fn mean_loss(
+    model: &Llama,
+    examples: &[Example],
+    adapter: Option<&LoraWeights>,
+    budget: usize,
+) -> f64 {
     let device = model.device();
     let tensors = adapter.map(|a| a.tensors(&device, false));
     let (mut sum, mut n) = (0.0f64, 0usize);
     for mb in micro_batches(examples, budget, None) {
         let batch = make_batch(examples, &mb);
         let logp = target_log_probs(model, &batch, tensors.as_ref(), None);
-        let v = logp.sum().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+        let v = logp
+            .sum()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default();
         sum -= f64::from(v.first().copied().unwrap_or(f32::NAN));
         n += batch.rows.len();
     }
@@ -239,7 +258,12 @@ fn ckpt_err(path: &Path, reason: impl ToString) -> TrainError {
     }
 }
 
-fn save_checkpoint(dir: &Path, state: &State, adapter: &LoraWeights, best: &LoraWeights) -> Result<(), TrainError> {
+fn save_checkpoint(
+    dir: &Path,
+    state: &State,
+    adapter: &LoraWeights,
+    best: &LoraWeights,
+) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| ckpt_err(dir, e))?;
     let vectors = dir.join(format!("{VECTORS_FILE}.tmp"));
     let (a, b) = (adapter.flatten(), best.flatten());
@@ -265,7 +289,11 @@ fn save_checkpoint(dir: &Path, state: &State, adapter: &LoraWeights, best: &Lora
     Ok(())
 }
 
-fn load_checkpoint(dir: &Path, adapter: &mut LoraWeights, best: &mut LoraWeights) -> Result<Option<State>, TrainError> {
+fn load_checkpoint(
+    dir: &Path,
+    adapter: &mut LoraWeights,
+    best: &mut LoraWeights,
+) -> Result<Option<State>, TrainError> {
     let json = dir.join(STATE_FILE);
     if !json.exists() {
         return Ok(None);
@@ -276,9 +304,14 @@ fn load_checkpoint(dir: &Path, adapter: &mut LoraWeights, best: &mut LoraWeights
     let st = SafeTensors::open(&path).map_err(|e| ckpt_err(&path, e))?;
     let n = adapter.num_params();
     let read = |name: &str| -> Result<Vec<f32>, TrainError> {
-        let v = st.to_f32(name).ok_or_else(|| ckpt_err(&path, format!("no {name}")))?;
+        let v = st
+            .to_f32(name)
+            .ok_or_else(|| ckpt_err(&path, format!("no {name}")))?;
         if v.len() != n {
-            return Err(ckpt_err(&path, format!("{name} has {} values, the adapter {n}", v.len())));
+            return Err(ckpt_err(
+                &path,
+                format!("{name} has {} values, the adapter {n}", v.len()),
+            ));
         }
         Ok(v)
     };
@@ -305,7 +338,11 @@ pub fn train(
     if train.is_empty() {
         return Err(TrainError::NoData);
     }
-    if let Some(i) = train.iter().chain(val).position(|e| e.target.is_empty() || e.prompt.is_empty()) {
+    if let Some(i) = train
+        .iter()
+        .chain(val)
+        .position(|e| e.target.is_empty() || e.prompt.is_empty())
+    {
         return Err(TrainError::EmptyTarget(i));
     }
     let device = model.device();
@@ -339,7 +376,9 @@ pub fn train(
         None => fresh,
     };
     let accum = config.grad_accum.max(1) as usize;
-    let per_epoch = micro_batches(train, config.batch_tokens, None).len().div_ceil(accum) as u64;
+    let per_epoch = micro_batches(train, config.batch_tokens, None)
+        .len()
+        .div_ceil(accum) as u64;
     let total_steps = per_epoch * u64::from(config.epochs);
     let started = Instant::now();
     let (mut tokens, start_step) = (0u64, state.adam.step);
@@ -360,14 +399,24 @@ pub fn train(
                 };
                 let logp = target_log_probs(model, batch, Some(&tensors), Some(dropout));
                 let l = logp.sum().neg().div_scalar(step_tokens as f64);
-                let value = l.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+                let value = l
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .unwrap_or_default();
                 loss += f64::from(value.first().copied().unwrap_or(f32::NAN));
                 let g = l.backward();
                 for (acc, x) in grads.iter_mut().zip(tensors.grads(&g)) {
                     *acc += x;
                 }
             }
-            let lr = learning_rate(config.learning_rate, state.adam.step, total_steps, config.warmup);
+            let lr = learning_rate(
+                config.learning_rate,
+                state.adam.step,
+                total_steps,
+                config.warmup,
+            );
             let mut flat = adapter.flatten();
             state.adam.update(&mut flat, &grads, lr);
             adapter.set_flat(&flat);
@@ -388,7 +437,8 @@ pub fn train(
                 loss,
                 learning_rate: lr,
                 tokens_per_s: tokens as f64 / elapsed.max(1e-9),
-                eta_s: elapsed / done.max(1) as f64 * total_steps.saturating_sub(state.adam.step) as f64,
+                eta_s: elapsed / done.max(1) as f64
+                    * total_steps.saturating_sub(state.adam.step) as f64,
             };
             if !progress(&report) {
                 return Ok(None);

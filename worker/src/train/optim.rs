@@ -70,7 +70,9 @@ mod tests {
 
     #[test]
     fn warmup_rises_then_decays_to_zero() {
-        let lr: Vec<f32> = (0..100).map(|s| learning_rate(1e-4, s, 100, 0.05)).collect();
+        let lr: Vec<f32> = (0..100)
+            .map(|s| learning_rate(1e-4, s, 100, 0.05))
+            .collect();
         assert!((lr[0] - 2e-5).abs() < 1e-9);
         assert!((lr[4] - 1e-4).abs() < 1e-9);
         assert!(lr[5] <= 1e-4 && lr[5] > lr[50] && lr[50] > lr[99]);

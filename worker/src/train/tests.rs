@@ -61,7 +61,10 @@ fn random_adapter(config: &LlamaConfig, lora: &LoraConfig, seed: u64) -> LoraWei
 }
 
 fn to_vec(t: burn::tensor::Tensor<1>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
 }
 
 fn weights_of(model: &Llama) -> Vec<f32> {
@@ -94,7 +97,11 @@ fn the_training_forward_matches_the_cached_inference_path() {
         let mut cache = KvCache::new(&config, 1, n + 1, &device);
         let h = model.forward(&seq[..n], n, &mut cache);
         let logp = burn::tensor::activation::log_softmax(model.logits(h), 1);
-        let logp = logp.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        let logp = logp
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
         let vocab = config.vocab_size;
         for p in e.prompt.len() - 1..n {
             want.push(logp[p * vocab + seq[p + 1] as usize]);
@@ -122,7 +129,9 @@ fn adapter_gradients_match_finite_differences() {
             .sum()
     };
     let tensors = adapter.tensors(&device, true);
-    let loss = target_log_probs(&model, &batch, Some(&tensors), None).sum().neg();
+    let loss = target_log_probs(&model, &batch, Some(&tensors), None)
+        .sum()
+        .neg();
     let grads = tensors.grads(&loss.backward());
     let flat = adapter.flatten();
     assert_eq!(grads.len(), flat.len());
@@ -130,7 +139,11 @@ fn adapter_gradients_match_finite_differences() {
     let mut order: Vec<usize> = (0..flat.len()).collect();
     order.sort_by(|&i, &j| grads[j].abs().total_cmp(&grads[i].abs()));
     let mut checked = 0;
-    for &i in order.iter().take(6).chain(order.iter().step_by(order.len() / 5).take(5)) {
+    for &i in order
+        .iter()
+        .take(6)
+        .chain(order.iter().step_by(order.len() / 5).take(5))
+    {
         let eps = 1e-2f32;
         let mut plus = flat.clone();
         plus[i] += eps;
@@ -143,11 +156,17 @@ fn adapter_gradients_match_finite_differences() {
         let numeric = (up - down) / (2.0 * f64::from(eps));
         let analytic = f64::from(grads[i]);
         let tol = 2e-2 * analytic.abs().max(numeric.abs()) + 2e-3;
-        assert!((numeric - analytic).abs() < tol, "param {i}: numeric {numeric}, autodiff {analytic}");
+        assert!(
+            (numeric - analytic).abs() < tol,
+            "param {i}: numeric {numeric}, autodiff {analytic}"
+        );
         checked += 1;
     }
     assert!(checked >= 10);
-    assert!(grads.iter().any(|g| g.abs() > 1e-3), "the gradient is not all zero");
+    assert!(
+        grads.iter().any(|g| g.abs() > 1e-3),
+        "the gradient is not all zero"
+    );
 }
 
 #[test]
@@ -172,9 +191,19 @@ fn training_overfits_a_small_set_and_leaves_the_base_weights_untouched() {
         .unwrap()
         .expect("not stopped");
     let last = trained.history.last().unwrap().val_loss;
-    let best = trained.history.iter().map(|h| h.val_loss).fold(f64::INFINITY, f64::min);
-    assert!(initial > 4.0, "a random model is near ln(97) = 4.57: {initial}");
-    assert!(best < 0.5, "loss {initial:.3} fell only to {best:.3} (last {last:.3})");
+    let best = trained
+        .history
+        .iter()
+        .map(|h| h.val_loss)
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        initial > 4.0,
+        "a random model is near ln(97) = 4.57: {initial}"
+    );
+    assert!(
+        best < 0.5,
+        "loss {initial:.3} fell only to {best:.3} (last {last:.3})"
+    );
     // The kept adapter is the best epoch's, and it reproduces that loss.
     let again = mean_loss(&model, &ex, Some(&trained.adapter), 1000);
     assert!((again - best).abs() < 1e-4, "{again} vs {best}");
@@ -192,12 +221,23 @@ fn merged_and_unmerged_adapters_agree() {
     let adapter = random_adapter(&config, &small_config().lora, 5);
     let ex = examples(3, 3);
     let batch = make_batch(&ex, &[0, 1, 2]);
-    let unmerged = to_vec(target_log_probs(&model, &batch, Some(&adapter.tensors(&device, false)), None));
+    let unmerged = to_vec(target_log_probs(
+        &model,
+        &batch,
+        Some(&adapter.tensors(&device, false)),
+        None,
+    ));
     let base = to_vec(target_log_probs(&model, &batch, None, None));
     adapter.merge_into(&mut model).unwrap();
     let merged = to_vec(target_log_probs(&model, &batch, None, None));
-    let differs = unmerged.iter().zip(&base).any(|(a, b)| (a - b).abs() > 1e-2);
-    assert!(differs, "the adapter must change the output for this test to mean anything");
+    let differs = unmerged
+        .iter()
+        .zip(&base)
+        .any(|(a, b)| (a - b).abs() > 1e-2);
+    assert!(
+        differs,
+        "the adapter must change the output for this test to mean anything"
+    );
     for (a, b) in unmerged.iter().zip(&merged) {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
@@ -235,15 +275,22 @@ fn a_peft_adapter_saved_and_loaded_is_the_same() {
         Some(vec![out, 4])
     );
     assert_eq!(st.names().count(), 2 * 3 * config.num_layers);
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["r"], 4);
-    assert_eq!(cfg["target_modules"], serde_json::json!(["q_proj", "v_proj", "down_proj"]));
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["q_proj", "v_proj", "down_proj"])
+    );
     // A shape that does not fit the model is refused with the tensor's name.
     let mut other = config.clone();
     other.intermediate_size += 1;
-    let e = LoraWeights::load_peft(dir.path(), &other).unwrap_err().to_string();
+    let e = LoraWeights::load_peft(dir.path(), &other)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("down_proj") && e.contains("shape"), "{e}");
 }
 
@@ -258,18 +305,40 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     // One example per micro-batch, two per step: three steps an epoch.
     config.batch_tokens = 16;
     let whole_dir = tempfile::tempdir().unwrap();
-    let whole = train(&model, &train_set, &val, &config, Some(whole_dir.path()), &mut |_| true)
-        .unwrap()
-        .unwrap();
+    let whole = train(
+        &model,
+        &train_set,
+        &val,
+        &config,
+        Some(whole_dir.path()),
+        &mut |_| true,
+    )
+    .unwrap()
+    .unwrap();
     assert!(whole.steps >= 6, "{} steps", whole.steps);
     // Stop mid-epoch, then start again on the checkpoint.
     let dir = tempfile::tempdir().unwrap();
-    let stopped = train(&model, &train_set, &val, &config, Some(dir.path()), &mut |p| p.step < 4).unwrap();
+    let stopped = train(
+        &model,
+        &train_set,
+        &val,
+        &config,
+        Some(dir.path()),
+        &mut |p| p.step < 4,
+    )
+    .unwrap();
     assert!(stopped.is_none());
-    let resumed = train(&model, &train_set, &val, &config, Some(dir.path()), &mut |p| {
-        assert!(p.step > 4, "resumed runs continue after the checkpoint");
-        true
-    })
+    let resumed = train(
+        &model,
+        &train_set,
+        &val,
+        &config,
+        Some(dir.path()),
+        &mut |p| {
+            assert!(p.step > 4, "resumed runs continue after the checkpoint");
+            true
+        },
+    )
     .unwrap()
     .unwrap();
     assert_eq!(resumed.steps, whole.steps);
@@ -278,7 +347,15 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     // Another config on the same checkpoint is refused.
     let mut other = config.clone();
     other.learning_rate *= 2.0;
-    let e = train(&model, &train_set, &val, &other, Some(dir.path()), &mut |_| true).unwrap_err();
+    let e = train(
+        &model,
+        &train_set,
+        &val,
+        &other,
+        Some(dir.path()),
+        &mut |_| true,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("another config"), "{e}");
 }
 
@@ -293,6 +370,14 @@ fn micro_batches_respect_the_budget_and_cover_every_example_once() {
         let longest = b.iter().map(|&i| ex[i].len()).max().unwrap();
         assert!(b.len() == 1 || b.len() * longest <= 40);
     }
-    assert_ne!(batches, micro_batches(&ex, 40, Some((1, 1))), "epochs shuffle differently");
-    assert_eq!(batches, micro_batches(&ex, 40, Some((1, 0))), "and reproducibly");
+    assert_ne!(
+        batches,
+        micro_batches(&ex, 40, Some((1, 1))),
+        "epochs shuffle differently"
+    );
+    assert_eq!(
+        batches,
+        micro_batches(&ex, 40, Some((1, 0))),
+        "and reproducibly"
+    );
 }
