@@ -274,6 +274,10 @@ pub struct BenchTrainArgs {
     pub batch_tokens: usize,
     #[arg(long, default_value_t = 64)]
     pub limit: usize,
+    /// Instead of the split's scripts, random sequences of exactly PROMPT,ANSWER tokens, one
+    /// per step (the shapes `tests/peer/peft_train_bench.py` times for PyTorch + PEFT).
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    pub shape: Option<Vec<usize>>,
 }
 
 /// Times training steps on the real model: all tokens (prompt and answer) and answer tokens

@@ -192,6 +192,28 @@ impl SafeTensors {
     }
 }
 
+/// The string metadata (`__metadata__`) of a safetensors file.
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, SafetensorsError> {
+    let bytes = std::fs::read(path).map_err(|source| SafetensorsError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let len = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n <= MAX_HEADER && n + 8 <= bytes.len())
+        .ok_or_else(|| invalid(path, "no valid header"))?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + len]).map_err(|e| invalid(path, e))?;
+    match header.get("__metadata__") {
+        None => Ok(BTreeMap::new()),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| invalid(path, format!("__metadata__: {e}"))),
+    }
+}
+
 /// Writes f32 tensors `(name, shape, data)` as one safetensors file, with string metadata
 /// (the `__metadata__` entry). Names are stored in order; the header is padded to 8 bytes.
 pub fn write_f32(

@@ -10,7 +10,8 @@
 //!   is measured; the best epoch's adapter is kept, and training stops after `patience`
 //!   epochs without improvement.
 //! - With a checkpoint directory, the whole state (adapter, optimizer moments, position in
-//!   the epoch, history, best adapter) is written after every step, atomically. Training
+//!   the epoch, history, best adapter) is written after every step as one file, replaced
+//!   atomically (written, synced, renamed). Training
 //!   started again on it continues exactly where it stopped: the data order is a function of
 //!   the seed and the epoch, and the dropout masks of the seed and the step.
 
@@ -28,7 +29,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Llama;
-use crate::safetensors::{write_f32, SafeTensors};
+use crate::safetensors::{read_metadata, write_f32, SafeTensors};
 use forward::{target_log_probs, Batch, Dropout};
 use lora::{AdapterError, LoraConfig, LoraWeights};
 use optim::{learning_rate, AdamW};
@@ -248,8 +249,9 @@ pub fn mean_loss(
     sum / n.max(1) as f64
 }
 
-const STATE_FILE: &str = "checkpoint.json";
-const VECTORS_FILE: &str = "checkpoint.safetensors";
+/// The checkpoint: one safetensors file holding the vectors, with the rest of the state as
+/// JSON in its metadata, so that replacing it (write, then rename) is one atomic step.
+const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 
 fn ckpt_err(path: &Path, reason: impl ToString) -> TrainError {
     TrainError::Checkpoint {
@@ -265,27 +267,25 @@ fn save_checkpoint(
     best: &LoraWeights,
 ) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| ckpt_err(dir, e))?;
-    let vectors = dir.join(format!("{VECTORS_FILE}.tmp"));
+    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
     let (a, b) = (adapter.flatten(), best.flatten());
     let n = a.len();
+    let json = serde_json::to_string(state).map_err(|e| ckpt_err(&tmp, e))?;
     write_f32(
-        &vectors,
+        &tmp,
         &[
             ("adapter".into(), vec![n], &a),
             ("adam_m".into(), vec![n], &state.adam.m),
             ("adam_v".into(), vec![n], &state.adam.v),
             ("best".into(), vec![n], &b),
         ],
-        &BTreeMap::new(),
+        &BTreeMap::from([("state".to_string(), json)]),
     )
-    .map_err(|e| ckpt_err(&vectors, e))?;
-    let json = dir.join(format!("{STATE_FILE}.tmp"));
-    let text = serde_json::to_vec_pretty(state).map_err(|e| ckpt_err(&json, e))?;
-    std::fs::write(&json, text).map_err(|e| ckpt_err(&json, e))?;
-    // The vectors first, then the state that refers to them: a crash between the two
-    // renames leaves a state one step behind vectors it does not read.
-    std::fs::rename(&vectors, dir.join(VECTORS_FILE)).map_err(|e| ckpt_err(dir, e))?;
-    std::fs::rename(&json, dir.join(STATE_FILE)).map_err(|e| ckpt_err(dir, e))?;
+    .map_err(|e| ckpt_err(&tmp, e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ckpt_err(&tmp, e))?;
+    std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE)).map_err(|e| ckpt_err(dir, e))?;
     Ok(())
 }
 
@@ -294,13 +294,15 @@ fn load_checkpoint(
     adapter: &mut LoraWeights,
     best: &mut LoraWeights,
 ) -> Result<Option<State>, TrainError> {
-    let json = dir.join(STATE_FILE);
-    if !json.exists() {
+    let path = dir.join(CHECKPOINT_FILE);
+    if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read(&json).map_err(|e| ckpt_err(&json, e))?;
-    let mut state: State = serde_json::from_slice(&text).map_err(|e| ckpt_err(&json, e))?;
-    let path = dir.join(VECTORS_FILE);
+    let meta = read_metadata(&path).map_err(|e| ckpt_err(&path, e))?;
+    let json = meta
+        .get("state")
+        .ok_or_else(|| ckpt_err(&path, "no training state in its metadata"))?;
+    let mut state: State = serde_json::from_str(json).map_err(|e| ckpt_err(&path, e))?;
     let st = SafeTensors::open(&path).map_err(|e| ckpt_err(&path, e))?;
     let n = adapter.num_params();
     let read = |name: &str| -> Result<Vec<f32>, TrainError> {
