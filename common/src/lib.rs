@@ -4,6 +4,7 @@
 
 pub mod detect;
 pub mod error;
+pub mod eval;
 pub mod ids;
 pub mod import;
 pub mod import_labels;

@@ -7,6 +7,7 @@ pub mod bench_cmd;
 pub mod cluster_cmd;
 pub mod corpus_cmd;
 pub mod device;
+pub mod eval_cmd;
 pub mod grpc_server;
 pub mod labelled_split;
 pub mod lease_manager;

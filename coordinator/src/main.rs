@@ -21,6 +21,11 @@ enum Command {
     Corpus(automaldesc_coordinator::corpus_cmd::CorpusCmd),
     /// Annotate script files: one JSON line per script with verdict, summary and timings.
     Annotate(automaldesc_coordinator::annotate_cmd::AnnotateArgs),
+    /// Score answers against references: accuracies per language, unparseable answers,
+    /// the confusion matrix, and summary BLEU / chrF / ROUGE-L.
+    Eval(automaldesc_coordinator::eval_cmd::EvalArgs),
+    /// McNemar's tests of two annotators' answers on the same references.
+    Mcnemar(automaldesc_coordinator::eval_cmd::McNemarArgs),
     /// Fine-tune a LoRA adapter on a labelled split.
     Train(automaldesc_coordinator::train_cmd::TrainArgs),
     /// Run a whole run on this machine: a coordinator and workers in one process, with the
@@ -68,6 +73,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Corpus(cmd) => automaldesc_coordinator::corpus_cmd::run(cmd),
         Command::Annotate(args) => automaldesc_coordinator::annotate_cmd::run(args),
+        Command::Eval(args) => automaldesc_coordinator::eval_cmd::run_eval(args),
+        Command::Mcnemar(args) => automaldesc_coordinator::eval_cmd::run_mcnemar(args),
         Command::Train(args) => automaldesc_coordinator::train_cmd::run(args),
         Command::Local(args) => cluster::local(args),
         Command::Coordinator(args) => cluster::coordinator(args),
