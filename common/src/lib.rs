@@ -5,6 +5,7 @@
 pub mod detect;
 pub mod error;
 pub mod eval;
+pub mod filter;
 pub mod ids;
 pub mod import;
 pub mod import_labels;

@@ -1,0 +1,479 @@
+//! The filter funnel: which pseudo-labels are trustworthy enough to train on.
+//!
+//! A script's samples (one per temperature) go through the published checks in the
+//! published order, and the script leaves at the first check it fails, with that check's
+//! reason:
+//!
+//! 1. `empty`: some sample's response is empty;
+//! 2. `malformed`: some sample is not a well-formed answer (not JSON, a field missing or
+//!    empty), or `truncated`: cut by the token budget;
+//! 3. `label-disagreement`: the samples' labels differ;
+//! 4. `low-confidence`: some sample's label probability is under the threshold;
+//! 5. `judge-disagreement`: the judge, reading only a summary, gives the other label for
+//!    every surviving summary;
+//! 6. `unknown-language`: no summary left names one of the five languages.
+//!
+//! Samples stopped early right after their label (decoding stops only when check 3 or 4 will
+//! reject the script) have no summary; they skip check 2 and are judged by their label at
+//! checks 3 and 4, where the published pipeline would have dropped the script too.
+//!
+//! Choice of the one summary kept for an accepted script: among the samples the judge
+//! agrees with and whose language is one of the five, the highest label probability; ties
+//! go to the lower temperature, then the earlier sample.
+
+use std::collections::BTreeMap;
+
+use crate::eval::parse_response;
+use crate::schema::FunnelRow;
+use crate::types::{Label, Language};
+
+/// One sample as the filter sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilterSample {
+    pub temperature: f32,
+    pub response: String,
+    /// Probability of the sampled label token.
+    pub label_prob: f32,
+    pub finish: Finish,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Ended by the model (end of the JSON object).
+    Complete,
+    /// Cut by the token budget.
+    Truncated,
+    /// Stopped right after the label by early stop.
+    EarlyStopped,
+}
+
+/// Why a script was rejected: the funnel's stage and reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Empty,
+    Malformed,
+    Truncated,
+    LabelDisagreement,
+    LowConfidence,
+    JudgeDisagreement,
+    UnknownLanguage,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::Empty,
+        Reason::Malformed,
+        Reason::Truncated,
+        Reason::LabelDisagreement,
+        Reason::LowConfidence,
+        Reason::JudgeDisagreement,
+        Reason::UnknownLanguage,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Empty => "empty",
+            Reason::Malformed => "malformed",
+            Reason::Truncated => "truncated",
+            Reason::LabelDisagreement => "label-disagreement",
+            Reason::LowConfidence => "low-confidence",
+            Reason::JudgeDisagreement => "judge-disagreement",
+            Reason::UnknownLanguage => "unknown-language",
+        }
+    }
+
+    /// The funnel stage (1-based, in the published order) that applies this reason.
+    pub fn stage(self) -> &'static str {
+        match self {
+            Reason::Empty => "1-empty",
+            Reason::Malformed | Reason::Truncated => "2-well-formed",
+            Reason::LabelDisagreement => "3-label-agreement",
+            Reason::LowConfidence => "4-confidence",
+            Reason::JudgeDisagreement => "5-judge",
+            Reason::UnknownLanguage => "6-language",
+        }
+    }
+}
+
+/// A rejection with a detail a person can audit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+/// A script that passed checks 1-4: its agreed label and the summaries for the judge.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Survivor {
+    pub label: Label,
+    /// (sample index, language as written, summary) of every sample with a summary.
+    pub summaries: Vec<(usize, String, String)>,
+}
+
+/// Checks 1-4 over one script's samples.
+pub fn before_judge(samples: &[FilterSample], min_label_prob: f32) -> Result<Survivor, Rejection> {
+    let reject = |reason, detail: String| Err(Rejection { reason, detail });
+    if samples.is_empty() {
+        return reject(Reason::Empty, "no samples".into());
+    }
+    if let Some(i) = samples.iter().position(|s| s.response.trim().is_empty()) {
+        return reject(
+            Reason::Empty,
+            format!("sample {i} (t={}) is empty", samples[i].temperature),
+        );
+    }
+    let mut labels = Vec::with_capacity(samples.len());
+    let mut summaries = Vec::new();
+    for (i, s) in samples.iter().enumerate() {
+        let t = s.temperature;
+        match s.finish {
+            Finish::Truncated => {
+                return reject(
+                    Reason::Truncated,
+                    format!("sample {i} (t={t}) hit the token budget"),
+                );
+            }
+            Finish::EarlyStopped => match early_label(&s.response) {
+                Some(l) => labels.push(l),
+                None => {
+                    return reject(
+                        Reason::Malformed,
+                        format!("sample {i} (t={t}) stopped early without a label"),
+                    )
+                }
+            },
+            Finish::Complete => match parse_response(&s.response) {
+                Some(a) => {
+                    labels.push(a.label);
+                    summaries.push((i, a.language, a.summary));
+                }
+                None => {
+                    let head: String = s.response.chars().take(60).collect();
+                    return reject(
+                        Reason::Malformed,
+                        format!("sample {i} (t={t}) is not a well-formed answer: {head:?}"),
+                    );
+                }
+            },
+        }
+    }
+    if labels.iter().any(|&l| l != labels[0]) {
+        let list: Vec<String> = labels.iter().map(|l| l.as_u8().to_string()).collect();
+        return reject(
+            Reason::LabelDisagreement,
+            format!("labels by temperature: {}", list.join(",")),
+        );
+    }
+    if let Some(i) = samples
+        .iter()
+        .position(|s| !(s.label_prob >= min_label_prob))
+    {
+        return reject(
+            Reason::LowConfidence,
+            format!(
+                "sample {i} (t={}) label probability {:.3} < {min_label_prob}",
+                samples[i].temperature, samples[i].label_prob
+            ),
+        );
+    }
+    Ok(Survivor {
+        label: labels[0],
+        summaries,
+    })
+}
+
+/// The label of an answer cut right after its label (`{"language": "...", "label": 1`).
+fn early_label(response: &str) -> Option<Label> {
+    let at = response.find("\"label\"")?;
+    let rest = response[at + 7..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
+    Label::from_u8(rest.chars().next()?.to_digit(10)? as u8)
+}
+
+/// The answer kept for an accepted script.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Accepted {
+    pub sample: usize,
+    pub label: Label,
+    pub language: Language,
+    pub summary: String,
+}
+
+/// Checks 5 and 6 and the choice of summary. `judge[k]` is the judge's label for
+/// `survivor.summaries[k]`.
+pub fn after_judge(
+    survivor: &Survivor,
+    judge: &[Label],
+    samples: &[FilterSample],
+) -> Result<Accepted, Rejection> {
+    assert_eq!(
+        judge.len(),
+        survivor.summaries.len(),
+        "one judge verdict per summary"
+    );
+    let agreed: Vec<&(usize, String, String)> = survivor
+        .summaries
+        .iter()
+        .zip(judge)
+        .filter(|(_, &j)| j == survivor.label)
+        .map(|(s, _)| s)
+        .collect();
+    if agreed.is_empty() {
+        return Err(Rejection {
+            reason: Reason::JudgeDisagreement,
+            detail: format!(
+                "the judge read {} summaries and disagreed with label {} on all",
+                judge.len(),
+                survivor.label.as_u8()
+            ),
+        });
+    }
+    let mut known: Vec<(usize, Language, &String)> = agreed
+        .iter()
+        .filter_map(|(i, lang, summary)| {
+            Some((
+                *i,
+                lang.parse::<Language>()
+                    .ok()
+                    .filter(|l| l.as_str() == lang)?,
+                summary,
+            ))
+        })
+        .collect();
+    if known.is_empty() {
+        let langs: Vec<&str> = agreed.iter().map(|s| s.1.as_str()).collect();
+        return Err(Rejection {
+            reason: Reason::UnknownLanguage,
+            detail: format!("languages: {}", langs.join(",")),
+        });
+    }
+    known.sort_by(|a, b| {
+        let (sa, sb) = (&samples[a.0], &samples[b.0]);
+        sb.label_prob
+            .total_cmp(&sa.label_prob)
+            .then(sa.temperature.total_cmp(&sb.temperature))
+            .then(a.0.cmp(&b.0))
+    });
+    let (sample, language, summary) = known[0];
+    Ok(Accepted {
+        sample,
+        label: survivor.label,
+        language,
+        summary: summary.clone(),
+    })
+}
+
+/// Counts of the funnel: scripts entering each stage and leaving it by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Funnel {
+    pub input: u64,
+    pub rejected: BTreeMap<Reason, u64>,
+    pub accepted: u64,
+}
+
+impl Funnel {
+    pub fn reject(&mut self, reason: Reason) {
+        self.input += 1;
+        *self.rejected.entry(reason).or_default() += 1;
+    }
+
+    pub fn accept(&mut self) {
+        self.input += 1;
+        self.accepted += 1;
+    }
+
+    pub fn merge(&mut self, other: &Funnel) {
+        self.input += other.input;
+        self.accepted += other.accepted;
+        for (r, n) in &other.rejected {
+            *self.rejected.entry(*r).or_default() += n;
+        }
+    }
+
+    /// Scripts still in the funnel after each stage, in order: (stage, remaining).
+    pub fn remaining(&self) -> Vec<(&'static str, u64)> {
+        let mut left = self.input;
+        let mut out = Vec::new();
+        let mut stages: Vec<&'static str> = Reason::ALL.iter().map(|r| r.stage()).collect();
+        stages.dedup();
+        for stage in stages {
+            let dropped: u64 = self
+                .rejected
+                .iter()
+                .filter(|(r, _)| r.stage() == stage)
+                .map(|(_, n)| n)
+                .sum();
+            left -= dropped;
+            out.push((stage, left));
+        }
+        out
+    }
+
+    /// As rows of the funnel dataset: every stage's drops by reason, then `accepted`.
+    pub fn rows(&self) -> Vec<FunnelRow> {
+        let mut rows: Vec<FunnelRow> = Reason::ALL
+            .iter()
+            .map(|r| FunnelRow {
+                stage: r.stage().into(),
+                reason: r.as_str().into(),
+                count: self.rejected.get(r).copied().unwrap_or(0),
+            })
+            .collect();
+        rows.push(FunnelRow {
+            stage: "input".into(),
+            reason: "scripts".into(),
+            count: self.input,
+        });
+        rows.push(FunnelRow {
+            stage: "output".into(),
+            reason: "accepted".into(),
+            count: self.accepted,
+        });
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: f32, label: u8, prob: f32, language: &str) -> FilterSample {
+        let response = serde_json::json!({"language": language, "label": label, "summary": format!("summary at {t}")}).to_string();
+        FilterSample {
+            temperature: t,
+            response,
+            label_prob: prob,
+            finish: Finish::Complete,
+        }
+    }
+
+    fn three(label: u8) -> Vec<FilterSample> {
+        vec![
+            sample(0.4, label, 0.97, "bash"),
+            sample(0.6, label, 0.99, "bash"),
+            sample(0.8, label, 0.95, "bash"),
+        ]
+    }
+
+    fn reason(samples: &[FilterSample]) -> Reason {
+        before_judge(samples, 0.9).unwrap_err().reason
+    }
+
+    #[test]
+    fn checks_apply_in_the_published_order() {
+        // Empty beats malformed beats disagreement beats low confidence.
+        let mut s = three(1);
+        s[2].response.clear();
+        s[0].response = "{\"language\":".into();
+        s[1] = sample(0.6, 0, 0.5, "bash");
+        assert_eq!(reason(&s), Reason::Empty);
+        s[2] = sample(0.8, 1, 0.99, "bash");
+        assert_eq!(reason(&s), Reason::Malformed);
+        s[0] = sample(0.4, 1, 0.99, "bash");
+        assert_eq!(reason(&s), Reason::LabelDisagreement);
+        s[1] = sample(0.6, 1, 0.5, "bash");
+        let err = before_judge(&s, 0.9).unwrap_err();
+        assert_eq!(err.reason, Reason::LowConfidence);
+        assert!(err.detail.contains("0.500 < 0.9"), "{}", err.detail);
+        let mut t = three(0);
+        t[1].finish = Finish::Truncated;
+        assert_eq!(reason(&t), Reason::Truncated);
+        // NaN probabilities never pass.
+        let mut n = three(0);
+        n[0].label_prob = f32::NAN;
+        assert_eq!(reason(&n), Reason::LowConfidence);
+    }
+
+    #[test]
+    fn early_stopped_samples_count_at_the_label_checks() {
+        let mut s = three(1);
+        s[2] = FilterSample {
+            temperature: 0.8,
+            response: "{\"language\": \"bash\", \"label\": 0".into(),
+            label_prob: 0.99,
+            finish: Finish::EarlyStopped,
+        };
+        assert_eq!(reason(&s), Reason::LabelDisagreement);
+        s[2].response = "{\"language\": \"bash\", \"label\": 1".into();
+        s[2].label_prob = 0.6;
+        assert_eq!(reason(&s), Reason::LowConfidence);
+    }
+
+    #[test]
+    fn the_judge_and_language_checks_then_pick_the_most_confident_summary() {
+        let s = vec![
+            sample(0.4, 1, 0.97, "bash"),
+            sample(0.6, 1, 0.99, "cobol"),
+            sample(0.8, 1, 0.99, "bash"),
+        ];
+        let survivor = before_judge(&s, 0.9).unwrap();
+        assert_eq!(survivor.label, Label::Malicious);
+        assert_eq!(survivor.summaries.len(), 3);
+        let m = Label::Malicious;
+        let b = Label::Benign;
+        let err = after_judge(&survivor, &[b, b, b], &s).unwrap_err();
+        assert_eq!(err.reason, Reason::JudgeDisagreement);
+        // The judge agrees only with the unknown-language sample.
+        assert_eq!(
+            after_judge(&survivor, &[b, m, b], &s).unwrap_err().reason,
+            Reason::UnknownLanguage
+        );
+        // 0.99 at t=0.8 beats 0.97 at t=0.4; the 0.99 at t=0.6 has no known language.
+        let a = after_judge(&survivor, &[m, m, m], &s).unwrap();
+        assert_eq!(
+            (a.sample, a.language, a.summary.as_str()),
+            (2, Language::Bash, "summary at 0.8")
+        );
+        // Ties in probability go to the lower temperature.
+        let s = three(0)
+            .into_iter()
+            .map(|mut x| {
+                x.label_prob = 0.95;
+                x
+            })
+            .collect::<Vec<_>>();
+        let survivor = before_judge(&s, 0.9).unwrap();
+        assert_eq!(after_judge(&survivor, &[b, b, b], &s).unwrap().sample, 0);
+        // Short names are not the answer's schema: "sh" is not a language here.
+        let s = vec![sample(0.4, 0, 0.97, "sh")];
+        let survivor = before_judge(&s, 0.9).unwrap();
+        assert_eq!(
+            after_judge(&survivor, &[b], &s).unwrap_err().reason,
+            Reason::UnknownLanguage
+        );
+    }
+
+    #[test]
+    fn funnel_counts_add_up() {
+        let mut f = Funnel::default();
+        for r in [
+            Reason::Empty,
+            Reason::Malformed,
+            Reason::Truncated,
+            Reason::LowConfidence,
+            Reason::LowConfidence,
+        ] {
+            f.reject(r);
+        }
+        f.accept();
+        f.accept();
+        let mut g = Funnel::default();
+        g.reject(Reason::JudgeDisagreement);
+        f.merge(&g);
+        assert_eq!(f.input, 8);
+        let rem = f.remaining();
+        assert_eq!(rem[0], ("1-empty", 7));
+        assert_eq!(rem[1], ("2-well-formed", 5));
+        assert_eq!(rem.last().copied(), Some(("6-language", 2)));
+        assert_eq!(rem.last().unwrap().1, f.accepted);
+        let rows = f.rows();
+        let dropped: u64 = rows
+            .iter()
+            .filter(|r| r.stage.starts_with(char::is_numeric))
+            .map(|r| r.count)
+            .sum();
+        assert_eq!(dropped + f.accepted, f.input);
+    }
+}
