@@ -12,6 +12,7 @@ use automaldesc_worker::train::lora::LoraConfig;
 use automaldesc_worker::train::{train, Example, TrainConfig};
 use burn::module::Module;
 use clap::Args;
+use rand::{Rng, SeedableRng};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -74,6 +75,20 @@ fn preset(name: &str) -> anyhow::Result<TrainConfig> {
     Ok(c)
 }
 
+/// The model on the CPU autodiff device, frozen.
+fn load_frozen(model: Option<PathBuf>) -> anyhow::Result<Annotator> {
+    let model = model.unwrap_or_else(crate::annotate_cmd::default_model_path);
+    anyhow::ensure!(
+        model.exists(),
+        "model file {} not found: run deploy/fetch_model.sh or pass --model",
+        model.display()
+    );
+    let device = burn::tensor::Device::flex().autodiff();
+    let mut annotator = Annotator::load(&model, &device)?;
+    annotator.model = annotator.model.no_grad();
+    Ok(annotator)
+}
+
 /// The model on the CPU autodiff device, frozen, and the split rendered as examples:
 /// (train, validation, sha256 of each training script).
 fn load(
@@ -83,15 +98,7 @@ fn load(
     val_fraction: f64,
     budget: Budget,
 ) -> anyhow::Result<(Annotator, Vec<Example>, Vec<Example>, Vec<String>)> {
-    let model = args_model.unwrap_or_else(crate::annotate_cmd::default_model_path);
-    anyhow::ensure!(
-        model.exists(),
-        "model file {} not found: run deploy/fetch_model.sh or pass --model",
-        model.display()
-    );
-    let device = burn::tensor::Device::flex().autodiff();
-    let mut annotator = Annotator::load(&model, &device)?;
-    annotator.model = annotator.model.no_grad();
+    let annotator = load_frozen(args_model)?;
     let (scripts, labels) = crate::labelled_split::read(from, limit)?;
     anyhow::ensure!(!labels.is_empty(), "{from} holds no labelled scripts");
     let (mut tr, mut va, mut shas) = (Vec::new(), Vec::new(), Vec::new());
@@ -261,8 +268,9 @@ fn file_sha256(path: &std::path::Path) -> anyhow::Result<String> {
 
 #[derive(Args, Debug)]
 pub struct BenchTrainArgs {
-    #[arg(long)]
-    pub from: String,
+    /// A labelled split whose scripts are the training examples (not needed with --shape).
+    #[arg(long, required_unless_present = "shape")]
+    pub from: Option<String>,
     #[arg(long)]
     pub model: Option<PathBuf>,
     #[arg(long, default_value = "v1")]
@@ -278,21 +286,57 @@ pub struct BenchTrainArgs {
     /// per step (the shapes `tests/peer/peft_train_bench.py` times for PyTorch + PEFT).
     #[arg(long, value_delimiter = ',', num_args = 2)]
     pub shape: Option<Vec<usize>>,
+    /// With --shape: also time PyTorch + PEFT on the same shapes in the same run, with this
+    /// Python (a venv with `peft`), on --peft-model.
+    #[arg(long, requires_all = ["shape", "peft_model"])]
+    pub peft_python: Option<PathBuf>,
+    /// The model as a Hugging Face directory for the PEFT side (`tests/peer/gguf_to_hf.py`
+    /// writes one from the GGUF).
+    #[arg(long)]
+    pub peft_model: Option<PathBuf>,
 }
 
 /// Times training steps on the real model: all tokens (prompt and answer) and answer tokens
-/// per second.
+/// per second; with --peft-python, PyTorch + PEFT on the same shapes, and the ratio.
 pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
     let mut config = preset(&args.preset)?;
     config.batch_tokens = args.batch_tokens;
     config.epochs = 1000;
-    let (annotator, tr, _, _) = load(
-        args.model.clone(),
-        &args.from,
-        Some(args.limit),
-        0.0,
-        Budget::default(),
-    )?;
+    let steps = args.steps + 1;
+    let (annotator, tr) = match (&args.shape, &args.from) {
+        (Some(shape), _) => {
+            let (prompt, answer) = (shape[0], shape[1]);
+            anyhow::ensure!(
+                answer > 0 && prompt > 0,
+                "--shape needs two positive lengths"
+            );
+            let annotator = load_frozen(args.model.clone())?;
+            let vocab = annotator.model.config.vocab_size as u32;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+            let mut random =
+                |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
+            let tr: Vec<Example> = (0..steps)
+                .map(|_| Example {
+                    prompt: random(prompt),
+                    target: random(answer),
+                })
+                .collect();
+            // One sequence per step, as the PEFT side runs.
+            config.batch_tokens = prompt + answer;
+            (annotator, tr)
+        }
+        (None, Some(from)) => {
+            let (annotator, tr, _, _) = load(
+                args.model.clone(),
+                from,
+                Some(args.limit),
+                0.0,
+                Budget::default(),
+            )?;
+            (annotator, tr)
+        }
+        (None, None) => anyhow::bail!("--from or --shape is needed"),
+    };
     let mut marks: Vec<(Instant, u64)> = Vec::new();
     let total_tokens = |ex: &[Example]| {
         ex.iter()
@@ -300,7 +344,6 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
             .sum::<usize>()
     };
     let answer_tokens: usize = tr.iter().map(|e| e.target.len()).sum();
-    let steps = args.steps + 1;
     train(&annotator.model, &tr, &[], &config, None, &mut |p| {
         marks.push((Instant::now(), p.tokens));
         p.step < steps
@@ -313,7 +356,7 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
     // Padded positions computed per answer token, from the whole set's proportions.
     let ratio = total_tokens(&tr) as f64 / answer_tokens.max(1) as f64;
     println!(
-        "training on {} ({} threads): {:.1} answer tokens/s, ~{:.0} sequence tokens/s ({} steps of <= {} padded tokens, rank {})",
+        "ours: training on {} ({} threads): {:.1} answer tokens/s, ~{:.0} sequence tokens/s ({} steps of <= {} padded tokens, rank {})",
         annotator.model_id,
         rayon::current_num_threads(),
         answer_per_s,
@@ -322,5 +365,50 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
         config.batch_tokens,
         config.lora.rank,
     );
+    if let (Some(python), Some(model), Some(shape)) =
+        (&args.peft_python, &args.peft_model, &args.shape)
+    {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/peer/peft_train_bench.py");
+        let out = std::process::Command::new(python)
+            .arg(&script)
+            .args(["--model", &model.display().to_string()])
+            .args([
+                "--prompt",
+                &shape[0].to_string(),
+                "--answer",
+                &shape[1].to_string(),
+            ])
+            .args([
+                "--steps",
+                &args.steps.to_string(),
+                "--threads",
+                &rayon::current_num_threads().to_string(),
+            ])
+            .args(["--rank", &config.lora.rank.to_string()])
+            .output()
+            .with_context(|| format!("running {}", python.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "the PEFT side failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        let peer: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("the PEFT side printed {line:?}"))?;
+        let peer_answer = peer["answer_tokens_per_s"]
+            .as_f64()
+            .context("no answer_tokens_per_s")?;
+        println!(
+            "PyTorch {} + PEFT {}: {:.1} answer tokens/s, {:.0} sequence tokens/s ({} steps)",
+            peer["torch"].as_str().unwrap_or("?"),
+            peer["peft"].as_str().unwrap_or("?"),
+            peer_answer,
+            peer["sequence_tokens_per_s"].as_f64().unwrap_or(0.0),
+            peer["steps"],
+        );
+        println!("ours / PyTorch+PEFT: {:.2}", answer_per_s / peer_answer);
+    }
     Ok(())
 }
