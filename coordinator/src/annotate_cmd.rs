@@ -22,8 +22,12 @@ pub struct AnnotateArgs {
     #[arg(long, conflicts_with = "files")]
     pub from: Option<String>,
     /// With --from: annotate only the first N scripts.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "spread")]
     pub limit: Option<usize>,
+    /// With --from: annotate N scripts spread evenly over the split (which is stored by
+    /// language, so every language is sampled), for a quick evaluation.
+    #[arg(long)]
+    pub spread: Option<usize>,
     /// Write the JSON lines here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -72,7 +76,13 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
         model.display()
     );
     let (scripts, truth) = match &args.from {
-        Some(url) => crate::labelled_split::read(url, args.limit)?,
+        Some(url) => {
+            let (scripts, labels) = crate::labelled_split::read(url, args.limit)?;
+            match args.spread {
+                Some(n) => crate::labelled_split::spread(scripts, labels, n),
+                None => (scripts, labels),
+            }
+        }
         None => {
             let mut scripts = Vec::with_capacity(args.files.len());
             for f in &args.files {

@@ -37,6 +37,22 @@ pub fn read(
     Ok((out, labels))
 }
 
+/// `n` of the pairs, evenly spaced (row `i * len / n`), in their order.
+pub fn spread<T, U>(a: Vec<T>, b: Vec<U>, n: usize) -> (Vec<T>, Vec<U>) {
+    let len = a.len();
+    assert_eq!(len, b.len(), "scripts and labels pair up");
+    if n >= len {
+        return (a, b);
+    }
+    let keep: std::collections::HashSet<usize> = (0..n).map(|i| i * len / n).collect();
+    a.into_iter()
+        .zip(b)
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, pair)| pair)
+        .unzip()
+}
+
 /// Counts behind [`score`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScoreCounts {
