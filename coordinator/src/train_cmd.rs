@@ -204,6 +204,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         args.out.join("training_set.json"),
         serde_json::to_string_pretty(&serde_json::json!({ "from": args.from, "train": shas }))?,
     )?;
+    // Epochs are numbered from 1 in everything a person reads (lineage, metadata, output).
+    let epochs: Vec<_> = trained
+        .history
+        .iter()
+        .map(|h| serde_json::json!({"epoch": h.epoch + 1, "train_loss": h.train_loss, "val_loss": h.val_loss}))
+        .collect();
     let lineage = serde_json::json!({
         "base_model": annotator.model_id,
         "base_model_file": model_path,
@@ -211,8 +217,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "training_set": { "from": args.from, "examples": tr.len(), "validation": va.len(),
                           "sha256_of_script_hashes": manifest },
         "config": config,
-        "epochs": trained.history,
-        "best_epoch": trained.best_epoch,
+        "epochs": epochs,
+        "best_epoch": trained.best_epoch + 1,
         "steps": trained.steps,
         "stopped_early": trained.stopped_early,
         "seconds": started.elapsed().as_secs_f64(),
@@ -221,7 +227,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         ("base_model".to_string(), annotator.model_id.clone()),
         ("base_model_sha256".to_string(), model_sha256),
         ("training_set_sha256".to_string(), manifest),
-        ("best_epoch".to_string(), trained.best_epoch.to_string()),
+        (
+            "best_epoch".to_string(),
+            (trained.best_epoch + 1).to_string(),
+        ),
     ]);
     let adapter_dir = args.out.join("adapter");
     trained
@@ -284,7 +293,7 @@ pub struct BenchTrainArgs {
     pub limit: usize,
     /// Instead of the split's scripts, random sequences of exactly PROMPT,ANSWER tokens, one
     /// per step (the shapes `tests/peer/peft_train_bench.py` times for PyTorch + PEFT).
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',', value_name = "PROMPT,ANSWER")]
     pub shape: Option<Vec<usize>>,
     /// With --shape: also time PyTorch + PEFT on the same shapes in the same run, with this
     /// Python (a venv with `peft`), on --peft-model.
