@@ -166,7 +166,7 @@ pub fn before_judge(samples: &[FilterSample], min_label_prob: f32) -> Result<Sur
     }
     if let Some(i) = samples
         .iter()
-        .position(|s| !(s.label_prob >= min_label_prob))
+        .position(|s| s.label_prob.is_nan() || s.label_prob < min_label_prob)
     {
         return reject(
             Reason::LowConfidence,

@@ -296,17 +296,13 @@ pub fn read_references(spec: &str) -> anyhow::Result<Vec<Reference>> {
         "parquet" => {
             let mut rows = Vec::new();
             for batch in read_parquet(path)? {
-                let cols: Vec<Vec<String>> = ["sha256", "label", "language", "summary"]
+                let mut cols = ["sha256", "label", "language", "summary"]
                     .iter()
-                    .map(|c| string_column(&batch, c, path))
-                    .collect::<anyhow::Result<_>>()?;
-                for i in 0..batch.num_rows() {
-                    rows.push((
-                        cols[0][i].clone(),
-                        cols[1][i].clone(),
-                        cols[2][i].clone(),
-                        cols[3][i].clone(),
-                    ));
+                    .map(|c| string_column(&batch, c, path).map(Vec::into_iter))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                for sha in cols[0].by_ref().collect::<Vec<_>>() {
+                    let mut next = |k: usize| cols[k].next().unwrap_or_default();
+                    rows.push((sha, next(1), next(2), next(3)));
                 }
             }
             rows

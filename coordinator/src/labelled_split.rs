@@ -10,11 +10,11 @@ use automaldesc_common::schema::{CorpusRow, LabelledRow};
 use automaldesc_common::store::{block_on, open_object};
 use automaldesc_worker::annotate::ScriptAnnotation;
 
+/// Scripts as (sha256, bytes).
+pub type Scripts = Vec<(String, Vec<u8>)>;
+
 /// Scripts (name = sha256) and their labels, in label order, the first `limit` of them.
-pub fn read(
-    url: &str,
-    limit: Option<usize>,
-) -> anyhow::Result<(Vec<(String, Vec<u8>)>, Vec<LabelledRow>)> {
+pub fn read(url: &str, limit: Option<usize>) -> anyhow::Result<(Scripts, Vec<LabelledRow>)> {
     let base = url.trim_end_matches('/');
     let load = |part: &str| -> anyhow::Result<_> {
         let u = format!("{base}/{part}");

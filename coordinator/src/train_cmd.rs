@@ -89,15 +89,23 @@ fn load_frozen(model: Option<PathBuf>) -> anyhow::Result<Annotator> {
     Ok(annotator)
 }
 
-/// The model on the CPU autodiff device, frozen, and the split rendered as examples:
-/// (train, validation, sha256 of each training script).
+/// The frozen model and a split rendered as examples.
+struct Loaded {
+    annotator: Annotator,
+    train: Vec<Example>,
+    val: Vec<Example>,
+    /// sha256 of each training script, in order.
+    train_shas: Vec<String>,
+}
+
+/// The model on the CPU autodiff device, frozen, and the split rendered as examples.
 fn load(
     args_model: Option<PathBuf>,
     from: &str,
     limit: Option<usize>,
     val_fraction: f64,
     budget: Budget,
-) -> anyhow::Result<(Annotator, Vec<Example>, Vec<Example>, Vec<String>)> {
+) -> anyhow::Result<Loaded> {
     let annotator = load_frozen(args_model)?;
     let (scripts, labels) = crate::labelled_split::read(from, limit)?;
     anyhow::ensure!(!labels.is_empty(), "{from} holds no labelled scripts");
@@ -120,7 +128,12 @@ fn load(
             shas.push(sha.clone());
         }
     }
-    Ok((annotator, tr, va, shas))
+    Ok(Loaded {
+        annotator,
+        train: tr,
+        val: va,
+        train_shas: shas,
+    })
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -159,7 +172,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         prompt: args.prompt_tokens,
         answer: args.answer_tokens,
     };
-    let (annotator, tr, va, shas) = load(
+    let Loaded {
+        annotator,
+        train: tr,
+        val: va,
+        train_shas: shas,
+    } = load(
         args.model.clone(),
         &args.from,
         args.limit,
@@ -335,14 +353,16 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
             (annotator, tr)
         }
         (None, Some(from)) => {
-            let (annotator, tr, _, _) = load(
+            let Loaded {
+                annotator, train, ..
+            } = load(
                 args.model.clone(),
                 from,
                 Some(args.limit),
                 0.0,
                 Budget::default(),
             )?;
-            (annotator, tr)
+            (annotator, train)
         }
         (None, None) => anyhow::bail!("--from or --shape is needed"),
     };
