@@ -128,3 +128,22 @@ pub fn score(results: &[ScriptAnnotation], truth: &[LabelledRow]) -> String {
     );
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn spread_takes_evenly_spaced_pairs_in_order() {
+        let a: Vec<usize> = (0..10).collect();
+        let b: Vec<String> = (0..10).map(|i| format!("l{i}")).collect();
+        let (x, y) = spread(a.clone(), b.clone(), 4);
+        assert_eq!(x, vec![0, 2, 5, 7]);
+        assert_eq!(y, vec!["l0", "l2", "l5", "l7"]);
+        // Five languages of 20 scripts each, stored in order: 10 picks hit every language twice.
+        let langs: Vec<usize> = (0..100).map(|i| i / 20).collect();
+        let (picked, _) = spread(langs, vec![(); 100], 10);
+        assert_eq!(picked, vec![0, 0, 1, 1, 2, 2, 3, 3, 4, 4]);
+        assert_eq!(spread(a, b, 50).0.len(), 10);
+    }
+}
