@@ -91,7 +91,7 @@ fn parse_label_text(v: &str, position: &str) -> Result<Label> {
         "0" | "0.0" | "benign" => Ok(Label::Benign),
         "1" | "1.0" | "malicious" => Ok(Label::Malicious),
         _ => Err(Error::invalid(format!(
-            "{position}: label {v:?} is not 0/benign or 1/malicious"
+            "{position}: label {v:?}, expected 0 or 1 (or benign / malicious)"
         ))),
     }
 }
@@ -179,10 +179,11 @@ pub fn parse_release_jsonl(data: &[u8]) -> Result<Vec<ReleaseRow>> {
     Ok(rows)
 }
 
-fn utf8_column(b: &RecordBatch, name: &str, required: bool) -> Result<Option<StringArray>> {
+/// A column read as text (integers printed), `None` when it is absent and not required.
+pub fn utf8_column(b: &RecordBatch, name: &str, required: bool) -> Result<Option<StringArray>> {
     let Ok(idx) = b.schema().index_of(name) else {
         return if required {
-            Err(Error::invalid(format!("label file has no `{name}` column")))
+            Err(Error::invalid(format!("the file has no `{name}` column")))
         } else {
             Ok(None)
         };
@@ -196,7 +197,8 @@ fn utf8_column(b: &RecordBatch, name: &str, required: bool) -> Result<Option<Str
     Ok(casted.as_any().downcast_ref::<StringArray>().cloned())
 }
 
-fn text_at(a: &Option<StringArray>, i: usize) -> Option<&str> {
+/// The text of row `i`, `None` for a null or an absent column.
+pub fn text_at(a: &Option<StringArray>, i: usize) -> Option<&str> {
     a.as_ref().and_then(|a| (!a.is_null(i)).then(|| a.value(i)))
 }
 

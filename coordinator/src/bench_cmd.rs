@@ -148,18 +148,23 @@ fn llamacpp(args: &BenchArgs, model: &PathBuf) -> anyhow::Result<Value> {
     if let Some(t) = &args.llamacpp_tools {
         cmd.arg("--tools-dir").arg(t);
     }
-    let out = cmd
-        .output()
-        .context("cannot run tests/peer/llamacpp_bench.py")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "llama.cpp bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value =
-        serde_json::from_slice(&out.stdout).context("llama.cpp bench printed no JSON")?;
+    let v = peer_json(
+        &mut cmd,
+        "the llama.cpp bench (tests/peer/llamacpp_bench.py)",
+    )?;
     eprintln!("llama.cpp: {v}");
     Ok(v)
+}
+
+/// Runs a peer benchmark and reads the JSON it prints on standard output.
+pub(crate) fn peer_json(cmd: &mut Command, what: &str) -> anyhow::Result<Value> {
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{what} printed no JSON"))
 }
 
 fn peer_row(peer: &Value, sequences: usize) -> Option<Value> {
@@ -425,22 +430,18 @@ fn engine_once(args: &BenchEngineArgs, workers: u32) -> anyhow::Result<EngineRun
 
 fn peer_once(args: &BenchEngineArgs, workers: u32) -> anyhow::Result<Value> {
     let out = args.work_dir.join(format!("python-{workers}"));
-    let o = Command::new(&args.python)
-        .arg(&args.peer_script)
-        .arg("--input")
-        .arg(&args.input)
-        .arg("--output")
-        .arg(&out)
-        .args(["--workers", &workers.to_string()])
-        .output()
-        .context("running the Python peer")?;
-    anyhow::ensure!(
-        o.status.success(),
-        "Python peer: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let v = peer_json(
+        Command::new(&args.python)
+            .arg(&args.peer_script)
+            .arg("--input")
+            .arg(&args.input)
+            .arg("--output")
+            .arg(&out)
+            .args(["--workers", &workers.to_string()]),
+        "the Python peer",
+    )?;
     let _ = std::fs::remove_dir_all(&out);
-    Ok(serde_json::from_slice(&o.stdout)?)
+    Ok(v)
 }
 
 /// `automaldesc bench engine`: one echo stage over a dataset, by a coordinator and N

@@ -2,15 +2,14 @@
 //! answers produced here (`annotate` output) or elsewhere (the published shape: a
 //! `response` string per row, JSONL or Parquet).
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::DataType;
 use automaldesc_common::eval::{self, Answers, Evaluation, Reference};
-use automaldesc_common::types::{Label, Language};
+use automaldesc_common::import_labels::{
+    parse_release_jsonl, parse_release_parquet, text_at, utf8_column,
+};
 use clap::Args;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -21,17 +20,8 @@ pub struct EvalArgs {
     /// several samples.
     #[arg(long)]
     pub answers: PathBuf,
-    /// References: a labelled split (directory or URL with `labels/`) or a JSONL / Parquet
-    /// file with `sha256`, `label` (0/1), `language`, `summary`.
-    #[arg(long)]
-    pub references: String,
-    /// Score only the reference scripts that have answers (for answers to a sample of the
-    /// references); without it a script with no answer counts as wrong.
-    #[arg(long)]
-    pub answered_only: bool,
-    /// Also write the evaluation as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub against: Against,
 }
 
 #[derive(Args, Debug)]
@@ -42,55 +32,69 @@ pub struct McNemarArgs {
     /// The second annotator's answers.
     #[arg(long)]
     pub b: PathBuf,
-    /// References (same formats as `eval --references`).
+    #[command(flatten)]
+    pub against: Against,
+}
+
+/// What answers are scored against, and where the result goes.
+#[derive(Args, Debug)]
+pub struct Against {
+    /// References: a labelled split (directory or URL with `labels/`) or a JSONL / Parquet
+    /// file in the release format (`sha256`, `label` 0/1, `language`, `summary`).
     #[arg(long)]
     pub references: String,
-    /// Compare only on reference scripts that A or B answered.
+    /// Score only the reference scripts that have answers (in any of the answer files), for
+    /// answers to a sample of the references; without it a script with no answer counts as
+    /// wrong.
     #[arg(long)]
     pub answered_only: bool,
-    /// Also write the comparison as JSON here.
+    /// Also write the result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
-pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
-    let mut refs = read_references(&args.references)?;
-    let answers = read_answers(&args.answers)?;
-    if args.answered_only {
-        let before = refs.len();
-        refs.retain(|r| answers.contains_key(&r.sha256));
-        eprintln!(
-            "scoring the {} of {before} reference scripts that have answers",
-            refs.len()
-        );
+impl Against {
+    /// The references, narrowed to the answered scripts with --answered-only.
+    fn references(&self, answers: &[&Answers]) -> anyhow::Result<Vec<Reference>> {
+        let mut refs = read_references(&self.references)?;
+        if self.answered_only {
+            let before = refs.len();
+            refs.retain(|r| answers.iter().any(|a| a.contains_key(&r.sha256)));
+            eprintln!(
+                "scoring the {} of {before} reference scripts that have answers",
+                refs.len()
+            );
+        }
+        Ok(refs)
     }
+
+    fn write_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
+        if let Some(path) = &self.json {
+            std::fs::write(path, serde_json::to_vec_pretty(value)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+    let answers = read_answers(&args.answers)?;
+    let refs = args.against.references(&[&answers])?;
     let ev = eval::evaluate(&answers, &refs).with_context(|| {
         format!(
             "scoring {} against {}",
             args.answers.display(),
-            args.references
+            args.against.references
         )
     })?;
     print!("{}", markdown(&ev));
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&ev)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    args.against.write_json(&ev)
 }
 
 pub fn run_mcnemar(args: McNemarArgs) -> anyhow::Result<()> {
-    let mut refs = read_references(&args.references)?;
     let a = read_answers(&args.a)?;
     let b = read_answers(&args.b)?;
-    if args.answered_only {
-        let before = refs.len();
-        refs.retain(|r| a.contains_key(&r.sha256) || b.contains_key(&r.sha256));
-        eprintln!(
-            "comparing on the {} of {before} reference scripts that have answers",
-            refs.len()
-        );
-    }
+    let refs = args.against.references(&[&a, &b])?;
     let cmp = eval::compare(&a, &b, &refs)?;
     let mut s = String::new();
     let _ = writeln!(
@@ -124,11 +128,7 @@ pub fn run_mcnemar(args: McNemarArgs) -> anyhow::Result<()> {
         cmp.undecided
     );
     print!("{s}");
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&cmp)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    args.against.write_json(&cmp)
 }
 
 /// The evaluation as Markdown tables.
@@ -239,19 +239,27 @@ pub fn read_answers(path: &Path) -> anyhow::Result<Answers> {
             }
         }
         "parquet" => {
-            for batch in read_parquet(path)? {
-                let sha = string_column(&batch, "sha256", path)?;
-                let resp = string_column(&batch, "response", path)?;
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .with_context(|| format!("{} is not a Parquet file", path.display()))?
+                .build()?;
+            for batch in reader {
+                let batch = batch.with_context(|| format!("reading {}", path.display()))?;
+                let column = |name| {
+                    utf8_column(&batch, name, true).with_context(|| path.display().to_string())
+                };
+                let (sha, resp) = (column("sha256")?, column("response")?);
                 for i in 0..batch.num_rows() {
-                    anyhow::ensure!(
-                        !sha[i].is_empty(),
-                        "{}: row with an empty sha256",
-                        path.display()
-                    );
+                    let sha = text_at(&sha, i)
+                        .filter(|s| !s.is_empty())
+                        .with_context(|| format!("{}: row {i} has no sha256", path.display()))?;
+                    // A null response is an empty answer, kept as unparseable.
+                    let resp = text_at(&resp, i).unwrap_or_default();
                     answers
-                        .entry(sha[i].clone())
+                        .entry(sha.to_string())
                         .or_default()
-                        .push(resp[i].clone());
+                        .push(resp.to_string());
                 }
             }
         }
@@ -263,52 +271,20 @@ pub fn read_answers(path: &Path) -> anyhow::Result<Answers> {
     Ok(answers)
 }
 
-/// Reads references from a labelled split or a JSONL / Parquet file.
+/// Reads references from a labelled split or a release-format JSONL / Parquet file.
 pub fn read_references(spec: &str) -> anyhow::Result<Vec<Reference>> {
     let path = Path::new(spec);
-    let rows: Vec<(String, String, String, String)> = match extension(path).as_str() {
+    let rows = match extension(path).as_str() {
         "jsonl" | "json" => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {spec}"))?;
-            let mut rows = Vec::new();
-            for (i, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                let v: serde_json::Value =
-                    serde_json::from_str(line).with_context(|| format!("{spec} line {}", i + 1))?;
-                let field = |k: &str| -> anyhow::Result<String> {
-                    match &v[k] {
-                        serde_json::Value::String(s) => Ok(s.clone()),
-                        serde_json::Value::Number(n) => Ok(n.to_string()),
-                        _ => bail!("{spec} line {}: no `{k}`", i + 1),
-                    }
-                };
-                rows.push((
-                    field("sha256")?,
-                    field("label")?,
-                    field("language")?,
-                    field("summary")?,
-                ));
-            }
-            rows
+            let data = std::fs::read(path).with_context(|| format!("reading {spec}"))?;
+            parse_release_jsonl(&data).with_context(|| format!("reading {spec}"))?
         }
         "parquet" => {
-            let mut rows = Vec::new();
-            for batch in read_parquet(path)? {
-                let mut cols = ["sha256", "label", "language", "summary"]
-                    .iter()
-                    .map(|c| string_column(&batch, c, path).map(Vec::into_iter))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                for sha in cols[0].by_ref().collect::<Vec<_>>() {
-                    let mut next = |k: usize| cols[k].next().unwrap_or_default();
-                    rows.push((sha, next(1), next(2), next(3)));
-                }
-            }
-            rows
+            let data = std::fs::read(path).with_context(|| format!("reading {spec}"))?;
+            parse_release_parquet(data.into()).with_context(|| format!("reading {spec}"))?
         }
         _ => {
-            let (_, labels) = crate::labelled_split::read(spec, None).with_context(|| {
+            let labels = crate::labelled_split::read_labels(spec, None).with_context(|| {
                 format!("{spec} is neither .jsonl/.parquet nor a labelled split")
             })?;
             return Ok(labels
@@ -322,89 +298,13 @@ pub fn read_references(spec: &str) -> anyhow::Result<Vec<Reference>> {
                 .collect());
         }
     };
-    let mut seen = HashSet::new();
-    rows.into_iter()
-        .map(|(sha256, label, language, summary)| {
-            anyhow::ensure!(
-                seen.insert(sha256.clone()),
-                "{spec}: script {sha256} appears twice"
-            );
-            let label = match label.trim() {
-                "0" | "benign" | "clean" => Label::Benign,
-                "1" | "malicious" => Label::Malicious,
-                other => bail!("{spec}: script {sha256} has label {other:?}, expected 0 or 1"),
-            };
-            let language: Language = language
-                .parse()
-                .with_context(|| format!("{spec}: script {sha256}"))?;
-            Ok(Reference {
-                sha256,
-                language,
-                label,
-                summary,
-            })
+    Ok(rows
+        .into_iter()
+        .map(|r| Reference {
+            sha256: r.sha256,
+            language: r.language,
+            label: r.label,
+            summary: r.summary,
         })
-        .collect()
-}
-
-fn read_parquet(path: &Path) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| format!("{} is not a Parquet file", path.display()))?
-        .build()?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("reading {}", path.display()))
-}
-
-/// A column as strings: text columns as they are (null = ""), integer columns printed.
-fn string_column(
-    batch: &arrow::record_batch::RecordBatch,
-    name: &str,
-    path: &Path,
-) -> anyhow::Result<Vec<String>> {
-    let col = batch
-        .column_by_name(name)
-        .with_context(|| format!("{}: no column `{name}`", path.display()))?;
-    let text =
-        |i: usize, s: &dyn Fn(usize) -> String| if col.is_null(i) { String::new() } else { s(i) };
-    let out = match col.data_type() {
-        DataType::Utf8 => {
-            let a = col.as_string::<i32>();
-            (0..a.len())
-                .map(|i| text(i, &|i| a.value(i).to_string()))
-                .collect()
-        }
-        DataType::LargeUtf8 => {
-            let a = col.as_string::<i64>();
-            (0..a.len())
-                .map(|i| text(i, &|i| a.value(i).to_string()))
-                .collect()
-        }
-        DataType::Utf8View => {
-            let a = col.as_string_view();
-            (0..a.len())
-                .map(|i| text(i, &|i| a.value(i).to_string()))
-                .collect()
-        }
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64 => {
-            let a = arrow::compute::cast(col, &DataType::Int64)?;
-            let a = a.as_primitive::<arrow::datatypes::Int64Type>().clone();
-            (0..a.len())
-                .map(|i| text(i, &|i| a.value(i).to_string()))
-                .collect()
-        }
-        other => bail!(
-            "{}: column `{name}` is {other}, expected text",
-            path.display()
-        ),
-    };
-    Ok(out)
+        .collect())
 }

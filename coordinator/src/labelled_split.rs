@@ -16,17 +16,12 @@ pub type Scripts = Vec<(String, Vec<u8>)>;
 /// Scripts (name = sha256) and their labels, in label order, the first `limit` of them.
 pub fn read(url: &str, limit: Option<usize>) -> anyhow::Result<(Scripts, Vec<LabelledRow>)> {
     let base = url.trim_end_matches('/');
-    let load = |part: &str| -> anyhow::Result<_> {
-        let u = format!("{base}/{part}");
-        open_object(&u).with_context(|| format!("opening {u}"))
-    };
-    let (store, prefix) = load("labels")?;
-    let mut labels: Vec<LabelledRow> = block_on(read_dataset(store, &prefix))??;
-    let (store, prefix) = load("scripts")?;
+    let labels = read_labels(base, limit)?;
+    let u = format!("{base}/scripts");
+    let (store, prefix) = open_object(&u).with_context(|| format!("opening {u}"))?;
     let scripts: Vec<CorpusRow> = block_on(read_dataset(store, &prefix))??;
     let by_sha: HashMap<&str, &CorpusRow> =
         scripts.iter().map(|r| (r.sha256.as_str(), r)).collect();
-    labels.truncate(limit.unwrap_or(usize::MAX));
     let mut out = Vec::with_capacity(labels.len());
     for l in &labels {
         let row = by_sha
@@ -35,6 +30,15 @@ pub fn read(url: &str, limit: Option<usize>) -> anyhow::Result<(Scripts, Vec<Lab
         out.push((l.sha256.clone(), row.content.clone()));
     }
     Ok((out, labels))
+}
+
+/// The labels of a labelled split (its `labels/` part only), the first `limit` of them.
+pub fn read_labels(url: &str, limit: Option<usize>) -> anyhow::Result<Vec<LabelledRow>> {
+    let u = format!("{}/labels", url.trim_end_matches('/'));
+    let (store, prefix) = open_object(&u).with_context(|| format!("opening {u}"))?;
+    let mut labels: Vec<LabelledRow> = block_on(read_dataset(store, &prefix))??;
+    labels.truncate(limit.unwrap_or(usize::MAX));
+    Ok(labels)
 }
 
 /// `n` of the pairs, evenly spaced (row `i * len / n`), in their order.

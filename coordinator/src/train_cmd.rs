@@ -9,7 +9,7 @@ use anyhow::Context;
 use automaldesc_worker::runtime::Annotator;
 use automaldesc_worker::train::data::{render, Budget};
 use automaldesc_worker::train::lora::LoraConfig;
-use automaldesc_worker::train::{train, Example, TrainConfig};
+use automaldesc_worker::train::{train, EpochLoss, Example, TrainConfig};
 use burn::module::Module;
 use clap::Args;
 use rand::{Rng, SeedableRng};
@@ -223,10 +223,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&serde_json::json!({ "from": args.from, "train": shas }))?,
     )?;
     // Epochs are numbered from 1 in everything a person reads (lineage, metadata, output).
-    let epochs: Vec<_> = trained
+    let epochs: Vec<EpochLoss> = trained
         .history
         .iter()
-        .map(|h| serde_json::json!({"epoch": h.epoch + 1, "train_loss": h.train_loss, "val_loss": h.val_loss}))
+        .map(|h| EpochLoss {
+            epoch: h.epoch + 1,
+            ..h.clone()
+        })
         .collect();
     let lineage = serde_json::json!({
         "base_model": annotator.model_id,
@@ -332,11 +335,11 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
     let steps = args.steps + 1;
     let (annotator, tr) = match (&args.shape, &args.from) {
         (Some(shape), _) => {
-            let (prompt, answer) = (shape[0], shape[1]);
             anyhow::ensure!(
-                answer > 0 && prompt > 0,
-                "--shape needs two positive lengths"
+                shape.len() == 2 && shape.iter().all(|&n| n > 0),
+                "--shape takes two positive lengths, PROMPT,ANSWER (got {shape:?})"
             );
+            let (prompt, answer) = (shape[0], shape[1]);
             let annotator = load_frozen(args.model.clone())?;
             let vocab = annotator.model.config.vocab_size as u32;
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -399,33 +402,22 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
     {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/peer/peft_train_bench.py");
-        let out = std::process::Command::new(python)
-            .arg(&script)
-            .args(["--model", &model.display().to_string()])
-            .args([
-                "--prompt",
-                &shape[0].to_string(),
-                "--answer",
-                &shape[1].to_string(),
-            ])
-            .args([
-                "--steps",
-                &args.steps.to_string(),
-                "--threads",
-                &rayon::current_num_threads().to_string(),
-            ])
-            .args(["--rank", &config.lora.rank.to_string()])
-            .output()
-            .with_context(|| format!("running {}", python.display()))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "the PEFT side failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout.lines().last().unwrap_or_default();
-        let peer: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("the PEFT side printed {line:?}"))?;
+        let peer = crate::bench_cmd::peer_json(
+            std::process::Command::new(python)
+                .arg(&script)
+                .arg("--model")
+                .arg(model)
+                .args([
+                    "--prompt",
+                    &shape[0].to_string(),
+                    "--answer",
+                    &shape[1].to_string(),
+                ])
+                .args(["--steps", &args.steps.to_string()])
+                .args(["--threads", &rayon::current_num_threads().to_string()])
+                .args(["--rank", &config.lora.rank.to_string()]),
+            "the PEFT side (tests/peer/peft_train_bench.py)",
+        )?;
         let peer_answer = peer["answer_tokens_per_s"]
             .as_f64()
             .context("no answer_tokens_per_s")?;

@@ -35,6 +35,15 @@ fn write_parquet(path: &Path, cols: Vec<(&str, ArrayRef)>) {
     w.close().unwrap();
 }
 
+fn strings(values: &[&str]) -> ArrayRef {
+    Arc::new(StringArray::from(values.to_vec()))
+}
+
+/// A release-format sha256 for test script `i`.
+fn sha(i: usize) -> String {
+    format!("{i:064x}")
+}
+
 fn answer(language: &str, label: u8) -> String {
     serde_json::json!({"language": language, "label": label, "summary": "Downloads and runs a payload."}).to_string()
 }
@@ -44,35 +53,24 @@ fn eval_and_mcnemar_score_published_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     // References as Parquet with an integer label column, as the public release has it.
-    let shas = ["s0", "s1", "s2", "s3"];
+    let shas: Vec<String> = (0..4).map(sha).collect();
+    let shas: Vec<&str> = shas.iter().map(String::as_str).collect();
     write_parquet(
         Path::new(&p("refs.parquet")),
         vec![
-            (
-                "sha256",
-                Arc::new(StringArray::from(shas.to_vec())) as ArrayRef,
-            ),
-            (
-                "path",
-                Arc::new(StringArray::from(vec!["a.sh", "b.sh", "c.py", "d.py"])),
-            ),
+            ("sha256", strings(&shas)),
+            ("path", strings(&["a.sh", "b.sh", "c.py", "d.py"])),
             ("label", Arc::new(Int64Array::from(vec![1, 0, 1, 0]))),
-            (
-                "language",
-                Arc::new(StringArray::from(vec!["bash", "bash", "python", "python"])),
-            ),
-            (
-                "summary",
-                Arc::new(StringArray::from(vec!["Downloads and runs a payload."; 4])),
-            ),
+            ("language", strings(&["bash", "bash", "python", "python"])),
+            ("summary", strings(&["Downloads and runs a payload."; 4])),
         ],
     );
     // Annotator A, JSONL: right on s0, s1, s2; s3 broken.
     let a = [
-        ("s0", answer("bash", 1)),
-        ("s1", answer("bash", 0)),
-        ("s2", answer("python", 1)),
-        ("s3", "{\"language\":".to_string()),
+        (shas[0], answer("bash", 1)),
+        (shas[1], answer("bash", 0)),
+        (shas[2], answer("python", 1)),
+        (shas[3], "{\"language\":".to_string()),
     ];
     let lines: Vec<String> = a
         .iter()
@@ -86,20 +84,10 @@ fn eval_and_mcnemar_score_published_shapes() {
         answer("python", 1),
         answer("python", 0),
     ];
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
     write_parquet(
         Path::new(&p("b.parquet")),
-        vec![
-            (
-                "sha256",
-                Arc::new(StringArray::from(shas.to_vec())) as ArrayRef,
-            ),
-            (
-                "response",
-                Arc::new(StringArray::from(
-                    b.iter().map(String::as_str).collect::<Vec<_>>(),
-                )),
-            ),
-        ],
+        vec![("sha256", strings(&shas)), ("response", strings(&b))],
     );
 
     let text = ok(&[
@@ -188,7 +176,9 @@ fn eval_and_mcnemar_score_published_shapes() {
 fn bad_inputs_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let refs = r#"{"sha256":"s0","label":1,"language":"bash","summary":"x"}"#;
+    let s0 = sha(0);
+    let with_s0 = |text: &str| text.replace("s0", &s0);
+    let refs = with_s0(r#"{"sha256":"s0","label":1,"language":"bash","summary":"x"}"#);
     std::fs::write(p("refs.jsonl"), format!("{refs}\n")).unwrap();
     let cases: [(&str, &str, &str); 4] = [
         (
@@ -209,7 +199,7 @@ fn bad_inputs_get_clear_errors() {
         ),
     ];
     for (name, line, want) in cases {
-        std::fs::write(p(name), format!("{line}\n")).unwrap();
+        std::fs::write(p(name), with_s0(line) + "\n").unwrap();
         let out = automaldesc(&[
             "eval",
             "--answers",
@@ -222,10 +212,10 @@ fn bad_inputs_get_clear_errors() {
     }
     std::fs::write(
         p("badref.jsonl"),
-        r#"{"sha256":"s0","label":3,"language":"bash","summary":"x"}"#,
+        with_s0(r#"{"sha256":"s0","label":3,"language":"bash","summary":"x"}"#),
     )
     .unwrap();
-    std::fs::write(p("a.jsonl"), r#"{"sha256":"s0","response":"{}"}"#).unwrap();
+    std::fs::write(p("a.jsonl"), with_s0(r#"{"sha256":"s0","response":"{}"}"#)).unwrap();
     let out = automaldesc(&[
         "eval",
         "--answers",
@@ -240,7 +230,7 @@ fn bad_inputs_get_clear_errors() {
     );
     std::fs::write(
         p("lang.jsonl"),
-        r#"{"sha256":"s0","label":1,"language":"cobol","summary":"x"}"#,
+        with_s0(r#"{"sha256":"s0","label":1,"language":"cobol","summary":"x"}"#),
     )
     .unwrap();
     let out = automaldesc(&[

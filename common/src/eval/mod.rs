@@ -198,19 +198,16 @@ pub fn evaluate(answers: &Answers, refs: &[Reference]) -> Result<Evaluation, Eva
         ..Evaluation::default()
     };
     let (mut hyps, mut golds) = (Vec::new(), Vec::new());
-    let missing = Vec::new();
     for r in refs {
-        let responses = answers.get(&r.sha256).unwrap_or(&missing);
-        if responses.is_empty() {
-            ev.missing_scripts += 1;
-        }
-        let one_unparseable = [None];
-        let parsed: Vec<Option<ParsedAnswer>> =
-            responses.iter().map(|s| parse_response(s)).collect();
-        let parsed: &[Option<ParsedAnswer>] = if parsed.is_empty() {
-            &one_unparseable
-        } else {
-            &parsed
+        // A script without any answer counts as one unparseable sample.
+        let parsed: Vec<Option<ParsedAnswer>> = match answers.get(&r.sha256) {
+            Some(responses) if !responses.is_empty() => {
+                responses.iter().map(|s| parse_response(s)).collect()
+            }
+            _ => {
+                ev.missing_scripts += 1;
+                vec![None]
+            }
         };
         let lang = ev
             .per_language
@@ -220,7 +217,7 @@ pub fn evaluate(answers: &Answers, refs: &[Reference]) -> Result<Evaluation, Eva
             Label::Benign => &mut ev.confusion.benign,
             Label::Malicious => &mut ev.confusion.malicious,
         };
-        for p in parsed {
+        for p in &parsed {
             let (label_ok, lang_ok) = match p {
                 Some(a) => (a.label == r.label, a.language == r.language.as_str()),
                 None => (false, false),
