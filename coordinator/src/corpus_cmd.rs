@@ -50,6 +50,9 @@ pub enum CorpusCmd {
         /// Share of unlabelled scripts whose noisy label is wrong.
         #[arg(long, default_value_t = 0.08)]
         noisy_label_error: f64,
+        /// Scale of the unlabelled split alone (default: --scale).
+        #[arg(long)]
+        unlabelled_scale: Option<f64>,
         #[command(flatten)]
         sizing: SizingArgs,
     },
@@ -110,9 +113,14 @@ pub fn run(cmd: CorpusCmd) -> anyhow::Result<()> {
             scale,
             seed,
             noisy_label_error,
+            unlabelled_scale,
             sizing,
         } => {
             anyhow::ensure!(scale > 0.0, "--scale must be positive, got {scale}");
+            anyhow::ensure!(
+                unlabelled_scale.is_none_or(|s| s > 0.0),
+                "--unlabelled-scale must be positive"
+            );
             anyhow::ensure!(
                 (0.0..=1.0).contains(&noisy_label_error),
                 "--noisy-label-error must be within 0..1, got {noisy_label_error}"
@@ -121,6 +129,7 @@ pub fn run(cmd: CorpusCmd) -> anyhow::Result<()> {
                 seed,
                 scale,
                 noisy_label_error,
+                unlabelled_scale,
             };
             let started = std::time::Instant::now();
             let report = block_on(write_synth_corpus(&cfg, &out, &sizing.writer()))?

@@ -11,6 +11,7 @@ pub mod eval_cmd;
 pub mod grpc_server;
 pub mod labelled_split;
 pub mod lease_manager;
+pub mod loop_cmd;
 pub mod planner;
 pub mod run_manager;
 pub mod run_spec;

@@ -28,6 +28,10 @@ enum Command {
     Mcnemar(automaldesc_coordinator::eval_cmd::McNemarArgs),
     /// Fine-tune a LoRA adapter on a labelled split.
     Train(automaldesc_coordinator::train_cmd::TrainArgs),
+    /// The self-training loop: train, generate, judge, filter, aggregate and evaluate for
+    /// each iteration, with a report per iteration (on this machine, or `--print-spec` for
+    /// a cluster).
+    Loop(automaldesc_coordinator::loop_cmd::LoopArgs),
     /// Run a whole run on this machine: a coordinator and workers in one process, with the
     /// embedded state store (a run interrupted here resumes when started again).
     Local(cluster::LocalArgs),
@@ -76,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => automaldesc_coordinator::eval_cmd::run_eval(args),
         Command::Mcnemar(args) => automaldesc_coordinator::eval_cmd::run_mcnemar(args),
         Command::Train(args) => automaldesc_coordinator::train_cmd::run(args),
+        Command::Loop(args) => automaldesc_coordinator::loop_cmd::run(args),
         Command::Local(args) => cluster::local(args),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),

@@ -73,6 +73,38 @@ pub fn length_class(g: RowGroupStats) -> u8 {
 /// Every row group with at least one row goes into exactly one task. Within a length class,
 /// row groups are taken in file order and packed until the next one would pass the target;
 /// adjacent row groups of one file merge into one range.
+/// Every non-empty row group of `files` as one task (no task when there are none).
+pub fn plan_single(files: &[InputFile]) -> Vec<TaskPlan> {
+    let mut task = TaskPlan {
+        ranges: Vec::new(),
+        rows: 0,
+        bytes: 0,
+        length_class: 0,
+    };
+    for file in files {
+        for (i, g) in file.row_groups.iter().enumerate() {
+            if g.rows == 0 {
+                continue;
+            }
+            match task.ranges.last_mut() {
+                Some(r) if r.file == file.path && r.end == i => r.end = i + 1,
+                _ => task.ranges.push(RowGroupRange {
+                    file: file.path.clone(),
+                    start: i,
+                    end: i + 1,
+                }),
+            }
+            task.rows += g.rows;
+            task.bytes += g.bytes;
+        }
+    }
+    if task.ranges.is_empty() {
+        Vec::new()
+    } else {
+        vec![task]
+    }
+}
+
 pub fn plan(files: &[InputFile], opts: PlanOptions) -> Vec<TaskPlan> {
     let mut done = Vec::new();
     let mut open: [Option<TaskPlan>; 4] = Default::default();

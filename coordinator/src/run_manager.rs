@@ -29,10 +29,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::lease_manager::{FailOutcome, LeasePolicy, Refusal, StageCounts};
-use crate::planner::{plan, InputFile, PlanOptions, TaskPlan};
-use crate::run_spec::{RunSpec, SpecError};
+use crate::planner::{plan, plan_single, InputFile, PlanOptions, TaskPlan};
+use crate::run_spec::{RunSpec, SpecError, StageInput};
 use crate::stage_manager::{
-    Assignment, Completion, StageError, StageManager, StageSpec, StageTotals,
+    read_commits, Assignment, Completion, OutputRecord, StageError, StageManager, StageSpec,
+    StageTotals,
 };
 use crate::state::{Expect, StateError, StateStore};
 
@@ -59,6 +60,10 @@ pub struct RunRecord {
 pub struct StagePlan {
     pub input_root: String,
     pub tasks: Vec<TaskPlan>,
+    /// The executor's config with its refs resolved (absent in plans recorded before refs
+    /// existed: the spec's config stands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_json: Option<String>,
 }
 
 /// A stage's progress; durable once the stage finished.
@@ -70,6 +75,11 @@ pub struct StageSummary {
     pub totals: StageTotals,
     /// Files of refused or abandoned attempts deleted when the stage finished.
     pub garbage_files_deleted: u64,
+    /// When the stage finished (ms since the epoch; 0 while open). Stages run one after
+    /// another, so a stage ran from its predecessor's end (the run's submission for the
+    /// first) to this.
+    #[serde(default)]
+    pub finished_ms: u64,
 }
 
 /// A run as reported to operators.
@@ -81,6 +91,8 @@ pub struct RunStatus {
     /// Finished stages, then the open one.
     pub stages: Vec<StageSummary>,
     pub stages_total: u32,
+    /// When the run was submitted (ms since the epoch).
+    pub submitted_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +164,7 @@ impl Run {
                 counts: m.counts(),
                 totals: m.totals(),
                 garbage_files_deleted: 0,
+                finished_ms: 0,
             });
         }
         RunStatus {
@@ -160,6 +173,7 @@ impl Run {
             error: self.record.error.clone(),
             stages,
             stages_total: self.spec.stages.len() as u32,
+            submitted_ms: self.record.submitted_ms,
         }
     }
 
@@ -359,7 +373,7 @@ impl RunManager {
             }
             Err(e) => return Err(e.into()),
         }
-        self.plan_stage(&id, &spec, 0, None).await?;
+        self.plan_stage(&id, &spec, 0).await?;
         let record = RunRecord {
             phase: RunPhase::Running,
             error: String::new(),
@@ -394,58 +408,84 @@ impl RunManager {
         }
     }
 
-    /// Plans stage `k` (once: a plan already recorded is reused) and returns it.
-    async fn plan_stage(
-        &self,
-        id: &RunId,
-        spec: &RunSpec,
-        k: u32,
-        previous: Option<&StageManager>,
-    ) -> Result<StagePlan, RunError> {
+    /// Plans stage `k` (once: a plan already recorded is reused) and returns it. The plan
+    /// also fixes the executor's config, with the stage's refs resolved to committed files.
+    async fn plan_stage(&self, id: &RunId, spec: &RunSpec, k: u32) -> Result<StagePlan, RunError> {
         let key = stage_key(id, k, "plan");
         if let Some(v) = self.store.get(&key).await? {
             return from_json(&key, &v.value);
         }
-        let (input_root, layouts) = match previous {
-            None => {
-                let (store, prefix) =
-                    open_object(&spec.input).map_err(data(format!("run input {}", spec.input)))?;
+        let stage = &spec.stages[k as usize];
+        let source = match stage.input() {
+            StageInput::Previous if k == 0 => StageInput::Url(spec.input.clone()),
+            StageInput::Previous => StageInput::Stage(k - 1),
+            other => other,
+        };
+        let (input_root, layouts) = match source {
+            StageInput::Url(url) => {
+                let context = format!("input of stage {k}: {url}");
+                let (store, prefix) = open_object(&url).map_err(data(context.clone()))?;
                 let layouts = dataset_layout(store, &prefix)
                     .await
-                    .map_err(data(format!("run input {}", spec.input)))?;
+                    .map_err(data(context.clone()))?;
                 if layouts.is_empty() {
                     return Err(RunError::Data {
-                        context: format!("run input {}", spec.input),
+                        context,
                         source: automaldesc_common::Error::invalid("it holds no Parquet files"),
                     });
                 }
-                (spec.input.clone(), layouts)
+                (url, layouts)
             }
-            Some(prev) => {
+            StageInput::Stage(n) => {
                 let (store, _) = open_store(&spec.output)
                     .map_err(data(format!("run output {}", spec.output)))?;
                 let mut layouts = Vec::new();
-                for (_, commit) in prev.commits().await? {
-                    for out in commit.outputs {
-                        let path = Path::from(out.path.as_str());
-                        let layout = file_layout(store.clone(), &path)
-                            .await
-                            .map_err(data(format!("output of stage {}", k - 1)))?;
-                        layouts.push(layout);
+                for out in self.committed_outputs(id, n).await? {
+                    if !out.path.ends_with(".parquet") {
+                        continue;
                     }
+                    let path = Path::from(out.path.as_str());
+                    let layout = file_layout(store.clone(), &path)
+                        .await
+                        .map_err(data(format!("output of stage {n}")))?;
+                    layouts.push(layout);
                 }
                 (spec.output.clone(), layouts)
             }
+            StageInput::Previous => unreachable!("resolved above"),
         };
         let files: Vec<InputFile> = layouts.iter().map(InputFile::from).collect();
-        let plan = StagePlan {
-            input_root,
-            tasks: plan(
+        let tasks = if stage.single_task {
+            plan_single(&files)
+        } else {
+            plan(
                 &files,
                 PlanOptions {
                     target_bytes: spec.task_bytes,
                 },
-            ),
+            )
+        };
+        let mut config = stage.config.clone();
+        if !stage.refs.is_empty() {
+            let mut refs = serde_json::Map::new();
+            for (name, &n) in &stage.refs {
+                let files: Vec<String> = self
+                    .committed_outputs(id, n)
+                    .await?
+                    .into_iter()
+                    .map(|o| o.path)
+                    .collect();
+                refs.insert(
+                    name.clone(),
+                    serde_json::json!({ "root": spec.output, "stage": n, "files": files }),
+                );
+            }
+            config["refs"] = serde_json::Value::Object(refs);
+        }
+        let plan = StagePlan {
+            input_root,
+            tasks,
+            config_json: Some(config.to_string()),
         };
         match self.store.put(&key, to_json(&plan), Expect::Absent).await {
             Ok(_) => Ok(plan),
@@ -456,6 +496,14 @@ impl RunManager {
             },
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The files stage `n` of run `id` committed, in task order.
+    async fn committed_outputs(&self, id: &RunId, n: u32) -> Result<Vec<OutputRecord>, RunError> {
+        let commits = read_commits(self.store.as_ref(), id, n)
+            .await
+            .map_err(RunError::Stage)?;
+        Ok(commits.into_iter().flat_map(|(_, c)| c.outputs).collect())
     }
 
     /// Moves run `i` past every finished stage. Errors that may pass are logged and left
@@ -503,6 +551,7 @@ impl RunManager {
                 counts: stage.counts(),
                 totals: stage.totals(),
                 garbage_files_deleted: garbage,
+                finished_ms: now_ms(),
             };
             self.store
                 .put(
@@ -515,9 +564,7 @@ impl RunManager {
                 quarantined = summary.counts.quarantined, garbage, "stage finished");
             let mut record = run.record.clone();
             let next = if (k as usize) + 1 < run.spec.stages.len() {
-                let plan = self
-                    .plan_stage(&run.id, &run.spec, k + 1, Some(stage))
-                    .await?;
+                let plan = self.plan_stage(&run.id, &run.spec, k + 1).await?;
                 record.stage = k + 1;
                 Some(stage_spec(&run.id, &run.spec, k + 1, plan))
             } else {
@@ -714,6 +761,7 @@ fn placeholder_status() -> RunStatus {
         error: String::new(),
         stages: Vec::new(),
         stages_total: 0,
+        submitted_ms: 0,
     }
 }
 
@@ -725,7 +773,9 @@ fn stage_spec(id: &RunId, spec: &RunSpec, k: u32, plan: StagePlan) -> StageSpec 
         kind: stage.kind.clone(),
         input_root: plan.input_root,
         output_root: spec.output.clone(),
-        config_json: stage.config.to_string(),
+        config_json: plan
+            .config_json
+            .unwrap_or_else(|| stage.config.to_string()),
         tasks: plan.tasks,
     }
 }

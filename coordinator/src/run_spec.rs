@@ -10,7 +10,17 @@
 //! [[stage]]
 //! kind = "echo"                        # the executor workers run
 //! config = { delay_ms = 0 }            # handed to the executor as JSON
+//!
+//! [[stage]]
+//! kind = "train"
+//! input = "s3://corpus/seed"           # its own input (default: the previous stage's output;
+//!                                      # "stage:N" is stage N's committed Parquet output)
+//! single_task = true                   # the whole input is one task
+//! refs = { adapter = 0 }               # earlier stages whose committed files the executor
+//!                                      # gets, under config.refs.<name>
 //! ```
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +47,51 @@ pub struct StageConfig {
     /// Settings for the executor, passed to it as JSON.
     #[serde(default = "empty_object")]
     pub config: serde_json::Value,
+    /// The stage's input: a dataset URL, or `stage:N` for the Parquet files stage N
+    /// committed. Without it, the previous stage's output (the run's input for stage 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Plan the whole input as one task (training, aggregation, reports).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single_task: bool,
+    /// Earlier stages whose committed files the executor needs (an adapter, a funnel):
+    /// resolved when the stage is planned into `config.refs.<name> = {root, files}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refs: BTreeMap<String, u32>,
+}
+
+/// Where a stage reads its input from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StageInput {
+    /// The previous stage's output (the run's input for stage 0).
+    Previous,
+    /// The Parquet files stage N committed.
+    Stage(u32),
+    /// A dataset URL.
+    Url(String),
+}
+
+impl StageConfig {
+    /// A stage reading the previous stage's output, planned into tasks by size.
+    pub fn new(kind: &str, config: serde_json::Value) -> Self {
+        Self {
+            kind: kind.to_string(),
+            config,
+            input: None,
+            single_task: false,
+            refs: BTreeMap::new(),
+        }
+    }
+
+    pub fn input(&self) -> StageInput {
+        match self.input.as_deref() {
+            None => StageInput::Previous,
+            Some(s) => match s.strip_prefix("stage:").map(str::parse::<u32>) {
+                Some(Ok(n)) => StageInput::Stage(n),
+                _ => StageInput::Url(s.to_string()),
+            },
+        }
+    }
 }
 
 fn default_task_bytes() -> u64 {
@@ -90,6 +145,28 @@ impl RunSpec {
             if !s.config.is_object() {
                 return bad(format!("stage {i}: `config` must be a table"));
             }
+            if s.config.get("refs").is_some() {
+                return bad(format!(
+                    "stage {i}: `config.refs` is filled in from `refs` when the stage is planned"
+                ));
+            }
+            if s.input.as_deref().is_some_and(|u| u.starts_with("stage:"))
+                && !matches!(s.input(), StageInput::Stage(_))
+            {
+                return bad(format!(
+                    "stage {i}: input {:?} must be stage:N with N a number",
+                    s.input.as_deref().unwrap_or_default()
+                ));
+            }
+            let earlier = |n: u32| (n as usize) < i;
+            if let StageInput::Stage(n) = s.input() {
+                if !earlier(n) {
+                    return bad(format!("stage {i}: input stage:{n} is not an earlier stage"));
+                }
+            }
+            if let Some((name, n)) = s.refs.iter().find(|(_, &n)| !earlier(n)) {
+                return bad(format!("stage {i}: ref {name} = {n} is not an earlier stage"));
+            }
         }
         Ok(())
     }
@@ -130,5 +207,29 @@ mod tests {
         let kind =
             RunSpec::from_toml("input = \"a\"\noutput = \"b\"\n[[stage]]\nkind = \"Echo!\"\n");
         assert!(matches!(kind, Err(SpecError::Invalid(m)) if m.contains("Echo!")));
+    }
+
+    #[test]
+    fn inputs_and_refs_name_earlier_stages() {
+        let spec = |extra: &str| {
+            RunSpec::from_toml(&format!(
+                "input = \"a\"\noutput = \"b\"\n[[stage]]\nkind = \"echo\"\n[[stage]]\nkind = \"echo\"\n{extra}"
+            ))
+        };
+        let ok = spec("input = \"stage:0\"\nsingle_task = true\nrefs = { first = 0 }\n").unwrap();
+        assert_eq!(ok.stages[1].input(), StageInput::Stage(0));
+        assert_eq!(ok.stages[0].input(), StageInput::Previous);
+        assert!(ok.stages[1].single_task);
+        assert_eq!(ok.stages[1].refs["first"], 0);
+        let url = spec("input = \"s3://b/seed\"\n").unwrap();
+        assert_eq!(url.stages[1].input(), StageInput::Url("s3://b/seed".into()));
+        let later = spec("input = \"stage:1\"\n");
+        assert!(matches!(later, Err(SpecError::Invalid(m)) if m.contains("not an earlier stage")));
+        let bad_ref = spec("refs = { x = 4 }\n");
+        assert!(matches!(bad_ref, Err(SpecError::Invalid(m)) if m.contains("ref x = 4")));
+        let junk = spec("input = \"stage:one\"\n");
+        assert!(matches!(junk, Err(SpecError::Invalid(m)) if m.contains("stage:N")));
+        let reserved = spec("config = { refs = 1 }\n");
+        assert!(matches!(reserved, Err(SpecError::Invalid(m)) if m.contains("config.refs")));
     }
 }

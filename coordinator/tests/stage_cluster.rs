@@ -33,14 +33,11 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
         output: out.clone(),
         task_bytes: corpus.total_bytes / 8,
         stages: vec![
-            StageConfig {
-                kind: "echo".into(),
-                config: serde_json::json!({ "quarantine_marker": "POISON-SCRIPT" }),
-            },
-            StageConfig {
-                kind: "echo".into(),
-                config: serde_json::json!({ "delay_ms": 20 }),
-            },
+            StageConfig::new(
+                "echo",
+                serde_json::json!({ "quarantine_marker": "POISON-SCRIPT" }),
+            ),
+            StageConfig::new("echo", serde_json::json!({ "delay_ms": 20 })),
         ],
     };
     let policy = LeasePolicy {

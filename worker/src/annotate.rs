@@ -74,8 +74,8 @@ pub fn annotate(
         .collect();
     let requests: Vec<Request> = prompts
         .iter()
-        .enumerate()
-        .map(|(i, p)| Request {
+        .zip(scripts)
+        .map(|(p, (_, bytes))| Request {
             prompt: p.tokens.clone(),
             samples: opts
                 .temperatures
@@ -84,7 +84,7 @@ pub fn annotate(
                 .map(|(j, &t)| SamplingParams {
                     temperature: t,
                     top_p: opts.top_p,
-                    seed: sample_seed(opts.seed, i, j),
+                    seed: sample_seed(opts.seed, content_key(bytes), j),
                 })
                 .collect(),
             max_new_tokens: opts.max_new_tokens,
@@ -131,6 +131,13 @@ pub fn annotate(
         });
     }
     (results, stats, started.elapsed().as_secs_f64())
+}
+
+/// A script's key for [`sample_seed`]: from its content, so a script gets the same samples
+/// whatever else is in its batch or task.
+pub fn content_key(bytes: &[u8]) -> usize {
+    let digest = automaldesc_common::sha256_hex(bytes);
+    u64::from_str_radix(&digest[..16], 16).unwrap_or(0) as usize
 }
 
 /// A distinct, reproducible seed per (run seed, script, sample).

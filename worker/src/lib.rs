@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod model;
 pub mod prompt;
 pub mod runtime;
+pub mod stages;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod train;

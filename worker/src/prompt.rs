@@ -115,6 +115,32 @@ pub fn annotation_user_message(script: &str) -> String {
     format!("Analyse this script.\n\n<script>\n{script}\n</script>")
 }
 
+/// System message of the judge, which reads a summary and never the script.
+pub const JUDGE_SYSTEM: &str = "You are a malware analyst reviewing another analyst's work. You \
+read a technical summary of a script, never the script itself, and decide whether the script it \
+describes is malicious. You answer with a single digit: 1 if it is malicious, 0 if it is benign.";
+
+/// The judge's user turn: one summary.
+pub fn judge_user_message(summary: &str) -> String {
+    format!(
+        "Summary of a script:\n\n<summary>\n{summary}\n</summary>\n\nIs the script malicious? \
+Answer 1 (malicious) or 0 (benign)."
+    )
+}
+
+/// System message of the judge comparing two summaries of one script.
+pub const PREFERENCE_SYSTEM: &str = "You are a malware analyst reviewing two technical summaries \
+of the same script. You answer with a single letter: A if summary A describes the script more \
+accurately and usefully, B if summary B does.";
+
+/// The preference judge's user turn: the script and two summaries.
+pub fn preference_user_message(script: &str, a: &str, b: &str) -> String {
+    format!(
+        "<script>\n{script}\n</script>\n\n<summary A>\n{a}\n</summary A>\n\n<summary B>\n{b}\n\
+</summary B>\n\nWhich summary is better? Answer A or B."
+    )
+}
+
 /// Marker put where the middle of an over-long script was cut.
 pub fn truncation_marker(dropped_bytes: usize) -> String {
     format!("\n[... {dropped_bytes} bytes of the script omitted here ...]\n")

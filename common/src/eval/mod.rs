@@ -11,6 +11,7 @@ pub mod mcnemar;
 pub mod text_metrics;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -310,3 +311,97 @@ pub fn compare(a: &Answers, b: &Answers, refs: &[Reference]) -> Result<Compariso
 
 #[cfg(test)]
 mod tests;
+
+/// The evaluation as Markdown tables.
+pub fn markdown(ev: &Evaluation) -> String {
+    let pct = |x: f64| format!("{:.1}", 100.0 * x);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} scripts, {} samples, {} unparseable ({}%), {} scripts without an answer\n",
+        ev.scripts,
+        ev.overall.samples,
+        ev.overall.unparseable,
+        pct(ev.unparseable_fraction()),
+        ev.missing_scripts
+    );
+    let _ = writeln!(
+        s,
+        "| language | samples | label acc % | language acc % | unparseable |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for (lang, sc) in ev
+        .per_language
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .chain([("all", &ev.overall)])
+    {
+        let _ = writeln!(
+            s,
+            "| {lang} | {} | {} | {} | {} |",
+            sc.samples,
+            pct(sc.label.rate()),
+            pct(sc.language.rate()),
+            sc.unparseable
+        );
+    }
+    let c = &ev.confusion;
+    let _ = writeln!(
+        s,
+        "\n| truth \\ predicted | benign | malicious | no answer |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| benign | {} | {} | {} |",
+        c.benign[0], c.benign[1], c.benign[2]
+    );
+    let _ = writeln!(
+        s,
+        "| malicious | {} | {} | {} |",
+        c.malicious[0], c.malicious[1], c.malicious[2]
+    );
+    let m = &ev.malicious;
+    let _ = writeln!(
+        s,
+        "\nmalicious: precision {:.3}, recall {:.3}, F1 {:.3}",
+        m.precision, m.recall, m.f1
+    );
+    let t = &ev.text;
+    let _ = writeln!(
+        s,
+        "summaries ({} pairs): BLEU {:.2}, chrF {:.2}, ROUGE-L {:.2}",
+        t.pairs, t.bleu, t.chrf, t.rouge_l
+    );
+    s
+}
+
+
+/// Both McNemar tests of a comparison as a Markdown table.
+pub fn comparison_markdown(cmp: &Comparison) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| test | b | c | statistic | p-value | method |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for (name, t) in [
+        (
+            "correctness (b: only A right, c: only B right)",
+            &cmp.correctness,
+        ),
+        (
+            "predicted class, as published (b: A malicious / B benign, c: reverse)",
+            &cmp.predicted_class,
+        ),
+    ] {
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {:.4} | {:.4e} | {} |",
+            t.b, t.c, t.statistic, t.p_value, t.method
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nscripts without a decision on either side (left out of the class test): {}",
+        cmp.undecided
+    );
+    s
+}

@@ -4,10 +4,12 @@
 
 mod corpus;
 mod generation;
+mod pipeline;
 mod report;
 
 pub use corpus::{CorpusRow, LabelledRow};
 pub use generation::{FinishReason, GenerationRow, JudgementRow};
+pub use pipeline::{AnswersRow, DecisionRow};
 pub use report::{FunnelRow, RejectedRow};
 
 use std::sync::Arc;

@@ -46,6 +46,9 @@ pub struct SynthConfig {
     pub scale: f64,
     /// Probability that an unlabelled script's `noisy_label` is the flipped ground truth.
     pub noisy_label_error: f64,
+    /// Multiplier on the unlabelled split alone (default: `scale`), for small runs with a
+    /// usable seed and test split.
+    pub unlabelled_scale: Option<f64>,
 }
 
 impl Default for SynthConfig {
@@ -54,6 +57,7 @@ impl Default for SynthConfig {
             seed: 0,
             scale: 1.0,
             noisy_label_error: 0.08,
+            unlabelled_scale: None,
         }
     }
 }
@@ -150,7 +154,13 @@ pub fn plan(cfg: &SynthConfig) -> Vec<CellCount> {
                 split,
                 language,
                 label,
-                count: scaled(n, cfg.scale),
+                count: scaled(
+                    n,
+                    match split {
+                        Split::Unlabelled => cfg.unlabelled_scale.unwrap_or(cfg.scale),
+                        _ => cfg.scale,
+                    },
+                ),
             });
         }
     }

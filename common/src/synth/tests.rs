@@ -312,6 +312,7 @@ fn noisy_labels_follow_the_configured_rate() {
         scale: 0.1,
         noisy_label_error: 0.2,
         seed: 3,
+        unlabelled_scale: None,
     };
     let mut n = 0;
     let mut flipped = 0;

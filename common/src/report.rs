@@ -1,0 +1,393 @@
+//! The per-iteration report of a self-training run: the evaluation of annotator k on the
+//! test set, McNemar's tests against the annotator before it, the filter funnel of the
+//! iteration, and accuracies across iterations; as JSON, Markdown and SVG charts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::eval::{self, Comparison, Evaluation};
+use crate::filter::{Funnel, Reason};
+
+/// What the filter did to one iteration's unlabelled corpus.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunnelSummary {
+    /// Distinct scripts of the unlabelled corpus.
+    pub unlabelled: u64,
+    /// Scripts that never reached the filter (quarantined by an earlier stage).
+    pub unprocessed: u64,
+    /// Scripts the filter saw.
+    pub filtered: u64,
+    /// Rejections by reason (`Reason::as_str`).
+    pub rejected: BTreeMap<String, u64>,
+    /// Scripts left after each funnel stage, in order.
+    pub remaining: Vec<(String, u64)>,
+    pub accepted: u64,
+    /// Accepted scripts that are also seed scripts (the seed's label is kept).
+    pub accepted_in_seed: u64,
+    pub seed: u64,
+    /// Rows of the next training set (seed plus accepted).
+    pub training_set: u64,
+    /// Decode tokens of the generate stage, and the ones early stop saved (an upper bound).
+    pub generated_tokens: u64,
+    pub saved_tokens: u64,
+}
+
+impl FunnelSummary {
+    pub fn from_funnel(f: &Funnel) -> Self {
+        Self {
+            filtered: f.input,
+            rejected: Reason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        r.as_str().to_string(),
+                        f.rejected.get(r).copied().unwrap_or(0),
+                    )
+                })
+                .collect(),
+            remaining: f
+                .remaining()
+                .into_iter()
+                .map(|(s, n)| (s.to_string(), n))
+                .collect(),
+            accepted: f.accepted,
+            ..Self::default()
+        }
+    }
+
+    /// Every unlabelled script is accepted, rejected by the filter, or unprocessed.
+    pub fn adds_up(&self) -> bool {
+        let rejected: u64 = self.rejected.values().sum();
+        self.filtered == self.accepted + rejected
+            && self.unlabelled == self.filtered + self.unprocessed
+            && self.remaining.last().map(|r| r.1) == Some(self.accepted)
+    }
+}
+
+/// One annotator's accuracies, for the across-iterations chart.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// "base", "V1", "V2"...
+    pub annotator: String,
+    pub label_accuracy: f64,
+    pub language_accuracy: f64,
+    /// Label accuracy per language.
+    pub per_language: BTreeMap<String, f64>,
+}
+
+impl HistoryPoint {
+    pub fn of(annotator: &str, ev: &Evaluation) -> Self {
+        Self {
+            annotator: annotator.to_string(),
+            label_accuracy: ev.overall.label.rate(),
+            language_accuracy: ev.overall.language.rate(),
+            per_language: ev
+                .per_language
+                .iter()
+                .map(|(l, s)| (l.clone(), s.label.rate()))
+                .collect(),
+        }
+    }
+}
+
+/// The judge's preference between two annotators' summaries of the same scripts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Preference {
+    pub scripts: u64,
+    /// Scripts where both orders preferred the newer summary / the older one.
+    pub newer_wins: u64,
+    pub older_wins: u64,
+    /// Scripts where the two orders disagreed (position bias): counted as ties.
+    pub orders_disagree: u64,
+    /// `newer_wins / (newer_wins + older_wins)`; none without decided scripts.
+    pub win_rate: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IterationReport {
+    pub run: String,
+    pub iteration: u32,
+    /// "V1", "V2"... ("base" for the model before training).
+    pub annotator: String,
+    pub model_id: String,
+    pub evaluation: Evaluation,
+    /// McNemar against the previous annotator, and its name.
+    pub previous: Option<(String, Comparison)>,
+    pub funnel: Option<FunnelSummary>,
+    pub preference: Option<Preference>,
+    /// Every annotator so far, this one last.
+    pub history: Vec<HistoryPoint>,
+}
+
+impl IterationReport {
+    pub fn markdown(&self, funnel_chart: Option<&str>, languages_chart: &str) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# Run {}: iteration {} ({})\n\nmodel `{}`\n",
+            self.run, self.iteration, self.annotator, self.model_id
+        );
+        let _ = writeln!(s, "## Test set\n");
+        s.push_str(&eval::markdown(&self.evaluation));
+        if let Some((name, cmp)) = &self.previous {
+            let _ = writeln!(
+                s,
+                "\n## McNemar: {name} (A) against {} (B), {} scripts\n",
+                self.annotator, cmp.scripts
+            );
+            s.push_str(&eval::comparison_markdown(cmp));
+        }
+        if let Some(p) = &self.preference {
+            let _ = writeln!(
+                s,
+                "\n## Judge preference, {} against the previous annotator\n\n{} short test \
+                 scripts, both orders asked: newer preferred {}, older preferred {}, orders \
+                 disagree {} ({:.1}%); win rate {}",
+                self.annotator,
+                p.scripts,
+                p.newer_wins,
+                p.older_wins,
+                p.orders_disagree,
+                100.0 * p.orders_disagree as f64 / (p.scripts.max(1) as f64),
+                p.win_rate
+                    .map_or("undefined (no script decided)".to_string(), |w| format!("{w:.3}"))
+            );
+        }
+        if let Some(f) = &self.funnel {
+            let _ = writeln!(s, "\n## Filter funnel\n");
+            let _ = writeln!(s, "| stage | rejected | remaining |");
+            let _ = writeln!(s, "|---|---|---|");
+            let _ = writeln!(
+                s,
+                "| unlabelled scripts | | {} |",
+                f.unlabelled
+            );
+            let _ = writeln!(s, "| 0-unprocessed (quarantined) | {} | {} |", f.unprocessed, f.filtered);
+            for (stage, left) in &f.remaining {
+                let dropped: Vec<String> = Reason::ALL
+                    .iter()
+                    .filter(|r| r.stage() == stage)
+                    .map(|r| {
+                        format!(
+                            "{} {}",
+                            r.as_str(),
+                            f.rejected.get(r.as_str()).copied().unwrap_or(0)
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(s, "| {stage} | {} | {left} |", dropped.join(", "));
+            }
+            let _ = writeln!(
+                s,
+                "\naccepted {} of {} ({:.1}%); next training set {} rows (seed {}, accepted \
+                 {}, of which {} already in the seed)",
+                f.accepted,
+                f.unlabelled,
+                100.0 * f.accepted as f64 / f.unlabelled.max(1) as f64,
+                f.training_set,
+                f.seed,
+                f.accepted,
+                f.accepted_in_seed
+            );
+            let _ = writeln!(
+                s,
+                "\ndecode tokens: {} generated, early stop saved at most {} ({:.1}% of what \
+                 decoding would have cost without it)",
+                f.generated_tokens,
+                f.saved_tokens,
+                100.0 * f.saved_tokens as f64
+                    / (f.generated_tokens + f.saved_tokens).max(1) as f64
+            );
+            if let Some(chart) = funnel_chart {
+                let _ = writeln!(s, "\n![funnel]({chart})");
+            }
+        }
+        let _ = writeln!(s, "\n## Across iterations (label accuracy %)\n");
+        let langs: Vec<&String> = self
+            .history
+            .iter()
+            .flat_map(|h| h.per_language.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let _ = write!(s, "| annotator | all | language acc |");
+        for l in &langs {
+            let _ = write!(s, " {l} |");
+        }
+        let _ = writeln!(s, "\n|---|---|---|{}", "---|".repeat(langs.len()));
+        for h in &self.history {
+            let _ = write!(
+                s,
+                "| {} | {:.1} | {:.1} |",
+                h.annotator,
+                100.0 * h.label_accuracy,
+                100.0 * h.language_accuracy
+            );
+            for l in &langs {
+                match h.per_language.get(*l) {
+                    Some(a) => {
+                        let _ = write!(s, " {:.1} |", 100.0 * a);
+                    }
+                    None => s.push_str(" |"),
+                }
+            }
+            s.push('\n');
+        }
+        let _ = writeln!(s, "\n![accuracy per language]({languages_chart})");
+        s
+    }
+
+    /// Scripts left after each funnel stage, as a horizontal bar chart.
+    pub fn funnel_svg(&self) -> Option<String> {
+        let f = self.funnel.as_ref()?;
+        let mut bars = vec![("unlabelled".to_string(), f.unlabelled as f64)];
+        bars.push(("reached filter".to_string(), f.filtered as f64));
+        bars.extend(f.remaining.iter().map(|(s, n)| (s.clone(), *n as f64)));
+        Some(hbar_svg(
+            &format!("Filter funnel, iteration {}: scripts remaining", self.iteration),
+            &bars,
+        ))
+    }
+
+    /// Label accuracy per language (and overall) for every annotator so far.
+    pub fn languages_svg(&self) -> String {
+        let mut cats: Vec<String> = self
+            .history
+            .iter()
+            .flat_map(|h| h.per_language.keys().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        cats.push("all".into());
+        let series: Vec<(String, Vec<f64>)> = self
+            .history
+            .iter()
+            .map(|h| {
+                let vals = cats
+                    .iter()
+                    .map(|c| {
+                        if c == "all" {
+                            h.label_accuracy
+                        } else {
+                            h.per_language.get(c).copied().unwrap_or(0.0)
+                        }
+                    })
+                    .map(|v| 100.0 * v)
+                    .collect();
+                (h.annotator.clone(), vals)
+            })
+            .collect();
+        grouped_bars_svg("Label accuracy % per language", &cats, &series, 100.0)
+    }
+}
+
+const COLOURS: [&str; 6] = [
+    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1",
+];
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A horizontal bar chart: one labelled bar per value, scaled to the largest.
+pub fn hbar_svg(title: &str, bars: &[(String, f64)]) -> String {
+    let (left, width, row) = (170.0, 420.0, 26.0);
+    let height = 40.0 + row * bars.len() as f64 + 10.0;
+    let max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n<text x=\"10\" y=\"20\" font-size=\"14\">{}</text>\n",
+        left + width + 80.0,
+        escape(title)
+    );
+    for (i, (label, v)) in bars.iter().enumerate() {
+        let y = 36.0 + row * i as f64;
+        let w = width * v / max;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\
+             <rect x=\"{left}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"{}\">{v}</text>",
+            left - 6.0,
+            y + 15.0,
+            escape(label),
+            row - 6.0,
+            COLOURS[0],
+            left + w + 4.0,
+            y + 15.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Vertical bars grouped by category, one colour per series, with a legend.
+pub fn grouped_bars_svg(
+    title: &str,
+    categories: &[String],
+    series: &[(String, Vec<f64>)],
+    max: f64,
+) -> String {
+    let (left, top, plot_h, group_w) = (40.0, 40.0, 200.0, 110.0);
+    let width = left + group_w * categories.len() as f64 + 20.0;
+    let height = top + plot_h + 60.0 + 16.0 * series.len() as f64;
+    let bar_w = (group_w - 20.0) / series.len().max(1) as f64;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n<text x=\"10\" y=\"20\" font-size=\"14\">{}</text>\n",
+        escape(title)
+    );
+    for tick in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let y = top + plot_h * (1.0 - tick);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            width - 20.0,
+            left - 4.0,
+            y + 4.0,
+            tick * max
+        );
+    }
+    for (c, cat) in categories.iter().enumerate() {
+        let x0 = left + group_w * c as f64 + 10.0;
+        for (k, (_, vals)) in series.iter().enumerate() {
+            let v = vals.get(c).copied().unwrap_or(0.0).clamp(0.0, max);
+            let h = plot_h * v / max;
+            let _ = writeln!(
+                s,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"/>",
+                x0 + bar_w * k as f64,
+                top + plot_h - h,
+                bar_w - 2.0,
+                COLOURS[k % COLOURS.len()]
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            x0 + (group_w - 20.0) / 2.0,
+            top + plot_h + 16.0,
+            escape(cat)
+        );
+    }
+    for (k, (name, _)) in series.iter().enumerate() {
+        let y = top + plot_h + 36.0 + 16.0 * k as f64;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{left}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/>\
+             <text x=\"{}\" y=\"{:.1}\">{}</text>",
+            y - 10.0,
+            COLOURS[k % COLOURS.len()],
+            left + 18.0,
+            y,
+            escape(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}

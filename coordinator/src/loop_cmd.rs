@@ -1,0 +1,689 @@
+//! `automaldesc loop`: the self-training loop as one run on the distributed runtime.
+//!
+//! A loop config (TOML, unknown keys rejected) expands into a run spec whose stages are, for
+//! the base model and then for each iteration k:
+//!
+//! | stage | kind | input | refs |
+//! |---|---|---|---|
+//! | evaluate base | generate | test scripts | |
+//! | report base | report | test labels, one task | answers |
+//! | train Vk | train | seed (k = 1) or the training set of iteration k-1, one task | |
+//! | generate | generate | unlabelled corpus | adapter |
+//! | judge | judge | the generated answers | |
+//! | filter | filter | the judged answers | |
+//! | aggregate | aggregate | every decision, one task | adapter, answers |
+//! | evaluate Vk | generate | test scripts | adapter |
+//! | report Vk | report | test labels, one task | answers, previous, funnel, history |
+//!
+//! Each stage is a set of tasks that workers lease; a stage resumes after a crash at its
+//! last committed task. `automaldesc loop CONFIG` runs it on this machine (embedded state,
+//! in-process workers) and gathers the reports; `--print-spec` writes the run spec for
+//! `automaldesc submit` to a cluster's coordinator.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use automaldesc_common::ids::RunId;
+use automaldesc_common::parquet_io::dataset_layout;
+use automaldesc_common::store::{block_on, open_object, open_store};
+use automaldesc_worker::train::lora::LoraConfig;
+use automaldesc_worker::train::TrainConfig;
+use clap::Args;
+use object_store::path::Path as ObjectPath;
+use object_store::PutPayload;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::cluster_cmd::{run_local, LeaseArgs, LOOP_EXECUTORS};
+use crate::run_manager::{RunPhase, RunStatus};
+use crate::run_spec::{RunSpec, StageConfig};
+use crate::stage_manager::read_commits;
+use crate::state::EmbeddedStore;
+
+/// The self-training run's settings. Every field but the locations has a default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopConfig {
+    /// The run's id (its state and outputs are keyed by it).
+    pub name: String,
+    /// Unlabelled scripts ([`CorpusRow`] Parquet).
+    ///
+    /// [`CorpusRow`]: automaldesc_common::schema::CorpusRow
+    pub corpus: String,
+    /// The expert-labelled seed split (`labels/` + `scripts/`).
+    pub seed: String,
+    /// The held-out test split (`labels/` + `scripts/`).
+    pub test: String,
+    /// Where stages write (`<output>/runs/<name>/...`) and the reports are gathered
+    /// (`<output>/reports/`).
+    pub output: String,
+    /// The base model, a GGUF file or a Hugging Face directory, at this path on every
+    /// worker. Default: the `AUTOMALDESC_MODEL` environment variable, else
+    /// `models/SmolLM2-135M-Instruct.Q4_1.gguf`.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// The judge model (default: the base model, with the judge prompt).
+    #[serde(default)]
+    pub judge_model: Option<String>,
+    /// Iterations (annotators V1..Vn).
+    #[serde(default = "default_iterations")]
+    pub iterations: u32,
+    /// Sampling temperatures: one sample per temperature per script.
+    #[serde(default = "default_temperatures")]
+    pub temperatures: Vec<f32>,
+    #[serde(default = "default_top_p")]
+    pub top_p: f32,
+    /// Seed of the sampling and of training.
+    #[serde(default)]
+    pub random_seed: u64,
+    /// New tokens per answer (published: 512).
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Prompt tokens per script; longer scripts keep their head and tail.
+    #[serde(default = "default_prompt_tokens")]
+    pub prompt_tokens: usize,
+    /// The label-probability threshold of the filter (published: 0.90).
+    #[serde(default = "default_confidence")]
+    pub confidence: f32,
+    /// Self-paced schedule: the threshold of iteration k is entry k-1 (the last entry for
+    /// later iterations); empty means `confidence` every iteration. For example
+    /// `[0.95, 0.90]`: strict while the annotator is weak, looser once it has learnt.
+    #[serde(default)]
+    pub confidence_schedule: Vec<f32>,
+    /// Stop a sample right after its label when the filter will reject the script anyway.
+    #[serde(default = "default_true")]
+    pub early_stop: bool,
+    /// Sequences decoded together per worker.
+    #[serde(default = "default_slots")]
+    pub slots: usize,
+    /// Test scripts (the shortest) the judge uses to compare consecutive annotators'
+    /// summaries, in both orders.
+    #[serde(default = "default_preference_scripts")]
+    pub preference_scripts: usize,
+    /// Adapter settings per iteration (the last entry for later iterations). Published:
+    /// V1 rank 8 / alpha 16 / dropout 0.05, 15 epochs; V2 rank 16 / alpha 32 / dropout
+    /// 0.1, 20 epochs; both lr 1e-4, weight decay 0.001, 5% warmup.
+    #[serde(default = "default_adapters")]
+    pub adapter: Vec<AdapterConfig>,
+    /// Input bytes a generate/judge/filter task aims at.
+    #[serde(default = "default_task_bytes")]
+    pub task_bytes: u64,
+    /// Target bytes of a training-set shard.
+    #[serde(default = "default_shard_bytes")]
+    pub shard_bytes: u64,
+    /// Workers of a local run (`automaldesc loop`); a cluster has its own.
+    #[serde(default = "default_workers")]
+    pub workers: u32,
+}
+
+/// One iteration's adapter and its training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterConfig {
+    pub rank: usize,
+    pub alpha: f32,
+    pub dropout: f32,
+    pub epochs: u32,
+    #[serde(default = "default_lr")]
+    pub learning_rate: f32,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f32,
+    #[serde(default = "default_warmup")]
+    pub warmup: f32,
+    /// Padded tokens per micro-batch.
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
+    #[serde(default = "default_grad_accum")]
+    pub grad_accum: u32,
+    /// Epochs without a better validation loss before stopping.
+    #[serde(default = "default_patience")]
+    pub patience: u32,
+    /// Answer tokens per training example (longer summaries are cut).
+    #[serde(default = "default_max_new_tokens")]
+    pub answer_tokens: usize,
+    /// Fraction of the training set held out (by hash) for validation.
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+}
+
+fn default_model() -> String {
+    crate::annotate_cmd::default_model_path()
+        .display()
+        .to_string()
+}
+fn default_iterations() -> u32 {
+    2
+}
+fn default_temperatures() -> Vec<f32> {
+    vec![0.4, 0.6, 0.8]
+}
+fn default_top_p() -> f32 {
+    0.95
+}
+fn default_max_new_tokens() -> usize {
+    512
+}
+fn default_prompt_tokens() -> usize {
+    1536
+}
+fn default_confidence() -> f32 {
+    0.90
+}
+fn default_true() -> bool {
+    true
+}
+fn default_slots() -> usize {
+    8
+}
+fn default_preference_scripts() -> usize {
+    16
+}
+fn default_task_bytes() -> u64 {
+    4 << 20
+}
+fn default_shard_bytes() -> u64 {
+    128 << 20
+}
+fn default_workers() -> u32 {
+    1
+}
+fn default_lr() -> f32 {
+    1e-4
+}
+fn default_weight_decay() -> f32 {
+    0.001
+}
+fn default_warmup() -> f32 {
+    0.05
+}
+fn default_batch_tokens() -> usize {
+    4096
+}
+fn default_grad_accum() -> u32 {
+    1
+}
+fn default_patience() -> u32 {
+    3
+}
+fn default_val_fraction() -> f64 {
+    0.1
+}
+fn default_adapters() -> Vec<AdapterConfig> {
+    let published = |l: LoraConfig, epochs| AdapterConfig {
+        rank: l.rank,
+        alpha: l.alpha,
+        dropout: l.dropout,
+        epochs,
+        learning_rate: default_lr(),
+        weight_decay: default_weight_decay(),
+        warmup: default_warmup(),
+        batch_tokens: default_batch_tokens(),
+        grad_accum: default_grad_accum(),
+        patience: default_patience(),
+        answer_tokens: default_max_new_tokens(),
+        val_fraction: default_val_fraction(),
+    };
+    vec![
+        published(LoraConfig::v1(), 15),
+        published(LoraConfig::v2(), 20),
+    ]
+}
+
+/// Indices of an iteration's stages in the run spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IterationStages {
+    pub train: u32,
+    pub generate: u32,
+    pub judge: u32,
+    pub filter: u32,
+    pub aggregate: u32,
+    pub evaluate: u32,
+    pub report: u32,
+}
+
+/// Stages of the base model's evaluation.
+pub const BASE_EVALUATE: u32 = 0;
+pub const BASE_REPORT: u32 = 1;
+
+impl LoopConfig {
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let c: LoopConfig = toml::from_str(text).context("loop config")?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let id_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        if !id_ok {
+            bail!(
+                "`name` {:?} must be 1 to 64 characters of a-z, 0-9, '-', '_' and '.'",
+                self.name
+            );
+        }
+        for (k, v) in [
+            ("corpus", &self.corpus),
+            ("seed", &self.seed),
+            ("test", &self.test),
+            ("output", &self.output),
+            ("model", &self.model),
+        ] {
+            if v.trim().is_empty() {
+                bail!("`{k}` must not be empty");
+            }
+        }
+        if self.iterations == 0 {
+            bail!("`iterations` must be at least 1");
+        }
+        if self.temperatures.is_empty() || self.temperatures.iter().any(|t| !(*t >= 0.0)) {
+            bail!("`temperatures` must be a non-empty list of non-negative numbers");
+        }
+        let thresholds = std::iter::once(&self.confidence).chain(&self.confidence_schedule);
+        for t in thresholds {
+            if !(0.0..=1.0).contains(t) {
+                bail!("confidence thresholds must lie in [0, 1], got {t}");
+            }
+        }
+        if self.adapter.is_empty() {
+            bail!("`adapter` needs at least one entry");
+        }
+        for (i, a) in self.adapter.iter().enumerate() {
+            if a.rank == 0 || a.epochs == 0 || !(0.0..1.0).contains(&a.dropout) {
+                bail!("adapter {i}: rank and epochs must be positive and dropout in [0, 1)");
+            }
+        }
+        if self.max_new_tokens == 0 || self.prompt_tokens == 0 || self.slots == 0 {
+            bail!("`max_new_tokens`, `prompt_tokens` and `slots` must be positive");
+        }
+        Ok(())
+    }
+
+    /// The label-probability threshold of iteration `k` (1-based).
+    pub fn threshold(&self, k: u32) -> f32 {
+        let s = &self.confidence_schedule;
+        if s.is_empty() {
+            self.confidence
+        } else {
+            s[(k as usize - 1).min(s.len() - 1)]
+        }
+    }
+
+    fn adapter_of(&self, k: u32) -> &AdapterConfig {
+        &self.adapter[(k as usize - 1).min(self.adapter.len() - 1)]
+    }
+
+    pub fn stages_of(k: u32) -> IterationStages {
+        let first = 2 + 7 * (k - 1);
+        IterationStages {
+            train: first,
+            generate: first + 1,
+            judge: first + 2,
+            filter: first + 3,
+            aggregate: first + 4,
+            evaluate: first + 5,
+            report: first + 6,
+        }
+    }
+
+    /// sha256 of the config as canonical JSON: the lineage's config hash.
+    pub fn hash(&self) -> String {
+        let v = serde_json::to_value(self).expect("the loop config encodes as JSON");
+        automaldesc_common::sha256_hex(v.to_string().as_bytes())
+    }
+
+    fn judge(&self) -> &str {
+        self.judge_model.as_deref().unwrap_or(&self.model)
+    }
+
+    fn generate_config(&self, early_stop: bool, min_label_prob: f32) -> serde_json::Value {
+        json!({
+            "model": self.model,
+            "temperatures": self.temperatures,
+            "top_p": self.top_p,
+            "seed": self.random_seed,
+            "max_new_tokens": self.max_new_tokens,
+            "prompt_budget": self.prompt_tokens,
+            "slots": self.slots,
+            "early_stop": early_stop,
+            "min_label_prob": min_label_prob,
+        })
+    }
+
+    /// The run spec of the whole loop.
+    pub fn run_spec(&self, base_model_sha256: &str) -> RunSpec {
+        let test = self.test.trim_end_matches('/');
+        let stage = |kind: &str, input: Option<String>, single: bool, refs: &[(&str, u32)], config| {
+            StageConfig {
+                input,
+                single_task: single,
+                refs: refs.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+                ..StageConfig::new(kind, config)
+            }
+        };
+        let report_config = |k: u32, name: &str, previous: Option<String>| {
+            json!({
+                "run": self.name,
+                "iteration": k,
+                "annotator": name,
+                "previous_annotator": previous,
+                "judge_model": self.judge(),
+                "preference_scripts": self.preference_scripts,
+            })
+        };
+        let mut stages = vec![
+            stage(
+                "generate",
+                Some(format!("{test}/scripts")),
+                false,
+                &[],
+                self.generate_config(false, self.confidence),
+            ),
+            stage(
+                "report",
+                Some(format!("{test}/labels")),
+                true,
+                &[("answers", BASE_EVALUATE)],
+                report_config(0, "base", None),
+            ),
+        ];
+        for k in 1..=self.iterations {
+            let s = Self::stages_of(k);
+            let a = self.adapter_of(k);
+            let threshold = self.threshold(k);
+            let train = TrainConfig {
+                lora: LoraConfig {
+                    rank: a.rank,
+                    alpha: a.alpha,
+                    dropout: a.dropout,
+                    targets: LoraConfig::v1().targets,
+                },
+                learning_rate: a.learning_rate,
+                weight_decay: a.weight_decay,
+                warmup: a.warmup,
+                epochs: a.epochs,
+                batch_tokens: a.batch_tokens,
+                grad_accum: a.grad_accum,
+                patience: a.patience,
+                seed: self.random_seed.wrapping_add(u64::from(k)),
+            };
+            let train_input = if k == 1 {
+                self.seed.clone()
+            } else {
+                format!("stage:{}", Self::stages_of(k - 1).aggregate)
+            };
+            let (prev_answers, prev_report, prev_name) = if k == 1 {
+                (BASE_EVALUATE, BASE_REPORT, "base".to_string())
+            } else {
+                let p = Self::stages_of(k - 1);
+                (p.evaluate, p.report, format!("V{}", k - 1))
+            };
+            stages.extend([
+                stage(
+                    "train",
+                    Some(train_input),
+                    true,
+                    &[],
+                    json!({
+                        "model": self.model,
+                        "train": train,
+                        "prompt_tokens": self.prompt_tokens,
+                        "answer_tokens": a.answer_tokens,
+                        "val_fraction": a.val_fraction,
+                    }),
+                ),
+                stage(
+                    "generate",
+                    Some(self.corpus.clone()),
+                    false,
+                    &[("adapter", s.train)],
+                    self.generate_config(self.early_stop, threshold),
+                ),
+                stage(
+                    "judge",
+                    None,
+                    false,
+                    &[],
+                    json!({ "model": self.judge(), "min_label_prob": threshold }),
+                ),
+                stage("filter", None, false, &[], json!({ "min_label_prob": threshold })),
+                stage(
+                    "aggregate",
+                    None,
+                    true,
+                    &[("adapter", s.train), ("answers", s.generate)],
+                    json!({
+                        "run": self.name,
+                        "iteration": k,
+                        "seed": self.seed,
+                        "corpus": self.corpus,
+                        "shard_bytes": self.shard_bytes,
+                        "config_hash": self.hash(),
+                        "base_model_sha256": base_model_sha256,
+                    }),
+                ),
+                stage(
+                    "generate",
+                    Some(format!("{test}/scripts")),
+                    false,
+                    &[("adapter", s.train)],
+                    self.generate_config(false, threshold),
+                ),
+                stage(
+                    "report",
+                    Some(format!("{test}/labels")),
+                    true,
+                    &[
+                        ("answers", s.evaluate),
+                        ("previous", prev_answers),
+                        ("funnel", s.aggregate),
+                        ("history", prev_report),
+                    ],
+                    report_config(k, &format!("V{k}"), Some(prev_name)),
+                ),
+            ]);
+        }
+        RunSpec {
+            input: self.corpus.clone(),
+            output: self.output.clone(),
+            task_bytes: self.task_bytes,
+            stages,
+        }
+    }
+
+    /// A person's name for stage `i` of the run spec.
+    pub fn stage_name(i: u32) -> String {
+        match i {
+            BASE_EVALUATE => "evaluate base model".into(),
+            BASE_REPORT => "report base model".into(),
+            _ => {
+                let k = (i - 2) / 7 + 1;
+                let what = ["train", "generate", "judge", "filter", "aggregate", "evaluate", "report"]
+                    [((i - 2) % 7) as usize];
+                format!("iteration {k} {what}")
+            }
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct LoopArgs {
+    /// The loop config (TOML; see ARCHITECTURE.md for every key and its default).
+    pub config: PathBuf,
+    /// Directory of the embedded state; a run interrupted here resumes when started again.
+    #[arg(long, default_value = "data/loop/state")]
+    pub state_dir: PathBuf,
+    /// Workers in this process (default: the config's `workers`).
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Print the run spec (TOML) for `automaldesc submit` instead of running it here.
+    #[arg(long)]
+    pub print_spec: bool,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+}
+
+/// Checks that a dataset location holds Parquet files, for a clear error before the run.
+fn check_dataset(what: &str, url: &str) -> anyhow::Result<()> {
+    let (store, prefix) = open_object(url).with_context(|| format!("{what} {url}"))?;
+    let layouts = block_on(dataset_layout(store, &prefix))?
+        .with_context(|| format!("{what} {url}"))?;
+    if layouts.is_empty() {
+        bail!("{what} {url} holds no Parquet files");
+    }
+    Ok(())
+}
+
+pub fn run(args: LoopArgs) -> anyhow::Result<()> {
+    let path = &args.config;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg = LoopConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+    let model = PathBuf::from(&cfg.model);
+    if !model.exists() {
+        bail!(
+            "model {} not found: run deploy/fetch_model.sh or set `model`",
+            model.display()
+        );
+    }
+    let model_sha256 = automaldesc_worker::stages::train::file_sha256(&model)
+        .map_err(anyhow::Error::msg)?;
+    let spec = cfg.run_spec(&model_sha256);
+    spec.validate()?;
+    if args.print_spec {
+        print!("{}", toml::to_string(&spec)?);
+        return Ok(());
+    }
+    check_dataset("corpus", &cfg.corpus)?;
+    for split in [&cfg.seed, &cfg.test] {
+        for part in ["labels", "scripts"] {
+            check_dataset("split", &format!("{}/{part}", split.trim_end_matches('/')))?;
+        }
+    }
+    eprintln!("run {}: {} stages", cfg.name, spec.stages.len());
+    for i in 0..spec.stages.len() as u32 {
+        eprintln!("  stage {}: {}", i + 1, LoopConfig::stage_name(i));
+    }
+    let started = std::time::Instant::now();
+    let names: Vec<String> = LOOP_EXECUTORS.iter().map(|s| s.to_string()).collect();
+    let status = run_local(
+        spec,
+        Some(cfg.name.clone()),
+        &args.state_dir,
+        args.workers.unwrap_or(cfg.workers),
+        args.lease.policy()?,
+        &names,
+    )?;
+    if status.phase != RunPhase::Succeeded {
+        bail!(
+            "run {} ended {:?}: {}",
+            status.id,
+            status.phase,
+            status.error
+        );
+    }
+    let gathered = gather_reports(&cfg, &args.state_dir, &status)?;
+    eprintln!(
+        "run {} finished in {:.1} min; reports under {}",
+        cfg.name,
+        started.elapsed().as_secs_f64() / 60.0,
+        gathered
+    );
+    Ok(())
+}
+
+/// Copies every report stage's files to `<output>/reports/<annotator>/` and writes
+/// `<output>/reports/stages.md` (each stage's tasks, scripts and wall time). Prints the
+/// last report.
+pub fn gather_reports(
+    cfg: &LoopConfig,
+    state_dir: &std::path::Path,
+    status: &RunStatus,
+) -> anyhow::Result<String> {
+    let store = EmbeddedStore::open(state_dir)?;
+    let run = RunId(cfg.name.clone());
+    let (out, out_prefix) = open_store(&cfg.output)?;
+    let reports_url = format!("{}/reports", cfg.output.trim_end_matches('/'));
+    let mut last_md = String::new();
+    let mut reports: Vec<(u32, String)> = vec![(BASE_REPORT, "base".into())];
+    reports.extend((1..=cfg.iterations).map(|k| (LoopConfig::stages_of(k).report, format!("V{k}"))));
+    block_on(async {
+        for (stage, name) in &reports {
+            for (_, commit) in read_commits(&store, &run, *stage).await? {
+                for o in commit.outputs {
+                    let src = ObjectPath::from(o.path.as_str());
+                    let bytes = out.get(&src).await?.bytes().await?;
+                    let file = src.filename().unwrap_or("file").to_string();
+                    if file == "report.md" {
+                        last_md = String::from_utf8_lossy(&bytes).into_owned();
+                    }
+                    let dst = automaldesc_common::store::child(
+                        &out_prefix,
+                        &format!("reports/{name}/{file}"),
+                    );
+                    out.put(&dst, PutPayload::from(bytes)).await?;
+                }
+            }
+        }
+        let md = stages_markdown(status);
+        let dst = automaldesc_common::store::child(&out_prefix, "reports/stages.md");
+        out.put(&dst, PutPayload::from(md.clone().into_bytes())).await?;
+        eprintln!("{md}");
+        Ok::<_, anyhow::Error>(())
+    })??;
+    println!("{last_md}");
+    Ok(reports_url)
+}
+
+/// Every stage's tasks, scripts in and out, and wall time, as a Markdown table.
+pub fn stages_markdown(status: &RunStatus) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Run {}: stages\n", status.id);
+    let _ = writeln!(
+        s,
+        "| # | stage | kind | tasks | scripts in | rows out | quarantined | retries | wall s |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let mut by_kind: BTreeMap<String, f64> = BTreeMap::new();
+    let mut previous_end = Some(status.submitted_ms);
+    for st in &status.stages {
+        let wall = match (previous_end, st.finished_ms) {
+            (Some(a), b) if b >= a && b > 0 => Some((b - a) as f64 / 1e3),
+            _ => None,
+        };
+        if st.finished_ms > 0 {
+            previous_end = Some(st.finished_ms);
+        }
+        if let Some(w) = wall {
+            *by_kind.entry(st.kind.clone()).or_default() += w;
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            st.index + 1,
+            LoopConfig::stage_name(st.index),
+            st.kind,
+            st.counts.total,
+            st.totals.scripts_done,
+            st.totals.rows_out,
+            st.totals.scripts_quarantined + st.totals.scripts_in_quarantined_tasks,
+            st.totals.attempts_failed + st.totals.leases_expired,
+            wall.map_or("-".to_string(), |w| format!("{w:.1}"))
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nwall seconds by kind: {}",
+        by_kind
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    s
+}

@@ -1,0 +1,429 @@
+//! The self-training loop end to end with a tiny random model (the real model's tokenizer
+//! and chat template, two layers of width 64): two iterations run once with
+//! `automaldesc loop` on this machine, and once through an `automaldesc coordinator`
+//! process and two `automaldesc worker` processes, with the coordinator killed (SIGKILL)
+//! mid-iteration and started again on its state. Both runs must produce every artifact,
+//! put every unlabelled script in exactly one of accepted and rejected, have funnels that
+//! add up, and accept the same scripts with the same answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use automaldesc_common::ids::RunId;
+use automaldesc_common::parquet_io::{read_dataset, WriterOptions};
+use automaldesc_common::report::{FunnelSummary, IterationReport};
+use automaldesc_common::schema::{CorpusRow, LabelledRow, RejectedRow};
+use automaldesc_common::store::{child, open_store};
+use automaldesc_common::synth::SynthConfig;
+use automaldesc_common::synth_dataset::write_synth_corpus;
+use automaldesc_coordinator::loop_cmd::LoopConfig;
+use automaldesc_coordinator::stage_manager::read_commits;
+use automaldesc_coordinator::state::EmbeddedStore;
+use automaldesc_proto::v1;
+use automaldesc_worker::gguf::{f32_bytes, write_gguf, GgmlType, GgufFile, MetaValue};
+use object_store::path::Path as ObjectPath;
+use rand::{Rng, SeedableRng};
+
+mod support;
+use support::etcd::free_port;
+use support::procs::{bin, control, succeeded, wait_for, Proc};
+
+const HIDDEN: usize = 64;
+const FFN: usize = 128;
+const LAYERS: usize = 2;
+
+/// The real model file, whose tokenizer the tiny model borrows.
+fn real_model() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("AUTOMALDESC_REQUIRE_MODEL").is_none(),
+        "AUTOMALDESC_REQUIRE_MODEL is set but {} is missing (run deploy/fetch_model.sh)",
+        p.display()
+    );
+    eprintln!("skipping: {} missing (run deploy/fetch_model.sh)", p.display());
+    None
+}
+
+/// A random two-layer Llama with the real model's tokenizer and chat template. The row of
+/// the `"` token is scaled up so that the random model closes its summaries after a few
+/// tokens, as a trained one does (otherwise every answer is cut by the token budget and
+/// the filter rejects everything at its second stage).
+fn write_tiny_model(real: &Path, out: &Path) {
+    let g = GgufFile::open(real).unwrap();
+    let mut meta: BTreeMap<String, MetaValue> = g
+        .metadata()
+        .iter()
+        .filter(|(k, _)| !k.starts_with("llama."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in [
+        ("llama.embedding_length", HIDDEN as u32),
+        ("llama.feed_forward_length", FFN as u32),
+        ("llama.block_count", LAYERS as u32),
+        ("llama.attention.head_count", 4),
+        ("llama.attention.head_count_kv", 2),
+        ("llama.rope.dimension_count", 16),
+        ("llama.context_length", 2048),
+    ] {
+        meta.insert(k.into(), MetaValue::U32(v));
+    }
+    meta.insert(
+        "llama.attention.layer_norm_rms_epsilon".into(),
+        MetaValue::F32(1e-5),
+    );
+    meta.insert("llama.rope.freq_base".into(), MetaValue::F32(10_000.0));
+    let tokens = g.get_str_array("tokenizer.ggml.tokens").unwrap();
+    let vocab = tokens.len();
+    let quote = tokens.iter().position(|t| t == "\"").unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+    let mut normal = |n: usize, std: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                // Irwin-Hall: the sum of 12 uniforms minus 6 is close to a standard normal.
+                let s: f32 = (0..12).map(|_| rng.random::<f32>()).sum();
+                (s - 6.0) * std
+            })
+            .collect()
+    };
+    let mut embed = normal(vocab * HIDDEN, 0.02);
+    for v in &mut embed[quote * HIDDEN..(quote + 1) * HIDDEN] {
+        *v *= 60.0;
+    }
+    let mut tensors: Vec<(String, Vec<u64>, Vec<u8>)> = vec![(
+        "token_embd.weight".into(),
+        vec![HIDDEN as u64, vocab as u64],
+        f32_bytes(&embed),
+    )];
+    let ones = f32_bytes(&vec![1.0; HIDDEN]);
+    for l in 0..LAYERS {
+        let kv = 2 * 16;
+        for (name, rows, cols) in [
+            ("attn_q", HIDDEN, HIDDEN),
+            ("attn_k", kv, HIDDEN),
+            ("attn_v", kv, HIDDEN),
+            ("attn_output", HIDDEN, HIDDEN),
+            ("ffn_gate", FFN, HIDDEN),
+            ("ffn_up", FFN, HIDDEN),
+            ("ffn_down", HIDDEN, FFN),
+        ] {
+            tensors.push((
+                format!("blk.{l}.{name}.weight"),
+                vec![cols as u64, rows as u64],
+                f32_bytes(&normal(rows * cols, 0.05)),
+            ));
+        }
+        for name in ["attn_norm", "ffn_norm"] {
+            tensors.push((
+                format!("blk.{l}.{name}.weight"),
+                vec![HIDDEN as u64],
+                ones.clone(),
+            ));
+        }
+    }
+    tensors.push(("output_norm.weight".into(), vec![HIDDEN as u64], ones));
+    let refs: Vec<(&str, &[u64], GgmlType, &[u8])> = tensors
+        .iter()
+        .map(|(n, d, b)| (n.as_str(), d.as_slice(), GgmlType::F32, b.as_slice()))
+        .collect();
+    write_gguf(out, &meta, &refs).unwrap();
+}
+
+fn config_toml(dir: &Path, model: &Path, output: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"name = "e2e"
+corpus = "{d}/corpus/unlabelled"
+seed = "{d}/corpus/seed"
+test = "{d}/corpus/test"
+output = "{out}"
+model = "{model}"
+iterations = 2
+temperatures = [0.0, 0.0]
+max_new_tokens = 24
+prompt_tokens = 192
+confidence = 0.0
+slots = 4
+preference_scripts = 3
+task_bytes = 6000
+[[adapter]]
+rank = 2
+alpha = 4.0
+dropout = 0.0
+epochs = 1
+batch_tokens = 2048
+answer_tokens = 24
+val_fraction = 0.2
+"#,
+        out = output.display(),
+        model = model.display()
+    )
+}
+
+/// What one iteration's aggregate stage committed.
+struct Outcome {
+    accepted: BTreeMap<String, LabelledRow>,
+    rejected: BTreeMap<String, RejectedRow>,
+    funnel: FunnelSummary,
+}
+
+async fn outcome(state: &EmbeddedStore, output: &str, k: u32) -> Outcome {
+    let stage = LoopConfig::stages_of(k).aggregate;
+    let commits = read_commits(state, &RunId("e2e".into()), stage).await.unwrap();
+    assert_eq!(commits.len(), 1, "aggregate is one task");
+    let files: Vec<String> = commits[0].1.outputs.iter().map(|o| o.path.clone()).collect();
+    let (store, _) = open_store(output).unwrap();
+    let dir_of = |part: &str| {
+        let f = files.iter().find(|f| f.contains(part)).unwrap();
+        ObjectPath::from(&f[..f.rfind('/').unwrap()])
+    };
+    let labels: Vec<LabelledRow> = read_dataset(store.clone(), &dir_of("/train/labels/"))
+        .await
+        .unwrap();
+    let rejected: Vec<RejectedRow> = read_dataset(store.clone(), &dir_of("/rejected/"))
+        .await
+        .unwrap();
+    let funnel_path = files.iter().find(|f| f.ends_with("funnel.json")).unwrap();
+    let bytes = store
+        .get(&ObjectPath::from(funnel_path.as_str()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(files.iter().any(|f| f.ends_with("manifest.json")));
+    let accepted = labels
+        .into_iter()
+        .filter(|l| l.provenance.starts_with(&format!("iter-{k}:")))
+        .map(|l| (l.sha256.clone(), l))
+        .collect();
+    let mut by_sha = BTreeMap::new();
+    for r in rejected {
+        assert!(by_sha.insert(r.sha256.clone(), r).is_none(), "rejected twice");
+    }
+    Outcome {
+        accepted,
+        rejected: by_sha,
+        funnel: serde_json::from_slice(&bytes).unwrap(),
+    }
+}
+
+async fn report(state: &EmbeddedStore, output: &str, stage: u32) -> (IterationReport, Vec<String>) {
+    let commits = read_commits(state, &RunId("e2e".into()), stage).await.unwrap();
+    let files: Vec<String> = commits
+        .iter()
+        .flat_map(|(_, c)| c.outputs.iter().map(|o| o.path.clone()))
+        .collect();
+    let (store, _) = open_store(output).unwrap();
+    let json = files.iter().find(|f| f.ends_with("report.json")).unwrap();
+    let bytes = store
+        .get(&ObjectPath::from(json.as_str()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    (serde_json::from_slice(&bytes).unwrap(), files)
+}
+
+/// Checks one finished run; returns the accepted answers of each iteration.
+async fn check_run(
+    state_dir: &Path,
+    output: &str,
+    corpus: &BTreeSet<String>,
+) -> Vec<BTreeMap<String, LabelledRow>> {
+    let state = EmbeddedStore::open(state_dir).unwrap();
+    let mut accepted = Vec::new();
+    for k in 1..=2 {
+        let o = outcome(&state, output, k).await;
+        let acc: BTreeSet<&String> = o.accepted.keys().collect();
+        let rej: BTreeSet<&String> = o.rejected.keys().collect();
+        assert!(acc.is_disjoint(&rej), "iteration {k}: accepted and rejected");
+        let all: BTreeSet<String> = acc.union(&rej).map(|s| s.to_string()).collect();
+        assert_eq!(&all, corpus, "iteration {k}: every script exactly once");
+        let f = &o.funnel;
+        assert!(f.adds_up(), "{f:?}");
+        assert_eq!(f.unlabelled, corpus.len() as u64);
+        assert_eq!(f.accepted, o.accepted.len() as u64 + f.accepted_in_seed);
+        assert_eq!(f.training_set, f.seed + o.accepted.len() as u64);
+        let rejected_by_filter: u64 = f.rejected.values().sum();
+        assert_eq!(rejected_by_filter + f.unprocessed, o.rejected.len() as u64);
+        assert!(f.generated_tokens > 0);
+        assert!(
+            o.accepted.values().all(|l| !l.summary.is_empty()),
+            "accepted answers carry a summary"
+        );
+        accepted.push(o.accepted);
+    }
+    let (base, _) = report(&state, output, 1).await;
+    assert_eq!(base.annotator, "base");
+    assert!(base.previous.is_none() && base.funnel.is_none());
+    for k in 1..=2u32 {
+        let (r, files) = report(&state, output, LoopConfig::stages_of(k).report).await;
+        assert_eq!(r.annotator, format!("V{k}"));
+        assert_eq!(r.history.len(), k as usize + 1, "base, V1.. in the history");
+        let (prev, cmp) = r.previous.as_ref().unwrap();
+        assert_eq!(prev, if k == 1 { "base" } else { "V1" });
+        assert_eq!(cmp.scripts, r.evaluation.scripts);
+        assert_eq!(r.evaluation.missing_scripts, 0);
+        assert_eq!(r.funnel.as_ref().unwrap().unlabelled, corpus.len() as u64);
+        let p = r.preference.as_ref().unwrap();
+        assert_eq!(p.newer_wins + p.older_wins + p.orders_disagree, p.scripts);
+        for name in ["report.md", "report.json", "funnel.svg", "languages.svg"] {
+            assert!(files.iter().any(|f| f.ends_with(name)), "{name} in {files:?}");
+        }
+    }
+    accepted
+}
+
+fn worker_args(endpoint: &str, id: &str) -> Vec<String> {
+    [
+        "worker",
+        "--coordinator",
+        endpoint,
+        "--id",
+        id,
+        "--executors",
+        "train,generate,judge,filter,aggregate,report",
+        "--patience",
+        "60",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same_scripts() {
+    let Some(real) = real_model() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = d.join("tiny.gguf");
+    write_tiny_model(&real, &model);
+    let synth = SynthConfig {
+        seed: 5,
+        scale: 0.002,
+        unlabelled_scale: Some(0.0002),
+        ..SynthConfig::default()
+    };
+    let opts = WriterOptions {
+        row_group_rows: 6,
+        ..WriterOptions::default()
+    };
+    let corpus_url = d.join("corpus").display().to_string();
+    write_synth_corpus(&synth, &corpus_url, &opts).await.unwrap();
+    let (store, prefix) = open_store(&corpus_url).unwrap();
+    let rows: Vec<CorpusRow> = read_dataset(store, &child(&prefix, "unlabelled"))
+        .await
+        .unwrap();
+    let corpus: BTreeSet<String> = rows.into_iter().map(|r| r.sha256).collect();
+    assert!(corpus.len() >= 20, "{} unlabelled scripts", corpus.len());
+
+    // Reference: the whole loop in one process.
+    let out_local = d.join("out-local");
+    let cfg_local = d.join("local.toml");
+    std::fs::write(&cfg_local, config_toml(d, &model, &out_local)).unwrap();
+    let state_local = d.join("state-local");
+    let run = Command::new(bin())
+        .args(["loop", cfg_local.to_str().unwrap(), "--state-dir"])
+        .arg(&state_local)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("# Run e2e: iteration 2 (V2)"), "{stdout}");
+    for name in ["base/report.md", "V1/funnel.svg", "V2/report.json", "V2/languages.svg", "stages.md"] {
+        assert!(out_local.join("reports").join(name).exists(), "{name}");
+    }
+    let local = check_run(&state_local, out_local.to_str().unwrap(), &corpus).await;
+
+    // The same run on a coordinator process and two workers; the coordinator dies mid-run.
+    let out_cluster = d.join("out-cluster");
+    let cfg_cluster = d.join("cluster.toml");
+    std::fs::write(&cfg_cluster, config_toml(d, &model, &out_cluster)).unwrap();
+    let spec = Command::new(bin())
+        .args(["loop", cfg_cluster.to_str().unwrap(), "--print-spec"])
+        .output()
+        .unwrap();
+    assert!(spec.status.success(), "{}", String::from_utf8_lossy(&spec.stderr));
+    let spec_path = d.join("spec.toml");
+    std::fs::write(&spec_path, &spec.stdout).unwrap();
+    let state_cluster = d.join("state-cluster");
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let coordinator_args: Vec<String> = [
+        "coordinator",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--state-dir",
+        state_cluster.to_str().unwrap(),
+        "--lease-ttl",
+        "5",
+        "--run",
+        spec_path.to_str().unwrap(),
+        "--run-id",
+        "e2e",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut c1 = Proc::spawn(d, "c1", &coordinator_args);
+    control(&endpoint, Duration::from_secs(60)).await;
+    let _w0 = Proc::spawn(d, "w0", &worker_args(&endpoint, "w0"));
+    let _w1 = Proc::spawn(d, "w1", &worker_args(&endpoint, "w1"));
+    let generate1 = LoopConfig::stages_of(1).generate as usize;
+    wait_for(
+        std::slice::from_ref(&endpoint),
+        "e2e",
+        Duration::from_secs(600),
+        "iteration 1's generate stage to commit a task",
+        |s| s.stages.get(generate1).is_some_and(|st| st.tasks_done >= 1),
+    )
+    .await;
+    c1.kill9();
+    let _c2 = Proc::spawn(d, "c2", &coordinator_args);
+    control(&endpoint, Duration::from_secs(60)).await;
+    let end = wait_for(
+        std::slice::from_ref(&endpoint),
+        "e2e",
+        Duration::from_secs(900),
+        "the run to end",
+        |s| s.state != v1::RunState::Running as i32,
+    )
+    .await;
+    assert!(succeeded(&end), "{end:?}");
+    drop(_c2);
+    let cluster = check_run(&state_cluster, out_cluster.to_str().unwrap(), &corpus).await;
+
+    assert_eq!(
+        local.iter().map(BTreeMap::len).collect::<Vec<_>>(),
+        cluster.iter().map(BTreeMap::len).collect::<Vec<_>>()
+    );
+    for (k, (a, b)) in local.iter().zip(&cluster).enumerate() {
+        let strip = |m: &BTreeMap<String, LabelledRow>| -> Vec<(String, u8, String, String)> {
+            m.values()
+                .map(|l| {
+                    (
+                        l.sha256.clone(),
+                        l.label.as_u8(),
+                        l.language.as_str().to_string(),
+                        l.summary.clone(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(strip(a), strip(b), "iteration {}: the same accepted answers", k + 1);
+    }
+    assert!(
+        local.iter().any(|m| !m.is_empty()),
+        "some scripts are accepted (the check above compares something)"
+    );
+}

@@ -1,0 +1,99 @@
+//! `filter`: the published funnel over judged answers, one [`DecisionRow`] per script: the
+//! kept answer of an accepted script, or the stage and reason that rejected it. The rules
+//! and the choice of summary are those of [`automaldesc_common::filter`].
+
+use automaldesc_common::filter::{after_judge, before_judge, Rejection};
+use automaldesc_common::parquet_io::WriterOptions;
+use automaldesc_common::schema::{AnswersRow, DecisionRow};
+use automaldesc_common::Label;
+use serde::Deserialize;
+
+use super::judge::filter_samples;
+use super::{config, read_task, write_rows};
+use crate::executor::{Executor, TaskInput, TaskOutput};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    pub min_label_prob: f32,
+}
+
+/// The decision for one judged script.
+pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, String> {
+    let samples = filter_samples(row);
+    let rejected = |r: Rejection| DecisionRow {
+        sha256: row.sha256.clone(),
+        content: row.content.clone(),
+        accepted: false,
+        stage: r.reason.stage().to_string(),
+        reason: format!("{}: {}", r.reason.as_str(), r.detail),
+        language: None,
+        label: None,
+        summary: None,
+        temperature: f32::NAN,
+        label_prob: f32::NAN,
+    };
+    let survivor = match before_judge(&samples, min_label_prob) {
+        Ok(s) => s,
+        Err(r) => return Ok(rejected(r)),
+    };
+    if row.judge_labels.len() != samples.len() {
+        return Err(format!(
+            "script {} reached the filter unjudged (run the judge stage first)",
+            row.sha256
+        ));
+    }
+    let mut verdicts = Vec::with_capacity(survivor.summaries.len());
+    for (i, _, _) in &survivor.summaries {
+        let v = match row.judge_labels[*i].as_str() {
+            "0" => Label::Benign,
+            "1" => Label::Malicious,
+            other => {
+                return Err(format!(
+                    "script {} sample {i}: judge label {other:?} where one was expected",
+                    row.sha256
+                ))
+            }
+        };
+        verdicts.push(v);
+    }
+    Ok(match after_judge(&survivor, &verdicts, &samples) {
+        Ok(a) => DecisionRow {
+            sha256: row.sha256.clone(),
+            content: row.content.clone(),
+            accepted: true,
+            stage: "accepted".into(),
+            reason: String::new(),
+            language: Some(a.language),
+            label: Some(a.label),
+            summary: Some(a.summary),
+            temperature: samples[a.sample].temperature,
+            label_prob: samples[a.sample].label_prob,
+        },
+        Err(r) => rejected(r),
+    })
+}
+
+pub struct FilterExecutor;
+
+impl Executor for FilterExecutor {
+    fn kind(&self) -> &str {
+        "filter"
+    }
+
+    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+        let cfg: FilterConfig = config("filter", &task.config_json)?;
+        let rows: Vec<AnswersRow> = read_task(task, "")?;
+        let rows_in = rows.len() as u64;
+        let decisions = rows
+            .iter()
+            .map(|r| decide(r, cfg.min_label_prob))
+            .collect::<Result<Vec<_>, _>>()?;
+        let files = write_rows(task, "", decisions, WriterOptions::default())?;
+        Ok(TaskOutput {
+            rows_in,
+            files,
+            quarantined: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,134 @@
+//! `generate`: every script of the task answered at each temperature by the annotator (the
+//! base model, or with the adapter of the ref `adapter`), one [`AnswersRow`] per script.
+//! Early stop cuts a sample right after its label when the filter is bound to reject the
+//! script anyway (labels disagree, or a label probability is under the threshold).
+
+use automaldesc_common::parquet_io::WriterOptions;
+use automaldesc_common::schema::{AnswersRow, CorpusRow};
+use serde::Deserialize;
+
+use super::{adapter_of, config, model_path, read_task, refs, write_rows, ModelKey, ModelSlot};
+use crate::annotate::{annotate, AnnotateOptions};
+use crate::executor::{Executor, TaskInput, TaskOutput};
+use crate::generate::EarlyStop;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateConfig {
+    /// The base model on the worker (GGUF file or Hugging Face directory).
+    pub model: String,
+    pub temperatures: Vec<f32>,
+    #[serde(default = "default_top_p")]
+    pub top_p: f32,
+    #[serde(default)]
+    pub seed: u64,
+    pub max_new_tokens: usize,
+    pub prompt_budget: usize,
+    #[serde(default = "default_slots")]
+    pub slots: usize,
+    /// Stop samples after their label when the filter will reject the script anyway.
+    #[serde(default = "default_true")]
+    pub early_stop: bool,
+    /// The filter's label-probability threshold (what early stop anticipates).
+    pub min_label_prob: f32,
+    /// Scripts per engine call (bounds memory; results do not depend on it).
+    #[serde(default = "default_chunk")]
+    pub chunk: usize,
+}
+
+fn default_top_p() -> f32 {
+    0.95
+}
+fn default_slots() -> usize {
+    8
+}
+fn default_true() -> bool {
+    true
+}
+fn default_chunk() -> usize {
+    64
+}
+
+#[derive(Default)]
+pub struct GenerateExecutor {
+    model: ModelSlot,
+}
+
+impl Executor for GenerateExecutor {
+    fn kind(&self) -> &str {
+        "generate"
+    }
+
+    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+        let cfg: GenerateConfig = config("generate", &task.config_json)?;
+        if cfg.temperatures.is_empty() {
+            return Err("generate: no temperatures".into());
+        }
+        let refs = refs(&task.config_json)?;
+        let key = ModelKey {
+            model: model_path(&cfg.model)?,
+            adapter: adapter_of(&refs, "adapter")?,
+        };
+        let annotator = self.model.get(&key)?;
+        let rows: Vec<CorpusRow> = read_task(task, "")?;
+        let rows_in = rows.len() as u64;
+        let opts = AnnotateOptions {
+            temperatures: cfg.temperatures.clone(),
+            top_p: cfg.top_p,
+            seed: cfg.seed,
+            max_new_tokens: cfg.max_new_tokens,
+            prompt_budget: cfg.prompt_budget,
+            early_stop: if cfg.early_stop {
+                EarlyStop {
+                    require_agreement: true,
+                    min_label_prob: Some(cfg.min_label_prob),
+                }
+            } else {
+                EarlyStop::default()
+            },
+            slots: cfg.slots,
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(cfg.chunk.max(1)) {
+            if task.cancelled() {
+                return Err("cancelled".into());
+            }
+            let scripts: Vec<(String, Vec<u8>)> = chunk
+                .iter()
+                .map(|r| (r.sha256.clone(), r.content.clone()))
+                .collect();
+            let (results, _, _) = annotate(&annotator, &scripts, &opts);
+            for (row, a) in chunk.iter().zip(results) {
+                let saved: usize = a
+                    .samples
+                    .iter()
+                    .filter(|s| s.finish_reason.starts_with("early_stop"))
+                    .map(|s| cfg.max_new_tokens.saturating_sub(s.generated_tokens))
+                    .sum();
+                out.push(AnswersRow {
+                    sha256: row.sha256.clone(),
+                    content: row.content.clone(),
+                    temperatures: a.samples.iter().map(|s| s.temperature).collect(),
+                    responses: a.samples.iter().map(|s| s.response.clone()).collect(),
+                    label_probs: a.samples.iter().map(|s| s.label_prob).collect(),
+                    finishes: a
+                        .samples
+                        .iter()
+                        .map(|s| s.finish_reason.to_string())
+                        .collect(),
+                    generated_tokens: a.samples.iter().map(|s| s.generated_tokens as u64).sum(),
+                    saved_tokens: saved as u64,
+                    model_id: a.model_id.clone(),
+                    judge_labels: Vec::new(),
+                    judge_probs: Vec::new(),
+                });
+            }
+        }
+        let files = write_rows(task, "", out, WriterOptions::default())?;
+        Ok(TaskOutput {
+            rows_in,
+            files,
+            quarantined: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! `judge`: the judge model reads each summary that survived filter checks 1-4, and only the
+//! summary, and says whether the script it describes is malicious. Its verdict is the more
+//! likely of the tokens "1" and "0" after the judge prompt, read off one prefill (no
+//! sampling, so the same summary always gets the same verdict).
+
+use automaldesc_common::filter::{before_judge, FilterSample, Finish};
+use automaldesc_common::parquet_io::WriterOptions;
+use automaldesc_common::schema::AnswersRow;
+use automaldesc_common::Label;
+use serde::Deserialize;
+
+use super::{config, model_path, read_task, write_rows, ModelKey, ModelSlot};
+use crate::executor::{Executor, TaskInput, TaskOutput};
+use crate::generate::sampler::choice_probs;
+use crate::model::KvCache;
+use crate::prompt::{self, Role};
+use crate::runtime::Annotator;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// The judge model on the worker (by default the annotator's base model).
+    pub model: String,
+    /// The filter's label-probability threshold: only scripts that pass checks 1-4 are
+    /// judged.
+    pub min_label_prob: f32,
+    /// Summary tokens the judge reads (a longer summary is cut).
+    #[serde(default = "default_summary_tokens")]
+    pub summary_tokens: usize,
+}
+
+fn default_summary_tokens() -> usize {
+    512
+}
+
+/// The filter's view of one sample.
+pub fn filter_samples(row: &AnswersRow) -> Vec<FilterSample> {
+    (0..row.responses.len())
+        .map(|i| FilterSample {
+            temperature: row.temperatures[i],
+            response: row.responses[i].clone(),
+            label_prob: row.label_probs[i],
+            finish: match row.finishes[i].as_str() {
+                "length" => Finish::Truncated,
+                f if f.starts_with("early_stop") => Finish::EarlyStopped,
+                _ => Finish::Complete,
+            },
+        })
+        .collect()
+}
+
+/// The judge's label for one summary, with its probability against the other label.
+pub fn judge_summary(judge: &Annotator, summary: &str, summary_tokens: usize) -> (Label, f32) {
+    let tokens = judge.tokenizer.encode(summary).unwrap_or_default();
+    let text = if tokens.len() > summary_tokens {
+        judge.tokenizer.decode(&tokens[..summary_tokens])
+    } else {
+        summary.to_string()
+    };
+    let user = prompt::judge_user_message(&text);
+    let p = choice_probs_after(judge, prompt::JUDGE_SYSTEM, &user, &["0", "1"]);
+    if p[1] > p[0] {
+        (Label::Malicious, p[1])
+    } else {
+        (Label::Benign, p[0])
+    }
+}
+
+/// The model's probabilities of `options` (each one token) as the first token of its
+/// reply to `system` and `user`, normalised over the options. One prefill, no sampling.
+pub fn choice_probs_after(model: &Annotator, system: &str, user: &str, options: &[&str]) -> Vec<f32> {
+    let ids = model.encode_chat(&[(Role::System, system), (Role::User, user)]);
+    let choices: Vec<u32> = options
+        .iter()
+        .map(|o| {
+            model
+                .tokenizer
+                .encode(o)
+                .ok()
+                .and_then(|t| t.last().copied())
+                .unwrap_or(0)
+        })
+        .collect();
+    let m = &model.model;
+    let mut cache = KvCache::new(&m.config, 1, ids.len(), &m.device());
+    let h = m.forward(&ids, ids.len(), &mut cache);
+    let logits: Vec<f32> = m
+        .logits(h.narrow(0, ids.len() - 1, 1))
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("logits are f32");
+    choice_probs(&logits, &choices)
+}
+
+#[derive(Default)]
+pub struct JudgeExecutor {
+    model: ModelSlot,
+}
+
+impl Executor for JudgeExecutor {
+    fn kind(&self) -> &str {
+        "judge"
+    }
+
+    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+        let cfg: JudgeConfig = config("judge", &task.config_json)?;
+        let judge = self.model.get(&ModelKey {
+            model: model_path(&cfg.model)?,
+            adapter: None,
+        })?;
+        let mut rows: Vec<AnswersRow> = read_task(task, "")?;
+        let rows_in = rows.len() as u64;
+        for row in &mut rows {
+            if task.cancelled() {
+                return Err("cancelled".into());
+            }
+            let n = row.responses.len();
+            row.judge_labels = vec![String::new(); n];
+            row.judge_probs = vec![f32::NAN; n];
+            let Ok(survivor) = before_judge(&filter_samples(row), cfg.min_label_prob) else {
+                continue;
+            };
+            for (i, _, summary) in &survivor.summaries {
+                let (label, p) = judge_summary(&judge, summary, cfg.summary_tokens);
+                row.judge_labels[*i] = label.as_u8().to_string();
+                row.judge_probs[*i] = p;
+            }
+        }
+        let files = write_rows(task, "", rows, WriterOptions::default())?;
+        Ok(TaskOutput {
+            rows_in,
+            files,
+            quarantined: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,292 @@
+//! The executors of the self-training loop's stages, and what they share: reading a task's
+//! rows, writing datasets and files under the attempt's prefix, fetching the files of an
+//! earlier stage named by a ref, and a model kept loaded between tasks.
+//!
+//! | kind | input | output |
+//! |---|---|---|
+//! | `train` | a labelled split (`labels/` + `scripts/`), one task | `adapter/`, `lineage.json` |
+//! | `generate` | scripts ([`CorpusRow`]) | [`AnswersRow`] per script |
+//! | `judge` | [`AnswersRow`] | the same rows with the judge's verdicts |
+//! | `filter` | judged [`AnswersRow`] | [`DecisionRow`] per script |
+//! | `aggregate` | every [`DecisionRow`], one task | the next training set, rejected set, funnel, manifest |
+//! | `report` | the test split, one task | `report.md`, `report.json`, charts |
+
+pub mod aggregate;
+pub mod filter;
+pub mod generate;
+pub mod judge;
+pub mod report;
+pub mod train;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use automaldesc_common::manifest::ManifestFile;
+use automaldesc_common::parquet_io::{read_row_groups, DatasetWriter, WriterOptions};
+use automaldesc_common::schema::ArrowRow;
+use automaldesc_common::store::{block_on, child, open_object, open_store};
+use burn::tensor::Device;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload};
+use serde::Deserialize;
+
+use crate::executor::TaskInput;
+use crate::runtime::Annotator;
+
+/// Errors of a stage executor are strings: they travel to the coordinator as the reason a
+/// task failed.
+pub type StageResult<T> = Result<T, String>;
+
+fn err(context: &str) -> impl Fn(automaldesc_common::Error) -> String + '_ {
+    move |e| format!("{context}: {e}")
+}
+
+/// The committed files of an earlier stage, as the coordinator resolves a ref.
+#[derive(Clone, Debug, Deserialize)]
+pub struct StageRef {
+    /// Object-store URL the file paths are relative to.
+    pub root: String,
+    pub stage: u32,
+    pub files: Vec<String>,
+}
+
+impl StageRef {
+    /// The files whose path ends with `suffix`.
+    pub fn ending_with(&self, suffix: &str) -> Vec<&str> {
+        self.files
+            .iter()
+            .filter(|f| f.ends_with(suffix))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// The file ending with `suffix`; an error if none or several do.
+    pub fn one(&self, suffix: &str) -> StageResult<&str> {
+        match self.ending_with(suffix).as_slice() {
+            [one] => Ok(one),
+            found => Err(format!(
+                "stage {} committed {} files ending with {suffix} (expected one)",
+                self.stage,
+                found.len()
+            )),
+        }
+    }
+
+    pub fn read(&self, path: &str) -> StageResult<Vec<u8>> {
+        let (store, _) = open_store(&self.root).map_err(err("opening a ref's store"))?;
+        let p = ObjectPath::from(path);
+        block_on(async move {
+            let got = store.get(&p).await?;
+            got.bytes().await
+        })
+        .map_err(|e| e.to_string())?
+        .map(|b| b.to_vec())
+        .map_err(|e| format!("reading {path}: {e}"))
+    }
+
+    /// Rows of every Parquet file whose path contains `part`.
+    pub fn rows<R: ArrowRow>(&self, part: &str) -> StageResult<Vec<R>> {
+        let (store, _) = open_store(&self.root).map_err(err("opening a ref's store"))?;
+        let files: Vec<&String> = self
+            .files
+            .iter()
+            .filter(|f| f.ends_with(".parquet") && f.contains(part))
+            .collect();
+        block_on(async move {
+            let mut rows = Vec::new();
+            for f in files {
+                let p = ObjectPath::from(f.as_str());
+                rows.extend(read_all_row_groups::<R>(store.clone(), &p).await?);
+            }
+            Ok::<_, automaldesc_common::Error>(rows)
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(err("reading a ref's rows"))
+    }
+
+    /// Copies the files under `dir_part` (e.g. `adapter/`) into a local directory keyed by
+    /// their content, and returns it. Fetched once per worker.
+    pub fn fetch_dir(&self, dir_part: &str) -> StageResult<PathBuf> {
+        let files: Vec<&String> = self.files.iter().filter(|f| f.contains(dir_part)).collect();
+        if files.is_empty() {
+            return Err(format!(
+                "stage {} committed no file under {dir_part}",
+                self.stage
+            ));
+        }
+        let key = automaldesc_common::sha256_hex(
+            files
+                .iter()
+                .map(|f| format!("{}/{f}", self.root))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .as_bytes(),
+        );
+        let dir = std::env::temp_dir()
+            .join("automaldesc-refs")
+            .join(&key[..16]);
+        if dir.join(".complete").exists() {
+            return Ok(dir);
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for f in files {
+            let name = f.rsplit('/').next().unwrap_or(f);
+            let bytes = self.read(f)?;
+            std::fs::write(dir.join(name), bytes).map_err(|e| format!("{name}: {e}"))?;
+        }
+        std::fs::write(dir.join(".complete"), b"").map_err(|e| e.to_string())?;
+        Ok(dir)
+    }
+}
+
+async fn read_all_row_groups<R: ArrowRow>(
+    store: Arc<dyn ObjectStore>,
+    path: &ObjectPath,
+) -> automaldesc_common::Result<Vec<R>> {
+    let layout = automaldesc_common::parquet_io::file_layout(store.clone(), path).await?;
+    read_row_groups(store, path, 0..layout.num_row_groups()).await
+}
+
+/// The refs the coordinator resolved into a stage's config.
+pub fn refs(config_json: &str) -> StageResult<BTreeMap<String, StageRef>> {
+    #[derive(Deserialize)]
+    struct WithRefs {
+        #[serde(default)]
+        refs: BTreeMap<String, StageRef>,
+    }
+    let w: WithRefs =
+        serde_json::from_str(config_json).map_err(|e| format!("stage refs: {e}"))?;
+    Ok(w.refs)
+}
+
+/// A stage's config, with the `refs` the coordinator added taken out.
+pub fn config<T: for<'de> Deserialize<'de>>(kind: &str, config_json: &str) -> StageResult<T> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(config_json).map_err(|e| format!("{kind} stage config: {e}"))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("refs");
+    }
+    serde_json::from_value(v).map_err(|e| format!("{kind} stage config: {e}"))
+}
+
+/// The task's rows from the files whose path contains `part` (all files when empty).
+pub fn read_task<R: ArrowRow>(task: &TaskInput, part: &str) -> StageResult<Vec<R>> {
+    let (input, _) = open_object(&task.input_root).map_err(err("opening the task's input"))?;
+    block_on(async move {
+        let mut rows = Vec::new();
+        for (file, start, end) in task.ranges.iter().filter(|r| r.0.contains(part)) {
+            let got = read_row_groups(input.clone(), &ObjectPath::from(file.as_str()), *start..*end)
+                .await?;
+            rows.extend(got);
+        }
+        Ok::<_, automaldesc_common::Error>(rows)
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(err("reading the task's input"))
+}
+
+/// Writes `rows` as a dataset under `<output prefix>/<sub>`; paths come back relative to
+/// the output prefix.
+pub fn write_rows<R: ArrowRow>(
+    task: &TaskInput,
+    sub: &str,
+    rows: Vec<R>,
+    opts: WriterOptions,
+) -> StageResult<Vec<ManifestFile>> {
+    let (out, prefix) = open_store(&task.output_prefix).map_err(err("opening the output"))?;
+    let dir = if sub.is_empty() {
+        prefix
+    } else {
+        child(&prefix, sub)
+    };
+    let files = block_on(async move {
+        let mut w = DatasetWriter::<R>::new(out, dir, opts);
+        w.write_all(rows).await?;
+        w.finish().await
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(err("writing the output"))?;
+    Ok(files
+        .into_iter()
+        .map(|f| ManifestFile {
+            path: if sub.is_empty() {
+                f.path
+            } else {
+                format!("{sub}/{}", f.path)
+            },
+            ..f
+        })
+        .collect())
+}
+
+/// Writes one file at `<output prefix>/<name>`.
+pub fn write_file(task: &TaskInput, name: &str, bytes: Vec<u8>) -> StageResult<ManifestFile> {
+    let (out, prefix) = open_store(&task.output_prefix).map_err(err("opening the output"))?;
+    let sha256 = automaldesc_common::sha256_hex(&bytes);
+    let len = bytes.len() as u64;
+    let path = child(&prefix, name);
+    block_on(async move { out.put(&path, PutPayload::from(bytes)).await })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("writing {name}: {e}"))?;
+    Ok(ManifestFile {
+        path: name.to_string(),
+        rows: 0,
+        bytes: len,
+        sha256,
+    })
+}
+
+/// Where a stage finds its model: a GGUF file or a Hugging Face directory on the worker.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ModelKey {
+    pub model: PathBuf,
+    /// A LoRA adapter (PEFT layout) merged into it.
+    pub adapter: Option<PathBuf>,
+}
+
+/// One loaded model, kept between tasks and replaced when a task asks for another.
+#[derive(Default)]
+pub struct ModelSlot {
+    loaded: Mutex<Option<(ModelKey, Arc<Annotator>)>>,
+}
+
+impl ModelSlot {
+    pub fn get(&self, key: &ModelKey) -> StageResult<Arc<Annotator>> {
+        let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, a)) = slot.as_ref() {
+            if k == key {
+                return Ok(a.clone());
+            }
+        }
+        *slot = None;
+        let device = Device::flex();
+        let mut annotator = Annotator::load(&key.model, &device)
+            .map_err(|e| format!("loading {}: {e}", key.model.display()))?;
+        if let Some(a) = &key.adapter {
+            annotator = annotator
+                .with_adapter(a)
+                .map_err(|e| format!("adapter {}: {e}", a.display()))?;
+        }
+        let annotator = Arc::new(annotator);
+        *slot = Some((key.clone(), annotator.clone()));
+        Ok(annotator)
+    }
+}
+
+/// The model path of a stage config: as given, checked to exist on this worker.
+pub fn model_path(model: &str) -> StageResult<PathBuf> {
+    let p = PathBuf::from(model);
+    if Path::new(&p).exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "model {model} not found on this worker (run deploy/fetch_model.sh or set `model`)"
+        ))
+    }
+}
+
+/// The adapter directory of the ref named `name`, fetched locally; `None` without the ref.
+pub fn adapter_of(refs: &BTreeMap<String, StageRef>, name: &str) -> StageResult<Option<PathBuf>> {
+    refs.get(name).map(|r| r.fetch_dir("adapter/")).transpose()
+}

@@ -1,0 +1,200 @@
+//! `report`: one task over the test split's labels. It scores the answers of the ref
+//! `answers` (the evaluate stage of this iteration) against them, runs McNemar's tests
+//! against the ref `previous` (the annotator before), asks the judge which of the two
+//! annotators' summaries is better on the shortest test scripts (both orders), reads the
+//! funnel of the ref `funnel`, and the history of the ref `history` (the previous report).
+//! Writes `report.json`, `report.md`, `funnel.svg` and `languages.svg`.
+
+use std::collections::HashMap;
+
+use automaldesc_common::eval::{self, parse_response, Answers, Reference};
+use automaldesc_common::report::{FunnelSummary, HistoryPoint, IterationReport, Preference};
+use automaldesc_common::schema::{AnswersRow, LabelledRow};
+use serde::Deserialize;
+
+use super::judge::choice_probs_after;
+use super::{config, model_path, read_task, refs, write_file, ModelKey, ModelSlot, StageRef};
+use crate::executor::{Executor, TaskInput, TaskOutput};
+use crate::prompt;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    pub run: String,
+    pub iteration: u32,
+    /// This annotator's name ("base", "V1"...), and the previous one's.
+    pub annotator: String,
+    #[serde(default)]
+    pub previous_annotator: Option<String>,
+    /// The judge model, for the preference between summaries.
+    pub judge_model: String,
+    /// Test scripts (the shortest) on which the judge compares the two annotators.
+    #[serde(default = "default_preference_scripts")]
+    pub preference_scripts: usize,
+    /// Script bytes shown to the preference judge (longer scripts are cut).
+    #[serde(default = "default_preference_bytes")]
+    pub preference_bytes: usize,
+}
+
+fn default_preference_scripts() -> usize {
+    16
+}
+fn default_preference_bytes() -> usize {
+    2000
+}
+
+fn answers(r: &StageRef) -> Result<(Answers, HashMap<String, Vec<u8>>, String), String> {
+    let rows: Vec<AnswersRow> = r.rows("")?;
+    let model = rows.first().map(|a| a.model_id.clone()).unwrap_or_default();
+    let content = rows
+        .iter()
+        .map(|a| (a.sha256.clone(), a.content.clone()))
+        .collect();
+    let answers = rows.into_iter().map(|a| (a.sha256, a.responses)).collect();
+    Ok((answers, content, model))
+}
+
+/// The first well-formed summary of a script's answers.
+fn summary_of(answers: &Answers, sha: &str) -> Option<String> {
+    answers
+        .get(sha)?
+        .iter()
+        .find_map(|r| parse_response(r).map(|p| p.summary))
+}
+
+#[derive(Default)]
+pub struct ReportExecutor {
+    model: ModelSlot,
+}
+
+impl ReportExecutor {
+    fn preference(
+        &self,
+        cfg: &ReportConfig,
+        newer: &Answers,
+        older: &Answers,
+        content: &HashMap<String, Vec<u8>>,
+    ) -> Result<Preference, String> {
+        let judge = self.model.get(&ModelKey {
+            model: model_path(&cfg.judge_model)?,
+            adapter: None,
+        })?;
+        let mut both: Vec<(&String, &Vec<u8>, String, String)> = content
+            .iter()
+            .filter_map(|(sha, bytes)| {
+                Some((sha, bytes, summary_of(newer, sha)?, summary_of(older, sha)?))
+            })
+            .collect();
+        both.sort_by(|a, b| a.1.len().cmp(&b.1.len()).then(a.0.cmp(b.0)));
+        both.truncate(cfg.preference_scripts);
+        let mut p = Preference::default();
+        for (_, bytes, new, old) in &both {
+            let text = String::from_utf8_lossy(bytes);
+            let script: String = text.chars().take(cfg.preference_bytes).collect();
+            let ask = |a: &str, b: &str| {
+                let user = prompt::preference_user_message(&script, a, b);
+                let probs = choice_probs_after(&judge, prompt::PREFERENCE_SYSTEM, &user, &["A", "B"]);
+                probs[0] >= probs[1]
+            };
+            let new_first = ask(new, old);
+            let old_first = ask(old, new);
+            p.scripts += 1;
+            match (new_first, !old_first) {
+                (true, true) => p.newer_wins += 1,
+                (false, false) => p.older_wins += 1,
+                _ => p.orders_disagree += 1,
+            }
+        }
+        let decided = p.newer_wins + p.older_wins;
+        p.win_rate = (decided > 0).then(|| p.newer_wins as f64 / decided as f64);
+        Ok(p)
+    }
+}
+
+impl Executor for ReportExecutor {
+    fn kind(&self) -> &str {
+        "report"
+    }
+
+    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+        let cfg: ReportConfig = config("report", &task.config_json)?;
+        let refs = refs(&task.config_json)?;
+        let labels: Vec<LabelledRow> = read_task(task, "")?;
+        let references: Vec<Reference> = labels
+            .iter()
+            .map(|l| Reference {
+                sha256: l.sha256.clone(),
+                language: l.language,
+                label: l.label,
+                summary: l.summary.clone(),
+            })
+            .collect();
+        let current = refs.get("answers").ok_or("report: no `answers` ref")?;
+        let (now, content, model_id) = answers(current)?;
+        let evaluation = eval::evaluate(&now, &references).map_err(|e| e.to_string())?;
+        let (previous, preference) = match refs.get("previous") {
+            Some(r) => {
+                let (before, _, _) = answers(r)?;
+                let cmp = eval::compare(&before, &now, &references).map_err(|e| e.to_string())?;
+                let name = cfg
+                    .previous_annotator
+                    .clone()
+                    .unwrap_or_else(|| "previous".into());
+                let pref = if cfg.preference_scripts > 0 {
+                    Some(self.preference(&cfg, &now, &before, &content)?)
+                } else {
+                    None
+                };
+                (Some((name, cmp)), pref)
+            }
+            None => (None, None),
+        };
+        let funnel: Option<FunnelSummary> = match refs.get("funnel") {
+            Some(r) => {
+                let bytes = r.read(r.one("funnel.json")?)?;
+                Some(serde_json::from_slice(&bytes).map_err(|e| format!("funnel.json: {e}"))?)
+            }
+            None => None,
+        };
+        let mut history = match refs.get("history") {
+            Some(r) => {
+                let bytes = r.read(r.one("report.json")?)?;
+                let before: IterationReport =
+                    serde_json::from_slice(&bytes).map_err(|e| format!("report.json: {e}"))?;
+                before.history
+            }
+            None => Vec::new(),
+        };
+        history.push(HistoryPoint::of(&cfg.annotator, &evaluation));
+        let report = IterationReport {
+            run: cfg.run.clone(),
+            iteration: cfg.iteration,
+            annotator: cfg.annotator.clone(),
+            model_id,
+            evaluation,
+            previous,
+            funnel,
+            preference,
+            history,
+        };
+        let mut files = Vec::new();
+        let funnel_svg = report.funnel_svg();
+        if let Some(svg) = &funnel_svg {
+            files.push(write_file(task, "funnel.svg", svg.clone().into_bytes())?);
+        }
+        files.push(write_file(
+            task,
+            "languages.svg",
+            report.languages_svg().into_bytes(),
+        )?);
+        let md = report.markdown(funnel_svg.as_ref().map(|_| "funnel.svg"), "languages.svg");
+        files.push(write_file(task, "report.md", md.into_bytes())?);
+        let json = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
+        files.push(write_file(task, "report.json", json)?);
+        Ok(TaskOutput {
+            rows_in: labels.len() as u64,
+            files,
+            quarantined: Vec::new(),
+        })
+    }
+}

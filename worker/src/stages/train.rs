@@ -1,0 +1,177 @@
+//! `train`: one task over a labelled split (`labels/` + `scripts/`), which fine-tunes a LoRA
+//! adapter of the base model and writes it in PEFT's layout under `adapter/`, with
+//! `lineage.json` (base model hash, training-set hash, hyperparameters, losses, wall time).
+//! Training checkpoints after every step into a directory on the worker keyed by the task's
+//! input and config, so an attempt retried on the same worker resumes where the last one
+//! stopped (bit-identical to an uninterrupted run).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use automaldesc_common::schema::{CorpusRow, LabelledRow};
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::Deserialize;
+
+use super::{config, model_path, read_task, write_file};
+use crate::executor::{Executor, TaskInput, TaskOutput};
+use crate::runtime::Annotator;
+use crate::train::data::{render, Budget};
+use crate::train::{train, EpochLoss, TrainConfig};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainStageConfig {
+    pub model: String,
+    pub train: TrainConfig,
+    pub prompt_tokens: usize,
+    pub answer_tokens: usize,
+    /// Fraction of the scripts held out (by hash) for validation.
+    pub val_fraction: f64,
+}
+
+pub struct TrainExecutor;
+
+impl Executor for TrainExecutor {
+    fn kind(&self) -> &str {
+        "train"
+    }
+
+    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+        let cfg: TrainStageConfig = config("train", &task.config_json)?;
+        let started = Instant::now();
+        let labels: Vec<LabelledRow> = read_task(task, "/labels/")?;
+        let scripts: Vec<CorpusRow> = read_task(task, "/scripts/")?;
+        if labels.is_empty() {
+            return Err("train: the input holds no labels (expected a labels/ dataset)".into());
+        }
+        let by_sha: HashMap<&str, &CorpusRow> =
+            scripts.iter().map(|r| (r.sha256.as_str(), r)).collect();
+        let model = model_path(&cfg.model)?;
+        let device = Device::flex().autodiff();
+        let mut annotator =
+            Annotator::load(&model, &device).map_err(|e| format!("{}: {e}", model.display()))?;
+        annotator.model = annotator.model.no_grad();
+        let budget = Budget {
+            prompt: cfg.prompt_tokens,
+            answer: cfg.answer_tokens,
+        };
+        let (mut tr, mut va, mut shas) = (Vec::new(), Vec::new(), Vec::new());
+        let mut sorted: Vec<&LabelledRow> = labels.iter().collect();
+        sorted.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+        for l in sorted {
+            let script = by_sha
+                .get(l.sha256.as_str())
+                .ok_or_else(|| format!("train: label {} has no script", l.sha256))?;
+            let ex = render(
+                &annotator,
+                &script.content,
+                l.language,
+                l.label.as_u8() == 1,
+                &l.summary,
+                budget,
+            );
+            let h = u64::from_str_radix(&l.sha256[..12.min(l.sha256.len())], 16).unwrap_or(0);
+            if (h % 10_000) as f64 / 10_000.0 < cfg.val_fraction {
+                va.push(ex);
+            } else {
+                tr.push(ex);
+                shas.push(l.sha256.clone());
+            }
+        }
+        let key = automaldesc_common::sha256_hex(
+            format!("{}|{:?}|{}", task.input_root, task.ranges, task.config_json).as_bytes(),
+        );
+        let ckpt = std::env::temp_dir()
+            .join("automaldesc-train")
+            .join(&key[..16]);
+        let cancel = task.cancel.clone();
+        let trained = train(&annotator.model, &tr, &va, &cfg.train, Some(&ckpt), &mut |p| {
+            tracing::info!(
+                step = p.step,
+                total = p.total_steps,
+                epoch = p.epoch + 1,
+                loss = p.loss,
+                "training"
+            );
+            !cancel.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .map_err(|e| format!("train: {e}"))?
+        .ok_or("cancelled")?;
+        let model_sha256 = file_sha256(&model)?;
+        let set_sha256 = automaldesc_common::sha256_hex(shas.join("\n").as_bytes());
+        let epochs: Vec<EpochLoss> = trained
+            .history
+            .iter()
+            .map(|h| EpochLoss {
+                epoch: h.epoch + 1,
+                ..h.clone()
+            })
+            .collect();
+        let meta = BTreeMap::from([
+            ("base_model".to_string(), annotator.model_id.clone()),
+            ("base_model_sha256".to_string(), model_sha256.clone()),
+            ("training_set_sha256".to_string(), set_sha256.clone()),
+            (
+                "best_epoch".to_string(),
+                (trained.best_epoch + 1).to_string(),
+            ),
+        ]);
+        let local = ckpt.join("adapter-out");
+        trained
+            .adapter
+            .save_peft(&local, &annotator.model_id, &meta)
+            .map_err(|e| format!("saving the adapter: {e}"))?;
+        let mut files = Vec::new();
+        let mut names: Vec<_> = std::fs::read_dir(&local)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        for name in names {
+            let bytes = std::fs::read(local.join(&name)).map_err(|e| e.to_string())?;
+            files.push(write_file(task, &format!("adapter/{name}"), bytes)?);
+        }
+        let lineage = serde_json::json!({
+            "base_model": annotator.model_id,
+            "base_model_sha256": model_sha256,
+            "training_set": { "input": task.input_root, "examples": tr.len(), "validation": va.len(),
+                              "sha256_of_script_hashes": set_sha256 },
+            "config": cfg.train,
+            "epochs": epochs,
+            "best_epoch": trained.best_epoch + 1,
+            "steps": trained.steps,
+            "stopped_early": trained.stopped_early,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        let lineage = serde_json::to_vec_pretty(&lineage).map_err(|e| e.to_string())?;
+        files.push(write_file(task, "lineage.json", lineage)?);
+        let shas_json = serde_json::to_vec(&shas).map_err(|e| e.to_string())?;
+        files.push(write_file(task, "training_set.json", shas_json)?);
+        // The outputs are written; a later attempt would train from scratch on purpose.
+        let _ = std::fs::remove_dir_all(&ckpt);
+        Ok(TaskOutput {
+            rows_in: labels.len() as u64,
+            files,
+            quarantined: Vec::new(),
+        })
+    }
+}
+
+/// Hex sha256 of a model file (of a directory's files, by name).
+pub fn file_sha256(path: &std::path::Path) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut files = vec![path.to_path_buf()];
+    if path.is_dir() {
+        files = std::fs::read_dir(path)
+            .and_then(|d| d.map(|e| e.map(|e| e.path())).collect())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        files.sort();
+    }
+    for f in files.iter().filter(|f| f.is_file()) {
+        let mut file = std::fs::File::open(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
