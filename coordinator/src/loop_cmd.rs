@@ -73,6 +73,10 @@ pub struct LoopConfig {
     /// Sampling temperatures: one sample per temperature per script.
     #[serde(default = "default_temperatures")]
     pub temperatures: Vec<f32>,
+    /// Temperatures of the test-set evaluation (default: `temperatures`); accuracies are
+    /// weighted by samples, as published.
+    #[serde(default)]
+    pub eval_temperatures: Option<Vec<f32>>,
     #[serde(default = "default_top_p")]
     pub top_p: f32,
     /// Seed of the sampling and of training.
@@ -281,8 +285,11 @@ impl LoopConfig {
         if self.iterations == 0 {
             bail!("`iterations` must be at least 1");
         }
-        if self.temperatures.is_empty() || self.temperatures.iter().any(|t| !(*t >= 0.0)) {
-            bail!("`temperatures` must be a non-empty list of non-negative numbers");
+        let lists = std::iter::once(&self.temperatures).chain(&self.eval_temperatures);
+        for temps in lists {
+            if temps.is_empty() || temps.iter().any(|t| !(*t >= 0.0)) {
+                bail!("temperatures must be non-empty lists of non-negative numbers");
+            }
         }
         let thresholds = std::iter::once(&self.confidence).chain(&self.confidence_schedule);
         for t in thresholds {
@@ -355,6 +362,15 @@ impl LoopConfig {
         })
     }
 
+    /// The evaluation's generate config: no early stop, the evaluation temperatures.
+    fn evaluate_config(&self) -> serde_json::Value {
+        let mut c = self.generate_config(false, self.confidence);
+        if let Some(t) = &self.eval_temperatures {
+            c["temperatures"] = json!(t);
+        }
+        c
+    }
+
     /// The run spec of the whole loop.
     pub fn run_spec(&self, base_model_sha256: &str) -> RunSpec {
         let test = self.test.trim_end_matches('/');
@@ -363,7 +379,7 @@ impl LoopConfig {
                 input,
                 single_task: single,
                 refs: refs.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
-                ..StageConfig::new(kind, config)
+                ..StageConfig::new(kind, without_nulls(config))
             }
         };
         let report_config = |k: u32, name: &str, previous: Option<String>| {
@@ -382,7 +398,7 @@ impl LoopConfig {
                 Some(format!("{test}/scripts")),
                 false,
                 &[],
-                self.generate_config(false, self.confidence),
+                self.evaluate_config(),
             ),
             stage(
                 "report",
@@ -472,7 +488,7 @@ impl LoopConfig {
                     Some(format!("{test}/scripts")),
                     false,
                     &[("adapter", s.train)],
-                    self.generate_config(false, threshold),
+                    self.evaluate_config(),
                 ),
                 stage(
                     "report",
@@ -508,6 +524,18 @@ impl LoopConfig {
                 format!("iteration {k} {what}")
             }
         }
+    }
+}
+
+/// `config` without its null members: a run spec is TOML, which has no null.
+fn without_nulls(config: serde_json::Value) -> serde_json::Value {
+    match config {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k, without_nulls(v)))
+            .collect(),
+        other => other,
     }
 }
 

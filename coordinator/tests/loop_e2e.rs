@@ -144,10 +144,10 @@ test = "{d}/corpus/test"
 output = "{out}"
 model = "{model}"
 iterations = 2
-temperatures = [0.0, 0.0]
+temperatures = [0.0, 1.0]
 max_new_tokens = 24
 prompt_tokens = 192
-confidence = 0.0
+confidence = 0.45
 slots = 4
 preference_scripts = 3
 task_bytes = 6000
@@ -247,6 +247,7 @@ async fn check_run(
         let all: BTreeSet<String> = acc.union(&rej).map(|s| s.to_string()).collect();
         assert_eq!(&all, corpus, "iteration {k}: every script exactly once");
         let f = &o.funnel;
+        eprintln!("iteration {k}: {} accepted; funnel {f:?}", o.accepted.len());
         assert!(f.adds_up(), "{f:?}");
         assert_eq!(f.unlabelled, corpus.len() as u64);
         assert_eq!(f.accepted, o.accepted.len() as u64 + f.accepted_in_seed);
@@ -304,7 +305,15 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let root = dir.path().to_path_buf();
+    let d = root.as_path();
+    eprintln!("working in {}", d.display());
+    let _dir = if std::env::var_os("AUTOMALDESC_KEEP_TEST_DIR").is_some() {
+        std::mem::forget(dir); // left for inspection
+        None
+    } else {
+        Some(dir)
+    };
     let model = d.join("tiny.gguf");
     write_tiny_model(&real, &model);
     let synth = SynthConfig {
