@@ -391,3 +391,137 @@ pub fn grouped_bars_svg(
     s.push_str("</svg>\n");
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::{evaluate, Reference};
+    use crate::types::{Label, Language};
+
+    fn funnel() -> FunnelSummary {
+        let mut f = Funnel::default();
+        for r in [Reason::Truncated, Reason::LabelDisagreement, Reason::LabelDisagreement] {
+            f.reject(r);
+        }
+        f.accept();
+        f.accept();
+        FunnelSummary {
+            unlabelled: 6,
+            unprocessed: 1,
+            seed: 3,
+            training_set: 5,
+            generated_tokens: 900,
+            saved_tokens: 100,
+            ..FunnelSummary::from_funnel(&f)
+        }
+    }
+
+    #[test]
+    fn a_funnel_adds_up_only_when_every_script_is_counted_once() {
+        let f = funnel();
+        assert_eq!(f.filtered, 5);
+        assert_eq!(f.rejected["label-disagreement"], 2);
+        assert_eq!(f.remaining.last(), Some(&("6-language".to_string(), 2)));
+        assert!(f.adds_up());
+        let lost = FunnelSummary {
+            unlabelled: 7,
+            ..f.clone()
+        };
+        assert!(!lost.adds_up(), "a script neither filtered nor unprocessed");
+        let mut double = f;
+        double.accepted += 1;
+        assert!(!double.adds_up());
+    }
+
+    fn report() -> IterationReport {
+        let refs = vec![
+            Reference {
+                sha256: "a".into(),
+                language: Language::Bash,
+                label: Label::Malicious,
+                summary: "Downloads and runs a payload.".into(),
+            },
+            Reference {
+                sha256: "b".into(),
+                language: Language::Python,
+                label: Label::Benign,
+                summary: "Prints a greeting.".into(),
+            },
+        ];
+        let answers = [
+            ("a", r#"{"language": "bash", "label": 1, "summary": "Downloads a payload."}"#),
+            ("b", r#"{"language": "bash", "label": 1, "summary": "Prints."}"#),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+        .collect();
+        let ev = evaluate(&answers, &refs).unwrap();
+        IterationReport {
+            run: "r".into(),
+            iteration: 1,
+            annotator: "V1".into(),
+            model_id: "m".into(),
+            history: vec![
+                HistoryPoint {
+                    annotator: "base".into(),
+                    label_accuracy: 0.25,
+                    language_accuracy: 0.5,
+                    per_language: [("bash".to_string(), 0.0), ("python".to_string(), 0.5)]
+                        .into_iter()
+                        .collect(),
+                },
+                HistoryPoint::of("V1", &ev),
+            ],
+            evaluation: ev,
+            previous: None,
+            funnel: Some(funnel()),
+            preference: Some(Preference {
+                scripts: 4,
+                newer_wins: 2,
+                older_wins: 1,
+                orders_disagree: 1,
+                win_rate: Some(2.0 / 3.0),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_markdown_carries_the_figures() {
+        let r = report();
+        assert_eq!(r.history[1].label_accuracy, 0.5);
+        assert_eq!(r.history[1].per_language["python"], 0.0);
+        let md = r.markdown(Some("funnel.svg"), "languages.svg");
+        for needle in [
+            "# Run r: iteration 1 (V1)",
+            "| 3-label-agreement | label-disagreement 2 | 2 |",
+            "| 2-well-formed | malformed 0, truncated 1 | 4 |",
+            "accepted 2 of 6 (33.3%)",
+            "early stop saved at most 100 (10.0%",
+            "newer preferred 2, older preferred 1, orders disagree 1 (25.0%); win rate 0.667",
+            "| base | 25.0 | 50.0 | 0.0 | 50.0 |",
+            "| V1 | 50.0 | 50.0 | 100.0 | 0.0 |",
+            "![funnel](funnel.svg)",
+        ] {
+            assert!(md.contains(needle), "{needle:?} missing from\n{md}");
+        }
+    }
+
+    #[test]
+    fn the_charts_have_a_bar_per_value() {
+        let r = report();
+        let funnel = r.funnel_svg().unwrap();
+        // unlabelled, reached filter, and the six funnel stages.
+        assert_eq!(funnel.matches("<rect").count(), 8);
+        assert!(funnel.starts_with("<svg") && funnel.trim_end().ends_with("</svg>"));
+        let langs = r.languages_svg();
+        // (bash, python, all) × (base, V1) bars plus a legend swatch per annotator.
+        assert_eq!(langs.matches("<rect").count(), 3 * 2 + 2);
+        // The base model's python bar is half the plot height (200 px).
+        assert!(langs.contains("height=\"100.0\""), "{langs}");
+        let none = IterationReport {
+            funnel: None,
+            ..r
+        };
+        assert!(none.funnel_svg().is_none());
+    }
+}

@@ -115,6 +115,61 @@ fn rejected_rows() -> Vec<RejectedRow> {
     }]
 }
 
+fn answers_rows() -> Vec<AnswersRow> {
+    let unjudged = AnswersRow {
+        sha256: "f".repeat(64),
+        content: b"echo hi\n".to_vec(),
+        temperatures: vec![0.4, 0.6],
+        responses: vec![
+            r#"{"language": "bash", "label": 0, "summary": "Prints hi."}"#.into(),
+            r#"{"language": "bash", "label": 1"#.into(),
+        ],
+        label_probs: vec![0.97, 0.51],
+        finishes: vec!["stop".into(), "early_stop_disagree".into()],
+        generated_tokens: 30,
+        saved_tokens: 490,
+        model_id: "m@1+lora@2".into(),
+        judge_labels: Vec::new(),
+        judge_probs: Vec::new(),
+    };
+    let judged = AnswersRow {
+        sha256: "0".repeat(64),
+        judge_labels: vec!["0".into(), String::new()],
+        judge_probs: vec![0.8, -1.0],
+        ..unjudged.clone()
+    };
+    vec![unjudged, judged]
+}
+
+fn decision_rows() -> Vec<DecisionRow> {
+    vec![
+        DecisionRow {
+            sha256: "1".repeat(64),
+            content: b"rm -rf /tmp/x".to_vec(),
+            accepted: true,
+            stage: "accepted".into(),
+            reason: String::new(),
+            language: Some(Language::Bash),
+            label: Some(Label::Benign),
+            summary: Some("Cleans a temporary directory.".into()),
+            temperature: 0.4,
+            label_prob: 0.99,
+        },
+        DecisionRow {
+            sha256: "2".repeat(64),
+            content: b"x".to_vec(),
+            accepted: false,
+            stage: "3-label-agreement".into(),
+            reason: "label-disagreement: labels 0,1,1".into(),
+            language: None,
+            label: None,
+            summary: None,
+            temperature: -1.0,
+            label_prob: -1.0,
+        },
+    ]
+}
+
 async fn round_trip<R: ArrowRow + PartialEq + std::fmt::Debug>(url: &str, rows: Vec<R>) {
     // Batch conversion alone.
     let batch = R::to_batch(&rows).unwrap();
@@ -143,6 +198,26 @@ async fn all_round_trips(base: &str) {
     round_trip(&format!("{base}/judgements"), judgement_rows()).await;
     round_trip(&format!("{base}/funnel"), funnel_rows()).await;
     round_trip(&format!("{base}/rejected"), rejected_rows()).await;
+    round_trip(&format!("{base}/answers"), answers_rows()).await;
+    round_trip(&format!("{base}/decisions"), decision_rows()).await;
+}
+
+#[test]
+fn inconsistent_answers_and_decisions_are_refused() {
+    let mut short = answers_rows();
+    short[0].label_probs.pop();
+    let batch = AnswersRow::to_batch(&short).unwrap();
+    let err = AnswersRow::from_batch(&batch).unwrap_err().to_string();
+    assert!(err.contains("per-sample lists of different lengths"), "{err}");
+    let mut half_judged = answers_rows();
+    half_judged[1].judge_labels.pop();
+    let batch = AnswersRow::to_batch(&half_judged).unwrap();
+    assert!(AnswersRow::from_batch(&batch).is_err());
+    let mut bare = decision_rows();
+    bare[0].summary = None;
+    let batch = DecisionRow::to_batch(&bare).unwrap();
+    let err = DecisionRow::from_batch(&batch).unwrap_err().to_string();
+    assert!(err.contains("lacks language, label or summary"), "{err}");
 }
 
 #[tokio::test]

@@ -174,6 +174,32 @@ mod tests {
     }
 
     #[test]
+    fn a_single_task_holds_every_non_empty_row_group_once() {
+        let f = |path: &str, groups: &[(u64, u64)]| InputFile {
+            path: path.into(),
+            row_groups: groups
+                .iter()
+                .map(|&(rows, bytes)| RowGroupStats { rows, bytes })
+                .collect(),
+        };
+        let files = [
+            f("a", &[(10, 100), (0, 0), (5, 50_000)]),
+            f("b", &[(3, 30)]),
+        ];
+        let tasks = plan_single(&files);
+        assert_eq!(tasks.len(), 1);
+        let t = &tasks[0];
+        assert_eq!((t.rows, t.bytes), (18, 50_130));
+        let ranges: Vec<(&str, usize, usize)> = t
+            .ranges
+            .iter()
+            .map(|r| (r.file.as_str(), r.start, r.end))
+            .collect();
+        assert_eq!(ranges, [("a", 0, 1), ("a", 2, 3), ("b", 0, 1)]);
+        assert!(plan_single(&[f("c", &[(0, 0)])]).is_empty());
+    }
+
+    #[test]
     fn every_row_group_is_in_exactly_one_task() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
         for case in 0..500 {

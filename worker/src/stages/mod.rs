@@ -126,16 +126,26 @@ impl StageRef {
         let dir = std::env::temp_dir()
             .join("automaldesc-refs")
             .join(&key[..16]);
-        if dir.join(".complete").exists() {
+        if dir.exists() {
             return Ok(dir);
         }
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Fetched into a directory of this process, then renamed into place: a worker next
+        // to this one never sees a half-written copy.
+        let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         for f in files {
             let name = f.rsplit('/').next().unwrap_or(f);
             let bytes = self.read(f)?;
-            std::fs::write(dir.join(name), bytes).map_err(|e| format!("{name}: {e}"))?;
+            std::fs::write(tmp.join(name), bytes).map_err(|e| format!("{name}: {e}"))?;
         }
-        std::fs::write(dir.join(".complete"), b"").map_err(|e| e.to_string())?;
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Another process put its copy in place first: the same files.
+            let _ = std::fs::remove_dir_all(&tmp);
+            if !dir.exists() {
+                return Err(format!("could not place {}", dir.display()));
+            }
+        }
         Ok(dir)
     }
 }

@@ -82,9 +82,15 @@ impl Executor for TrainExecutor {
         let key = automaldesc_common::sha256_hex(
             format!("{}|{:?}|{}", task.input_root, task.ranges, task.config_json).as_bytes(),
         );
-        let ckpt = std::env::temp_dir()
+        let base = std::env::temp_dir()
             .join("automaldesc-train")
             .join(&key[..16]);
+        // The checkpoint belongs to one process at a time: a twin attempt of the same task
+        // on this machine (speculation) trains in a directory of its own.
+        let (ckpt, _lock) = match CheckpointLock::take(&base) {
+            Some(lock) => (base, Some(lock)),
+            None => (base.with_extension(format!("pid-{}", std::process::id())), None),
+        };
         let cancel = task.cancel.clone();
         let trained = train(&annotator.model, &tr, &va, &cfg.train, Some(&ckpt), &mut |p| {
             tracing::info!(
@@ -155,6 +161,28 @@ impl Executor for TrainExecutor {
             files,
             quarantined: Vec::new(),
         })
+    }
+}
+
+/// An exclusive `flock` on `<dir>.lock`, held by the open file and released when it is
+/// dropped (or when the process dies).
+struct CheckpointLock {
+    _file: std::fs::File,
+}
+
+impl CheckpointLock {
+    fn take(dir: &std::path::Path) -> Option<Self> {
+        std::fs::create_dir_all(dir.parent()?).ok()?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.with_extension("lock"))
+            .ok()?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        (rc == 0).then_some(Self { _file: file })
     }
 }
 
