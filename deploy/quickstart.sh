@@ -16,7 +16,7 @@ bin=target/debug/automaldesc
 
 if [ -f "$out/DONE" ]; then rm -rf "$out"; fi
 if [ ! -f "$out/corpus/synth.json" ]; then
-  $bin corpus synth --out "$out/corpus" --scale 0.005 --unlabelled-scale 0.00015 --seed 1
+  $bin corpus synth --out "$out/corpus" --scale 0.005 --seed-scale 0.03 --unlabelled-scale 0.00015 --seed 1
 fi
 $bin loop deploy/loop/small.toml --state-dir "$out/state"
 touch "$out/DONE"

@@ -125,6 +125,7 @@ mod tests {
             scale: 0.01,
             noisy_label_error: 0.1,
             unlabelled_scale: None,
+            seed_scale: None,
         };
         let out = "memory://synth-test/corpus";
         let report = write_synth_corpus(&cfg, out, &WriterOptions::default())

@@ -53,6 +53,9 @@ pub enum CorpusCmd {
         /// Scale of the unlabelled split alone (default: --scale).
         #[arg(long)]
         unlabelled_scale: Option<f64>,
+        /// Scale of the seed split alone (default: --scale).
+        #[arg(long)]
+        seed_scale: Option<f64>,
         #[command(flatten)]
         sizing: SizingArgs,
     },
@@ -114,12 +117,13 @@ pub fn run(cmd: CorpusCmd) -> anyhow::Result<()> {
             seed,
             noisy_label_error,
             unlabelled_scale,
+            seed_scale,
             sizing,
         } => {
             anyhow::ensure!(scale > 0.0, "--scale must be positive, got {scale}");
             anyhow::ensure!(
-                unlabelled_scale.is_none_or(|s| s > 0.0),
-                "--unlabelled-scale must be positive"
+                unlabelled_scale.is_none_or(|s| s > 0.0) && seed_scale.is_none_or(|s| s > 0.0),
+                "--unlabelled-scale and --seed-scale must be positive"
             );
             anyhow::ensure!(
                 (0.0..=1.0).contains(&noisy_label_error),
@@ -130,6 +134,7 @@ pub fn run(cmd: CorpusCmd) -> anyhow::Result<()> {
                 scale,
                 noisy_label_error,
                 unlabelled_scale,
+                seed_scale,
             };
             let started = std::time::Instant::now();
             let report = block_on(write_synth_corpus(&cfg, &out, &sizing.writer()))?

@@ -287,7 +287,7 @@ impl LoopConfig {
         }
         let lists = std::iter::once(&self.temperatures).chain(&self.eval_temperatures);
         for temps in lists {
-            if temps.is_empty() || temps.iter().any(|t| !(*t >= 0.0)) {
+            if temps.is_empty() || temps.iter().any(|t| t.is_nan() || *t < 0.0) {
                 bail!("temperatures must be non-empty lists of non-negative numbers");
             }
         }

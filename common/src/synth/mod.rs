@@ -49,6 +49,8 @@ pub struct SynthConfig {
     /// Multiplier on the unlabelled split alone (default: `scale`), for small runs with a
     /// usable seed and test split.
     pub unlabelled_scale: Option<f64>,
+    /// Multiplier on the seed split alone (default: `scale`).
+    pub seed_scale: Option<f64>,
 }
 
 impl Default for SynthConfig {
@@ -58,6 +60,7 @@ impl Default for SynthConfig {
             scale: 1.0,
             noisy_label_error: 0.08,
             unlabelled_scale: None,
+            seed_scale: None,
         }
     }
 }
@@ -158,6 +161,7 @@ pub fn plan(cfg: &SynthConfig) -> Vec<CellCount> {
                     n,
                     match split {
                         Split::Unlabelled => cfg.unlabelled_scale.unwrap_or(cfg.scale),
+                        Split::Seed => cfg.seed_scale.unwrap_or(cfg.scale),
                         _ => cfg.scale,
                     },
                 ),

@@ -313,6 +313,7 @@ fn noisy_labels_follow_the_configured_rate() {
         noisy_label_error: 0.2,
         seed: 3,
         unlabelled_scale: None,
+        seed_scale: None,
     };
     let mut n = 0;
     let mut flipped = 0;
@@ -436,4 +437,25 @@ fn dump_scripts() {
         );
         std::fs::write(dir.join(name), &s.content).expect("write script");
     }
+}
+
+#[test]
+fn split_scales_override_the_scale_of_their_split_only() {
+    let total = |c: &SynthConfig, split: Split| -> u64 {
+        plan(c)
+            .iter()
+            .filter(|x| x.split == split)
+            .map(|x| x.count)
+            .sum()
+    };
+    let base = cfg(0.01);
+    let custom = SynthConfig {
+        unlabelled_scale: Some(0.0002),
+        seed_scale: Some(0.03),
+        ..base
+    };
+    assert_eq!(total(&custom, Split::Test), total(&base, Split::Test));
+    // Published seed cells times 0.03, rounded, at least 1 each.
+    assert_eq!(total(&custom, Split::Seed), 27);
+    assert!(total(&custom, Split::Unlabelled) < total(&base, Split::Unlabelled) / 10);
 }

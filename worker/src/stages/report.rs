@@ -43,15 +43,23 @@ fn default_preference_bytes() -> usize {
     2000
 }
 
-fn answers(r: &StageRef) -> Result<(Answers, HashMap<String, Vec<u8>>, String), String> {
+/// An evaluate stage's output: the answers, the scripts by sha256, and the model's id.
+struct Evaluated {
+    answers: Answers,
+    content: HashMap<String, Vec<u8>>,
+    model_id: String,
+}
+
+fn evaluated(r: &StageRef) -> Result<Evaluated, String> {
     let rows: Vec<AnswersRow> = r.rows("")?;
-    let model = rows.first().map(|a| a.model_id.clone()).unwrap_or_default();
-    let content = rows
-        .iter()
-        .map(|a| (a.sha256.clone(), a.content.clone()))
-        .collect();
-    let answers = rows.into_iter().map(|a| (a.sha256, a.responses)).collect();
-    Ok((answers, content, model))
+    Ok(Evaluated {
+        model_id: rows.first().map(|a| a.model_id.clone()).unwrap_or_default(),
+        content: rows
+            .iter()
+            .map(|a| (a.sha256.clone(), a.content.clone()))
+            .collect(),
+        answers: rows.into_iter().map(|a| (a.sha256, a.responses)).collect(),
+    })
 }
 
 /// The first well-formed summary of a script's answers.
@@ -130,11 +138,15 @@ impl Executor for ReportExecutor {
             })
             .collect();
         let current = refs.get("answers").ok_or("report: no `answers` ref")?;
-        let (now, content, model_id) = answers(current)?;
+        let Evaluated {
+            answers: now,
+            content,
+            model_id,
+        } = evaluated(current)?;
         let evaluation = eval::evaluate(&now, &references).map_err(|e| e.to_string())?;
         let (previous, preference) = match refs.get("previous") {
             Some(r) => {
-                let (before, _, _) = answers(r)?;
+                let before = evaluated(r)?.answers;
                 let cmp = eval::compare(&before, &now, &references).map_err(|e| e.to_string())?;
                 let name = cfg
                     .previous_annotator
