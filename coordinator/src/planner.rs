@@ -73,29 +73,40 @@ pub fn length_class(g: RowGroupStats) -> u8 {
 /// Every row group with at least one row goes into exactly one task. Within a length class,
 /// row groups are taken in file order and packed until the next one would pass the target;
 /// adjacent row groups of one file merge into one range.
+impl TaskPlan {
+    fn empty(length_class: u8) -> Self {
+        TaskPlan {
+            ranges: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            length_class,
+        }
+    }
+
+    /// Adds row group `i` of `file`, extending the last range when it is adjacent.
+    fn add(&mut self, file: &str, i: usize, g: &RowGroupStats) {
+        match self.ranges.last_mut() {
+            Some(r) if r.file == file && r.end == i => r.end = i + 1,
+            _ => self.ranges.push(RowGroupRange {
+                file: file.to_string(),
+                start: i,
+                end: i + 1,
+            }),
+        }
+        self.rows += g.rows;
+        self.bytes += g.bytes;
+    }
+}
+
 /// Every non-empty row group of `files` as one task (no task when there are none).
 pub fn plan_single(files: &[InputFile]) -> Vec<TaskPlan> {
-    let mut task = TaskPlan {
-        ranges: Vec::new(),
-        rows: 0,
-        bytes: 0,
-        length_class: 0,
-    };
+    let mut task = TaskPlan::empty(0);
     for file in files {
         for (i, g) in file.row_groups.iter().enumerate() {
             if g.rows == 0 {
                 continue;
             }
-            match task.ranges.last_mut() {
-                Some(r) if r.file == file.path && r.end == i => r.end = i + 1,
-                _ => task.ranges.push(RowGroupRange {
-                    file: file.path.clone(),
-                    start: i,
-                    end: i + 1,
-                }),
-            }
-            task.rows += g.rows;
-            task.bytes += g.bytes;
+            task.add(&file.path, i, g);
         }
     }
     if task.ranges.is_empty() {
@@ -121,22 +132,8 @@ pub fn plan(files: &[InputFile], opts: PlanOptions) -> Vec<TaskPlan> {
             {
                 done.extend(slot.take());
             }
-            let task = slot.get_or_insert_with(|| TaskPlan {
-                ranges: Vec::new(),
-                rows: 0,
-                bytes: 0,
-                length_class: class,
-            });
-            match task.ranges.last_mut() {
-                Some(r) if r.file == file.path && r.end == i => r.end = i + 1,
-                _ => task.ranges.push(RowGroupRange {
-                    file: file.path.clone(),
-                    start: i,
-                    end: i + 1,
-                }),
-            }
-            task.rows += g.rows;
-            task.bytes += g.bytes;
+            let task = slot.get_or_insert_with(|| TaskPlan::empty(class));
+            task.add(&file.path, i, &g);
         }
     }
     done.extend(open.into_iter().flatten());

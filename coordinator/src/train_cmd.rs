@@ -1,7 +1,6 @@
 //! `automaldesc train`: fine-tune a LoRA adapter on a labelled split, and
 //! `automaldesc bench train`: training tokens per second.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -9,7 +8,7 @@ use anyhow::Context;
 use automaldesc_worker::runtime::Annotator;
 use automaldesc_worker::train::data::{render, Budget};
 use automaldesc_worker::train::lora::LoraConfig;
-use automaldesc_worker::train::{train, EpochLoss, Example, TrainConfig};
+use automaldesc_worker::train::{held_out, train, Example, TrainConfig};
 use burn::module::Module;
 use clap::Args;
 use rand::{Rng, SeedableRng};
@@ -120,8 +119,7 @@ fn load(
             budget,
         );
         // Held out by hash, so the split does not depend on the order of the files.
-        let h = u64::from_str_radix(&sha[..12.min(sha.len())], 16).unwrap_or(0);
-        if (h % 10_000) as f64 / 10_000.0 < val_fraction {
+        if held_out(sha, val_fraction) {
             va.push(ex);
         } else {
             tr.push(ex);
@@ -223,14 +221,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&serde_json::json!({ "from": args.from, "train": shas }))?,
     )?;
     // Epochs are numbered from 1 in everything a person reads (lineage, metadata, output).
-    let epochs: Vec<EpochLoss> = trained
-        .history
-        .iter()
-        .map(|h| EpochLoss {
-            epoch: h.epoch + 1,
-            ..h.clone()
-        })
-        .collect();
+    let epochs = trained.epochs_from_one();
     let lineage = serde_json::json!({
         "base_model": annotator.model_id,
         "base_model_file": model_path,
@@ -244,15 +235,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "stopped_early": trained.stopped_early,
         "seconds": started.elapsed().as_secs_f64(),
     });
-    let meta = BTreeMap::from([
-        ("base_model".to_string(), annotator.model_id.clone()),
-        ("base_model_sha256".to_string(), model_sha256),
-        ("training_set_sha256".to_string(), manifest),
-        (
-            "best_epoch".to_string(),
-            (trained.best_epoch + 1).to_string(),
-        ),
-    ]);
+    let meta = trained.adapter_metadata(&annotator.model_id, &model_sha256, &manifest);
     let adapter_dir = args.out.join("adapter");
     trained
         .adapter
@@ -277,23 +260,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hex sha256 of a file (a directory: of its files, by name).
 fn file_sha256(path: &std::path::Path) -> anyhow::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    let mut files = vec![path.to_path_buf()];
-    if path.is_dir() {
-        files = std::fs::read_dir(path)?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()?;
-        files.sort();
-    }
-    for f in files.iter().filter(|f| f.is_file()) {
-        let mut file =
-            std::fs::File::open(f).with_context(|| format!("hashing {}", f.display()))?;
-        std::io::copy(&mut file, &mut hasher)?;
-    }
-    Ok(format!("{:x}", hasher.finalize()))
+    automaldesc_worker::stages::train::file_sha256(path).map_err(anyhow::Error::msg)
 }
 
 #[derive(Args, Debug)]

@@ -5,7 +5,7 @@
 //! input and config, so an attempt retried on the same worker resumes where the last one
 //! stopped (bit-identical to an uninterrupted run).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use automaldesc_common::schema::{CorpusRow, LabelledRow};
@@ -17,7 +17,7 @@ use super::{config, model_path, read_task, write_file};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::runtime::Annotator;
 use crate::train::data::{render, Budget};
-use crate::train::{train, EpochLoss, TrainConfig};
+use crate::train::{held_out, train, TrainConfig};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,8 +71,7 @@ impl Executor for TrainExecutor {
                 &l.summary,
                 budget,
             );
-            let h = u64::from_str_radix(&l.sha256[..12.min(l.sha256.len())], 16).unwrap_or(0);
-            if (h % 10_000) as f64 / 10_000.0 < cfg.val_fraction {
+            if held_out(&l.sha256, cfg.val_fraction) {
                 va.push(ex);
             } else {
                 tr.push(ex);
@@ -106,23 +105,8 @@ impl Executor for TrainExecutor {
         .ok_or("cancelled")?;
         let model_sha256 = file_sha256(&model)?;
         let set_sha256 = automaldesc_common::sha256_hex(shas.join("\n").as_bytes());
-        let epochs: Vec<EpochLoss> = trained
-            .history
-            .iter()
-            .map(|h| EpochLoss {
-                epoch: h.epoch + 1,
-                ..h.clone()
-            })
-            .collect();
-        let meta = BTreeMap::from([
-            ("base_model".to_string(), annotator.model_id.clone()),
-            ("base_model_sha256".to_string(), model_sha256.clone()),
-            ("training_set_sha256".to_string(), set_sha256.clone()),
-            (
-                "best_epoch".to_string(),
-                (trained.best_epoch + 1).to_string(),
-            ),
-        ]);
+        let epochs = trained.epochs_from_one();
+        let meta = trained.adapter_metadata(&annotator.model_id, &model_sha256, &set_sha256);
         let local = ckpt.join("adapter-out");
         trained
             .adapter

@@ -148,6 +148,45 @@ pub struct Trained {
     pub stopped_early: bool,
 }
 
+impl Trained {
+    /// The per-epoch losses with epochs numbered from 1, as everything a person reads shows
+    /// them (lineage, metadata, progress).
+    pub fn epochs_from_one(&self) -> Vec<EpochLoss> {
+        self.history
+            .iter()
+            .map(|h| EpochLoss {
+                epoch: h.epoch + 1,
+                ..h.clone()
+            })
+            .collect()
+    }
+
+    /// The metadata saved with the adapter: its base model and training set.
+    pub fn adapter_metadata(
+        &self,
+        base_model: &str,
+        base_model_sha256: &str,
+        training_set_sha256: &str,
+    ) -> std::collections::BTreeMap<String, String> {
+        [
+            ("base_model", base_model.to_string()),
+            ("base_model_sha256", base_model_sha256.to_string()),
+            ("training_set_sha256", training_set_sha256.to_string()),
+            ("best_epoch", (self.best_epoch + 1).to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// True when the script with this sha256 is held out for validation: by hash, so the split
+/// does not depend on the order of the files.
+pub fn held_out(sha256: &str, fraction: f64) -> bool {
+    let h = u64::from_str_radix(&sha256[..12.min(sha256.len())], 16).unwrap_or(0);
+    ((h % 10_000) as f64 / 10_000.0) < fraction
+}
+
 fn data_hash(train: &[Example], val: &[Example]) -> String {
     let mut bytes = Vec::new();
     for (tag, set) in [(b'T', train), (b'V', val)] {
