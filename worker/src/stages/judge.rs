@@ -51,18 +51,22 @@ pub fn filter_samples(row: &AnswersRow) -> Vec<FilterSample> {
 
 /// The judge's label for one summary, with its probability against the other label.
 pub fn judge_summary(judge: &Annotator, summary: &str, summary_tokens: usize) -> (Label, f32) {
-    let tokens = judge.tokenizer.encode(summary).unwrap_or_default();
-    let text = if tokens.len() > summary_tokens {
-        judge.tokenizer.decode(&tokens[..summary_tokens])
-    } else {
-        summary.to_string()
-    };
-    let user = prompt::judge_user_message(&text);
+    let user = prompt::judge_user_message(&first_tokens(judge, summary, summary_tokens));
     let p = choice_probs_after(judge, prompt::JUDGE_SYSTEM, &user, &["0", "1"]);
     if p[1] > p[0] {
         (Label::Malicious, p[1])
     } else {
         (Label::Benign, p[0])
+    }
+}
+
+/// `text` cut to its first `n` tokens.
+pub fn first_tokens(model: &Annotator, text: &str, n: usize) -> String {
+    let tokens = model.tokenizer.encode(text).unwrap_or_default();
+    if tokens.len() > n {
+        model.tokenizer.decode(&tokens[..n])
+    } else {
+        text.to_string()
     }
 }
 

@@ -12,7 +12,7 @@ use automaldesc_common::report::{FunnelSummary, HistoryPoint, IterationReport, P
 use automaldesc_common::schema::{AnswersRow, LabelledRow};
 use serde::Deserialize;
 
-use super::judge::choice_probs_after;
+use super::judge::{choice_probs_after, first_tokens};
 use super::{config, model_path, read_task, refs, write_file, ModelKey, ModelSlot, StageRef};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::prompt;
@@ -35,6 +35,9 @@ pub struct ReportConfig {
     #[serde(default = "default_preference_bytes")]
     pub preference_bytes: usize,
 }
+
+/// Summary tokens the preference judge reads of each summary.
+const SUMMARY_TOKENS: usize = 384;
 
 fn default_preference_scripts() -> usize {
     16
@@ -99,13 +102,18 @@ impl ReportExecutor {
         for (_, bytes, new, old) in &both {
             let text = String::from_utf8_lossy(bytes);
             let script: String = text.chars().take(cfg.preference_bytes).collect();
+            // Both summaries cut alike, so length alone does not decide.
+            let (new, old) = (
+                first_tokens(&judge, new, SUMMARY_TOKENS),
+                first_tokens(&judge, old, SUMMARY_TOKENS),
+            );
             let ask = |a: &str, b: &str| {
                 let user = prompt::preference_user_message(&script, a, b);
                 let probs = choice_probs_after(&judge, prompt::PREFERENCE_SYSTEM, &user, &["A", "B"]);
                 probs[0] >= probs[1]
             };
-            let new_first = ask(new, old);
-            let old_first = ask(old, new);
+            let new_first = ask(&new, &old);
+            let old_first = ask(&old, &new);
             p.scripts += 1;
             match (new_first, !old_first) {
                 (true, true) => p.newer_wins += 1,
