@@ -152,19 +152,21 @@ impl IterationReport {
                 p.orders_disagree,
                 100.0 * p.orders_disagree as f64 / (p.scripts.max(1) as f64),
                 p.win_rate
-                    .map_or("undefined (no script decided)".to_string(), |w| format!("{w:.3}"))
+                    .map_or("undefined (no script decided)".to_string(), |w| format!(
+                        "{w:.3}"
+                    ))
             );
         }
         if let Some(f) = &self.funnel {
             let _ = writeln!(s, "\n## Filter funnel\n");
             let _ = writeln!(s, "| stage | rejected | remaining |");
             let _ = writeln!(s, "|---|---|---|");
+            let _ = writeln!(s, "| unlabelled scripts | | {} |", f.unlabelled);
             let _ = writeln!(
                 s,
-                "| unlabelled scripts | | {} |",
-                f.unlabelled
+                "| 0-unprocessed (quarantined) | {} | {} |",
+                f.unprocessed, f.filtered
             );
-            let _ = writeln!(s, "| 0-unprocessed (quarantined) | {} | {} |", f.unprocessed, f.filtered);
             for (stage, left) in &f.remaining {
                 let dropped: Vec<String> = Reason::ALL
                     .iter()
@@ -197,8 +199,7 @@ impl IterationReport {
                  decoding would have cost without it)",
                 f.generated_tokens,
                 f.saved_tokens,
-                100.0 * f.saved_tokens as f64
-                    / (f.generated_tokens + f.saved_tokens).max(1) as f64
+                100.0 * f.saved_tokens as f64 / (f.generated_tokens + f.saved_tokens).max(1) as f64
             );
             if let Some(chart) = funnel_chart {
                 let _ = writeln!(s, "\n![funnel]({chart})");
@@ -246,7 +247,10 @@ impl IterationReport {
         bars.push(("reached filter".to_string(), f.filtered as f64));
         bars.extend(f.remaining.iter().map(|(s, n)| (s.clone(), *n as f64)));
         Some(hbar_svg(
-            &format!("Filter funnel, iteration {}: scripts remaining", self.iteration),
+            &format!(
+                "Filter funnel, iteration {}: scripts remaining",
+                self.iteration
+            ),
             &bars,
         ))
     }
@@ -400,7 +404,11 @@ mod tests {
 
     fn funnel() -> FunnelSummary {
         let mut f = Funnel::default();
-        for r in [Reason::Truncated, Reason::LabelDisagreement, Reason::LabelDisagreement] {
+        for r in [
+            Reason::Truncated,
+            Reason::LabelDisagreement,
+            Reason::LabelDisagreement,
+        ] {
             f.reject(r);
         }
         f.accept();
@@ -449,8 +457,14 @@ mod tests {
             },
         ];
         let answers = [
-            ("a", r#"{"language": "bash", "label": 1, "summary": "Downloads a payload."}"#),
-            ("b", r#"{"language": "bash", "label": 1, "summary": "Prints."}"#),
+            (
+                "a",
+                r#"{"language": "bash", "label": 1, "summary": "Downloads a payload."}"#,
+            ),
+            (
+                "b",
+                r#"{"language": "bash", "label": 1, "summary": "Prints."}"#,
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
@@ -518,10 +532,7 @@ mod tests {
         assert_eq!(langs.matches("<rect").count(), 3 * 2 + 2);
         // The base model's python bar is half the plot height (200 px).
         assert!(langs.contains("height=\"100.0\""), "{langs}");
-        let none = IterationReport {
-            funnel: None,
-            ..r
-        };
+        let none = IterationReport { funnel: None, ..r };
         assert!(none.funnel_svg().is_none());
     }
 }

@@ -208,7 +208,10 @@ fn inconsistent_answers_and_decisions_are_refused() {
     short[0].label_probs.pop();
     let batch = AnswersRow::to_batch(&short).unwrap();
     let err = AnswersRow::from_batch(&batch).unwrap_err().to_string();
-    assert!(err.contains("per-sample lists of different lengths"), "{err}");
+    assert!(
+        err.contains("per-sample lists of different lengths"),
+        "{err}"
+    );
     let mut half_judged = answers_rows();
     half_judged[1].judge_labels.pop();
     let batch = AnswersRow::to_batch(&half_judged).unwrap();

@@ -222,7 +222,14 @@ pub struct CancelArgs {
 }
 
 /// The executors of the self-training loop's stages.
-pub const LOOP_EXECUTORS: [&str; 6] = ["train", "generate", "judge", "filter", "aggregate", "report"];
+pub const LOOP_EXECUTORS: [&str; 6] = [
+    "train",
+    "generate",
+    "judge",
+    "filter",
+    "aggregate",
+    "report",
+];
 
 /// The executors a worker offers, by name.
 pub fn executors(names: &[String]) -> anyhow::Result<Executors> {
@@ -231,11 +238,11 @@ pub fn executors(names: &[String]) -> anyhow::Result<Executors> {
         let exec: Arc<dyn Executor> = match name.as_str() {
             "echo" => Arc::new(EchoExecutor),
             "train" => Arc::new(stages::train::TrainExecutor),
-            "generate" => Arc::new(stages::generate::GenerateExecutor::default()),
-            "judge" => Arc::new(stages::judge::JudgeExecutor::default()),
+            "generate" => Arc::new(stages::generate::GenerateExecutor),
+            "judge" => Arc::new(stages::judge::JudgeExecutor),
             "filter" => Arc::new(stages::filter::FilterExecutor),
             "aggregate" => Arc::new(stages::aggregate::AggregateExecutor),
-            "report" => Arc::new(stages::report::ReportExecutor::default()),
+            "report" => Arc::new(stages::report::ReportExecutor),
             other => bail!(
                 "no executor {other:?} (available: echo, {})",
                 LOOP_EXECUTORS.join(", ")

@@ -374,14 +374,15 @@ impl LoopConfig {
     /// The run spec of the whole loop.
     pub fn run_spec(&self, base_model_sha256: &str) -> RunSpec {
         let test = self.test.trim_end_matches('/');
-        let stage = |kind: &str, input: Option<String>, single: bool, refs: &[(&str, u32)], config| {
-            StageConfig {
-                input,
-                single_task: single,
-                refs: refs.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
-                ..StageConfig::new(kind, without_nulls(config))
-            }
-        };
+        let stage =
+            |kind: &str, input: Option<String>, single: bool, refs: &[(&str, u32)], config| {
+                StageConfig {
+                    input,
+                    single_task: single,
+                    refs: refs.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+                    ..StageConfig::new(kind, without_nulls(config))
+                }
+            };
         let report_config = |k: u32, name: &str, previous: Option<String>| {
             json!({
                 "run": self.name,
@@ -467,7 +468,13 @@ impl LoopConfig {
                     &[],
                     json!({ "model": self.judge(), "min_label_prob": threshold }),
                 ),
-                stage("filter", None, false, &[], json!({ "min_label_prob": threshold })),
+                stage(
+                    "filter",
+                    None,
+                    false,
+                    &[],
+                    json!({ "min_label_prob": threshold }),
+                ),
                 stage(
                     "aggregate",
                     None,
@@ -519,8 +526,15 @@ impl LoopConfig {
             BASE_REPORT => "report base model".into(),
             _ => {
                 let k = (i - 2) / 7 + 1;
-                let what = ["train", "generate", "judge", "filter", "aggregate", "evaluate", "report"]
-                    [((i - 2) % 7) as usize];
+                let what = [
+                    "train",
+                    "generate",
+                    "judge",
+                    "filter",
+                    "aggregate",
+                    "evaluate",
+                    "report",
+                ][((i - 2) % 7) as usize];
                 format!("iteration {k} {what}")
             }
         }
@@ -559,8 +573,8 @@ pub struct LoopArgs {
 /// Checks that a dataset location holds Parquet files, for a clear error before the run.
 fn check_dataset(what: &str, url: &str) -> anyhow::Result<()> {
     let (store, prefix) = open_object(url).with_context(|| format!("{what} {url}"))?;
-    let layouts = block_on(dataset_layout(store, &prefix))?
-        .with_context(|| format!("{what} {url}"))?;
+    let layouts =
+        block_on(dataset_layout(store, &prefix))?.with_context(|| format!("{what} {url}"))?;
     if layouts.is_empty() {
         bail!("{what} {url} holds no Parquet files");
     }
@@ -579,8 +593,8 @@ pub fn run(args: LoopArgs) -> anyhow::Result<()> {
             model.display()
         );
     }
-    let model_sha256 = automaldesc_worker::stages::train::file_sha256(&model)
-        .map_err(anyhow::Error::msg)?;
+    let model_sha256 =
+        automaldesc_worker::stages::train::file_sha256(&model).map_err(anyhow::Error::msg)?;
     let spec = cfg.run_spec(&model_sha256);
     spec.validate()?;
     if args.print_spec {
@@ -639,7 +653,8 @@ pub fn gather_reports(
     let reports_url = format!("{}/reports", cfg.output.trim_end_matches('/'));
     let mut last_md = String::new();
     let mut reports: Vec<(u32, String)> = vec![(BASE_REPORT, "base".into())];
-    reports.extend((1..=cfg.iterations).map(|k| (LoopConfig::stages_of(k).report, format!("V{k}"))));
+    reports
+        .extend((1..=cfg.iterations).map(|k| (LoopConfig::stages_of(k).report, format!("V{k}"))));
     block_on(async {
         for (stage, name) in &reports {
             for (_, commit) in read_commits(&store, &run, *stage).await? {
@@ -660,7 +675,8 @@ pub fn gather_reports(
         }
         let md = stages_markdown(status);
         let dst = automaldesc_common::store::child(&out_prefix, "reports/stages.md");
-        out.put(&dst, PutPayload::from(md.clone().into_bytes())).await?;
+        out.put(&dst, PutPayload::from(md.clone().into_bytes()))
+            .await?;
         eprintln!("{md}");
         Ok::<_, anyhow::Error>(())
     })??;
@@ -734,11 +750,23 @@ mod tests {
     fn defaults_are_the_published_settings() {
         let c = LoopConfig::from_toml(MINIMAL).unwrap();
         assert_eq!(c.temperatures, [0.4, 0.6, 0.8]);
-        assert_eq!((c.max_new_tokens, c.confidence, c.iterations), (512, 0.90, 2));
+        assert_eq!(
+            (c.max_new_tokens, c.confidence, c.iterations),
+            (512, 0.90, 2)
+        );
         let (v1, v2) = (&c.adapter[0], &c.adapter[1]);
-        assert_eq!((v1.rank, v1.alpha, v1.dropout, v1.epochs), (8, 16.0, 0.05, 15));
-        assert_eq!((v2.rank, v2.alpha, v2.dropout, v2.epochs), (16, 32.0, 0.1, 20));
-        assert_eq!((v1.learning_rate, v1.weight_decay, v1.warmup), (1e-4, 0.001, 0.05));
+        assert_eq!(
+            (v1.rank, v1.alpha, v1.dropout, v1.epochs),
+            (8, 16.0, 0.05, 15)
+        );
+        assert_eq!(
+            (v2.rank, v2.alpha, v2.dropout, v2.epochs),
+            (16, 32.0, 0.1, 20)
+        );
+        assert_eq!(
+            (v1.learning_rate, v1.weight_decay, v1.warmup),
+            (1e-4, 0.001, 0.05)
+        );
         assert_eq!(c.judge(), "m.gguf");
         assert_eq!(c.threshold(1), 0.90);
     }
@@ -765,13 +793,18 @@ mod tests {
             "{MINIMAL}\niterations = 3\nconfidence_schedule = [0.95, 0.9]\n"
         ))
         .unwrap();
-        assert_eq!([c.threshold(1), c.threshold(2), c.threshold(3)], [0.95, 0.9, 0.9]);
+        assert_eq!(
+            [c.threshold(1), c.threshold(2), c.threshold(3)],
+            [0.95, 0.9, 0.9]
+        );
         let spec = c.run_spec("abc");
         for k in 1..=3 {
             let s = LoopConfig::stages_of(k);
             let want = c.threshold(k);
             for i in [s.generate, s.judge, s.filter] {
-                let got = spec.stages[i as usize].config["min_label_prob"].as_f64().unwrap();
+                let got = spec.stages[i as usize].config["min_label_prob"]
+                    .as_f64()
+                    .unwrap();
                 assert_eq!(got as f32, want, "iteration {k} stage {i}");
             }
         }
@@ -784,16 +817,35 @@ mod tests {
         spec.validate().unwrap();
         assert_eq!(spec.stages.len(), 2 + 3 * 7);
         assert_eq!(spec.stages[BASE_EVALUATE as usize].kind, "generate");
-        assert_eq!(spec.stages[BASE_REPORT as usize].refs["answers"], BASE_EVALUATE);
+        assert_eq!(
+            spec.stages[BASE_REPORT as usize].refs["answers"],
+            BASE_EVALUATE
+        );
         for k in 1..=3u32 {
             let s = LoopConfig::stages_of(k);
-            let kinds: Vec<&str> = [s.train, s.generate, s.judge, s.filter, s.aggregate, s.evaluate, s.report]
-                .iter()
-                .map(|&i| spec.stages[i as usize].kind.as_str())
-                .collect();
+            let kinds: Vec<&str> = [
+                s.train,
+                s.generate,
+                s.judge,
+                s.filter,
+                s.aggregate,
+                s.evaluate,
+                s.report,
+            ]
+            .iter()
+            .map(|&i| spec.stages[i as usize].kind.as_str())
+            .collect();
             assert_eq!(
                 kinds,
-                ["train", "generate", "judge", "filter", "aggregate", "generate", "report"]
+                [
+                    "train",
+                    "generate",
+                    "judge",
+                    "filter",
+                    "aggregate",
+                    "generate",
+                    "report"
+                ]
             );
             let train = &spec.stages[s.train as usize];
             assert!(train.single_task);
@@ -803,7 +855,10 @@ mod tests {
                 StageInput::Stage(LoopConfig::stages_of(k - 1).aggregate)
             };
             assert_eq!(train.input(), expected_input);
-            assert_eq!(train.config["train"]["lora"]["rank"], if k == 1 { 8 } else { 16 });
+            assert_eq!(
+                train.config["train"]["lora"]["rank"],
+                if k == 1 { 8 } else { 16 }
+            );
             assert_eq!(
                 spec.stages[s.generate as usize].input(),
                 StageInput::Url("s3://b/unlabelled".into())
@@ -824,7 +879,10 @@ mod tests {
             assert_eq!(report.refs["previous"], prev_answers);
             assert_eq!(report.refs["history"], prev_report);
             assert_eq!(report.refs["funnel"], s.aggregate);
-            assert_eq!(LoopConfig::stage_name(s.judge), format!("iteration {k} judge"));
+            assert_eq!(
+                LoopConfig::stage_name(s.judge),
+                format!("iteration {k} judge")
+            );
             let agg = &spec.stages[s.aggregate as usize].config;
             assert_eq!(agg["config_hash"], c.hash());
             assert_eq!(agg["base_model_sha256"], "abc");

@@ -313,6 +313,7 @@ impl RunManager {
             if finished.last().map(|s: &StageSummary| s.index) == Some(record.stage) {
                 finished.pop();
             }
+            let policy = stage_policy(policy, &spec, record.stage);
             let spec = stage_spec(&id, &spec, record.stage, plan);
             Some(StageManager::open(spec, store.clone(), policy, Instant::now()).await?)
         } else {
@@ -575,10 +576,13 @@ impl RunManager {
                 .put(&run_key(&run.id, "record"), to_json(&record), Expect::Any)
                 .await?;
             let current = match next {
-                Some(spec) => Some(
-                    StageManager::open(spec, self.store.clone(), self.policy, Instant::now())
-                        .await?,
-                ),
+                Some(spec) => {
+                    let policy = stage_policy(self.policy, &run.spec, spec.stage);
+                    Some(
+                        StageManager::open(spec, self.store.clone(), policy, Instant::now())
+                            .await?,
+                    )
+                }
                 None => None,
             };
             let run = &mut self.runs[i];
@@ -765,6 +769,20 @@ fn placeholder_status() -> RunStatus {
     }
 }
 
+/// The lease policy of stage `k`: a single-task stage (training, aggregation, a report) is
+/// never speculated, since a twin would redo the whole stage; a dead worker's lease still
+/// expires and the task is retried.
+fn stage_policy(policy: LeasePolicy, spec: &RunSpec, k: u32) -> LeasePolicy {
+    if spec.stages[k as usize].single_task {
+        LeasePolicy {
+            speculate_after: None,
+            ..policy
+        }
+    } else {
+        policy
+    }
+}
+
 fn stage_spec(id: &RunId, spec: &RunSpec, k: u32, plan: StagePlan) -> StageSpec {
     let stage = &spec.stages[k as usize];
     StageSpec {
@@ -773,9 +791,7 @@ fn stage_spec(id: &RunId, spec: &RunSpec, k: u32, plan: StagePlan) -> StageSpec 
         kind: stage.kind.clone(),
         input_root: plan.input_root,
         output_root: spec.output.clone(),
-        config_json: plan
-            .config_json
-            .unwrap_or_else(|| stage.config.to_string()),
+        config_json: plan.config_json.unwrap_or_else(|| stage.config.to_string()),
         tasks: plan.tasks,
     }
 }

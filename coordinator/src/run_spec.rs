@@ -161,11 +161,15 @@ impl RunSpec {
             let earlier = |n: u32| (n as usize) < i;
             if let StageInput::Stage(n) = s.input() {
                 if !earlier(n) {
-                    return bad(format!("stage {i}: input stage:{n} is not an earlier stage"));
+                    return bad(format!(
+                        "stage {i}: input stage:{n} is not an earlier stage"
+                    ));
                 }
             }
             if let Some((name, n)) = s.refs.iter().find(|(_, &n)| !earlier(n)) {
-                return bad(format!("stage {i}: ref {name} = {n} is not an earlier stage"));
+                return bad(format!(
+                    "stage {i}: ref {name} = {n} is not an earlier stage"
+                ));
             }
         }
         Ok(())

@@ -36,8 +36,8 @@ const LAYERS: usize = 2;
 
 /// The real model file, whose tokenizer the tiny model borrows.
 fn real_model() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if p.exists() {
         return Some(p);
     }
@@ -46,7 +46,10 @@ fn real_model() -> Option<PathBuf> {
         "AUTOMALDESC_REQUIRE_MODEL is set but {} is missing (run deploy/fetch_model.sh)",
         p.display()
     );
-    eprintln!("skipping: {} missing (run deploy/fetch_model.sh)", p.display());
+    eprintln!(
+        "skipping: {} missing (run deploy/fetch_model.sh)",
+        p.display()
+    );
     None
 }
 
@@ -174,9 +177,16 @@ struct Outcome {
 
 async fn outcome(state: &EmbeddedStore, output: &str, k: u32) -> Outcome {
     let stage = LoopConfig::stages_of(k).aggregate;
-    let commits = read_commits(state, &RunId("e2e".into()), stage).await.unwrap();
+    let commits = read_commits(state, &RunId("e2e".into()), stage)
+        .await
+        .unwrap();
     assert_eq!(commits.len(), 1, "aggregate is one task");
-    let files: Vec<String> = commits[0].1.outputs.iter().map(|o| o.path.clone()).collect();
+    let files: Vec<String> = commits[0]
+        .1
+        .outputs
+        .iter()
+        .map(|o| o.path.clone())
+        .collect();
     let (store, _) = open_store(output).unwrap();
     let dir_of = |part: &str| {
         let f = files.iter().find(|f| f.contains(part)).unwrap();
@@ -204,7 +214,10 @@ async fn outcome(state: &EmbeddedStore, output: &str, k: u32) -> Outcome {
         .collect();
     let mut by_sha = BTreeMap::new();
     for r in rejected {
-        assert!(by_sha.insert(r.sha256.clone(), r).is_none(), "rejected twice");
+        assert!(
+            by_sha.insert(r.sha256.clone(), r).is_none(),
+            "rejected twice"
+        );
     }
     Outcome {
         accepted,
@@ -214,7 +227,9 @@ async fn outcome(state: &EmbeddedStore, output: &str, k: u32) -> Outcome {
 }
 
 async fn report(state: &EmbeddedStore, output: &str, stage: u32) -> (IterationReport, Vec<String>) {
-    let commits = read_commits(state, &RunId("e2e".into()), stage).await.unwrap();
+    let commits = read_commits(state, &RunId("e2e".into()), stage)
+        .await
+        .unwrap();
     let files: Vec<String> = commits
         .iter()
         .flat_map(|(_, c)| c.outputs.iter().map(|o| o.path.clone()))
@@ -243,7 +258,10 @@ async fn check_run(
         let o = outcome(&state, output, k).await;
         let acc: BTreeSet<&String> = o.accepted.keys().collect();
         let rej: BTreeSet<&String> = o.rejected.keys().collect();
-        assert!(acc.is_disjoint(&rej), "iteration {k}: accepted and rejected");
+        assert!(
+            acc.is_disjoint(&rej),
+            "iteration {k}: accepted and rejected"
+        );
         let all: BTreeSet<String> = acc.union(&rej).map(|s| s.to_string()).collect();
         assert_eq!(&all, corpus, "iteration {k}: every script exactly once");
         let f = &o.funnel;
@@ -276,7 +294,10 @@ async fn check_run(
         let p = r.preference.as_ref().unwrap();
         assert_eq!(p.newer_wins + p.older_wins + p.orders_disagree, p.scripts);
         for name in ["report.md", "report.json", "funnel.svg", "languages.svg"] {
-            assert!(files.iter().any(|f| f.ends_with(name)), "{name} in {files:?}");
+            assert!(
+                files.iter().any(|f| f.ends_with(name)),
+                "{name} in {files:?}"
+            );
         }
     }
     accepted
@@ -327,7 +348,9 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
         ..WriterOptions::default()
     };
     let corpus_url = d.join("corpus").display().to_string();
-    write_synth_corpus(&synth, &corpus_url, &opts).await.unwrap();
+    write_synth_corpus(&synth, &corpus_url, &opts)
+        .await
+        .unwrap();
     let (store, prefix) = open_store(&corpus_url).unwrap();
     let rows: Vec<CorpusRow> = read_dataset(store, &child(&prefix, "unlabelled"))
         .await
@@ -349,7 +372,13 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     assert!(run.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("# Run e2e: iteration 2 (V2)"), "{stdout}");
-    for name in ["base/report.md", "V1/funnel.svg", "V2/report.json", "V2/languages.svg", "stages.md"] {
+    for name in [
+        "base/report.md",
+        "V1/funnel.svg",
+        "V2/report.json",
+        "V2/languages.svg",
+        "stages.md",
+    ] {
         assert!(out_local.join("reports").join(name).exists(), "{name}");
     }
     let local = check_run(&state_local, out_local.to_str().unwrap(), &corpus).await;
@@ -362,7 +391,11 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
         .args(["loop", cfg_cluster.to_str().unwrap(), "--print-spec"])
         .output()
         .unwrap();
-    assert!(spec.status.success(), "{}", String::from_utf8_lossy(&spec.stderr));
+    assert!(
+        spec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&spec.stderr)
+    );
     let spec_path = d.join("spec.toml");
     std::fs::write(&spec_path, &spec.stdout).unwrap();
     let state_cluster = d.join("state-cluster");
@@ -429,7 +462,12 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
                 })
                 .collect()
         };
-        assert_eq!(strip(a), strip(b), "iteration {}: the same accepted answers", k + 1);
+        assert_eq!(
+            strip(a),
+            strip(b),
+            "iteration {}: the same accepted answers",
+            k + 1
+        );
     }
     assert!(
         local.iter().any(|m| !m.is_empty()),

@@ -376,7 +376,6 @@ pub fn markdown(ev: &Evaluation) -> String {
     s
 }
 
-
 /// Both McNemar tests of a comparison as a Markdown table.
 pub fn comparison_markdown(cmp: &Comparison) -> String {
     let mut s = String::new();

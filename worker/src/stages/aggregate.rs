@@ -152,10 +152,9 @@ impl Executor for AggregateExecutor {
         }
 
         let (generated_tokens, saved_tokens) = match refs.get("answers") {
-            Some(r) => r
-                .rows::<AnswersRow>("")?
-                .iter()
-                .fold((0, 0), |(g, s), a| (g + a.generated_tokens, s + a.saved_tokens)),
+            Some(r) => r.rows::<AnswersRow>("")?.iter().fold((0, 0), |(g, s), a| {
+                (g + a.generated_tokens, s + a.saved_tokens)
+            }),
             None => (0, 0),
         };
         let summary = FunnelSummary {
@@ -179,7 +178,12 @@ impl Executor for AggregateExecutor {
         let mut files = write_rows(task, "train/labels", labels, shards.clone())?;
         files.extend(write_rows(task, "train/scripts", scripts, shards)?);
         let train_files = files.clone();
-        files.extend(write_rows(task, "rejected", rejected, WriterOptions::default())?);
+        files.extend(write_rows(
+            task,
+            "rejected",
+            rejected,
+            WriterOptions::default(),
+        )?);
         let funnel_json = serde_json::to_vec_pretty(&summary).map_err(|e| e.to_string())?;
         files.push(write_file(task, "funnel.json", funnel_json)?);
         let counts: BTreeMap<String, u64> = [
@@ -192,7 +196,12 @@ impl Executor for AggregateExecutor {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
-        .chain(summary.rejected.iter().map(|(k, v)| (format!("rejected:{k}"), *v)))
+        .chain(
+            summary
+                .rejected
+                .iter()
+                .map(|(k, v)| (format!("rejected:{k}"), *v)),
+        )
         .collect();
         let manifest = Manifest {
             run_id: cfg.run.clone(),
@@ -205,7 +214,11 @@ impl Executor for AggregateExecutor {
             counts,
         };
         let manifest_json = manifest.to_json().map_err(|e| e.to_string())?;
-        files.push(write_file(task, "manifest.json", manifest_json.into_bytes())?);
+        files.push(write_file(
+            task,
+            "manifest.json",
+            manifest_json.into_bytes(),
+        )?);
         Ok(TaskOutput {
             rows_in,
             files,

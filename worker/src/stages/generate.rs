@@ -7,7 +7,7 @@ use automaldesc_common::parquet_io::WriterOptions;
 use automaldesc_common::schema::{AnswersRow, CorpusRow};
 use serde::Deserialize;
 
-use super::{adapter_of, config, model_path, read_task, refs, write_rows, ModelKey, ModelSlot};
+use super::{adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey};
 use crate::annotate::{annotate, AnnotateOptions};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::generate::EarlyStop;
@@ -49,10 +49,7 @@ fn default_chunk() -> usize {
     64
 }
 
-#[derive(Default)]
-pub struct GenerateExecutor {
-    model: ModelSlot,
-}
+pub struct GenerateExecutor;
 
 impl Executor for GenerateExecutor {
     fn kind(&self) -> &str {
@@ -69,7 +66,7 @@ impl Executor for GenerateExecutor {
             model: model_path(&cfg.model)?,
             adapter: adapter_of(&refs, "adapter")?,
         };
-        let annotator = self.model.get(&key)?;
+        let annotator = model(&key)?;
         let rows: Vec<CorpusRow> = read_task(task, "")?;
         let rows_in = rows.len() as u64;
         let opts = AnnotateOptions {

@@ -9,7 +9,7 @@ use automaldesc_common::schema::AnswersRow;
 use automaldesc_common::Label;
 use serde::Deserialize;
 
-use super::{config, model_path, read_task, write_rows, ModelKey, ModelSlot};
+use super::{config, model, model_path, read_task, write_rows, ModelKey};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::generate::sampler::choice_probs;
 use crate::model::KvCache;
@@ -72,7 +72,12 @@ pub fn first_tokens(model: &Annotator, text: &str, n: usize) -> String {
 
 /// The model's probabilities of `options` (each one token) as the first token of its
 /// reply to `system` and `user`, normalised over the options. One prefill, no sampling.
-pub fn choice_probs_after(model: &Annotator, system: &str, user: &str, options: &[&str]) -> Vec<f32> {
+pub fn choice_probs_after(
+    model: &Annotator,
+    system: &str,
+    user: &str,
+    options: &[&str],
+) -> Vec<f32> {
     let ids = model.encode_chat(&[(Role::System, system), (Role::User, user)]);
     let choices: Vec<u32> = options
         .iter()
@@ -96,10 +101,7 @@ pub fn choice_probs_after(model: &Annotator, system: &str, user: &str, options: 
     choice_probs(&logits, &choices)
 }
 
-#[derive(Default)]
-pub struct JudgeExecutor {
-    model: ModelSlot,
-}
+pub struct JudgeExecutor;
 
 impl Executor for JudgeExecutor {
     fn kind(&self) -> &str {
@@ -108,7 +110,7 @@ impl Executor for JudgeExecutor {
 
     fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
         let cfg: JudgeConfig = config("judge", &task.config_json)?;
-        let judge = self.model.get(&ModelKey {
+        let judge = model(&ModelKey {
             model: model_path(&cfg.model)?,
             adapter: None,
         })?;

@@ -165,8 +165,7 @@ pub fn refs(config_json: &str) -> StageResult<BTreeMap<String, StageRef>> {
         #[serde(default)]
         refs: BTreeMap<String, StageRef>,
     }
-    let w: WithRefs =
-        serde_json::from_str(config_json).map_err(|e| format!("stage refs: {e}"))?;
+    let w: WithRefs = serde_json::from_str(config_json).map_err(|e| format!("stage refs: {e}"))?;
     Ok(w.refs)
 }
 
@@ -186,8 +185,12 @@ pub fn read_task<R: ArrowRow>(task: &TaskInput, part: &str) -> StageResult<Vec<R
     block_on(async move {
         let mut rows = Vec::new();
         for (file, start, end) in task.ranges.iter().filter(|r| r.0.contains(part)) {
-            let got = read_row_groups(input.clone(), &ObjectPath::from(file.as_str()), *start..*end)
-                .await?;
+            let got = read_row_groups(
+                input.clone(),
+                &ObjectPath::from(file.as_str()),
+                *start..*end,
+            )
+            .await?;
             rows.extend(got);
         }
         Ok::<_, automaldesc_common::Error>(rows)
@@ -255,33 +258,37 @@ pub struct ModelKey {
     pub adapter: Option<PathBuf>,
 }
 
-/// One loaded model, kept between tasks and replaced when a task asks for another.
-#[derive(Default)]
-pub struct ModelSlot {
-    loaded: Mutex<Option<(ModelKey, Arc<Annotator>)>>,
-}
+/// Models a worker process keeps loaded at most.
+const MODELS_KEPT: usize = 2;
 
-impl ModelSlot {
-    pub fn get(&self, key: &ModelKey) -> StageResult<Arc<Annotator>> {
-        let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((k, a)) = slot.as_ref() {
-            if k == key {
-                return Ok(a.clone());
-            }
-        }
-        *slot = None;
-        let device = Device::flex();
-        let mut annotator = Annotator::load(&key.model, &device)
-            .map_err(|e| format!("loading {}: {e}", key.model.display()))?;
-        if let Some(a) = &key.adapter {
-            annotator = annotator
-                .with_adapter(a)
-                .map_err(|e| format!("adapter {}: {e}", a.display()))?;
-        }
-        let annotator = Arc::new(annotator);
-        *slot = Some((key.clone(), annotator.clone()));
-        Ok(annotator)
+/// Loaded models, most recently used last.
+static LOADED: Mutex<Vec<(ModelKey, Arc<Annotator>)>> = Mutex::new(Vec::new());
+
+/// The model of `key`, kept loaded between tasks and shared by every executor of the
+/// process (a worker running generate with an adapter and the judge on the base model holds
+/// both); the least recently used goes when a third is asked for.
+pub fn model(key: &ModelKey) -> StageResult<Arc<Annotator>> {
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = loaded.iter().position(|(k, _)| k == key) {
+        let hit = loaded.remove(i);
+        let model = hit.1.clone();
+        loaded.push(hit);
+        return Ok(model);
     }
+    while loaded.len() >= MODELS_KEPT {
+        loaded.remove(0);
+    }
+    let device = Device::flex();
+    let mut annotator = Annotator::load(&key.model, &device)
+        .map_err(|e| format!("loading {}: {e}", key.model.display()))?;
+    if let Some(a) = &key.adapter {
+        annotator = annotator
+            .with_adapter(a)
+            .map_err(|e| format!("adapter {}: {e}", a.display()))?;
+    }
+    let annotator = Arc::new(annotator);
+    loaded.push((key.clone(), annotator.clone()));
+    Ok(annotator)
 }
 
 /// The model path of a stage config: as given, checked to exist on this worker.

@@ -13,7 +13,7 @@ use automaldesc_common::schema::{AnswersRow, LabelledRow};
 use serde::Deserialize;
 
 use super::judge::{choice_probs_after, first_tokens};
-use super::{config, model_path, read_task, refs, write_file, ModelKey, ModelSlot, StageRef};
+use super::{config, model, model_path, read_task, refs, write_file, ModelKey, StageRef};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::prompt;
 
@@ -73,10 +73,7 @@ fn summary_of(answers: &Answers, sha: &str) -> Option<String> {
         .find_map(|r| parse_response(r).map(|p| p.summary))
 }
 
-#[derive(Default)]
-pub struct ReportExecutor {
-    model: ModelSlot,
-}
+pub struct ReportExecutor;
 
 impl ReportExecutor {
     fn preference(
@@ -86,7 +83,7 @@ impl ReportExecutor {
         older: &Answers,
         content: &HashMap<String, Vec<u8>>,
     ) -> Result<Preference, String> {
-        let judge = self.model.get(&ModelKey {
+        let judge = model(&ModelKey {
             model: model_path(&cfg.judge_model)?,
             adapter: None,
         })?;
@@ -109,7 +106,8 @@ impl ReportExecutor {
             );
             let ask = |a: &str, b: &str| {
                 let user = prompt::preference_user_message(&script, a, b);
-                let probs = choice_probs_after(&judge, prompt::PREFERENCE_SYSTEM, &user, &["A", "B"]);
+                let probs =
+                    choice_probs_after(&judge, prompt::PREFERENCE_SYSTEM, &user, &["A", "B"]);
                 probs[0] >= probs[1]
             };
             let new_first = ask(&new, &old);

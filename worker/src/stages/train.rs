@@ -88,19 +88,29 @@ impl Executor for TrainExecutor {
         // on this machine (speculation) trains in a directory of its own.
         let (ckpt, _lock) = match CheckpointLock::take(&base) {
             Some(lock) => (base, Some(lock)),
-            None => (base.with_extension(format!("pid-{}", std::process::id())), None),
+            None => (
+                base.with_extension(format!("pid-{}", std::process::id())),
+                None,
+            ),
         };
         let cancel = task.cancel.clone();
-        let trained = train(&annotator.model, &tr, &va, &cfg.train, Some(&ckpt), &mut |p| {
-            tracing::info!(
-                step = p.step,
-                total = p.total_steps,
-                epoch = p.epoch + 1,
-                loss = p.loss,
-                "training"
-            );
-            !cancel.load(std::sync::atomic::Ordering::Relaxed)
-        })
+        let trained = train(
+            &annotator.model,
+            &tr,
+            &va,
+            &cfg.train,
+            Some(&ckpt),
+            &mut |p| {
+                tracing::info!(
+                    step = p.step,
+                    total = p.total_steps,
+                    epoch = p.epoch + 1,
+                    loss = p.loss,
+                    "training"
+                );
+                !cancel.load(std::sync::atomic::Ordering::Relaxed)
+            },
+        )
         .map_err(|e| format!("train: {e}"))?
         .ok_or("cancelled")?;
         let model_sha256 = file_sha256(&model)?;
