@@ -5,10 +5,10 @@
 //! | kind | input | output |
 //! |---|---|---|
 //! | `train` | a labelled split (`labels/` + `scripts/`), one task | `adapter/`, `lineage.json` |
-//! | `generate` | scripts ([`CorpusRow`]) | [`AnswersRow`] per script |
-//! | `judge` | [`AnswersRow`] | the same rows with the judge's verdicts |
-//! | `filter` | judged [`AnswersRow`] | [`DecisionRow`] per script |
-//! | `aggregate` | every [`DecisionRow`], one task | the next training set, rejected set, funnel, manifest |
+//! | `generate` | scripts (`CorpusRow`) | `AnswersRow` per script |
+//! | `judge` | `AnswersRow` | the same rows with the judge's verdicts |
+//! | `filter` | judged `AnswersRow` | `DecisionRow` per script |
+//! | `aggregate` | every `DecisionRow`, one task | the next training set, rejected set, funnel, manifest |
 //! | `report` | the test split, one task | `report.md`, `report.json`, charts |
 
 pub mod aggregate;
