@@ -452,6 +452,7 @@ pub fn local(args: LocalArgs) -> anyhow::Result<()> {
         args.workers,
         policy,
         &args.executors,
+        kind_label,
     )?;
     println!(
         "{}",
@@ -478,6 +479,7 @@ pub fn run_local(
     workers: u32,
     policy: LeasePolicy,
     names: &[String],
+    label: StageLabel,
 ) -> anyhow::Result<RunStatus> {
     executors(names)?;
     let names = names.to_vec();
@@ -509,7 +511,7 @@ pub fn run_local(
         }
         let progress = tokio::spawn(async move {
             loop {
-                print_progress(&watch.borrow_and_update());
+                print_progress(&watch.borrow_and_update(), label);
                 if watch.changed().await.is_err() {
                     break;
                 }
@@ -523,12 +525,20 @@ pub fn run_local(
         progress.abort();
         Ok::<_, anyhow::Error>(manager.status(&id)?)
     })?;
-    print_progress(&status);
+    print_progress(&status, label);
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(status)
 }
 
-fn print_progress(s: &RunStatus) {
+/// Names a stage in progress lines: from its index and kind.
+pub type StageLabel = fn(u32, &str) -> String;
+
+/// A stage named by its kind.
+pub fn kind_label(_: u32, kind: &str) -> String {
+    kind.to_string()
+}
+
+fn print_progress(s: &RunStatus, label: StageLabel) {
     if let Some(st) = s.stages.last() {
         eprintln!(
             "run {} {:?}: stage {}/{} ({}) tasks {}/{} done, {} leased, {} quarantined; scripts {}/{}",
@@ -536,7 +546,7 @@ fn print_progress(s: &RunStatus) {
             s.phase,
             st.index + 1,
             s.stages_total,
-            st.kind,
+            label(st.index, &st.kind),
             st.counts.done,
             st.counts.total,
             st.counts.leased,

@@ -620,6 +620,7 @@ pub fn run(args: LoopArgs) -> anyhow::Result<()> {
         args.workers.unwrap_or(cfg.workers),
         args.lease.policy()?,
         &names,
+        |i, _| LoopConfig::stage_name(i),
     )?;
     if status.phase != RunPhase::Succeeded {
         bail!(

@@ -370,6 +370,11 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
+    // Progress lines name the stages.
+    assert!(
+        stderr.contains("stage 3/16 (iteration 1 train)"),
+        "{stderr}"
+    );
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("# Run e2e: iteration 2 (V2)"), "{stdout}");
     for name in [
