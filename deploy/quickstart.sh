@@ -10,6 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=data/quickstart
 
+if ! command -v protoc >/dev/null; then
+  # The gRPC code is generated at build time with protoc (Debian's protobuf-compiler).
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends protobuf-compiler
+fi
 deploy/fetch_model.sh
 cargo build --quiet -p automaldesc-coordinator
 bin=target/debug/automaldesc
