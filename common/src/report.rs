@@ -105,6 +105,27 @@ pub struct Preference {
     pub win_rate: Option<f64>,
 }
 
+/// The judge's accuracy on the test references' own summaries: how far its verdicts (check
+/// 5 of the filter) can be trusted. The published judge: 99.5%.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JudgeCheck {
+    pub model_id: String,
+    /// Correct verdicts on benign and on malicious references.
+    pub benign: crate::eval::Accuracy,
+    pub malicious: crate::eval::Accuracy,
+}
+
+impl JudgeCheck {
+    pub fn accuracy(&self) -> f64 {
+        let total = self.benign.total + self.malicious.total;
+        if total == 0 {
+            0.0
+        } else {
+            (self.benign.correct + self.malicious.correct) as f64 / total as f64
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IterationReport {
     pub run: String,
@@ -117,6 +138,9 @@ pub struct IterationReport {
     pub previous: Option<(String, Comparison)>,
     pub funnel: Option<FunnelSummary>,
     pub preference: Option<Preference>,
+    /// The judge on the references' summaries (in the base model's report).
+    #[serde(default)]
+    pub judge_check: Option<JudgeCheck>,
     /// Every annotator so far, this one last.
     pub history: Vec<HistoryPoint>,
 }
@@ -138,6 +162,21 @@ impl IterationReport {
                 self.annotator, cmp.scripts
             );
             s.push_str(&eval::comparison_markdown(cmp));
+        }
+        if let Some(j) = &self.judge_check {
+            let _ = writeln!(
+                s,
+                "\n## The judge on the reference summaries\n\n`{}` read the {} test \
+                 references' summaries: {:.1}% correct (benign {}/{}, malicious {}/{}); the \
+                 published judge: 99.5%",
+                j.model_id,
+                j.benign.total + j.malicious.total,
+                100.0 * j.accuracy(),
+                j.benign.correct,
+                j.benign.total,
+                j.malicious.correct,
+                j.malicious.total
+            );
         }
         if let Some(p) = &self.preference {
             let _ = writeln!(
@@ -496,6 +535,17 @@ mod tests {
                 orders_disagree: 1,
                 win_rate: Some(2.0 / 3.0),
             }),
+            judge_check: Some(JudgeCheck {
+                model_id: "j".into(),
+                benign: crate::eval::Accuracy {
+                    correct: 3,
+                    total: 4,
+                },
+                malicious: crate::eval::Accuracy {
+                    correct: 4,
+                    total: 4,
+                },
+            }),
         }
     }
 
@@ -515,6 +565,7 @@ mod tests {
             "| base | 25.0 | 50.0 | 0.0 | 50.0 |",
             "| V1 | 50.0 | 50.0 | 100.0 | 0.0 |",
             "![funnel](funnel.svg)",
+            "read the 8 test references' summaries: 87.5% correct (benign 3/4, malicious 4/4)",
         ] {
             assert!(md.contains(needle), "{needle:?} missing from\n{md}");
         }

@@ -406,7 +406,11 @@ impl LoopConfig {
                 Some(format!("{test}/labels")),
                 true,
                 &[("answers", BASE_EVALUATE)],
-                report_config(0, "base", None),
+                {
+                    let mut c = report_config(0, "base", None);
+                    c["judge_check"] = json!(true);
+                    c
+                },
             ),
         ];
         for k in 1..=self.iterations {

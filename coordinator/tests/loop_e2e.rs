@@ -282,6 +282,12 @@ async fn check_run(
     let (base, _) = report(&state, output, 1).await;
     assert_eq!(base.annotator, "base");
     assert!(base.previous.is_none() && base.funnel.is_none());
+    let judge = base.judge_check.as_ref().unwrap();
+    assert_eq!(
+        judge.benign.total + judge.malicious.total,
+        base.evaluation.scripts,
+        "the judge read every reference summary"
+    );
     for k in 1..=2u32 {
         let (r, files) = report(&state, output, LoopConfig::stages_of(k).report).await;
         assert_eq!(r.annotator, format!("V{k}"));

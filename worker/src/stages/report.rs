@@ -8,11 +8,14 @@
 use std::collections::HashMap;
 
 use automaldesc_common::eval::{self, parse_response, Answers, Reference};
-use automaldesc_common::report::{FunnelSummary, HistoryPoint, IterationReport, Preference};
+use automaldesc_common::report::{
+    FunnelSummary, HistoryPoint, IterationReport, JudgeCheck, Preference,
+};
 use automaldesc_common::schema::{AnswersRow, LabelledRow};
+use automaldesc_common::Label;
 use serde::Deserialize;
 
-use super::judge::{choice_probs_after, first_tokens};
+use super::judge::{choice_probs_after, first_tokens, judge_summary};
 use super::{config, model, model_path, read_task, refs, write_file, ModelKey, StageRef};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::prompt;
@@ -34,6 +37,9 @@ pub struct ReportConfig {
     /// Script bytes shown to the preference judge (longer scripts are cut).
     #[serde(default = "default_preference_bytes")]
     pub preference_bytes: usize,
+    /// Also score the judge on the test references' summaries.
+    #[serde(default)]
+    pub judge_check: bool,
 }
 
 /// Summary tokens the preference judge reads of each summary.
@@ -125,6 +131,30 @@ impl ReportExecutor {
     }
 }
 
+/// Summary tokens the judge reads, as in the judge stage.
+const JUDGE_SUMMARY_TOKENS: usize = 512;
+
+fn judge_check(cfg: &ReportConfig, references: &[Reference]) -> Result<JudgeCheck, String> {
+    let judge = model(&ModelKey {
+        model: model_path(&cfg.judge_model)?,
+        adapter: None,
+    })?;
+    let mut check = JudgeCheck {
+        model_id: judge.model_id.clone(),
+        ..JudgeCheck::default()
+    };
+    for r in references {
+        let (verdict, _) = judge_summary(&judge, &r.summary, JUDGE_SUMMARY_TOKENS);
+        let side = match r.label {
+            Label::Benign => &mut check.benign,
+            Label::Malicious => &mut check.malicious,
+        };
+        side.total += 1;
+        side.correct += u64::from(verdict == r.label);
+    }
+    Ok(check)
+}
+
 impl Executor for ReportExecutor {
     fn kind(&self) -> &str {
         "report"
@@ -184,6 +214,11 @@ impl Executor for ReportExecutor {
             None => Vec::new(),
         };
         history.push(HistoryPoint::of(&cfg.annotator, &evaluation));
+        let judge_check = if cfg.judge_check {
+            Some(judge_check(&cfg, &references)?)
+        } else {
+            None
+        };
         let report = IterationReport {
             run: cfg.run.clone(),
             iteration: cfg.iteration,
@@ -193,6 +228,7 @@ impl Executor for ReportExecutor {
             previous,
             funnel,
             preference,
+            judge_check,
             history,
         };
         let mut files = Vec::new();
