@@ -538,8 +538,40 @@ pub fn kind_label(_: u32, kind: &str) -> String {
     kind.to_string()
 }
 
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Logs are JSON lines: progress goes through the log as events, not as free text.
+pub fn log_json(on: bool) {
+    JSON_LOGS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// True when logs are JSON lines (nothing else may be written to stderr).
+pub fn logs_are_json() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn print_progress(s: &RunStatus, label: StageLabel) {
-    if let Some(st) = s.stages.last() {
+    let Some(st) = s.stages.last() else {
+        return;
+    };
+    if logs_are_json() {
+        tracing::info!(
+            run = %s.id,
+            phase = ?s.phase,
+            stage = st.index,
+            stage_name = %label(st.index, &st.kind),
+            stages = s.stages_total,
+            tasks_done = st.counts.done,
+            tasks_total = st.counts.total,
+            tasks_leased = st.counts.leased,
+            tasks_quarantined = st.counts.quarantined,
+            scripts_done = st.totals.scripts_done,
+            scripts_total = st.totals.scripts_total,
+            "progress"
+        );
+        return;
+    }
+    {
         eprintln!(
             "run {} {:?}: stage {}/{} ({}) tasks {}/{} done, {} leased, {} quarantined; scripts {}/{}",
             s.id,

@@ -611,9 +611,11 @@ pub fn run(args: LoopArgs) -> anyhow::Result<()> {
             check_dataset("split", &format!("{}/{part}", split.trim_end_matches('/')))?;
         }
     }
-    eprintln!("run {}: {} stages", cfg.name, spec.stages.len());
-    for i in 0..spec.stages.len() as u32 {
-        eprintln!("  stage {}: {}", i + 1, LoopConfig::stage_name(i));
+    if !crate::cluster_cmd::logs_are_json() {
+        eprintln!("run {}: {} stages", cfg.name, spec.stages.len());
+        for i in 0..spec.stages.len() as u32 {
+            eprintln!("  stage {}: {}", i + 1, LoopConfig::stage_name(i));
+        }
     }
     let started = std::time::Instant::now();
     let names: Vec<String> = LOOP_EXECUTORS.iter().map(|s| s.to_string()).collect();
@@ -635,11 +637,11 @@ pub fn run(args: LoopArgs) -> anyhow::Result<()> {
         );
     }
     let gathered = gather_reports(&cfg, &args.state_dir, &status)?;
-    eprintln!(
-        "run {} finished in {:.1} min; reports under {}",
-        cfg.name,
-        started.elapsed().as_secs_f64() / 60.0,
-        gathered
+    tracing::info!(
+        run = %cfg.name,
+        minutes = started.elapsed().as_secs_f64() / 60.0,
+        reports = %gathered,
+        "run finished"
     );
     Ok(())
 }
@@ -682,7 +684,9 @@ pub fn gather_reports(
         let dst = automaldesc_common::store::child(&out_prefix, "reports/stages.md");
         out.put(&dst, PutPayload::from(md.clone().into_bytes()))
             .await?;
-        eprintln!("{md}");
+        if !crate::cluster_cmd::logs_are_json() {
+            eprintln!("{md}");
+        }
         Ok::<_, anyhow::Error>(())
     })??;
     println!("{last_md}");

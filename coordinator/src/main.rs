@@ -10,8 +10,24 @@ use clap::{Parser, Subcommand};
     about = "Self-training annotation of scripts at scale"
 )]
 struct Cli {
+    /// Log format on stderr: text, or json (one object per line, with the run, stage, task
+    /// and worker ids as fields).
+    #[arg(
+        long,
+        global = true,
+        env = "AUTOMALDESC_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -66,14 +82,23 @@ enum BenchCmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => {
+            logs.json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .init();
+            cluster::log_json(true);
+        }
+    }
     automaldesc_worker::runtime::keep_freed_memory();
-    let cli = Cli::parse();
     match cli.command {
         Command::Corpus(cmd) => automaldesc_coordinator::corpus_cmd::run(cmd),
         Command::Annotate(args) => automaldesc_coordinator::annotate_cmd::run(args),
