@@ -78,6 +78,9 @@ pub struct CoordinatorArgs {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "0.0.0.0:50051")]
     pub listen: String,
+    /// Serve `/healthz`, `/readyz` and `/metrics` (Prometheus) over HTTP on this address.
+    #[arg(long)]
+    pub http_listen: Option<String>,
     #[command(flatten)]
     pub state: StateArgs,
     #[command(flatten)]
@@ -335,6 +338,24 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let submitted = args.run.as_deref().map(read_spec).transpose()?;
     let rt = runtime()?;
     rt.block_on(async move {
+        // Probes and metrics answer from the start: a standby is alive but not ready.
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (snapshot, runs) = tokio::sync::watch::channel(Vec::new());
+        let snapshot = Arc::new(snapshot);
+        if let Some(addr) = &args.http_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for HTTP on {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "health and metrics over HTTP");
+            tokio::spawn(crate::http::serve_http(
+                listener,
+                crate::http::HttpState {
+                    ready: ready.clone(),
+                    runs,
+                    token: RequireToken::new(token.clone()),
+                },
+            ));
+        }
         let patience = Duration::from_secs(300);
         let (store, leadership): (Arc<dyn StateStore>, _) = if args.state.etcd.is_empty() {
             let store = EmbeddedStore::open(&args.state.state_dir)
@@ -377,7 +398,9 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             exit_when_done: args.exit_when_done,
             token: RequireToken::new(token),
             tls,
+            snapshot: Some(snapshot),
         };
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
         let lost = async {
             match &leadership {
                 Some(l) => l.lost().await,

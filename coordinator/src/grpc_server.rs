@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use automaldesc_common::ids::{LeaseRef, RunId, WorkerId};
@@ -86,6 +87,8 @@ pub struct ServeOptions {
     pub exit_when_done: bool,
     pub token: RequireToken,
     pub tls: Option<ServerTlsFiles>,
+    /// Every run's status, published on each tick (for `/metrics`).
+    pub snapshot: Option<Arc<watch::Sender<Vec<RunStatus>>>>,
 }
 
 impl ServeOptions {
@@ -98,6 +101,7 @@ impl ServeOptions {
             exit_when_done: false,
             token: RequireToken::default(),
             tls: None,
+            snapshot: None,
         }
     }
 }
@@ -139,7 +143,13 @@ async fn event_loop(
                 None => return LoopEnd::Closed,
                 Some(cmd) => handle(manager, cmd, opts.exit_when_done).await,
             },
-            _ = timer.tick() => manager.tick(Instant::now()).await,
+            _ = timer.tick() => {
+                let r = manager.tick(Instant::now()).await;
+                if let Some(s) = &opts.snapshot {
+                    s.send_replace(manager.list());
+                }
+                r
+            }
         };
         if let Err(e) = result {
             return LoopEnd::Fenced(e.to_string());

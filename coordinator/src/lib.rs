@@ -9,6 +9,7 @@ pub mod corpus_cmd;
 pub mod device;
 pub mod eval_cmd;
 pub mod grpc_server;
+pub mod http;
 pub mod labelled_split;
 pub mod lease_manager;
 pub mod loop_cmd;

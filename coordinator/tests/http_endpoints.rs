@@ -1,0 +1,143 @@
+//! `automaldesc coordinator --http-listen`: `/healthz`, `/readyz` and Prometheus `/metrics`
+//! on a coordinator process with a token, while a worker process runs a run to its end.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+mod support;
+use support::etcd::free_port;
+use support::procs::Proc;
+
+/// A GET over a fresh connection: (status, body).
+fn get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n").ok()?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// The value of the metric line that starts with `series` (name and labels).
+fn metric(body: &str, series: &str) -> Option<u64> {
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_metrics_follow_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let corpus = support::small_corpus(&d.join("corpus"), 11, 0.002).await;
+    let out = d.join("out").to_str().unwrap().to_string();
+    let spec = d.join("run.toml");
+    std::fs::write(
+        &spec,
+        support::echo_spec(
+            &corpus.unlabelled_url(),
+            &out,
+            corpus.total_bytes / 4,
+            "{ delay_ms = 200 }",
+        ),
+    )
+    .unwrap();
+    let token_file = d.join("token");
+    std::fs::write(&token_file, "metrics-token-1\n").unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let _coordinator = Proc::spawn(
+        d,
+        "c",
+        &args(&[
+            "coordinator",
+            "--listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+            "--state-dir",
+            d.join("state").to_str().unwrap(),
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--run",
+            spec.to_str().unwrap(),
+            "--run-id",
+            "m1",
+        ]),
+    );
+    wait_until("/healthz", || {
+        get(http, "/healthz", None).is_some_and(|r| r.0 == 200)
+    });
+    wait_until("/readyz", || {
+        get(http, "/readyz", None).is_some_and(|r| r.0 == 200)
+    });
+    assert_eq!(get(http, "/metrics", None).unwrap().0, 401, "no token");
+    assert_eq!(
+        get(http, "/metrics", Some("wrong")).unwrap().0,
+        401,
+        "wrong token"
+    );
+    assert_eq!(get(http, "/nothing", None).unwrap().0, 404);
+
+    let tasks = "automaldesc_stage_tasks{run=\"m1\",stage=\"0\",kind=\"echo\"";
+    let mut before = String::new();
+    wait_until("the run in the metrics", || {
+        before = get(http, "/metrics", Some("metrics-token-1")).map_or(String::new(), |r| r.1);
+        metric(&before, "automaldesc_runs{phase=\"running\"}") == Some(1)
+    });
+    let total = metric(&before, &format!("{tasks},state=\"total\"}}")).unwrap();
+    assert!(total >= 2, "{before}");
+    assert_eq!(
+        metric(&before, &format!("{tasks},state=\"done\"}}")),
+        Some(0)
+    );
+    assert!(before.contains("# TYPE automaldesc_stage_scripts_done counter"));
+
+    let _worker = Proc::spawn(
+        d,
+        "w",
+        &args(&[
+            "worker",
+            "--coordinator",
+            &format!("http://127.0.0.1:{grpc}"),
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--id",
+            "w0",
+        ]),
+    );
+    let mut after = String::new();
+    wait_until("the run to succeed in the metrics", || {
+        after = get(http, "/metrics", Some("metrics-token-1")).map_or(String::new(), |r| r.1);
+        metric(&after, "automaldesc_runs{phase=\"succeeded\"}") == Some(1)
+    });
+    assert_eq!(
+        metric(&after, &format!("{tasks},state=\"done\"}}")),
+        Some(total)
+    );
+    assert_eq!(
+        metric(&after, &format!("{tasks},state=\"pending\"}}")),
+        Some(0)
+    );
+    let scripts = corpus.sha_counts().await.values().sum::<usize>() as u64;
+    let series = "{run=\"m1\",stage=\"0\",kind=\"echo\"}";
+    assert_eq!(
+        metric(&after, &format!("automaldesc_stage_scripts_done{series}")),
+        Some(scripts)
+    );
+    assert_eq!(
+        metric(&after, &format!("automaldesc_stage_rows_out{series}")),
+        Some(scripts)
+    );
+}
