@@ -1,8 +1,9 @@
 //! The coordinator's HTTP side for operators and Kubernetes: `/healthz` (the process
-//! answers), `/readyz` (this coordinator leads and serves; a standby is not ready) and
-//! `/metrics` (Prometheus text). A minimal HTTP/1.1 server: GET only, one request per
-//! connection. `/metrics` requires the bearer token when one is configured; the probes do
-//! not (the kubelet sends none).
+//! answers), `/readyz` (this coordinator leads and serves; a standby is not ready),
+//! `/metrics` (Prometheus text) and `/api/runs` (every run as JSON, for scripts and
+//! dashboards). A minimal HTTP/1.1 server: GET only, one request per connection.
+//! `/metrics` and `/api/runs` require the bearer token when one is configured; the probes
+//! do not (the kubelet sends none).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,10 +64,10 @@ async fn answer(mut conn: TcpStream, state: &HttpState) -> std::io::Result<()> {
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
         .map(|(_, v)| v.trim().to_string());
     let (status, body) = respond(method, path, authorization.as_deref(), state);
-    let content_type = if path == "/metrics" && status == 200 {
-        "text/plain; version=0.0.4"
-    } else {
-        "text/plain"
+    let content_type = match (path, status) {
+        ("/metrics", 200) => "text/plain; version=0.0.4",
+        ("/api/runs", 200) => "application/json",
+        _ => "text/plain",
     };
     let reason = match status {
         200 => "OK",
@@ -96,10 +97,14 @@ fn respond(
         "/healthz" => (200, "ok\n".into()),
         "/readyz" if state.ready.load(Ordering::Relaxed) => (200, "ready\n".into()),
         "/readyz" => (503, "not leading\n".into()),
-        "/metrics" if !state.token.allows(authorization.map(str::as_bytes)) => {
+        "/metrics" | "/api/runs" if !state.token.allows(authorization.map(str::as_bytes)) => {
             (401, "a bearer token is required\n".into())
         }
         "/metrics" => (200, metrics_text(&state.runs.borrow())),
+        "/api/runs" => match serde_json::to_string(&*state.runs.borrow()) {
+            Ok(json) => (200, json),
+            Err(e) => (503, format!("{e}\n")),
+        },
         _ => (404, "not found\n".into()),
     }
 }

@@ -82,8 +82,8 @@ pub struct StageSummary {
     pub finished_ms: u64,
 }
 
-/// A run as reported to operators.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A run as reported to operators (and, as JSON, by `/api/runs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RunStatus {
     pub id: RunId,
     pub phase: RunPhase,

@@ -140,4 +140,18 @@ async fn probes_and_metrics_follow_a_run() {
         metric(&after, &format!("automaldesc_stage_rows_out{series}")),
         Some(scripts)
     );
+
+    assert_eq!(get(http, "/api/runs", None).unwrap().0, 401, "no token");
+    let (status, body) = get(http, "/api/runs", Some("metrics-token-1")).unwrap();
+    assert_eq!(status, 200);
+    let runs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let run = &runs[0];
+    assert_eq!(
+        (run["id"].as_str(), run["phase"].as_str()),
+        (Some("m1"), Some("succeeded"))
+    );
+    let stage = &run["stages"][0];
+    assert_eq!(stage["kind"], "echo");
+    assert_eq!(stage["counts"]["done"].as_u64(), Some(total));
+    assert_eq!(stage["totals"]["scripts_done"].as_u64(), Some(scripts));
 }
