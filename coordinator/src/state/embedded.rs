@@ -51,15 +51,24 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| io_err(&path, e))?;
-    // SAFETY: flock on a descriptor this function owns; no memory is shared.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(StateError::Unavailable(format!(
-            "{} is in use by another coordinator (its LOCK file is held)",
-            dir.display()
-        )));
+    // A lock just released can still be held for a moment by a child process forked (by
+    // any thread of this process) before it closes its inherited descriptors at exec: try
+    // for a second before saying the directory is in use.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        // SAFETY: flock on a descriptor this function owns; no memory is shared.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StateError::Unavailable(format!(
+                "{} is in use by another coordinator (its LOCK file is held)",
+                dir.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(file)
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StateError {
