@@ -573,6 +573,28 @@ pub fn logs_are_json() -> bool {
     JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The run's progress as a text bar: finished stages, plus the open stage's share of done
+/// tasks.
+pub fn progress_bar(s: &RunStatus) -> String {
+    const WIDTH: usize = 24;
+    let finished = s.stages.iter().filter(|st| st.finished_ms > 0).count() as f64;
+    let open = s
+        .stages
+        .iter()
+        .find(|st| st.finished_ms == 0)
+        .map_or(0.0, |st| {
+            f64::from(st.counts.done + st.counts.quarantined) / f64::from(st.counts.total.max(1))
+        });
+    let share = ((finished + open) / f64::from(s.stages_total.max(1))).clamp(0.0, 1.0);
+    let filled = (share * WIDTH as f64).round() as usize;
+    format!(
+        "[{}{}] {:>3.0}%",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        100.0 * share
+    )
+}
+
 fn print_progress(s: &RunStatus, label: StageLabel) {
     let Some(st) = s.stages.last() else {
         return;
@@ -596,9 +618,10 @@ fn print_progress(s: &RunStatus, label: StageLabel) {
     }
     {
         eprintln!(
-            "run {} {:?}: stage {}/{} ({}) tasks {}/{} done, {} leased, {} quarantined; scripts {}/{}",
+            "run {} {:?}: {} stage {}/{} ({}) tasks {}/{} done, {} leased, {} quarantined; scripts {}/{}",
             s.id,
             s.phase,
+            progress_bar(s),
             st.index + 1,
             s.stages_total,
             label(st.index, &st.kind),
@@ -780,4 +803,54 @@ pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
         print_status(&s, false);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease_manager::StageCounts;
+    use crate::run_manager::StageSummary;
+    use crate::stage_manager::StageTotals;
+
+    fn stage(index: u32, done: u32, total: u32, finished_ms: u64) -> StageSummary {
+        StageSummary {
+            index,
+            kind: "echo".into(),
+            counts: StageCounts {
+                total,
+                done,
+                leased: 0,
+                quarantined: 0,
+            },
+            totals: StageTotals::default(),
+            garbage_files_deleted: 0,
+            finished_ms,
+        }
+    }
+
+    #[test]
+    fn the_bar_counts_finished_stages_and_the_open_stages_tasks() {
+        let mut s = RunStatus {
+            id: RunId("r".into()),
+            phase: RunPhase::Running,
+            error: String::new(),
+            stages: vec![stage(0, 4, 4, 10), stage(1, 2, 4, 0)],
+            stages_total: 4,
+            submitted_ms: 0,
+        };
+        // 1 stage finished and half of the second: 1.5 of 4.
+        assert_eq!(
+            progress_bar(&s),
+            format!("[{}{}]  38%", "#".repeat(9), "-".repeat(15))
+        );
+        s.stages = vec![
+            stage(0, 4, 4, 10),
+            stage(1, 4, 4, 20),
+            stage(2, 1, 1, 30),
+            stage(3, 3, 3, 40),
+        ];
+        assert_eq!(progress_bar(&s), format!("[{}] 100%", "#".repeat(24)));
+        s.stages.clear();
+        assert_eq!(progress_bar(&s), format!("[{}]   0%", "-".repeat(24)));
+    }
 }
