@@ -300,6 +300,16 @@ pub async fn file_layout(store: Arc<dyn ObjectStore>, path: &Path) -> Result<Fil
 }
 
 /// [`file_layout`] of every file of a dataset.
+/// The layouts of the dataset at `url`; an error when it holds no Parquet file.
+pub async fn nonempty_dataset_layout(url: &str) -> Result<Vec<FileLayout>> {
+    let (store, prefix) = crate::store::open_object(url)?;
+    let layouts = dataset_layout(store, &prefix).await?;
+    if layouts.is_empty() {
+        return Err(Error::invalid("it holds no Parquet files"));
+    }
+    Ok(layouts)
+}
+
 pub async fn dataset_layout(store: Arc<dyn ObjectStore>, prefix: &Path) -> Result<Vec<FileLayout>> {
     let mut out = Vec::new();
     for meta in list_parquet(store.as_ref(), prefix).await? {

@@ -340,9 +340,11 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         // Probes and metrics answer from the start: a standby is alive but not ready.
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (snapshot, runs) = tokio::sync::watch::channel(Vec::new());
-        let snapshot = Arc::new(snapshot);
+        // The event loop publishes every run's status on each tick only for the HTTP side.
+        let mut snapshot = None;
         if let Some(addr) = &args.http_listen {
+            let (tx, runs) = tokio::sync::watch::channel(Vec::new());
+            snapshot = Some(Arc::new(tx));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening for HTTP on {addr}"))?;
@@ -398,7 +400,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             exit_when_done: args.exit_when_done,
             token: RequireToken::new(token),
             tls,
-            snapshot: Some(snapshot),
+            snapshot,
         };
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         let lost = async {
@@ -481,6 +483,11 @@ pub fn local(args: LocalArgs) -> anyhow::Result<()> {
         "{}",
         serde_json::to_string_pretty(&status_json(&to_proto(status.clone())))?
     );
+    ensure_succeeded(&status)
+}
+
+/// An error unless the run succeeded, naming how it ended and why.
+pub fn ensure_succeeded(status: &RunStatus) -> anyhow::Result<()> {
     if status.phase != RunPhase::Succeeded {
         bail!(
             "run {} ended {:?}: {}",

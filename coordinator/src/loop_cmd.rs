@@ -26,8 +26,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use automaldesc_common::ids::RunId;
-use automaldesc_common::parquet_io::dataset_layout;
-use automaldesc_common::store::{block_on, open_object, open_store};
+use automaldesc_common::parquet_io::nonempty_dataset_layout;
+use automaldesc_common::store::{block_on, open_store};
 use automaldesc_worker::train::lora::LoraConfig;
 use automaldesc_worker::train::TrainConfig;
 use clap::Args;
@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cluster_cmd::{run_local, LeaseArgs, LOOP_EXECUTORS};
-use crate::run_manager::{RunPhase, RunStatus};
+use crate::run_manager::RunStatus;
 use crate::run_spec::{RunSpec, StageConfig};
 use crate::stage_manager::read_commits;
 use crate::state::EmbeddedStore;
@@ -576,12 +576,7 @@ pub struct LoopArgs {
 
 /// Checks that a dataset location holds Parquet files, for a clear error before the run.
 fn check_dataset(what: &str, url: &str) -> anyhow::Result<()> {
-    let (store, prefix) = open_object(url).with_context(|| format!("{what} {url}"))?;
-    let layouts =
-        block_on(dataset_layout(store, &prefix))?.with_context(|| format!("{what} {url}"))?;
-    if layouts.is_empty() {
-        bail!("{what} {url} holds no Parquet files");
-    }
+    block_on(nonempty_dataset_layout(url))?.with_context(|| format!("{what} {url}"))?;
     Ok(())
 }
 
@@ -628,14 +623,7 @@ pub fn run(args: LoopArgs) -> anyhow::Result<()> {
         &names,
         |i, _| LoopConfig::stage_name(i),
     )?;
-    if status.phase != RunPhase::Succeeded {
-        bail!(
-            "run {} ended {:?}: {}",
-            status.id,
-            status.phase,
-            status.error
-        );
-    }
+    crate::cluster_cmd::ensure_succeeded(&status)?;
     let gathered = gather_reports(&cfg, &args.state_dir, &status)?;
     tracing::info!(
         run = %cfg.name,

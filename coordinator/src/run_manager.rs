@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use automaldesc_common::ids::{LeaseRef, RunId, WorkerId};
-use automaldesc_common::parquet_io::{dataset_layout, file_layout};
-use automaldesc_common::store::{open_object, open_store};
+use automaldesc_common::parquet_io::{file_layout, nonempty_dataset_layout};
+use automaldesc_common::store::open_store;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::ObjectStore;
@@ -424,17 +424,9 @@ impl RunManager {
         };
         let (input_root, layouts) = match source {
             StageInput::Url(url) => {
-                let context = format!("input of stage {k}: {url}");
-                let (store, prefix) = open_object(&url).map_err(data(context.clone()))?;
-                let layouts = dataset_layout(store, &prefix)
+                let layouts = nonempty_dataset_layout(&url)
                     .await
-                    .map_err(data(context.clone()))?;
-                if layouts.is_empty() {
-                    return Err(RunError::Data {
-                        context,
-                        source: automaldesc_common::Error::invalid("it holds no Parquet files"),
-                    });
-                }
+                    .map_err(data(format!("input of stage {k}: {url}")))?;
                 (url, layouts)
             }
             StageInput::Stage(n) => {
