@@ -154,6 +154,8 @@ fn decision_rows() -> Vec<DecisionRow> {
             summary: Some("Cleans a temporary directory.".into()),
             temperature: 0.4,
             label_prob: 0.99,
+            generated_tokens: 420,
+            saved_tokens: 0,
         },
         DecisionRow {
             sha256: "2".repeat(64),
@@ -166,6 +168,8 @@ fn decision_rows() -> Vec<DecisionRow> {
             summary: None,
             temperature: -1.0,
             label_prob: -1.0,
+            generated_tokens: 12,
+            saved_tokens: 1012,
         },
     ]
 }

@@ -11,7 +11,7 @@
 //! | generate | generate | unlabelled corpus | adapter |
 //! | judge | judge | the generated answers | |
 //! | filter | filter | the judged answers | |
-//! | aggregate | aggregate | every decision, one task | adapter, answers |
+//! | aggregate | aggregate | every decision, one task | adapter |
 //! | evaluate Vk | generate | test scripts | adapter |
 //! | report Vk | report | test labels, one task | answers, previous, funnel, history |
 //!
@@ -483,7 +483,7 @@ impl LoopConfig {
                     "aggregate",
                     None,
                     true,
-                    &[("adapter", s.train), ("answers", s.generate)],
+                    &[("adapter", s.train)],
                     json!({
                         "run": self.name,
                         "iteration": k,

@@ -32,6 +32,8 @@ fn accepted(row: &CorpusRow) -> DecisionRow {
         summary: Some("Prints a line.".into()),
         temperature: 0.4,
         label_prob: 0.97,
+        generated_tokens: 300,
+        saved_tokens: 0,
     }
 }
 

@@ -166,6 +166,9 @@ pub struct DecisionRow {
     /// Temperature and label probability of the kept sample (NaN when rejected).
     pub temperature: f32,
     pub label_prob: f32,
+    /// The script's decode tokens, and those early stop saved (from its `AnswersRow`).
+    pub generated_tokens: u64,
+    pub saved_tokens: u64,
 }
 
 impl ArrowRow for DecisionRow {
@@ -183,6 +186,8 @@ impl ArrowRow for DecisionRow {
                 Field::new("summary", DataType::Utf8, true),
                 Field::new("temperature", DataType::Float32, false),
                 Field::new("label_prob", DataType::Float32, false),
+                Field::new("generated_tokens", DataType::UInt64, false),
+                Field::new("saved_tokens", DataType::UInt64, false),
             ]))
         })
         .clone()
@@ -212,6 +217,12 @@ impl ArrowRow for DecisionRow {
             Arc::new(Float32Array::from_iter_values(
                 rows.iter().map(|r| r.label_prob),
             )),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.generated_tokens),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.saved_tokens),
+            )),
         ];
         batch(Self::schema(), cols)
     }
@@ -227,6 +238,8 @@ impl ArrowRow for DecisionRow {
         let summary = str_col(b, "summary")?;
         let temperature = f32_col(b, "temperature")?;
         let label_prob = f32_col(b, "label_prob")?;
+        let generated = u64_col(b, "generated_tokens")?;
+        let saved = u64_col(b, "saved_tokens")?;
         (0..b.num_rows())
             .map(|i| {
                 required(sha, "sha256", i)?;
@@ -244,6 +257,8 @@ impl ArrowRow for DecisionRow {
                     summary: opt_str(summary, i),
                     temperature: temperature.value(i),
                     label_prob: label_prob.value(i),
+                    generated_tokens: generated.value(i),
+                    saved_tokens: saved.value(i),
                 };
                 let complete =
                     row.language.is_some() && row.label.is_some() && row.summary.is_some();

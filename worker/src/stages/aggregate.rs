@@ -18,7 +18,7 @@ use automaldesc_common::filter::{Funnel, Reason};
 use automaldesc_common::manifest::Manifest;
 use automaldesc_common::parquet_io::{read_dataset, WriterOptions};
 use automaldesc_common::report::FunnelSummary;
-use automaldesc_common::schema::{AnswersRow, CorpusRow, DecisionRow, LabelledRow, RejectedRow};
+use automaldesc_common::schema::{CorpusRow, DecisionRow, LabelledRow, RejectedRow};
 use automaldesc_common::store::{block_on, open_object};
 use serde::Deserialize;
 
@@ -159,12 +159,8 @@ impl Executor for AggregateExecutor {
             scripts.push(script.clone());
         }
 
-        let (generated_tokens, saved_tokens) = match refs.get("answers") {
-            Some(r) => r.rows::<AnswersRow>("")?.iter().fold((0, 0), |(g, s), a| {
-                (g + a.generated_tokens, s + a.saved_tokens)
-            }),
-            None => (0, 0),
-        };
+        let generated_tokens = decisions.iter().map(|d| d.generated_tokens).sum();
+        let saved_tokens = decisions.iter().map(|d| d.saved_tokens).sum();
         let summary = FunnelSummary {
             unlabelled: universe.len() as u64,
             unprocessed,

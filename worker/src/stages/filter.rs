@@ -32,6 +32,8 @@ pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, Stri
         summary: None,
         temperature: f32::NAN,
         label_prob: f32::NAN,
+        generated_tokens: row.generated_tokens,
+        saved_tokens: row.saved_tokens,
     };
     let survivor = match before_judge(&samples, min_label_prob) {
         Ok(s) => s,
@@ -69,6 +71,8 @@ pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, Stri
             summary: Some(a.summary),
             temperature: samples[a.sample].temperature,
             label_prob: samples[a.sample].label_prob,
+            generated_tokens: row.generated_tokens,
+            saved_tokens: row.saved_tokens,
         },
         Err(r) => rejected(r),
     })
