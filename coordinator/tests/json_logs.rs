@@ -47,8 +47,7 @@ async fn a_local_run_logs_json_lines_with_its_ids_as_fields() {
     }
     let progress = events
         .iter()
-        .filter(|e| e["message"] == "progress")
-        .last()
+        .rfind(|e| e["message"] == "progress")
         .expect("progress events");
     assert_eq!(progress["run"], "j1");
     assert_eq!(progress["phase"], "Succeeded");
