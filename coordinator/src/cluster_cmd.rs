@@ -78,7 +78,8 @@ pub struct CoordinatorArgs {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "0.0.0.0:50051")]
     pub listen: String,
-    /// Serve `/healthz`, `/readyz` and `/metrics` (Prometheus) over HTTP on this address.
+    /// Serve the dashboard (`/`), its JSON API (`/api/cluster`, `/api/runs`), `/healthz`,
+    /// `/readyz` and `/metrics` (Prometheus) over HTTP on this address.
     #[arg(long)]
     pub http_listen: Option<String>,
     #[command(flatten)]
@@ -342,8 +343,9 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // The event loop publishes every run's status on each tick only for the HTTP side.
         let mut snapshot = None;
+        let store_for_http = Arc::new(std::sync::OnceLock::new());
         if let Some(addr) = &args.http_listen {
-            let (tx, runs) = tokio::sync::watch::channel(Vec::new());
+            let (tx, view) = tokio::sync::watch::channel(crate::http::ClusterView::default());
             snapshot = Some(Arc::new(tx));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -353,8 +355,9 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 listener,
                 crate::http::HttpState {
                     ready: ready.clone(),
-                    runs,
+                    view,
                     token: RequireToken::new(token.clone()),
+                    store: store_for_http.clone(),
                 },
             ));
         }
@@ -380,6 +383,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                 Some(leadership),
             )
         };
+        let _ = store_for_http.set(store.clone());
         let mut manager = with_store_retry("opening the runs", patience, || async {
             Ok(RunManager::open(store.clone(), policy).await?)
         })
@@ -832,6 +836,7 @@ mod tests {
             totals: StageTotals::default(),
             garbage_files_deleted: 0,
             finished_ms,
+            troubles: Vec::new(),
         }
     }
 
@@ -844,6 +849,8 @@ mod tests {
             stages: vec![stage(0, 4, 4, 10), stage(1, 2, 4, 0)],
             stages_total: 4,
             submitted_ms: 0,
+            output: String::new(),
+            stage_names: Vec::new(),
         };
         // 1 stage finished and half of the second: 1.5 of 4.
         assert_eq!(

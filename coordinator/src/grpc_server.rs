@@ -23,6 +23,8 @@ use crate::run_manager::{RunError, RunManager, RunPhase, RunStatus};
 use crate::run_spec::RunSpec;
 use crate::stage_manager::{Assignment, Completion, OutputRecord, StageError};
 use crate::state::StateError;
+use crate::workers::{Ending, Registration, Reported, Workers};
+use crate::http::ClusterView;
 
 /// How long a worker told "nothing now" waits before asking again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -30,15 +32,21 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 type Reply<T> = oneshot::Sender<Result<T, RunError>>;
 
 enum Command {
+    Register {
+        worker: WorkerId,
+        registration: Registration,
+    },
     Heartbeat {
         worker: WorkerId,
         leases: Vec<LeaseRef>,
+        reported: Option<Reported>,
         draining: bool,
         reply: oneshot::Sender<Vec<LeaseRef>>,
     },
     Acquire {
         worker: WorkerId,
         kinds: Vec<String>,
+        reported: Option<Reported>,
         reply: Reply<(Option<Assignment>, bool)>,
     },
     Complete {
@@ -48,6 +56,7 @@ enum Command {
         reply: Reply<Result<(), Refusal>>,
     },
     Fail {
+        worker: WorkerId,
         lease: LeaseRef,
         error: String,
         released: bool,
@@ -87,8 +96,8 @@ pub struct ServeOptions {
     pub exit_when_done: bool,
     pub token: RequireToken,
     pub tls: Option<ServerTlsFiles>,
-    /// Every run's status, published on each tick (for `/metrics`).
-    pub snapshot: Option<Arc<watch::Sender<Vec<RunStatus>>>>,
+    /// Every run's status and every worker, published on each tick (for the HTTP side).
+    pub snapshot: Option<Arc<watch::Sender<ClusterView>>>,
 }
 
 impl ServeOptions {
@@ -133,6 +142,7 @@ async fn event_loop(
     rx: &mut mpsc::Receiver<Command>,
     opts: &ServeOptions,
 ) -> LoopEnd {
+    let mut workers = Workers::new(opts.lease_ttl);
     let mut timer = tokio::time::interval(opts.tick);
     // Once done, keep answering for a while so polling workers (they ask every
     // `RETRY_AFTER`) learn it.
@@ -141,12 +151,16 @@ async fn event_loop(
         let result = tokio::select! {
             cmd = rx.recv() => match cmd {
                 None => return LoopEnd::Closed,
-                Some(cmd) => handle(manager, cmd, opts.exit_when_done).await,
+                Some(cmd) => handle(manager, &mut workers, cmd, opts.exit_when_done).await,
             },
             _ = timer.tick() => {
                 let r = manager.tick(Instant::now()).await;
                 if let Some(s) = &opts.snapshot {
-                    s.send_replace(manager.list());
+                    s.send_replace(ClusterView {
+                        at_ms: crate::run_manager::now_ms(),
+                        runs: manager.list(),
+                        workers: workers.views(Instant::now()),
+                    });
                 }
                 r
             }
@@ -164,7 +178,12 @@ async fn event_loop(
 }
 
 /// Handles one command; only a lost leadership is an error for the loop.
-async fn handle(m: &mut RunManager, cmd: Command, exit_when_done: bool) -> Result<(), RunError> {
+async fn handle(
+    m: &mut RunManager,
+    workers: &mut Workers,
+    cmd: Command,
+    exit_when_done: bool,
+) -> Result<(), RunError> {
     let now = Instant::now();
     // A reply the caller no longer waits for is dropped: nothing to do about it.
     fn answer<T>(reply: Reply<T>, r: Result<T, RunError>) -> Result<(), RunError> {
@@ -181,24 +200,37 @@ async fn handle(m: &mut RunManager, cmd: Command, exit_when_done: bool) -> Resul
         }
     }
     match cmd {
+        Command::Register {
+            worker,
+            registration,
+        } => {
+            workers.register(&worker, registration, now);
+            Ok(())
+        }
         Command::Heartbeat {
             worker,
             leases,
+            reported,
             draining,
             reply,
         } => {
             if draining {
                 tracing::debug!(worker_id = %worker, "worker draining");
             }
-            let _ = reply.send(m.heartbeat(&worker, &leases, now));
+            let lost = m.heartbeat(&worker, &leases, now);
+            workers.heartbeat(&worker, &leases, &lost, reported, draining, now);
+            let _ = reply.send(lost);
             Ok(())
         }
         Command::Acquire {
             worker,
             kinds,
+            reported,
             reply,
         } => {
             let r = m.acquire(&worker, &kinds, now).await;
+            let granted = r.as_ref().ok().and_then(|a| a.as_ref());
+            workers.acquired(&worker, reported, granted.map(|a| (&a.lease, a.attempt)), now);
             let finished = exit_when_done && m.idle();
             answer(reply, r.map(|a| (a, finished)))
         }
@@ -207,13 +239,31 @@ async fn handle(m: &mut RunManager, cmd: Command, exit_when_done: bool) -> Resul
             lease,
             done,
             reply,
-        } => answer(reply, m.complete(&worker, &lease, done, now).await),
+        } => {
+            let r = m.complete(&worker, &lease, done, now).await;
+            let ending = match r {
+                Ok(Ok(())) => Ending::Committed,
+                _ => Ending::Neither,
+            };
+            workers.finished(&worker, &lease, ending, now);
+            answer(reply, r)
+        }
         Command::Fail {
+            worker,
             lease,
             error,
             released,
             reply,
-        } => answer(reply, m.fail(&lease, &error, released, now).await),
+        } => {
+            let r = m.fail(&lease, &error, released, now).await;
+            let ending = if released {
+                Ending::Neither
+            } else {
+                Ending::Failed
+            };
+            workers.finished(&worker, &lease, ending, now);
+            answer(reply, r)
+        }
         Command::Submit { id, spec, reply } => answer(reply, m.submit(id, spec).await),
         Command::Get { id, reply } => answer(reply, m.status(&id)),
         Command::List { reply } => {
@@ -233,6 +283,15 @@ fn status(e: RunError) -> Status {
         _ if e.is_transient() || e.is_fenced() => Status::unavailable(e.to_string()),
         RunError::Data { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
+    }
+}
+
+fn reported(p: v1::Progress) -> Reported {
+    Reported {
+        scripts: p.scripts_done,
+        tokens: p.tokens_generated,
+        model_loads: p.model_loads,
+        model_load_ms: p.model_load_ms,
     }
 }
 
@@ -272,7 +331,7 @@ pub fn to_proto(s: RunStatus) -> v1::RunStatus {
                 tasks_leased: st.counts.leased,
                 tasks_quarantined: st.counts.quarantined,
                 scripts_done: st.totals.scripts_done,
-                tokens: 0,
+                tokens: st.totals.tokens,
                 index: st.index,
                 rows_out: st.totals.rows_out,
                 scripts_quarantined: st.totals.scripts_quarantined
@@ -322,6 +381,20 @@ impl WorkerService for WorkerGrpc {
         let caps = r.capabilities.unwrap_or_default();
         tracing::info!(worker_id = %worker, backend = %caps.backend, slots = caps.slots,
             kinds = ?caps.stage_kinds, "worker registered");
+        let registration = Registration {
+            backend: caps.backend,
+            device_memory_bytes: caps.device_memory_bytes,
+            slots: caps.slots,
+            kinds: caps.stage_kinds,
+        };
+        self.inner
+            .tx
+            .send(Command::Register {
+                worker,
+                registration,
+            })
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
         Ok(Response::new(v1::RegisterResponse {
             protocol_version: PROTOCOL_VERSION,
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
@@ -345,6 +418,7 @@ impl WorkerService for WorkerGrpc {
             .ask(|reply| Command::Heartbeat {
                 worker,
                 leases,
+                reported: r.progress.map(reported),
                 draining: r.draining,
                 reply,
             })
@@ -365,6 +439,7 @@ impl WorkerService for WorkerGrpc {
             .ask(|reply| Command::Acquire {
                 worker,
                 kinds: r.stage_kinds,
+                reported: r.progress.map(reported),
                 reply,
             })
             .await?
@@ -423,6 +498,7 @@ impl WorkerService for WorkerGrpc {
                     rows_in: r.rows_in,
                     outputs,
                     quarantined,
+                    tokens: r.tokens,
                 },
                 reply,
             })
@@ -445,10 +521,12 @@ impl WorkerService for WorkerGrpc {
         req: Request<v1::FailTaskRequest>,
     ) -> Result<Response<v1::FailTaskResponse>, Status> {
         let r = req.into_inner();
+        let worker = worker_id(r.worker_id)?;
         let lease = LeaseRef::try_from(require(r.lease, "lease")?)?;
         let outcome = self
             .inner
             .ask(|reply| Command::Fail {
+                worker,
                 lease,
                 error: r.error,
                 released: r.released,

@@ -1,30 +1,85 @@
-//! The coordinator's HTTP side for operators and Kubernetes: `/healthz` (the process
-//! answers), `/readyz` (this coordinator leads and serves; a standby is not ready),
-//! `/metrics` (Prometheus text) and `/api/runs` (every run as JSON, for scripts and
-//! dashboards). A minimal HTTP/1.1 server: GET only, one request per connection.
-//! `/metrics` and `/api/runs` require the bearer token when one is configured; the probes
-//! do not (the kubelet sends none).
+//! The coordinator's HTTP side for operators and Kubernetes. A minimal HTTP/1.1 server:
+//! GET only, one request per connection.
+//!
+//! - `/healthz`: the process answers. `/readyz`: this coordinator leads and serves (a
+//!   standby is not ready). The probes need no token (the kubelet sends none).
+//! - `/`: the dashboard, a page that polls `/api/cluster`.
+//! - `/api/cluster`: runs (with each stage's duration and ETA), workers and total
+//!   throughput, as JSON. `/api/runs`: the runs alone.
+//! - `/api/runs/{run}/stages/{k}/files/{name}`: a file stage k committed (a report, its
+//!   charts, a funnel).
+//! - `/metrics`: Prometheus text.
+//!
+//! Everything but the probes requires the token when one is configured: as a bearer header
+//! (scripts, Prometheus), or as the cookie `/login?token=...` sets (browsers).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use automaldesc_common::ids::RunId;
 use automaldesc_proto::security::RequireToken;
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::run_manager::{RunPhase, RunStatus};
+use crate::run_manager::{RunPhase, RunStatus, StageSummary};
+use crate::stage_manager::read_commits;
+use crate::state::StateStore;
+use crate::workers::{WorkerState, WorkerView};
+
+/// What the event loop publishes on each tick.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterView {
+    /// When it was taken (ms since the epoch).
+    pub at_ms: u64,
+    pub runs: Vec<RunStatus>,
+    pub workers: Vec<WorkerView>,
+}
 
 /// What the HTTP side reads.
 #[derive(Clone)]
 pub struct HttpState {
     /// Set once this coordinator leads and serves.
     pub ready: Arc<AtomicBool>,
-    /// Every run, refreshed by the event loop on each tick.
-    pub runs: watch::Receiver<Vec<RunStatus>>,
+    pub view: watch::Receiver<ClusterView>,
     pub token: RequireToken,
+    /// The state store, once this coordinator leads (for committed files).
+    pub store: Arc<OnceLock<Arc<dyn StateStore>>>,
+}
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+const COOKIE: &str = "automaldesc_token";
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    fn text(status: u16, body: &str) -> Self {
+        Self::new(status, "text/plain; charset=utf-8", body)
+    }
+
+    fn json(value: &impl Serialize) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => Self::new(200, "application/json", body),
+            Err(e) => Self::text(500, &format!("{e}\n")),
+        }
+    }
 }
 
 /// Serves until the task is dropped.
@@ -42,6 +97,39 @@ pub async fn serve_http(listener: TcpListener, state: HttpState) {
     }
 }
 
+/// The request head: method, target, and the headers we read.
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    authorization: Option<String>,
+    cookie: Option<String>,
+}
+
+fn parse_head(head: &str) -> Request {
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let method = first.next().unwrap_or("").to_string();
+    let target = first.next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut req = Request {
+        method,
+        path: path.to_string(),
+        query: query.to_string(),
+        authorization: None,
+        cookie: None,
+    };
+    for (k, v) in lines.filter_map(|l| l.split_once(':')) {
+        let k = k.trim();
+        if k.eq_ignore_ascii_case("authorization") {
+            req.authorization = Some(v.trim().to_string());
+        } else if k.eq_ignore_ascii_case("cookie") {
+            req.cookie = Some(v.trim().to_string());
+        }
+    }
+    req
+}
+
 async fn answer(mut conn: TcpStream, state: &HttpState) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
@@ -55,58 +143,292 @@ async fn answer(mut conn: TcpStream, state: &HttpState) -> std::io::Result<()> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let head = String::from_utf8_lossy(&buf);
-    let mut lines = head.split("\r\n");
-    let mut request = lines.next().unwrap_or("").split(' ');
-    let (method, path) = (request.next().unwrap_or(""), request.next().unwrap_or(""));
-    let authorization = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
-        .map(|(_, v)| v.trim().to_string());
-    let (status, body) = respond(method, path, authorization.as_deref(), state);
-    let content_type = match (path, status) {
-        ("/metrics", 200) => "text/plain; version=0.0.4",
-        ("/api/runs", 200) => "application/json",
-        _ => "text/plain",
-    };
-    let reason = match status {
+    let req = parse_head(&String::from_utf8_lossy(&buf));
+    let r = respond(&req, state).await;
+    let reason = match r.status {
         200 => "OK",
+        204 => "No Content",
+        303 => "See Other",
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        500 => "Internal Server Error",
         _ => "Service Unavailable",
     };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let mut head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+        r.status,
+        r.content_type,
+        r.body.len()
     );
-    conn.write_all(response.as_bytes()).await?;
+    for (k, v) in &r.headers {
+        let _ = write!(head, "{k}: {v}\r\n");
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(&r.body).await?;
     conn.shutdown().await
 }
 
-fn respond(
-    method: &str,
-    path: &str,
-    authorization: Option<&str>,
-    state: &HttpState,
-) -> (u16, String) {
-    if method != "GET" {
-        return (405, "GET only\n".into());
+/// Whether the request carries the token: as a bearer header, or as the login cookie.
+fn authorized(req: &Request, token: &RequireToken) -> bool {
+    if !token.is_required() || token.allows(req.authorization.as_deref().map(str::as_bytes)) {
+        return true;
     }
-    match path {
-        "/healthz" => (200, "ok\n".into()),
-        "/readyz" if state.ready.load(Ordering::Relaxed) => (200, "ready\n".into()),
-        "/readyz" => (503, "not leading\n".into()),
-        "/metrics" | "/api/runs" if !state.token.allows(authorization.map(str::as_bytes)) => {
-            (401, "a bearer token is required\n".into())
+    let cookie = req.cookie.as_deref().unwrap_or("").split(';').find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == COOKIE).then(|| from_hex(v))?
+    });
+    cookie.is_some_and(|t| token.allows(Some(format!("Bearer {t}").as_bytes())))
+}
+
+async fn respond(req: &Request, state: &HttpState) -> Response {
+    if req.method != "GET" {
+        return Response::text(405, "GET only\n");
+    }
+    match req.path.as_str() {
+        "/healthz" => return Response::text(200, "ok\n"),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => {
+            return Response::text(200, "ready\n")
         }
-        "/metrics" => (200, metrics_text(&state.runs.borrow())),
-        "/api/runs" => match serde_json::to_string(&*state.runs.borrow()) {
-            Ok(json) => (200, json),
-            Err(e) => (503, format!("{e}\n")),
-        },
-        _ => (404, "not found\n".into()),
+        "/readyz" => return Response::text(503, "not leading\n"),
+        "/favicon.ico" => return Response::new(204, "image/x-icon", Vec::new()),
+        "/login" => return login(&req.query, &state.token),
+        _ => {}
     }
+    if !authorized(req, &state.token) {
+        if req.path == "/" {
+            return Response::new(401, "text/html; charset=utf-8", LOGIN_PAGE);
+        }
+        return Response::text(401, "a bearer token is required\n");
+    }
+    let view = state.view.borrow().clone();
+    match req.path.as_str() {
+        "/" => {
+            let mut r = Response::new(200, "text/html; charset=utf-8", DASHBOARD);
+            r.headers.push((
+                "Content-Security-Policy",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:".into(),
+            ));
+            r
+        }
+        "/metrics" => {
+            let leader = state.ready.load(Ordering::Relaxed);
+            Response::new(
+                200,
+                "text/plain; version=0.0.4",
+                metrics_text(&view, leader),
+            )
+        }
+        "/api/runs" => Response::json(&view.runs),
+        "/api/cluster" => Response::json(&cluster_json(&view, state.ready.load(Ordering::Relaxed))),
+        path => match path.strip_prefix("/api/runs/") {
+            Some(rest) => stage_file(rest, &view, state).await,
+            None => Response::text(404, "not found\n"),
+        },
+    }
+}
+
+const LOGIN_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>automaldesc: sign in</title></head>\
+<body><form method=\"get\" action=\"/login\"><p>This coordinator requires its token.</p>\
+<input type=\"password\" name=\"token\" autofocus> <button>Sign in</button></form></body></html>";
+
+/// `/login?token=...`: a valid token becomes an HTTP-only cookie for the dashboard.
+fn login(query: &str, token: &RequireToken) -> Response {
+    let given = query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "token")
+        .and_then(|(_, v)| percent_decode(v));
+    match given {
+        Some(t) if token.allows(Some(format!("Bearer {t}").as_bytes())) => {
+            let mut r = Response::text(303, "signed in\n");
+            r.headers.push(("Location", "/".into()));
+            r.headers.push((
+                "Set-Cookie",
+                format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", to_hex(&t)),
+            ));
+            r
+        }
+        _ => Response::new(401, "text/html; charset=utf-8", LOGIN_PAGE),
+    }
+}
+
+fn to_hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<String> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `{run}/stages/{k}/files/{name}`: a file stage k of the run committed, by its name. Only
+/// committed files are served, so nothing else in the store can be read this way.
+async fn stage_file(rest: &str, view: &ClusterView, state: &HttpState) -> Response {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [run, "stages", stage, "files", name] = parts.as_slice() else {
+        return Response::text(404, "not found\n");
+    };
+    let (Some(r), Ok(stage)) = (
+        view.runs.iter().find(|r| r.id.0 == *run),
+        stage.parse::<u32>(),
+    ) else {
+        return Response::text(404, "no such run or stage\n");
+    };
+    let Some(store) = state.store.get() else {
+        return Response::text(503, "not leading\n");
+    };
+    let commits = match read_commits(store.as_ref(), &RunId(run.to_string()), stage).await {
+        Ok(c) => c,
+        Err(e) => return Response::text(503, &format!("{e}\n")),
+    };
+    let Some(path) = commits
+        .iter()
+        .flat_map(|(_, c)| &c.outputs)
+        .map(|o| o.path.as_str())
+        .find(|p| p.rsplit('/').next() == Some(*name))
+        .map(str::to_string)
+    else {
+        return Response::text(404, "the stage committed no such file\n");
+    };
+    let content_type = match name.rsplit('.').next() {
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("md") => "text/markdown; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    let read = async {
+        let (out, _) = automaldesc_common::store::open_store(&r.output)?;
+        let bytes = out
+            .get(&object_store::path::Path::from(path.as_str()))
+            .await?
+            .bytes()
+            .await?;
+        Ok::<_, anyhow::Error>(bytes)
+    };
+    match read.await {
+        Ok(bytes) => Response::new(200, content_type, bytes.to_vec()),
+        Err(e) => Response::text(503, &format!("{e}\n")),
+    }
+}
+
+/// Total throughput of the workers that are not lost: (tokens/s, scripts/s).
+fn cluster_rates(workers: &[WorkerView]) -> (f64, f64) {
+    workers
+        .iter()
+        .filter(|w| w.state != WorkerState::Lost)
+        .fold((0.0, 0.0), |(t, s), w| (t + w.tokens_per_s, s + w.scripts_per_s))
+}
+
+/// When stage `i` of the run started (ms since the epoch): stages run one after another,
+/// so at its predecessor's end, or at the run's submission.
+fn stage_started_ms(run: &RunStatus, i: usize) -> u64 {
+    match i {
+        0 => run.submitted_ms,
+        _ => run.stages[i - 1].finished_ms.max(run.submitted_ms),
+    }
+}
+
+/// How long the open stage still needs, in seconds, and what the estimate rests on:
+/// - "tokens": the tokens per script so far times the scripts left, at the cluster's
+///   current tokens/s (stages that generate);
+/// - "scripts": the scripts left at the current scripts/s;
+/// - "tasks": the time per committed task so far times the tasks left.
+///
+/// `None` when the stage is finished or nothing is known yet.
+pub fn stage_eta(st: &StageSummary, elapsed_s: f64, rates: (f64, f64)) -> Option<(f64, &'static str)> {
+    let (c, t) = (&st.counts, &st.totals);
+    let tasks_left = c.total.saturating_sub(c.done + c.quarantined);
+    if st.finished_ms != 0 || tasks_left == 0 {
+        return None;
+    }
+    let scripts_left = t
+        .scripts_total
+        .saturating_sub(t.scripts_done + t.scripts_in_quarantined_tasks) as f64;
+    if t.tokens > 0 && t.scripts_done > 0 && rates.0 > 0.0 {
+        let tokens_left = scripts_left * t.tokens as f64 / t.scripts_done as f64;
+        return Some((tokens_left / rates.0, "tokens"));
+    }
+    if rates.1 > 0.0 && scripts_left > 0.0 {
+        return Some((scripts_left / rates.1, "scripts"));
+    }
+    if c.done > 0 {
+        return Some((elapsed_s / c.done as f64 * tasks_left as f64, "tasks"));
+    }
+    None
+}
+
+/// `/api/cluster`: the view, with each stage's name, start, duration and ETA, and the total
+/// throughput.
+fn cluster_json(view: &ClusterView, leader: bool) -> serde_json::Value {
+    let rates = cluster_rates(&view.workers);
+    let runs: Vec<serde_json::Value> = view
+        .runs
+        .iter()
+        .map(|r| {
+            let mut run = serde_json::to_value(r).unwrap_or_default();
+            for (i, st) in r.stages.iter().enumerate() {
+                let started = stage_started_ms(r, i);
+                let end = if st.finished_ms != 0 {
+                    st.finished_ms
+                } else if r.phase == RunPhase::Running {
+                    view.at_ms
+                } else {
+                    started
+                };
+                let elapsed = end.saturating_sub(started) as f64 / 1000.0;
+                let eta = if r.phase == RunPhase::Running {
+                    stage_eta(st, elapsed, rates)
+                } else {
+                    None
+                };
+                let name = r
+                    .stage_names
+                    .get(st.index as usize)
+                    .filter(|n| !n.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| format!("stage {} {}", st.index, st.kind));
+                let s = &mut run["stages"][i];
+                s["name"] = name.into();
+                s["started_ms"] = started.into();
+                s["duration_s"] = elapsed.into();
+                s["eta_s"] = eta.map(|e| e.0).into();
+                s["eta_basis"] = eta.map(|e| e.1).into();
+            }
+            run
+        })
+        .collect();
+    serde_json::json!({
+        "at_ms": view.at_ms,
+        "leader": leader,
+        "tokens_per_s": rates.0,
+        "scripts_per_s": rates.1,
+        "workers": view.workers,
+        "runs": runs,
+    })
 }
 
 fn phase_name(p: RunPhase) -> &'static str {
@@ -118,101 +440,225 @@ fn phase_name(p: RunPhase) -> &'static str {
     }
 }
 
-/// The runs as Prometheus text exposition: runs by phase, and for each run's stages the
-/// tasks by state, scripts, rows and the attempt counters.
-pub fn metrics_text(runs: &[RunStatus]) -> String {
+/// A label value as the exposition format wants it.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(s: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(s, "# HELP {name} {help}");
+    let _ = writeln!(s, "# TYPE {name} {kind}");
+}
+
+/// Every metric as Prometheus text: runs by phase; per stage, tasks by state, scripts,
+/// rows, tokens, attempt counters, duration and ETA; per worker, leases, totals, rates,
+/// heartbeat age and model loads; the cluster's tokens/s; whether this coordinator leads.
+pub fn metrics_text(view: &ClusterView, leader: bool) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# HELP automaldesc_runs Runs by phase.");
-    let _ = writeln!(s, "# TYPE automaldesc_runs gauge");
+    header(&mut s, "automaldesc_coordinator_leader", "gauge", "1 when this coordinator leads and serves.");
+    let _ = writeln!(s, "automaldesc_coordinator_leader {}", u8::from(leader));
+    header(&mut s, "automaldesc_runs", "gauge", "Runs by phase.");
     for phase in [
         RunPhase::Running,
         RunPhase::Succeeded,
         RunPhase::Failed,
         RunPhase::Cancelled,
     ] {
-        let n = runs.iter().filter(|r| r.phase == phase).count();
+        let n = view.runs.iter().filter(|r| r.phase == phase).count();
         let _ = writeln!(s, "automaldesc_runs{{phase=\"{}\"}} {n}", phase_name(phase));
     }
-    type Metric = (&'static str, &'static str, &'static str);
-    let stage_metrics: [Metric; 8] = [
-        (
-            "automaldesc_stage_tasks",
-            "gauge",
-            "Tasks of a stage by state.",
-        ),
-        (
-            "automaldesc_stage_scripts_total",
-            "gauge",
-            "Input scripts of a stage's tasks.",
-        ),
-        (
-            "automaldesc_stage_scripts_done",
-            "counter",
-            "Input scripts of committed tasks.",
-        ),
-        (
-            "automaldesc_stage_rows_out",
-            "counter",
-            "Rows the committed tasks wrote.",
-        ),
-        (
-            "automaldesc_stage_scripts_quarantined",
-            "counter",
-            "Scripts quarantined alone or in a quarantined task.",
-        ),
-        (
-            "automaldesc_stage_lease_expiries",
-            "counter",
-            "Leases that expired (since this coordinator opened the stage).",
-        ),
-        (
-            "automaldesc_stage_failed_attempts",
-            "counter",
-            "Attempts that failed (since this coordinator opened the stage).",
-        ),
-        (
-            "automaldesc_stage_refused_completions",
-            "counter",
-            "Completions refused as late (since this coordinator opened the stage).",
-        ),
-    ];
-    for (name, kind, help) in stage_metrics {
-        let _ = writeln!(s, "# HELP {name} {help}");
-        let _ = writeln!(s, "# TYPE {name} {kind}");
-        for r in runs {
-            for st in &r.stages {
+    stage_metrics(&mut s, view);
+    worker_metrics(&mut s, view);
+    s
+}
+
+type Metric = (&'static str, &'static str, &'static str);
+
+const STAGE_METRICS: [Metric; 11] = [
+    ("automaldesc_stage_scripts_total", "gauge", "Input scripts of a stage's tasks."),
+    ("automaldesc_stage_scripts_done", "counter", "Input scripts of committed tasks."),
+    ("automaldesc_stage_rows_out", "counter", "Rows the committed tasks wrote."),
+    ("automaldesc_stage_tokens", "counter", "Decode tokens the committed tasks generated."),
+    ("automaldesc_stage_scripts_quarantined", "counter", "Scripts quarantined alone or in a quarantined task."),
+    ("automaldesc_stage_lease_expiries", "counter", "Leases that expired (since this coordinator opened the stage)."),
+    ("automaldesc_stage_failed_attempts", "counter", "Attempts that failed (since this coordinator opened the stage)."),
+    ("automaldesc_stage_refused_completions", "counter", "Completions refused as late (since this coordinator opened the stage)."),
+    ("automaldesc_stage_duration_seconds", "gauge", "Wall time of a stage: finished, or so far."),
+    ("automaldesc_stage_eta_seconds", "gauge", "Estimated seconds the open stage still needs (absent when unknown)."),
+    ("automaldesc_stage_tasks", "gauge", "Tasks of a stage by state."),
+];
+
+fn stage_metrics(s: &mut String, view: &ClusterView) {
+    let rates = cluster_rates(&view.workers);
+    for (name, kind, help) in STAGE_METRICS {
+        header(s, name, kind, help);
+        for r in &view.runs {
+            for (i, st) in r.stages.iter().enumerate() {
                 let labels = format!(
                     "run=\"{}\",stage=\"{}\",kind=\"{}\"",
-                    r.id, st.index, st.kind
+                    label(&r.id.0),
+                    st.index,
+                    label(&st.kind)
                 );
                 let (c, t) = (&st.counts, &st.totals);
-                if name == "automaldesc_stage_tasks" {
-                    let pending = c.total.saturating_sub(c.done + c.leased + c.quarantined);
-                    for (state, n) in [
-                        ("total", c.total),
-                        ("done", c.done),
-                        ("leased", c.leased),
-                        ("quarantined", c.quarantined),
-                        ("pending", pending),
-                    ] {
-                        let _ = writeln!(s, "{name}{{{labels},state=\"{state}\"}} {n}");
+                let started = stage_started_ms(r, i);
+                let end = match (st.finished_ms, r.phase) {
+                    (0, RunPhase::Running) => view.at_ms,
+                    (0, _) => started,
+                    (f, _) => f,
+                };
+                let elapsed = end.saturating_sub(started) as f64 / 1000.0;
+                let v: f64 = match name {
+                    "automaldesc_stage_tasks" => {
+                        let pending = c.total.saturating_sub(c.done + c.leased + c.quarantined);
+                        for (state, n) in [
+                            ("total", c.total),
+                            ("done", c.done),
+                            ("leased", c.leased),
+                            ("quarantined", c.quarantined),
+                            ("pending", pending),
+                        ] {
+                            let _ = writeln!(s, "{name}{{{labels},state=\"{state}\"}} {n}");
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                let v = match name {
-                    "automaldesc_stage_scripts_total" => t.scripts_total,
-                    "automaldesc_stage_scripts_done" => t.scripts_done,
-                    "automaldesc_stage_rows_out" => t.rows_out,
+                    "automaldesc_stage_eta_seconds" => {
+                        let eta = (r.phase == RunPhase::Running)
+                            .then(|| stage_eta(st, elapsed, rates))
+                            .flatten();
+                        match eta {
+                            Some((e, _)) => e,
+                            None => continue,
+                        }
+                    }
+                    "automaldesc_stage_duration_seconds" => elapsed,
+                    "automaldesc_stage_scripts_total" => t.scripts_total as f64,
+                    "automaldesc_stage_scripts_done" => t.scripts_done as f64,
+                    "automaldesc_stage_rows_out" => t.rows_out as f64,
+                    "automaldesc_stage_tokens" => t.tokens as f64,
                     "automaldesc_stage_scripts_quarantined" => {
-                        t.scripts_quarantined + t.scripts_in_quarantined_tasks
+                        (t.scripts_quarantined + t.scripts_in_quarantined_tasks) as f64
                     }
-                    "automaldesc_stage_lease_expiries" => u64::from(t.leases_expired),
-                    "automaldesc_stage_failed_attempts" => u64::from(t.attempts_failed),
-                    _ => u64::from(t.completions_refused),
+                    "automaldesc_stage_lease_expiries" => f64::from(t.leases_expired),
+                    "automaldesc_stage_failed_attempts" => f64::from(t.attempts_failed),
+                    _ => f64::from(t.completions_refused),
                 };
                 let _ = writeln!(s, "{name}{{{labels}}} {v}");
             }
         }
     }
-    s
+}
+
+const WORKER_METRICS: [Metric; 9] = [
+    ("automaldesc_worker_info", "gauge", "A worker heard from, with its backend (always 1)."),
+    ("automaldesc_worker_leases", "gauge", "Leases a worker holds."),
+    ("automaldesc_worker_tokens_total", "counter", "Decode tokens a worker generated since it started."),
+    ("automaldesc_worker_scripts_total", "counter", "Scripts a worker's executors finished since it started."),
+    ("automaldesc_worker_tokens_per_second", "gauge", "A worker's decode tokens per second over the last minute."),
+    ("automaldesc_worker_scripts_per_second", "gauge", "A worker's scripts per second over the last minute."),
+    ("automaldesc_worker_heartbeat_age_seconds", "gauge", "Seconds since the worker was last heard from."),
+    ("automaldesc_worker_model_load_seconds_total", "counter", "Seconds a worker spent loading models."),
+    ("automaldesc_worker_model_loads_total", "counter", "Models a worker loaded."),
+];
+
+fn worker_metrics(s: &mut String, view: &ClusterView) {
+    header(s, "automaldesc_workers", "gauge", "Workers by state.");
+    for state in WorkerState::ALL {
+        let n = view.workers.iter().filter(|w| w.state == state).count();
+        let _ = writeln!(s, "automaldesc_workers{{state=\"{}\"}} {n}", state.name());
+    }
+    for (name, kind, help) in WORKER_METRICS {
+        header(s, name, kind, help);
+        for w in &view.workers {
+            let id = label(&w.id);
+            let v = match name {
+                "automaldesc_worker_info" => {
+                    let _ = writeln!(s, "{name}{{worker=\"{id}\",backend=\"{}\"}} 1", label(&w.backend));
+                    continue;
+                }
+                "automaldesc_worker_leases" => w.leases.len() as f64,
+                "automaldesc_worker_tokens_total" => w.tokens as f64,
+                "automaldesc_worker_scripts_total" => w.scripts as f64,
+                "automaldesc_worker_tokens_per_second" => w.tokens_per_s,
+                "automaldesc_worker_scripts_per_second" => w.scripts_per_s,
+                "automaldesc_worker_heartbeat_age_seconds" => {
+                    view.at_ms.saturating_sub(w.last_seen_ms) as f64 / 1000.0
+                }
+                "automaldesc_worker_model_load_seconds_total" => w.model_load_s,
+                _ => w.model_loads as f64,
+            };
+            let _ = writeln!(s, "{name}{{worker=\"{id}\"}} {v}");
+        }
+    }
+    header(s, "automaldesc_tokens_per_second", "gauge", "Decode tokens per second of all workers not lost.");
+    let _ = writeln!(s, "automaldesc_tokens_per_second {}", cluster_rates(&view.workers).0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease_manager::StageCounts;
+    use crate::stage_manager::StageTotals;
+
+    fn stage(done: u32, total: u32, totals: StageTotals) -> StageSummary {
+        StageSummary {
+            index: 1,
+            kind: "generate".into(),
+            counts: StageCounts {
+                total,
+                done,
+                leased: 1,
+                quarantined: 0,
+            },
+            totals,
+            garbage_files_deleted: 0,
+            finished_ms: 0,
+            troubles: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_eta_rests_on_tokens_then_scripts_then_tasks() {
+        // 40 of 100 scripts done with 8000 tokens: 200 tokens a script, 60 left = 12000
+        // tokens; at 400 tokens/s, 30 s.
+        let totals = StageTotals {
+            scripts_total: 100,
+            scripts_done: 40,
+            tokens: 8000,
+            ..StageTotals::default()
+        };
+        assert_eq!(stage_eta(&stage(4, 10, totals), 99.0, (400.0, 2.0)), Some((30.0, "tokens")));
+        // No tokens (a stage that does not generate): 60 scripts at 2 scripts/s.
+        let no_tokens = StageTotals { tokens: 0, ..totals };
+        assert_eq!(stage_eta(&stage(4, 10, no_tokens), 99.0, (400.0, 2.0)), Some((30.0, "scripts")));
+        // No rate either: 4 tasks in 20 s, 6 left.
+        assert_eq!(stage_eta(&stage(4, 10, no_tokens), 20.0, (0.0, 0.0)), Some((30.0, "tasks")));
+        // Nothing known yet; and nothing left.
+        assert_eq!(stage_eta(&stage(0, 10, StageTotals::default()), 5.0, (0.0, 0.0)), None);
+        assert_eq!(stage_eta(&stage(10, 10, totals), 5.0, (400.0, 2.0)), None);
+    }
+
+    #[test]
+    fn the_cookie_carries_the_token_hex_encoded() {
+        let token = RequireToken::new(Some(
+            automaldesc_proto::security::Token::new("s3cr=t;%").unwrap(),
+        ));
+        let r = login("token=s3cr%3Dt%3B%25", &token);
+        assert_eq!(r.status, 303);
+        let cookie = &r.headers.iter().find(|(k, _)| *k == "Set-Cookie").unwrap().1;
+        let value = cookie.split(';').next().unwrap();
+        let req = |cookie: &str| Request {
+            method: "GET".into(),
+            path: "/".into(),
+            query: String::new(),
+            authorization: None,
+            cookie: Some(cookie.to_string()),
+        };
+        assert!(authorized(&req(&format!("other=1; {value}")), &token));
+        assert!(!authorized(&req(&format!("{COOKIE}={}", to_hex("wrong"))), &token));
+        assert!(!authorized(&req(&format!("{COOKIE}=zz")), &token));
+        assert_eq!(login("token=wrong", &token).status, 401);
+    }
 }

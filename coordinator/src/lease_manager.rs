@@ -166,6 +166,23 @@ impl LeaseBook {
         c
     }
 
+    /// Tasks whose last attempt failed or expired and that are not done: (task, attempts
+    /// so far, quarantined, last error).
+    pub fn troubled(&self) -> Vec<(TaskId, u32, bool, String)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let error = e.last_error.clone()?;
+                match e.state {
+                    TaskState::Done { .. } => None,
+                    TaskState::Quarantined { .. } => Some((TaskId(i as u32), e.attempts, true, error)),
+                    _ => Some((TaskId(i as u32), e.attempts, false, error)),
+                }
+            })
+            .collect()
+    }
+
     /// The highest token issued so far (to persist).
     pub fn token_high_water(&self) -> u64 {
         self.next_token - 1

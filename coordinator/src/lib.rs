@@ -19,3 +19,4 @@ pub mod run_spec;
 pub mod stage_manager;
 pub mod state;
 pub mod train_cmd;
+pub mod workers;

@@ -515,6 +515,9 @@ impl LoopConfig {
                 ),
             ]);
         }
+        for (i, s) in stages.iter_mut().enumerate() {
+            s.name = Some(Self::stage_name(i as u32));
+        }
         RunSpec {
             input: self.corpus.clone(),
             output: self.output.clone(),

@@ -33,7 +33,7 @@ use crate::planner::{plan, plan_single, InputFile, PlanOptions, TaskPlan};
 use crate::run_spec::{RunSpec, SpecError, StageInput};
 use crate::stage_manager::{
     read_commits, Assignment, Completion, OutputRecord, StageError, StageManager, StageSpec,
-    StageTotals,
+    StageTotals, Trouble,
 };
 use crate::state::{Expect, StateError, StateStore};
 
@@ -80,6 +80,10 @@ pub struct StageSummary {
     /// first) to this.
     #[serde(default)]
     pub finished_ms: u64,
+    /// Tasks retried or quarantined and scripts quarantined, with their errors (the first
+    /// [`crate::stage_manager::TROUBLES_LISTED`]).
+    #[serde(default)]
+    pub troubles: Vec<Trouble>,
 }
 
 /// A run as reported to operators (and, as JSON, by `/api/runs`).
@@ -93,6 +97,10 @@ pub struct RunStatus {
     pub stages_total: u32,
     /// When the run was submitted (ms since the epoch).
     pub submitted_ms: u64,
+    /// Where the stages write (the spec's `output`).
+    pub output: String,
+    /// Every stage's name from the spec, by index ("" where the spec names none).
+    pub stage_names: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +173,7 @@ impl Run {
                 totals: m.totals(),
                 garbage_files_deleted: 0,
                 finished_ms: 0,
+                troubles: m.troubles(),
             });
         }
         RunStatus {
@@ -174,6 +183,13 @@ impl Run {
             stages,
             stages_total: self.spec.stages.len() as u32,
             submitted_ms: self.record.submitted_ms,
+            output: self.spec.output.clone(),
+            stage_names: self
+                .spec
+                .stages
+                .iter()
+                .map(|s| s.name.clone().unwrap_or_default())
+                .collect(),
         }
     }
 
@@ -236,7 +252,7 @@ fn from_json<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T,
     })
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -545,6 +561,7 @@ impl RunManager {
                 totals: stage.totals(),
                 garbage_files_deleted: garbage,
                 finished_ms: now_ms(),
+                troubles: stage.troubles(),
             };
             self.store
                 .put(
@@ -758,6 +775,8 @@ fn placeholder_status() -> RunStatus {
         stages: Vec::new(),
         stages_total: 0,
         submitted_ms: 0,
+        output: String::new(),
+        stage_names: Vec::new(),
     }
 }
 

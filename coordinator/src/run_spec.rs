@@ -44,6 +44,9 @@ pub struct RunSpec {
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
     pub kind: String,
+    /// A person's name for the stage ("iteration 1 generate"), for progress displays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Settings for the executor, passed to it as JSON.
     #[serde(default = "empty_object")]
     pub config: serde_json::Value,
@@ -76,6 +79,7 @@ impl StageConfig {
     pub fn new(kind: &str, config: serde_json::Value) -> Self {
         Self {
             kind: kind.to_string(),
+            name: None,
             config,
             input: None,
             single_task: false,

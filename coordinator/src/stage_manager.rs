@@ -62,6 +62,8 @@ pub struct Completion {
     pub outputs: Vec<OutputRecord>,
     /// Input scripts the executor could not process: (sha256, reason).
     pub quarantined: Vec<(String, String)>,
+    /// Decode tokens the attempt generated.
+    pub tokens: u64,
 }
 
 /// The durable record of a committed task.
@@ -73,7 +75,27 @@ pub struct CommitRecord {
     pub outputs: Vec<OutputRecord>,
     /// Input scripts the executor could not process: (sha256, reason).
     pub quarantined: Vec<(String, String)>,
+    /// Decode tokens the attempt generated (absent in records written before it was kept).
+    #[serde(default)]
+    pub tokens: u64,
 }
+
+/// A task or script in trouble, for operators: retried, or quarantined, with the error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trouble {
+    pub task: u32,
+    /// The script, when one script of a committed task was quarantined alone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+    /// Attempts so far (0 for a single script).
+    pub attempts: u32,
+    /// "retrying", "quarantined" (the whole task) or "script quarantined".
+    pub state: String,
+    pub error: String,
+}
+
+/// At most this many troubles are listed per stage (the counts stay exact).
+pub const TROUBLES_LISTED: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -100,6 +122,9 @@ pub struct StageTotals {
     pub completions_refused: u32,
     pub leases_expired: u32,
     pub attempts_failed: u32,
+    /// Decode tokens of committed tasks.
+    #[serde(default)]
+    pub tokens: u64,
 }
 
 pub struct StageManager {
@@ -109,6 +134,8 @@ pub struct StageManager {
     totals: StageTotals,
     /// Tokens up to this one are durably reserved (and may have been issued).
     tokens_reserved: u64,
+    /// Scripts quarantined inside committed tasks, the first [`TROUBLES_LISTED`].
+    scripts_quarantined: Vec<Trouble>,
 }
 
 /// Tokens reserved per durable write.
@@ -145,6 +172,7 @@ impl StageManager {
             None => 0,
         };
         let mut book = LeaseBook::new(spec.tasks.len() as u32, policy, floor, now);
+        let mut scripts_quarantined = Vec::new();
         let mut totals = StageTotals {
             scripts_total: spec.tasks.iter().map(|t| t.rows).sum(),
             ..StageTotals::default()
@@ -155,8 +183,10 @@ impl StageManager {
                     key: key.clone(),
                     reason: e.to_string(),
                 })?;
-            book.mark_done(task_of(&key)?, record.token);
+            let task = task_of(&key)?;
+            book.mark_done(task, record.token);
             totals.add_commit(&record);
+            note_scripts(&mut scripts_quarantined, task, &record);
         }
         for (key, v) in store.list(&format!("{prefix}/quarantined/")).await? {
             let error = String::from_utf8_lossy(&v.value).into_owned();
@@ -171,11 +201,32 @@ impl StageManager {
             store,
             totals,
             tokens_reserved: floor,
+            scripts_quarantined,
         })
     }
 
     pub fn totals(&self) -> StageTotals {
         self.totals
+    }
+
+    /// Tasks retried or quarantined, then scripts quarantined alone, with their errors (at
+    /// most [`TROUBLES_LISTED`]).
+    pub fn troubles(&self) -> Vec<Trouble> {
+        let mut out: Vec<Trouble> = self
+            .book
+            .troubled()
+            .into_iter()
+            .map(|(task, attempts, quarantined, error)| Trouble {
+                task: task.0,
+                sha256: String::new(),
+                attempts,
+                state: if quarantined { "quarantined" } else { "retrying" }.into(),
+                error,
+            })
+            .collect();
+        out.extend(self.scripts_quarantined.iter().cloned());
+        out.truncate(TROUBLES_LISTED);
+        out
     }
 
     /// Every commit record of the stage, by task.
@@ -290,6 +341,7 @@ impl StageManager {
             rows_in: done.rows_in,
             outputs: done.outputs,
             quarantined: done.quarantined,
+            tokens: done.tokens,
         };
         let json = serde_json::to_vec(&record).map_err(|e| StageError::Corrupt {
             key: self.commit_key(lease.task),
@@ -302,6 +354,7 @@ impl StageManager {
         {
             Ok(_) => {
                 self.totals.add_commit(&record);
+                note_scripts(&mut self.scripts_quarantined, lease.task, &record);
                 Ok(self.book.complete(lease.task, lease.token, now))
             }
             Err(StateError::Conflict { .. }) => {
@@ -411,8 +464,21 @@ pub async fn read_commits(
     Ok(out)
 }
 
+/// Lists the scripts a committed task quarantined alone, up to [`TROUBLES_LISTED`].
+fn note_scripts(list: &mut Vec<Trouble>, task: TaskId, r: &CommitRecord) {
+    let room = TROUBLES_LISTED.saturating_sub(list.len());
+    list.extend(r.quarantined.iter().take(room).map(|(sha256, reason)| Trouble {
+        task: task.0,
+        sha256: sha256.clone(),
+        attempts: 0,
+        state: "script quarantined".into(),
+        error: reason.clone(),
+    }));
+}
+
 impl StageTotals {
     fn add_commit(&mut self, r: &CommitRecord) {
+        self.tokens += r.tokens;
         self.scripts_done += r.rows_in;
         self.rows_out += r.outputs.iter().map(|o| o.rows).sum::<u64>();
         self.scripts_quarantined += r.quarantined.len() as u64;

@@ -1,5 +1,6 @@
-//! `automaldesc coordinator --http-listen`: `/healthz`, `/readyz` and Prometheus `/metrics`
-//! on a coordinator process with a token, while a worker process runs a run to its end.
+//! `automaldesc coordinator --http-listen`: `/healthz`, `/readyz`, Prometheus `/metrics`,
+//! the JSON API and the dashboard's sign-in on a coordinator process with a token, while a
+//! worker process runs a run to its end.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -10,15 +11,20 @@ use support::procs::Proc;
 
 /// A GET over a fresh connection: (status, body).
 fn get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    get_with(port, path, &auth).map(|(status, _, body)| (status, body))
+}
+
+/// A GET with extra header lines: (status, head, body).
+fn get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String, String)> {
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n").ok()?;
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n").ok()?;
     let mut response = String::new();
     conn.read_to_string(&mut response).ok()?;
     let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((status, head.to_string(), body.to_string()))
 }
 
 /// The value of the metric line that starts with `series` (name and labels).
@@ -88,7 +94,30 @@ async fn probes_and_metrics_follow_a_run() {
         401,
         "wrong token"
     );
-    assert_eq!(get(http, "/nothing", None).unwrap().0, 404);
+    assert_eq!(get(http, "/nothing", None).unwrap().0, 401, "no token");
+    assert_eq!(get(http, "/nothing", Some("metrics-token-1")).unwrap().0, 404);
+
+    // The dashboard: a sign-in page without the token; /login turns the token into a
+    // cookie that opens the page and the API.
+    let (status, page) = get(http, "/", None).unwrap();
+    assert_eq!(status, 401);
+    assert!(page.contains("action=\"/login\""), "{page}");
+    assert_eq!(get(http, "/login?token=wrong", None).unwrap().0, 401);
+    let (status, head, _) = get_with(http, "/login?token=metrics-token-1", "").unwrap();
+    assert_eq!(status, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    assert!(head.contains("HttpOnly"), "{head}");
+    let with_cookie = format!("Cookie: {cookie}\r\n");
+    let (status, _, page) = get_with(http, "/", &with_cookie).unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("/api/cluster"), "the page polls the API");
+    assert_eq!(get_with(http, "/api/cluster", &with_cookie).unwrap().0, 200);
+    assert_eq!(get_with(http, "/api/cluster", "Cookie: automaldesc_token=00\r\n").unwrap().0, 401);
 
     let tasks = "automaldesc_stage_tasks{run=\"m1\",stage=\"0\",kind=\"echo\"";
     let mut before = String::new();
@@ -154,4 +183,41 @@ async fn probes_and_metrics_follow_a_run() {
     assert_eq!(stage["kind"], "echo");
     assert_eq!(stage["counts"]["done"].as_u64(), Some(total));
     assert_eq!(stage["totals"]["scripts_done"].as_u64(), Some(scripts));
+
+    // The worker, as the metrics and /api/cluster show it: every task it committed, every
+    // script its executor finished, no lease left.
+    assert_eq!(metric(&after, "automaldesc_worker_info{worker=\"w0\",backend=\"cpu\"}"), Some(1));
+    assert_eq!(metric(&after, "automaldesc_coordinator_leader"), Some(1));
+    let cluster = wait_for_json(http, "the worker's totals after its last task", |c| {
+        c["workers"][0]["scripts"].as_u64() == Some(scripts)
+    });
+    let w = &cluster["workers"][0];
+    assert_eq!(w["id"], "w0");
+    assert_eq!(w["backend"], "cpu");
+    assert_eq!(w["tasks_completed"].as_u64(), Some(total));
+    assert_eq!(w["tasks_failed"].as_u64(), Some(0));
+    assert_eq!(w["leases"].as_array().map(Vec::len), Some(0));
+    assert!(w["registered_ms"].as_u64() > Some(0));
+    let metrics = get(http, "/metrics", Some("metrics-token-1")).unwrap().1;
+    assert_eq!(metric(&metrics, "automaldesc_worker_scripts_total{worker=\"w0\"}"), Some(scripts));
+    assert_eq!(metric(&metrics, "automaldesc_worker_leases{worker=\"w0\"}"), Some(0));
+    let stage = &cluster["runs"][0]["stages"][0];
+    assert_eq!(stage["name"], "stage 0 echo");
+    // Each task sleeps 200 ms, one after another.
+    let duration = stage["duration_s"].as_f64().unwrap();
+    assert!(duration >= 0.2 * total as f64, "{duration} s for {total} tasks");
+    assert!(stage["eta_s"].is_null(), "a finished stage has no ETA");
+    assert_eq!(cluster["leader"], true);
+}
+
+/// `/api/cluster` once `ok` holds for it.
+fn wait_for_json(port: u16, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_until(what, || {
+        last = get(port, "/api/cluster", Some("metrics-token-1"))
+            .and_then(|(_, body)| serde_json::from_str(&body).ok())
+            .unwrap_or_default();
+        ok(&last)
+    });
+    last
 }

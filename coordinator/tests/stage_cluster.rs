@@ -88,6 +88,7 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
         .acquire_task(v1::AcquireTaskRequest {
             worker_id: "silent".into(),
             stage_kinds: vec!["echo".into()],
+            progress: None,
         })
         .await
         .unwrap()
@@ -99,6 +100,7 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
         .acquire_task(v1::AcquireTaskRequest {
             worker_id: "picky".into(),
             stage_kinds: vec!["generate".into()],
+            progress: None,
         })
         .await
         .unwrap()
@@ -152,6 +154,7 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
             }],
             rows_in: 1,
             quarantined: Vec::new(),
+            tokens: 0,
         })
         .await
         .unwrap()
@@ -299,6 +302,7 @@ async fn a_cancelled_run_hands_out_nothing_and_bad_runs_are_refused_with_reasons
         .acquire_task(v1::AcquireTaskRequest {
             worker_id: "w".into(),
             stage_kinds: Vec::new(),
+            progress: None,
         })
         .await
         .unwrap()
@@ -317,6 +321,7 @@ async fn a_cancelled_run_hands_out_nothing_and_bad_runs_are_refused_with_reasons
         .acquire_task(v1::AcquireTaskRequest {
             worker_id: "w".into(),
             stage_kinds: Vec::new(),
+            progress: None,
         })
         .await
         .unwrap()
@@ -340,6 +345,7 @@ async fn a_cancelled_run_hands_out_nothing_and_bad_runs_are_refused_with_reasons
             outputs: Vec::new(),
             rows_in: 0,
             quarantined: Vec::new(),
+            tokens: 0,
         })
         .await
         .unwrap()

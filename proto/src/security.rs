@@ -73,6 +73,11 @@ impl RequireToken {
         Self(token)
     }
 
+    /// Whether a token is configured (every call must carry it).
+    pub fn is_required(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Checks an `authorization` header value.
     pub fn allows(&self, header: Option<&[u8]>) -> bool {
         match &self.0 {

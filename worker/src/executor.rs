@@ -117,6 +117,7 @@ impl Executor for EchoExecutor {
             }
             std::thread::sleep(Duration::from_millis(10).min(until - std::time::Instant::now()));
         }
+        crate::telemetry::add_work(rows_in, 0);
         let files = block_on(async {
             let (out, prefix) = open_store(&task.output_prefix).map_err(err)?;
             let mut writer = DatasetWriter::<CorpusRow>::new(out, prefix, WriterOptions::default());

@@ -14,6 +14,7 @@ pub mod prompt;
 pub mod runtime;
 pub mod safetensors;
 pub mod stages;
+pub mod telemetry;
 pub mod tokenizer;
 pub mod train;
 pub mod worker_process;

@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::executor::{Executor, TaskInput, TaskOutput};
+use crate::telemetry;
 
 type Client = WorkerServiceClient<InterceptedService<Channel, AttachToken>>;
 
@@ -190,7 +191,7 @@ impl Coordinator {
         let req = v1::HeartbeatRequest {
             worker_id: worker.to_string(),
             leases: vec![lease.clone()],
-            progress: None,
+            progress: Some(progress()),
             draining,
         };
         match self.clients[self.current].clone().heartbeat(req).await {
@@ -203,6 +204,17 @@ impl Coordinator {
                 None
             }
         }
+    }
+}
+
+/// The process's running totals as the heartbeat carries them.
+fn progress() -> v1::Progress {
+    let t = telemetry::totals();
+    v1::Progress {
+        scripts_done: t.scripts,
+        tokens_generated: t.tokens,
+        model_loads: t.model_loads,
+        model_load_ms: t.model_load_ms,
     }
 }
 
@@ -243,6 +255,7 @@ pub async fn run_worker(
         let request = v1::AcquireTaskRequest {
             worker_id: opts.worker_id.clone(),
             stage_kinds: kinds.clone(),
+            progress: Some(progress()),
         };
         let acquire = coord.call("acquire", |mut c| {
             let r = request.clone();
@@ -313,6 +326,8 @@ async fn run_one(
     };
     // The executor runs on its own thread; this task keeps the lease meanwhile.
     let started = std::time::Instant::now();
+    // One task at a time per process: the tokens generated meanwhile are the task's.
+    let tokens_before = telemetry::totals().tokens;
     let work = tokio::task::spawn_blocking(move || executor.run(&input));
     tokio::pin!(work);
     let mut ticker = tokio::time::interval(heartbeat);
@@ -362,6 +377,7 @@ async fn run_one(
                 lease: Some(lease),
                 outputs: files,
                 rows_in: out.rows_in,
+                tokens: telemetry::totals().tokens - tokens_before,
                 quarantined: out
                     .quarantined
                     .into_iter()

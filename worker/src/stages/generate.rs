@@ -95,6 +95,12 @@ impl Executor for GenerateExecutor {
                 .map(|r| (r.sha256.clone(), r.content.clone()))
                 .collect();
             let (results, _, _) = annotate(&annotator, &scripts, &opts);
+            let tokens = results
+                .iter()
+                .flat_map(|a| &a.samples)
+                .map(|s| s.generated_tokens as u64)
+                .sum();
+            crate::telemetry::add_work(chunk.len() as u64, tokens);
             for (row, a) in chunk.iter().zip(results) {
                 let saved: usize = a
                     .samples

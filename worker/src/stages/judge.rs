@@ -131,6 +131,7 @@ impl Executor for JudgeExecutor {
                 row.judge_labels[*i] = label.as_u8().to_string();
                 row.judge_probs[*i] = p;
             }
+            crate::telemetry::add_work(1, 0);
         }
         let files = write_rows(task, "", rows, WriterOptions::default())?;
         Ok(TaskOutput {

@@ -279,6 +279,7 @@ pub fn model(key: &ModelKey) -> StageResult<Arc<Annotator>> {
         loaded.remove(0);
     }
     let device = Device::flex();
+    let started = std::time::Instant::now();
     let mut annotator = Annotator::load(&key.model, &device)
         .map_err(|e| format!("loading {}: {e}", key.model.display()))?;
     if let Some(a) = &key.adapter {
@@ -286,6 +287,7 @@ pub fn model(key: &ModelKey) -> StageResult<Arc<Annotator>> {
             .with_adapter(a)
             .map_err(|e| format!("adapter {}: {e}", a.display()))?;
     }
+    crate::telemetry::add_model_load(started.elapsed());
     let annotator = Arc::new(annotator);
     loaded.push((key.clone(), annotator.clone()));
     Ok(annotator)
