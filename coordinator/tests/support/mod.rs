@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod browser;
 pub mod procs;
+pub mod tiny_model;
 
 use std::sync::Arc;
 
