@@ -1,7 +1,9 @@
 //! The coordinator's gRPC services: WorkerService for workers and ControlService for
 //! operators. Each request becomes a command to one event loop, the only owner of the
 //! [`RunManager`]; the loop also expires silent leases on a timer. Both services sit behind
-//! the bearer-token check and, when configured, TLS.
+//! the bearer-token check and, when configured, TLS. The standard gRPC health service
+//! (`grpc.health.v1.Health`) answers without a token, for probes: SERVING for both
+//! services while this coordinator leads and serves, NOT_SERVING once it stops.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -651,11 +653,23 @@ pub async fn serve(
         lease_ttl: opts.lease_ttl,
     };
     let control = ControlGrpc { inner };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let names = [
+        "",
+        <WorkerServiceServer<WorkerGrpc> as tonic::server::NamedService>::NAME,
+        <ControlServiceServer<ControlGrpc> as tonic::server::NamedService>::NAME,
+    ];
+    for name in names {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &opts.tls {
         builder = builder.tls_config(tls.load()?)?;
     }
     let router = builder
+        .add_service(health_service)
         .add_service(WorkerServiceServer::with_interceptor(
             workers,
             opts.token.clone(),
@@ -687,6 +701,11 @@ pub async fn serve(
     let loop_opts = opts.clone();
     let event_loop = async move {
         let end = event_loop(&mut manager, &mut rx, &loop_opts).await;
+        for name in names {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
         // Stop the server (if it is not stopping already); the loop is over.
         let _ = stop_tx.send(());
         (manager, end)

@@ -88,6 +88,33 @@ async fn probes_and_metrics_follow_a_run() {
     wait_until("/readyz", || {
         get(http, "/readyz", None).is_some_and(|r| r.0 == 200)
     });
+    // gRPC health answers probes without the token.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["", "automaldesc.v1.WorkerService", "automaldesc.v1.ControlService"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    let unknown = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await;
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
     assert_eq!(get(http, "/metrics", None).unwrap().0, 401, "no token");
     assert_eq!(
         get(http, "/metrics", Some("wrong")).unwrap().0,
