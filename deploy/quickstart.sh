@@ -23,5 +23,8 @@ if [ -f "$out/DONE" ]; then rm -rf "$out"; fi
 if [ ! -f "$out/corpus/synth.json" ]; then
   $bin corpus synth --out "$out/corpus" --scale 0.005 --seed-scale 0.03 --unlabelled-scale 0.00015 --seed 1
 fi
-$bin loop deploy/loop/small.toml --state-dir "$out/state"
+# The dashboard: on the port in AUTOMALDESC_DASHBOARD (127.0.0.1:8080, say), else on a free
+# loopback port; its address is printed first.
+$bin loop deploy/loop/small.toml --state-dir "$out/state" \
+  --http-listen "${AUTOMALDESC_DASHBOARD:-127.0.0.1:0}"
 touch "$out/DONE"

@@ -189,6 +189,10 @@ pub struct LocalArgs {
     /// Stage kinds the workers run.
     #[arg(long, value_delimiter = ',', default_value = "echo")]
     pub executors: Vec<String>,
+    /// Serve the dashboard, its JSON API and `/metrics` on this address while the run goes
+    /// (no token: keep it on a loopback address such as 127.0.0.1:8080).
+    #[arg(long)]
+    pub http_listen: Option<String>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -474,15 +478,13 @@ fn print_report(r: &WorkerReport) {
 pub fn local(args: LocalArgs) -> anyhow::Result<()> {
     let (_, spec) = read_spec(&args.spec)?;
     let policy = args.lease.policy()?;
-    let status = run_local(
-        spec,
-        args.run_id.clone(),
-        &args.state_dir,
-        args.workers,
-        policy,
-        &args.executors,
-        kind_label,
-    )?;
+    let workers = LocalWorkers {
+        count: args.workers,
+        executors: args.executors.clone(),
+        label: kind_label,
+        http_listen: args.http_listen.clone(),
+    };
+    let status = run_local(spec, args.run_id.clone(), &args.state_dir, policy, workers)?;
     println!(
         "{}",
         serde_json::to_string_pretty(&status_json(&to_proto(status.clone())))?
@@ -510,19 +512,42 @@ pub fn run_local(
     spec: RunSpec,
     run_id: Option<String>,
     state_dir: &std::path::Path,
-    workers: u32,
     policy: LeasePolicy,
-    names: &[String],
-    label: StageLabel,
+    local: LocalWorkers,
 ) -> anyhow::Result<RunStatus> {
-    executors(names)?;
-    let names = names.to_vec();
+    executors(&local.executors)?;
+    let LocalWorkers {
+        count: workers,
+        executors: names,
+        label,
+        http_listen,
+    } = local;
     let rt = runtime()?;
     let status = rt.block_on(async move {
         let store: Arc<dyn StateStore> = Arc::new(
             EmbeddedStore::open(state_dir)
                 .with_context(|| format!("state directory {}", state_dir.display()))?,
         );
+        let mut snapshot = None;
+        if let Some(addr) = &http_listen {
+            let (tx, view) = tokio::sync::watch::channel(crate::http::ClusterView::default());
+            snapshot = Some(Arc::new(tx));
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for HTTP on {addr}"))?;
+            if !crate::cluster_cmd::logs_are_json() {
+                eprintln!("dashboard: http://{}/", listener.local_addr()?);
+            }
+            tokio::spawn(crate::http::serve_http(
+                listener,
+                crate::http::HttpState {
+                    ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                    view,
+                    token: RequireToken::default(),
+                    store: Arc::new(std::sync::OnceLock::from(store.clone())),
+                },
+            ));
+        }
         let mut manager = RunManager::open(store, policy).await?;
         let status = manager.submit(run_id.map(RunId), spec).await?;
         let id = status.id.clone();
@@ -531,6 +556,7 @@ pub fn run_local(
         let endpoint = format!("http://{}", listener.local_addr()?);
         let opts = ServeOptions {
             exit_when_done: true,
+            snapshot,
             ..ServeOptions::plain(policy.ttl)
         };
         let server = tokio::spawn(serve(listener, manager, opts, terminated()));
@@ -562,6 +588,17 @@ pub fn run_local(
     print_progress(&status, label);
     rt.shutdown_timeout(Duration::from_millis(100));
     Ok(status)
+}
+
+/// The workers of a local run.
+pub struct LocalWorkers {
+    pub count: u32,
+    /// Stage kinds they run.
+    pub executors: Vec<String>,
+    /// Names stages in progress lines.
+    pub label: StageLabel,
+    /// Serve the dashboard and `/metrics` here while the run goes.
+    pub http_listen: Option<String>,
 }
 
 /// Names a stage in progress lines: from its index and kind.

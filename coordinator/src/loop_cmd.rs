@@ -573,6 +573,10 @@ pub struct LoopArgs {
     /// Print the run spec (TOML) for `automaldesc submit` instead of running it here.
     #[arg(long)]
     pub print_spec: bool,
+    /// Serve the dashboard, its JSON API and `/metrics` on this address while the loop runs
+    /// (no token: keep it on a loopback address such as 127.0.0.1:8080).
+    #[arg(long)]
+    pub http_listen: Option<String>,
     #[command(flatten)]
     pub lease: LeaseArgs,
 }
@@ -617,14 +621,18 @@ pub fn run(args: LoopArgs) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     let names: Vec<String> = LOOP_EXECUTORS.iter().map(|s| s.to_string()).collect();
+    let workers = crate::cluster_cmd::LocalWorkers {
+        count: args.workers.unwrap_or(cfg.workers),
+        executors: names,
+        label: |i, _| LoopConfig::stage_name(i),
+        http_listen: args.http_listen.clone(),
+    };
     let status = run_local(
         spec,
         Some(cfg.name.clone()),
         &args.state_dir,
-        args.workers.unwrap_or(cfg.workers),
         args.lease.policy()?,
-        &names,
-        |i, _| LoopConfig::stage_name(i),
+        workers,
     )?;
     crate::cluster_cmd::ensure_succeeded(&status)?;
     let gathered = gather_reports(&cfg, &args.state_dir, &status)?;
