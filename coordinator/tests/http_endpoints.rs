@@ -239,12 +239,89 @@ async fn probes_and_metrics_follow_a_run() {
 
 /// `/api/cluster` once `ok` holds for it.
 fn wait_for_json(port: u16, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    wait_for_json_with(port, Some("metrics-token-1"), what, ok)
+}
+
+fn wait_for_json_with(
+    port: u16,
+    token: Option<&str>,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
     wait_until(what, || {
-        last = get(port, "/api/cluster", Some("metrics-token-1"))
+        last = get(port, "/api/cluster", token)
             .and_then(|(_, body)| serde_json::from_str(&body).ok())
             .unwrap_or_default();
         ok(&last)
     });
     last
+}
+
+/// Retries and quarantines reach `/api/cluster` with their errors: a script quarantined
+/// alone inside a committed task (stage 0), and a task that fails every attempt until it is
+/// quarantined (stage 1, which reads stage 0's output).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn troubles_are_listed_with_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let corpus = support::small_corpus(&d.join("corpus"), 12, 0.002).await;
+    let quarantined = corpus.poison_named("q-poison", b"QUARANTINE-ME").await;
+    let failing = corpus.poison_named("f-poison", b"FAIL-ME").await;
+    let spec = d.join("run.toml");
+    let mut text = support::echo_spec(
+        &corpus.unlabelled_url(),
+        d.join("out").to_str().unwrap(),
+        corpus.total_bytes / 4,
+        r#"{ quarantine_marker = "QUARANTINE-ME" }"#,
+    );
+    text.push_str("\n[[stage]]\nkind = \"echo\"\nconfig = { fail_marker = \"FAIL-ME\" }\n");
+    std::fs::write(&spec, text).unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let _coordinator = Proc::spawn(
+        d,
+        "c",
+        &args(&[
+            "coordinator",
+            "--listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+            "--state-dir",
+            d.join("state").to_str().unwrap(),
+            "--max-attempts",
+            "2",
+            "--retry-backoff",
+            "0.1",
+            "--run",
+            spec.to_str().unwrap(),
+            "--run-id",
+            "t1",
+        ]),
+    );
+    let _worker = Proc::spawn(
+        d,
+        "w",
+        &args(&["worker", "--coordinator", &format!("http://127.0.0.1:{grpc}"), "--id", "w0"]),
+    );
+    let end = wait_for_json_with(http, None, "the run to end", |c| {
+        c["runs"][0]["phase"].as_str().is_some_and(|p| p != "running")
+    });
+    let stages = &end["runs"][0]["stages"];
+    let troubles = |k: usize| stages[k]["troubles"].as_array().cloned().unwrap_or_default();
+    let (first, second) = (troubles(0), troubles(1));
+    assert_eq!((first.len(), second.len()), (1, 1), "{stages}");
+    assert_eq!(first[0]["state"], "script quarantined");
+    assert_eq!(first[0]["sha256"].as_str(), Some(quarantined.as_str()));
+    assert_eq!(first[0]["error"], "echo: quarantine marker");
+    assert_eq!(second[0]["state"], "quarantined");
+    assert_eq!(second[0]["attempts"].as_u64(), Some(2));
+    let error = second[0]["error"].as_str().unwrap();
+    assert!(error.contains(&failing) && error.contains("failure marker"), "{error}");
+    assert_eq!(stages[1]["counts"]["quarantined"].as_u64(), Some(1));
+    assert_eq!(end["workers"][0]["tasks_failed"].as_u64(), Some(2));
+    let metrics = get(http, "/metrics", None).unwrap().1;
+    let series = "{run=\"t1\",stage=\"1\",kind=\"echo\"}";
+    assert_eq!(metric(&metrics, &format!("automaldesc_stage_failed_attempts{series}")), Some(2));
 }
