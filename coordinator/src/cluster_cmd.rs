@@ -448,7 +448,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let opts = WorkerOptions {
         endpoints: args.client.coordinator.clone(),
         worker_id: id,
-        backend: "cpu".into(),
+        backend: automaldesc_worker::device::backend_name().into(),
         slots: 1,
         security: args.client.security()?,
         patience: Duration::from_secs_f64(args.patience.max(0.0)),

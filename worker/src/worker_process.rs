@@ -64,7 +64,7 @@ impl WorkerOptions {
         Self {
             endpoints: vec![endpoint.to_string()],
             worker_id: worker_id.to_string(),
-            backend: "cpu".into(),
+            backend: crate::device::backend_name().into(),
             slots: 1,
             security: ClientSecurity::default(),
             patience: Duration::from_secs(60),

@@ -26,7 +26,6 @@ use automaldesc_common::manifest::ManifestFile;
 use automaldesc_common::parquet_io::{read_row_groups, DatasetWriter, WriterOptions};
 use automaldesc_common::schema::ArrowRow;
 use automaldesc_common::store::{block_on, child, open_object, open_store};
-use burn::tensor::Device;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
 use serde::Deserialize;
@@ -278,7 +277,9 @@ pub fn model(key: &ModelKey) -> StageResult<Arc<Annotator>> {
     while loaded.len() >= MODELS_KEPT {
         loaded.remove(0);
     }
-    let device = Device::flex();
+    // Inference runs on the worker's device (CUDA in a CUDA build); training stays on the
+    // CPU backend (see the train stage).
+    let device = crate::device::select()?;
     let started = std::time::Instant::now();
     let mut annotator = Annotator::load(&key.model, &device)
         .map_err(|e| format!("loading {}: {e}", key.model.display()))?;

@@ -48,6 +48,8 @@ impl Executor for TrainExecutor {
         let by_sha: HashMap<&str, &CorpusRow> =
             scripts.iter().map(|r| (r.sha256.as_str(), r)).collect();
         let model = model_path(&cfg.model)?;
+        // Training stays on the CPU backend even in a CUDA build: the LoRA training path has
+        // not been checked on CUDA yet (inference stages use the worker's device).
         let device = Device::flex().autodiff();
         let mut annotator =
             Annotator::load(&model, &device).map_err(|e| format!("{}: {e}", model.display()))?;
