@@ -599,6 +599,8 @@ fn worker_metrics(s: &mut String, view: &ClusterView) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
     use crate::lease_manager::StageCounts;
     use crate::stage_manager::StageTotals;
 
@@ -638,6 +640,131 @@ mod tests {
         // Nothing known yet; and nothing left.
         assert_eq!(stage_eta(&stage(0, 10, StageTotals::default()), 5.0, (0.0, 0.0)), None);
         assert_eq!(stage_eta(&stage(10, 10, totals), 5.0, (400.0, 2.0)), None);
+    }
+
+    /// The metric names and label names of a metrics text.
+    fn exported(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+        let (mut names, mut labels) = (BTreeSet::new(), BTreeSet::new());
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let series = line.rsplit_once(' ').unwrap().0;
+            let (name, rest) = series.split_once('{').unwrap_or((series, ""));
+            names.insert(name.to_string());
+            for pair in rest.trim_end_matches('}').split(',').filter(|p| !p.is_empty()) {
+                labels.insert(pair.split_once('=').unwrap().0.to_string());
+            }
+        }
+        (names, labels)
+    }
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_exported_metrics_and_labels() {
+        let mut run_totals = StageTotals {
+            scripts_total: 10,
+            scripts_done: 4,
+            tokens: 100,
+            ..StageTotals::default()
+        };
+        run_totals.attempts_failed = 1;
+        let run = RunStatus {
+            id: RunId("r".into()),
+            phase: RunPhase::Running,
+            error: String::new(),
+            stages: vec![stage(2, 5, run_totals)],
+            stages_total: 3,
+            submitted_ms: 1_000,
+            output: String::new(),
+            stage_names: Vec::new(),
+        };
+        let worker = WorkerView {
+            id: "w0".into(),
+            state: WorkerState::Busy,
+            backend: "cuda".into(),
+            device_memory_bytes: 0,
+            slots: 1,
+            kinds: Vec::new(),
+            registered_ms: 1_000,
+            last_seen_ms: 2_000,
+            leases: Vec::new(),
+            tasks_completed: 2,
+            tasks_failed: 0,
+            scripts: 4,
+            tokens: 100,
+            tokens_per_s: 10.0,
+            scripts_per_s: 0.5,
+            model_loads: 1,
+            model_load_s: 0.5,
+        };
+        let view = ClusterView {
+            at_ms: 3_000,
+            runs: vec![run],
+            workers: vec![worker],
+        };
+        let text = metrics_text(&view, true);
+        let (names, labels) = exported(&text);
+        assert!(names.contains("automaldesc_stage_eta_seconds"), "{text}");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/automaldesc.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut queries = Vec::new();
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v.as_str()) {
+                            ("expr" | "query" | "definition", Some(q)) => out.push(q.to_string()),
+                            _ => walk(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        walk(&dashboard, &mut queries);
+        assert!(queries.len() >= 10, "{queries:?}");
+        let mut used = BTreeSet::new();
+        for q in &queries {
+            let mut rest = q.as_str();
+            while let Some(i) = rest.find("automaldesc_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(names.contains(&name), "{q}: {name} is not exported");
+                used.insert(name.clone());
+                rest = &rest[i + name.len()..];
+            }
+            // Labels in selectors and in by (...) / label_values(..., label).
+            for group in q.split(['{', '(']).skip(1) {
+                let inner = group.split(['}', ')']).next().unwrap_or("");
+                for part in inner.split(',') {
+                    let label = part
+                        .split(['=', '!', '~'])
+                        .next()
+                        .unwrap_or("")
+                        .trim();
+                    let is_label = !label.is_empty()
+                        && label.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        && part.contains(['=', '~'])
+                        || q.contains(&format!("by ({inner})"));
+                    if is_label && !label.starts_with("automaldesc") && label != "le" {
+                        assert!(labels.contains(label), "{q}: label {label} is not exported");
+                    }
+                }
+            }
+        }
+        // The panels cover the throughput, progress, worker and failure series.
+        for name in [
+            "automaldesc_stage_tasks",
+            "automaldesc_stage_tokens",
+            "automaldesc_stage_eta_seconds",
+            "automaldesc_worker_tokens_per_second",
+            "automaldesc_worker_heartbeat_age_seconds",
+            "automaldesc_stage_lease_expiries",
+            "automaldesc_worker_model_load_seconds_total",
+        ] {
+            assert!(used.contains(name), "no panel shows {name}");
+        }
     }
 
     #[test]
