@@ -20,13 +20,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::http::ClusterView;
 use crate::lease_manager::{FailOutcome, Refusal};
 use crate::run_manager::{RunError, RunManager, RunPhase, RunStatus};
 use crate::run_spec::RunSpec;
 use crate::stage_manager::{Assignment, Completion, OutputRecord, StageError};
 use crate::state::StateError;
 use crate::workers::{Ending, Registration, Reported, Workers};
-use crate::http::ClusterView;
 
 /// How long a worker told "nothing now" waits before asking again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -232,7 +232,12 @@ async fn handle(
         } => {
             let r = m.acquire(&worker, &kinds, now).await;
             let granted = r.as_ref().ok().and_then(|a| a.as_ref());
-            workers.acquired(&worker, reported, granted.map(|a| (&a.lease, a.attempt)), now);
+            workers.acquired(
+                &worker,
+                reported,
+                granted.map(|a| (&a.lease, a.attempt)),
+                now,
+            );
             let finished = exit_when_done && m.idle();
             answer(reply, r.map(|a| (a, finished)))
         }

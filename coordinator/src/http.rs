@@ -175,10 +175,15 @@ fn authorized(req: &Request, token: &RequireToken) -> bool {
     if !token.is_required() || token.allows(req.authorization.as_deref().map(str::as_bytes)) {
         return true;
     }
-    let cookie = req.cookie.as_deref().unwrap_or("").split(';').find_map(|c| {
-        let (k, v) = c.trim().split_once('=')?;
-        (k == COOKIE).then(|| from_hex(v))?
-    });
+    let cookie = req
+        .cookie
+        .as_deref()
+        .unwrap_or("")
+        .split(';')
+        .find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == COOKIE).then(|| from_hex(v))?
+        });
     cookie.is_some_and(|t| token.allows(Some(format!("Bearer {t}").as_bytes())))
 }
 
@@ -188,9 +193,7 @@ async fn respond(req: &Request, state: &HttpState) -> Response {
     }
     match req.path.as_str() {
         "/healthz" => return Response::text(200, "ok\n"),
-        "/readyz" if state.ready.load(Ordering::Relaxed) => {
-            return Response::text(200, "ready\n")
-        }
+        "/readyz" if state.ready.load(Ordering::Relaxed) => return Response::text(200, "ready\n"),
         "/readyz" => return Response::text(503, "not leading\n"),
         "/favicon.ico" => return Response::new(204, "image/x-icon", Vec::new()),
         "/login" => return login(&req.query, &state.token),
@@ -229,7 +232,8 @@ async fn respond(req: &Request, state: &HttpState) -> Response {
     }
 }
 
-const LOGIN_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>automaldesc: sign in</title></head>\
+const LOGIN_PAGE: &str =
+    "<!doctype html><html><head><meta charset=\"utf-8\"><title>automaldesc: sign in</title></head>\
 <body><form method=\"get\" action=\"/login\"><p>This coordinator requires its token.</p>\
 <input type=\"password\" name=\"token\" autofocus> <button>Sign in</button></form></body></html>";
 
@@ -259,7 +263,7 @@ fn to_hex(s: &str) -> String {
 }
 
 fn from_hex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if s.len() & 1 == 1 {
         return None;
     }
     let bytes = (0..s.len())
@@ -340,7 +344,9 @@ fn cluster_rates(workers: &[WorkerView]) -> (f64, f64) {
     workers
         .iter()
         .filter(|w| w.state != WorkerState::Lost)
-        .fold((0.0, 0.0), |(t, s), w| (t + w.tokens_per_s, s + w.scripts_per_s))
+        .fold((0.0, 0.0), |(t, s), w| {
+            (t + w.tokens_per_s, s + w.scripts_per_s)
+        })
 }
 
 /// When stage `i` of the run started (ms since the epoch): stages run one after another,
@@ -359,15 +365,19 @@ fn stage_started_ms(run: &RunStatus, i: usize) -> u64 {
 /// - "tasks": the time per committed task so far times the tasks left.
 ///
 /// `None` when the stage is finished or nothing is known yet.
-pub fn stage_eta(st: &StageSummary, elapsed_s: f64, rates: (f64, f64)) -> Option<(f64, &'static str)> {
+pub fn stage_eta(
+    st: &StageSummary,
+    elapsed_s: f64,
+    rates: (f64, f64),
+) -> Option<(f64, &'static str)> {
     let (c, t) = (&st.counts, &st.totals);
     let tasks_left = c.total.saturating_sub(c.done + c.quarantined);
     if st.finished_ms != 0 || tasks_left == 0 {
         return None;
     }
-    let scripts_left = t
-        .scripts_total
-        .saturating_sub(t.scripts_done + t.scripts_in_quarantined_tasks) as f64;
+    let scripts_left =
+        t.scripts_total
+            .saturating_sub(t.scripts_done + t.scripts_in_quarantined_tasks) as f64;
     if t.tokens > 0 && t.scripts_done > 0 && rates.0 > 0.0 {
         let tokens_left = scripts_left * t.tokens as f64 / t.scripts_done as f64;
         return Some((tokens_left / rates.0, "tokens"));
@@ -457,7 +467,12 @@ fn header(s: &mut String, name: &str, kind: &str, help: &str) {
 /// heartbeat age and model loads; the cluster's tokens/s; whether this coordinator leads.
 pub fn metrics_text(view: &ClusterView, leader: bool) -> String {
     let mut s = String::new();
-    header(&mut s, "automaldesc_coordinator_leader", "gauge", "1 when this coordinator leads and serves.");
+    header(
+        &mut s,
+        "automaldesc_coordinator_leader",
+        "gauge",
+        "1 when this coordinator leads and serves.",
+    );
     let _ = writeln!(s, "automaldesc_coordinator_leader {}", u8::from(leader));
     header(&mut s, "automaldesc_runs", "gauge", "Runs by phase.");
     for phase in [
@@ -477,17 +492,61 @@ pub fn metrics_text(view: &ClusterView, leader: bool) -> String {
 type Metric = (&'static str, &'static str, &'static str);
 
 const STAGE_METRICS: [Metric; 11] = [
-    ("automaldesc_stage_scripts_total", "gauge", "Input scripts of a stage's tasks."),
-    ("automaldesc_stage_scripts_done", "counter", "Input scripts of committed tasks."),
-    ("automaldesc_stage_rows_out", "counter", "Rows the committed tasks wrote."),
-    ("automaldesc_stage_tokens", "counter", "Decode tokens the committed tasks generated."),
-    ("automaldesc_stage_scripts_quarantined", "counter", "Scripts quarantined alone or in a quarantined task."),
-    ("automaldesc_stage_lease_expiries", "counter", "Leases that expired (since this coordinator opened the stage)."),
-    ("automaldesc_stage_failed_attempts", "counter", "Attempts that failed (since this coordinator opened the stage)."),
-    ("automaldesc_stage_refused_completions", "counter", "Completions refused as late (since this coordinator opened the stage)."),
-    ("automaldesc_stage_duration_seconds", "gauge", "Wall time of a stage: finished, or so far."),
-    ("automaldesc_stage_eta_seconds", "gauge", "Estimated seconds the open stage still needs (absent when unknown)."),
-    ("automaldesc_stage_tasks", "gauge", "Tasks of a stage by state."),
+    (
+        "automaldesc_stage_scripts_total",
+        "gauge",
+        "Input scripts of a stage's tasks.",
+    ),
+    (
+        "automaldesc_stage_scripts_done",
+        "counter",
+        "Input scripts of committed tasks.",
+    ),
+    (
+        "automaldesc_stage_rows_out",
+        "counter",
+        "Rows the committed tasks wrote.",
+    ),
+    (
+        "automaldesc_stage_tokens",
+        "counter",
+        "Decode tokens the committed tasks generated.",
+    ),
+    (
+        "automaldesc_stage_scripts_quarantined",
+        "counter",
+        "Scripts quarantined alone or in a quarantined task.",
+    ),
+    (
+        "automaldesc_stage_lease_expiries",
+        "counter",
+        "Leases that expired (since this coordinator opened the stage).",
+    ),
+    (
+        "automaldesc_stage_failed_attempts",
+        "counter",
+        "Attempts that failed (since this coordinator opened the stage).",
+    ),
+    (
+        "automaldesc_stage_refused_completions",
+        "counter",
+        "Completions refused as late (since this coordinator opened the stage).",
+    ),
+    (
+        "automaldesc_stage_duration_seconds",
+        "gauge",
+        "Wall time of a stage: finished, or so far.",
+    ),
+    (
+        "automaldesc_stage_eta_seconds",
+        "gauge",
+        "Estimated seconds the open stage still needs (absent when unknown).",
+    ),
+    (
+        "automaldesc_stage_tasks",
+        "gauge",
+        "Tasks of a stage by state.",
+    ),
 ];
 
 fn stage_metrics(s: &mut String, view: &ClusterView) {
@@ -552,15 +611,51 @@ fn stage_metrics(s: &mut String, view: &ClusterView) {
 }
 
 const WORKER_METRICS: [Metric; 9] = [
-    ("automaldesc_worker_info", "gauge", "A worker heard from, with its backend (always 1)."),
-    ("automaldesc_worker_leases", "gauge", "Leases a worker holds."),
-    ("automaldesc_worker_tokens_total", "counter", "Decode tokens a worker generated since it started."),
-    ("automaldesc_worker_scripts_total", "counter", "Scripts a worker's executors finished since it started."),
-    ("automaldesc_worker_tokens_per_second", "gauge", "A worker's decode tokens per second over the last minute."),
-    ("automaldesc_worker_scripts_per_second", "gauge", "A worker's scripts per second over the last minute."),
-    ("automaldesc_worker_heartbeat_age_seconds", "gauge", "Seconds since the worker was last heard from."),
-    ("automaldesc_worker_model_load_seconds_total", "counter", "Seconds a worker spent loading models."),
-    ("automaldesc_worker_model_loads_total", "counter", "Models a worker loaded."),
+    (
+        "automaldesc_worker_info",
+        "gauge",
+        "A worker heard from, with its backend (always 1).",
+    ),
+    (
+        "automaldesc_worker_leases",
+        "gauge",
+        "Leases a worker holds.",
+    ),
+    (
+        "automaldesc_worker_tokens_total",
+        "counter",
+        "Decode tokens a worker generated since it started.",
+    ),
+    (
+        "automaldesc_worker_scripts_total",
+        "counter",
+        "Scripts a worker's executors finished since it started.",
+    ),
+    (
+        "automaldesc_worker_tokens_per_second",
+        "gauge",
+        "A worker's decode tokens per second over the last minute.",
+    ),
+    (
+        "automaldesc_worker_scripts_per_second",
+        "gauge",
+        "A worker's scripts per second over the last minute.",
+    ),
+    (
+        "automaldesc_worker_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since the worker was last heard from.",
+    ),
+    (
+        "automaldesc_worker_model_load_seconds_total",
+        "counter",
+        "Seconds a worker spent loading models.",
+    ),
+    (
+        "automaldesc_worker_model_loads_total",
+        "counter",
+        "Models a worker loaded.",
+    ),
 ];
 
 fn worker_metrics(s: &mut String, view: &ClusterView) {
@@ -575,7 +670,11 @@ fn worker_metrics(s: &mut String, view: &ClusterView) {
             let id = label(&w.id);
             let v = match name {
                 "automaldesc_worker_info" => {
-                    let _ = writeln!(s, "{name}{{worker=\"{id}\",backend=\"{}\"}} 1", label(&w.backend));
+                    let _ = writeln!(
+                        s,
+                        "{name}{{worker=\"{id}\",backend=\"{}\"}} 1",
+                        label(&w.backend)
+                    );
                     continue;
                 }
                 "automaldesc_worker_leases" => w.leases.len() as f64,
@@ -592,8 +691,17 @@ fn worker_metrics(s: &mut String, view: &ClusterView) {
             let _ = writeln!(s, "{name}{{worker=\"{id}\"}} {v}");
         }
     }
-    header(s, "automaldesc_tokens_per_second", "gauge", "Decode tokens per second of all workers not lost.");
-    let _ = writeln!(s, "automaldesc_tokens_per_second {}", cluster_rates(&view.workers).0);
+    header(
+        s,
+        "automaldesc_tokens_per_second",
+        "gauge",
+        "Decode tokens per second of all workers not lost.",
+    );
+    let _ = writeln!(
+        s,
+        "automaldesc_tokens_per_second {}",
+        cluster_rates(&view.workers).0
+    );
 }
 
 #[cfg(test)]
@@ -631,14 +739,29 @@ mod tests {
             tokens: 8000,
             ..StageTotals::default()
         };
-        assert_eq!(stage_eta(&stage(4, 10, totals), 99.0, (400.0, 2.0)), Some((30.0, "tokens")));
+        assert_eq!(
+            stage_eta(&stage(4, 10, totals), 99.0, (400.0, 2.0)),
+            Some((30.0, "tokens"))
+        );
         // No tokens (a stage that does not generate): 60 scripts at 2 scripts/s.
-        let no_tokens = StageTotals { tokens: 0, ..totals };
-        assert_eq!(stage_eta(&stage(4, 10, no_tokens), 99.0, (400.0, 2.0)), Some((30.0, "scripts")));
+        let no_tokens = StageTotals {
+            tokens: 0,
+            ..totals
+        };
+        assert_eq!(
+            stage_eta(&stage(4, 10, no_tokens), 99.0, (400.0, 2.0)),
+            Some((30.0, "scripts"))
+        );
         // No rate either: 4 tasks in 20 s, 6 left.
-        assert_eq!(stage_eta(&stage(4, 10, no_tokens), 20.0, (0.0, 0.0)), Some((30.0, "tasks")));
+        assert_eq!(
+            stage_eta(&stage(4, 10, no_tokens), 20.0, (0.0, 0.0)),
+            Some((30.0, "tasks"))
+        );
         // Nothing known yet; and nothing left.
-        assert_eq!(stage_eta(&stage(0, 10, StageTotals::default()), 5.0, (0.0, 0.0)), None);
+        assert_eq!(
+            stage_eta(&stage(0, 10, StageTotals::default()), 5.0, (0.0, 0.0)),
+            None
+        );
         assert_eq!(stage_eta(&stage(10, 10, totals), 5.0, (400.0, 2.0)), None);
     }
 
@@ -649,7 +772,11 @@ mod tests {
             let series = line.rsplit_once(' ').unwrap().0;
             let (name, rest) = series.split_once('{').unwrap_or((series, ""));
             names.insert(name.to_string());
-            for pair in rest.trim_end_matches('}').split(',').filter(|p| !p.is_empty()) {
+            for pair in rest
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|p| !p.is_empty())
+            {
                 labels.insert(pair.split_once('=').unwrap().0.to_string());
             }
         }
@@ -702,7 +829,10 @@ mod tests {
         let text = metrics_text(&view, true);
         let (names, labels) = exported(&text);
         assert!(names.contains("automaldesc_stage_eta_seconds"), "{text}");
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/automaldesc.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/automaldesc.json"
+        );
         let dashboard: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let mut queries = Vec::new();
@@ -738,11 +868,7 @@ mod tests {
             for group in q.split(['{', '(']).skip(1) {
                 let inner = group.split(['}', ')']).next().unwrap_or("");
                 for part in inner.split(',') {
-                    let label = part
-                        .split(['=', '!', '~'])
-                        .next()
-                        .unwrap_or("")
-                        .trim();
+                    let label = part.split(['=', '!', '~']).next().unwrap_or("").trim();
                     let is_label = !label.is_empty()
                         && label.chars().all(|c| c.is_ascii_lowercase() || c == '_')
                         && part.contains(['=', '~'])
@@ -774,7 +900,12 @@ mod tests {
         ));
         let r = login("token=s3cr%3Dt%3B%25", &token);
         assert_eq!(r.status, 303);
-        let cookie = &r.headers.iter().find(|(k, _)| *k == "Set-Cookie").unwrap().1;
+        let cookie = &r
+            .headers
+            .iter()
+            .find(|(k, _)| *k == "Set-Cookie")
+            .unwrap()
+            .1;
         let value = cookie.split(';').next().unwrap();
         let req = |cookie: &str| Request {
             method: "GET".into(),
@@ -784,7 +915,10 @@ mod tests {
             cookie: Some(cookie.to_string()),
         };
         assert!(authorized(&req(&format!("other=1; {value}")), &token));
-        assert!(!authorized(&req(&format!("{COOKIE}={}", to_hex("wrong"))), &token));
+        assert!(!authorized(
+            &req(&format!("{COOKIE}={}", to_hex("wrong"))),
+            &token
+        ));
         assert!(!authorized(&req(&format!("{COOKIE}=zz")), &token));
         assert_eq!(login("token=wrong", &token).status, 401);
     }

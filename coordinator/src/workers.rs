@@ -278,9 +278,7 @@ impl Workers {
             .values_mut()
             .map(|e| {
                 // Keep the newest report older than the window as the baseline.
-                while e.samples.len() > 1
-                    && now.duration_since(e.samples[1].0) >= RATE_WINDOW
-                {
+                while e.samples.len() > 1 && now.duration_since(e.samples[1].0) >= RATE_WINDOW {
                     e.samples.pop_front();
                 }
                 let (tokens_per_s, scripts_per_s) = rates(&e.samples, now);
@@ -378,7 +376,14 @@ mod tests {
         let id = WorkerId("w1".into());
         w.heartbeat(&id, &[], &[], reported(0, 0), false, t0);
         assert_eq!(w.views(t0)[0].tokens_per_s, 0.0);
-        w.heartbeat(&id, &[], &[], reported(10, 1000), false, t0 + Duration::from_secs(10));
+        w.heartbeat(
+            &id,
+            &[],
+            &[],
+            reported(10, 1000),
+            false,
+            t0 + Duration::from_secs(10),
+        );
         let v = &w.views(t0 + Duration::from_secs(10))[0];
         assert_eq!((v.tokens_per_s, v.scripts_per_s), (100.0, 1.0));
         // Silent for another 10 s: the same work over twice the time.
@@ -386,7 +391,14 @@ mod tests {
         assert_eq!(v.tokens_per_s, 50.0);
         // Reports older than the window stop counting, except the newest of them (the
         // baseline): 600 tokens in the 60 s since the report at 10 s.
-        w.heartbeat(&id, &[], &[], reported(16, 1600), false, t0 + Duration::from_secs(65));
+        w.heartbeat(
+            &id,
+            &[],
+            &[],
+            reported(16, 1600),
+            false,
+            t0 + Duration::from_secs(65),
+        );
         let v = &w.views(t0 + Duration::from_secs(70))[0];
         assert_eq!(v.tokens_per_s, 10.0);
         assert_eq!(v.tokens, 1600);

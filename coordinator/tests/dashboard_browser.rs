@@ -135,7 +135,11 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
         .args(["loop", cfg.to_str().unwrap(), "--print-spec"])
         .output()
         .unwrap();
-    assert!(spec.status.success(), "{}", String::from_utf8_lossy(&spec.stderr));
+    assert!(
+        spec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&spec.stderr)
+    );
     std::fs::write(d.join("spec.toml"), &spec.stdout).unwrap();
     std::fs::write(d.join("token"), TOKEN).unwrap();
 
@@ -178,17 +182,27 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
             if ok(&v) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {v:#}\nerrors: {:?}", page.errors);
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {v:#}\nerrors: {:?}",
+                page.errors
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     };
     // Signed in (the cookie) and polling: the run waits for a worker.
-    let first = wait(&mut page, "the run on the page", Duration::from_secs(30), &|v| {
-        v["polls"].as_u64() >= Some(1) && !v["progress"].is_null()
-    });
+    let first = wait(
+        &mut page,
+        "the run on the page",
+        Duration::from_secs(30),
+        &|v| v["polls"].as_u64() >= Some(1) && !v["progress"].is_null(),
+    );
     assert_eq!(progress(&first), Some((0, 9)), "{first:#}");
     assert_eq!(first["phase"], "running");
-    assert!(first["workersText"].as_str().unwrap().contains("No worker"), "{first:#}");
+    assert!(
+        first["workersText"].as_str().unwrap().contains("No worker"),
+        "{first:#}"
+    );
     let polls_before = first["polls"].as_u64().unwrap();
 
     let _worker = Proc::spawn(
@@ -229,7 +243,10 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(last["phase"], "succeeded", "{last:#}");
-    assert!(last["polls"].as_u64().unwrap() > polls_before + 3, "the page kept polling");
+    assert!(
+        last["polls"].as_u64().unwrap() > polls_before + 3,
+        "the page kept polling"
+    );
     // Progress moved on the live page through intermediate values, never backwards.
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     assert!(
@@ -238,11 +255,16 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
     );
 
     // The end state: every stage finished, the worker, tokens, evaluations and the funnel.
-    let end = wait(&mut page, "the iteration tables and the funnel chart", Duration::from_secs(30), &|v| {
-        progress(v) == Some((9, 9))
-            && v["evaluations"].as_array().is_some_and(|e| e.len() == 2)
-            && v["funnelChart"] == true
-    });
+    let end = wait(
+        &mut page,
+        "the iteration tables and the funnel chart",
+        Duration::from_secs(30),
+        &|v| {
+            progress(v) == Some((9, 9))
+                && v["evaluations"].as_array().is_some_and(|e| e.len() == 2)
+                && v["funnelChart"] == true
+        },
+    );
     let stages = end["stages"].as_array().unwrap();
     assert_eq!(stages.len(), 9);
     let generate = stages
@@ -257,11 +279,22 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
     let w = &workers[0];
     assert_eq!((w[0].as_str(), w[2].as_str()), (Some("w0"), Some("cpu")));
     let worker_tokens: u64 = w[8].as_str().unwrap().parse().unwrap();
-    assert!(worker_tokens >= tokens, "the worker generated at least the committed tokens");
+    assert!(
+        worker_tokens >= tokens,
+        "the worker generated at least the committed tokens"
+    );
     let tasks_done: u64 = w[10].as_str().unwrap().parse().unwrap();
     let stage_tasks: u64 = stages
         .iter()
-        .map(|r| r[4].as_str().unwrap().rsplit('/').next().unwrap().parse::<u64>().unwrap())
+        .map(|r| {
+            r[4].as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
         .sum();
     assert_eq!(tasks_done, stage_tasks, "the worker did every task");
     let annotators: Vec<&str> = end["evaluations"]
@@ -273,5 +306,9 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
     assert_eq!(annotators, ["base", "V1"]);
     assert_eq!(end["error"], "");
     save_png("dashboard.png", &page.screenshot());
-    assert!(page.errors.is_empty(), "the browser reported: {:#?}", page.errors);
+    assert!(
+        page.errors.is_empty(),
+        "the browser reported: {:#?}",
+        page.errors
+    );
 }

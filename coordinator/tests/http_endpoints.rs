@@ -19,7 +19,11 @@ fn get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
 fn get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String, String)> {
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n").ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     conn.read_to_string(&mut response).ok()?;
     let status = response.split(' ').nth(1)?.parse().ok()?;
@@ -95,7 +99,11 @@ async fn probes_and_metrics_follow_a_run() {
         .await
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    for service in ["", "automaldesc.v1.WorkerService", "automaldesc.v1.ControlService"] {
+    for service in [
+        "",
+        "automaldesc.v1.WorkerService",
+        "automaldesc.v1.ControlService",
+    ] {
         let r = health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: service.into(),
@@ -122,7 +130,10 @@ async fn probes_and_metrics_follow_a_run() {
         "wrong token"
     );
     assert_eq!(get(http, "/nothing", None).unwrap().0, 401, "no token");
-    assert_eq!(get(http, "/nothing", Some("metrics-token-1")).unwrap().0, 404);
+    assert_eq!(
+        get(http, "/nothing", Some("metrics-token-1")).unwrap().0,
+        404
+    );
 
     // The dashboard: a sign-in page without the token; /login turns the token into a
     // cookie that opens the page and the API.
@@ -144,7 +155,12 @@ async fn probes_and_metrics_follow_a_run() {
     assert_eq!(status, 200);
     assert!(page.contains("/api/cluster"), "the page polls the API");
     assert_eq!(get_with(http, "/api/cluster", &with_cookie).unwrap().0, 200);
-    assert_eq!(get_with(http, "/api/cluster", "Cookie: automaldesc_token=00\r\n").unwrap().0, 401);
+    assert_eq!(
+        get_with(http, "/api/cluster", "Cookie: automaldesc_token=00\r\n")
+            .unwrap()
+            .0,
+        401
+    );
 
     let tasks = "automaldesc_stage_tasks{run=\"m1\",stage=\"0\",kind=\"echo\"";
     let mut before = String::new();
@@ -213,7 +229,13 @@ async fn probes_and_metrics_follow_a_run() {
 
     // The worker, as the metrics and /api/cluster show it: every task it committed, every
     // script its executor finished, no lease left.
-    assert_eq!(metric(&after, "automaldesc_worker_info{worker=\"w0\",backend=\"cpu\"}"), Some(1));
+    assert_eq!(
+        metric(
+            &after,
+            "automaldesc_worker_info{worker=\"w0\",backend=\"cpu\"}"
+        ),
+        Some(1)
+    );
     assert_eq!(metric(&after, "automaldesc_coordinator_leader"), Some(1));
     let cluster = wait_for_json(http, "the worker's totals after its last task", |c| {
         c["workers"][0]["scripts"].as_u64() == Some(scripts)
@@ -226,19 +248,32 @@ async fn probes_and_metrics_follow_a_run() {
     assert_eq!(w["leases"].as_array().map(Vec::len), Some(0));
     assert!(w["registered_ms"].as_u64() > Some(0));
     let metrics = get(http, "/metrics", Some("metrics-token-1")).unwrap().1;
-    assert_eq!(metric(&metrics, "automaldesc_worker_scripts_total{worker=\"w0\"}"), Some(scripts));
-    assert_eq!(metric(&metrics, "automaldesc_worker_leases{worker=\"w0\"}"), Some(0));
+    assert_eq!(
+        metric(&metrics, "automaldesc_worker_scripts_total{worker=\"w0\"}"),
+        Some(scripts)
+    );
+    assert_eq!(
+        metric(&metrics, "automaldesc_worker_leases{worker=\"w0\"}"),
+        Some(0)
+    );
     let stage = &cluster["runs"][0]["stages"][0];
     assert_eq!(stage["name"], "stage 0 echo");
     // Each task sleeps 200 ms, one after another.
     let duration = stage["duration_s"].as_f64().unwrap();
-    assert!(duration >= 0.2 * total as f64, "{duration} s for {total} tasks");
+    assert!(
+        duration >= 0.2 * total as f64,
+        "{duration} s for {total} tasks"
+    );
     assert!(stage["eta_s"].is_null(), "a finished stage has no ETA");
     assert_eq!(cluster["leader"], true);
 }
 
 /// `/api/cluster` once `ok` holds for it.
-fn wait_for_json(port: u16, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_for_json(
+    port: u16,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     wait_for_json_with(port, Some("metrics-token-1"), what, ok)
 }
 
@@ -303,13 +338,26 @@ async fn troubles_are_listed_with_their_errors() {
     let _worker = Proc::spawn(
         d,
         "w",
-        &args(&["worker", "--coordinator", &format!("http://127.0.0.1:{grpc}"), "--id", "w0"]),
+        &args(&[
+            "worker",
+            "--coordinator",
+            &format!("http://127.0.0.1:{grpc}"),
+            "--id",
+            "w0",
+        ]),
     );
     let end = wait_for_json_with(http, None, "the run to end", |c| {
-        c["runs"][0]["phase"].as_str().is_some_and(|p| p != "running")
+        c["runs"][0]["phase"]
+            .as_str()
+            .is_some_and(|p| p != "running")
     });
     let stages = &end["runs"][0]["stages"];
-    let troubles = |k: usize| stages[k]["troubles"].as_array().cloned().unwrap_or_default();
+    let troubles = |k: usize| {
+        stages[k]["troubles"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
     let (first, second) = (troubles(0), troubles(1));
     assert_eq!((first.len(), second.len()), (1, 1), "{stages}");
     assert_eq!(first[0]["state"], "script quarantined");
@@ -318,10 +366,19 @@ async fn troubles_are_listed_with_their_errors() {
     assert_eq!(second[0]["state"], "quarantined");
     assert_eq!(second[0]["attempts"].as_u64(), Some(2));
     let error = second[0]["error"].as_str().unwrap();
-    assert!(error.contains(&failing) && error.contains("failure marker"), "{error}");
+    assert!(
+        error.contains(&failing) && error.contains("failure marker"),
+        "{error}"
+    );
     assert_eq!(stages[1]["counts"]["quarantined"].as_u64(), Some(1));
     assert_eq!(end["workers"][0]["tasks_failed"].as_u64(), Some(2));
     let metrics = get(http, "/metrics", None).unwrap().1;
     let series = "{run=\"t1\",stage=\"1\",kind=\"echo\"}";
-    assert_eq!(metric(&metrics, &format!("automaldesc_stage_failed_attempts{series}")), Some(2));
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("automaldesc_stage_failed_attempts{series}")
+        ),
+        Some(2)
+    );
 }

@@ -114,12 +114,20 @@ impl Browser {
             console: Vec::new(),
         };
         let target = b.call("Target.createTarget", json!({ "url": "about:blank" }));
-        let target_id = target["targetId"].as_str().expect("a target id").to_string();
+        let target_id = target["targetId"]
+            .as_str()
+            .expect("a target id")
+            .to_string();
         let attached = b.call(
             "Target.attachToTarget",
             json!({ "targetId": target_id, "flatten": true }),
         );
-        b.session = Some(attached["sessionId"].as_str().expect("a session").to_string());
+        b.session = Some(
+            attached["sessionId"]
+                .as_str()
+                .expect("a session")
+                .to_string(),
+        );
         for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
             b.call(domain, json!({}));
         }
@@ -161,7 +169,11 @@ impl Browser {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|a| a["value"].as_str().map_or_else(|| a["description"].to_string(), str::to_string))
+                    .map(|a| {
+                        a["value"]
+                            .as_str()
+                            .map_or_else(|| a["description"].to_string(), str::to_string)
+                    })
                     .collect();
                 let line = format!("{}: {}", p["type"].as_str().unwrap_or("?"), text.join(" "));
                 if matches!(p["type"].as_str(), Some("error" | "assert")) {
@@ -209,13 +221,20 @@ impl Browser {
             "Runtime.evaluate",
             json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
         );
-        assert!(r.get("exceptionDetails").is_none(), "{expression}: {}", r["exceptionDetails"]);
+        assert!(
+            r.get("exceptionDetails").is_none(),
+            "{expression}: {}",
+            r["exceptionDetails"]
+        );
         r["result"]["value"].clone()
     }
 
     /// A PNG of the viewport.
     pub fn screenshot(&mut self) -> Vec<u8> {
-        let r = self.call("Page.captureScreenshot", json!({ "format": "png", "captureBeyondViewport": true }));
+        let r = self.call(
+            "Page.captureScreenshot",
+            json!({ "format": "png", "captureBeyondViewport": true }),
+        );
         decode_base64(r["data"].as_str().expect("image data"))
     }
 }
@@ -238,7 +257,10 @@ fn decode_base64(s: &str) -> Vec<u8> {
             _ => panic!("not base64: {c}"),
         }
     };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=' && !c.is_ascii_whitespace()).collect();
+    let bytes: Vec<u8> = s
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+        .collect();
     let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
     for chunk in bytes.chunks(4) {
         let n = chunk.iter().fold(0u32, |acc, &c| (acc << 6) | value(c)) << (6 * (4 - chunk.len()));

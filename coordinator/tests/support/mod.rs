@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
-pub mod etcd;
 pub mod browser;
+pub mod etcd;
 pub mod procs;
 pub mod tiny_model;
 

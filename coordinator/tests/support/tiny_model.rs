@@ -113,4 +113,3 @@ pub fn write_tiny_model(real: &Path, out: &Path) {
         .collect();
     write_gguf(out, &meta, &refs).unwrap();
 }
-
