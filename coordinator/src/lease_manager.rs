@@ -176,7 +176,9 @@ impl LeaseBook {
                 let error = e.last_error.clone()?;
                 match e.state {
                     TaskState::Done { .. } => None,
-                    TaskState::Quarantined { .. } => Some((TaskId(i as u32), e.attempts, true, error)),
+                    TaskState::Quarantined { .. } => {
+                        Some((TaskId(i as u32), e.attempts, true, error))
+                    }
                     _ => Some((TaskId(i as u32), e.attempts, false, error)),
                 }
             })

@@ -220,7 +220,12 @@ impl StageManager {
                 task: task.0,
                 sha256: String::new(),
                 attempts,
-                state: if quarantined { "quarantined" } else { "retrying" }.into(),
+                state: if quarantined {
+                    "quarantined"
+                } else {
+                    "retrying"
+                }
+                .into(),
                 error,
             })
             .collect();
@@ -467,13 +472,18 @@ pub async fn read_commits(
 /// Lists the scripts a committed task quarantined alone, up to [`TROUBLES_LISTED`].
 fn note_scripts(list: &mut Vec<Trouble>, task: TaskId, r: &CommitRecord) {
     let room = TROUBLES_LISTED.saturating_sub(list.len());
-    list.extend(r.quarantined.iter().take(room).map(|(sha256, reason)| Trouble {
-        task: task.0,
-        sha256: sha256.clone(),
-        attempts: 0,
-        state: "script quarantined".into(),
-        error: reason.clone(),
-    }));
+    list.extend(
+        r.quarantined
+            .iter()
+            .take(room)
+            .map(|(sha256, reason)| Trouble {
+                task: task.0,
+                sha256: sha256.clone(),
+                attempts: 0,
+                state: "script quarantined".into(),
+                error: reason.clone(),
+            }),
+    );
 }
 
 impl StageTotals {
