@@ -37,7 +37,7 @@ CLUSTER_SCOPED = ("Namespace",)
 try:
     import yaml
 except ImportError:
-    print("MISSING PyYAML (pip install pyyaml)")
+    print("MISSING the Python package yaml (pip install pyyaml)")
     sys.exit(3)
 
 
@@ -248,7 +248,7 @@ def main():
         import kubernetes_validate
         from kubernetes_validate.utils import SchemaNotFoundError
     except ImportError as e:
-        print(f"MISSING {e.name} (pip install kubernetes-validate)")
+        print(f"MISSING the Python package {e.name} (pip install kubernetes-validate)")
         return 3
     versions = [OLDEST_SUPPORTED, kubernetes_validate.utils.latest_version()]
     if OLDEST_SUPPORTED not in [kubernetes_validate.utils.major_minor(v) for v in kubernetes_validate.utils.all_versions()]:
