@@ -958,12 +958,25 @@ fn dockerfiles_build_what_the_manifests_run() {
         }
     }
     assert_eq!(sums.len(), 1, "both images check the same model");
+    let sum = sums.iter().next().unwrap();
+    // The run spec records the base model's sha256 (loop --print-spec): the images' model.
+    let spec = read("deploy/k8s/run/spec.toml");
+    let recorded: BTreeSet<String> = spec
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("base_model_sha256 = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .collect();
+    assert_eq!(
+        recorded,
+        BTreeSet::from([sum.clone()]),
+        "run/spec.toml was made with another model than the images carry"
+    );
     let local = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if model.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf") && local.is_file() {
         let bytes = std::fs::read(&local).unwrap();
         assert_eq!(
-            automaldesc_common::sha256_hex(&bytes),
-            *sums.iter().next().unwrap(),
+            &automaldesc_common::sha256_hex(&bytes),
+            sum,
             "the Dockerfiles' sha256 is not the model deploy/fetch_model.sh fetches"
         );
     }
