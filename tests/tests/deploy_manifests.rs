@@ -741,6 +741,24 @@ fn coordinators_workers_and_monitoring_are_wired_together() {
         );
         if file == "Dockerfile.cuda" {
             assert_eq!(worker["workingDir"], d.last("WORKDIR").as_str());
+            // The GPU kernels' cache directory is writable: on an emptyDir mount.
+            let cache = d
+                .final_stage()
+                .iter()
+                .find_map(|(op, a)| (op == "ENV").then(|| a.strip_prefix("XDG_CACHE_HOME="))?)
+                .expect("Dockerfile.cuda sets XDG_CACHE_HOME");
+            let vols = pod_spec(job)["volumes"].as_array().unwrap();
+            assert!(
+                worker["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|mnt| cache.starts_with(mnt["mountPath"].as_str().unwrap())
+                        && vols
+                            .iter()
+                            .any(|v| v["name"] == mnt["name"] && !v["emptyDir"].is_null())),
+                "XDG_CACHE_HOME {cache} is not on an emptyDir of the worker"
+            );
         }
     }
     for w in m.all("Deployment").into_iter().chain(m.all("Job")) {
