@@ -664,12 +664,20 @@ fn coordinators_workers_and_monitoring_are_wired_together() {
             .flat_map(|r| {
                 assert_eq!(r["onExitCodes"]["containerName"], "worker");
                 assert_eq!(r["onExitCodes"]["operator"], "In");
-                r["onExitCodes"]["values"]
+                let values: Vec<u64> = r["onExitCodes"]["values"]
                     .as_array()
                     .unwrap()
                     .iter()
                     .map(|v| v.as_u64().unwrap())
-                    .collect::<Vec<_>>()
+                    .collect();
+                // What the API server requires of `In` values.
+                assert!(
+                    !values.is_empty()
+                        && !values.contains(&0)
+                        && values.windows(2).all(|w| w[0] < w[1]),
+                    "exit codes must be sorted, unique and non-zero: {values:?}"
+                );
+                values
             })
             .collect()
     };
