@@ -459,8 +459,17 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     print_report(&report);
     // A task given back may still be running on its thread: do not wait for it.
     rt.shutdown_timeout(Duration::from_millis(100));
+    if report.stopped {
+        // Stopped by a signal before the work was finished: not a success, so a batch
+        // job (a Kubernetes Job) replaces this worker instead of counting it complete.
+        std::process::exit(STOPPED_EXIT_CODE);
+    }
     Ok(())
 }
+
+/// A worker's exit status when a signal stopped it before the coordinator said the work is
+/// finished (128 + SIGTERM, as a shell reports it).
+pub const STOPPED_EXIT_CODE: i32 = 143;
 
 fn print_report(r: &WorkerReport) {
     println!(
@@ -471,6 +480,7 @@ fn print_report(r: &WorkerReport) {
             "failed": r.failed,
             "released": r.released,
             "executor_seconds": r.executor_seconds,
+            "stopped": r.stopped,
         })
     );
 }

@@ -54,6 +54,9 @@ enum Command {
     /// Serve as a cluster's coordinator (state in etcd with leader election, or embedded).
     Coordinator(cluster::CoordinatorArgs),
     /// Serve as a cluster's worker: lease tasks from the coordinator and run them.
+    ///
+    /// Exits 0 once the coordinator says the work is finished, 143 when SIGTERM or SIGINT
+    /// stopped it before that (after draining), 1 on an error.
     Worker(cluster::WorkerArgs),
     /// Submit a run spec to a coordinator.
     Submit(cluster::SubmitArgs),

@@ -129,7 +129,8 @@ async fn workers_that_die_or_stall_lose_their_tasks_and_a_failing_task_is_quaran
     w1.signal(libc::SIGCONT);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     w1.signal(libc::SIGTERM);
-    assert!(w1.wait(Duration::from_secs(20)).success());
+    // Stopped before the work was finished: 143, so a batch job would replace it.
+    assert_eq!(w1.wait(Duration::from_secs(20)).code(), Some(143));
     let report = w1.report();
     assert!(report["refused"].as_u64().unwrap() >= 1, "{report}");
 
@@ -333,13 +334,15 @@ async fn sigterm_drains_workers_and_a_restarted_coordinator_resumes_the_run() {
     .await;
     w0.signal(libc::SIGTERM);
     w1.signal(libc::SIGTERM);
-    assert!(
-        w1.wait(Duration::from_secs(10)).success(),
+    assert_eq!(
+        w1.wait(Duration::from_secs(10)).code(),
+        Some(143),
         "{}",
         w1.log_text()
     );
-    assert!(
-        w0.wait(Duration::from_secs(20)).success(),
+    assert_eq!(
+        w0.wait(Duration::from_secs(20)).code(),
+        Some(143),
         "{}",
         w0.log_text()
     );

@@ -437,14 +437,27 @@ fn coordinators_workers_and_monitoring_are_wired_together() {
     let clap = ClapSource::load();
     let main_rs = read("coordinator/src/main.rs");
 
-    // --- coordinators: two (leader and standby through etcd), probes, ports, secrets
-    let deploy = m.get("Deployment", "automaldesc-coordinator");
-    assert_eq!(deploy["spec"]["replicas"], 2, "leader and standby");
-    let strategy = &deploy["spec"]["strategy"];
+    // --- coordinators: a Job of two (leader and standby through etcd), probes, ports,
+    // secrets
+    let deploy = m.get("Job", "automaldesc-coordinator");
+    let cs = &deploy["spec"];
+    assert_eq!(
+        (cs["parallelism"].as_u64(), cs["completions"].as_u64()),
+        (Some(2), Some(2)),
+        "leader and standby, each complete once it exits 0 after the run"
+    );
+    assert_eq!(pod_spec(deploy)["restartPolicy"], "Never");
+    let coordinator_rules = cs["podFailurePolicy"]["rules"].as_array().expect("rules");
     assert!(
-        strategy["type"] == "Recreate" || strategy["rollingUpdate"]["maxUnavailable"] == "100%",
-        "a standby never becomes Ready while the old leader lives: a rollout must not wait \
-         for Ready new pods ({strategy})"
+        coordinator_rules.iter().any(|r| r["action"] == "Ignore"
+            && r["onPodConditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "DisruptionTarget"))),
+        "an evicted coordinator is replaced without counting a failure"
+    );
+    assert!(
+        m.all("PodDisruptionBudget").is_empty(),
+        "the standby is never Ready: a PDB would forbid evicting the leader"
     );
     let coord = container(deploy, "coordinator");
     non_root(deploy, coord);
@@ -532,11 +545,6 @@ fn coordinators_workers_and_monitoring_are_wired_together() {
         svc["spec"]["publishNotReadyAddresses"], true,
         "the standby must not get traffic"
     );
-    let pdb = m.get("PodDisruptionBudget", "automaldesc-coordinator");
-    assert!(selects(
-        &pdb["spec"]["selector"]["matchLabels"],
-        pod_labels(deploy)
-    ));
 
     // --- workers: an Indexed Job of GPU pods
     let job = m.get("Job", "automaldesc-workers");
@@ -689,15 +697,17 @@ fn coordinators_workers_and_monitoring_are_wired_together() {
         main_rs.contains("Cli::parse()"),
         "exit 2 comes from clap's parse()"
     );
-    // The wrapper turns a drained worker's exit 0 into 143, which the policy ignores.
-    let command = strs(&worker["command"]);
-    if command.is_empty() {
-        assert!(!on_codes("Ignore").contains(&143));
-    } else {
-        assert_eq!(command[..2], ["/bin/sh".to_string(), "-c".to_string()]);
-        assert!(command[2].contains("automaldesc \"$@\"") && command[2].contains("exit 143"));
-        assert!(on_codes("Ignore").contains(&143));
-    }
+    // A worker stopped by SIGTERM before the work is finished exits 143 (the binary's
+    // STOPPED_EXIT_CODE), which the policy ignores: the pod is replaced, not counted.
+    assert!(
+        strs(&worker["command"]).is_empty(),
+        "the image's entrypoint runs the binary itself"
+    );
+    assert!(
+        read("coordinator/src/cluster_cmd.rs").contains("pub const STOPPED_EXIT_CODE: i32 = 143;"),
+        "the worker's exit code when stopped"
+    );
+    assert!(on_codes("Ignore").contains(&143));
 
     // Both the coordinators and the workers reach S3 with the same credentials.
     let env_from = |c: &Value| -> Vec<String> {

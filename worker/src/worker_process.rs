@@ -82,6 +82,9 @@ pub struct WorkerReport {
     pub released: u32,
     /// Seconds spent inside executors.
     pub executor_seconds: f64,
+    /// It stopped because it was told to (a signal), not because the coordinator said the
+    /// work is finished.
+    pub stopped: bool,
 }
 
 /// Executors by stage kind.
@@ -250,7 +253,10 @@ pub async fn run_worker(
     let mut stop_seen = false;
     loop {
         if stop_seen {
-            return Ok(report);
+            return Ok(WorkerReport {
+                stopped: true,
+                ..report
+            });
         }
         let request = v1::AcquireTaskRequest {
             worker_id: opts.worker_id.clone(),
@@ -262,7 +268,7 @@ pub async fn run_worker(
             async move { c.acquire_task(r).await }
         });
         let resp = tokio::select! {
-            _ = &mut stop, if !stop_seen => return Ok(report),
+            _ = &mut stop, if !stop_seen => return Ok(WorkerReport { stopped: true, ..report }),
             r = acquire => r?,
         };
         let Some(task) = resp.task else {
@@ -270,7 +276,7 @@ pub async fn run_worker(
                 return Ok(report);
             }
             tokio::select! {
-                _ = &mut stop, if !stop_seen => return Ok(report),
+                _ = &mut stop, if !stop_seen => return Ok(WorkerReport { stopped: true, ..report }),
                 _ = tokio::time::sleep(Duration::from_millis(resp.retry_after_ms.clamp(10, 5000))) => {}
             }
             continue;
