@@ -399,3 +399,87 @@ async fn sigterm_drains_workers_and_a_restarted_coordinator_resumes_the_run() {
     assert_eq!(commits.iter().filter(|(_, c)| c.worker == "w0").count(), 1);
     assert!(commits.iter().all(|(_, c)| c.worker != "w1"));
 }
+
+/// Batch mode as the Kubernetes manifests run it (a Job of two coordinators and a Job of
+/// workers): with `--exit-when-done` the leader tells the worker the work is finished and
+/// exits 0; its standby then leads, finds the run ended (submitting the spec again is
+/// harmless), and exits 0 too; the worker exits 0. Every process ends on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_coordinators_and_workers_all_exit_0_after_the_run() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let corpus = support::small_corpus(&d.join("corpus"), 9, 0.002).await;
+    let spec = d.join("run.toml");
+    std::fs::write(
+        &spec,
+        support::echo_spec(
+            &corpus.unlabelled_url(),
+            d.join("out").to_str().unwrap(),
+            corpus.total_bytes / 4,
+            "{ delay_ms = 100 }",
+        ),
+    )
+    .unwrap();
+    let ports = [free_port(), free_port()];
+    let mut coordinators: Vec<Proc> = ["a", "b"]
+        .iter()
+        .zip(ports)
+        .map(|(name, port)| {
+            let c = Proc::spawn(
+                d,
+                name,
+                &args(&[
+                    "coordinator",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--name",
+                    name,
+                    "--etcd",
+                    &etcd.endpoint(),
+                    "--etcd-namespace",
+                    "/batch/",
+                    "--leader-ttl",
+                    "2",
+                    "--run",
+                    spec.to_str().unwrap(),
+                    "--run-id",
+                    "b1",
+                    "--exit-when-done",
+                ]),
+            );
+            // The first one leads.
+            std::thread::sleep(Duration::from_millis(500));
+            c
+        })
+        .collect();
+    let endpoints = format!(
+        "http://127.0.0.1:{},http://127.0.0.1:{}",
+        ports[0], ports[1]
+    );
+    let mut worker = Proc::spawn(d, "w", &worker_args(&endpoints, "w0", "5"));
+    assert_eq!(
+        worker.wait(Duration::from_secs(120)).code(),
+        Some(0),
+        "{}",
+        worker.log_text()
+    );
+    for c in &mut coordinators {
+        assert_eq!(
+            c.wait(Duration::from_secs(60)).code(),
+            Some(0),
+            "{}",
+            c.log_text()
+        );
+    }
+    let logs: Vec<String> = coordinators.iter().map(Proc::log_text).collect();
+    assert!(
+        logs.iter().all(|l| l.contains("elected leader")),
+        "both led in turn"
+    );
+    let report = worker.report();
+    assert!(report["completed"].as_u64().unwrap() >= 2, "{report}");
+    assert_eq!(report["stopped"], false);
+}
