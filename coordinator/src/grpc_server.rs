@@ -299,6 +299,8 @@ fn reported(p: v1::Progress) -> Reported {
         tokens: p.tokens_generated,
         model_loads: p.model_loads,
         model_load_ms: p.model_load_ms,
+        task_done: p.task_done,
+        task_total: p.task_total,
     }
 }
 

@@ -358,9 +358,44 @@ fn stage_started_ms(run: &RunStatus, i: usize) -> u64 {
     }
 }
 
+/// A task in flight with the progress its worker reports: seconds since it was leased,
+/// and units (training steps, scripts) done of its total.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InFlight {
+    pub task: u32,
+    pub held_s: f64,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// The tasks of stage `stage` of `run` in flight with a known progress (the furthest
+/// attempt of a task leased twice).
+fn in_flight(view: &ClusterView, run: &str, stage: u32) -> Vec<InFlight> {
+    let mut out: Vec<InFlight> = Vec::new();
+    for l in view.workers.iter().flat_map(|w| &w.leases) {
+        if l.run != run || l.stage != stage || l.total == 0 {
+            continue;
+        }
+        let f = InFlight {
+            task: l.task,
+            held_s: view.at_ms.saturating_sub(l.since_ms) as f64 / 1000.0,
+            done: l.done,
+            total: l.total,
+        };
+        match out.iter_mut().find(|o| o.task == l.task) {
+            Some(o) if o.done * f.total < f.done * o.total => *o = f,
+            Some(_) => {}
+            None => out.push(f),
+        }
+    }
+    out
+}
+
 /// How long the open stage still needs, in seconds, and what the estimate rests on:
 /// - "tokens": the tokens per script so far times the scripts left, at the cluster's
 ///   current tokens/s (stages that generate);
+/// - "task progress": when every task left is in flight and reports its progress (a
+///   training stage's steps), the slowest one's time so far scaled to what it has left;
 /// - "scripts": the scripts left at the current scripts/s;
 /// - "tasks": the time per committed task so far times the tasks left.
 ///
@@ -369,6 +404,7 @@ pub fn stage_eta(
     st: &StageSummary,
     elapsed_s: f64,
     rates: (f64, f64),
+    in_flight: &[InFlight],
 ) -> Option<(f64, &'static str)> {
     let (c, t) = (&st.counts, &st.totals);
     let tasks_left = c.total.saturating_sub(c.done + c.quarantined);
@@ -381,6 +417,14 @@ pub fn stage_eta(
     if t.tokens > 0 && t.scripts_done > 0 && rates.0 > 0.0 {
         let tokens_left = scripts_left * t.tokens as f64 / t.scripts_done as f64;
         return Some((tokens_left / rates.0, "tokens"));
+    }
+    let started: Vec<&InFlight> = in_flight.iter().filter(|f| f.done > 0).collect();
+    if started.len() == tasks_left as usize {
+        let eta = started
+            .iter()
+            .map(|f| f.held_s * (f.total - f.done) as f64 / f.done as f64)
+            .fold(0.0, f64::max);
+        return Some((eta, "task progress"));
     }
     if rates.1 > 0.0 && scripts_left > 0.0 {
         return Some((scripts_left / rates.1, "scripts"));
@@ -411,7 +455,7 @@ fn cluster_json(view: &ClusterView, leader: bool) -> serde_json::Value {
                 };
                 let elapsed = end.saturating_sub(started) as f64 / 1000.0;
                 let eta = if r.phase == RunPhase::Running {
-                    stage_eta(st, elapsed, rates)
+                    stage_eta(st, elapsed, rates, &in_flight(view, &r.id.0, st.index))
                 } else {
                     None
                 };
@@ -585,7 +629,9 @@ fn stage_metrics(s: &mut String, view: &ClusterView) {
                     }
                     "automaldesc_stage_eta_seconds" => {
                         let eta = (r.phase == RunPhase::Running)
-                            .then(|| stage_eta(st, elapsed, rates))
+                            .then(|| {
+                                stage_eta(st, elapsed, rates, &in_flight(view, &r.id.0, st.index))
+                            })
                             .flatten();
                         match eta {
                             Some((e, _)) => e,
@@ -740,7 +786,7 @@ mod tests {
             ..StageTotals::default()
         };
         assert_eq!(
-            stage_eta(&stage(4, 10, totals), 99.0, (400.0, 2.0)),
+            stage_eta(&stage(4, 10, totals), 99.0, (400.0, 2.0), &[]),
             Some((30.0, "tokens"))
         );
         // No tokens (a stage that does not generate): 60 scripts at 2 scripts/s.
@@ -749,20 +795,48 @@ mod tests {
             ..totals
         };
         assert_eq!(
-            stage_eta(&stage(4, 10, no_tokens), 99.0, (400.0, 2.0)),
+            stage_eta(&stage(4, 10, no_tokens), 99.0, (400.0, 2.0), &[]),
             Some((30.0, "scripts"))
         );
         // No rate either: 4 tasks in 20 s, 6 left.
         assert_eq!(
-            stage_eta(&stage(4, 10, no_tokens), 20.0, (0.0, 0.0)),
+            stage_eta(&stage(4, 10, no_tokens), 20.0, (0.0, 0.0), &[]),
             Some((30.0, "tasks"))
         );
         // Nothing known yet; and nothing left.
         assert_eq!(
-            stage_eta(&stage(0, 10, StageTotals::default()), 5.0, (0.0, 0.0)),
+            stage_eta(&stage(0, 10, StageTotals::default()), 5.0, (0.0, 0.0), &[]),
             None
         );
-        assert_eq!(stage_eta(&stage(10, 10, totals), 5.0, (400.0, 2.0)), None);
+        assert_eq!(
+            stage_eta(&stage(10, 10, totals), 5.0, (400.0, 2.0), &[]),
+            None
+        );
+        // A training stage: one task, in flight for 60 s, 20 of 50 steps done: 90 s left,
+        // whatever the scripts rate says.
+        let train = StageTotals {
+            scripts_total: 20,
+            ..StageTotals::default()
+        };
+        let steps = |done| InFlight {
+            task: 0,
+            held_s: 60.0,
+            done,
+            total: 50,
+        };
+        assert_eq!(
+            stage_eta(&stage(0, 1, train), 60.0, (0.0, 2.0), &[steps(20)]),
+            Some((90.0, "task progress"))
+        );
+        // No step done yet, or a task left that is not in flight: other bases.
+        assert_eq!(
+            stage_eta(&stage(0, 1, train), 60.0, (0.0, 2.0), &[steps(0)]),
+            Some((10.0, "scripts"))
+        );
+        assert_eq!(
+            stage_eta(&stage(0, 2, train), 60.0, (0.0, 0.0), &[steps(20)]),
+            None
+        );
     }
 
     /// The metric names and label names of a metrics text.

@@ -71,6 +71,9 @@ pub struct Reported {
     pub tokens: u64,
     pub model_loads: u64,
     pub model_load_ms: u64,
+    /// The task in hand: units done of its total (0 of 0: none reported).
+    pub task_done: u64,
+    pub task_total: u64,
 }
 
 /// A lease a worker holds.
@@ -83,6 +86,10 @@ pub struct LeaseView {
     pub attempt: u32,
     /// When it was granted (ms since the epoch).
     pub since_ms: u64,
+    /// The task's progress as its worker last reported it: units (training steps, scripts)
+    /// done of its total; 0 of 0 while none is known.
+    pub done: u64,
+    pub total: u64,
 }
 
 /// One worker as operators see it (and `/api/cluster` reports it).
@@ -129,6 +136,10 @@ impl Entry {
         self.view.tokens = r.tokens;
         self.view.model_loads = r.model_loads;
         self.view.model_load_s = r.model_load_ms as f64 / 1000.0;
+        // A worker runs one task at a time: the progress is its lease's.
+        for l in &mut self.view.leases {
+            (l.done, l.total) = (r.task_done, r.task_total);
+        }
         let sample = (now, r.scripts, r.tokens);
         let several = self.samples.len() > 1;
         match self.samples.back_mut() {
@@ -226,6 +237,8 @@ impl Workers {
                 token: l.token,
                 attempt,
                 since_ms,
+                done: 0,
+                total: 0,
             });
         }
     }
@@ -355,6 +368,15 @@ mod tests {
         let v = &w.views(t0)[0];
         assert_eq!((v.state, v.backend.as_str()), (WorkerState::Busy, "cuda"));
         assert_eq!((v.leases[0].task, v.leases[0].attempt), (3, 2));
+        // The task's progress as the worker reports it goes to its lease.
+        let progress = Reported {
+            task_done: 5,
+            task_total: 20,
+            ..Reported::default()
+        };
+        w.heartbeat(&id, &[lease(3, 7)], &[], Some(progress), false, t0);
+        let l = &w.views(t0)[0].leases[0];
+        assert_eq!((l.done, l.total), (5, 20));
         // A heartbeat whose lease the coordinator says is lost drops it.
         w.heartbeat(&id, &[lease(3, 7)], &[lease(3, 7)], None, false, t0);
         assert_eq!(w.views(t0)[0].state, WorkerState::Idle);

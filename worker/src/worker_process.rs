@@ -218,6 +218,8 @@ fn progress() -> v1::Progress {
         tokens_generated: t.tokens,
         model_loads: t.model_loads,
         model_load_ms: t.model_load_ms,
+        task_done: t.task_done,
+        task_total: t.task_total,
     }
 }
 
@@ -334,6 +336,7 @@ async fn run_one(
     let started = std::time::Instant::now();
     // One task at a time per process: the tokens generated meanwhile are the task's.
     let tokens_before = telemetry::totals().tokens;
+    telemetry::task_started();
     let work = tokio::task::spawn_blocking(move || executor.run(&input));
     tokio::pin!(work);
     let mut ticker = tokio::time::interval(heartbeat);

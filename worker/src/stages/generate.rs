@@ -101,6 +101,7 @@ impl Executor for GenerateExecutor {
                 .map(|s| s.generated_tokens as u64)
                 .sum();
             crate::telemetry::add_work(chunk.len() as u64, tokens);
+            crate::telemetry::task_progress((out.len() + chunk.len()) as u64, rows_in);
             for (row, a) in chunk.iter().zip(results) {
                 let saved: usize = a
                     .samples

@@ -116,10 +116,11 @@ impl Executor for JudgeExecutor {
         })?;
         let mut rows: Vec<AnswersRow> = read_task(task, "")?;
         let rows_in = rows.len() as u64;
-        for row in &mut rows {
+        for (i, row) in rows.iter_mut().enumerate() {
             if task.cancelled() {
                 return Err("cancelled".into());
             }
+            crate::telemetry::task_progress(i as u64, rows_in);
             let n = row.responses.len();
             row.judge_labels = vec![String::new(); n];
             row.judge_probs = vec![f32::NAN; n];
