@@ -9,48 +9,15 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use automaldesc_common::parquet_io::WriterOptions;
-use automaldesc_common::synth::SynthConfig;
-use automaldesc_common::synth_dataset::write_synth_corpus;
 use serde_json::Value;
 
 mod support;
 use support::browser::{self, Browser};
 use support::etcd::free_port;
 use support::procs::{bin, Proc};
-use support::tiny_model::{real_model, write_tiny_model};
+use support::tiny_model::{loop_config, real_model, write_small_loop_corpus, write_tiny_model};
 
 const TOKEN: &str = "dashboard-token-7";
-
-fn config(dir: &std::path::Path, model: &std::path::Path) -> String {
-    let d = dir.display();
-    format!(
-        r#"name = "dash"
-corpus = "{d}/corpus/unlabelled"
-seed = "{d}/corpus/seed"
-test = "{d}/corpus/test"
-output = "{d}/out"
-model = "{model}"
-iterations = 1
-temperatures = [0.0, 1.0]
-max_new_tokens = 24
-prompt_tokens = 192
-confidence = 0.45
-slots = 4
-preference_scripts = 3
-task_bytes = 6000
-[[adapter]]
-rank = 2
-alpha = 4.0
-dropout = 0.0
-epochs = 1
-batch_tokens = 2048
-answer_tokens = 24
-val_fraction = 0.2
-"#,
-        model = model.display()
-    )
-}
 
 fn get_status(port: u16, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
@@ -116,21 +83,9 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
     let d = dir.path();
     let model = d.join("tiny.gguf");
     write_tiny_model(&real, &model);
-    let synth = SynthConfig {
-        seed: 5,
-        scale: 0.002,
-        unlabelled_scale: Some(0.0002),
-        ..SynthConfig::default()
-    };
-    let opts = WriterOptions {
-        row_group_rows: 6,
-        ..WriterOptions::default()
-    };
-    write_synth_corpus(&synth, &d.join("corpus").display().to_string(), &opts)
-        .await
-        .unwrap();
+    write_small_loop_corpus(d).await;
     let cfg = d.join("loop.toml");
-    std::fs::write(&cfg, config(d, &model)).unwrap();
+    std::fs::write(&cfg, loop_config(d, &model, &d.join("out"), "dash", 1)).unwrap();
     let spec = Command::new(bin())
         .args(["loop", cfg.to_str().unwrap(), "--print-spec"])
         .output()

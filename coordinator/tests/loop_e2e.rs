@@ -12,12 +12,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use automaldesc_common::ids::RunId;
-use automaldesc_common::parquet_io::{read_dataset, WriterOptions};
+use automaldesc_common::parquet_io::read_dataset;
 use automaldesc_common::report::{FunnelSummary, IterationReport};
 use automaldesc_common::schema::{CorpusRow, LabelledRow, RejectedRow};
 use automaldesc_common::store::{child, open_store};
-use automaldesc_common::synth::SynthConfig;
-use automaldesc_common::synth_dataset::write_synth_corpus;
 use automaldesc_coordinator::loop_cmd::LoopConfig;
 use automaldesc_coordinator::stage_manager::read_commits;
 use automaldesc_coordinator::state::EmbeddedStore;
@@ -27,38 +25,7 @@ use object_store::path::Path as ObjectPath;
 mod support;
 use support::etcd::free_port;
 use support::procs::{bin, control, succeeded, wait_for, Proc};
-use support::tiny_model::{real_model, write_tiny_model};
-
-fn config_toml(dir: &Path, model: &Path, output: &Path) -> String {
-    let d = dir.display();
-    format!(
-        r#"name = "e2e"
-corpus = "{d}/corpus/unlabelled"
-seed = "{d}/corpus/seed"
-test = "{d}/corpus/test"
-output = "{out}"
-model = "{model}"
-iterations = 2
-temperatures = [0.0, 1.0]
-max_new_tokens = 24
-prompt_tokens = 192
-confidence = 0.45
-slots = 4
-preference_scripts = 3
-task_bytes = 6000
-[[adapter]]
-rank = 2
-alpha = 4.0
-dropout = 0.0
-epochs = 1
-batch_tokens = 2048
-answer_tokens = 24
-val_fraction = 0.2
-"#,
-        out = output.display(),
-        model = model.display()
-    )
-}
+use support::tiny_model::{loop_config, real_model, write_small_loop_corpus, write_tiny_model};
 
 /// What one iteration's aggregate stage committed.
 struct Outcome {
@@ -235,20 +202,7 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     };
     let model = d.join("tiny.gguf");
     write_tiny_model(&real, &model);
-    let synth = SynthConfig {
-        seed: 5,
-        scale: 0.002,
-        unlabelled_scale: Some(0.0002),
-        ..SynthConfig::default()
-    };
-    let opts = WriterOptions {
-        row_group_rows: 6,
-        ..WriterOptions::default()
-    };
-    let corpus_url = d.join("corpus").display().to_string();
-    write_synth_corpus(&synth, &corpus_url, &opts)
-        .await
-        .unwrap();
+    let corpus_url = write_small_loop_corpus(d).await;
     let (store, prefix) = open_store(&corpus_url).unwrap();
     let rows: Vec<CorpusRow> = read_dataset(store, &child(&prefix, "unlabelled"))
         .await
@@ -259,7 +213,7 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     // Reference: the whole loop in one process.
     let out_local = d.join("out-local");
     let cfg_local = d.join("local.toml");
-    std::fs::write(&cfg_local, config_toml(d, &model, &out_local)).unwrap();
+    std::fs::write(&cfg_local, loop_config(d, &model, &out_local, "e2e", 2)).unwrap();
     let state_local = d.join("state-local");
     let run = Command::new(bin())
         .args(["loop", cfg_local.to_str().unwrap(), "--state-dir"])
@@ -289,7 +243,7 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     // The same run on a coordinator process and two workers; the coordinator dies mid-run.
     let out_cluster = d.join("out-cluster");
     let cfg_cluster = d.join("cluster.toml");
-    std::fs::write(&cfg_cluster, config_toml(d, &model, &out_cluster)).unwrap();
+    std::fs::write(&cfg_cluster, loop_config(d, &model, &out_cluster, "e2e", 2)).unwrap();
     let spec = Command::new(bin())
         .args(["loop", cfg_cluster.to_str().unwrap(), "--print-spec"])
         .output()

@@ -113,3 +113,56 @@ pub fn write_tiny_model(real: &Path, out: &Path) {
         .collect();
     write_gguf(out, &meta, &refs).unwrap();
 }
+
+/// A small synthetic corpus for the loop under `dir/corpus` (seed, test and about 30
+/// unlabelled scripts, in row groups of 6); returns its URL.
+pub async fn write_small_loop_corpus(dir: &Path) -> String {
+    let synth = automaldesc_common::synth::SynthConfig {
+        seed: 5,
+        scale: 0.002,
+        unlabelled_scale: Some(0.0002),
+        ..Default::default()
+    };
+    let opts = automaldesc_common::parquet_io::WriterOptions {
+        row_group_rows: 6,
+        ..Default::default()
+    };
+    let url = dir.join("corpus").display().to_string();
+    automaldesc_common::synth_dataset::write_synth_corpus(&synth, &url, &opts)
+        .await
+        .unwrap();
+    url
+}
+
+/// A loop config over the corpus of [`write_small_loop_corpus`] with the tiny model: short
+/// answers, two temperatures, one small adapter per iteration.
+pub fn loop_config(dir: &Path, model: &Path, output: &Path, name: &str, iterations: u32) -> String {
+    let d = dir.display();
+    format!(
+        r#"name = "{name}"
+corpus = "{d}/corpus/unlabelled"
+seed = "{d}/corpus/seed"
+test = "{d}/corpus/test"
+output = "{out}"
+model = "{model}"
+iterations = {iterations}
+temperatures = [0.0, 1.0]
+max_new_tokens = 24
+prompt_tokens = 192
+confidence = 0.45
+slots = 4
+preference_scripts = 3
+task_bytes = 6000
+[[adapter]]
+rank = 2
+alpha = 4.0
+dropout = 0.0
+epochs = 1
+batch_tokens = 2048
+answer_tokens = 24
+val_fraction = 0.2
+"#,
+        out = output.display(),
+        model = model.display()
+    )
+}
