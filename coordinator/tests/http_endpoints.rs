@@ -243,6 +243,8 @@ async fn probes_and_metrics_follow_a_run() {
     let w = &cluster["workers"][0];
     assert_eq!(w["id"], "w0");
     assert_eq!(w["backend"], "cpu");
+    // The machine's memory, for the CPU backend.
+    assert!(w["device_memory_bytes"].as_u64() > Some(1 << 28), "{w}");
     assert_eq!(w["tasks_completed"].as_u64(), Some(total));
     assert_eq!(w["tasks_failed"].as_u64(), Some(0));
     assert_eq!(w["leases"].as_array().map(Vec::len), Some(0));

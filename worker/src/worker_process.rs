@@ -236,7 +236,7 @@ pub async fn run_worker(
         worker_id: opts.worker_id.clone(),
         capabilities: Some(v1::Capabilities {
             backend: opts.backend.clone(),
-            device_memory_bytes: 0,
+            device_memory_bytes: crate::device::memory_bytes(),
             models: Vec::new(),
             slots: opts.slots,
             stage_kinds: kinds.clone(),
