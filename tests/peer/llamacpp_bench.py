@@ -20,7 +20,7 @@ Prints one JSON object on stdout:
 
 Usage:
   python3 tests/peer/llamacpp_bench.py --model M.gguf --threads 2 --npp 512 --ntg 128 \
-      --npl 1,8,32 --tools-dir /work/peer-bin
+      --npl 1,8,32 --tools-dir ../peer-bin
   (--model may be given several times; --make-f32/--make-f16 also bench F32/F16 copies
    made with llama.cpp's quantizer, cached in --cache-dir)
 """
