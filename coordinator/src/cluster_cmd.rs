@@ -710,6 +710,7 @@ fn status_json(s: &v1::RunStatus) -> serde_json::Value {
             "scripts_done": st.scripts_done,
             "scripts_quarantined": st.scripts_quarantined,
             "rows_out": st.rows_out,
+            "tokens": st.tokens,
             "completions_refused": st.completions_refused,
             "leases_expired": st.leases_expired,
             "attempts_failed": st.attempts_failed,
@@ -765,9 +766,9 @@ fn print_status(s: &v1::RunStatus, json: bool) {
     );
     for st in &s.stages {
         println!(
-            "  stage {}/{} {:<10} tasks {}/{} leased {} quarantined {}  scripts {}/{} out {}  refused {} expired {} failed {}",
+            "  stage {}/{} {:<10} tasks {}/{} leased {} quarantined {}  scripts {}/{} out {} tokens {}  refused {} expired {} failed {}",
             st.index + 1, s.stages_total, st.kind, st.tasks_done, st.tasks_total, st.tasks_leased,
-            st.tasks_quarantined, st.scripts_done, st.scripts_total, st.rows_out,
+            st.tasks_quarantined, st.scripts_done, st.scripts_total, st.rows_out, st.tokens,
             st.completions_refused, st.leases_expired, st.attempts_failed,
         );
     }
