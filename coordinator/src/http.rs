@@ -56,6 +56,8 @@ const COOKIE: &str = "automaldesc_token";
 struct Response {
     status: u16,
     content_type: &'static str,
+    /// `no-store` but for committed files, which never change.
+    cache_control: &'static str,
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
 }
@@ -65,6 +67,7 @@ impl Response {
         Self {
             status,
             content_type,
+            cache_control: "no-store",
             headers: Vec::new(),
             body: body.into(),
         }
@@ -156,10 +159,11 @@ async fn answer(mut conn: TcpStream, state: &HttpState) -> std::io::Result<()> {
         _ => "Service Unavailable",
     };
     let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\nConnection: close\r\n",
         r.status,
         r.content_type,
-        r.body.len()
+        r.body.len(),
+        r.cache_control
     );
     for (k, v) in &r.headers {
         let _ = write!(head, "{k}: {v}\r\n");
@@ -182,9 +186,9 @@ fn authorized(req: &Request, token: &RequireToken) -> bool {
         .split(';')
         .find_map(|c| {
             let (k, v) = c.trim().split_once('=')?;
-            (k == COOKIE).then(|| from_hex(v))?
+            (k == COOKIE).then(|| hex::decode(v).ok())?
         });
-    cookie.is_some_and(|t| token.allows(Some(format!("Bearer {t}").as_bytes())))
+    cookie.is_some_and(|t| std::str::from_utf8(&t).is_ok_and(|t| token.allows_token(t)))
 }
 
 async fn respond(req: &Request, state: &HttpState) -> Response {
@@ -205,7 +209,17 @@ async fn respond(req: &Request, state: &HttpState) -> Response {
         }
         return Response::text(401, "a bearer token is required\n");
     }
-    let view = state.view.borrow().clone();
+    if let Some(rest) = req.path.strip_prefix("/api/runs/") {
+        // The run's output is read from the view before the await: the view is borrowed
+        // only briefly (it is replaced on every tick).
+        let file = stage_file_of(rest, &state.view.borrow());
+        return match file {
+            Ok((run, stage, name, output)) => stage_file(run, stage, name, &output, state).await,
+            Err(r) => r,
+        };
+    }
+    let leader = state.ready.load(Ordering::Relaxed);
+    let view = state.view.borrow();
     match req.path.as_str() {
         "/" => {
             let mut r = Response::new(200, "text/html; charset=utf-8", DASHBOARD);
@@ -215,20 +229,14 @@ async fn respond(req: &Request, state: &HttpState) -> Response {
             ));
             r
         }
-        "/metrics" => {
-            let leader = state.ready.load(Ordering::Relaxed);
-            Response::new(
-                200,
-                "text/plain; version=0.0.4",
-                metrics_text(&view, leader),
-            )
-        }
+        "/metrics" => Response::new(
+            200,
+            "text/plain; version=0.0.4",
+            metrics_text(&view, leader),
+        ),
         "/api/runs" => Response::json(&view.runs),
-        "/api/cluster" => Response::json(&cluster_json(&view, state.ready.load(Ordering::Relaxed))),
-        path => match path.strip_prefix("/api/runs/") {
-            Some(rest) => stage_file(rest, &view, state).await,
-            None => Response::text(404, "not found\n"),
-        },
+        "/api/cluster" => Response::json(&cluster_json(&view, leader)),
+        _ => Response::text(404, "not found\n"),
     }
 }
 
@@ -245,32 +253,20 @@ fn login(query: &str, token: &RequireToken) -> Response {
         .find(|(k, _)| *k == "token")
         .and_then(|(_, v)| percent_decode(v));
     match given {
-        Some(t) if token.allows(Some(format!("Bearer {t}").as_bytes())) => {
+        Some(t) if token.allows_token(&t) => {
             let mut r = Response::text(303, "signed in\n");
             r.headers.push(("Location", "/".into()));
             r.headers.push((
                 "Set-Cookie",
-                format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", to_hex(&t)),
+                format!(
+                    "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+                    hex::encode(&t)
+                ),
             ));
             r
         }
         _ => Response::new(401, "text/html; charset=utf-8", LOGIN_PAGE),
     }
-}
-
-fn to_hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(s: &str) -> Option<String> {
-    if s.len() & 1 == 1 {
-        return None;
-    }
-    let bytes = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -289,19 +285,34 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// `{run}/stages/{k}/files/{name}`: a file stage k of the run committed, by its name. Only
-/// committed files are served, so nothing else in the store can be read this way.
-async fn stage_file(rest: &str, view: &ClusterView, state: &HttpState) -> Response {
+/// `{run}/stages/{k}/files/{name}` as (run, stage, file name, the run's output URL).
+fn stage_file_of<'a>(
+    rest: &'a str,
+    view: &ClusterView,
+) -> Result<(&'a str, u32, &'a str, String), Response> {
     let parts: Vec<&str> = rest.split('/').collect();
     let [run, "stages", stage, "files", name] = parts.as_slice() else {
-        return Response::text(404, "not found\n");
+        return Err(Response::text(404, "not found\n"));
     };
-    let (Some(r), Ok(stage)) = (
+    match (
         view.runs.iter().find(|r| r.id.0 == *run),
         stage.parse::<u32>(),
-    ) else {
-        return Response::text(404, "no such run or stage\n");
-    };
+    ) {
+        (Some(r), Ok(stage)) => Ok((run, stage, name, r.output.clone())),
+        _ => Err(Response::text(404, "no such run or stage\n")),
+    }
+}
+
+/// A file stage `stage` of `run` committed, by its name. Only committed files are served,
+/// so nothing else in the store can be read this way; they never change, so browsers may
+/// keep them.
+async fn stage_file(
+    run: &str,
+    stage: u32,
+    name: &str,
+    output: &str,
+    state: &HttpState,
+) -> Response {
     let Some(store) = state.store.get() else {
         return Response::text(503, "not leading\n");
     };
@@ -313,7 +324,7 @@ async fn stage_file(rest: &str, view: &ClusterView, state: &HttpState) -> Respon
         .iter()
         .flat_map(|(_, c)| &c.outputs)
         .map(|o| o.path.as_str())
-        .find(|p| p.rsplit('/').next() == Some(*name))
+        .find(|p| p.rsplit('/').next() == Some(name))
         .map(str::to_string)
     else {
         return Response::text(404, "the stage committed no such file\n");
@@ -325,7 +336,7 @@ async fn stage_file(rest: &str, view: &ClusterView, state: &HttpState) -> Respon
         _ => "application/octet-stream",
     };
     let read = async {
-        let (out, _) = automaldesc_common::store::open_store(&r.output)?;
+        let (out, _) = automaldesc_common::store::open_store(output)?;
         let bytes = out
             .get(&object_store::path::Path::from(path.as_str()))
             .await?
@@ -334,7 +345,10 @@ async fn stage_file(rest: &str, view: &ClusterView, state: &HttpState) -> Respon
         Ok::<_, anyhow::Error>(bytes)
     };
     match read.await {
-        Ok(bytes) => Response::new(200, content_type, bytes.to_vec()),
+        Ok(bytes) => Response {
+            cache_control: "private, max-age=86400, immutable",
+            ..Response::new(200, content_type, bytes.to_vec())
+        },
         Err(e) => Response::text(503, &format!("{e}\n")),
     }
 }
@@ -351,10 +365,38 @@ fn cluster_rates(workers: &[WorkerView]) -> (f64, f64) {
 
 /// When stage `i` of the run started (ms since the epoch): stages run one after another,
 /// so at its predecessor's end, or at the run's submission.
-fn stage_started_ms(run: &RunStatus, i: usize) -> u64 {
+pub fn stage_started_ms(run: &RunStatus, i: usize) -> u64 {
     match i {
         0 => run.submitted_ms,
         _ => run.stages[i - 1].finished_ms.max(run.submitted_ms),
+    }
+}
+
+/// When stage `i` of a run started, its wall time (finished, or so far while the run
+/// runs), and its ETA with the estimate's basis.
+struct StageTiming {
+    started_ms: u64,
+    elapsed_s: f64,
+    eta: Option<(f64, &'static str)>,
+}
+
+fn stage_timing(view: &ClusterView, r: &RunStatus, i: usize, rates: (f64, f64)) -> StageTiming {
+    let st = &r.stages[i];
+    let started_ms = stage_started_ms(r, i);
+    let running = r.phase == RunPhase::Running;
+    let end = match st.finished_ms {
+        0 if running => view.at_ms,
+        0 => started_ms,
+        f => f,
+    };
+    let elapsed_s = end.saturating_sub(started_ms) as f64 / 1000.0;
+    let eta = running
+        .then(|| stage_eta(st, elapsed_s, rates, &in_flight(view, &r.id.0, st.index)))
+        .flatten();
+    StageTiming {
+        started_ms,
+        elapsed_s,
+        eta,
     }
 }
 
@@ -445,20 +487,11 @@ fn cluster_json(view: &ClusterView, leader: bool) -> serde_json::Value {
         .map(|r| {
             let mut run = serde_json::to_value(r).unwrap_or_default();
             for (i, st) in r.stages.iter().enumerate() {
-                let started = stage_started_ms(r, i);
-                let end = if st.finished_ms != 0 {
-                    st.finished_ms
-                } else if r.phase == RunPhase::Running {
-                    view.at_ms
-                } else {
-                    started
-                };
-                let elapsed = end.saturating_sub(started) as f64 / 1000.0;
-                let eta = if r.phase == RunPhase::Running {
-                    stage_eta(st, elapsed, rates, &in_flight(view, &r.id.0, st.index))
-                } else {
-                    None
-                };
+                let StageTiming {
+                    started_ms,
+                    elapsed_s,
+                    eta,
+                } = stage_timing(view, r, i, rates);
                 let name = r
                     .stage_names
                     .get(st.index as usize)
@@ -467,8 +500,8 @@ fn cluster_json(view: &ClusterView, leader: bool) -> serde_json::Value {
                     .unwrap_or_else(|| format!("stage {} {}", st.index, st.kind));
                 let s = &mut run["stages"][i];
                 s["name"] = name.into();
-                s["started_ms"] = started.into();
-                s["duration_s"] = elapsed.into();
+                s["started_ms"] = started_ms.into();
+                s["duration_s"] = elapsed_s.into();
                 s["eta_s"] = eta.map(|e| e.0).into();
                 s["eta_basis"] = eta.map(|e| e.1).into();
             }
@@ -595,63 +628,57 @@ const STAGE_METRICS: [Metric; 11] = [
 
 fn stage_metrics(s: &mut String, view: &ClusterView) {
     let rates = cluster_rates(&view.workers);
-    for (name, kind, help) in STAGE_METRICS {
-        header(s, name, kind, help);
-        for r in &view.runs {
-            for (i, st) in r.stages.iter().enumerate() {
+    // Each stage's labels and timing, once.
+    let stages: Vec<(String, &StageSummary, StageTiming)> = view
+        .runs
+        .iter()
+        .flat_map(|r| {
+            r.stages.iter().enumerate().map(move |(i, st)| {
                 let labels = format!(
                     "run=\"{}\",stage=\"{}\",kind=\"{}\"",
                     label(&r.id.0),
                     st.index,
                     label(&st.kind)
                 );
-                let (c, t) = (&st.counts, &st.totals);
-                let started = stage_started_ms(r, i);
-                let end = match (st.finished_ms, r.phase) {
-                    (0, RunPhase::Running) => view.at_ms,
-                    (0, _) => started,
-                    (f, _) => f,
-                };
-                let elapsed = end.saturating_sub(started) as f64 / 1000.0;
-                let v: f64 = match name {
-                    "automaldesc_stage_tasks" => {
-                        let pending = c.total.saturating_sub(c.done + c.leased + c.quarantined);
-                        for (state, n) in [
-                            ("total", c.total),
-                            ("done", c.done),
-                            ("leased", c.leased),
-                            ("quarantined", c.quarantined),
-                            ("pending", pending),
-                        ] {
-                            let _ = writeln!(s, "{name}{{{labels},state=\"{state}\"}} {n}");
-                        }
-                        continue;
+                (labels, st, stage_timing(view, r, i, rates))
+            })
+        })
+        .collect();
+    for (name, kind, help) in STAGE_METRICS {
+        header(s, name, kind, help);
+        for (labels, st, timing) in &stages {
+            let (c, t) = (&st.counts, &st.totals);
+            let v: f64 = match name {
+                "automaldesc_stage_tasks" => {
+                    let pending = c.total.saturating_sub(c.done + c.leased + c.quarantined);
+                    for (state, n) in [
+                        ("total", c.total),
+                        ("done", c.done),
+                        ("leased", c.leased),
+                        ("quarantined", c.quarantined),
+                        ("pending", pending),
+                    ] {
+                        let _ = writeln!(s, "{name}{{{labels},state=\"{state}\"}} {n}");
                     }
-                    "automaldesc_stage_eta_seconds" => {
-                        let eta = (r.phase == RunPhase::Running)
-                            .then(|| {
-                                stage_eta(st, elapsed, rates, &in_flight(view, &r.id.0, st.index))
-                            })
-                            .flatten();
-                        match eta {
-                            Some((e, _)) => e,
-                            None => continue,
-                        }
-                    }
-                    "automaldesc_stage_duration_seconds" => elapsed,
-                    "automaldesc_stage_scripts_total" => t.scripts_total as f64,
-                    "automaldesc_stage_scripts_done" => t.scripts_done as f64,
-                    "automaldesc_stage_rows_out" => t.rows_out as f64,
-                    "automaldesc_stage_tokens" => t.tokens as f64,
-                    "automaldesc_stage_scripts_quarantined" => {
-                        (t.scripts_quarantined + t.scripts_in_quarantined_tasks) as f64
-                    }
-                    "automaldesc_stage_lease_expiries" => f64::from(t.leases_expired),
-                    "automaldesc_stage_failed_attempts" => f64::from(t.attempts_failed),
-                    _ => f64::from(t.completions_refused),
-                };
-                let _ = writeln!(s, "{name}{{{labels}}} {v}");
-            }
+                    continue;
+                }
+                "automaldesc_stage_eta_seconds" => match timing.eta {
+                    Some((e, _)) => e,
+                    None => continue,
+                },
+                "automaldesc_stage_duration_seconds" => timing.elapsed_s,
+                "automaldesc_stage_scripts_total" => t.scripts_total as f64,
+                "automaldesc_stage_scripts_done" => t.scripts_done as f64,
+                "automaldesc_stage_rows_out" => t.rows_out as f64,
+                "automaldesc_stage_tokens" => t.tokens as f64,
+                "automaldesc_stage_scripts_quarantined" => {
+                    (t.scripts_quarantined + t.scripts_in_quarantined_tasks) as f64
+                }
+                "automaldesc_stage_lease_expiries" => f64::from(t.leases_expired),
+                "automaldesc_stage_failed_attempts" => f64::from(t.attempts_failed),
+                _ => f64::from(t.completions_refused),
+            };
+            let _ = writeln!(s, "{name}{{{labels}}} {v}");
         }
     }
 }
@@ -990,7 +1017,7 @@ mod tests {
         };
         assert!(authorized(&req(&format!("other=1; {value}")), &token));
         assert!(!authorized(
-            &req(&format!("{COOKIE}={}", to_hex("wrong"))),
+            &req(&format!("{COOKIE}={}", hex::encode("wrong"))),
             &token
         ));
         assert!(!authorized(&req(&format!("{COOKIE}=zz")), &token));

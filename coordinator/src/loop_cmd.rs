@@ -702,15 +702,10 @@ pub fn stages_markdown(status: &RunStatus) -> String {
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     let mut by_kind: BTreeMap<String, f64> = BTreeMap::new();
-    let mut previous_end = Some(status.submitted_ms);
-    for st in &status.stages {
-        let wall = match (previous_end, st.finished_ms) {
-            (Some(a), b) if b >= a && b > 0 => Some((b - a) as f64 / 1e3),
-            _ => None,
-        };
-        if st.finished_ms > 0 {
-            previous_end = Some(st.finished_ms);
-        }
+    for (i, st) in status.stages.iter().enumerate() {
+        let started = crate::http::stage_started_ms(status, i);
+        let wall =
+            (st.finished_ms > 0).then(|| st.finished_ms.saturating_sub(started) as f64 / 1e3);
         if let Some(w) = wall {
             *by_kind.entry(st.kind.clone()).or_default() += w;
         }

@@ -78,6 +78,11 @@ impl RequireToken {
         self.0.is_some()
     }
 
+    /// Checks a token given on its own (not as a header), such as a browser's cookie.
+    pub fn allows_token(&self, given: &str) -> bool {
+        self.allows(Some(format!("Bearer {given}").as_bytes()))
+    }
+
     /// Checks an `authorization` header value.
     pub fn allows(&self, header: Option<&[u8]>) -> bool {
         match &self.0 {
