@@ -349,21 +349,11 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         let mut snapshot = None;
         let store_for_http = Arc::new(std::sync::OnceLock::new());
         if let Some(addr) = &args.http_listen {
-            let (tx, view) = tokio::sync::watch::channel(crate::http::ClusterView::default());
-            snapshot = Some(Arc::new(tx));
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening for HTTP on {addr}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "health and metrics over HTTP");
-            tokio::spawn(crate::http::serve_http(
-                listener,
-                crate::http::HttpState {
-                    ready: ready.clone(),
-                    view,
-                    token: RequireToken::new(token.clone()),
-                    store: store_for_http.clone(),
-                },
-            ));
+            let token = RequireToken::new(token.clone());
+            let (tx, bound) =
+                crate::http::start(addr, ready.clone(), token, store_for_http.clone()).await?;
+            tracing::info!(addr = %bound, "dashboard, health and metrics over HTTP");
+            snapshot = Some(tx);
         }
         let patience = Duration::from_secs(300);
         let (store, leadership): (Arc<dyn StateStore>, _) = if args.state.etcd.is_empty() {
@@ -540,23 +530,14 @@ pub fn run_local(
         );
         let mut snapshot = None;
         if let Some(addr) = &http_listen {
-            let (tx, view) = tokio::sync::watch::channel(crate::http::ClusterView::default());
-            snapshot = Some(Arc::new(tx));
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening for HTTP on {addr}"))?;
-            if !crate::cluster_cmd::logs_are_json() {
-                eprintln!("dashboard: http://{}/", listener.local_addr()?);
+            let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let store = Arc::new(std::sync::OnceLock::from(store.clone()));
+            let (tx, bound) =
+                crate::http::start(addr, ready, RequireToken::default(), store).await?;
+            if !logs_are_json() {
+                eprintln!("dashboard: http://{bound}/");
             }
-            tokio::spawn(crate::http::serve_http(
-                listener,
-                crate::http::HttpState {
-                    ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-                    view,
-                    token: RequireToken::default(),
-                    store: Arc::new(std::sync::OnceLock::from(store.clone())),
-                },
-            ));
+            snapshot = Some(tx);
         }
         let mut manager = RunManager::open(store, policy).await?;
         let status = manager.submit(run_id.map(RunId), spec).await?;

@@ -85,6 +85,29 @@ impl Response {
     }
 }
 
+/// Binds `addr` and serves there in a task of its own: returns the sender the event loop
+/// publishes the view with, and the bound address.
+pub async fn start(
+    addr: &str,
+    ready: Arc<AtomicBool>,
+    token: RequireToken,
+    store: Arc<OnceLock<Arc<dyn StateStore>>>,
+) -> anyhow::Result<(Arc<watch::Sender<ClusterView>>, std::net::SocketAddr)> {
+    let (tx, view) = watch::channel(ClusterView::default());
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("listening for HTTP on {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    let state = HttpState {
+        ready,
+        view,
+        token,
+        store,
+    };
+    tokio::spawn(serve_http(listener, state));
+    Ok((Arc::new(tx), bound))
+}
+
 /// Serves until the task is dropped.
 pub async fn serve_http(listener: TcpListener, state: HttpState) {
     loop {
