@@ -64,17 +64,9 @@ pub struct Registration {
     pub kinds: Vec<String>,
 }
 
-/// The running totals a worker reports with its heartbeats.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Reported {
-    pub scripts: u64,
-    pub tokens: u64,
-    pub model_loads: u64,
-    pub model_load_ms: u64,
-    /// The task in hand: units done of its total (0 of 0: none reported).
-    pub task_done: u64,
-    pub task_total: u64,
-}
+/// The running totals a worker reports with its heartbeats and acquires: the worker's
+/// own counters, as its process keeps them.
+pub use automaldesc_worker::telemetry::Totals as Reported;
 
 /// A lease a worker holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
