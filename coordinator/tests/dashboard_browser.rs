@@ -6,7 +6,6 @@
 //! browser must report no console error, exception or failed load. Screenshots (mid-run
 //! and at the end) are kept in `target/test-artifacts/`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -14,8 +13,10 @@ use serde_json::Value;
 mod support;
 use support::browser::{self, Browser};
 use support::etcd::free_port;
-use support::procs::{bin, Proc};
-use support::tiny_model::{loop_config, real_model, write_small_loop_corpus, write_tiny_model};
+use support::procs::Proc;
+use support::tiny_model::{
+    loop_config, real_model, write_small_loop_corpus, write_spec, write_tiny_model,
+};
 
 const TOKEN: &str = "dashboard-token-7";
 
@@ -86,16 +87,7 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
     write_small_loop_corpus(d).await;
     let cfg = d.join("loop.toml");
     std::fs::write(&cfg, loop_config(d, &model, &d.join("out"), "dash", 1)).unwrap();
-    let spec = Command::new(bin())
-        .args(["loop", cfg.to_str().unwrap(), "--print-spec"])
-        .output()
-        .unwrap();
-    assert!(
-        spec.status.success(),
-        "{}",
-        String::from_utf8_lossy(&spec.stderr)
-    );
-    std::fs::write(d.join("spec.toml"), &spec.stdout).unwrap();
+    write_spec(&cfg, &d.join("spec.toml"));
     std::fs::write(d.join("token"), TOKEN).unwrap();
 
     let (grpc, http) = (free_port(), free_port());

@@ -3,6 +3,7 @@
 //! worker process runs a run to its end.
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod support;
@@ -38,6 +39,27 @@ fn metric(body: &str, series: &str) -> Option<u64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// A coordinator process with its state in `dir`, serving gRPC and HTTP on free loopback
+/// ports and submitting `spec` as `run_id`: (the process, the gRPC port, the HTTP port).
+fn coordinator(dir: &Path, spec: &Path, run_id: &str, extra: &[&str]) -> (Proc, u16, u16) {
+    let (grpc, http) = (free_port(), free_port());
+    let mut args: Vec<String> = vec![
+        "coordinator".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{grpc}"),
+        "--http-listen".into(),
+        format!("127.0.0.1:{http}"),
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
+        "--run".into(),
+        spec.display().to_string(),
+        "--run-id".into(),
+        run_id.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    (Proc::spawn(dir, "c", &args), grpc, http)
+}
+
 fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while !ok() {
@@ -65,27 +87,9 @@ async fn probes_and_metrics_follow_a_run() {
     .unwrap();
     let token_file = d.join("token");
     std::fs::write(&token_file, "metrics-token-1\n").unwrap();
-    let (grpc, http) = (free_port(), free_port());
     let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let _coordinator = Proc::spawn(
-        d,
-        "c",
-        &args(&[
-            "coordinator",
-            "--listen",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-            "--state-dir",
-            d.join("state").to_str().unwrap(),
-            "--token-file",
-            token_file.to_str().unwrap(),
-            "--run",
-            spec.to_str().unwrap(),
-            "--run-id",
-            "m1",
-        ]),
-    );
+    let token_arg = token_file.to_str().unwrap();
+    let (_coordinator, grpc, http) = coordinator(d, &spec, "m1", &["--token-file", token_arg]);
     wait_until("/healthz", || {
         get(http, "/healthz", None).is_some_and(|r| r.0 == 200)
     });
@@ -314,29 +318,9 @@ async fn troubles_are_listed_with_their_errors() {
     );
     text.push_str("\n[[stage]]\nkind = \"echo\"\nconfig = { fail_marker = \"FAIL-ME\" }\n");
     std::fs::write(&spec, text).unwrap();
-    let (grpc, http) = (free_port(), free_port());
     let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let _coordinator = Proc::spawn(
-        d,
-        "c",
-        &args(&[
-            "coordinator",
-            "--listen",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-            "--state-dir",
-            d.join("state").to_str().unwrap(),
-            "--max-attempts",
-            "2",
-            "--retry-backoff",
-            "0.1",
-            "--run",
-            spec.to_str().unwrap(),
-            "--run-id",
-            "t1",
-        ]),
-    );
+    let extra = ["--max-attempts", "2", "--retry-backoff", "0.1"];
+    let (_coordinator, grpc, http) = coordinator(d, &spec, "t1", &extra);
     let _worker = Proc::spawn(
         d,
         "w",

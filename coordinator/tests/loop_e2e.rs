@@ -25,7 +25,9 @@ use object_store::path::Path as ObjectPath;
 mod support;
 use support::etcd::free_port;
 use support::procs::{bin, control, succeeded, wait_for, Proc};
-use support::tiny_model::{loop_config, real_model, write_small_loop_corpus, write_tiny_model};
+use support::tiny_model::{
+    loop_config, real_model, write_small_loop_corpus, write_spec, write_tiny_model,
+};
 
 /// What one iteration's aggregate stage committed.
 struct Outcome {
@@ -244,17 +246,8 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     let out_cluster = d.join("out-cluster");
     let cfg_cluster = d.join("cluster.toml");
     std::fs::write(&cfg_cluster, loop_config(d, &model, &out_cluster, "e2e", 2)).unwrap();
-    let spec = Command::new(bin())
-        .args(["loop", cfg_cluster.to_str().unwrap(), "--print-spec"])
-        .output()
-        .unwrap();
-    assert!(
-        spec.status.success(),
-        "{}",
-        String::from_utf8_lossy(&spec.stderr)
-    );
     let spec_path = d.join("spec.toml");
-    std::fs::write(&spec_path, &spec.stdout).unwrap();
+    write_spec(&cfg_cluster, &spec_path);
     let state_cluster = d.join("state-cluster");
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");

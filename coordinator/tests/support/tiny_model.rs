@@ -166,3 +166,18 @@ val_fraction = 0.2
         model = model.display()
     )
 }
+
+/// Writes the run spec of the loop config `cfg` (`automaldesc loop CFG --print-spec`) to
+/// `out`.
+pub fn write_spec(cfg: &Path, out: &Path) {
+    let spec = std::process::Command::new(super::procs::bin())
+        .args(["loop", cfg.to_str().unwrap(), "--print-spec"])
+        .output()
+        .unwrap();
+    assert!(
+        spec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&spec.stderr)
+    );
+    std::fs::write(out, &spec.stdout).unwrap();
+}
