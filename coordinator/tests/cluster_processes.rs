@@ -19,6 +19,44 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+/// The run a coordinator submits at start, and the etcd namespace it keeps it under.
+struct Submit<'a> {
+    namespace: &'a str,
+    spec: &'a std::path::Path,
+    run_id: &'a str,
+}
+
+/// A coordinator process named `name` on `port`, electing its leader through `etcd` with a
+/// 2 s leader TTL, submitting `run`; `extra` flags after.
+fn etcd_coordinator(
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+    etcd: &Etcd,
+    run: &Submit,
+    extra: &[&str],
+) -> Proc {
+    let mut list = args(&[
+        "coordinator",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--name",
+        name,
+        "--etcd",
+        &etcd.endpoint(),
+        "--etcd-namespace",
+        run.namespace,
+        "--leader-ttl",
+        "2",
+        "--run",
+        run.spec.to_str().unwrap(),
+        "--run-id",
+        run.run_id,
+    ]);
+    list.extend(args(extra));
+    Proc::spawn(dir, name, &list)
+}
+
 fn worker_args(endpoints: &str, id: &str, grace: &str) -> Vec<String> {
     args(&[
         "worker",
@@ -204,29 +242,12 @@ async fn the_standby_takes_over_from_a_killed_leader_and_an_etcd_restart_only_pa
     )
     .unwrap();
     let coordinator = |name: &str, port: u16| {
-        Proc::spawn(
-            dir.path(),
-            name,
-            &args(&[
-                "coordinator",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--name",
-                name,
-                "--etcd",
-                &etcd.endpoint(),
-                "--etcd-namespace",
-                "/ha/",
-                "--lease-ttl",
-                "2",
-                "--leader-ttl",
-                "2",
-                "--run",
-                spec.to_str().unwrap(),
-                "--run-id",
-                "r2",
-            ]),
-        )
+        let run = Submit {
+            namespace: "/ha/",
+            spec: &spec,
+            run_id: "r2",
+        };
+        etcd_coordinator(dir.path(), name, port, &etcd, &run, &["--lease-ttl", "2"])
     };
     let (pa, pb) = (free_port(), free_port());
     let (ea, eb) = (
@@ -428,28 +449,12 @@ async fn batch_coordinators_and_workers_all_exit_0_after_the_run() {
         .iter()
         .zip(ports)
         .map(|(name, port)| {
-            let c = Proc::spawn(
-                d,
-                name,
-                &args(&[
-                    "coordinator",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--name",
-                    name,
-                    "--etcd",
-                    &etcd.endpoint(),
-                    "--etcd-namespace",
-                    "/batch/",
-                    "--leader-ttl",
-                    "2",
-                    "--run",
-                    spec.to_str().unwrap(),
-                    "--run-id",
-                    "b1",
-                    "--exit-when-done",
-                ]),
-            );
+            let run = Submit {
+                namespace: "/batch/",
+                spec: &spec,
+                run_id: "b1",
+            };
+            let c = etcd_coordinator(d, name, port, &etcd, &run, &["--exit-when-done"]);
             // The first one leads.
             std::thread::sleep(Duration::from_millis(500));
             c
