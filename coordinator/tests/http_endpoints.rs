@@ -60,6 +60,19 @@ fn coordinator(dir: &Path, spec: &Path, run_id: &str, extra: &[&str]) -> (Proc, 
     (Proc::spawn(dir, "c", &args), grpc, http)
 }
 
+/// The echo worker `w0` of the coordinator on `grpc`; `extra` flags after.
+fn worker(dir: &Path, grpc: u16, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "worker".to_string(),
+        "--coordinator".into(),
+        format!("http://127.0.0.1:{grpc}"),
+        "--id".into(),
+        "w0".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Proc::spawn(dir, "w", &args)
+}
+
 fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while !ok() {
@@ -87,7 +100,6 @@ async fn probes_and_metrics_follow_a_run() {
     .unwrap();
     let token_file = d.join("token");
     std::fs::write(&token_file, "metrics-token-1\n").unwrap();
-    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let token_arg = token_file.to_str().unwrap();
     let (_coordinator, grpc, http) = coordinator(d, &spec, "m1", &["--token-file", token_arg]);
     wait_until("/healthz", || {
@@ -180,19 +192,7 @@ async fn probes_and_metrics_follow_a_run() {
     );
     assert!(before.contains("# TYPE automaldesc_stage_scripts_done counter"));
 
-    let _worker = Proc::spawn(
-        d,
-        "w",
-        &args(&[
-            "worker",
-            "--coordinator",
-            &format!("http://127.0.0.1:{grpc}"),
-            "--token-file",
-            token_file.to_str().unwrap(),
-            "--id",
-            "w0",
-        ]),
-    );
+    let _worker = worker(d, grpc, &["--token-file", token_arg]);
     let mut after = String::new();
     wait_until("the run to succeed in the metrics", || {
         after = get(http, "/metrics", Some("metrics-token-1")).map_or(String::new(), |r| r.1);
@@ -318,20 +318,9 @@ async fn troubles_are_listed_with_their_errors() {
     );
     text.push_str("\n[[stage]]\nkind = \"echo\"\nconfig = { fail_marker = \"FAIL-ME\" }\n");
     std::fs::write(&spec, text).unwrap();
-    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let extra = ["--max-attempts", "2", "--retry-backoff", "0.1"];
     let (_coordinator, grpc, http) = coordinator(d, &spec, "t1", &extra);
-    let _worker = Proc::spawn(
-        d,
-        "w",
-        &args(&[
-            "worker",
-            "--coordinator",
-            &format!("http://127.0.0.1:{grpc}"),
-            "--id",
-            "w0",
-        ]),
-    );
+    let _worker = worker(d, grpc, &[]);
     let end = wait_for_json_with(http, None, "the run to end", |c| {
         c["runs"][0]["phase"]
             .as_str()
