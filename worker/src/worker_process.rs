@@ -252,13 +252,9 @@ pub async fn run_worker(
     let heartbeat = Duration::from_millis(reg.heartbeat_interval_ms.max(20));
     let mut report = WorkerReport::default();
     tokio::pin!(stop);
-    let mut stop_seen = false;
     loop {
-        if stop_seen {
-            return Ok(WorkerReport {
-                stopped: true,
-                ..report
-            });
+        if report.stopped {
+            return Ok(report);
         }
         let request = v1::AcquireTaskRequest {
             worker_id: opts.worker_id.clone(),
@@ -270,7 +266,10 @@ pub async fn run_worker(
             async move { c.acquire_task(r).await }
         });
         let resp = tokio::select! {
-            _ = &mut stop, if !stop_seen => return Ok(WorkerReport { stopped: true, ..report }),
+            _ = &mut stop => {
+                report.stopped = true;
+                return Ok(report);
+            }
             r = acquire => r?,
         };
         let Some(task) = resp.task else {
@@ -278,7 +277,10 @@ pub async fn run_worker(
                 return Ok(report);
             }
             tokio::select! {
-                _ = &mut stop, if !stop_seen => return Ok(WorkerReport { stopped: true, ..report }),
+                _ = &mut stop => {
+                report.stopped = true;
+                return Ok(report);
+            }
                 _ = tokio::time::sleep(Duration::from_millis(resp.retry_after_ms.clamp(10, 5000))) => {}
             }
             continue;
@@ -296,14 +298,12 @@ pub async fn run_worker(
             task,
             heartbeat,
             &mut stop,
-            &mut stop_seen,
             &mut report,
         )
         .await?;
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_one(
     coord: &mut Coordinator,
     opts: &WorkerOptions,
@@ -311,7 +311,6 @@ async fn run_one(
     task: v1::TaskAssignment,
     heartbeat: Duration,
     stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    stop_seen: &mut bool,
     report: &mut WorkerReport,
 ) -> Result<(), WorkerError> {
     let lease = task
@@ -351,8 +350,8 @@ async fn run_one(
         };
         tokio::select! {
             r = &mut work => break r.map_err(|e| format!("executor panicked: {e}")).and_then(|r| r),
-            _ = &mut *stop, if !*stop_seen => {
-                *stop_seen = true;
+            _ = &mut *stop, if !report.stopped => {
+                report.stopped = true;
                 deadline = Some(tokio::time::Instant::now() + opts.grace);
                 tracing::info!(worker_id = %opts.worker_id, task = lease.task, grace = ?opts.grace, "draining: finishing the task in hand");
             }
@@ -365,7 +364,7 @@ async fn run_one(
                 return Ok(());
             }
             _ = ticker.tick() => {
-                if coord.heartbeat(&opts.worker_id, &lease, *stop_seen).await == Some(true) {
+                if coord.heartbeat(&opts.worker_id, &lease, report.stopped).await == Some(true) {
                     lost = true;
                     // Nothing it produces can be committed any more.
                     cancel.store(true, Ordering::SeqCst);
