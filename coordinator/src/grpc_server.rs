@@ -360,12 +360,17 @@ struct Loop {
 }
 
 impl Loop {
+    /// Hands the event loop a command that wants no answer.
+    async fn tell(&self, cmd: Command) -> Result<(), Status> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
-            .await
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        self.tell(make(reply)).await?;
         rx.await
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))
     }
@@ -397,13 +402,11 @@ impl WorkerService for WorkerGrpc {
             kinds: caps.stage_kinds,
         };
         self.inner
-            .tx
-            .send(Command::Register {
+            .tell(Command::Register {
                 worker,
                 registration,
             })
-            .await
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+            .await?;
         Ok(Response::new(v1::RegisterResponse {
             protocol_version: PROTOCOL_VERSION,
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
