@@ -72,6 +72,12 @@ impl StageRef {
         }
     }
 
+    /// The one committed JSON file whose name ends with `name`, parsed.
+    pub fn json<T: serde::de::DeserializeOwned>(&self, name: &str) -> StageResult<T> {
+        let bytes = self.read(self.one(name)?)?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{name}: {e}"))
+    }
+
     pub fn read(&self, path: &str) -> StageResult<Vec<u8>> {
         let (store, _) = open_store(&self.root).map_err(err("opening a ref's store"))?;
         let p = ObjectPath::from(path);

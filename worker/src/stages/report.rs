@@ -197,20 +197,12 @@ impl Executor for ReportExecutor {
             }
             None => (None, None),
         };
-        let funnel: Option<FunnelSummary> = match refs.get("funnel") {
-            Some(r) => {
-                let bytes = r.read(r.one("funnel.json")?)?;
-                Some(serde_json::from_slice(&bytes).map_err(|e| format!("funnel.json: {e}"))?)
-            }
-            None => None,
-        };
+        let funnel: Option<FunnelSummary> = refs
+            .get("funnel")
+            .map(|r| r.json("funnel.json"))
+            .transpose()?;
         let mut history = match refs.get("history") {
-            Some(r) => {
-                let bytes = r.read(r.one("report.json")?)?;
-                let before: IterationReport =
-                    serde_json::from_slice(&bytes).map_err(|e| format!("report.json: {e}"))?;
-                before.history
-            }
+            Some(r) => r.json::<IterationReport>("report.json")?.history,
             None => Vec::new(),
         };
         history.push(HistoryPoint::of(&cfg.annotator, &evaluation));
