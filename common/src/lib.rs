@@ -5,6 +5,8 @@
 pub mod detect;
 pub mod error;
 pub mod eval;
+pub mod fault;
+pub mod fault_store;
 pub mod filter;
 pub mod ids;
 pub mod import;
@@ -20,4 +22,5 @@ pub mod synth_dataset;
 pub mod types;
 
 pub use error::{Error, Result};
+pub use fault::{FaultKind, TaskError};
 pub use types::{sha256_hex, Label, Language, Split};

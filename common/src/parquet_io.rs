@@ -387,6 +387,46 @@ pub async fn read_dataset<R: ArrowRow>(
     Ok(out)
 }
 
+/// The Arrow schema of one Parquet file, from its footer.
+pub async fn file_schema(
+    store: Arc<dyn ObjectStore>,
+    path: &Path,
+) -> Result<arrow::datatypes::SchemaRef> {
+    Ok(builder(store, path).await?.schema().clone())
+}
+
+/// Checks that every file of the dataset at `url` holds the columns of `expected` with
+/// their types (other columns may be there too); the error names the file and the column.
+pub async fn check_dataset_schema(url: &str, expected: &arrow::datatypes::Schema) -> Result<()> {
+    let (store, prefix) = crate::store::open_object(url)?;
+    for meta in list_parquet(store.as_ref(), &prefix).await? {
+        let found = file_schema(store.clone(), &meta.location).await?;
+        for field in expected.fields() {
+            match found.field_with_name(field.name()) {
+                Err(_) => {
+                    return Err(Error::invalid(format!(
+                        "{}: column `{}` is missing (expected {})",
+                        meta.location,
+                        field.name(),
+                        field.data_type()
+                    )))
+                }
+                Ok(f) if f.data_type() != field.data_type() => {
+                    return Err(Error::invalid(format!(
+                        "{}: column `{}` is {}, expected {}",
+                        meta.location,
+                        field.name(),
+                        f.data_type(),
+                        field.data_type()
+                    )))
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The Arrow schema of the first file under `prefix`, to tell what kind of dataset it is.
 pub async fn dataset_schema(
     store: Arc<dyn ObjectStore>,

@@ -53,6 +53,15 @@ pub fn open_store_with(
 }
 
 fn open(url: &str, create: bool, options: &[(&str, &str)]) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    let (store, prefix) = open_unwrapped(url, create, options)?;
+    Ok((crate::fault_store::maybe_wrap(store), prefix))
+}
+
+fn open_unwrapped(
+    url: &str,
+    create: bool,
+    options: &[(&str, &str)],
+) -> Result<(Arc<dyn ObjectStore>, Path)> {
     if let Some(rest) = url.strip_prefix("memory://") {
         let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if name.is_empty() {
@@ -118,6 +127,84 @@ pub async fn put_bytes(store: &dyn ObjectStore, path: &Path, data: Vec<u8>) -> R
     Ok(())
 }
 
+/// The local directory behind `url`, when it names one (a path or `file://`).
+pub fn local_dir(url: &str) -> Option<std::path::PathBuf> {
+    if url.starts_with("memory://") {
+        return None;
+    }
+    if let Some(rest) = url.strip_prefix("file://") {
+        return Some(rest.into());
+    }
+    match Url::parse(url) {
+        Ok(u) if u.scheme().len() > 1 => None,
+        _ => Some(url.into()),
+    }
+}
+
+/// Deletes every object under `url` (an attempt's output prefix); on local disk the
+/// directory itself goes too, and its parent when that is left empty, so an abandoned
+/// attempt leaves no empty directories behind. Returns how many files were deleted.
+pub async fn remove_prefix(url: &str) -> Result<u64> {
+    if let Some(dir) = local_dir(url) {
+        let files = count_files(&dir);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+        if let Some(parent) = dir.parent() {
+            // Fails when other attempts live there: then it stays, as it should.
+            let _ = std::fs::remove_dir(parent);
+        }
+        return Ok(files);
+    }
+    let (store, prefix) = open_store(url)?;
+    let metas: Vec<object_store::ObjectMeta> = futures::TryStreamExt::try_collect(
+        store.list(Some(&prefix)),
+    )
+    .await?;
+    for m in &metas {
+        match store.delete(&m.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(metas.len() as u64)
+}
+
+fn count_files(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Removes the empty directories under `dir` (not `dir` itself), deepest first: what is
+/// left when the files of abandoned attempts were deleted one by one. Returns how many.
+pub fn prune_empty_dirs(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let sub = e.path();
+            removed += prune_empty_dirs(&sub);
+            if std::fs::remove_dir(&sub).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// Runs a future to completion on a fresh runtime: the synchronous entry point for CLIs.
 pub fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -171,6 +258,55 @@ mod tests {
             Err(Error::NotFound(_))
         ));
         assert!(!missing.exists());
+    }
+
+    #[tokio::test]
+    async fn removing_an_attempt_leaves_no_empty_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = dir.path().join("stage-000/task-00001");
+        let attempt = task.join("attempt-7");
+        std::fs::create_dir_all(attempt.join("sub")).unwrap();
+        std::fs::write(attempt.join("part-0.parquet"), b"x").unwrap();
+        std::fs::write(attempt.join("sub/part-1.parquet"), b"y").unwrap();
+        let url = attempt.to_str().unwrap().to_string();
+        assert_eq!(remove_prefix(&url).await.unwrap(), 2);
+        assert!(!attempt.exists());
+        assert!(!task.exists(), "the emptied task directory goes too");
+        assert!(dir.path().join("stage-000").exists());
+        assert_eq!(remove_prefix(&url).await.unwrap(), 0);
+
+        // A sibling attempt keeps the task directory.
+        let (a, b) = (task.join("attempt-8"), task.join("attempt-9"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(b.join("f"), b"z").unwrap();
+        remove_prefix(a.to_str().unwrap()).await.unwrap();
+        assert!(b.join("f").exists());
+
+        // In an object store the objects under the prefix go, the others stay.
+        let (mem, p) = open_store("memory://remove-prefix-test/out").unwrap();
+        for name in ["t1/attempt-1/a", "t1/attempt-1/b", "t1/attempt-2/a"] {
+            put_bytes(mem.as_ref(), &child(&p, name), vec![1]).await.unwrap();
+        }
+        assert_eq!(
+            remove_prefix("memory://remove-prefix-test/out/t1/attempt-1")
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(get_bytes(mem.as_ref(), &child(&p, "t1/attempt-2/a")).await.is_ok());
+    }
+
+    #[test]
+    fn empty_directories_are_pruned_below_the_root_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b/c")).unwrap();
+        std::fs::create_dir_all(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/keep"), b"1").unwrap();
+        assert_eq!(prune_empty_dirs(dir.path()), 3);
+        assert!(!dir.path().join("a").exists());
+        assert!(dir.path().join("d/keep").exists());
+        assert!(dir.path().exists());
     }
 
     #[test]

@@ -217,3 +217,39 @@ print("pyarrow ok", t.num_rows, c.num_rows)
     );
     assert!(stdout.contains("pyarrow ok 2 3"), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_dataset_without_the_corpus_columns_is_refused_naming_file_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    let (store, prefix) = open_store(good.to_str().unwrap()).unwrap();
+    write_dataset(store, &prefix, scripts(3), WriterOptions::default())
+        .await
+        .unwrap();
+    let expected = <CorpusRow as automaldesc_common::schema::ArrowRow>::schema();
+    check_dataset_schema(good.to_str().unwrap(), &expected)
+        .await
+        .unwrap();
+
+    let bad = dir.path().join("bad");
+    let (store, prefix) = open_store(bad.to_str().unwrap()).unwrap();
+    let labels = vec![LabelledRow {
+        sha256: "ab".repeat(32),
+        label: Label::Benign,
+        language: Language::Bash,
+        summary: "prints a greeting".into(),
+        behaviours: Vec::new(),
+        provenance: "seed".into(),
+    }];
+    let opts = WriterOptions {
+        file_stem: "labels".into(),
+        ..WriterOptions::default()
+    };
+    write_dataset(store, &prefix, labels, opts).await.unwrap();
+    let err = check_dataset_schema(bad.to_str().unwrap(), &expected)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("labels-00000.parquet"), "{err}");
+    assert!(err.contains("column `content` is missing"), "{err}");
+}

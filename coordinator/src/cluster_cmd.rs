@@ -1,6 +1,6 @@
 //! The distributed runtime's commands: `coordinator` and `worker` as separate processes
-//! for a cluster, `local` for both in one process on one machine, and `submit`, `status`
-//! and `cancel` for operators.
+//! for a cluster, and `local` for both in one process on one machine. The operators'
+//! commands (`submit`, `status`, `cancel`, `retry-quarantined`) are in `control_cmd`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,20 +8,22 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use automaldesc_common::ids::RunId;
-use automaldesc_proto::security::{
-    ClientSecurity, ClientTlsFiles, RequireToken, ServerTlsFiles, Token,
-};
-use automaldesc_proto::v1::control_service_client::ControlServiceClient;
-use automaldesc_proto::{v1, PROTOCOL_VERSION};
+use automaldesc_proto::security::{RequireToken, ServerTlsFiles, Token};
 use automaldesc_worker::executor::{EchoExecutor, Executor};
 use automaldesc_worker::stages;
 use automaldesc_worker::worker_process::{run_worker, Executors, WorkerOptions, WorkerReport};
 use clap::Args;
 
+pub use crate::control_cmd::{
+    cancel, retry_quarantined, status, submit, CancelArgs, ClientArgs, RetryArgs, StatusArgs,
+    SubmitArgs,
+};
+use crate::control_cmd::{exit_code, status_json};
 use crate::grpc_server::{serve, to_proto, ServeOptions};
+use crate::http_access::is_loopback;
 use crate::lease_manager::LeasePolicy;
 use crate::run_manager::{RunManager, RunPhase, RunStatus};
-use crate::run_spec::RunSpec;
+use crate::run_spec::{RunSpec, StageCatalog};
 use crate::state::{EmbeddedStore, EtcdStore, StateError, StateStore};
 
 /// Where the coordinator keeps its durable state.
@@ -115,45 +117,6 @@ pub struct CoordinatorArgs {
     pub tls_client_ca: Option<PathBuf>,
 }
 
-/// How a client (worker or operator) reaches the coordinator.
-#[derive(Args, Clone, Debug)]
-pub struct ClientArgs {
-    /// Coordinator endpoints, comma-separated (a leader and its standbys), e.g.
-    /// http://coordinator:50051; https:// with --tls-ca.
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
-    pub coordinator: Vec<String>,
-    /// File holding the bearer token.
-    #[arg(long, env = "AUTOMALDESC_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// CA (PEM) that signed the coordinator's certificate.
-    #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
-    /// This client's certificate and key (PEM), for mutual TLS.
-    #[arg(long, requires = "tls_key", requires = "tls_ca")]
-    pub tls_cert: Option<PathBuf>,
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// The name the coordinator's certificate carries, if not the endpoint's host.
-    #[arg(long, requires = "tls_ca")]
-    pub tls_domain: Option<String>,
-}
-
-impl ClientArgs {
-    fn security(&self) -> anyhow::Result<ClientSecurity> {
-        let token = self
-            .token_file
-            .as_deref()
-            .map(Token::from_file)
-            .transpose()?;
-        let tls = self.tls_ca.as_ref().map(|ca| ClientTlsFiles {
-            ca: ca.clone(),
-            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
-            domain: self.tls_domain.clone(),
-        });
-        Ok(ClientSecurity { token, tls })
-    }
-}
-
 #[derive(Args, Clone, Debug)]
 pub struct WorkerArgs {
     #[command(flatten)]
@@ -164,9 +127,6 @@ pub struct WorkerArgs {
     /// Stage kinds this worker runs (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "echo")]
     pub executors: Vec<String>,
-    /// Seconds to keep retrying while no coordinator answers.
-    #[arg(long, default_value_t = 120.0)]
-    pub patience: f64,
     /// Seconds a worker told to stop lets its task run before giving it back.
     #[arg(long, default_value_t = 30.0)]
     pub grace: f64,
@@ -193,40 +153,6 @@ pub struct LocalArgs {
     /// (no token: keep it on a loopback address such as 127.0.0.1:8080).
     #[arg(long)]
     pub http_listen: Option<String>,
-}
-
-#[derive(Args, Clone, Debug)]
-pub struct SubmitArgs {
-    /// The run spec (TOML).
-    pub spec: PathBuf,
-    #[arg(long)]
-    pub run_id: Option<String>,
-    /// Follow the run until it ends; exit non-zero unless it succeeded.
-    #[arg(long)]
-    pub wait: bool,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Args, Clone, Debug)]
-pub struct StatusArgs {
-    /// One run (default: every run).
-    pub run_id: Option<String>,
-    /// Follow the run until it ends.
-    #[arg(long, requires = "run_id")]
-    pub watch: bool,
-    /// Print JSON lines instead of text.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Args, Clone, Debug)]
-pub struct CancelArgs {
-    pub run_id: String,
-    #[command(flatten)]
-    pub client: ClientArgs,
 }
 
 /// The executors of the self-training loop's stages.
@@ -261,7 +187,25 @@ pub fn executors(names: &[String]) -> anyhow::Result<Executors> {
     Ok(out)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The stage kinds the workers of this build run, with their typed configs: submitted
+/// specs are checked against them.
+pub struct WorkerCatalog;
+
+impl StageCatalog for WorkerCatalog {
+    fn check_stage(
+        &self,
+        kind: &str,
+        config: &serde_json::Value,
+    ) -> Result<(), automaldesc_common::TaskError> {
+        stages::catalog::check_config(kind, config)
+    }
+
+    fn input_schema(&self, kind: &str) -> Option<arrow::datatypes::SchemaRef> {
+        stages::catalog::input_schema(kind)
+    }
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -314,7 +258,7 @@ fn is_unavailable(e: &anyhow::Error) -> bool {
     })
 }
 
-fn read_spec(path: &std::path::Path) -> anyhow::Result<(String, RunSpec)> {
+pub(crate) fn read_spec(path: &std::path::Path) -> anyhow::Result<(String, RunSpec)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading run spec {}", path.display()))?;
     let spec = RunSpec::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
@@ -333,12 +277,15 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         key: args.tls_key.clone().unwrap_or_default(),
         client_ca: args.tls_client_ca.clone(),
     });
-    if token.is_none() && !args.listen.starts_with("127.") && !args.listen.starts_with("localhost")
-    {
-        tracing::warn!(
-            "serving without a token: anyone who reaches {} can submit runs and take tasks",
-            args.listen
-        );
+    if token.is_none() && !is_loopback(&args.listen) {
+        tracing::warn!(addr = %args.listen,
+            "serving gRPC beyond loopback without a token: anyone who reaches it can submit runs and take tasks");
+    }
+    if let Some(addr) = args.http_listen.as_deref() {
+        if token.is_none() && !is_loopback(addr) {
+            tracing::warn!(addr = %addr,
+                "serving HTTP beyond loopback without a token: anyone who reaches it can read the runs, the workers and every committed file");
+        }
     }
     let submitted = args.run.as_deref().map(read_spec).transpose()?;
     let rt = runtime()?;
@@ -350,9 +297,16 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         let store_for_http = Arc::new(std::sync::OnceLock::new());
         if let Some(addr) = &args.http_listen {
             let token = RequireToken::new(token.clone());
-            let (tx, bound) =
-                crate::http::start(addr, ready.clone(), token, store_for_http.clone()).await?;
-            tracing::info!(addr = %bound, "dashboard, health and metrics over HTTP");
+            let (tx, bound) = crate::http::start_tls(
+                addr,
+                ready.clone(),
+                token,
+                store_for_http.clone(),
+                tls.as_ref(),
+            )
+            .await?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %bound, scheme, "dashboard, health and metrics over HTTP");
             snapshot = Some(tx);
         }
         let patience = Duration::from_secs(300);
@@ -379,7 +333,9 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         };
         let _ = store_for_http.set(store.clone());
         let mut manager = with_store_retry("opening the runs", patience, || async {
-            Ok(RunManager::open(store.clone(), policy).await?)
+            Ok(RunManager::open(store.clone(), policy)
+                .await?
+                .with_catalog(Arc::new(WorkerCatalog)))
         })
         .await?;
         if let Some((_, spec)) = submitted {
@@ -441,7 +397,8 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         backend: automaldesc_worker::device::backend_name().into(),
         slots: 1,
         security: args.client.security()?,
-        patience: Duration::from_secs_f64(args.patience.max(0.0)),
+        deadlines: args.client.deadlines(),
+        patience: args.client.patience(),
         grace: Duration::from_secs_f64(args.grace.max(0.0)),
     };
     let rt = runtime()?;
@@ -485,29 +442,45 @@ pub fn local(args: LocalArgs) -> anyhow::Result<()> {
         http_listen: args.http_listen.clone(),
     };
     let status = run_local(spec, args.run_id.clone(), &args.state_dir, policy, workers)?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&status_json(&to_proto(status.clone())))?
-    );
-    ensure_succeeded(&status)
+    let wire = to_proto(status.clone());
+    println!("{}", serde_json::to_string_pretty(&status_json(&wire))?);
+    if !status.phase.is_success() {
+        tracing::error!(run = %status.id, phase = status.phase.name(), error = %status.error, "run did not succeed");
+    }
+    match exit_code(wire.state) {
+        0 => Ok(()),
+        code => std::process::exit(code),
+    }
 }
 
-/// An error unless the run succeeded, naming how it ended and why.
+/// An error unless the run went through (a run that succeeded with quarantined scripts
+/// passes, with a warning), naming how it ended and why.
 pub fn ensure_succeeded(status: &RunStatus) -> anyhow::Result<()> {
-    if status.phase != RunPhase::Succeeded {
+    if !status.phase.is_success() {
         bail!(
-            "run {} ended {:?}: {}",
+            "run {} ended {}: {}",
             status.id,
-            status.phase,
+            status.phase.name(),
             status.error
         );
+    }
+    if status.phase == RunPhase::SucceededWithQuarantine {
+        tracing::warn!(run = %status.id, note = %status.error, "run succeeded with quarantined scripts");
     }
     Ok(())
 }
 
+/// The run id `local` uses when none is given: derived from the spec (its input, output
+/// and stages), so starting `local` again with the same spec resumes the same run.
+pub fn local_run_id(spec: &RunSpec) -> String {
+    let json = serde_json::to_vec(spec).unwrap_or_default();
+    format!("local-{}", &automaldesc_common::sha256_hex(&json)[..16])
+}
+
 /// Runs `spec` to its end on this machine: a coordinator with the embedded state store in
 /// `state_dir` and `workers` workers offering `names`, in this process. A run interrupted
-/// here resumes when started again with the same state directory and run id.
+/// here resumes when started again with the same state directory and the same spec (and
+/// run id, when one was given).
 pub fn run_local(
     spec: RunSpec,
     run_id: Option<String>,
@@ -530,6 +503,10 @@ pub fn run_local(
         );
         let mut snapshot = None;
         if let Some(addr) = &http_listen {
+            if !is_loopback(addr) {
+                tracing::warn!(addr = %addr,
+                    "serving HTTP beyond loopback without a token: anyone who reaches it can read the runs, the workers and every committed file");
+            }
             let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
             let store = Arc::new(std::sync::OnceLock::from(store.clone()));
             let (tx, bound) =
@@ -539,8 +516,11 @@ pub fn run_local(
             }
             snapshot = Some(tx);
         }
-        let mut manager = RunManager::open(store, policy).await?;
-        let status = manager.submit(run_id.map(RunId), spec).await?;
+        let mut manager = RunManager::open(store, policy)
+            .await?
+            .with_catalog(Arc::new(WorkerCatalog));
+        let id = RunId(run_id.unwrap_or_else(|| local_run_id(&spec)));
+        let status = manager.submit(Some(id), spec).await?;
         let id = status.id.clone();
         let mut watch = manager.subscribe(&id)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -672,177 +652,6 @@ fn print_progress(s: &RunStatus, label: StageLabel) {
             st.totals.scripts_total,
         );
     }
-}
-
-fn status_json(s: &v1::RunStatus) -> serde_json::Value {
-    serde_json::json!({
-        "run_id": s.run_id,
-        "state": v1::RunState::try_from(s.state).map(|p| p.as_str_name()).unwrap_or("UNKNOWN"),
-        "error": s.error,
-        "stages_total": s.stages_total,
-        "stages": s.stages.iter().map(|st| serde_json::json!({
-            "index": st.index,
-            "kind": st.kind,
-            "tasks_total": st.tasks_total,
-            "tasks_done": st.tasks_done,
-            "tasks_leased": st.tasks_leased,
-            "tasks_quarantined": st.tasks_quarantined,
-            "scripts_total": st.scripts_total,
-            "scripts_done": st.scripts_done,
-            "scripts_quarantined": st.scripts_quarantined,
-            "rows_out": st.rows_out,
-            "tokens": st.tokens,
-            "completions_refused": st.completions_refused,
-            "leases_expired": st.leases_expired,
-            "attempts_failed": st.attempts_failed,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-type Control = ControlServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        automaldesc_proto::security::AttachToken,
-    >,
->;
-
-/// A control client on the first endpoint that answers.
-async fn control(args: &ClientArgs) -> anyhow::Result<Control> {
-    let security = args.security()?;
-    let mut last = None;
-    for endpoint in &args.coordinator {
-        let channel = security.channel(endpoint)?;
-        let mut client = ControlServiceClient::with_interceptor(channel, security.interceptor());
-        match client.list_runs(v1::ListRunsRequest {}).await {
-            Ok(_) => return Ok(client),
-            Err(s) if s.code() == tonic::Code::Unavailable => last = Some(s),
-            Err(s) => bail!("{endpoint}: {}", s.message()),
-        }
-    }
-    match last {
-        Some(s) => bail!(
-            "no coordinator answered at {:?}: {}",
-            args.coordinator,
-            s.message()
-        ),
-        None => bail!("no coordinator endpoint given"),
-    }
-}
-
-fn print_status(s: &v1::RunStatus, json: bool) {
-    if json {
-        println!("{}", status_json(s));
-        return;
-    }
-    let state = v1::RunState::try_from(s.state).map_or("UNKNOWN", |p| p.as_str_name());
-    println!(
-        "{} {}{}",
-        s.run_id,
-        state.trim_start_matches("RUN_STATE_"),
-        if s.error.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", s.error)
-        }
-    );
-    for st in &s.stages {
-        println!(
-            "  stage {}/{} {:<10} tasks {}/{} leased {} quarantined {}  scripts {}/{} out {} tokens {}  refused {} expired {} failed {}",
-            st.index + 1, s.stages_total, st.kind, st.tasks_done, st.tasks_total, st.tasks_leased,
-            st.tasks_quarantined, st.scripts_done, st.scripts_total, st.rows_out, st.tokens,
-            st.completions_refused, st.leases_expired, st.attempts_failed,
-        );
-    }
-}
-
-/// Follows a run until it ends; returns its last status.
-async fn follow(client: &mut Control, id: &str, json: bool) -> anyhow::Result<v1::RunStatus> {
-    let mut stream = client
-        .watch_run(v1::RunRequest {
-            run_id: id.to_string(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("watching run {id}: {}", s.message()))?
-        .into_inner();
-    let mut last = None;
-    while let Some(s) = stream
-        .message()
-        .await
-        .map_err(|s| anyhow::anyhow!("watching run {id}: {}", s.message()))?
-    {
-        print_status(&s, json);
-        last = Some(s);
-    }
-    last.ok_or_else(|| anyhow::anyhow!("the coordinator closed the watch of {id} without a status"))
-}
-
-pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let (text, _) = read_spec(&args.spec)?;
-    runtime()?.block_on(async move {
-        let mut client = control(&args.client).await?;
-        let s = client
-            .submit_run(v1::SubmitRunRequest {
-                protocol_version: PROTOCOL_VERSION,
-                config_toml: text,
-                run_id: args.run_id.clone().unwrap_or_default(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("submit refused: {}", s.message()))?
-            .into_inner();
-        println!("run {} submitted", s.run_id);
-        if args.wait {
-            let last = follow(&mut client, &s.run_id, false).await?;
-            if last.state != v1::RunState::Succeeded as i32 {
-                bail!("run {} did not succeed", last.run_id);
-            }
-        }
-        Ok(())
-    })
-}
-
-pub fn status(args: StatusArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(async move {
-        let mut client = control(&args.client).await?;
-        match &args.run_id {
-            Some(id) if args.watch => {
-                follow(&mut client, id, args.json).await?;
-            }
-            Some(id) => {
-                let s = client
-                    .get_run(v1::RunRequest { run_id: id.clone() })
-                    .await
-                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                    .into_inner();
-                print_status(&s, args.json);
-            }
-            None => {
-                let runs = client
-                    .list_runs(v1::ListRunsRequest {})
-                    .await
-                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                    .into_inner();
-                for s in &runs.runs {
-                    print_status(s, args.json);
-                }
-            }
-        }
-        Ok(())
-    })
-}
-
-pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(async move {
-        let mut client = control(&args.client).await?;
-        let s = client
-            .cancel_run(v1::RunRequest {
-                run_id: args.run_id.clone(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-            .into_inner();
-        print_status(&s, false);
-        Ok(())
-    })
 }
 
 #[cfg(test)]

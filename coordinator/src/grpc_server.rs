@@ -10,11 +10,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use automaldesc_common::fault::FaultKind;
 use automaldesc_common::ids::{LeaseRef, RunId, WorkerId};
 use automaldesc_proto::security::{RequireToken, ServerTlsFiles};
 use automaldesc_proto::v1::control_service_server::{ControlService, ControlServiceServer};
 use automaldesc_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
-use automaldesc_proto::{require, v1, worker_id, PROTOCOL_VERSION};
+use automaldesc_proto::{fault_kind, require, v1, worker_id, PROTOCOL_VERSION};
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -60,6 +61,7 @@ enum Command {
     Fail {
         worker: WorkerId,
         lease: LeaseRef,
+        kind: FaultKind,
         error: String,
         released: bool,
         reply: Reply<Result<Option<FailOutcome>, Refusal>>,
@@ -81,6 +83,10 @@ enum Command {
         reply: Reply<watch::Receiver<RunStatus>>,
     },
     Cancel {
+        id: RunId,
+        reply: Reply<RunStatus>,
+    },
+    Retry {
         id: RunId,
         reply: Reply<RunStatus>,
     },
@@ -156,7 +162,12 @@ async fn event_loop(
                 Some(cmd) => handle(manager, &mut workers, cmd, opts.exit_when_done).await,
             },
             _ = timer.tick() => {
-                let r = manager.tick(Instant::now()).await;
+                let r = manager.tick(Instant::now()).await.map(|expired| {
+                    for (worker, lease) in &expired {
+                        workers.expired(worker, lease);
+                    }
+                });
+                workers.note_lost(Instant::now());
                 if let Some(s) = &opts.snapshot {
                     s.send_replace(ClusterView {
                         at_ms: crate::run_manager::now_ms(),
@@ -258,11 +269,12 @@ async fn handle(
         Command::Fail {
             worker,
             lease,
+            kind,
             error,
             released,
             reply,
         } => {
-            let r = m.fail(&lease, &error, released, now).await;
+            let r = m.fail(&worker, &lease, kind, &error, released, now).await;
             let ending = if released {
                 Ending::Neither
             } else {
@@ -279,6 +291,7 @@ async fn handle(
         }
         Command::Watch { id, reply } => answer(reply, m.subscribe(&id)),
         Command::Cancel { id, reply } => answer(reply, m.cancel(&id).await),
+        Command::Retry { id, reply } => answer(reply, m.retry_quarantined(&id).await),
     }
 }
 
@@ -287,6 +300,7 @@ fn status(e: RunError) -> Status {
         RunError::NotFound(_) => Status::not_found(e.to_string()),
         RunError::Exists(_) => Status::already_exists(e.to_string()),
         RunError::Spec(_) | RunError::BadId(_) => Status::invalid_argument(e.to_string()),
+        RunError::WrongPhase { .. } => Status::failed_precondition(e.to_string()),
         _ if e.is_transient() || e.is_fenced() => Status::unavailable(e.to_string()),
         RunError::Data { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
@@ -317,6 +331,7 @@ fn phase(p: RunPhase) -> v1::RunState {
     match p {
         RunPhase::Running => v1::RunState::Running,
         RunPhase::Succeeded => v1::RunState::Succeeded,
+        RunPhase::SucceededWithQuarantine => v1::RunState::SucceededWithQuarantine,
         RunPhase::Failed => v1::RunState::Failed,
         RunPhase::Cancelled => v1::RunState::Cancelled,
     }
@@ -349,6 +364,8 @@ pub fn to_proto(s: RunStatus) -> v1::RunStatus {
                 leases_expired: st.totals.leases_expired,
                 attempts_failed: st.totals.attempts_failed,
                 scripts_total: st.totals.scripts_total,
+                duplicates: st.totals.duplicates,
+                transient_faults: st.totals.transient_faults,
             })
             .collect(),
     }
@@ -511,6 +528,7 @@ impl WorkerService for WorkerGrpc {
                     outputs,
                     quarantined,
                     tokens: r.tokens,
+                    duplicates: r.duplicates,
                 },
                 reply,
             })
@@ -540,6 +558,7 @@ impl WorkerService for WorkerGrpc {
             .ask(|reply| Command::Fail {
                 worker,
                 lease,
+                kind: fault_kind(r.kind),
                 error: r.error,
                 released: r.released,
                 reply,
@@ -641,6 +660,19 @@ impl ControlService for ControlGrpc {
         let s = self
             .inner
             .ask(|reply| Command::Cancel { id, reply })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(to_proto(s)))
+    }
+
+    async fn retry_quarantined(
+        &self,
+        req: Request<v1::RunRequest>,
+    ) -> Result<Response<v1::RunStatus>, Status> {
+        let id = run_id(req.into_inner().run_id)?;
+        let s = self
+            .inner
+            .ask(|reply| Command::Retry { id, reply })
             .await?
             .map_err(status)?;
         Ok(Response::new(to_proto(s)))

@@ -11,7 +11,9 @@
 //! - `/metrics`: Prometheus text.
 //!
 //! Everything but the probes requires the token when one is configured: as a bearer header
-//! (scripts, Prometheus), or as the cookie `/login?token=...` sets (browsers).
+//! (scripts, Prometheus), or as the session cookie a POST to `/login` sets (browsers); see
+//! `http_access`, which also makes the TLS acceptor when the gRPC side's certificate is
+//! given.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,11 +21,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use automaldesc_common::ids::RunId;
-use automaldesc_proto::security::RequireToken;
+use automaldesc_proto::security::{RequireToken, ServerTlsFiles};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::http_access::{tls_acceptor, Access};
 
 use crate::run_manager::{RunPhase, RunStatus, StageSummary};
 use crate::stage_manager::read_commits;
@@ -45,13 +49,12 @@ pub struct HttpState {
     /// Set once this coordinator leads and serves.
     pub ready: Arc<AtomicBool>,
     pub view: watch::Receiver<ClusterView>,
-    pub token: RequireToken,
+    pub access: Access,
     /// The state store, once this coordinator leads (for committed files).
     pub store: Arc<OnceLock<Arc<dyn StateStore>>>,
 }
 
 const DASHBOARD: &str = include_str!("dashboard.html");
-const COOKIE: &str = "automaldesc_token";
 
 struct Response {
     status: u16,
@@ -93,6 +96,18 @@ pub async fn start(
     token: RequireToken,
     store: Arc<OnceLock<Arc<dyn StateStore>>>,
 ) -> anyhow::Result<(Arc<watch::Sender<ClusterView>>, std::net::SocketAddr)> {
+    start_tls(addr, ready, token, store, None).await
+}
+
+/// [`start`], serving HTTPS with the certificate and key of `tls` when given.
+pub async fn start_tls(
+    addr: &str,
+    ready: Arc<AtomicBool>,
+    token: RequireToken,
+    store: Arc<OnceLock<Arc<dyn StateStore>>>,
+    tls: Option<&ServerTlsFiles>,
+) -> anyhow::Result<(Arc<watch::Sender<ClusterView>>, std::net::SocketAddr)> {
+    let acceptor = tls.map(tls_acceptor).transpose()?;
     let (tx, view) = watch::channel(ClusterView::default());
     let listener = TcpListener::bind(addr)
         .await
@@ -101,22 +116,39 @@ pub async fn start(
     let state = HttpState {
         ready,
         view,
-        token,
+        access: Access::new(token, acceptor.is_some()),
         store,
     };
-    tokio::spawn(serve_http(listener, state));
+    tokio::spawn(serve_http(listener, state, acceptor));
     Ok((Arc::new(tx), bound))
 }
 
-/// Serves until the task is dropped.
-pub async fn serve_http(listener: TcpListener, state: HttpState) {
+/// Serves until the task is dropped; over TLS with `tls`.
+pub async fn serve_http(
+    listener: TcpListener,
+    state: HttpState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(conn, &state).await {
+            let served = match tls {
+                None => answer(conn, &state).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(5), acceptor.accept(conn));
+                    match handshake.await {
+                        Ok(Ok(conn)) => answer(conn, &state).await,
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(std::io::Error::other("TLS handshake timed out")),
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "http request failed");
             }
         });
@@ -127,9 +159,10 @@ pub async fn serve_http(listener: TcpListener, state: HttpState) {
 struct Request {
     method: String,
     path: String,
-    query: String,
     authorization: Option<String>,
     cookie: Option<String>,
+    content_length: usize,
+    body: Vec<u8>,
 }
 
 fn parse_head(head: &str) -> Request {
@@ -137,13 +170,15 @@ fn parse_head(head: &str) -> Request {
     let mut first = lines.next().unwrap_or("").split(' ');
     let method = first.next().unwrap_or("").to_string();
     let target = first.next().unwrap_or("");
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    // The query is the page's own business (`/?poll=MS`).
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
     let mut req = Request {
         method,
         path: path.to_string(),
-        query: query.to_string(),
         authorization: None,
         cookie: None,
+        content_length: 0,
+        body: Vec::new(),
     };
     for (k, v) in lines.filter_map(|l| l.split_once(':')) {
         let k = k.trim();
@@ -151,12 +186,20 @@ fn parse_head(head: &str) -> Request {
             req.authorization = Some(v.trim().to_string());
         } else if k.eq_ignore_ascii_case("cookie") {
             req.cookie = Some(v.trim().to_string());
+        } else if k.eq_ignore_ascii_case("content-length") {
+            req.content_length = v.trim().parse().unwrap_or(usize::MAX);
         }
     }
     req
 }
 
-async fn answer(mut conn: TcpStream, state: &HttpState) -> std::io::Result<()> {
+/// The largest request head, and body (a sign-in form), read.
+const MAX_REQUEST: usize = 16 << 10;
+
+async fn answer(
+    mut conn: impl AsyncRead + AsyncWrite + Unpin,
+    state: &HttpState,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     // The request head; a client that sends nothing in 5 s or more than 16 KiB is dropped.
@@ -164,12 +207,27 @@ async fn answer(mut conn: TcpStream, state: &HttpState) -> std::io::Result<()> {
         let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
             .await
             .map_err(|_| std::io::Error::other("request head timed out"))??;
-        if n == 0 || buf.len() > 16 << 10 {
+        if n == 0 || buf.len() > MAX_REQUEST {
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let req = parse_head(&String::from_utf8_lossy(&buf));
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+    let mut req = parse_head(&String::from_utf8_lossy(&buf[..end]));
+    if req.content_length > MAX_REQUEST {
+        return Ok(());
+    }
+    req.body = buf[end..].to_vec();
+    while req.body.len() < req.content_length {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("request body timed out"))??;
+        if n == 0 {
+            return Ok(());
+        }
+        req.body.extend_from_slice(&chunk[..n]);
+    }
+    req.body.truncate(req.content_length);
     let r = respond(&req, state).await;
     let reason = match r.status {
         200 => "OK",
@@ -197,36 +255,24 @@ async fn answer(mut conn: TcpStream, state: &HttpState) -> std::io::Result<()> {
     conn.shutdown().await
 }
 
-/// Whether the request carries the token: as a bearer header, or as the login cookie.
-fn authorized(req: &Request, token: &RequireToken) -> bool {
-    if !token.is_required() || token.allows(req.authorization.as_deref().map(str::as_bytes)) {
-        return true;
-    }
-    let cookie = req
-        .cookie
-        .as_deref()
-        .unwrap_or("")
-        .split(';')
-        .find_map(|c| {
-            let (k, v) = c.trim().split_once('=')?;
-            (k == COOKIE).then(|| hex::decode(v).ok())?
-        });
-    cookie.is_some_and(|t| std::str::from_utf8(&t).is_ok_and(|t| token.allows_token(t)))
-}
-
 async fn respond(req: &Request, state: &HttpState) -> Response {
-    if req.method != "GET" {
-        return Response::text(405, "GET only\n");
+    match (req.method.as_str(), req.path.as_str()) {
+        ("POST", "/login") => return login(&req.body, &state.access),
+        ("GET", "/login") => return Response::new(200, "text/html; charset=utf-8", LOGIN_PAGE),
+        ("GET", _) => {}
+        _ => return Response::text(405, "GET only (and POST to /login)\n"),
     }
     match req.path.as_str() {
         "/healthz" => return Response::text(200, "ok\n"),
         "/readyz" if state.ready.load(Ordering::Relaxed) => return Response::text(200, "ready\n"),
         "/readyz" => return Response::text(503, "not leading\n"),
         "/favicon.ico" => return Response::new(204, "image/x-icon", Vec::new()),
-        "/login" => return login(&req.query, &state.token),
         _ => {}
     }
-    if !authorized(req, &state.token) {
+    let allowed = state
+        .access
+        .allows(req.authorization.as_deref(), req.cookie.as_deref());
+    if !allowed {
         if req.path == "/" {
             return Response::new(401, "text/html; charset=utf-8", LOGIN_PAGE);
         }
@@ -265,47 +311,20 @@ async fn respond(req: &Request, state: &HttpState) -> Response {
 
 const LOGIN_PAGE: &str =
     "<!doctype html><html><head><meta charset=\"utf-8\"><title>automaldesc: sign in</title></head>\
-<body><form method=\"get\" action=\"/login\"><p>This coordinator requires its token.</p>\
+<body><form method=\"post\" action=\"/login\"><p>This coordinator requires its token.</p>\
 <input type=\"password\" name=\"token\" autofocus> <button>Sign in</button></form></body></html>";
 
-/// `/login?token=...`: a valid token becomes an HTTP-only cookie for the dashboard.
-fn login(query: &str, token: &RequireToken) -> Response {
-    let given = query
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| *k == "token")
-        .and_then(|(_, v)| percent_decode(v));
-    match given {
-        Some(t) if token.allows_token(&t) => {
+/// `POST /login` with the form `token=...`: a valid token gets the session cookie.
+fn login(form: &[u8], access: &Access) -> Response {
+    match access.sign_in(form) {
+        Some(cookie) => {
             let mut r = Response::text(303, "signed in\n");
             r.headers.push(("Location", "/".into()));
-            r.headers.push((
-                "Set-Cookie",
-                format!(
-                    "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-                    hex::encode(&t)
-                ),
-            ));
+            r.headers.push(("Set-Cookie", cookie));
             r
         }
-        _ => Response::new(401, "text/html; charset=utf-8", LOGIN_PAGE),
+        None => Response::new(401, "text/html; charset=utf-8", LOGIN_PAGE),
     }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `{run}/stages/{k}/files/{name}` as (run, stage, file name, the run's output URL).
@@ -542,12 +561,7 @@ fn cluster_json(view: &ClusterView, leader: bool) -> serde_json::Value {
 }
 
 fn phase_name(p: RunPhase) -> &'static str {
-    match p {
-        RunPhase::Running => "running",
-        RunPhase::Succeeded => "succeeded",
-        RunPhase::Failed => "failed",
-        RunPhase::Cancelled => "cancelled",
-    }
+    p.name()
 }
 
 /// A label value as the exposition format wants it.
@@ -578,6 +592,7 @@ pub fn metrics_text(view: &ClusterView, leader: bool) -> String {
     for phase in [
         RunPhase::Running,
         RunPhase::Succeeded,
+        RunPhase::SucceededWithQuarantine,
         RunPhase::Failed,
         RunPhase::Cancelled,
     ] {
@@ -1015,35 +1030,5 @@ mod tests {
         ] {
             assert!(used.contains(name), "no panel shows {name}");
         }
-    }
-
-    #[test]
-    fn the_cookie_carries_the_token_hex_encoded() {
-        let token = RequireToken::new(Some(
-            automaldesc_proto::security::Token::new("s3cr=t;%").unwrap(),
-        ));
-        let r = login("token=s3cr%3Dt%3B%25", &token);
-        assert_eq!(r.status, 303);
-        let cookie = &r
-            .headers
-            .iter()
-            .find(|(k, _)| *k == "Set-Cookie")
-            .unwrap()
-            .1;
-        let value = cookie.split(';').next().unwrap();
-        let req = |cookie: &str| Request {
-            method: "GET".into(),
-            path: "/".into(),
-            query: String::new(),
-            authorization: None,
-            cookie: Some(cookie.to_string()),
-        };
-        assert!(authorized(&req(&format!("other=1; {value}")), &token));
-        assert!(!authorized(
-            &req(&format!("{COOKIE}={}", hex::encode("wrong"))),
-            &token
-        ));
-        assert!(!authorized(&req(&format!("{COOKIE}=zz")), &token));
-        assert_eq!(login("token=wrong", &token).status, 401);
     }
 }

@@ -3,9 +3,14 @@
 //! expires and the task goes back to the queue. Every lease gets a fencing token larger than
 //! any before, and a completion is accepted only from a lease the task still holds and
 //! that has not expired, so a worker that was cut off cannot commit late. Failed attempts
-//! retry with exponential backoff; after `max_attempts` the task is quarantined with its
-//! last error and the stage goes on. Near the end of a stage a task held for long may be
-//! leased a second time; the first completion wins.
+//! retry with exponential backoff, and a failure's [`FaultKind`] decides whether it counts:
+//! invalid input and internal errors use up an attempt, and after `max_attempts` the task
+//! is quarantined with its last error and the stage goes on; a transient fault (storage,
+//! disk, state store) and a lease that expired while the coordinator itself could not hear
+//! its workers only back off, and mark the stage stalled until the next commit; a cancelled
+//! attempt is queued again at once. A task that failed or expired on a worker goes to
+//! another worker first. Near the end of a stage a task held for long may be leased a
+//! second time; the first completion wins.
 //!
 //! The book is plain state driven by the caller's clock (`now`), owned by one event loop;
 //! tests drive it with tokio's paused time.
@@ -14,6 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use automaldesc_common::fault::FaultKind;
 pub use automaldesc_common::ids::{TaskId, WorkerId};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -92,12 +98,39 @@ struct Entry {
     leases: Vec<Lease>,
     attempts: u32,
     last_error: Option<String>,
+    /// Transient faults in a row (they do not count as attempts, but they back off).
+    transient: u32,
+    /// The worker that last failed or lost the task: others get it first.
+    avoid: Option<WorkerId>,
+}
+
+/// A lease that lapsed: its task, token and worker, and whether it was excused (the
+/// coordinator itself could not hear its workers since the lease was last renewed, so no
+/// attempt is counted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    pub task: TaskId,
+    pub token: u64,
+    pub worker: WorkerId,
+    pub excused: bool,
+}
+
+/// Why a stage cannot progress: since when, and the last transient fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stall {
+    pub since: Instant,
+    pub cause: String,
 }
 
 pub struct LeaseBook {
     entries: Vec<Entry>,
     policy: LeasePolicy,
     next_token: u64,
+    /// Set by the first transient fault after the last commit, cleared by a commit.
+    stall: Option<Stall>,
+    /// The last moment the coordinator could not hear its workers (its store was
+    /// unavailable, or its loop was held up).
+    blind_at: Option<Instant>,
 }
 
 impl LeaseBook {
@@ -110,13 +143,42 @@ impl LeaseBook {
                 leases: Vec::new(),
                 attempts: 0,
                 last_error: None,
+                transient: 0,
+                avoid: None,
             })
             .collect();
         Self {
             entries,
             policy,
             next_token: token_floor + 1,
+            stall: None,
+            blind_at: None,
         }
+    }
+
+    /// Since when the stage has made no progress through transient faults, and the last
+    /// one; `None` while commits come.
+    pub fn stall(&self) -> Option<&Stall> {
+        self.stall.as_ref()
+    }
+
+    fn stalled(&mut self, cause: &str, now: Instant) {
+        match &mut self.stall {
+            Some(s) => s.cause = cause.to_string(),
+            None => {
+                self.stall = Some(Stall {
+                    since: now,
+                    cause: cause.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The coordinator could not hear its workers at `now` (its state store was
+    /// unavailable, or its event loop was held up): leases not renewed since then that
+    /// lapse are not the workers' fault and cost no attempt.
+    pub fn blind(&mut self, now: Instant) {
+        self.blind_at = Some(now);
     }
 
     pub fn state(&self, task: TaskId) -> Option<&TaskState> {
@@ -218,13 +280,18 @@ impl LeaseBook {
         }
     }
 
-    /// The next task for `worker`: the first queued task whose backoff has passed; else,
-    /// with speculation on, a task held by someone else for longer than `speculate_after`.
+    /// The next task for `worker`: the first queued task whose backoff has passed (a task
+    /// this worker just failed or lost only when no other worker took it within a TTL);
+    /// else, with speculation on, a task held by someone else for longer than
+    /// `speculate_after`.
     pub fn acquire(&mut self, worker: &WorkerId, now: Instant) -> Option<Grant> {
-        let queued = self
-            .entries
-            .iter()
-            .position(|e| matches!(e.state, TaskState::Queued { ready_at } if ready_at <= now));
+        let ttl = self.policy.ttl;
+        let queued = self.entries.iter().position(|e| match e.state {
+            TaskState::Queued { ready_at } => {
+                ready_at <= now && (e.avoid.as_ref() != Some(worker) || now >= ready_at + ttl)
+            }
+            _ => false,
+        });
         if let Some(i) = queued {
             return Some(self.issue(i, worker, now));
         }
@@ -276,23 +343,51 @@ impl LeaseBook {
         let e = &mut self.entries[task.0 as usize];
         e.leases.clear();
         e.state = TaskState::Done { token };
+        // Progress: whatever stalled the stage has passed.
+        self.stall = None;
         Ok(())
     }
 
-    /// Records a failed attempt of the lease `token`: the task is retried after a backoff,
-    /// or quarantined with `error` once it has used its attempts.
+    /// Whether `task` was committed by the lease `token` (a completion retried after its
+    /// answer was lost is accepted again, not refused).
+    pub fn committed_by(&self, task: TaskId, token: u64) -> bool {
+        self.state(task) == Some(&TaskState::Done { token })
+    }
+
+    /// Records a failed attempt of the lease `token`, by its kind: invalid input and
+    /// internal errors are retried after a backoff and quarantined with `error` once the
+    /// task has used its attempts; a transient fault backs off without using an attempt
+    /// and marks the stage stalled; a cancelled attempt is queued again at once.
     pub fn fail(
         &mut self,
         task: TaskId,
         token: u64,
+        kind: FaultKind,
         error: &str,
         now: Instant,
     ) -> Result<FailOutcome, Refusal> {
         let at = self.live_lease(task, token, now)?;
         let e = &mut self.entries[task.0 as usize];
-        e.leases.remove(at);
-        e.last_error = Some(error.to_string());
-        Ok(self.after_attempt(task.0 as usize, now))
+        let lease = e.leases.remove(at);
+        match kind {
+            FaultKind::Cancelled => {
+                if e.leases.is_empty() {
+                    e.state = TaskState::Queued { ready_at: now };
+                }
+                Ok(FailOutcome::RetryAt(now))
+            }
+            FaultKind::Transient => {
+                e.last_error = Some(error.to_string());
+                e.avoid = Some(lease.worker);
+                self.stalled(error, now);
+                Ok(self.after_transient(task.0 as usize, now))
+            }
+            FaultKind::InvalidInput | FaultKind::Internal => {
+                e.last_error = Some(error.to_string());
+                e.avoid = Some(lease.worker);
+                Ok(self.after_attempt(task.0 as usize, now))
+            }
+        }
     }
 
     /// Takes back the lease `token` unfinished (its worker is shutting down): with no other
@@ -307,26 +402,60 @@ impl LeaseBook {
         Ok(())
     }
 
-    /// Drops leases whose TTL passed; a task left without a lease counts an attempt and is
-    /// queued again (or quarantined). Returns the (task, token) pairs that expired.
-    pub fn expire(&mut self, now: Instant) -> Vec<(TaskId, u64)> {
+    /// Drops leases whose TTL passed. A task left without a lease counts an attempt and is
+    /// queued again (or quarantined), away from the worker that lost it; unless the
+    /// coordinator could not hear its workers since the lease was last renewed, which
+    /// excuses the expiry: queued again without an attempt counted.
+    pub fn expire(&mut self, now: Instant) -> Vec<Expiry> {
+        let ttl = self.policy.ttl;
+        let blind_at = self.blind_at;
         let mut expired = Vec::new();
         for i in 0..self.entries.len() {
             let e = &mut self.entries[i];
-            let before = e.leases.len();
+            let before = expired.len();
             e.leases.retain(|l| {
                 let live = l.expires > now;
                 if !live {
-                    expired.push((TaskId(i as u32), l.token));
+                    let renewed = l.expires - ttl;
+                    expired.push(Expiry {
+                        task: TaskId(i as u32),
+                        token: l.token,
+                        worker: l.worker.clone(),
+                        excused: blind_at.is_some_and(|b| b >= renewed),
+                    });
                 }
                 live
             });
-            if before > 0 && e.leases.is_empty() && matches!(e.state, TaskState::Leased) {
+            let Some(last) = expired[before..].last().cloned() else {
+                continue;
+            };
+            if !e.leases.is_empty() || !matches!(e.state, TaskState::Leased) {
+                continue;
+            }
+            if last.excused {
+                let why = "lease expired while the coordinator could not hear its workers";
+                e.last_error = Some(why.into());
+                e.state = TaskState::Queued { ready_at: now };
+                self.stalled(why, now);
+            } else {
+                e.avoid = Some(last.worker.clone());
                 e.last_error = Some("lease expired: the worker stopped heartbeating".into());
                 self.after_attempt(i, now);
             }
         }
         expired
+    }
+
+    fn after_transient(&mut self, i: usize, now: Instant) -> FailOutcome {
+        let policy = self.policy;
+        let e = &mut self.entries[i];
+        if !e.leases.is_empty() {
+            return FailOutcome::RetryAt(now);
+        }
+        e.transient += 1;
+        let ready_at = now + backoff(policy, e.transient);
+        e.state = TaskState::Queued { ready_at };
+        FailOutcome::RetryAt(ready_at)
     }
 
     fn after_attempt(&mut self, i: usize, now: Instant) -> FailOutcome {
@@ -342,12 +471,16 @@ impl LeaseBook {
             e.state = TaskState::Quarantined { error };
             return FailOutcome::Quarantined;
         }
-        let factor = 1u32 << (e.attempts - 1).min(16);
-        let backoff = (policy.backoff_base * factor).min(policy.backoff_max);
-        let ready_at = now + backoff;
+        let ready_at = now + backoff(policy, e.attempts);
         e.state = TaskState::Queued { ready_at };
         FailOutcome::RetryAt(ready_at)
     }
+}
+
+/// The wait before the `n`th retry (n ≥ 1): doubling from the base, at most the maximum.
+fn backoff(policy: LeasePolicy, n: u32) -> Duration {
+    let factor = 1u32 << n.saturating_sub(1).min(16);
+    (policy.backoff_base * factor).min(policy.backoff_max)
 }
 
 #[cfg(test)]

@@ -5,11 +5,13 @@
 pub mod annotate_cmd;
 pub mod bench_cmd;
 pub mod cluster_cmd;
+pub mod control_cmd;
 pub mod corpus_cmd;
 pub mod device;
 pub mod eval_cmd;
 pub mod grpc_server;
 pub mod http;
+pub mod http_access;
 pub mod labelled_split;
 pub mod lease_manager;
 pub mod loop_cmd;

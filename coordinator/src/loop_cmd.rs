@@ -523,6 +523,7 @@ impl LoopConfig {
             output: self.output.clone(),
             task_bytes: self.task_bytes,
             stages,
+            limits: Default::default(),
         }
     }
 

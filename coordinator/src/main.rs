@@ -64,6 +64,9 @@ enum Command {
     Status(cluster::StatusArgs),
     /// Cancel a run.
     Cancel(cluster::CancelArgs),
+    /// Run an ended run again from its first stage with quarantined scripts (or the stage
+    /// it failed in), once the cause is fixed.
+    RetryQuarantined(cluster::RetryArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -115,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         Command::Submit(args) => cluster::submit(args),
         Command::Status(args) => cluster::status(args),
         Command::Cancel(args) => cluster::cancel(args),
+        Command::RetryQuarantined(args) => cluster::retry_quarantined(args),
         Command::Bench(BenchCmd::Runtime(args)) => automaldesc_coordinator::bench_cmd::run(args),
         Command::Bench(BenchCmd::Annotate(args)) => {
             automaldesc_coordinator::bench_cmd::annotate(args)

@@ -1,11 +1,11 @@
 //! The coordinator's runs: each is an ordered list of stages, one open at a time. A stage is
 //! planned from its input's Parquet footers (stage 0 from the run's input, stage k from the
 //! files stage k-1 committed), run through a [`StageManager`], and when every task is
-//! committed or quarantined its summary is recorded, the files no commit references are
-//! deleted, and the next stage is planned.
+//! committed or quarantined its summary is recorded, its committed-file list written, the
+//! files no commit references deleted, and the next stage is planned.
 //!
 //! Durable records, under `runs/<run>/`:
-//! - `spec`: the run spec (JSON), written once;
+//! - `spec`: the run spec (JSON), written once the run is accepted;
 //! - `stages/<k>/plan`: the stage's tasks, written once, before the stage is opened;
 //! - `record`: phase, error and current stage, rewritten as the run moves;
 //! - `stages/<k>/summary`: a finished stage's counts;
@@ -13,145 +13,42 @@
 //!
 //! [`RunManager::open`] rebuilds everything from these records, so a coordinator that
 //! restarts (or a standby that takes over) resumes every run at its last commit.
+//!
+//! How a run ends: SUCCEEDED when every input script of every stage was committed;
+//! SUCCEEDED_WITH_QUARANTINE when some were quarantined, no more than the spec's
+//! `max_quarantined_fraction` of any stage; FAILED, with the reason, as soon as a stage
+//! quarantines more than that, when transient faults keep it from progressing for longer
+//! than `max_stall`, or when its input cannot be planned. A record that cannot be written
+//! (the store is down) is kept and written on a later tick.
 
-use std::collections::BTreeSet;
+mod planning;
+mod records;
+mod retry;
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use automaldesc_common::fault::FaultKind;
 use automaldesc_common::ids::{LeaseRef, RunId, WorkerId};
-use automaldesc_common::parquet_io::{file_layout, nonempty_dataset_layout};
-use automaldesc_common::store::open_store;
-use futures::TryStreamExt;
-use object_store::path::Path;
-use object_store::ObjectStore;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::lease_manager::{FailOutcome, LeasePolicy, Refusal, StageCounts};
-use crate::planner::{plan, plan_single, InputFile, PlanOptions, TaskPlan};
-use crate::run_spec::{RunSpec, SpecError, StageInput};
-use crate::stage_manager::{
-    read_commits, Assignment, Completion, OutputRecord, StageError, StageManager, StageSpec,
-    StageTotals, Trouble,
-};
+use crate::lease_manager::{FailOutcome, LeasePolicy, Refusal, Stall};
+use crate::run_spec::{RunSpec, StageCatalog};
+use crate::stage_manager::{Assignment, Completion, StageError, StageManager};
 use crate::state::{Expect, StateError, StateStore};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunPhase {
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-/// The durable record of a run's progress.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub phase: RunPhase,
-    pub error: String,
-    pub submitted_ms: u64,
-    /// The stage open now (or the last one, once the run ended).
-    pub stage: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StagePlan {
-    pub input_root: String,
-    pub tasks: Vec<TaskPlan>,
-    /// The executor's config with its refs resolved (absent in plans recorded before refs
-    /// existed: the spec's config stands).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_json: Option<String>,
-}
-
-/// A stage's progress; durable once the stage finished.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageSummary {
-    pub index: u32,
-    pub kind: String,
-    pub counts: StageCounts,
-    pub totals: StageTotals,
-    /// Files of refused or abandoned attempts deleted when the stage finished.
-    pub garbage_files_deleted: u64,
-    /// When the stage finished (ms since the epoch; 0 while open). Stages run one after
-    /// another, so a stage ran from its predecessor's end (the run's submission for the
-    /// first) to this.
-    #[serde(default)]
-    pub finished_ms: u64,
-    /// Tasks retried or quarantined and scripts quarantined, with their errors (the first
-    /// [`crate::stage_manager::TROUBLES_LISTED`]).
-    #[serde(default)]
-    pub troubles: Vec<Trouble>,
-}
-
-/// A run as reported to operators (and, as JSON, by `/api/runs`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RunStatus {
-    pub id: RunId,
-    pub phase: RunPhase,
-    pub error: String,
-    /// Finished stages, then the open one.
-    pub stages: Vec<StageSummary>,
-    pub stages_total: u32,
-    /// When the run was submitted (ms since the epoch).
-    pub submitted_ms: u64,
-    /// Where the stages write (the spec's `output`).
-    pub output: String,
-    /// Every stage's name from the spec, by index ("" where the spec names none).
-    pub stage_names: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-    #[error(transparent)]
-    Stage(#[from] StageError),
-    #[error("{context}: {source}")]
-    Data {
-        context: String,
-        source: automaldesc_common::Error,
-    },
-    #[error("no run {0}")]
-    NotFound(RunId),
-    #[error("run {0} exists with a different spec")]
-    Exists(RunId),
-    #[error("invalid run id {0:?}: 1 to 64 characters of a-z, 0-9, '-', '_' and '.'")]
-    BadId(String),
-}
-
-impl From<StateError> for RunError {
-    fn from(e: StateError) -> Self {
-        RunError::Stage(StageError::State(e))
-    }
-}
-
-impl RunError {
-    /// Errors worth retrying later (the state store or object storage is unreachable).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            RunError::Stage(StageError::State(StateError::Unavailable(_))) => true,
-            RunError::Data { source, .. } => {
-                matches!(source, automaldesc_common::Error::Storage(_))
-            }
-            _ => false,
-        }
-    }
-
-    pub fn is_fenced(&self) -> bool {
-        matches!(
-            self,
-            RunError::Stage(StageError::State(StateError::Fenced(_)))
-        )
-    }
-}
-
-fn data(context: impl Into<String>) -> impl FnOnce(automaldesc_common::Error) -> RunError {
-    let context = context.into();
-    move |source| RunError::Data { context, source }
-}
+use planning::{
+    check_spec, new_plan, plan_stage, record_plan, stage_policy, stage_spec, sweep_stage,
+    write_committed_list,
+};
+pub use planning::COMMITTED_LIST;
+use records::{check_id, from_json, placeholder_status, run_key, stage_key, to_json};
+pub use records::{
+    now_ms, stage_output_url, RunError, RunPhase, RunRecord, RunStatus, StagePlan, StageSummary,
+};
 
 struct Run {
     id: RunId,
@@ -160,21 +57,19 @@ struct Run {
     finished: Vec<StageSummary>,
     current: Option<StageManager>,
     watch: watch::Sender<RunStatus>,
+    /// Records not durable yet (the store was down), written in order on later ticks.
+    unsaved: Vec<(String, Vec<u8>)>,
+    /// A transient error keeps the run from moving to its next stage: since when, why.
+    held: Option<Stall>,
+    /// Unreferenced files were swept since this coordinator opened the run.
+    swept: bool,
 }
 
 impl Run {
     fn status(&self) -> RunStatus {
         let mut stages = self.finished.clone();
         if let Some(m) = &self.current {
-            stages.push(StageSummary {
-                index: m.spec().stage,
-                kind: m.spec().kind.clone(),
-                counts: m.counts(),
-                totals: m.totals(),
-                garbage_files_deleted: 0,
-                finished_ms: 0,
-                troubles: m.troubles(),
-            });
+            stages.push(summary_of(m, 0, 0));
         }
         RunStatus {
             id: self.id.clone(),
@@ -207,55 +102,57 @@ impl Run {
     fn is_active(&self) -> bool {
         self.record.phase == RunPhase::Running && self.current.is_some()
     }
-}
 
-fn run_key(run: &RunId, leaf: &str) -> String {
-    format!("runs/{run}/{leaf}")
-}
+    /// Why the run must fail now for what it quarantined, if it must: some stage lost more
+    /// than `max_quarantined_fraction` of its input scripts.
+    fn over_quarantine_budget(&self) -> Option<String> {
+        let max = self.spec.limits.max_quarantined_fraction;
+        self.status().stages.iter().find_map(|st| {
+            let (lost, total) = (st.scripts_lost(), st.totals.scripts_total);
+            (total > 0 && lost as f64 > max * total as f64).then(|| {
+                let first = st.troubles.iter().find(|t| t.state != "retrying");
+                format!(
+                    "stage {} ({}) quarantined {lost} of {total} input scripts, more than \
+                     max_quarantined_fraction {max}; first error: {}",
+                    st.index,
+                    st.kind,
+                    first.map_or("", |t| t.error.as_str())
+                )
+            })
+        })
+    }
 
-fn stage_key(run: &RunId, stage: u32, leaf: &str) -> String {
-    format!("runs/{run}/stages/{stage:03}/{leaf}")
-}
-
-/// Where stage `k` of a run writes, under the run's output location.
-pub fn stage_output_url(output: &str, run: &RunId, stage: u32) -> String {
-    format!(
-        "{}/runs/{run}/stage-{stage:03}",
-        output.trim_end_matches('/')
-    )
-}
-
-fn check_id(id: &str) -> Result<(), RunError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(RunError::BadId(id.to_string()))
+    /// What a run that went through quarantined, for its record; `None` when nothing.
+    fn quarantine_note(&self) -> Option<String> {
+        let lost: Vec<String> = self
+            .finished
+            .iter()
+            .filter(|st| st.scripts_lost() > 0)
+            .map(|st| {
+                format!(
+                    "stage {} ({}): {} of {} scripts",
+                    st.index,
+                    st.kind,
+                    st.scripts_lost(),
+                    st.totals.scripts_total
+                )
+            })
+            .collect();
+        (!lost.is_empty()).then(|| format!("quarantined {}", lost.join("; ")))
     }
 }
 
-fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
-    // The records are plain structs of strings and numbers: encoding cannot fail.
-    serde_json::to_vec(v).expect("run records encode as JSON")
-}
-
-fn from_json<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RunError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        RunError::Stage(StageError::Corrupt {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })
-    })
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// A stage's summary as of now (`finished_ms` 0 while it is open).
+fn summary_of(m: &StageManager, finished_ms: u64, garbage: u64) -> StageSummary {
+    StageSummary {
+        index: m.spec().stage,
+        kind: m.spec().kind.clone(),
+        counts: m.counts(),
+        totals: m.totals(),
+        garbage_files_deleted: garbage,
+        finished_ms,
+        troubles: m.troubles(),
+    }
 }
 
 pub struct RunManager {
@@ -263,10 +160,15 @@ pub struct RunManager {
     policy: LeasePolicy,
     runs: Vec<Run>,
     draining: bool,
+    /// What the workers can run: submitted specs are checked against it (without one,
+    /// only the spec's own rules are).
+    catalog: Option<Arc<dyn StageCatalog>>,
+    last_tick: Option<Instant>,
 }
 
 impl RunManager {
-    /// Rebuilds every run from the durable records and resumes the running ones.
+    /// Rebuilds every run from the durable records and resumes the running ones; files no
+    /// commit references are swept from their finished stages.
     pub async fn open(store: Arc<dyn StateStore>, policy: LeasePolicy) -> Result<Self, RunError> {
         let mut runs = Vec::new();
         for (key, v) in store.list("runs/").await? {
@@ -286,7 +188,7 @@ impl RunManager {
                     }))
                 }
             };
-            runs.push(Self::load_run(store.clone(), policy, id, spec, record).await?);
+            runs.push(load_run(store.clone(), policy, id, spec, record).await?);
         }
         runs.sort_by_key(|r| (r.record.submitted_ms, r.id.clone()));
         let mut me = Self {
@@ -294,57 +196,20 @@ impl RunManager {
             policy,
             runs,
             draining: false,
+            catalog: None,
+            last_tick: None,
         };
         for i in 0..me.runs.len() {
+            me.sweep(i).await;
             me.advance_or_log(i).await?;
         }
         Ok(me)
     }
 
-    async fn load_run(
-        store: Arc<dyn StateStore>,
-        policy: LeasePolicy,
-        id: RunId,
-        spec: RunSpec,
-        record: RunRecord,
-    ) -> Result<Run, RunError> {
-        let mut finished = Vec::new();
-        for k in 0..record.stage + 1 {
-            let key = stage_key(&id, k, "summary");
-            if let Some(v) = store.get(&key).await? {
-                finished.push(from_json(&key, &v.value)?);
-            }
-        }
-        let current = if record.phase == RunPhase::Running {
-            let key = stage_key(&id, record.stage, "plan");
-            let plan: StagePlan = match store.get(&key).await? {
-                Some(v) => from_json(&key, &v.value)?,
-                None => {
-                    return Err(RunError::Stage(StageError::Corrupt {
-                        key,
-                        reason: "the open stage has no plan".into(),
-                    }))
-                }
-            };
-            if finished.last().map(|s: &StageSummary| s.index) == Some(record.stage) {
-                finished.pop();
-            }
-            let policy = stage_policy(policy, &spec, record.stage);
-            let spec = stage_spec(&id, &spec, record.stage, plan);
-            Some(StageManager::open(spec, store.clone(), policy, Instant::now()).await?)
-        } else {
-            None
-        };
-        let mut run = Run {
-            id,
-            spec,
-            record,
-            finished,
-            current,
-            watch: watch::channel(placeholder_status()).0,
-        };
-        run.watch = watch::channel(run.status()).0;
-        Ok(run)
+    /// Checks every submitted spec against `catalog` before accepting it.
+    pub fn with_catalog(mut self, catalog: Arc<dyn StageCatalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
     }
 
     fn index(&self, id: &RunId) -> Result<usize, RunError> {
@@ -355,7 +220,9 @@ impl RunManager {
     }
 
     /// Starts a run. Submitting the same id with the same spec again is harmless (it
-    /// returns the run as it is); the same id with another spec is refused.
+    /// returns the run as it is); the same id with another spec is refused. Nothing is
+    /// recorded before the spec passed its checks and its first stage is planned, so a
+    /// refused submission leaves the id free for a corrected one.
     pub async fn submit(
         &mut self,
         id: Option<RunId>,
@@ -369,28 +236,32 @@ impl RunManager {
             }
             None => self.fresh_id().await?,
         };
-        let spec_key = run_key(&id, "spec");
-        match self
-            .store
-            .put(&spec_key, to_json(&spec), Expect::Absent)
-            .await
-        {
-            Ok(_) => {}
-            Err(StateError::Conflict { .. }) => {
-                let stored = self.store.get(&spec_key).await?;
-                let same = stored.is_some_and(|v| {
-                    serde_json::from_slice::<RunSpec>(&v.value).ok().as_ref() == Some(&spec)
-                });
-                if !same {
-                    return Err(RunError::Exists(id));
-                }
-                if let Ok(i) = self.index(&id) {
-                    return Ok(self.runs[i].status());
-                }
+        if let Ok(i) = self.index(&id) {
+            if self.runs[i].spec != spec {
+                return Err(RunError::Exists(id));
             }
-            Err(e) => return Err(e.into()),
+            return Ok(self.runs[i].status());
         }
-        self.plan_stage(&id, &spec, 0).await?;
+        if let Some(catalog) = &self.catalog {
+            check_spec(catalog.as_ref(), &spec).await?;
+        }
+        let spec_key = run_key(&id, "spec");
+        if let Some(v) = self.store.get(&spec_key).await? {
+            // A spec without a run record: a submission interrupted before the run started
+            // (or refused by an older coordinator). Another spec replaces it, and its plan.
+            let same = serde_json::from_slice::<RunSpec>(&v.value).ok().as_ref() == Some(&spec);
+            if !same {
+                self.store
+                    .delete(&stage_key(&id, 0, "plan"), Expect::Any)
+                    .await?;
+            }
+        }
+        let plan = match self.store.get(&stage_key(&id, 0, "plan")).await? {
+            Some(v) => from_json(&stage_key(&id, 0, "plan"), &v.value)?,
+            None => new_plan(self.store.as_ref(), &id, &spec, 0).await?,
+        };
+        self.store.put(&spec_key, to_json(&spec), Expect::Any).await?;
+        record_plan(self.store.as_ref(), &id, 0, plan).await?;
         let record = RunRecord {
             phase: RunPhase::Running,
             error: String::new(),
@@ -406,7 +277,7 @@ impl RunManager {
             Some(v) => from_json(&key, &v.value)?,
             None => record,
         };
-        let run = Self::load_run(self.store.clone(), self.policy, id.clone(), spec, record).await?;
+        let run = load_run(self.store.clone(), self.policy, id.clone(), spec, record).await?;
         tracing::info!(run = %id, stages = run.spec.stages.len(), "run submitted");
         self.runs.push(run);
         let i = self.runs.len() - 1;
@@ -425,118 +296,37 @@ impl RunManager {
         }
     }
 
-    /// Plans stage `k` (once: a plan already recorded is reused) and returns it. The plan
-    /// also fixes the executor's config, with the stage's refs resolved to committed files.
-    async fn plan_stage(&self, id: &RunId, spec: &RunSpec, k: u32) -> Result<StagePlan, RunError> {
-        let key = stage_key(id, k, "plan");
-        if let Some(v) = self.store.get(&key).await? {
-            return from_json(&key, &v.value);
-        }
-        let stage = &spec.stages[k as usize];
-        let source = match stage.input() {
-            StageInput::Previous if k == 0 => StageInput::Url(spec.input.clone()),
-            StageInput::Previous => StageInput::Stage(k - 1),
-            other => other,
-        };
-        let (input_root, layouts) = match source {
-            StageInput::Url(url) => {
-                let layouts = nonempty_dataset_layout(&url)
-                    .await
-                    .map_err(data(format!("input of stage {k}: {url}")))?;
-                (url, layouts)
-            }
-            StageInput::Stage(n) => {
-                let (store, _) = open_store(&spec.output)
-                    .map_err(data(format!("run output {}", spec.output)))?;
-                let mut layouts = Vec::new();
-                for out in self.committed_outputs(id, n).await? {
-                    if !out.path.ends_with(".parquet") {
-                        continue;
-                    }
-                    let path = Path::from(out.path.as_str());
-                    let layout = file_layout(store.clone(), &path)
-                        .await
-                        .map_err(data(format!("output of stage {n}")))?;
-                    layouts.push(layout);
-                }
-                (spec.output.clone(), layouts)
-            }
-            StageInput::Previous => unreachable!("resolved above"),
-        };
-        let files: Vec<InputFile> = layouts.iter().map(InputFile::from).collect();
-        let tasks = if stage.single_task {
-            plan_single(&files)
-        } else {
-            plan(
-                &files,
-                PlanOptions {
-                    target_bytes: spec.task_bytes,
-                },
-            )
-        };
-        let mut config = stage.config.clone();
-        if !stage.refs.is_empty() {
-            let mut refs = serde_json::Map::new();
-            for (name, &n) in &stage.refs {
-                let files: Vec<String> = self
-                    .committed_outputs(id, n)
-                    .await?
-                    .into_iter()
-                    .map(|o| o.path)
-                    .collect();
-                refs.insert(
-                    name.clone(),
-                    serde_json::json!({ "root": spec.output, "stage": n, "files": files }),
-                );
-            }
-            config["refs"] = serde_json::Value::Object(refs);
-        }
-        let plan = StagePlan {
-            input_root,
-            tasks,
-            config_json: Some(config.to_string()),
-        };
-        match self.store.put(&key, to_json(&plan), Expect::Absent).await {
-            Ok(_) => Ok(plan),
-            // Planned concurrently by a previous leader: its plan stands.
-            Err(StateError::Conflict { .. }) => match self.store.get(&key).await? {
-                Some(v) => from_json(&key, &v.value),
-                None => Ok(plan),
-            },
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The files stage `n` of run `id` committed, in task order.
-    async fn committed_outputs(&self, id: &RunId, n: u32) -> Result<Vec<OutputRecord>, RunError> {
-        let commits = read_commits(self.store.as_ref(), id, n)
-            .await
-            .map_err(RunError::Stage)?;
-        Ok(commits.into_iter().flat_map(|(_, c)| c.outputs).collect())
-    }
-
-    /// Moves run `i` past every finished stage. Errors that may pass are logged and left
-    /// for the next tick; any other error fails the run (a lost leadership is returned).
+    /// Moves run `i` past every finished stage. A transient error holds the run (retried
+    /// on the next tick, within `max_stall`); any other error fails it. Only a lost
+    /// leadership is returned.
     async fn advance_or_log(&mut self, i: usize) -> Result<(), RunError> {
         match self.advance(i).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.runs[i].held = None;
+                Ok(())
+            }
             Err(e) if e.is_fenced() => Err(e),
             Err(e) if e.is_transient() => {
-                tracing::warn!(run = %self.runs[i].id, error = %e, "cannot advance the run now; retrying");
+                let run = &mut self.runs[i];
+                tracing::warn!(run = %run.id, error = %e, "cannot advance the run now; retrying");
+                let now = Instant::now();
+                if let Some(stage) = run.current.as_mut() {
+                    stage.blind(now);
+                }
+                match &mut run.held {
+                    Some(held) => held.cause = e.to_string(),
+                    None => {
+                        run.held = Some(Stall {
+                            since: now,
+                            cause: e.to_string(),
+                        })
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(run = %self.runs[i].id, error = %e, "run failed");
-                let run = &mut self.runs[i];
-                run.record.phase = RunPhase::Failed;
-                run.record.error = e.to_string();
-                run.current = None;
-                let key = run_key(&run.id, "record");
-                self.store
-                    .put(&key, to_json(&run.record), Expect::Any)
-                    .await?;
-                self.runs[i].publish();
-                Ok(())
+                self.end(i, RunPhase::Failed, e.to_string());
+                self.flush(i).await
             }
         }
     }
@@ -548,22 +338,20 @@ impl RunManager {
                 run.publish();
                 return Ok(());
             };
+            if let Some(why) = run.over_quarantine_budget() {
+                self.end(i, RunPhase::Failed, why);
+                return self.flush(i).await;
+            }
             if !stage.is_finished() {
                 run.publish();
                 return Ok(());
             }
             let k = stage.spec().stage;
-            let garbage = collect_garbage(&run.spec.output, &run.id, stage).await;
-            let summary = StageSummary {
-                index: k,
-                kind: stage.spec().kind.clone(),
-                counts: stage.counts(),
-                totals: stage.totals(),
-                garbage_files_deleted: garbage,
-                finished_ms: now_ms(),
-                troubles: stage.troubles(),
-            };
-            self.store
+            let store = self.store.as_ref();
+            write_committed_list(store, &run.spec.output, &run.id, k, &stage.spec().kind).await?;
+            let garbage = sweep_stage(store, &run.spec.output, &run.id, k).await;
+            let summary = summary_of(stage, now_ms(), garbage);
+            store
                 .put(
                     &stage_key(&run.id, k, "summary"),
                     to_json(&summary),
@@ -574,16 +362,31 @@ impl RunManager {
                 quarantined = summary.counts.quarantined, garbage, "stage finished");
             let mut record = run.record.clone();
             let next = if (k as usize) + 1 < run.spec.stages.len() {
-                let plan = self.plan_stage(&run.id, &run.spec, k + 1).await?;
+                let plan = plan_stage(store, &run.id, &run.spec, k + 1).await?;
                 record.stage = k + 1;
                 Some(stage_spec(&run.id, &run.spec, k + 1, plan))
             } else {
-                record.phase = RunPhase::Succeeded;
                 None
             };
-            self.store
+            let run = &mut self.runs[i];
+            run.finished.push(summary);
+            if next.is_none() {
+                match run.quarantine_note() {
+                    Some(note) => {
+                        record.phase = RunPhase::SucceededWithQuarantine;
+                        record.error = note;
+                    }
+                    None => record.phase = RunPhase::Succeeded,
+                }
+            }
+            let saved = self
+                .store
                 .put(&run_key(&run.id, "record"), to_json(&record), Expect::Any)
-                .await?;
+                .await;
+            if let Err(e) = saved {
+                run.finished.pop();
+                return Err(e.into());
+            }
             let current = match next {
                 Some(spec) => {
                     let policy = stage_policy(self.policy, &run.spec, spec.stage);
@@ -596,12 +399,79 @@ impl RunManager {
             };
             let run = &mut self.runs[i];
             run.record = record;
-            run.finished.push(summary);
             run.current = current;
-            if run.record.phase == RunPhase::Succeeded {
-                tracing::info!(run = %run.id, "run succeeded");
+            if run.record.phase.is_success() {
+                tracing::info!(run = %run.id, phase = run.record.phase.name(),
+                    note = %run.record.error, "run ended");
+                run.publish();
+                self.sweep(i).await;
             }
         }
+    }
+
+    /// Ends run `i` now with `phase` and `error`: its open stage's summary and pending
+    /// records are kept to be written, then its record.
+    fn end(&mut self, i: usize, phase: RunPhase, error: String) {
+        let run = &mut self.runs[i];
+        if let Some(stage) = run.current.take() {
+            let summary = summary_of(&stage, now_ms(), 0);
+            run.unsaved.extend(stage.unwritten_records());
+            run.unsaved.push((
+                stage_key(&run.id, summary.index, "summary"),
+                to_json(&summary),
+            ));
+            run.finished.push(summary);
+        }
+        match phase {
+            RunPhase::Failed => tracing::error!(run = %run.id, error = %error, "run failed"),
+            _ => tracing::info!(run = %run.id, phase = phase.name(), "run ended"),
+        }
+        run.record.phase = phase;
+        run.record.error = error;
+        run.unsaved
+            .push((run_key(&run.id, "record"), to_json(&run.record)));
+        run.swept = false;
+        run.publish();
+    }
+
+    /// Writes run `i`'s unsaved records in order; what cannot be written now waits for the
+    /// next tick. Once an ended run's records are all written, its stages are swept.
+    async fn flush(&mut self, i: usize) -> Result<(), RunError> {
+        while let Some((key, value)) = self.runs[i].unsaved.first().cloned() {
+            if let Err(e) = self.store.put(&key, value, Expect::Any).await {
+                let e = RunError::from(e);
+                if e.is_fenced() {
+                    return Err(e);
+                }
+                tracing::warn!(run = %self.runs[i].id, key, error = %e, "record not written yet; retrying");
+                return Ok(());
+            }
+            self.runs[i].unsaved.remove(0);
+        }
+        if self.runs[i].record.phase != RunPhase::Running {
+            self.sweep(i).await;
+        }
+        Ok(())
+    }
+
+    /// Deletes unreferenced files from run `i`'s finished stages (once per opening).
+    async fn sweep(&mut self, i: usize) {
+        let run = &self.runs[i];
+        if run.swept {
+            return;
+        }
+        let last = match run.record.phase {
+            RunPhase::Running => run.record.stage,
+            _ => run.record.stage + 1,
+        };
+        let mut files = 0;
+        for k in 0..last {
+            files += sweep_stage(self.store.as_ref(), &run.spec.output, &run.id, k).await;
+        }
+        if files > 0 {
+            tracing::info!(run = %run.id, files, "unreferenced files deleted");
+        }
+        self.runs[i].swept = true;
     }
 
     /// The next task for `worker` among the running runs, oldest run first; only stages of
@@ -615,11 +485,7 @@ impl RunManager {
         if self.draining {
             return Ok(None);
         }
-        for run in self
-            .runs
-            .iter_mut()
-            .filter(|r| r.record.phase == RunPhase::Running)
-        {
+        for run in self.runs.iter_mut().filter(|r| r.is_active()) {
             let Some(stage) = run.current.as_mut() else {
                 continue;
             };
@@ -681,6 +547,8 @@ impl RunManager {
         now: Instant,
     ) -> Result<Result<(), Refusal>, RunError> {
         let Some((i, stage)) = self.stage_of(lease) else {
+            tracing::warn!(run = %lease.run, stage = lease.stage, task = %lease.task,
+                token = lease.token, worker_id = %worker, "completion refused: no such open stage");
             return Ok(Err(Refusal::StaleLease(lease.task, lease.token)));
         };
         let outcome = stage.complete(worker, lease, done, now).await?;
@@ -688,10 +556,13 @@ impl RunManager {
         Ok(outcome)
     }
 
-    /// A failed attempt; or, with `released`, a task given back unfinished.
+    /// A failed attempt, by the kind of its error; or, with `released`, a task given back
+    /// unfinished.
     pub async fn fail(
         &mut self,
+        worker: &WorkerId,
         lease: &LeaseRef,
+        kind: FaultKind,
         error: &str,
         released: bool,
         now: Instant,
@@ -702,44 +573,101 @@ impl RunManager {
         let outcome = if released {
             stage.release(lease, now).map(|()| None)
         } else {
-            stage.fail(lease, error, now).await?.map(Some)
+            match stage.fail(worker, lease, kind, error, now).await {
+                Ok(o) => o.map(Some),
+                Err(e) => {
+                    // The attempt is recorded; only its quarantine record waits.
+                    let e = RunError::from(e);
+                    if e.is_fenced() {
+                        return Err(e);
+                    }
+                    Ok(None)
+                }
+            }
         };
         self.advance_or_log(i).await?;
         Ok(outcome)
     }
 
-    /// Expires silent leases and moves finished stages on.
-    pub async fn tick(&mut self, now: Instant) -> Result<(), RunError> {
+    /// Expires silent leases, writes pending records, fails runs stalled for longer than
+    /// their `max_stall`, and moves finished stages on. Returns the leases that expired,
+    /// with their workers. A tick late by more than half a lease TTL means this coordinator
+    /// was held up (its process paused, or its loop waiting on the store): leases are not
+    /// expired on that tick, so the workers' queued heartbeats come first, and those that
+    /// lapse meanwhile cost no attempt.
+    pub async fn tick(&mut self, now: Instant) -> Result<Vec<(WorkerId, LeaseRef)>, RunError> {
+        let late = self
+            .last_tick
+            .map(|t| now.duration_since(t))
+            .filter(|gap| *gap > self.policy.ttl / 2);
+        self.last_tick = Some(now);
+        let mut expired = Vec::new();
         for i in 0..self.runs.len() {
-            if let Some(stage) = self.runs[i].current.as_mut() {
-                if let Err(e) = stage.tick(now).await {
-                    let e = RunError::from(e);
-                    if e.is_fenced() {
-                        return Err(e);
+            self.flush(i).await?;
+            let run = &mut self.runs[i];
+            if let Some(stage) = run.current.as_mut() {
+                if let Some(gap) = late {
+                    tracing::warn!(run = %run.id, held_up = ?gap,
+                        "the coordinator was held up; leases lapsing meanwhile cost no attempt");
+                    stage.blind(now);
+                    continue;
+                }
+                match stage.tick(now).await {
+                    Ok(x) => expired.extend(x.into_iter().map(|x| {
+                        let lease = LeaseRef {
+                            run: run.id.clone(),
+                            stage: stage.spec().stage,
+                            task: x.task,
+                            token: x.token,
+                        };
+                        (x.worker, lease)
+                    })),
+                    Err(e) => {
+                        let e = RunError::from(e);
+                        if e.is_fenced() {
+                            return Err(e);
+                        }
                     }
-                    tracing::warn!(run = %self.runs[i].id, error = %e, "expiring leases failed; retrying");
                 }
             }
+            self.fail_if_stalled(i, now);
+            self.flush(i).await?;
             self.advance_or_log(i).await?;
         }
-        Ok(())
+        Ok(expired)
+    }
+
+    /// Fails run `i` when transient faults kept it from progressing for longer than its
+    /// `max_stall`.
+    fn fail_if_stalled(&mut self, i: usize, now: Instant) {
+        let run = &self.runs[i];
+        if !run.is_active() {
+            return;
+        }
+        let stall = run.current.as_ref().and_then(|s| s.stall());
+        let Some(stall) = stall.or(run.held.as_ref()) else {
+            return;
+        };
+        let max = Duration::from_secs_f64(run.spec.limits.max_stall.max(0.0));
+        let stalled = now.duration_since(stall.since);
+        if stalled > max {
+            let why = format!(
+                "no progress for {:.0} s through transient faults (max_stall {} s): {}",
+                stalled.as_secs_f64(),
+                run.spec.limits.max_stall,
+                stall.cause
+            );
+            self.end(i, RunPhase::Failed, why);
+        }
     }
 
     pub async fn cancel(&mut self, id: &RunId) -> Result<RunStatus, RunError> {
         let i = self.index(id)?;
-        let run = &mut self.runs[i];
-        if run.record.phase == RunPhase::Running {
-            let mut record = run.record.clone();
-            record.phase = RunPhase::Cancelled;
-            self.store
-                .put(&run_key(id, "record"), to_json(&record), Expect::Any)
-                .await?;
-            run.record = record;
-            run.current = None;
-            tracing::info!(run = %id, "run cancelled");
-            run.publish();
+        if self.runs[i].record.phase == RunPhase::Running {
+            self.end(i, RunPhase::Cancelled, String::new());
+            self.flush(i).await?;
         }
-        Ok(run.status())
+        Ok(self.runs[i].status())
     }
 
     /// Stops handing out tasks (the coordinator is shutting down).
@@ -767,114 +695,52 @@ impl RunManager {
     }
 }
 
-fn placeholder_status() -> RunStatus {
-    RunStatus {
-        id: RunId(String::new()),
-        phase: RunPhase::Running,
-        error: String::new(),
-        stages: Vec::new(),
-        stages_total: 0,
-        submitted_ms: 0,
-        output: String::new(),
-        stage_names: Vec::new(),
-    }
-}
-
-/// The lease policy of stage `k`: a single-task stage (training, aggregation, a report) is
-/// never speculated, since a twin would redo the whole stage; a dead worker's lease still
-/// expires and the task is retried.
-fn stage_policy(policy: LeasePolicy, spec: &RunSpec, k: u32) -> LeasePolicy {
-    if spec.stages[k as usize].single_task {
-        LeasePolicy {
-            speculate_after: None,
-            ..policy
+/// A run from its records: finished stages' summaries, and the open stage (if running).
+async fn load_run(
+    store: Arc<dyn StateStore>,
+    policy: LeasePolicy,
+    id: RunId,
+    spec: RunSpec,
+    record: RunRecord,
+) -> Result<Run, RunError> {
+    let mut finished = Vec::new();
+    for k in 0..record.stage + 1 {
+        let key = stage_key(&id, k, "summary");
+        if let Some(v) = store.get(&key).await? {
+            finished.push(from_json(&key, &v.value)?);
         }
-    } else {
-        policy
     }
-}
-
-fn stage_spec(id: &RunId, spec: &RunSpec, k: u32, plan: StagePlan) -> StageSpec {
-    let stage = &spec.stages[k as usize];
-    StageSpec {
-        run: id.clone(),
-        stage: k,
-        kind: stage.kind.clone(),
-        input_root: plan.input_root,
-        output_root: spec.output.clone(),
-        config_json: plan.config_json.unwrap_or_else(|| stage.config.to_string()),
-        tasks: plan.tasks,
-    }
-}
-
-/// Deletes the files under a finished stage's output that no commit references: outputs
-/// of refused, abandoned and failed attempts. Returns how many; failures are logged, since
-/// garbage left behind costs space, not correctness.
-async fn collect_garbage(output: &str, run: &RunId, stage: &StageManager) -> u64 {
-    let k = stage.spec().stage;
-    let result: Result<u64, String> = async {
-        let keep: BTreeSet<String> = stage
-            .commits()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .flat_map(|(_, c)| c.outputs.into_iter().map(|o| o.path))
-            .collect();
-        let (store, prefix) =
-            open_store(&stage_output_url(output, run, k)).map_err(|e| e.to_string())?;
-        let all: Vec<_> = store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut deleted = 0;
-        for meta in all {
-            if !keep.contains(meta.location.as_ref()) {
-                store
-                    .delete(&meta.location)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                deleted += 1;
+    let current = if record.phase == RunPhase::Running {
+        let key = stage_key(&id, record.stage, "plan");
+        let plan: StagePlan = match store.get(&key).await? {
+            Some(v) => from_json(&key, &v.value)?,
+            None => {
+                return Err(RunError::Stage(StageError::Corrupt {
+                    key,
+                    reason: "the open stage has no plan".into(),
+                }))
             }
+        };
+        if finished.last().map(|s: &StageSummary| s.index) == Some(record.stage) {
+            finished.pop();
         }
-        Ok(deleted)
-    }
-    .await;
-    result.unwrap_or_else(|e| {
-        tracing::warn!(run = %run, stage = k, error = %e, "collecting unreferenced files failed");
-        0
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::run_spec::StageConfig;
-
-    #[test]
-    fn single_task_stages_are_never_speculated() {
-        let policy = LeasePolicy {
-            speculate_after: Some(Duration::from_secs(300)),
-            ..LeasePolicy::default()
-        };
-        let spec = RunSpec {
-            input: "a".into(),
-            output: "b".into(),
-            task_bytes: 1,
-            stages: vec![
-                StageConfig::new("generate", serde_json::json!({})),
-                StageConfig {
-                    single_task: true,
-                    ..StageConfig::new("train", serde_json::json!({}))
-                },
-            ],
-        };
-        assert_eq!(stage_policy(policy, &spec, 0), policy);
-        let single = stage_policy(policy, &spec, 1);
-        assert_eq!(single.speculate_after, None);
-        assert_eq!(single.ttl, policy.ttl);
-        assert_eq!(single.max_attempts, policy.max_attempts);
-    }
+        let policy = stage_policy(policy, &spec, record.stage);
+        let spec = stage_spec(&id, &spec, record.stage, plan);
+        Some(StageManager::open(spec, store.clone(), policy, Instant::now()).await?)
+    } else {
+        None
+    };
+    let mut run = Run {
+        id,
+        spec,
+        record,
+        finished,
+        current,
+        watch: watch::channel(placeholder_status()).0,
+        unsaved: Vec::new(),
+        held: None,
+        swept: false,
+    };
+    run.watch = watch::channel(run.status()).0;
+    Ok(run)
 }

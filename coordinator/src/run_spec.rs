@@ -18,6 +18,11 @@
 //! single_task = true                   # the whole input is one task
 //! refs = { adapter = 0 }               # earlier stages whose committed files the executor
 //!                                      # gets, under config.refs.<name>
+//!
+//! [limits]                             # optional
+//! max_quarantined_fraction = 0.01      # a stage quarantining more of its input fails the run
+//! max_stall = 900                      # seconds of transient faults without progress before
+//!                                      # the run fails
 //! ```
 
 use std::collections::BTreeMap;
@@ -38,6 +43,45 @@ pub struct RunSpec {
     pub task_bytes: u64,
     #[serde(rename = "stage")]
     pub stages: Vec<StageConfig>,
+    /// When the run gives up (absent in specs recorded before limits existed: defaults).
+    #[serde(default)]
+    pub limits: RunLimits,
+}
+
+/// The most a run may lose or wait before it fails.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunLimits {
+    /// The largest share of a stage's input scripts that may be quarantined: above it the
+    /// run fails; at or below it, with any quarantined, it ends SUCCEEDED_WITH_QUARANTINE.
+    #[serde(default = "default_max_quarantined_fraction")]
+    pub max_quarantined_fraction: f64,
+    /// Seconds the open stage may go without a commit while transient faults (storage,
+    /// disk, state store) keep failing its tasks; then the run fails with the cause.
+    #[serde(default = "default_max_stall")]
+    pub max_stall: f64,
+}
+
+/// See [`RunLimits`].
+pub const DEFAULT_MAX_QUARANTINED_FRACTION: f64 = 0.01;
+/// See [`RunLimits`]: fifteen minutes.
+pub const DEFAULT_MAX_STALL_S: f64 = 900.0;
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        Self {
+            max_quarantined_fraction: DEFAULT_MAX_QUARANTINED_FRACTION,
+            max_stall: DEFAULT_MAX_STALL_S,
+        }
+    }
+}
+
+fn default_max_quarantined_fraction() -> f64 {
+    DEFAULT_MAX_QUARANTINED_FRACTION
+}
+
+fn default_max_stall() -> f64 {
+    DEFAULT_MAX_STALL_S
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -106,6 +150,19 @@ fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
 }
 
+/// What the workers can run, for checking a spec before a run is accepted: each stage
+/// kind's executor and typed config, and the schema a kind reads from a dataset URL.
+pub trait StageCatalog: Send + Sync {
+    /// Parses a stage's config into its kind's typed config; an unknown kind is an error.
+    fn check_stage(
+        &self,
+        kind: &str,
+        config: &serde_json::Value,
+    ) -> Result<(), automaldesc_common::TaskError>;
+    /// The columns a stage of `kind` needs in a dataset it reads by URL, if it reads one.
+    fn input_schema(&self, kind: &str) -> Option<arrow::datatypes::SchemaRef>;
+}
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     #[error("run spec: {0}")]
@@ -134,6 +191,16 @@ impl RunSpec {
         }
         if self.task_bytes == 0 {
             return bad("`task_bytes` must be positive".into());
+        }
+        let q = self.limits.max_quarantined_fraction;
+        if !(0.0..=1.0).contains(&q) {
+            return bad(format!(
+                "`limits.max_quarantined_fraction` must be between 0 and 1, not {q}"
+            ));
+        }
+        let stall = self.limits.max_stall;
+        if !(stall.is_finite() && stall > 0.0) {
+            return bad(format!("`limits.max_stall` must be positive seconds, not {stall}"));
         }
         for (i, s) in self.stages.iter().enumerate() {
             let valid = !s.kind.is_empty()
@@ -239,5 +306,28 @@ mod tests {
         assert!(matches!(junk, Err(SpecError::Invalid(m)) if m.contains("stage:N")));
         let reserved = spec("config = { refs = 1 }\n");
         assert!(matches!(reserved, Err(SpecError::Invalid(m)) if m.contains("config.refs")));
+    }
+
+    #[test]
+    fn limits_have_defaults_and_bounds() {
+        let base = "input = \"a\"\noutput = \"b\"\n[[stage]]\nkind = \"echo\"\n";
+        let spec = RunSpec::from_toml(base).unwrap();
+        assert_eq!(spec.limits, RunLimits::default());
+        assert_eq!(spec.limits.max_quarantined_fraction, 0.01);
+        let set = RunSpec::from_toml(&format!(
+            "{base}[limits]\nmax_quarantined_fraction = 0.2\nmax_stall = 5\n"
+        ))
+        .unwrap();
+        assert_eq!((set.limits.max_quarantined_fraction, set.limits.max_stall), (0.2, 5.0));
+        let high = RunSpec::from_toml(&format!("{base}[limits]\nmax_quarantined_fraction = 2\n"));
+        assert!(matches!(high, Err(SpecError::Invalid(m)) if m.contains("max_quarantined_fraction")));
+        let typo = RunSpec::from_toml(&format!("{base}[limits]\nmax_stal = 5\n"));
+        assert!(matches!(typo, Err(SpecError::Parse(m)) if m.contains("max_stal")));
+        // A spec recorded before limits existed reads with the defaults.
+        let old: RunSpec = serde_json::from_str(
+            r#"{"input":"a","output":"b","task_bytes":1,"stage":[{"kind":"echo"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.limits, RunLimits::default());
     }
 }

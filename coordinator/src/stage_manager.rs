@@ -8,16 +8,31 @@
 //! commit record; a collector can delete them. Tokens are reserved durably in blocks
 //! before they are handed out, and a restarted coordinator starts above the reservation,
 //! so no token is ever issued twice.
+//!
+//! A quarantine record that cannot be written now (the store is down) stays pending and is
+//! written on a later tick; the stage does not finish before every record is durable, so
+//! its summary's counts equal the records. A store that is unavailable also makes the
+//! lease book excuse the leases that lapse meanwhile (the coordinator could not listen).
 
+mod records;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use automaldesc_common::fault::FaultKind;
 use automaldesc_common::ids::{LeaseRef, RunId, TaskId, WorkerId};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::lease_manager::{FailOutcome, LeaseBook, LeasePolicy, Refusal, StageCounts};
+use crate::lease_manager::{
+    Expiry, FailOutcome, LeaseBook, LeasePolicy, Refusal, Stall, StageCounts, TaskState,
+};
 use crate::planner::{RowGroupRange, TaskPlan};
 use crate::state::{Expect, StateError, StateStore};
+
+use records::{note_scripts, parse_u64, task_of};
+pub use records::{
+    read_commits, CommitRecord, OutputRecord, StageTotals, Trouble, TROUBLES_LISTED,
+};
 
 /// What a stage runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,15 +61,6 @@ pub struct Assignment {
     pub config_json: String,
 }
 
-/// One output file of an attempt, as the worker reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputRecord {
-    pub path: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
 /// What a worker reports for a finished attempt.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Completion {
@@ -64,38 +70,9 @@ pub struct Completion {
     pub quarantined: Vec<(String, String)>,
     /// Decode tokens the attempt generated.
     pub tokens: u64,
+    /// Input scripts that repeated an earlier script of the task.
+    pub duplicates: u64,
 }
-
-/// The durable record of a committed task.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitRecord {
-    pub token: u64,
-    pub worker: String,
-    pub rows_in: u64,
-    pub outputs: Vec<OutputRecord>,
-    /// Input scripts the executor could not process: (sha256, reason).
-    pub quarantined: Vec<(String, String)>,
-    /// Decode tokens the attempt generated (absent in records written before it was kept).
-    #[serde(default)]
-    pub tokens: u64,
-}
-
-/// A task or script in trouble, for operators: retried, or quarantined, with the error.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Trouble {
-    pub task: u32,
-    /// The script, when one script of a committed task was quarantined alone.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub sha256: String,
-    /// Attempts so far (0 for a single script).
-    pub attempts: u32,
-    /// "retrying", "quarantined" (the whole task) or "script quarantined".
-    pub state: String,
-    pub error: String,
-}
-
-/// At most this many troubles are listed per stage (the counts stay exact).
-pub const TROUBLES_LISTED: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -103,28 +80,6 @@ pub enum StageError {
     State(#[from] StateError),
     #[error("corrupt state record {key}: {reason}")]
     Corrupt { key: String, reason: String },
-}
-
-/// Running totals of a stage, for progress reports. The script counts are rebuilt from the
-/// commit records on open; the attempt counters count since this coordinator opened it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageTotals {
-    /// Input scripts of all planned tasks.
-    pub scripts_total: u64,
-    /// Input scripts of committed tasks.
-    pub scripts_done: u64,
-    /// Rows the committed tasks wrote.
-    pub rows_out: u64,
-    /// Single scripts quarantined inside committed tasks.
-    pub scripts_quarantined: u64,
-    /// Input scripts of quarantined tasks.
-    pub scripts_in_quarantined_tasks: u64,
-    pub completions_refused: u32,
-    pub leases_expired: u32,
-    pub attempts_failed: u32,
-    /// Decode tokens of committed tasks.
-    #[serde(default)]
-    pub tokens: u64,
 }
 
 pub struct StageManager {
@@ -136,6 +91,8 @@ pub struct StageManager {
     tokens_reserved: u64,
     /// Scripts quarantined inside committed tasks, the first [`TROUBLES_LISTED`].
     scripts_quarantined: Vec<Trouble>,
+    /// Quarantined tasks whose durable record is not written yet.
+    unwritten: BTreeSet<TaskId>,
 }
 
 /// Tokens reserved per durable write.
@@ -202,7 +159,26 @@ impl StageManager {
             totals,
             tokens_reserved: floor,
             scripts_quarantined,
+            unwritten: BTreeSet::new(),
         })
+    }
+
+    /// Since when the stage has made no progress through transient faults, and why.
+    pub fn stall(&self) -> Option<&Stall> {
+        self.book.stall()
+    }
+
+    /// The coordinator could not reach its state store, or its loop was held up: leases
+    /// that lapse because of it cost no attempt.
+    pub fn blind(&mut self, now: Instant) {
+        self.book.blind(now);
+    }
+
+    /// Notes a state store error: an unavailable store makes the coordinator blind.
+    fn store_failed(&mut self, e: &StateError, now: Instant) {
+        if matches!(e, StateError::Unavailable(_)) {
+            self.book.blind(now);
+        }
     }
 
     pub fn totals(&self) -> StageTotals {
@@ -260,8 +236,9 @@ impl StageManager {
         self.book.counts()
     }
 
+    /// Every task is committed or quarantined, and every record of it is durable.
     pub fn is_finished(&self) -> bool {
-        self.book.is_finished()
+        self.book.is_finished() && self.unwritten.is_empty()
     }
 
     /// The next task for `worker`, if any; its token is durable before it is returned.
@@ -280,6 +257,7 @@ impl StageManager {
             if let Err(e) = self.store.put(&self.tokens_key(), high, Expect::Any).await {
                 // The worker never hears of this lease: take it back without counting it.
                 let _ = self.book.release(grant.task, grant.token, now);
+                self.store_failed(&e, now);
                 return Err(e.into());
             }
             self.tokens_reserved = reserve;
@@ -336,8 +314,14 @@ impl StageManager {
         done: Completion,
         now: Instant,
     ) -> Result<Result<(), Refusal>, StageError> {
+        if self.owns(lease) && self.book.committed_by(lease.task, lease.token) {
+            // The same completion again (its answer was lost): it is committed.
+            return Ok(Ok(()));
+        }
         if !self.owns(lease) || !self.book.is_live(lease.task, lease.token, now) {
             self.totals.completions_refused += 1;
+            tracing::warn!(run = %lease.run, stage = lease.stage, task = %lease.task,
+                token = lease.token, worker_id = %worker, "completion refused: the lease is not live");
             return Ok(Err(Refusal::StaleLease(lease.task, lease.token)));
         }
         let record = CommitRecord {
@@ -347,6 +331,7 @@ impl StageManager {
             outputs: done.outputs,
             quarantined: done.quarantined,
             tokens: done.tokens,
+            duplicates: done.duplicates,
         };
         let json = serde_json::to_vec(&record).map_err(|e| StageError::Corrupt {
             key: self.commit_key(lease.task),
@@ -363,34 +348,55 @@ impl StageManager {
                 Ok(self.book.complete(lease.task, lease.token, now))
             }
             Err(StateError::Conflict { .. }) => {
-                // Another attempt committed first (before a restart of this coordinator).
+                // Committed before a restart of this coordinator: by this very attempt
+                // (its answer was lost), or by another one, which wins.
                 let winner = self.committed(lease.task).await?.map_or(0, |r| r.token);
                 self.book.mark_done(lease.task, winner);
+                if winner == lease.token {
+                    return Ok(Ok(()));
+                }
                 self.totals.completions_refused += 1;
+                tracing::warn!(run = %lease.run, stage = lease.stage, task = %lease.task,
+                    token = lease.token, winner, worker_id = %worker,
+                    "completion refused: another attempt committed first");
                 Ok(Err(Refusal::StaleLease(lease.task, lease.token)))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                self.store_failed(&e, now);
+                Err(e.into())
+            }
         }
     }
 
-    /// Records a failed attempt; a task out of attempts is quarantined durably.
+    /// Records a failed attempt by its kind; a task out of attempts is quarantined
+    /// durably (the record is retried on later ticks while the store is down).
     pub async fn fail(
         &mut self,
+        worker: &WorkerId,
         lease: &LeaseRef,
+        kind: FaultKind,
         error: &str,
         now: Instant,
     ) -> Result<Result<FailOutcome, Refusal>, StageError> {
         if !self.owns(lease) {
             return Ok(Err(Refusal::StaleLease(lease.task, lease.token)));
         }
-        let outcome = match self.book.fail(lease.task, lease.token, error, now) {
+        let outcome = match self.book.fail(lease.task, lease.token, kind, error, now) {
             Ok(o) => o,
             Err(r) => return Ok(Err(r)),
         };
-        self.totals.attempts_failed += 1;
-        if outcome == FailOutcome::Quarantined {
-            self.persist_quarantine(lease.task).await?;
+        match kind {
+            FaultKind::Transient => self.totals.transient_faults += 1,
+            FaultKind::InvalidInput | FaultKind::Internal => self.totals.attempts_failed += 1,
+            FaultKind::Cancelled => {}
         }
+        tracing::warn!(run = %lease.run, stage = lease.stage, task = %lease.task,
+            token = lease.token, worker_id = %worker, kind = %kind, error,
+            outcome = ?outcome, "attempt failed");
+        if outcome == FailOutcome::Quarantined {
+            self.quarantined_now(lease.task);
+        }
+        self.write_pending(now).await?;
         Ok(Ok(outcome))
     }
 
@@ -403,34 +409,63 @@ impl StageManager {
         self.book.release(lease.task, lease.token, now)
     }
 
-    /// Expires silent leases; returns the expired (task, token) pairs.
-    pub async fn tick(&mut self, now: Instant) -> Result<Vec<(TaskId, u64)>, StageError> {
+    /// Expires silent leases and writes the records still pending; returns the expiries.
+    /// Records that cannot be written now stay pending (the error is returned after every
+    /// expiry was applied).
+    pub async fn tick(&mut self, now: Instant) -> Result<Vec<Expiry>, StageError> {
         let expired = self.book.expire(now);
         self.totals.leases_expired += expired.len() as u32;
-        for &(task, _) in &expired {
-            if matches!(
-                self.book.state(task),
-                Some(crate::lease_manager::TaskState::Quarantined { .. })
-            ) {
-                self.persist_quarantine(task).await?;
+        for x in &expired {
+            tracing::warn!(run = %self.spec.run, stage = self.spec.stage, task = %x.task,
+                token = x.token, worker_id = %x.worker, excused = x.excused, "lease expired");
+            if matches!(self.book.state(x.task), Some(TaskState::Quarantined { .. })) {
+                self.quarantined_now(x.task);
             }
         }
+        self.write_pending(now).await?;
         Ok(expired)
     }
 
-    async fn persist_quarantine(&mut self, task: TaskId) -> Result<(), StageError> {
-        self.totals.scripts_in_quarantined_tasks +=
-            self.spec.tasks.get(task.0 as usize).map_or(0, |t| t.rows);
-        let error = self
-            .book
-            .last_error(task)
-            .unwrap_or_default()
-            .as_bytes()
-            .to_vec();
-        self.store
-            .put(&self.quarantine_key(task), error, Expect::Any)
-            .await?;
-        tracing::warn!(run = %self.spec.run, stage = self.spec.stage, task = %task, "task quarantined");
+    /// A task just went to quarantine: counted now, its record written as soon as it can.
+    fn quarantined_now(&mut self, task: TaskId) {
+        if self.unwritten.insert(task) {
+            self.totals.scripts_in_quarantined_tasks +=
+                self.spec.tasks.get(task.0 as usize).map_or(0, |t| t.rows);
+            tracing::warn!(run = %self.spec.run, stage = self.spec.stage, task = %task,
+                error = self.book.last_error(task).unwrap_or_default(), "task quarantined");
+        }
+    }
+
+    /// The quarantine records not written yet, as (key, value): handed over when the run
+    /// ends before they could be written, so they are still written.
+    pub fn unwritten_records(&self) -> Vec<(String, Vec<u8>)> {
+        self.unwritten
+            .iter()
+            .map(|&t| {
+                let error = self.book.last_error(t).unwrap_or_default();
+                (self.quarantine_key(t), error.as_bytes().to_vec())
+            })
+            .collect()
+    }
+
+    /// Writes every pending quarantine record; stops at the first failure (the rest stay
+    /// pending for the next tick).
+    async fn write_pending(&mut self, now: Instant) -> Result<(), StageError> {
+        while let Some(&task) = self.unwritten.first() {
+            let error = self.book.last_error(task).unwrap_or_default().as_bytes().to_vec();
+            if let Err(e) = self
+                .store
+                .put(&self.quarantine_key(task), error, Expect::Any)
+                .await
+            {
+                self.store_failed(&e, now);
+                tracing::warn!(run = %self.spec.run, stage = self.spec.stage, task = %task,
+                    pending = self.unwritten.len(), error = %e,
+                    "quarantine record not written yet; retrying");
+                return Err(e.into());
+            }
+            self.unwritten.remove(&task);
+        }
         Ok(())
     }
 
@@ -451,67 +486,3 @@ impl StageManager {
     }
 }
 
-/// Every commit record of stage `stage` of `run`, by task.
-pub async fn read_commits(
-    store: &dyn StateStore,
-    run: &RunId,
-    stage: u32,
-) -> Result<Vec<(TaskId, CommitRecord)>, StageError> {
-    let prefix = format!("runs/{run}/stages/{stage:03}/committed/");
-    let mut out = Vec::new();
-    for (key, v) in store.list(&prefix).await? {
-        let record = serde_json::from_slice(&v.value).map_err(|e| StageError::Corrupt {
-            key: key.clone(),
-            reason: e.to_string(),
-        })?;
-        out.push((task_of(&key)?, record));
-    }
-    Ok(out)
-}
-
-/// Lists the scripts a committed task quarantined alone, up to [`TROUBLES_LISTED`].
-fn note_scripts(list: &mut Vec<Trouble>, task: TaskId, r: &CommitRecord) {
-    let room = TROUBLES_LISTED.saturating_sub(list.len());
-    list.extend(
-        r.quarantined
-            .iter()
-            .take(room)
-            .map(|(sha256, reason)| Trouble {
-                task: task.0,
-                sha256: sha256.clone(),
-                attempts: 0,
-                state: "script quarantined".into(),
-                error: reason.clone(),
-            }),
-    );
-}
-
-impl StageTotals {
-    fn add_commit(&mut self, r: &CommitRecord) {
-        self.tokens += r.tokens;
-        self.scripts_done += r.rows_in;
-        self.rows_out += r.outputs.iter().map(|o| o.rows).sum::<u64>();
-        self.scripts_quarantined += r.quarantined.len() as u64;
-    }
-}
-
-fn parse_u64(key: &str, bytes: &[u8]) -> Result<u64, StageError> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| StageError::Corrupt {
-            key: key.to_string(),
-            reason: "not a number".into(),
-        })
-}
-
-fn task_of(key: &str) -> Result<TaskId, StageError> {
-    key.rsplit('/')
-        .next()
-        .and_then(|t| t.parse().ok())
-        .map(TaskId)
-        .ok_or_else(|| StageError::Corrupt {
-            key: key.to_string(),
-            reason: "no task number".into(),
-        })
-}

@@ -114,6 +114,8 @@ struct Entry {
     view: WorkerView,
     last_seen: Instant,
     draining: bool,
+    /// Already logged as lost (until it is heard from again).
+    lost: bool,
     /// (when, scripts, tokens) of the reports in the rate window, plus the one before it.
     samples: VecDeque<(Instant, u64, u64)>,
 }
@@ -186,8 +188,13 @@ impl Workers {
             },
             last_seen: now,
             draining: false,
+            lost: false,
             samples: VecDeque::new(),
         });
+        if entry.lost {
+            tracing::info!(worker_id = %id, "lost worker heard from again");
+            entry.lost = false;
+        }
         entry.last_seen = now;
         entry.view.last_seen_ms = now_ms();
         entry
@@ -273,8 +280,37 @@ impl Workers {
         }
     }
 
+    /// The lease `lease` of `worker` expired: it no longer holds it.
+    pub fn expired(&mut self, worker: &WorkerId, lease: &LeaseRef) {
+        if let Some(e) = self.entries.get_mut(&worker.0) {
+            e.view.leases.retain(|l| {
+                !(l.run == lease.run.0 && l.stage == lease.stage && l.token == lease.token)
+            });
+        }
+    }
+
+    /// Logs the workers that just went silent for longer than a lease TTL, once each; they
+    /// hold no lease any more (theirs expired with the same TTL).
+    pub fn note_lost(&mut self, now: Instant) {
+        let lost_after = self.lost_after;
+        for e in self.entries.values_mut() {
+            if !e.lost && now.duration_since(e.last_seen) > lost_after {
+                e.lost = true;
+                let leases: Vec<String> = e
+                    .view
+                    .leases
+                    .iter()
+                    .map(|l| format!("{}/{}/{}#{}", l.run, l.stage, l.task, l.token))
+                    .collect();
+                tracing::warn!(worker_id = %e.view.id, silent = ?now.duration_since(e.last_seen),
+                    leases = ?leases, "worker lost");
+                e.view.leases.clear();
+            }
+        }
+    }
+
     /// Every worker as of `now`, with states and rates brought up to date; workers lost for
-    /// longer than an hour are dropped.
+    /// longer than an hour are dropped, and a lost worker lists no lease.
     pub fn views(&mut self, now: Instant) -> Vec<WorkerView> {
         let lost_after = self.lost_after;
         self.entries
@@ -290,6 +326,7 @@ impl Workers {
                 e.view.tokens_per_s = tokens_per_s;
                 e.view.scripts_per_s = scripts_per_s;
                 e.view.state = if now.duration_since(e.last_seen) > lost_after {
+                    e.view.leases.clear();
                     WorkerState::Lost
                 } else if e.draining {
                     WorkerState::Draining
@@ -416,5 +453,29 @@ mod tests {
         let v = &w.views(t0 + Duration::from_secs(70))[0];
         assert_eq!(v.tokens_per_s, 10.0);
         assert_eq!(v.tokens, 1600);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_worker_lists_no_lease_and_an_expired_lease_is_dropped() {
+        let t0 = Instant::now();
+        let mut w = Workers::new(Duration::from_secs(30));
+        let (a, b) = (WorkerId("a".into()), WorkerId("b".into()));
+        w.acquired(&a, None, Some((&lease(1, 5), 1)), t0);
+        w.acquired(&b, None, Some((&lease(2, 6), 1)), t0);
+        w.acquired(&b, None, Some((&lease(3, 7), 1)), t0);
+        // b's lease on task 2 expired in the book: gone from its view at once.
+        w.expired(&b, &lease(2, 6));
+        let tasks: Vec<u32> = w.views(t0)[1].leases.iter().map(|l| l.task).collect();
+        assert_eq!(tasks, vec![3]);
+        // a falls silent: lost after the TTL, with no phantom lease left.
+        w.heartbeat(&b, &[lease(3, 7)], &[], None, false, t0 + Duration::from_secs(20));
+        let later = t0 + Duration::from_secs(31);
+        w.note_lost(later);
+        let views = w.views(later);
+        assert_eq!((views[0].state, views[0].leases.len()), (WorkerState::Lost, 0));
+        assert_eq!((views[1].state, views[1].leases.len()), (WorkerState::Busy, 1));
+        // Heard from again: no longer lost.
+        w.heartbeat(&a, &[], &[], None, false, later);
+        assert_eq!(w.views(later)[0].state, WorkerState::Idle);
     }
 }

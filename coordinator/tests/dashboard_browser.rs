@@ -120,7 +120,19 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
     }
 
     let mut page = Browser::launch(&chromium, &d.join("profile"), 1500, 1100);
-    page.navigate(&format!("http://127.0.0.1:{http}/login?token={TOKEN}"));
+    // Sign in as a person does: the form POSTs the token, the session cookie comes back.
+    page.navigate(&format!("http://127.0.0.1:{http}/login"));
+    page.eval(&format!(
+        "(() => {{ const f = document.querySelector('form'); \
+         f.querySelector('input[name=token]').value = '{TOKEN}'; f.submit(); return true; }})()"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while page.eval("document.readyState === 'complete' && !document.querySelector('form')")
+        != Value::Bool(true)
+    {
+        assert!(Instant::now() < deadline, "the sign-in did not open the dashboard");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     page.navigate(&format!("http://127.0.0.1:{http}/?poll=250"));
     let wait = |page: &mut Browser, what: &str, limit: Duration, ok: &dyn Fn(&Value) -> bool| {
         let deadline = Instant::now() + limit;

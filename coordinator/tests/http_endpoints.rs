@@ -18,11 +18,23 @@ fn get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
 
 /// A GET with extra header lines: (status, head, body).
 fn get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String, String)> {
+    request(port, "GET", path, headers, "")
+}
+
+/// A request with extra header lines and a body: (status, head, body).
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Option<(u16, String, String)> {
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         conn,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut response = String::new();
@@ -30,6 +42,10 @@ fn get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String, String
     let status = response.split(' ').nth(1)?.parse().ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     Some((status, head.to_string(), body.to_string()))
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The value of the metric line that starts with `series` (name and labels).
@@ -151,21 +167,28 @@ async fn probes_and_metrics_follow_a_run() {
         404
     );
 
-    // The dashboard: a sign-in page without the token; /login turns the token into a
-    // cookie that opens the page and the API.
+    // The dashboard: a sign-in page without the token; POSTing the token to /login gives
+    // an opaque session cookie that opens the page and the API. The token in a URL does not.
     let (status, page) = get(http, "/", None).unwrap();
     assert_eq!(status, 401);
-    assert!(page.contains("action=\"/login\""), "{page}");
-    assert_eq!(get(http, "/login?token=wrong", None).unwrap().0, 401);
+    assert!(page.contains("method=\"post\" action=\"/login\""), "{page}");
+    let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+    assert_eq!(request(http, "POST", "/login", form, "token=wrong").unwrap().0, 401);
     let (status, head, _) = get_with(http, "/login?token=metrics-token-1", "").unwrap();
+    assert_eq!(status, 200, "a GET only shows the form");
+    assert!(!head.contains("Set-Cookie"), "{head}");
+    let (status, head, _) = request(http, "POST", "/login", form, "token=metrics-token-1").unwrap();
     assert_eq!(status, 303, "{head}");
-    let cookie = head
+    let set_cookie = head
         .lines()
         .find_map(|l| l.strip_prefix("Set-Cookie: "))
-        .and_then(|c| c.split(';').next())
         .unwrap()
         .to_string();
-    assert!(head.contains("HttpOnly"), "{head}");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{head}");
+    assert!(!set_cookie.contains("Secure"), "no TLS here: {head}");
+    assert!(cookie.starts_with("automaldesc_session="), "{cookie}");
+    assert!(!cookie.contains(&hex_of("metrics-token-1")), "the cookie is not the token: {cookie}");
     let with_cookie = format!("Cookie: {cookie}\r\n");
     let (status, _, page) = get_with(http, "/", &with_cookie).unwrap();
     assert_eq!(status, 200);
@@ -317,6 +340,8 @@ async fn troubles_are_listed_with_their_errors() {
         r#"{ quarantine_marker = "QUARANTINE-ME" }"#,
     );
     text.push_str("\n[[stage]]\nkind = \"echo\"\nconfig = { fail_marker = \"FAIL-ME\" }\n");
+    // Both stages lose scripts: allowed, so the run goes on to the second stage.
+    text.push_str("\n[limits]\nmax_quarantined_fraction = 0.9\n");
     std::fs::write(&spec, text).unwrap();
     let extra = ["--max-attempts", "2", "--retry-backoff", "0.1"];
     let (_coordinator, grpc, http) = coordinator(d, &spec, "t1", &extra);

@@ -238,3 +238,52 @@ async fn only_clients_with_the_token_and_a_certificate_get_in() {
     let manager = server.await.unwrap().unwrap();
     assert_eq!(manager.status(&run).unwrap().phase, RunPhase::Succeeded);
 }
+
+/// The HTTP side serves TLS from the gRPC side's certificate and key; the session cookie a
+/// POSTed sign-in returns is then `Secure`, and plain HTTP gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_serves_tls_from_the_grpc_certificate() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("SKIP: no curl");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let tls = ServerTlsFiles {
+        cert: dir.path().join("server.pem"),
+        key: dir.path().join("server.key"),
+        client_ca: None,
+    };
+    let token = RequireToken::new(Some(Token::new("http-tls-token").unwrap()));
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (_view, addr) = automaldesc_coordinator::http::start_tls(
+        "127.0.0.1:0",
+        ready,
+        token,
+        Arc::new(std::sync::OnceLock::new()),
+        Some(&tls),
+    )
+    .await
+    .unwrap();
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+            .arg(dir.path().join("ca.pem"))
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", addr.port());
+    let (ok, healthz) = curl(&[&url("/healthz")]);
+    assert!(ok && healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    let (ok, signed) = curl(&["--data", "token=http-tls-token", &url("/login")]);
+    assert!(ok && signed.starts_with("HTTP/1.1 303"), "{signed}");
+    let cookie = signed
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .unwrap_or_default();
+    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{signed}");
+    let (plain, _) = curl(&[&format!("http://127.0.0.1:{}/healthz", addr.port())]);
+    assert!(!plain, "plain HTTP must not be answered");
+}

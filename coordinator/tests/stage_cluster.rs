@@ -13,7 +13,7 @@ use automaldesc_coordinator::cluster_cmd::executors;
 use automaldesc_coordinator::grpc_server::{serve, ServeOptions};
 use automaldesc_coordinator::lease_manager::LeasePolicy;
 use automaldesc_coordinator::run_manager::{RunManager, RunPhase};
-use automaldesc_coordinator::run_spec::{RunSpec, StageConfig};
+use automaldesc_coordinator::run_spec::{RunLimits, RunSpec, StageConfig};
 use automaldesc_coordinator::state::{EmbeddedStore, StateStore};
 use automaldesc_proto::v1;
 use automaldesc_proto::v1::control_service_client::ControlServiceClient;
@@ -39,6 +39,11 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
             ),
             StageConfig::new("echo", serde_json::json!({ "delay_ms": 20 })),
         ],
+        // The poisoned script is 1 of a few hundred: within this budget.
+        limits: RunLimits {
+            max_quarantined_fraction: 0.05,
+            ..RunLimits::default()
+        },
     };
     let policy = LeasePolicy {
         ttl: Duration::from_millis(1500),
@@ -138,7 +143,7 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
         last = Some(s);
     }
     let last = last.unwrap();
-    assert_eq!(last.state, v1::RunState::Succeeded as i32);
+    assert_eq!(last.state, v1::RunState::SucceededWithQuarantine as i32);
     assert_eq!(last.stages.len(), 2);
     assert_eq!(last.stages[0].scripts_quarantined, 1);
     assert!(last.stages[0].leases_expired >= 1, "{:?}", last.stages[0]);
@@ -155,6 +160,7 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
             rows_in: 1,
             quarantined: Vec::new(),
             tokens: 0,
+            duplicates: 0,
         })
         .await
         .unwrap()
@@ -172,7 +178,7 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
     }
     let manager = server.await.unwrap().unwrap();
     let status = manager.status(&run).unwrap();
-    assert_eq!(status.phase, RunPhase::Succeeded);
+    assert_eq!(status.phase, RunPhase::SucceededWithQuarantine);
     let stage1_tasks = status.stages[1].counts.total;
     assert_eq!(
         done,
@@ -346,6 +352,7 @@ async fn a_cancelled_run_hands_out_nothing_and_bad_runs_are_refused_with_reasons
             rows_in: 0,
             quarantined: Vec::new(),
             tokens: 0,
+            duplicates: 0,
         })
         .await
         .unwrap()

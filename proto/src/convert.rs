@@ -1,6 +1,7 @@
 //! Conversions between prost messages and domain types, all here: a message that lacks a
 //! field or carries an invalid one becomes `ProtoError`, which maps to `INVALID_ARGUMENT`.
 
+use automaldesc_common::fault::FaultKind;
 use automaldesc_common::ids::{LeaseRef, RunId, TaskId, WorkerId};
 
 use crate::v1;
@@ -74,6 +75,28 @@ impl From<LeaseRef> for v1::LeaseRef {
     }
 }
 
+impl From<FaultKind> for v1::ErrorKind {
+    fn from(k: FaultKind) -> Self {
+        match k {
+            FaultKind::InvalidInput => v1::ErrorKind::InvalidInput,
+            FaultKind::Transient => v1::ErrorKind::Transient,
+            FaultKind::Cancelled => v1::ErrorKind::Cancelled,
+            FaultKind::Internal => v1::ErrorKind::Internal,
+        }
+    }
+}
+
+/// The kind of a failure from the wire; unspecified (an older worker) or unknown values
+/// are internal errors, which count towards quarantine as every failure did before.
+pub fn fault_kind(wire: i32) -> FaultKind {
+    match v1::ErrorKind::try_from(wire) {
+        Ok(v1::ErrorKind::InvalidInput) => FaultKind::InvalidInput,
+        Ok(v1::ErrorKind::Transient) => FaultKind::Transient,
+        Ok(v1::ErrorKind::Cancelled) => FaultKind::Cancelled,
+        Ok(v1::ErrorKind::Internal | v1::ErrorKind::Unspecified) | Err(_) => FaultKind::Internal,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +135,19 @@ mod tests {
             worker_id("w-1".to_string()).unwrap(),
             WorkerId("w-1".into())
         );
+    }
+
+    #[test]
+    fn error_kinds_round_trip_and_unknown_ones_are_internal() {
+        for k in [
+            FaultKind::InvalidInput,
+            FaultKind::Transient,
+            FaultKind::Cancelled,
+            FaultKind::Internal,
+        ] {
+            assert_eq!(fault_kind(v1::ErrorKind::from(k) as i32), k);
+        }
+        assert_eq!(fault_kind(0), FaultKind::Internal);
+        assert_eq!(fault_kind(99), FaultKind::Internal);
     }
 }

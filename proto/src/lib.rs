@@ -8,7 +8,7 @@ pub mod v1 {
 mod convert;
 pub mod security;
 
-pub use convert::{require, worker_id, ProtoError};
+pub use convert::{fault_kind, require, worker_id, ProtoError};
 
 /// The protocol version this build speaks; `Register` and `SubmitRun` carry it.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -83,6 +83,26 @@ impl RequireToken {
         self.allows(Some(format!("Bearer {given}").as_bytes()))
     }
 
+    /// A value derived from the token and `context` (HMAC-SHA256, hex): stable across
+    /// coordinators that share the token, and no way back to the token. `None` without a
+    /// token.
+    pub fn derive(&self, context: &[u8]) -> Option<String> {
+        self.0
+            .as_ref()
+            .map(|t| hex::encode(hmac_sha256(t.0.as_bytes(), context)))
+    }
+
+    /// Whether `given` is the value [`RequireToken::derive`] gives for `context`
+    /// (compared in constant time); always true without a token.
+    pub fn allows_derived(&self, context: &[u8], given: &str) -> bool {
+        match self.derive(context) {
+            None => true,
+            Some(expected) => {
+                given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+            }
+        }
+    }
+
     /// Checks an `authorization` header value.
     pub fn allows(&self, header: Option<&[u8]>) -> bool {
         match &self.0 {
@@ -110,6 +130,25 @@ impl Interceptor for RequireToken {
             Err(Status::unauthenticated("the bearer token is not valid"))
         }
     }
+}
+
+/// HMAC-SHA256 (RFC 2104) of `msg` under `key`.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
 }
 
 /// Client side: adds the token, if any, to every call.
@@ -188,6 +227,39 @@ impl ClientTlsFiles {
     }
 }
 
+/// How long a client waits on a coordinator before it gives up on it: a frozen or cut-off
+/// coordinator keeps its TCP connections open, so without a request deadline and HTTP/2
+/// keepalive a call to it never returns and the standby is never tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadlines {
+    pub connect: std::time::Duration,
+    /// Until the response's headers arrive (a stream's messages after them are not bound:
+    /// the keepalive watches those).
+    pub request: std::time::Duration,
+    /// A ping every `keepalive`, and the connection is dropped when one goes unanswered
+    /// for as long again.
+    pub keepalive: std::time::Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self::from_request(std::time::Duration::from_secs(10))
+    }
+}
+
+impl Deadlines {
+    /// Connects within `request`, pings every half of it: a silent peer is abandoned within
+    /// about `request` whether a call is in flight or a stream is open.
+    pub fn from_request(request: std::time::Duration) -> Self {
+        let request = request.max(std::time::Duration::from_millis(100));
+        Self {
+            connect: request.min(std::time::Duration::from_secs(5)),
+            request,
+            keepalive: request / 2,
+        }
+    }
+}
+
 /// How a client reaches the coordinator.
 #[derive(Clone, Debug, Default)]
 pub struct ClientSecurity {
@@ -196,11 +268,25 @@ pub struct ClientSecurity {
 }
 
 impl ClientSecurity {
-    /// A channel to `endpoint` (`http://` or, with TLS, `https://`), connected lazily.
+    /// A channel to `endpoint` (`http://` or, with TLS, `https://`), connected lazily, with
+    /// the default [`Deadlines`].
     pub fn channel(&self, endpoint: &str) -> Result<tonic::transport::Channel, SecurityError> {
+        self.channel_with(endpoint, Deadlines::default())
+    }
+
+    /// A channel to `endpoint` whose calls give up after `deadlines`.
+    pub fn channel_with(
+        &self,
+        endpoint: &str,
+        deadlines: Deadlines,
+    ) -> Result<tonic::transport::Channel, SecurityError> {
         let mut ep = tonic::transport::Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| SecurityError::Invalid(format!("endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_timeout(deadlines.connect)
+            .timeout(deadlines.request)
+            .http2_keep_alive_interval(deadlines.keepalive)
+            .keep_alive_timeout(deadlines.keepalive)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             ep = ep
@@ -245,5 +331,39 @@ mod tests {
             }
         )
         .contains("abc"));
+    }
+
+    #[test]
+    fn deadlines_follow_the_request_timeout() {
+        let d = Deadlines::from_request(std::time::Duration::from_secs(4));
+        assert_eq!(d.request, std::time::Duration::from_secs(4));
+        assert_eq!(d.keepalive, std::time::Duration::from_secs(2));
+        assert_eq!(d.connect, std::time::Duration::from_secs(4));
+        let long = Deadlines::from_request(std::time::Duration::from_secs(60));
+        assert_eq!(long.connect, std::time::Duration::from_secs(5));
+        assert_eq!(Deadlines::default().request, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231_and_derived_values_hide_the_token() {
+        // RFC 4231, test cases 2 and 6 (a key longer than the block).
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex::encode(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+        let check = RequireToken::new(Some(Token::new("s3cret").unwrap()));
+        let v = check.derive(b"session").unwrap();
+        assert!(!v.contains(&hex::encode("s3cret")) && !v.contains("s3cret"));
+        assert!(check.allows_derived(b"session", &v));
+        assert!(!check.allows_derived(b"other", &v));
+        assert!(!check.allows_derived(b"session", "s3cret"));
+        assert!(RequireToken::new(None).allows_derived(b"session", ""));
     }
 }

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use automaldesc_common::fault::TaskError;
 use automaldesc_common::manifest::ManifestFile;
 use automaldesc_common::parquet_io::{read_row_groups, DatasetWriter, WriterOptions};
-use automaldesc_common::schema::CorpusRow;
+use automaldesc_common::schema::{check_identity, CorpusRow};
 use automaldesc_common::store::{block_on, open_object, open_store};
 use object_store::path::Path;
 use serde::Deserialize;
@@ -41,14 +42,18 @@ pub struct TaskOutput {
     pub files: Vec<ManifestFile>,
     /// Input scripts that could not be processed: (sha256, reason).
     pub quarantined: Vec<(String, String)>,
+    /// Input scripts whose content an earlier script of the task already had.
+    pub duplicates: u64,
 }
 
 pub trait Executor: Send + Sync {
     /// The stage kind it runs ("echo", "generate", ...).
     fn kind(&self) -> &str;
-    /// Runs one task. An error fails the attempt (it is retried, then quarantined); a
-    /// single script that cannot be processed goes to `TaskOutput::quarantined` instead.
-    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String>;
+    /// Runs one task. An error fails the attempt, and its kind says what happens next: a
+    /// transient fault is retried without counting an attempt, invalid input and internal
+    /// errors are retried and then quarantined. A single script that cannot be processed
+    /// goes to `TaskOutput::quarantined` instead.
+    fn run(&self, task: &TaskInput) -> Result<TaskOutput, TaskError>;
 }
 
 /// Settings of the echo executor, from the stage's config.
@@ -74,32 +79,32 @@ impl Executor for EchoExecutor {
         "echo"
     }
 
-    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+    fn run(&self, task: &TaskInput) -> Result<TaskOutput, TaskError> {
         let cfg: EchoConfig = serde_json::from_str(&task.config_json)
-            .map_err(|e| format!("echo stage config: {e}"))?;
-        let err = |e: automaldesc_common::Error| e.to_string();
-        let mut rows: Vec<CorpusRow> = block_on(async {
-            let (input, _) = open_object(&task.input_root).map_err(err)?;
+            .map_err(|e| TaskError::invalid(format!("echo stage config: {e}")))?;
+        let rows: Vec<CorpusRow> = block_on(async {
+            let (input, _) = open_object(&task.input_root)?;
             let mut rows = Vec::new();
             for (file, start, end) in &task.ranges {
-                let got = read_row_groups(input.clone(), &Path::from(file.as_str()), *start..*end)
-                    .await
-                    .map_err(err)?;
+                let got =
+                    read_row_groups(input.clone(), &Path::from(file.as_str()), *start..*end)
+                        .await?;
                 rows.extend(got);
             }
-            Ok::<_, String>(rows)
-        })
-        .map_err(err)??;
+            Ok::<_, automaldesc_common::Error>(rows)
+        })?
+        .map_err(|e| TaskError::from(e).context("echo: reading the task's input"))?;
         let rows_in = rows.len() as u64;
+        let checked = check_identity(rows);
+        let (mut rows, mut quarantined) = (checked.rows, checked.mismatched);
         if let Some(m) = &cfg.fail_marker {
             if let Some(r) = rows.iter().find(|r| contains(&r.content, m.as_bytes())) {
-                return Err(format!(
+                return Err(TaskError::invalid(format!(
                     "echo: script {} holds the failure marker",
                     r.sha256
-                ));
+                )));
             }
         }
-        let mut quarantined = Vec::new();
         if let Some(m) = &cfg.quarantine_marker {
             rows.retain(|r| {
                 let bad = contains(&r.content, m.as_bytes());
@@ -113,22 +118,23 @@ impl Executor for EchoExecutor {
         let until = std::time::Instant::now() + Duration::from_millis(cfg.delay_ms);
         while std::time::Instant::now() < until {
             if task.cancelled() {
-                return Err("cancelled".into());
+                return Err(TaskError::cancelled("echo: cancelled"));
             }
             std::thread::sleep(Duration::from_millis(10).min(until - std::time::Instant::now()));
         }
         crate::telemetry::add_work(rows_in, 0);
         let files = block_on(async {
-            let (out, prefix) = open_store(&task.output_prefix).map_err(err)?;
+            let (out, prefix) = open_store(&task.output_prefix)?;
             let mut writer = DatasetWriter::<CorpusRow>::new(out, prefix, WriterOptions::default());
-            writer.write_all(rows).await.map_err(err)?;
-            writer.finish().await.map_err(err)
-        })
-        .map_err(err)??;
+            writer.write_all(rows).await?;
+            writer.finish().await
+        })?
+        .map_err(|e| TaskError::from(e).context("echo: writing the output"))?;
         Ok(TaskOutput {
             rows_in,
             files,
             quarantined,
+            duplicates: checked.duplicates,
         })
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod annotate;
 pub mod bench;
+pub mod coordinator_client;
 pub mod device;
 pub mod executor;
 pub mod generate;

@@ -13,18 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use automaldesc_common::store::{child, open_store};
-use automaldesc_proto::security::{AttachToken, ClientSecurity};
-use automaldesc_proto::v1::worker_service_client::WorkerServiceClient;
+use automaldesc_common::fault::{FaultKind, TaskError};
+use automaldesc_common::store::{child, open_store, remove_prefix};
+use automaldesc_proto::security::{ClientSecurity, Deadlines};
 use automaldesc_proto::{v1, PROTOCOL_VERSION};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
+use crate::coordinator_client::{progress, Coordinator, LeaseKeeper};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::telemetry;
-
-type Client = WorkerServiceClient<InterceptedService<Channel, AttachToken>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -52,6 +49,9 @@ pub struct WorkerOptions {
     pub backend: String,
     pub slots: u32,
     pub security: ClientSecurity,
+    /// When a call to a coordinator is given up (it is frozen or cut off) and the next
+    /// endpoint is tried.
+    pub deadlines: Deadlines,
     /// How long to keep retrying while no coordinator answers.
     pub patience: Duration,
     /// How long a draining worker lets its task run before giving it back.
@@ -67,6 +67,7 @@ impl WorkerOptions {
             backend: crate::device::backend_name().into(),
             slots: 1,
             security: ClientSecurity::default(),
+            deadlines: Deadlines::default(),
             patience: Duration::from_secs(60),
             grace: Duration::from_secs(30),
         }
@@ -89,139 +90,6 @@ pub struct WorkerReport {
 
 /// Executors by stage kind.
 pub type Executors = BTreeMap<String, Arc<dyn Executor>>;
-
-/// A status that means "no coordinator now" rather than an answer.
-fn transient(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
-    )
-}
-
-/// Connections to the coordinator endpoints; calls go to the current one and move on to
-/// the next when it does not answer.
-struct Coordinator {
-    endpoints: Vec<String>,
-    clients: Vec<Client>,
-    current: usize,
-    patience: Duration,
-}
-
-impl Coordinator {
-    fn new(opts: &WorkerOptions) -> Result<Self, WorkerError> {
-        if opts.endpoints.is_empty() {
-            return Err(WorkerError::Setup("no coordinator endpoint given".into()));
-        }
-        let clients = opts
-            .endpoints
-            .iter()
-            .map(|e| {
-                let channel = opts.security.channel(e)?;
-                Ok(WorkerServiceClient::with_interceptor(
-                    channel,
-                    opts.security.interceptor(),
-                ))
-            })
-            .collect::<Result<Vec<_>, WorkerError>>()?;
-        Ok(Self {
-            endpoints: opts.endpoints.clone(),
-            clients,
-            current: 0,
-            patience: opts.patience,
-        })
-    }
-
-    /// Calls until an answer comes, or no coordinator answered for `patience`.
-    async fn call<T, F, Fut>(&mut self, name: &'static str, mut f: F) -> Result<T, WorkerError>
-    where
-        F: FnMut(Client) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
-    {
-        let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match f(self.clients[self.current].clone()).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) if transient(&s) => {
-                    if started.elapsed() >= self.patience {
-                        return Err(WorkerError::Unreachable {
-                            endpoints: self.endpoints.clone(),
-                            waited: started.elapsed(),
-                            last: s,
-                        });
-                    }
-                    tracing::debug!(call = name, endpoint = %self.endpoints[self.current], status = %s, "coordinator not answering");
-                    self.current = (self.current + 1) % self.clients.len();
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                Err(status) => return Err(WorkerError::Rpc { call: name, status }),
-            }
-        }
-    }
-
-    /// Reports a failed attempt, or with `released` a task given back unfinished.
-    async fn fail(
-        &mut self,
-        worker: &str,
-        lease: &v1::LeaseRef,
-        error: String,
-        released: bool,
-    ) -> Result<(), WorkerError> {
-        let req = v1::FailTaskRequest {
-            worker_id: worker.to_string(),
-            lease: Some(lease.clone()),
-            error,
-            released,
-        };
-        let name = if released { "release" } else { "fail" };
-        self.call(name, |mut c| {
-            let r = req.clone();
-            async move { c.fail_task(r).await }
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// One heartbeat attempt, no retries: returns whether the lease is lost, or `None`
-    /// when the coordinator did not answer.
-    async fn heartbeat(
-        &mut self,
-        worker: &str,
-        lease: &v1::LeaseRef,
-        draining: bool,
-    ) -> Option<bool> {
-        let req = v1::HeartbeatRequest {
-            worker_id: worker.to_string(),
-            leases: vec![lease.clone()],
-            progress: Some(progress()),
-            draining,
-        };
-        match self.clients[self.current].clone().heartbeat(req).await {
-            Ok(r) => Some(!r.get_ref().lost.is_empty()),
-            Err(s) => {
-                tracing::warn!(worker_id = worker, status = %s, "heartbeat failed");
-                if transient(&s) {
-                    self.current = (self.current + 1) % self.clients.len();
-                }
-                None
-            }
-        }
-    }
-}
-
-/// The process's running totals as the heartbeat carries them.
-fn progress() -> v1::Progress {
-    let t = telemetry::totals();
-    v1::Progress {
-        scripts_done: t.scripts,
-        tokens_generated: t.tokens,
-        model_loads: t.model_loads,
-        model_load_ms: t.model_load_ms,
-        task_done: t.task_done,
-        task_total: t.task_total,
-    }
-}
 
 /// Works until the coordinator says the work is finished, or `stop` resolves.
 pub async fn run_worker(
@@ -320,6 +188,16 @@ async fn run_one(
     tracing::info!(worker_id = %opts.worker_id, run = %lease.run_id, stage = lease.stage,
         task = lease.task, token = lease.token, attempt = task.attempt, "task started");
     let cancel = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(AtomicBool::new(report.stopped));
+    // Heartbeats keep the lease from now until the completion is answered.
+    let keeper = LeaseKeeper::start(
+        coord.clone(),
+        opts.worker_id.clone(),
+        lease.clone(),
+        heartbeat,
+        draining.clone(),
+        cancel.clone(),
+    );
     let input = TaskInput {
         input_root: task.input_root.clone(),
         ranges: task
@@ -331,15 +209,13 @@ async fn run_one(
         config_json: task.config_json.clone(),
         cancel: cancel.clone(),
     };
-    // The executor runs on its own thread; this task keeps the lease meanwhile.
+    // The executor runs on its own thread.
     let started = std::time::Instant::now();
     // One task at a time per process: the tokens generated meanwhile are the task's.
     let tokens_before = telemetry::totals().tokens;
     telemetry::task_started();
     let work = tokio::task::spawn_blocking(move || executor.run(&input));
     tokio::pin!(work);
-    let mut ticker = tokio::time::interval(heartbeat);
-    let mut lost = false;
     let mut deadline: Option<tokio::time::Instant> = None;
     let result = loop {
         let give_up = async {
@@ -349,32 +225,32 @@ async fn run_one(
             }
         };
         tokio::select! {
-            r = &mut work => break r.map_err(|e| format!("executor panicked: {e}")).and_then(|r| r),
+            r = &mut work => break r.unwrap_or_else(|e| {
+                Err(TaskError::internal(format!("executor panicked: {e}")))
+            }),
             _ = &mut *stop, if !report.stopped => {
                 report.stopped = true;
+                draining.store(true, Ordering::Relaxed);
                 deadline = Some(tokio::time::Instant::now() + opts.grace);
                 tracing::info!(worker_id = %opts.worker_id, task = lease.task, grace = ?opts.grace, "draining: finishing the task in hand");
             }
             _ = give_up => {
                 cancel.store(true, Ordering::SeqCst);
                 tracing::warn!(worker_id = %opts.worker_id, task = lease.task, "grace period over: giving the task back");
-                let why = "released: the worker is shutting down".to_string();
-                coord.fail(&opts.worker_id, &lease, why, true).await?;
+                drop(keeper);
+                discard_output(&task.output_prefix).await;
+                coord.release(&opts.worker_id, &lease).await?;
                 report.released += 1;
                 return Ok(());
-            }
-            _ = ticker.tick() => {
-                if coord.heartbeat(&opts.worker_id, &lease, report.stopped).await == Some(true) {
-                    lost = true;
-                    // Nothing it produces can be committed any more.
-                    cancel.store(true, Ordering::SeqCst);
-                }
             }
         }
     };
     report.executor_seconds += started.elapsed().as_secs_f64();
-    if lost {
-        tracing::warn!(worker_id = %opts.worker_id, task = lease.task, "lease lost; the output is abandoned");
+    if keeper.lost() {
+        tracing::warn!(worker_id = %opts.worker_id, task = lease.task, token = lease.token,
+            "lease lost; the output is abandoned");
+        drop(keeper);
+        discard_output(&task.output_prefix).await;
         report.refused += 1;
         return Ok(());
     }
@@ -382,7 +258,7 @@ async fn run_one(
         Ok((out, files)) => {
             let req = v1::CompleteTaskRequest {
                 worker_id: opts.worker_id.clone(),
-                lease: Some(lease),
+                lease: Some(lease.clone()),
                 outputs: files,
                 rows_in: out.rows_in,
                 tokens: telemetry::totals().tokens - tokens_before,
@@ -391,35 +267,58 @@ async fn run_one(
                     .into_iter()
                     .map(|(sha256, reason)| v1::QuarantinedScript { sha256, reason })
                     .collect(),
+                duplicates: out.duplicates,
             };
+            // Retried until a coordinator answers, while the keeper heartbeats.
             let resp = coord
                 .call("complete", |mut c| {
                     let r = req.clone();
                     async move { c.complete_task(r).await }
                 })
-                .await?;
+                .await;
+            drop(keeper);
+            let resp = resp?;
             if resp.accepted {
                 report.completed += 1;
             } else {
-                tracing::warn!(worker_id = %opts.worker_id, reason = %resp.reason, "completion refused");
+                tracing::warn!(worker_id = %opts.worker_id, task = lease.task, token = lease.token,
+                    reason = %resp.reason, "completion refused; the output is abandoned");
+                discard_output(&task.output_prefix).await;
                 report.refused += 1;
             }
         }
-        Err(error) => {
-            tracing::warn!(worker_id = %opts.worker_id, task = lease.task, %error, "task failed");
-            coord.fail(&opts.worker_id, &lease, error, false).await?;
+        Err(mut error) => {
+            if cancel.load(Ordering::SeqCst) {
+                error.kind = FaultKind::Cancelled;
+            }
+            tracing::warn!(worker_id = %opts.worker_id, task = lease.task, token = lease.token,
+                kind = %error.kind, error = %error.message, "task failed");
+            drop(keeper);
+            discard_output(&task.output_prefix).await;
+            coord.fail(&opts.worker_id, &lease, &error).await?;
             report.failed += 1;
         }
     }
     Ok(())
 }
 
+/// Deletes what an attempt wrote that will never be committed (failed, refused, lost or
+/// given back), so no partial output or empty directory is left behind. The coordinator's
+/// sweep catches what this misses (a worker that died).
+async fn discard_output(prefix: &str) {
+    match remove_prefix(prefix).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(prefix, files = n, "abandoned attempt output deleted"),
+        Err(e) => tracing::warn!(prefix, error = %e, "cannot delete an abandoned attempt's output"),
+    }
+}
+
 /// The output files as the coordinator records them: paths inside the output store.
 fn output_files(
     output_prefix: &str,
     out: TaskOutput,
-) -> Result<(TaskOutput, Vec<v1::OutputFile>), String> {
-    let (_, prefix) = open_store(output_prefix).map_err(|e| e.to_string())?;
+) -> Result<(TaskOutput, Vec<v1::OutputFile>), TaskError> {
+    let (_, prefix) = open_store(output_prefix)?;
     let files = out
         .files
         .iter()

@@ -43,6 +43,39 @@ impl CorpusRow {
     }
 }
 
+/// A task's corpus rows after [`check_identity`]: the rows to process, the scripts whose
+/// content does not hash to their `sha256` (quarantined with the reason), and how many rows
+/// repeat a script an earlier row of the task already had.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckedRows {
+    pub rows: Vec<CorpusRow>,
+    pub mismatched: Vec<(String, String)>,
+    pub duplicates: u64,
+}
+
+/// Checks each row's `sha256` against its content, the identity every later stage relies
+/// on. A mismatch is taken out with its reason; duplicates are counted, not dropped (the
+/// stages keep one row per input row).
+pub fn check_identity(rows: Vec<CorpusRow>) -> CheckedRows {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = CheckedRows::default();
+    for row in rows {
+        let actual = crate::types::sha256_hex(&row.content);
+        if actual != row.sha256 {
+            out.mismatched.push((
+                row.sha256,
+                format!("sha256 mismatch: the content hashes to {actual}"),
+            ));
+            continue;
+        }
+        if !seen.insert(row.sha256.clone()) {
+            out.duplicates += 1;
+        }
+        out.rows.push(row);
+    }
+    out
+}
+
 impl ArrowRow for CorpusRow {
     fn schema() -> SchemaRef {
         static S: OnceLock<SchemaRef> = OnceLock::new();
@@ -183,5 +216,26 @@ impl ArrowRow for LabelledRow {
             + self.summary.len()
             + self.provenance.len()
             + self.behaviours.iter().map(|b| b.len() + 8).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_sha256_is_taken_out_and_duplicates_are_counted() {
+        let a = CorpusRow::new(b"echo a".to_vec(), "t", None);
+        let b = CorpusRow::new(b"echo b".to_vec(), "t", None);
+        let mut forged = CorpusRow::new(b"echo c".to_vec(), "t", None);
+        forged.sha256 = a.sha256.clone();
+        let checked = check_identity(vec![a.clone(), b.clone(), forged, a.clone(), a.clone()]);
+        assert_eq!(checked.rows, vec![a.clone(), b, a.clone(), a.clone()]);
+        assert_eq!(checked.duplicates, 2);
+        assert_eq!(checked.mismatched.len(), 1);
+        assert_eq!(checked.mismatched[0].0, a.sha256);
+        assert!(checked.mismatched[0]
+            .1
+            .contains(&crate::types::sha256_hex(b"echo c")));
     }
 }

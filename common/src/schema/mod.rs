@@ -7,7 +7,7 @@ mod generation;
 mod pipeline;
 mod report;
 
-pub use corpus::{CorpusRow, LabelledRow};
+pub use corpus::{check_identity, CheckedRows, CorpusRow, LabelledRow};
 pub use generation::{FinishReason, GenerationRow, JudgementRow};
 pub use pipeline::{AnswersRow, DecisionRow};
 pub use report::{FunnelRow, RejectedRow};

@@ -16,6 +16,8 @@ pub fn bin() -> &'static str {
 pub struct Proc {
     pub name: String,
     child: Option<Child>,
+    /// How it exited, once it did.
+    exited: Option<ExitStatus>,
     pub log: PathBuf,
     pub out: PathBuf,
 }
@@ -23,10 +25,16 @@ pub struct Proc {
 impl Proc {
     /// Starts `automaldesc <args>` with its stderr (logs) and stdout in `dir`.
     pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Self {
+        Self::spawn_with_env(dir, name, args, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    pub fn spawn_with_env(dir: &Path, name: &str, args: &[String], env: &[(&str, &str)]) -> Self {
         let log = dir.join(format!("{name}.log"));
         let out = dir.join(format!("{name}.out"));
         let child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdout(std::fs::File::create(&out).unwrap())
@@ -37,6 +45,7 @@ impl Proc {
         Self {
             name: name.to_string(),
             child: Some(child),
+            exited: None,
             log,
             out,
         }
@@ -60,10 +69,14 @@ impl Proc {
     /// Waits for the process to exit; panics (with its log) after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
+        if let Some(status) = self.exited {
+            return status;
+        }
         let child = self.child.as_mut().expect("running");
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 self.child = None;
+                self.exited = Some(status);
                 return status;
             }
             if Instant::now() > deadline {
@@ -75,6 +88,16 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            let status = self.child.as_mut()?.try_wait().ok()??;
+            self.child = None;
+            self.exited = Some(status);
+        }
+        self.exited
     }
 
     pub fn log_text(&self) -> String {

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use automaldesc_common::fault::TaskError;
 use automaldesc_common::filter::{Funnel, Reason};
 use automaldesc_common::manifest::Manifest;
 use automaldesc_common::parquet_io::{read_dataset, WriterOptions};
@@ -42,11 +43,10 @@ pub struct AggregateConfig {
     pub base_model_sha256: String,
 }
 
-fn read_url<R: automaldesc_common::schema::ArrowRow>(url: &str) -> Result<Vec<R>, String> {
-    let (store, prefix) = open_object(url).map_err(|e| format!("{url}: {e}"))?;
-    block_on(read_dataset(store, &prefix))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("reading {url}: {e}"))
+fn read_url<R: automaldesc_common::schema::ArrowRow>(url: &str) -> super::StageResult<Vec<R>> {
+    let (store, prefix) = open_object(url).map_err(|e| TaskError::from(e).context(url))?;
+    block_on(read_dataset(store, &prefix))?
+        .map_err(|e| TaskError::from(e).context(&format!("reading {url}")))
 }
 
 /// What a decision decides (its floats left out: a rejected row carries NaN).
@@ -68,7 +68,7 @@ impl Executor for AggregateExecutor {
         "aggregate"
     }
 
-    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+    fn run(&self, task: &TaskInput) -> super::StageResult<TaskOutput> {
         let cfg: AggregateConfig = config("aggregate", &task.config_json)?;
         let refs = refs(&task.config_json)?;
         let decisions: Vec<DecisionRow> = read_task(task, "")?;
@@ -82,15 +82,18 @@ impl Executor for AggregateExecutor {
         let mut by_sha: HashMap<&str, &DecisionRow> = HashMap::new();
         for d in &decisions {
             if !universe.contains(d.sha256.as_str()) {
-                return Err(format!(
+                return Err(TaskError::invalid(format!(
                     "a decision for script {} which is not in the corpus {}",
                     d.sha256, cfg.corpus
-                ));
+                )));
             }
             match by_sha.get(d.sha256.as_str()) {
                 // A script that occurs twice in the corpus is decided twice, alike.
                 Some(prev) if verdict(prev) != verdict(d) => {
-                    return Err(format!("two different decisions for script {}", d.sha256))
+                    return Err(TaskError::invalid(format!(
+                        "two different decisions for script {}",
+                        d.sha256
+                    )))
                 }
                 _ => {
                     by_sha.insert(&d.sha256, d);
@@ -146,7 +149,10 @@ impl Executor for AggregateExecutor {
             }
             let (Some(language), Some(label), Some(summary)) = (d.language, d.label, &d.summary)
             else {
-                return Err(format!("accepted script {} without its answer", d.sha256));
+                return Err(TaskError::invalid(format!(
+                    "accepted script {} without its answer",
+                    d.sha256
+                )));
             };
             labels.push(LabelledRow {
                 sha256: d.sha256.clone(),
@@ -172,7 +178,9 @@ impl Executor for AggregateExecutor {
             ..FunnelSummary::from_funnel(&funnel)
         };
         if !summary.adds_up() {
-            return Err(format!("the funnel does not add up: {summary:?}"));
+            return Err(TaskError::internal(format!(
+                "the funnel does not add up: {summary:?}"
+            )));
         }
 
         let shards = WriterOptions {
@@ -227,12 +235,13 @@ impl Executor for AggregateExecutor {
             rows_in,
             files,
             quarantined: Vec::new(),
+            duplicates: 0,
         })
     }
 }
 
 /// sha256 of the adapter weights of the ref `adapter` ("none" without one).
-fn adapter_hash(refs: &BTreeMap<String, super::StageRef>) -> Result<String, String> {
+fn adapter_hash(refs: &BTreeMap<String, super::StageRef>) -> super::StageResult<String> {
     match refs.get("adapter") {
         Some(r) => {
             let path = r.one("adapter_model.safetensors")?;

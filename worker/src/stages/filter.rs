@@ -85,7 +85,7 @@ impl Executor for FilterExecutor {
         "filter"
     }
 
-    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+    fn run(&self, task: &TaskInput) -> super::StageResult<TaskOutput> {
         let cfg: FilterConfig = config("filter", &task.config_json)?;
         let rows: Vec<AnswersRow> = read_task(task, "")?;
         let rows_in = rows.len() as u64;
@@ -99,6 +99,7 @@ impl Executor for FilterExecutor {
             rows_in,
             files,
             quarantined: Vec::new(),
+            duplicates: 0,
         })
     }
 }

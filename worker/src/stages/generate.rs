@@ -4,7 +4,7 @@
 //! script anyway (labels disagree, or a label probability is under the threshold).
 
 use automaldesc_common::parquet_io::WriterOptions;
-use automaldesc_common::schema::{AnswersRow, CorpusRow};
+use automaldesc_common::schema::{check_identity, AnswersRow, CorpusRow};
 use serde::Deserialize;
 
 use super::{adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey};
@@ -56,7 +56,7 @@ impl Executor for GenerateExecutor {
         "generate"
     }
 
-    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+    fn run(&self, task: &TaskInput) -> super::StageResult<TaskOutput> {
         let cfg: GenerateConfig = config("generate", &task.config_json)?;
         if cfg.temperatures.is_empty() {
             return Err("generate: no temperatures".into());
@@ -67,8 +67,11 @@ impl Executor for GenerateExecutor {
             adapter: adapter_of(&refs, "adapter")?,
         };
         let annotator = model(&key)?;
-        let rows: Vec<CorpusRow> = read_task(task, "")?;
-        let rows_in = rows.len() as u64;
+        let input: Vec<CorpusRow> = read_task(task, "")?;
+        let rows_in = input.len() as u64;
+        // A script whose content does not hash to its sha256 is quarantined alone.
+        let checked = check_identity(input);
+        let rows = checked.rows;
         let opts = AnnotateOptions {
             temperatures: cfg.temperatures.clone(),
             top_p: cfg.top_p,
@@ -132,7 +135,8 @@ impl Executor for GenerateExecutor {
         Ok(TaskOutput {
             rows_in,
             files,
-            quarantined: Vec::new(),
+            quarantined: checked.mismatched,
+            duplicates: checked.duplicates,
         })
     }
 }

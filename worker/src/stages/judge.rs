@@ -108,7 +108,7 @@ impl Executor for JudgeExecutor {
         "judge"
     }
 
-    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+    fn run(&self, task: &TaskInput) -> super::StageResult<TaskOutput> {
         let cfg: JudgeConfig = config("judge", &task.config_json)?;
         let judge = model(&ModelKey {
             model: model_path(&cfg.model)?,
@@ -139,6 +139,7 @@ impl Executor for JudgeExecutor {
             rows_in,
             files,
             quarantined: Vec::new(),
+            duplicates: 0,
         })
     }
 }

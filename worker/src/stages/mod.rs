@@ -12,6 +12,7 @@
 //! | `report` | the test split, one task | `report.md`, `report.json`, charts |
 
 pub mod aggregate;
+pub mod catalog;
 pub mod filter;
 pub mod generate;
 pub mod judge;
@@ -22,6 +23,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use automaldesc_common::fault::TaskError;
 use automaldesc_common::manifest::ManifestFile;
 use automaldesc_common::parquet_io::{read_row_groups, DatasetWriter, WriterOptions};
 use automaldesc_common::schema::ArrowRow;
@@ -33,12 +35,17 @@ use serde::Deserialize;
 use crate::executor::TaskInput;
 use crate::runtime::Annotator;
 
-/// Errors of a stage executor are strings: they travel to the coordinator as the reason a
-/// task failed.
-pub type StageResult<T> = Result<T, String>;
+/// Errors of a stage executor carry their kind to the coordinator (see
+/// `automaldesc_common::fault`): storage faults are transient, malformed data is invalid
+/// input.
+pub type StageResult<T> = Result<T, TaskError>;
 
-fn err(context: &str) -> impl Fn(automaldesc_common::Error) -> String + '_ {
-    move |e| format!("{context}: {e}")
+fn err(context: &str) -> impl Fn(automaldesc_common::Error) -> TaskError + '_ {
+    move |e| TaskError::from(e).context(context)
+}
+
+fn err_io(path: &Path) -> impl Fn(std::io::Error) -> TaskError + '_ {
+    move |e| TaskError::from(automaldesc_common::Error::io(path, e))
 }
 
 /// The committed files of an earlier stage, as the coordinator resolves a ref.
@@ -64,18 +71,18 @@ impl StageRef {
     pub fn one(&self, suffix: &str) -> StageResult<&str> {
         match self.ending_with(suffix).as_slice() {
             [one] => Ok(one),
-            found => Err(format!(
+            found => Err(TaskError::invalid(format!(
                 "stage {} committed {} files ending with {suffix} (expected one)",
                 self.stage,
                 found.len()
-            )),
+            ))),
         }
     }
 
     /// The one committed JSON file whose name ends with `name`, parsed.
     pub fn json<T: serde::de::DeserializeOwned>(&self, name: &str) -> StageResult<T> {
         let bytes = self.read(self.one(name)?)?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{name}: {e}"))
+        serde_json::from_slice(&bytes).map_err(|e| TaskError::invalid(format!("{name}: {e}")))
     }
 
     pub fn read(&self, path: &str) -> StageResult<Vec<u8>> {
@@ -84,10 +91,9 @@ impl StageRef {
         block_on(async move {
             let got = store.get(&p).await?;
             got.bytes().await
-        })
-        .map_err(|e| e.to_string())?
+        })?
         .map(|b| b.to_vec())
-        .map_err(|e| format!("reading {path}: {e}"))
+        .map_err(|e| TaskError::from(automaldesc_common::Error::from(e)).context(path))
     }
 
     /// Rows of every Parquet file whose path contains `part`.
@@ -105,8 +111,7 @@ impl StageRef {
                 rows.extend(read_all_row_groups::<R>(store.clone(), &p).await?);
             }
             Ok::<_, automaldesc_common::Error>(rows)
-        })
-        .map_err(|e| e.to_string())?
+        })?
         .map_err(err("reading a ref's rows"))
     }
 
@@ -115,10 +120,10 @@ impl StageRef {
     pub fn fetch_dir(&self, dir_part: &str) -> StageResult<PathBuf> {
         let files: Vec<&String> = self.files.iter().filter(|f| f.contains(dir_part)).collect();
         if files.is_empty() {
-            return Err(format!(
+            return Err(TaskError::invalid(format!(
                 "stage {} committed no file under {dir_part}",
                 self.stage
-            ));
+            )));
         }
         let key = automaldesc_common::sha256_hex(
             files
@@ -138,17 +143,20 @@ impl StageRef {
         // to this one never sees a half-written copy.
         let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::create_dir_all(&tmp).map_err(err_io(&tmp))?;
         for f in files {
             let name = f.rsplit('/').next().unwrap_or(f);
             let bytes = self.read(f)?;
-            std::fs::write(tmp.join(name), bytes).map_err(|e| format!("{name}: {e}"))?;
+            std::fs::write(tmp.join(name), bytes).map_err(err_io(&tmp.join(name)))?;
         }
         if std::fs::rename(&tmp, &dir).is_err() {
             // Another process put its copy in place first: the same files.
             let _ = std::fs::remove_dir_all(&tmp);
             if !dir.exists() {
-                return Err(format!("could not place {}", dir.display()));
+                return Err(TaskError::transient(format!(
+                    "could not place {}",
+                    dir.display()
+                )));
             }
         }
         Ok(dir)
@@ -170,18 +178,19 @@ pub fn refs(config_json: &str) -> StageResult<BTreeMap<String, StageRef>> {
         #[serde(default)]
         refs: BTreeMap<String, StageRef>,
     }
-    let w: WithRefs = serde_json::from_str(config_json).map_err(|e| format!("stage refs: {e}"))?;
+    let w: WithRefs = serde_json::from_str(config_json)
+        .map_err(|e| TaskError::invalid(format!("stage refs: {e}")))?;
     Ok(w.refs)
 }
 
 /// A stage's config, with the `refs` the coordinator added taken out.
 pub fn config<T: for<'de> Deserialize<'de>>(kind: &str, config_json: &str) -> StageResult<T> {
-    let mut v: serde_json::Value =
-        serde_json::from_str(config_json).map_err(|e| format!("{kind} stage config: {e}"))?;
+    let mut v: serde_json::Value = serde_json::from_str(config_json)
+        .map_err(|e| TaskError::invalid(format!("{kind} stage config: {e}")))?;
     if let Some(o) = v.as_object_mut() {
         o.remove("refs");
     }
-    serde_json::from_value(v).map_err(|e| format!("{kind} stage config: {e}"))
+    serde_json::from_value(v).map_err(|e| TaskError::invalid(format!("{kind} stage config: {e}")))
 }
 
 /// The task's rows from the files whose path contains `part` (all files when empty).
@@ -199,8 +208,7 @@ pub fn read_task<R: ArrowRow>(task: &TaskInput, part: &str) -> StageResult<Vec<R
             rows.extend(got);
         }
         Ok::<_, automaldesc_common::Error>(rows)
-    })
-    .map_err(|e| e.to_string())?
+    })?
     .map_err(err("reading the task's input"))
 }
 
@@ -222,8 +230,7 @@ pub fn write_rows<R: ArrowRow>(
         let mut w = DatasetWriter::<R>::new(out, dir, opts);
         w.write_all(rows).await?;
         w.finish().await
-    })
-    .map_err(|e| e.to_string())?
+    })?
     .map_err(err("writing the output"))?;
     Ok(files
         .into_iter()
@@ -244,9 +251,8 @@ pub fn write_file(task: &TaskInput, name: &str, bytes: Vec<u8>) -> StageResult<M
     let sha256 = automaldesc_common::sha256_hex(&bytes);
     let len = bytes.len() as u64;
     let path = child(&prefix, name);
-    block_on(async move { out.put(&path, PutPayload::from(bytes)).await })
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("writing {name}: {e}"))?;
+    block_on(async move { out.put(&path, PutPayload::from(bytes)).await })?
+        .map_err(|e| TaskError::from(automaldesc_common::Error::from(e)).context(name))?;
     Ok(ManifestFile {
         path: name.to_string(),
         rows: 0,
@@ -288,11 +294,11 @@ pub fn model(key: &ModelKey) -> StageResult<Arc<Annotator>> {
     let device = crate::device::select()?;
     let started = std::time::Instant::now();
     let mut annotator = Annotator::load(&key.model, &device)
-        .map_err(|e| format!("loading {}: {e}", key.model.display()))?;
+        .map_err(|e| TaskError::internal(format!("loading {}: {e}", key.model.display())))?;
     if let Some(a) = &key.adapter {
         annotator = annotator
             .with_adapter(a)
-            .map_err(|e| format!("adapter {}: {e}", a.display()))?;
+            .map_err(|e| TaskError::internal(format!("adapter {}: {e}", a.display())))?;
     }
     crate::telemetry::add_model_load(started.elapsed());
     let annotator = Arc::new(annotator);
@@ -306,9 +312,9 @@ pub fn model_path(model: &str) -> StageResult<PathBuf> {
     if Path::new(&p).exists() {
         Ok(p)
     } else {
-        Err(format!(
+        Err(TaskError::internal(format!(
             "model {model} not found on this worker (run deploy/fetch_model.sh or set `model`)"
-        ))
+        )))
     }
 }
 

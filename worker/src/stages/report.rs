@@ -59,7 +59,7 @@ struct Evaluated {
     model_id: String,
 }
 
-fn evaluated(r: &StageRef) -> Result<Evaluated, String> {
+fn evaluated(r: &StageRef) -> super::StageResult<Evaluated> {
     let rows: Vec<AnswersRow> = r.rows("")?;
     Ok(Evaluated {
         model_id: rows.first().map(|a| a.model_id.clone()).unwrap_or_default(),
@@ -88,7 +88,7 @@ impl ReportExecutor {
         newer: &Answers,
         older: &Answers,
         content: &HashMap<String, Vec<u8>>,
-    ) -> Result<Preference, String> {
+    ) -> super::StageResult<Preference> {
         let judge = model(&ModelKey {
             model: model_path(&cfg.judge_model)?,
             adapter: None,
@@ -134,7 +134,7 @@ impl ReportExecutor {
 /// Summary tokens the judge reads, as in the judge stage.
 const JUDGE_SUMMARY_TOKENS: usize = 512;
 
-fn judge_check(cfg: &ReportConfig, references: &[Reference]) -> Result<JudgeCheck, String> {
+fn judge_check(cfg: &ReportConfig, references: &[Reference]) -> super::StageResult<JudgeCheck> {
     let judge = model(&ModelKey {
         model: model_path(&cfg.judge_model)?,
         adapter: None,
@@ -160,7 +160,7 @@ impl Executor for ReportExecutor {
         "report"
     }
 
-    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+    fn run(&self, task: &TaskInput) -> super::StageResult<TaskOutput> {
         let cfg: ReportConfig = config("report", &task.config_json)?;
         let refs = refs(&task.config_json)?;
         let labels: Vec<LabelledRow> = read_task(task, "")?;
@@ -241,6 +241,7 @@ impl Executor for ReportExecutor {
             rows_in: labels.len() as u64,
             files,
             quarantined: Vec::new(),
+            duplicates: 0,
         })
     }
 }

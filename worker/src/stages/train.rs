@@ -37,7 +37,7 @@ impl Executor for TrainExecutor {
         "train"
     }
 
-    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+    fn run(&self, task: &TaskInput) -> super::StageResult<TaskOutput> {
         let cfg: TrainStageConfig = config("train", &task.config_json)?;
         let started = Instant::now();
         let labels: Vec<LabelledRow> = read_task(task, "/labels/")?;
@@ -157,6 +157,7 @@ impl Executor for TrainExecutor {
             rows_in: labels.len() as u64,
             files,
             quarantined: Vec::new(),
+            duplicates: 0,
         })
     }
 }
