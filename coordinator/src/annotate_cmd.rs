@@ -60,6 +60,12 @@ pub struct AnnotateArgs {
     /// Sequences decoded together.
     #[arg(long, default_value_t = 8)]
     pub slots: usize,
+    /// The summary never repeats an n-gram of this size (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub no_repeat_ngram: usize,
+    /// Penalty on tokens already in the summary (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
 }
 
 pub fn default_model_path() -> PathBuf {
@@ -111,6 +117,8 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
             min_label_prob: args.early_stop.then_some(args.min_label_prob),
         },
         slots: args.slots,
+        no_repeat_ngram: args.no_repeat_ngram,
+        repetition_penalty: args.repetition_penalty,
     };
     let (results, stats, secs) = annotate(&annotator, &scripts, &opts);
     let mut sink: Box<dyn std::io::Write> = match &args.out {

@@ -28,7 +28,7 @@ use anyhow::{bail, Context};
 use automaldesc_common::ids::RunId;
 use automaldesc_common::parquet_io::nonempty_dataset_layout;
 use automaldesc_common::store::{block_on, open_store};
-use automaldesc_worker::train::lora::LoraConfig;
+use automaldesc_worker::train::lora::{LayerSet, LoraConfig};
 use automaldesc_worker::train::TrainConfig;
 use clap::Args;
 use object_store::path::Path as ObjectPath;
@@ -120,6 +120,24 @@ pub struct LoopConfig {
     /// Workers of a local run (`automaldesc loop`); a cluster has its own.
     #[serde(default = "default_workers")]
     pub workers: u32,
+    /// Reference summaries (seed and pseudo-labels alike) are cut at their last whole
+    /// sentence within this many tokens before training, so every target ends.
+    #[serde(default)]
+    pub summary_tokens: Option<usize>,
+    /// The summary never repeats an n-gram of this size (0: off).
+    #[serde(default = "default_no_repeat_ngram")]
+    pub no_repeat_ngram: usize,
+    /// Penalty on tokens already in the summary (1: off).
+    #[serde(default = "default_repetition_penalty")]
+    pub repetition_penalty: f32,
+    /// The balanced accuracy on the seed summaries the judge needs before check 5 may use
+    /// it; below it a judge adapter is trained, and without one that passes, check 5 is
+    /// skipped for the run.
+    #[serde(default = "default_judge_min_accuracy")]
+    pub judge_min_accuracy: f64,
+    /// Training of the judge adapter (one target token: the label).
+    #[serde(default = "default_judge_adapter")]
+    pub judge_adapter: AdapterConfig,
 }
 
 /// One iteration's adapter and its training.
@@ -147,9 +165,49 @@ pub struct AdapterConfig {
     /// Answer tokens per training example (longer summaries are cut).
     #[serde(default = "default_max_new_tokens")]
     pub answer_tokens: usize,
-    /// Fraction of the training set held out (by hash) for validation.
+    /// Fraction of the training set held out (stratified by label and language) for
+    /// validation.
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
+    /// The blocks that carry adapters: "all", "top:K" or a list of indices.
+    #[serde(default)]
+    pub layers: LayerSet,
+    /// Loss weight of the label choice (a summary token weighs 1).
+    #[serde(default = "default_label_weight")]
+    pub label_weight: f32,
+    /// Loss weight of the language choice.
+    #[serde(default = "default_language_weight")]
+    pub language_weight: f32,
+    /// Scale the label weight per class by inverse class frequency.
+    #[serde(default = "default_true")]
+    pub balance_classes: bool,
+}
+
+impl AdapterConfig {
+    /// The trainer's config of this adapter, seeded with `seed`.
+    pub fn train_config(&self, seed: u64) -> TrainConfig {
+        TrainConfig {
+            lora: LoraConfig {
+                rank: self.rank,
+                alpha: self.alpha,
+                dropout: self.dropout,
+                targets: LoraConfig::v1().targets,
+                layers: self.layers.clone(),
+            },
+            learning_rate: self.learning_rate,
+            weight_decay: self.weight_decay,
+            warmup: self.warmup,
+            epochs: self.epochs,
+            batch_tokens: self.batch_tokens,
+            grad_accum: self.grad_accum,
+            patience: self.patience,
+            seed,
+            label_weight: self.label_weight,
+            language_weight: self.language_weight,
+            balance_classes: self.balance_classes,
+            ..TrainConfig::v1()
+        }
+    }
 }
 
 fn default_model() -> String {
@@ -214,6 +272,36 @@ fn default_patience() -> u32 {
 fn default_val_fraction() -> f64 {
     0.1
 }
+fn default_label_weight() -> f32 {
+    10.0
+}
+fn default_language_weight() -> f32 {
+    1.0
+}
+fn default_no_repeat_ngram() -> usize {
+    4
+}
+fn default_repetition_penalty() -> f32 {
+    1.0
+}
+fn default_judge_min_accuracy() -> f64 {
+    0.8
+}
+fn default_judge_adapter() -> AdapterConfig {
+    AdapterConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.05,
+        epochs: 3,
+        learning_rate: 1e-3,
+        batch_tokens: 4096,
+        answer_tokens: 1,
+        val_fraction: 0.3,
+        layers: LayerSet::top(8),
+        label_weight: 1.0,
+        ..default_adapters()[0].clone()
+    }
+}
 fn default_adapters() -> Vec<AdapterConfig> {
     let published = |l: LoraConfig, epochs| AdapterConfig {
         rank: l.rank,
@@ -228,6 +316,10 @@ fn default_adapters() -> Vec<AdapterConfig> {
         patience: default_patience(),
         answer_tokens: default_max_new_tokens(),
         val_fraction: default_val_fraction(),
+        layers: LayerSet::all(),
+        label_weight: default_label_weight(),
+        language_weight: default_language_weight(),
+        balance_classes: true,
     };
     vec![
         published(LoraConfig::v1(), 15),
@@ -250,6 +342,10 @@ pub struct IterationStages {
 /// Stages of the base model's evaluation.
 pub const BASE_EVALUATE: u32 = 0;
 pub const BASE_REPORT: u32 = 1;
+/// The run's judge, measured (and trained when it falls short) on the seed summaries.
+pub const JUDGE_TRAIN: u32 = 2;
+/// The first stage of iteration 1.
+const FIRST_ITERATION: u32 = 3;
 
 impl LoopConfig {
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
@@ -326,7 +422,7 @@ impl LoopConfig {
     }
 
     pub fn stages_of(k: u32) -> IterationStages {
-        let first = 2 + 7 * (k - 1);
+        let first = FIRST_ITERATION + 7 * (k - 1);
         IterationStages {
             train: first,
             generate: first + 1,
@@ -359,6 +455,8 @@ impl LoopConfig {
             "slots": self.slots,
             "early_stop": early_stop,
             "min_label_prob": min_label_prob,
+            "no_repeat_ngram": self.no_repeat_ngram,
+            "repetition_penalty": self.repetition_penalty,
         })
     }
 
@@ -412,27 +510,24 @@ impl LoopConfig {
                     c
                 },
             ),
+            stage(
+                "judge_train",
+                Some(format!("{}/labels", self.seed.trim_end_matches('/'))),
+                true,
+                &[],
+                json!({
+                    "model": self.judge(),
+                    "min_accuracy": self.judge_min_accuracy,
+                    "train": self.judge_adapter.train_config(self.random_seed),
+                    "val_fraction": self.judge_adapter.val_fraction,
+                }),
+            ),
         ];
         for k in 1..=self.iterations {
             let s = Self::stages_of(k);
             let a = self.adapter_of(k);
             let threshold = self.threshold(k);
-            let train = TrainConfig {
-                lora: LoraConfig {
-                    rank: a.rank,
-                    alpha: a.alpha,
-                    dropout: a.dropout,
-                    targets: LoraConfig::v1().targets,
-                },
-                learning_rate: a.learning_rate,
-                weight_decay: a.weight_decay,
-                warmup: a.warmup,
-                epochs: a.epochs,
-                batch_tokens: a.batch_tokens,
-                grad_accum: a.grad_accum,
-                patience: a.patience,
-                seed: self.random_seed.wrapping_add(u64::from(k)),
-            };
+            let train = a.train_config(self.random_seed.wrapping_add(u64::from(k)));
             let train_input = if k == 1 {
                 self.seed.clone()
             } else {
@@ -455,6 +550,7 @@ impl LoopConfig {
                         "train": train,
                         "prompt_tokens": self.prompt_tokens,
                         "answer_tokens": a.answer_tokens,
+                        "summary_tokens": self.summary_tokens,
                         "val_fraction": a.val_fraction,
                     }),
                 ),
@@ -469,7 +565,7 @@ impl LoopConfig {
                     "judge",
                     None,
                     false,
-                    &[],
+                    &[("judge", JUDGE_TRAIN)],
                     json!({ "model": self.judge(), "min_label_prob": threshold }),
                 ),
                 stage(
@@ -531,8 +627,9 @@ impl LoopConfig {
         match i {
             BASE_EVALUATE => "evaluate base model".into(),
             BASE_REPORT => "report base model".into(),
+            JUDGE_TRAIN => "check the judge on the seed".into(),
             _ => {
-                let k = (i - 2) / 7 + 1;
+                let k = (i - FIRST_ITERATION) / 7 + 1;
                 let what = [
                     "train",
                     "generate",
@@ -541,7 +638,7 @@ impl LoopConfig {
                     "aggregate",
                     "evaluate",
                     "report",
-                ][((i - 2) % 7) as usize];
+                ][((i - FIRST_ITERATION) % 7) as usize];
                 format!("iteration {k} {what}")
             }
         }

@@ -18,6 +18,10 @@ pub struct AnnotateOptions {
     pub prompt_budget: usize,
     pub early_stop: EarlyStop,
     pub slots: usize,
+    /// The summary never repeats an n-gram of this size (0: off).
+    pub no_repeat_ngram: usize,
+    /// Penalty on tokens already in the summary (1: off).
+    pub repetition_penalty: f32,
 }
 
 impl Default for AnnotateOptions {
@@ -30,6 +34,8 @@ impl Default for AnnotateOptions {
             prompt_budget: 1536,
             early_stop: EarlyStop::default(),
             slots: 8,
+            no_repeat_ngram: 0,
+            repetition_penalty: 1.0,
         }
     }
 }
@@ -82,9 +88,9 @@ pub fn annotate(
                 .iter()
                 .enumerate()
                 .map(|(j, &t)| SamplingParams {
-                    temperature: t,
-                    top_p: opts.top_p,
-                    seed: sample_seed(opts.seed, content_key(bytes), j),
+                    no_repeat_ngram: opts.no_repeat_ngram,
+                    repetition_penalty: opts.repetition_penalty,
+                    ..SamplingParams::new(t, opts.top_p, sample_seed(opts.seed, content_key(bytes), j))
                 })
                 .collect(),
             max_new_tokens: opts.max_new_tokens,

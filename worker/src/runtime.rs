@@ -130,6 +130,10 @@ impl Annotator {
         self.model.unpack();
         adapter.merge_into(&mut self.model).map_err(err)?;
         self.model = self.model.packed_for_device();
+        self.schema.label_bias = read_label_bias(dir).map_err(|reason| RuntimeError::Invalid {
+            path: dir.display().to_string(),
+            reason,
+        })?;
         let digest = automaldesc_common::sha256_hex(
             &adapter
                 .flatten()
@@ -321,6 +325,24 @@ fn model_id(path: &Path) -> std::io::Result<String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     Ok(format!("{name}@{}", &hash[..16]))
+}
+
+/// The label-logit shift of a trained adapter's calibration file, 0 when it has none (an
+/// adapter trained elsewhere).
+fn read_label_bias(dir: &Path) -> Result<f32, String> {
+    let path = dir.join(crate::stages::train::CALIBRATION_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0.0),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    v["label_bias"]
+        .as_f64()
+        .map(|b| b as f32)
+        .filter(|b| b.is_finite())
+        .ok_or_else(|| format!("{}: no finite label_bias", path.display()))
 }
 
 /// The chat template of a `tokenizer_config.json`: a string, or a list of named templates

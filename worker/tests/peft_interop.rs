@@ -14,7 +14,7 @@ use automaldesc_worker::model::load::Naming;
 use automaldesc_worker::model::{Llama, LlamaConfig};
 use automaldesc_worker::safetensors::SafeTensors;
 use automaldesc_worker::train::forward::{hidden_states, Batch};
-use automaldesc_worker::train::lora::{LoraConfig, LoraWeights, Proj};
+use automaldesc_worker::train::lora::{LayerSet, LoraConfig, LoraWeights, Proj};
 use burn::tensor::Device;
 
 mod support;
@@ -93,6 +93,9 @@ fn our_logits(model: &Llama, tokens: &[u32], adapter: Option<&LoraWeights>) -> V
         t: tokens.len(),
         rows: Vec::new(),
         targets: Vec::new(),
+        weights: Vec::new(),
+        choices: Vec::new(),
+        prefix: None,
     };
     let tensors = adapter.map(|a| a.tensors(&device, false));
     let h = hidden_states(model, &batch, tensors.as_ref(), None);
@@ -169,9 +172,10 @@ fn adapters_move_between_peft_and_automaldesc() {
             Proj::Up,
             Proj::Down,
         ],
+        layers: LayerSet::all(),
     };
-    let mut ours = LoraWeights::init(&lora, &model.config, 21);
-    let donor = LoraWeights::init(&lora, &model.config, 22);
+    let mut ours = LoraWeights::init(&lora, &model.config, 21).unwrap();
+    let donor = LoraWeights::init(&lora, &model.config, 22).unwrap();
     for (p, q) in ours.pairs_mut().zip(donor.pairs()) {
         for (i, x) in p.b.iter_mut().enumerate() {
             *x = q.a[i % q.a.len()];

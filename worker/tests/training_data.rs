@@ -62,9 +62,12 @@ fn examples_follow_the_inference_prompt_and_the_answer_schema() {
     let budget = Budget {
         prompt: 1024,
         answer: 256,
+        summary: None,
     };
     for (script, language, malicious, summary) in cases {
-        let ex = render(&annotator, script, language, malicious, summary, budget);
+        let r = render(&annotator, script, language, malicious, summary, budget).unwrap();
+        assert!(!r.cut);
+        let ex = r.example;
         assert_eq!(
             ex.prompt,
             annotator.annotation_prompt(script, budget.prompt).tokens
@@ -83,15 +86,19 @@ fn examples_follow_the_inference_prompt_and_the_answer_schema() {
     let budget = Budget {
         prompt: 256,
         answer: 64,
+        summary: None,
     };
-    let ex = render(
+    let r = render(
         &annotator,
         long_script.as_bytes(),
         Language::Bash,
         false,
         &long_summary,
         budget,
-    );
+    )
+    .unwrap();
+    assert!(r.cut, "the answer budget cut this target, and it is counted");
+    let ex = r.example;
     let prompt = annotator.annotation_prompt(long_script.as_bytes(), 256);
     assert!(prompt.truncated.is_some());
     assert_eq!(ex.prompt, prompt.tokens);

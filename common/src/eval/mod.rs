@@ -296,11 +296,12 @@ pub fn compare(a: &Answers, b: &Answers, refs: &[Reference]) -> Result<Compariso
         .iter()
         .filter_map(|&(_, x, y)| Some((x?, y?)))
         .collect();
-    let predicted_class = McNemar::from_pairs(
-        decided
-            .iter()
-            .map(|&(x, y)| (x == Label::Malicious, y == Label::Malicious)),
-    );
+    let (mut pb, mut pc) = (0, 0);
+    for &(x, y) in &decided {
+        pb += u64::from(x == Label::Malicious && y == Label::Benign);
+        pc += u64::from(x == Label::Benign && y == Label::Malicious);
+    }
+    let predicted_class = McNemar::published(pb, pc);
     Ok(Comparison {
         scripts: refs.len() as u64,
         correctness,

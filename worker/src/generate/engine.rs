@@ -10,7 +10,7 @@ use automaldesc_common::schema::FinishReason;
 use automaldesc_common::Language;
 use burn::tensor::Tensor;
 
-use super::sampler::{choice_probs, log_prob, Sampler, SamplingParams};
+use super::sampler::{choice_probs, control_repetition, log_prob, Sampler, SamplingParams};
 use super::schema::{AnswerSchema, AnswerState, Next};
 use crate::model::{KvCache, Llama};
 
@@ -91,6 +91,8 @@ struct Active {
     logprobs: Vec<f32>,
     language_probs: [f32; 5],
     label_prob: f32,
+    /// Where the summary's tokens start in `tokens`, once it has begun.
+    summary_start: Option<usize>,
     finish: Option<FinishReason>,
     admitted: Instant,
     prefill_secs: f64,
@@ -159,6 +161,7 @@ impl Engine<'_> {
                         logprobs: Vec::new(),
                         language_probs: [0.0; 5],
                         label_prob: 0.0,
+                        summary_start: None,
                         finish: None,
                         admitted: started,
                         prefill_secs,
@@ -232,14 +235,21 @@ impl Engine<'_> {
                 a.sampler.sample(&candidates(logits, ids))
             }
             Next::Label(ids) => {
-                let probs = choice_probs(logits, ids);
-                let t = a.sampler.sample(&candidates(logits, ids));
+                // The calibrated choice: the adapter's bias on the malicious digit.
+                let mut both = candidates(logits, ids);
+                both[1].1 += schema.label_bias;
+                let pair = [both[0].1, both[1].1];
+                let probs = choice_probs(&pair, &[0, 1]);
+                let t = a.sampler.sample(&both);
                 a.label_prob = if t == ids[1] { probs[1] } else { probs[0] };
                 t
             }
             Next::Summary(s) => {
                 let allowed = schema.string_allowed(s);
-                a.sampler.sample(&candidates(logits, allowed.as_ref()))
+                let mut cands = candidates(logits, allowed.as_ref());
+                let start = *a.summary_start.get_or_insert(a.tokens.len());
+                control_repetition(&mut cands, &a.tokens[start..], a.sampler.params());
+                a.sampler.sample(&cands)
             }
         };
         a.logprobs.push(log_prob(logits, token));

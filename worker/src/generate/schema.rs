@@ -44,6 +44,9 @@ pub struct AnswerSchema {
     bytes: Vec<Vec<u8>>,
     control: Vec<bool>,
     pub end_id: u32,
+    /// Added to the malicious digit's logit at the label choice: the calibration of a
+    /// trained adapter (its validation threshold moved to even odds); 0 for a base model.
+    pub label_bias: f32,
 }
 
 /// Where a JSON string body stands after some bytes.
@@ -141,6 +144,7 @@ impl AnswerSchema {
             bytes,
             control,
             end_id,
+            label_bias: 0.0,
         })
     }
 
@@ -161,6 +165,31 @@ impl AnswerSchema {
         &self.bytes[id as usize]
     }
 
+    /// The parts of the answer constrained decoding emits, after the prompt's answer prefix.
+    pub fn target_parts(
+        &self,
+        vocab: &dyn Vocab,
+        language: Language,
+        label: u8,
+        summary: &str,
+    ) -> TargetParts {
+        let i = Language::ALL
+            .iter()
+            .position(|&l| l == language)
+            .expect("a language of Language::ALL");
+        let escaped = serde_json::to_string(summary).expect("a string encodes as JSON");
+        let mut text = vocab.encode_plain(&escaped[1..escaped.len() - 1]);
+        text.extend(vocab.encode_plain("\""));
+        TargetParts {
+            language: (i as u8, self.language_first[i]),
+            language_rest: self.language_rest[i].clone(),
+            label: (label.min(1), self.label_ids[usize::from(label.min(1))]),
+            after_label: self.after_label.clone(),
+            summary: text,
+            end: vec![self.close_brace, self.end_id],
+        }
+    }
+
     /// The tokens constrained decoding emits for this answer, after the prompt's answer
     /// prefix: the language's first token and its forced rest, the label digit and the
     /// forced text after it, the summary (JSON-escaped, tokenized as plain text) and a
@@ -174,19 +203,37 @@ impl AnswerSchema {
         summary: &str,
         max_tokens: usize,
     ) -> Vec<u32> {
-        let i = Language::ALL
-            .iter()
-            .position(|&l| l == language)
-            .expect("a language of Language::ALL");
-        let mut out = vec![self.language_first[i]];
-        out.extend(&self.language_rest[i]);
-        out.push(self.label_ids[usize::from(label.min(1))]);
-        out.extend(&self.after_label);
-        let escaped = serde_json::to_string(summary).expect("a string encodes as JSON");
-        out.extend(vocab.encode_plain(&escaped[1..escaped.len() - 1]));
-        out.extend(vocab.encode_plain("\""));
-        out.extend([self.close_brace, self.end_id]);
+        let mut out = self.target_parts(vocab, language, label, summary).tokens();
         out.truncate(max_tokens);
+        out
+    }
+}
+
+/// An answer's tokens by part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetParts {
+    /// `Language::ALL` index and the first token of the language name (a choice).
+    pub language: (u8, u32),
+    /// The rest of the name and the text up to the label (forced).
+    pub language_rest: Vec<u32>,
+    /// The label and its digit (a choice).
+    pub label: (u8, u32),
+    /// The text between the label and the summary (forced).
+    pub after_label: Vec<u32>,
+    /// The summary's escaped text and its closing quote (free).
+    pub summary: Vec<u32>,
+    /// `}` and the end of the turn (forced).
+    pub end: Vec<u32>,
+}
+
+impl TargetParts {
+    pub fn tokens(&self) -> Vec<u32> {
+        let mut out = vec![self.language.1];
+        out.extend(&self.language_rest);
+        out.push(self.label.1);
+        out.extend(&self.after_label);
+        out.extend(&self.summary);
+        out.extend(&self.end);
         out
     }
 }

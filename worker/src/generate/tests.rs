@@ -90,11 +90,7 @@ fn requests(vocab: &ToyVocab, n: usize, temps: &[f32], max_new: usize, seed: u64
                 samples: temps
                     .iter()
                     .enumerate()
-                    .map(|(j, &t)| SamplingParams {
-                        temperature: t,
-                        top_p: 0.95,
-                        seed: seed + (i * 10 + j) as u64,
-                    })
+                    .map(|(j, &t)| SamplingParams::new(t, 0.95, seed + (i * 10 + j) as u64))
                     .collect(),
                 max_new_tokens: max_new,
                 format: Format::Answer,
@@ -273,11 +269,7 @@ fn text_requests_generate_free_tokens_up_to_a_stop_token() {
             prompt: p.clone(),
             samples: vec![
                 SamplingParams::greedy(),
-                SamplingParams {
-                    temperature: 0.9,
-                    top_p: 0.9,
-                    seed: 5,
-                },
+                SamplingParams::new(0.9, 0.9, 5),
             ],
             max_new_tokens: 12,
             format: Format::Text { stop: stop.clone() },

@@ -50,6 +50,8 @@ pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, Stri
         let v = match row.judge_labels[*i].as_str() {
             "0" => Label::Benign,
             "1" => Label::Malicious,
+            // Check 5 is skipped for the run: the judge does not vote.
+            super::judge::SKIPPED => survivor.label,
             other => {
                 return Err(format!(
                     "script {} sample {i}: judge label {other:?} where one was expected",

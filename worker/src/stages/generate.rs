@@ -34,6 +34,16 @@ pub struct GenerateConfig {
     /// Scripts per engine call (bounds memory; results do not depend on it).
     #[serde(default = "default_chunk")]
     pub chunk: usize,
+    /// The summary never repeats an n-gram of this size (0: off).
+    #[serde(default)]
+    pub no_repeat_ngram: usize,
+    /// Penalty on tokens already in the summary (1: off).
+    #[serde(default = "default_penalty")]
+    pub repetition_penalty: f32,
+}
+
+fn default_penalty() -> f32 {
+    1.0
 }
 
 fn default_top_p() -> f32 {
@@ -84,6 +94,8 @@ impl Executor for GenerateExecutor {
                 EarlyStop::default()
             },
             slots: cfg.slots,
+            no_repeat_ngram: cfg.no_repeat_ngram,
+            repetition_penalty: cfg.repetition_penalty,
         };
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(cfg.chunk.max(1)) {

@@ -9,7 +9,8 @@ use automaldesc_common::schema::AnswersRow;
 use automaldesc_common::Label;
 use serde::Deserialize;
 
-use super::{config, model, model_path, read_task, write_rows, ModelKey};
+use super::judge_train::JudgeChoice;
+use super::{adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::generate::sampler::choice_probs;
 use crate::model::KvCache;
@@ -51,13 +52,19 @@ pub fn filter_samples(row: &AnswersRow) -> Vec<FilterSample> {
 
 /// The judge's label for one summary, with its probability against the other label.
 pub fn judge_summary(judge: &Annotator, summary: &str, summary_tokens: usize) -> (Label, f32) {
+    let p1 = judge_probability(judge, summary, summary_tokens);
+    if p1 > 0.5 {
+        (Label::Malicious, p1)
+    } else {
+        (Label::Benign, 1.0 - p1)
+    }
+}
+
+/// The judge's probability that the script a summary describes is malicious.
+pub fn judge_probability(judge: &Annotator, summary: &str, summary_tokens: usize) -> f32 {
     let user = prompt::judge_user_message(&first_tokens(judge, summary, summary_tokens));
     let p = choice_probs_after(judge, prompt::JUDGE_SYSTEM, &user, &["0", "1"]);
-    if p[1] > p[0] {
-        (Label::Malicious, p[1])
-    } else {
-        (Label::Benign, p[0])
-    }
+    p[1]
 }
 
 /// `text` cut to its first `n` tokens.
@@ -101,6 +108,9 @@ pub fn choice_probs_after(
     choice_probs(&logits, &choices)
 }
 
+/// The judge label of a summary when the run skips check 5 (no judge earned its vote).
+pub const SKIPPED: &str = "skipped";
+
 pub struct JudgeExecutor;
 
 impl Executor for JudgeExecutor {
@@ -110,9 +120,18 @@ impl Executor for JudgeExecutor {
 
     fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
         let cfg: JudgeConfig = config("judge", &task.config_json)?;
+        let refs = refs(&task.config_json)?;
+        // The run's judge, as `judge_train` chose it on the seed summaries (the base model
+        // when the run has no such stage).
+        let choice: Option<JudgeChoice> = refs.get("judge").map(|r| r.json("judge.json")).transpose()?;
+        let adapter = match &choice {
+            Some(c) if c.judge == "adapter" => adapter_of(&refs, "judge")?,
+            _ => None,
+        };
+        let check5 = choice.as_ref().is_none_or(|c| c.check5);
         let judge = model(&ModelKey {
             model: model_path(&cfg.model)?,
-            adapter: None,
+            adapter,
         })?;
         let mut rows: Vec<AnswersRow> = read_task(task, "")?;
         let rows_in = rows.len() as u64;
@@ -128,6 +147,10 @@ impl Executor for JudgeExecutor {
                 continue;
             };
             for (i, _, summary) in &survivor.summaries {
+                if !check5 {
+                    row.judge_labels[*i] = SKIPPED.to_string();
+                    continue;
+                }
                 let (label, p) = judge_summary(&judge, summary, cfg.summary_tokens);
                 row.judge_labels[*i] = label.as_u8().to_string();
                 row.judge_probs[*i] = p;

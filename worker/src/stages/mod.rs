@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `train` | a labelled split (`labels/` + `scripts/`), one task | `adapter/`, `lineage.json` |
 //! | `generate` | scripts (`CorpusRow`) | `AnswersRow` per script |
+//! | `judge_train` | the seed split, one task | `judge.json` (which judge votes), `adapter/` |
 //! | `judge` | `AnswersRow` | the same rows with the judge's verdicts |
 //! | `filter` | judged `AnswersRow` | `DecisionRow` per script |
 //! | `aggregate` | every `DecisionRow`, one task | the next training set, rejected set, funnel, manifest |
@@ -15,6 +16,7 @@ pub mod aggregate;
 pub mod filter;
 pub mod generate;
 pub mod judge;
+pub mod judge_train;
 pub mod report;
 pub mod train;
 

@@ -98,6 +98,65 @@ impl Proj {
     }
 }
 
+/// Which decoder blocks carry adapters: `"all"`, `"top:K"` (the last K blocks) or an
+/// explicit list of block indices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LayerSet {
+    Named(String),
+    List(Vec<usize>),
+}
+
+impl Default for LayerSet {
+    fn default() -> Self {
+        LayerSet::Named("all".into())
+    }
+}
+
+impl LayerSet {
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    pub fn top(k: usize) -> Self {
+        LayerSet::Named(format!("top:{k}"))
+    }
+
+    /// The adapted block indices, ascending, for a model of `num_layers` blocks; an error
+    /// (naming the `layers` key) for `top:0`, an index the model lacks, or an unknown name.
+    pub fn resolve(&self, num_layers: usize) -> Result<Vec<usize>, AdapterError> {
+        let bad = |why: String| AdapterError::Invalid(format!("`layers`: {why}"));
+        let mut out = match self {
+            LayerSet::Named(s) if s == "all" => (0..num_layers).collect(),
+            LayerSet::Named(s) => {
+                let k: usize = s
+                    .strip_prefix("top:")
+                    .and_then(|k| k.parse().ok())
+                    .ok_or_else(|| bad(format!("{s:?} is not \"all\", \"top:K\" or a list")))?;
+                if k == 0 || k > num_layers {
+                    return Err(bad(format!("{s:?} needs K in 1..={num_layers}")));
+                }
+                (num_layers - k..num_layers).collect()
+            }
+            LayerSet::List(v) => {
+                if let Some(l) = v.iter().find(|&&l| l >= num_layers) {
+                    return Err(bad(format!(
+                        "block {l} does not exist (the model has {num_layers}: 0..={})",
+                        num_layers - 1
+                    )));
+                }
+                v.clone()
+            }
+        };
+        out.sort_unstable();
+        out.dedup();
+        if out.is_empty() {
+            return Err(bad("the list is empty".into()));
+        }
+        Ok(out)
+    }
+}
+
 /// Adapter hyperparameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,6 +165,9 @@ pub struct LoraConfig {
     pub alpha: f32,
     pub dropout: f32,
     pub targets: Vec<Proj>,
+    /// The blocks that carry adapters (default: all).
+    #[serde(default)]
+    pub layers: LayerSet,
 }
 
 impl LoraConfig {
@@ -116,6 +178,7 @@ impl LoraConfig {
             alpha: 16.0,
             dropout: 0.05,
             targets: Proj::ALL.to_vec(),
+            layers: LayerSet::all(),
         }
     }
 
@@ -126,6 +189,7 @@ impl LoraConfig {
             alpha: 32.0,
             dropout: 0.1,
             targets: Proj::ALL.to_vec(),
+            layers: LayerSet::all(),
         }
     }
 
@@ -194,15 +258,23 @@ struct PeftConfig {
     base_model_name_or_path: Option<String>,
     #[serde(default)]
     inference_mode: bool,
+    /// The adapted blocks; absent or null means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layers_to_transform: Option<serde_json::Value>,
 }
 
 impl LoraWeights {
-    /// A fresh adapter: `A` uniform in ±1/√in from `seed`, `B` zero.
-    pub fn init(config: &LoraConfig, model: &LlamaConfig, seed: u64) -> Self {
+    /// A fresh adapter: `A` uniform in ±1/√in from `seed`, `B` zero. Blocks outside
+    /// `config.layers` get no pairs.
+    pub fn init(config: &LoraConfig, model: &LlamaConfig, seed: u64) -> Result<Self, AdapterError> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let r = config.rank;
+        let adapted = config.layers.resolve(model.num_layers)?;
         let layers = (0..model.num_layers)
-            .map(|_| {
+            .map(|l| {
+                if !adapted.contains(&l) {
+                    return Vec::new();
+                }
                 config
                     .targets
                     .iter()
@@ -222,10 +294,25 @@ impl LoraWeights {
                     .collect()
             })
             .collect();
-        Self {
+        Ok(Self {
             config: config.clone(),
             layers,
-        }
+        })
+    }
+
+    /// The lowest block that carries an adapter (the blocks below it are frozen as a whole).
+    pub fn first_adapted_layer(&self) -> usize {
+        self.layers
+            .iter()
+            .position(|pairs| !pairs.is_empty())
+            .unwrap_or(self.layers.len())
+    }
+
+    /// The adapted block indices.
+    pub fn adapted_layers(&self) -> Vec<usize> {
+        (0..self.layers.len())
+            .filter(|&l| !self.layers[l].is_empty())
+            .collect()
     }
 
     pub fn num_params(&self) -> usize {
@@ -368,6 +455,8 @@ impl LoraWeights {
             use_dora: false,
             base_model_name_or_path: Some(base_model.into()),
             inference_mode: true,
+            layers_to_transform: (self.adapted_layers().len() != self.layers.len())
+                .then(|| serde_json::json!(self.adapted_layers())),
         };
         let path = dir.join("adapter_config.json");
         let text = serde_json::to_string_pretty(&config)
@@ -442,17 +531,43 @@ impl LoraWeights {
             targets.push(p);
         }
         targets.sort();
+        let layer_set = match &cfg.layers_to_transform {
+            None | Some(serde_json::Value::Null) => LayerSet::all(),
+            Some(serde_json::Value::Number(n)) => LayerSet::List(vec![n
+                .as_u64()
+                .ok_or_else(|| AdapterError::Invalid(format!("layers_to_transform {n}")))?
+                as usize]),
+            Some(serde_json::Value::Array(v)) => LayerSet::List(
+                v.iter()
+                    .map(|x| x.as_u64().map(|x| x as usize))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        AdapterError::Invalid("layers_to_transform is not a list of block indices".into())
+                    })?,
+            ),
+            Some(other) => {
+                return Err(AdapterError::Invalid(format!(
+                    "layers_to_transform {other} is not a block index or a list of them"
+                )))
+            }
+        };
+        let adapted = layer_set.resolve(model.num_layers)?;
         let config = LoraConfig {
             rank: cfg.r,
             alpha: cfg.lora_alpha,
             dropout: cfg.lora_dropout,
             targets,
+            layers: layer_set,
         };
         let st = SafeTensors::open(&dir.join("adapter_model.safetensors"))?;
         let r = config.rank;
         let mut layers = Vec::new();
         for l in 0..model.num_layers {
             let mut pairs = Vec::new();
+            if !adapted.contains(&l) {
+                layers.push(pairs);
+                continue;
+            }
             for &proj in &config.targets {
                 let (inp, out) = proj.dims(model);
                 let read = |which: &str, shape: [usize; 2]| -> Result<Vec<f32>, AdapterError> {
