@@ -66,6 +66,9 @@ pub struct AnnotateArgs {
     /// Penalty on tokens already in the summary (1: off).
     #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f32,
+    /// Label-only: stop every sample right after its label (`{"language", "label"}`).
+    #[arg(long)]
+    pub label_only: bool,
 }
 
 pub fn default_model_path() -> PathBuf {
@@ -119,6 +122,7 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
         slots: args.slots,
         no_repeat_ngram: args.no_repeat_ngram,
         repetition_penalty: args.repetition_penalty,
+        label_only_except: args.label_only.then(Default::default),
     };
     let (results, stats, secs) = annotate(&annotator, &scripts, &opts);
     let mut sink: Box<dyn std::io::Write> = match &args.out {

@@ -138,6 +138,19 @@ pub struct LoopConfig {
     /// Training of the judge adapter (one target token: the label).
     #[serde(default = "default_judge_adapter")]
     pub judge_adapter: AdapterConfig,
+    /// Evaluate label-only: the greedy language and label of every test script, decoding
+    /// stopped right after the label, so the whole test set is scored at little cost (and
+    /// McNemar can speak); whole summaries only for `eval_summary_scripts` of them.
+    #[serde(default = "default_true")]
+    pub label_only_eval: bool,
+    /// Test scripts (stratified by language and label) whose whole summaries are generated
+    /// for the summary metrics and the judge's preference, in a label-only evaluation.
+    #[serde(default = "default_eval_summary_scripts")]
+    pub eval_summary_scripts: usize,
+    /// The compact system prompt for the annotator and the judge (a few dozen tokens
+    /// instead of ~160, leaving the prompt budget to the script).
+    #[serde(default)]
+    pub compact_prompt: bool,
 }
 
 /// One iteration's adapter and its training.
@@ -283,6 +296,9 @@ fn default_no_repeat_ngram() -> usize {
 }
 fn default_repetition_penalty() -> f32 {
     1.0
+}
+fn default_eval_summary_scripts() -> usize {
+    32
 }
 fn default_judge_min_accuracy() -> f64 {
     0.8
@@ -440,6 +456,14 @@ impl LoopConfig {
         automaldesc_common::sha256_hex(v.to_string().as_bytes())
     }
 
+    fn prompt_style(&self) -> &'static str {
+        if self.compact_prompt {
+            "compact"
+        } else {
+            "full"
+        }
+    }
+
     fn judge(&self) -> &str {
         self.judge_model.as_deref().unwrap_or(&self.model)
     }
@@ -457,20 +481,64 @@ impl LoopConfig {
             "min_label_prob": min_label_prob,
             "no_repeat_ngram": self.no_repeat_ngram,
             "repetition_penalty": self.repetition_penalty,
+            "prompt": self.prompt_style(),
         })
     }
 
-    /// The evaluation's generate config: no early stop, the evaluation temperatures.
-    fn evaluate_config(&self) -> serde_json::Value {
+    /// The evaluation's generate config: no early stop, the evaluation temperatures; in a
+    /// label-only evaluation, greedy and stopped after the label but for `summary_scripts`.
+    fn evaluate_config(&self, summary_scripts: &[String]) -> serde_json::Value {
         let mut c = self.generate_config(false, self.confidence);
         if let Some(t) = &self.eval_temperatures {
             c["temperatures"] = json!(t);
         }
+        if self.label_only_eval {
+            c["temperatures"] = json!([0.0]);
+            c["label_only_except"] = json!(summary_scripts);
+        }
         c
     }
 
-    /// The run spec of the whole loop.
-    pub fn run_spec(&self, base_model_sha256: &str) -> RunSpec {
+    /// The test scripts that get whole summaries in a label-only evaluation: up to
+    /// `eval_summary_scripts`, taken in turn from each (language, label) stratum in an order
+    /// fixed by their hashes.
+    pub fn summary_scripts(&self) -> anyhow::Result<Vec<String>> {
+        if !self.label_only_eval || self.eval_summary_scripts == 0 {
+            return Ok(Vec::new());
+        }
+        let labels = crate::labelled_split::read_labels(&self.test, None)?;
+        let mut strata: BTreeMap<(String, u8), Vec<String>> = BTreeMap::new();
+        for l in labels {
+            strata
+                .entry((l.language.to_string(), l.label.as_u8()))
+                .or_default()
+                .push(l.sha256);
+        }
+        for v in strata.values_mut() {
+            v.sort_by_key(|s| automaldesc_common::sha256_hex(s.as_bytes()));
+        }
+        let mut out = Vec::new();
+        let mut round = 0;
+        while out.len() < self.eval_summary_scripts {
+            let before = out.len();
+            for v in strata.values() {
+                if let Some(s) = v.get(round) {
+                    if out.len() < self.eval_summary_scripts {
+                        out.push(s.clone());
+                    }
+                }
+            }
+            if out.len() == before {
+                break;
+            }
+            round += 1;
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The run spec of the whole loop; `summary_scripts` from [`LoopConfig::summary_scripts`].
+    pub fn run_spec(&self, base_model_sha256: &str, summary_scripts: &[String]) -> RunSpec {
         let test = self.test.trim_end_matches('/');
         let stage =
             |kind: &str, input: Option<String>, single: bool, refs: &[(&str, u32)], config| {
@@ -489,6 +557,7 @@ impl LoopConfig {
                 "previous_annotator": previous,
                 "judge_model": self.judge(),
                 "preference_scripts": self.preference_scripts,
+                "prompt": self.prompt_style(),
             })
         };
         let mut stages = vec![
@@ -497,7 +566,7 @@ impl LoopConfig {
                 Some(format!("{test}/scripts")),
                 false,
                 &[],
-                self.evaluate_config(),
+                self.evaluate_config(summary_scripts),
             ),
             stage(
                 "report",
@@ -520,6 +589,7 @@ impl LoopConfig {
                     "min_accuracy": self.judge_min_accuracy,
                     "train": self.judge_adapter.train_config(self.random_seed),
                     "val_fraction": self.judge_adapter.val_fraction,
+                    "prompt": self.prompt_style(),
                 }),
             ),
         ];
@@ -552,6 +622,7 @@ impl LoopConfig {
                         "answer_tokens": a.answer_tokens,
                         "summary_tokens": self.summary_tokens,
                         "val_fraction": a.val_fraction,
+                        "prompt": self.prompt_style(),
                     }),
                 ),
                 stage(
@@ -566,7 +637,7 @@ impl LoopConfig {
                     None,
                     false,
                     &[("judge", JUDGE_TRAIN)],
-                    json!({ "model": self.judge(), "min_label_prob": threshold }),
+                    json!({ "model": self.judge(), "min_label_prob": threshold, "prompt": self.prompt_style() }),
                 ),
                 stage(
                     "filter",
@@ -595,7 +666,7 @@ impl LoopConfig {
                     Some(format!("{test}/scripts")),
                     false,
                     &[("adapter", s.train)],
-                    self.evaluate_config(),
+                    self.evaluate_config(summary_scripts),
                 ),
                 stage(
                     "report",
@@ -698,7 +769,7 @@ pub fn run(args: LoopArgs) -> anyhow::Result<()> {
     }
     let model_sha256 =
         automaldesc_worker::stages::train::file_sha256(&model).map_err(anyhow::Error::msg)?;
-    let spec = cfg.run_spec(&model_sha256);
+    let spec = cfg.run_spec(&model_sha256, &cfg.summary_scripts()?);
     spec.validate()?;
     if args.print_spec {
         print!("{}", toml::to_string(&spec)?);
@@ -897,7 +968,7 @@ mod tests {
             [c.threshold(1), c.threshold(2), c.threshold(3)],
             [0.95, 0.9, 0.9]
         );
-        let spec = c.run_spec("abc");
+        let spec = c.run_spec("abc", &[]);
         for k in 1..=3 {
             let s = LoopConfig::stages_of(k);
             let want = c.threshold(k);
@@ -913,7 +984,7 @@ mod tests {
     #[test]
     fn the_run_spec_wires_every_iteration_to_the_one_before() {
         let c = LoopConfig::from_toml(&format!("{MINIMAL}\niterations = 3\n")).unwrap();
-        let spec = c.run_spec("abc");
+        let spec = c.run_spec("abc", &[]);
         spec.validate().unwrap();
         assert_eq!(spec.stages.len(), 2 + 3 * 7);
         assert_eq!(spec.stages[BASE_EVALUATE as usize].kind, "generate");

@@ -85,6 +85,9 @@ pub struct TrainArgs {
     pub eval_from: Option<String>,
     #[arg(long)]
     pub eval_limit: Option<usize>,
+    /// The compact system prompt (a few dozen tokens instead of ~160).
+    #[arg(long)]
+    pub compact_prompt: bool,
     /// With --eval-from: also score the base model (no adapter) before training.
     #[arg(long, requires = "eval_from")]
     pub eval_base: bool,
@@ -220,7 +223,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         answer: args.answer_tokens,
         summary: args.summary_tokens,
     };
-    let trainer = load_trainer(args.model.clone())?;
+    let mut trainer = load_trainer(args.model.clone())?;
+    if args.compact_prompt {
+        trainer.annotator.prompt_style = automaldesc_worker::prompt::PromptStyle::Compact;
+    }
     let data = load_split(&trainer, &args.from, args.limit, args.val_fraction, budget)?;
     let eval: Vec<Example> = match &args.eval_from {
         Some(from) => load_split(&trainer, from, args.eval_limit, 0.0, budget)?
@@ -371,6 +377,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "prompt_tokens": args.prompt_tokens,
         "answer_tokens": args.answer_tokens,
         "summary_tokens": args.summary_tokens,
+        "prompt_style": trainer.annotator.prompt_style,
+        "system_prompt_tokens": trainer.annotator.system_prompt_tokens(),
         "targets_cut": data.targets_cut,
         "summaries_shortened": data.summaries_shortened,
         "epochs": epochs,

@@ -22,6 +22,9 @@ pub struct AnnotateOptions {
     pub no_repeat_ngram: usize,
     /// Penalty on tokens already in the summary (1: off).
     pub repetition_penalty: f32,
+    /// A label-only evaluation: every script stops right after its label, except those
+    /// whose sha256 is listed (they get whole answers, for the summary metrics).
+    pub label_only_except: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Default for AnnotateOptions {
@@ -36,6 +39,7 @@ impl Default for AnnotateOptions {
             slots: 8,
             no_repeat_ngram: 0,
             repetition_penalty: 1.0,
+            label_only_except: None,
         }
     }
 }
@@ -95,6 +99,9 @@ pub fn annotate(
                 .collect(),
             max_new_tokens: opts.max_new_tokens,
             format: Format::Answer,
+            label_only: opts.label_only_except.as_ref().is_some_and(|keep| {
+                !keep.contains(&automaldesc_common::sha256_hex(bytes))
+            }),
         })
         .collect();
     let engine = Engine {

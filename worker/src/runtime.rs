@@ -107,6 +107,8 @@ pub struct Annotator {
     pub schema: AnswerSchema,
     /// `file name@first 16 hex of sha256 of the first 1 MiB and the size`: cheap and stable.
     pub model_id: String,
+    /// The system messages it is prompted with (training and inference must agree).
+    pub prompt_style: prompt::PromptStyle,
 }
 
 impl Annotator {
@@ -239,7 +241,15 @@ impl Annotator {
             template,
             schema,
             model_id,
+            prompt_style: prompt::PromptStyle::Full,
         })
+    }
+
+    /// Tokens of the annotator's system message in its style.
+    pub fn system_prompt_tokens(&self) -> usize {
+        self.tokenizer
+            .encode(self.prompt_style.annotator_system())
+            .map_or(0, |t| t.len())
     }
 
     /// Renders a conversation with the model's template and tokenizes it.
@@ -257,7 +267,7 @@ impl Annotator {
             let user = prompt::annotation_user_message(body);
             let mut s = self.template.render(
                 &[
-                    (Role::System, prompt::ANNOTATOR_SYSTEM),
+                    (Role::System, self.prompt_style.annotator_system()),
                     (Role::User, &user),
                 ],
                 true,

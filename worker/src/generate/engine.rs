@@ -23,6 +23,8 @@ pub struct Request {
     pub samples: Vec<SamplingParams>,
     pub max_new_tokens: usize,
     pub format: Format,
+    /// Stop every sample right after its label (a label-only evaluation).
+    pub label_only: bool,
 }
 
 /// What a sample may generate.
@@ -264,6 +266,11 @@ impl Engine<'_> {
     }
 
     fn apply_early_stop(&self, active: &mut [Option<Active>], early: &EarlyStop, reqs: &[Request]) {
+        for a in active.iter_mut().flatten() {
+            if a.finish.is_none() && a.state.has_label() && reqs[a.request].label_only {
+                a.finish = Some(FinishReason::LabelOnly);
+            }
+        }
         if let Some(min) = early.min_label_prob {
             for a in active.iter_mut().flatten() {
                 if a.finish.is_none() && a.state.has_label() && a.label_prob < min {
@@ -332,6 +339,9 @@ impl Engine<'_> {
                 request: a.request,
                 sample: a.sample,
                 json: match reqs[a.request].format {
+                    Format::Answer if a.finish == Some(FinishReason::LabelOnly) => {
+                        a.state.to_label_json()
+                    }
                     Format::Answer => a.state.to_json(),
                     Format::Text { .. } => String::new(),
                 },

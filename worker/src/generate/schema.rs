@@ -363,6 +363,16 @@ impl AnswerState {
 
     /// The answer as JSON text. An unfinished summary is closed (an open escape is dropped),
     /// so the text always parses; callers record the truncation separately.
+    /// A label-only answer: the language and the label, closed without a summary.
+    pub fn to_label_json(&self) -> String {
+        let lang = self.language.map(|l| l.as_str()).unwrap_or("");
+        let label = self
+            .label
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "null".into());
+        format!("{{\"language\": \"{lang}\", \"label\": {label}}}")
+    }
+
     pub fn to_json(&self) -> String {
         let lang = self.language.map(|l| l.as_str()).unwrap_or("");
         let label = self

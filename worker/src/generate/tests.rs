@@ -94,6 +94,7 @@ fn requests(vocab: &ToyVocab, n: usize, temps: &[f32], max_new: usize, seed: u64
                     .collect(),
                 max_new_tokens: max_new,
                 format: Format::Answer,
+                label_only: false,
             }
         })
         .collect()
@@ -273,6 +274,7 @@ fn text_requests_generate_free_tokens_up_to_a_stop_token() {
             ],
             max_new_tokens: 12,
             format: Format::Text { stop: stop.clone() },
+            label_only: false,
         })
         .collect();
     let (outs, _) = engine.run(&reqs, &EarlyStop::default());

@@ -28,6 +28,10 @@ pub struct JudgeConfig {
     /// Summary tokens the judge reads (a longer summary is cut).
     #[serde(default = "default_summary_tokens")]
     pub summary_tokens: usize,
+    /// The system messages of the annotator and the judge (training and inference must
+    /// agree).
+    #[serde(default)]
+    pub prompt: crate::prompt::PromptStyle,
 }
 
 fn default_summary_tokens() -> usize {
@@ -63,7 +67,7 @@ pub fn judge_summary(judge: &Annotator, summary: &str, summary_tokens: usize) ->
 /// The judge's probability that the script a summary describes is malicious.
 pub fn judge_probability(judge: &Annotator, summary: &str, summary_tokens: usize) -> f32 {
     let user = prompt::judge_user_message(&first_tokens(judge, summary, summary_tokens));
-    let p = choice_probs_after(judge, prompt::JUDGE_SYSTEM, &user, &["0", "1"]);
+    let p = choice_probs_after(judge, judge.prompt_style.judge_system(), &user, &["0", "1"]);
     p[1]
 }
 
@@ -132,6 +136,7 @@ impl Executor for JudgeExecutor {
         let judge = model(&ModelKey {
             model: model_path(&cfg.model)?,
             adapter,
+            prompt: cfg.prompt,
         })?;
         let mut rows: Vec<AnswersRow> = read_task(task, "")?;
         let rows_in = rows.len() as u64;

@@ -38,6 +38,10 @@ pub struct JudgeTrainConfig {
     /// Share of the seed held out to measure the trained judge.
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
+    /// The system messages of the annotator and the judge (training and inference must
+    /// agree).
+    #[serde(default)]
+    pub prompt: crate::prompt::PromptStyle,
 }
 
 fn default_min_accuracy() -> f64 {
@@ -95,7 +99,7 @@ impl JudgeScore {
 /// The judge's prompt for one summary, as tokens ending where its answer starts.
 pub fn judge_prompt(judge: &Annotator, summary: &str, summary_tokens: usize) -> Vec<u32> {
     let user = prompt::judge_user_message(&first_tokens(judge, summary, summary_tokens));
-    judge.encode_chat(&[(Role::System, prompt::JUDGE_SYSTEM), (Role::User, &user)])
+    judge.encode_chat(&[(Role::System, judge.prompt_style.judge_system()), (Role::User, &user)])
 }
 
 /// The digits "0" and "1" of the judge's tokenizer.
@@ -132,6 +136,7 @@ impl Executor for JudgeTrainExecutor {
         let base = model(&ModelKey {
             model: path.clone(),
             adapter: None,
+            prompt: cfg.prompt,
         })?;
         let base_scores: Vec<Scored> = labels
             .iter()
@@ -180,7 +185,8 @@ fn train_judge(
     path: &std::path::Path,
     labels: &[LabelledRow],
 ) -> Result<(JudgeScore, Vec<automaldesc_common::manifest::ManifestFile>), String> {
-    let trainer = Trainer::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut trainer = Trainer::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    trainer.annotator.prompt_style = cfg.prompt;
     let judge = &trainer.annotator;
     let digits = judge_digits(judge);
     let choices = ChoiceIds {
@@ -228,8 +234,9 @@ fn train_judge(
     )
     .map_err(|e| format!("judge_train: {e}"))?
     .ok_or("cancelled")?;
-    let infer = Annotator::load(path, &crate::device::select()?)
+    let mut infer = Annotator::load(path, &crate::device::select()?)
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    infer.prompt_style = cfg.prompt;
     let scored = merged(&infer.model, &trained.adapter).map_err(|e| e.to_string())?;
     let tally = score_labels(&scored, &va, &choices, None).map_err(|e| e.to_string())?;
     let score = JudgeScore::of(&tally.labels);

@@ -263,6 +263,8 @@ pub struct ModelKey {
     pub model: PathBuf,
     /// A LoRA adapter (PEFT layout) merged into it.
     pub adapter: Option<PathBuf>,
+    /// The system messages it is prompted with.
+    pub prompt: crate::prompt::PromptStyle,
 }
 
 /// Models a worker process keeps loaded at most.
@@ -296,6 +298,7 @@ pub fn model(key: &ModelKey) -> StageResult<Arc<Annotator>> {
             .with_adapter(a)
             .map_err(|e| format!("adapter {}: {e}", a.display()))?;
     }
+    annotator.prompt_style = key.prompt;
     crate::telemetry::add_model_load(started.elapsed());
     let annotator = Arc::new(annotator);
     loaded.push((key.clone(), annotator.clone()));

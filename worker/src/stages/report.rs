@@ -40,6 +40,10 @@ pub struct ReportConfig {
     /// Also score the judge on the test references' summaries.
     #[serde(default)]
     pub judge_check: bool,
+    /// The system messages of the annotator and the judge (training and inference must
+    /// agree).
+    #[serde(default)]
+    pub prompt: crate::prompt::PromptStyle,
 }
 
 /// Summary tokens the preference judge reads of each summary.
@@ -92,6 +96,7 @@ impl ReportExecutor {
         let judge = model(&ModelKey {
             model: model_path(&cfg.judge_model)?,
             adapter: None,
+            prompt: cfg.prompt,
         })?;
         let mut both: Vec<(&String, &Vec<u8>, String, String)> = content
             .iter()
@@ -138,6 +143,7 @@ fn judge_check(cfg: &ReportConfig, references: &[Reference]) -> Result<JudgeChec
     let judge = model(&ModelKey {
         model: model_path(&cfg.judge_model)?,
         adapter: None,
+        prompt: cfg.prompt,
     })?;
     let mut check = JudgeCheck {
         model_id: judge.model_id.clone(),

@@ -30,6 +30,10 @@ pub struct TrainStageConfig {
     pub summary_tokens: Option<usize>,
     /// Fraction of the scripts held out (stratified by label and language) for validation.
     pub val_fraction: f64,
+    /// The system messages of the annotator and the judge (training and inference must
+    /// agree).
+    #[serde(default)]
+    pub prompt: crate::prompt::PromptStyle,
 }
 
 /// The calibration written beside a trained adapter: the P(malicious) threshold that
@@ -57,8 +61,9 @@ impl Executor for TrainExecutor {
         let model = model_path(&cfg.model)?;
         // Training stays on the CPU backend even in a CUDA build: the LoRA training path has
         // not been checked on CUDA yet (inference stages use the worker's device).
-        let trainer =
+        let mut trainer =
             Trainer::load(&model).map_err(|e| format!("{}: {e}", model.display()))?;
+        trainer.annotator.prompt_style = cfg.prompt;
         let budget = Budget {
             prompt: cfg.prompt_tokens,
             answer: cfg.answer_tokens,
@@ -177,6 +182,8 @@ impl Executor for TrainExecutor {
             "prompt_tokens": cfg.prompt_tokens,
             "answer_tokens": cfg.answer_tokens,
             "summary_tokens": cfg.summary_tokens,
+            "prompt_style": cfg.prompt,
+            "system_prompt_tokens": trainer.annotator.system_prompt_tokens(),
             "targets_cut": data.targets_cut,
             "summaries_shortened": data.summaries_shortened,
             "adapted_layers": trained.adapter.adapted_layers(),
