@@ -558,6 +558,8 @@ impl LoopConfig {
                 "judge_model": self.judge(),
                 "preference_scripts": self.preference_scripts,
                 "prompt": self.prompt_style(),
+                "model": self.model,
+                "summary_tokens": self.summary_tokens,
             })
         };
         let mut stages = vec![
@@ -650,7 +652,7 @@ impl LoopConfig {
                     "aggregate",
                     None,
                     true,
-                    &[("adapter", s.train)],
+                    &[("adapter", s.train), ("judge", JUDGE_TRAIN)],
                     json!({
                         "run": self.name,
                         "iteration": k,
@@ -677,6 +679,7 @@ impl LoopConfig {
                         ("previous", prev_answers),
                         ("funnel", s.aggregate),
                         ("history", prev_report),
+                        ("adapter", s.train),
                     ],
                     report_config(k, &format!("V{k}"), Some(prev_name)),
                 ),

@@ -302,3 +302,79 @@ fn text_requests_generate_free_tokens_up_to_a_stop_token() {
     let (alone, _) = engine.run(&reqs[2..], &EarlyStop::default());
     assert_eq!(alone[1].tokens, outs[5].tokens);
 }
+
+/// Every n-gram of `tokens` that occurs more than once.
+fn repeated_ngrams(tokens: &[u32], n: usize) -> Vec<Vec<u32>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for w in tokens.windows(n) {
+        if !seen.insert(w.to_vec()) {
+            out.push(w.to_vec());
+        }
+    }
+    out
+}
+
+#[test]
+fn no_repeat_ngram_stops_a_summary_that_would_loop() {
+    let (model, schema, vocab) = setup();
+    let engine = Engine {
+        model: &model,
+        schema: &schema,
+        slots: 2,
+    };
+    let run = |params: SamplingParams| {
+        let mut prompt = vocab.encode_plain("script 3: echo 21\n");
+        prompt.extend(vocab.encode_plain(ANSWER_PREFIX));
+        let req = Request {
+            prompt,
+            samples: vec![params],
+            max_new_tokens: 80,
+            format: Format::Answer,
+            label_only: false,
+        };
+        let (outs, _) = engine.run(&[req], &EarlyStop::default());
+        outs.into_iter().next().unwrap()
+    };
+    let summary_of = |o: &SampleOutput| {
+        // The summary's tokens: after the label and the forced text that follows it.
+        let at = o.tokens.iter().position(|t| schema.label_ids.contains(t)).unwrap();
+        o.tokens[at + 1..].to_vec()
+    };
+    // Greedy decoding of this random model loops: some 3-gram of its summary repeats.
+    let plain = run(SamplingParams::greedy());
+    assert!(
+        !repeated_ngrams(&summary_of(&plain), 3).is_empty(),
+        "the model must loop for this test to mean anything: {:?}",
+        plain.tokens
+    );
+    let controlled = run(SamplingParams {
+        no_repeat_ngram: 3,
+        ..SamplingParams::greedy()
+    });
+    let summary = summary_of(&controlled);
+    // The forced text after the label is not the summary's: start after it.
+    let free = &summary[schema.target_parts(&vocab, automaldesc_common::Language::Bash, 0, "").after_label.len()..];
+    assert!(free.len() > 20, "the summary ran: {free:?}");
+    assert_eq!(repeated_ngrams(free, 3), Vec::<Vec<u32>>::new(), "{free:?}");
+}
+
+#[test]
+fn a_label_only_request_stops_right_after_its_label() {
+    let (model, schema, vocab) = setup();
+    let engine = Engine {
+        model: &model,
+        schema: &schema,
+        slots: 4,
+    };
+    let mut reqs = requests(&vocab, 2, &[0.0], 60, 1);
+    reqs[0].label_only = true;
+    let (outs, _) = engine.run(&reqs, &EarlyStop::default());
+    let (only, full) = (&outs[0], &outs[1]);
+    assert_eq!(only.finish, FinishReason::LabelOnly);
+    assert_eq!(Some(only.tokens.last().copied().unwrap()), only.label.map(|l| schema.label_ids[usize::from(l)]));
+    let v: serde_json::Value = serde_json::from_str(&only.json).unwrap();
+    assert_eq!(v.as_object().unwrap().len(), 2, "{}", only.json);
+    assert_eq!(v["label"], u8::from(only.label.unwrap()));
+    assert!(full.tokens.len() > only.tokens.len() && full.finish != FinishReason::LabelOnly);
+}

@@ -76,7 +76,12 @@ pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, Stri
             generated_tokens: row.generated_tokens,
             saved_tokens: row.saved_tokens,
         },
-        Err(r) => rejected(r),
+        // Past check 3 the samples agreed on a label: the rejection keeps it, so the funnel
+        // can count rejections by class.
+        Err(r) => DecisionRow {
+            label: Some(survivor.label),
+            ..rejected(r)
+        },
     })
 }
 

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use automaldesc_common::schema::LabelledRow;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::judge::{first_tokens, judge_probability};
 use super::{config, model, model_path, read_task, write_file, ModelKey};
@@ -19,7 +19,6 @@ use crate::prompt::{self, Role};
 use crate::runtime::Annotator;
 use crate::train::fit::Trainer;
 use crate::train::label_eval::{merged, score_labels};
-use crate::train::metrics::{balanced_accuracy, Scored};
 use crate::train::{stratified_hold_out, train_with, ChoiceIds, Example, TokenRole, TrainConfig, TrainData};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -54,47 +53,7 @@ fn default_val_fraction() -> f64 {
     0.3
 }
 
-/// Which judge a run uses, and how well it did on the seed summaries.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct JudgeChoice {
-    /// "base", "adapter" or "none" (check 5 skipped).
-    pub judge: String,
-    pub check5: bool,
-    pub min_accuracy: f64,
-    /// The base judge on every seed summary.
-    pub base: JudgeScore,
-    /// The trained judge on the seed hold-out, when one was trained.
-    pub trained: Option<JudgeScore>,
-    pub seconds: f64,
-}
-
-/// A judge's accuracy per class and balanced, at P(malicious) >= 0.5.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct JudgeScore {
-    pub scripts: usize,
-    pub benign_accuracy: f64,
-    pub malicious_accuracy: f64,
-    pub balanced_accuracy: f64,
-}
-
-impl JudgeScore {
-    pub fn of(scores: &[Scored]) -> Self {
-        let recall = |c: u8| {
-            let of: Vec<&Scored> = scores.iter().filter(|s| s.label == c).collect();
-            of.iter().filter(|s| (s.p >= 0.5) == (c == 1)).count() as f64 / of.len().max(1) as f64
-        };
-        Self {
-            scripts: scores.len(),
-            benign_accuracy: recall(0),
-            malicious_accuracy: recall(1),
-            balanced_accuracy: balanced_accuracy(scores, 0.5),
-        }
-    }
-
-    fn passes(&self, min: f64) -> bool {
-        self.balanced_accuracy >= min
-    }
-}
+pub use automaldesc_common::report::{JudgeChoice, JudgeScore};
 
 /// The judge's prompt for one summary, as tokens ending where its answer starts.
 pub fn judge_prompt(judge: &Annotator, summary: &str, summary_tokens: usize) -> Vec<u32> {
@@ -138,11 +97,11 @@ impl Executor for JudgeTrainExecutor {
             adapter: None,
             prompt: cfg.prompt,
         })?;
-        let base_scores: Vec<Scored> = labels
+        let base_scores: Vec<(f64, u8)> = labels
             .iter()
-            .map(|l| Scored {
-                p: f64::from(judge_probability(&base, &l.summary, cfg.summary_tokens)),
-                label: l.label.as_u8(),
+            .map(|l| {
+                let p = judge_probability(&base, &l.summary, cfg.summary_tokens);
+                (f64::from(p), l.label.as_u8())
             })
             .collect();
         let base_score = JudgeScore::of(&base_scores);
@@ -239,7 +198,8 @@ fn train_judge(
     infer.prompt_style = cfg.prompt;
     let scored = merged(&infer.model, &trained.adapter).map_err(|e| e.to_string())?;
     let tally = score_labels(&scored, &va, &choices, None).map_err(|e| e.to_string())?;
-    let score = JudgeScore::of(&tally.labels);
+    let pairs: Vec<(f64, u8)> = tally.labels.iter().map(|s| (s.p, s.label)).collect();
+    let score = JudgeScore::of(&pairs);
     tracing::info!(balanced_accuracy = score.balanced_accuracy, held_out = va.len(), "trained judge");
     let local = ckpt.join("adapter");
     trained

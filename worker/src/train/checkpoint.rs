@@ -47,8 +47,11 @@ pub(super) fn save_checkpoint(
     Ok(())
 }
 
+/// Loads the checkpoint in `dir`, if any. A checkpoint of another layer set than
+/// `config`'s is refused with both sets named, before its vectors are read.
 pub(super) fn load_checkpoint(
     dir: &Path,
+    config: &super::TrainConfig,
     adapter: &mut LoraWeights,
     best: &mut LoraWeights,
 ) -> Result<Option<State>, TrainError> {
@@ -61,6 +64,15 @@ pub(super) fn load_checkpoint(
         .get("state")
         .ok_or_else(|| ckpt_err(&path, "no training state in its metadata"))?;
     let mut state: State = serde_json::from_str(json).map_err(|e| ckpt_err(&path, e))?;
+    if state.config.lora.layers != config.lora.layers {
+        return Err(ckpt_err(
+            dir,
+            format!(
+                "its adapter covers layers {:?}, this run {:?}: refusing to mix them",
+                state.config.lora.layers, config.lora.layers
+            ),
+        ));
+    }
     let st = SafeTensors::open(&path).map_err(|e| ckpt_err(&path, e))?;
     let n = adapter.num_params();
     let read = |name: &str| -> Result<Vec<f32>, TrainError> {

@@ -609,16 +609,7 @@ pub fn train_with(
         finished: false,
     };
     let mut state = match checkpoint {
-        Some(dir) => match load_checkpoint(dir, &mut adapter, &mut best)? {
-            Some(s) if s.config.lora.layers != config.lora.layers => {
-                return Err(checkpoint::ckpt_err(
-                    dir,
-                    format!(
-                        "its adapter covers layers {:?}, this run {:?}: refusing to mix them",
-                        s.config.lora.layers, config.lora.layers
-                    ),
-                ))
-            }
+        Some(dir) => match load_checkpoint(dir, config, &mut adapter, &mut best)? {
             Some(s) if s.config != *config || s.data_hash != hash => {
                 return Err(checkpoint::ckpt_err(dir, "it belongs to another config or data set"))
             }
@@ -738,6 +729,24 @@ pub fn train_with(
     }))
 }
 
+/// The best-epoch key of a split's scores: (label NLL, token loss), NaN read as 0 (a split
+/// without labels compares on its token loss alone).
+fn selection_key(m: &SplitMetrics) -> (f64, f64) {
+    let nll = if m.label_nll.is_nan() { 0.0 } else { m.label_nll };
+    let tok = if m.token_loss.is_nan() { 0.0 } else { m.token_loss };
+    (nll, tok)
+}
+
+/// Whether an epoch scoring `m` beats the best so far (its key): a lower label NLL, or the
+/// same and a lower token loss.
+fn is_better(m: &SplitMetrics, best: Option<(f64, f64)>) -> bool {
+    let (nll, tok) = selection_key(m);
+    match best {
+        None => true,
+        Some((b_nll, b_tok)) => nll < b_nll - 1e-9 || ((nll - b_nll).abs() <= 1e-9 && tok < b_tok),
+    }
+}
+
 /// Scores the epoch on validation, records it, and keeps the adapter if it is the best so
 /// far: lowest validation label NLL, the token loss breaking ties (the token loss alone
 /// when there are no labels; the training split's scores when there is no validation).
@@ -773,17 +782,8 @@ fn end_epoch(
         val_balanced_accuracy = val_metrics.balanced_accuracy,
         "epoch done"
     );
-    let key = |m: &SplitMetrics| {
-        let nll = if m.label_nll.is_nan() { 0.0 } else { m.label_nll };
-        let tok = if m.token_loss.is_nan() { 0.0 } else { m.token_loss };
-        (nll, tok)
-    };
-    let (nll, tok) = key(&val_metrics);
-    let better = match state.best {
-        None => true,
-        Some((_, b_nll, b_tok)) => nll < b_nll - 1e-9 || ((nll - b_nll).abs() <= 1e-9 && tok < b_tok),
-    };
-    if better {
+    let (nll, tok) = selection_key(&val_metrics);
+    if is_better(&val_metrics, state.best.map(|(_, n, t)| (n, t))) {
         state.best = Some((state.epoch, nll, tok));
         state.best_threshold = Some(calibrated_threshold(&val_scores));
         *best = adapter.clone();
@@ -809,3 +809,5 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_objective;
