@@ -194,6 +194,10 @@ pub struct AdapterConfig {
     /// Scale the label weight per class by inverse class frequency.
     #[serde(default = "default_true")]
     pub balance_classes: bool,
+    /// Train a label head (a linear readout of the final hidden state on the label's
+    /// logit) with the adapters.
+    #[serde(default)]
+    pub label_head: bool,
 }
 
 impl AdapterConfig {
@@ -206,6 +210,7 @@ impl AdapterConfig {
                 dropout: self.dropout,
                 targets: LoraConfig::v1().targets,
                 layers: self.layers.clone(),
+                label_head: self.label_head,
             },
             learning_rate: self.learning_rate,
             weight_decay: self.weight_decay,
@@ -336,6 +341,7 @@ fn default_adapters() -> Vec<AdapterConfig> {
         label_weight: default_label_weight(),
         language_weight: default_language_weight(),
         balance_classes: true,
+        label_head: false,
     };
     vec![
         published(LoraConfig::v1(), 15),

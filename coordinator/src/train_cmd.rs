@@ -58,6 +58,10 @@ pub struct TrainArgs {
     /// Loss weight of the language choice.
     #[arg(long)]
     pub language_weight: Option<f32>,
+    /// Train a label head (a linear readout of the final hidden state on the label's
+    /// logit) with the adapters.
+    #[arg(long)]
+    pub label_head: bool,
     /// Do not scale the label weight by inverse class frequency.
     #[arg(long)]
     pub no_balance: bool,
@@ -195,6 +199,7 @@ fn config_from_args(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         config.language_weight = v;
     }
     config.balance_classes = !args.no_balance;
+    config.lora.label_head = args.label_head;
     config.validate()?;
     Ok(config)
 }
@@ -285,7 +290,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut eval_log = Vec::new();
     if let (Some(infer), true) = (&infer, args.eval_base) {
         let prefix = caches.as_ref().map(|c| &c[2]);
-        let t = automaldesc_worker::train::label_eval::score_labels(&infer.model, &eval, &trainer.choices, prefix)?;
+        let t = automaldesc_worker::train::label_eval::score_labels(&infer.model, None, &eval, &trainer.choices, prefix)?;
         let m = t.metrics();
         eprintln!(
             "  base model on eval ({} scripts): acc {:.3} bal {:.3} auc {:.3} nll {:.4} lang {:.3}",
@@ -330,7 +335,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let prefix = caches.as_ref().map(|c| &c[2]);
             let scored = merged
                 .map_err(|e| anyhow::anyhow!(e))
-                .and_then(|m| Ok(automaldesc_worker::train::label_eval::score_labels(&m, &eval, &trainer.choices, prefix)?));
+                .and_then(|m| Ok(automaldesc_worker::train::label_eval::score_labels(&m, adapter.label_head.as_deref(), &eval, &trainer.choices, prefix)?));
             match scored {
                 Ok(t) => {
                     let m = t.metrics();

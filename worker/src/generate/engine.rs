@@ -147,6 +147,7 @@ impl Engine<'_> {
                     .model
                     .forward(&req.prompt, req.prompt.len(), &mut single);
                 let last = h.narrow(0, req.prompt.len() - 1, 1);
+                let shift = self.schema.label_head_shift(&last)[0];
                 let logits = flat_logits(self.model.logits(last));
                 stats.prefill_tokens += req.prompt.len();
                 let prefill_secs = started.elapsed().as_secs_f64();
@@ -168,7 +169,7 @@ impl Engine<'_> {
                         admitted: started,
                         prefill_secs,
                     };
-                    self.decide(&mut a, &logits, req);
+                    self.decide(&mut a, &logits, req, shift);
                     active[slot] = Some(a);
                 }
                 stats.prefill_secs += started.elapsed().as_secs_f64();
@@ -193,12 +194,13 @@ impl Engine<'_> {
                 .map(|&s| active[s].as_ref().map_or(0, |a| a.feed))
                 .collect();
             let h = self.model.forward_slots(&feed, 1, &mut cache, &live);
+            let shifts = self.schema.label_head_shift(&h);
             let logits = flat_logits(self.model.logits(h));
             let vocab = self.model.config.vocab_size;
             for (row, &s) in live.iter().enumerate() {
                 if let Some(a) = active[s].as_mut() {
                     let req = &requests[a.request];
-                    self.decide(a, &logits[row * vocab..(row + 1) * vocab], req);
+                    self.decide(a, &logits[row * vocab..(row + 1) * vocab], req, shifts[row]);
                     stats.decode_tokens += 1;
                 }
             }
@@ -208,8 +210,9 @@ impl Engine<'_> {
         (outputs.into_iter().flatten().collect(), stats)
     }
 
-    /// Chooses the token that follows `logits` for one sample and records it.
-    fn decide(&self, a: &mut Active, logits: &[f32], req: &Request) {
+    /// Chooses the token that follows `logits` for one sample and records it; `head_shift`
+    /// is the label head's shift of the malicious logit for this row.
+    fn decide(&self, a: &mut Active, logits: &[f32], req: &Request, head_shift: f32) {
         if let Format::Text { stop } = &req.format {
             let all: Vec<(u32, f32)> = (0u32..).zip(logits.iter().copied()).collect();
             let token = a.sampler.sample(&all);
@@ -239,7 +242,7 @@ impl Engine<'_> {
             Next::Label(ids) => {
                 // The calibrated choice: the adapter's bias on the malicious digit.
                 let mut both = candidates(logits, ids);
-                both[1].1 += schema.label_bias;
+                both[1].1 += schema.label_bias + head_shift;
                 let pair = [both[0].1, both[1].1];
                 let probs = choice_probs(&pair, &[0, 1]);
                 let t = a.sampler.sample(&both);

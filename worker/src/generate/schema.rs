@@ -47,6 +47,9 @@ pub struct AnswerSchema {
     /// Added to the malicious digit's logit at the label choice: the calibration of a
     /// trained adapter (its validation threshold moved to even odds); 0 for a base model.
     pub label_bias: f32,
+    /// A trained adapter's label head (`hidden` weights, then a bias): `h · w + b` of the
+    /// label position's final hidden state is added to the malicious digit's logit.
+    pub label_head: Option<Vec<f32>>,
 }
 
 /// Where a JSON string body stands after some bytes.
@@ -145,6 +148,7 @@ impl AnswerSchema {
             control,
             end_id,
             label_bias: 0.0,
+            label_head: None,
         })
     }
 
@@ -159,6 +163,28 @@ impl AnswerSchema {
             .map(|i| i as u32)
             .collect();
         std::borrow::Cow::Owned(ids)
+    }
+
+    /// The label head's shift for each row of final hidden states `[rows, hidden]` (zeros
+    /// without a head).
+    pub fn label_head_shift(&self, h: &burn::tensor::Tensor<2>) -> Vec<f32> {
+        let rows = h.dims()[0];
+        let Some(head) = &self.label_head else {
+            return vec![0.0; rows];
+        };
+        let hidden = head.len() - 1;
+        let w = burn::tensor::Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(head[..hidden].to_vec(), [hidden, 1]),
+            &h.device(),
+        );
+        let v: Vec<f32> = h
+            .clone()
+            .matmul(w)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_else(|_| vec![0.0; rows]);
+        v.into_iter().map(|x| x + head[hidden]).collect()
     }
 
     pub fn token_bytes(&self, id: u32) -> &[u8] {

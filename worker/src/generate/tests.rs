@@ -378,3 +378,24 @@ fn a_label_only_request_stops_right_after_its_label() {
     assert_eq!(v["label"], u8::from(only.label.unwrap()));
     assert!(full.tokens.len() > only.tokens.len() && full.finish != FinishReason::LabelOnly);
 }
+
+#[test]
+fn the_label_head_and_the_calibration_move_the_label_choice() {
+    let (model, mut schema, vocab) = setup();
+    let hidden = model.config.hidden_size;
+    let reqs = requests(&vocab, 4, &[0.0], 30, 1);
+    for (bias, want) in [(40.0f32, 1u8), (-40.0, 0)] {
+        let mut head = vec![0.0; hidden + 1];
+        head[hidden] = bias;
+        schema.label_head = Some(head);
+        let engine = Engine { model: &model, schema: &schema, slots: 4 };
+        let (outs, _) = engine.run(&reqs, &EarlyStop::default());
+        assert!(outs.iter().all(|o| o.label == Some(want)), "head bias {bias}");
+        assert!(outs.iter().all(|o| o.label_prob > 0.999));
+    }
+    schema.label_head = None;
+    schema.label_bias = -40.0;
+    let engine = Engine { model: &model, schema: &schema, slots: 4 };
+    let (outs, _) = engine.run(&reqs, &EarlyStop::default());
+    assert!(outs.iter().all(|o| o.label == Some(0)), "calibration bias");
+}

@@ -104,11 +104,21 @@ pub fn choice_probs_after(
     let m = &model.model;
     let mut cache = KvCache::new(&m.config, 1, ids.len(), &m.device());
     let h = m.forward(&ids, ids.len(), &mut cache);
-    let logits: Vec<f32> = m
-        .logits(h.narrow(0, ids.len() - 1, 1))
+    let last = h.narrow(0, ids.len() - 1, 1);
+    // A judge adapter's label head shifts the "1" of a 0/1 verdict, as in training.
+    let shift = if options == ["0", "1"] {
+        model.schema.label_head_shift(&last)[0]
+    } else {
+        0.0
+    };
+    let mut logits: Vec<f32> = m
+        .logits(last)
         .into_data()
         .try_to_vec::<f32>()
         .expect("logits are f32");
+    if let Some(&one) = choices.get(1) {
+        logits[one as usize] += shift;
+    }
     choice_probs(&logits, &choices)
 }
 

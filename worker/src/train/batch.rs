@@ -141,6 +141,7 @@ pub fn make_batch(
                 target: usize::from(target),
                 weight,
                 seq: s,
+                is_label: matches!(role, TokenRole::Label(_)),
             };
             match (role, choices) {
                 (TokenRole::Forced, _) => {}

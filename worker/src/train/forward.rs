@@ -40,6 +40,8 @@ pub struct ChoiceRow {
     pub weight: f32,
     /// Which sequence of the batch the row belongs to.
     pub seq: usize,
+    /// The label choice (candidates benign, malicious), where a label head applies.
+    pub is_label: bool,
 }
 
 /// LoRA dropout for one forward pass: the probability and a seed for its masks.
@@ -275,7 +277,17 @@ impl Scored {
     }
 }
 
-/// Scores a batch: vocabulary-wide targets, and each choice row over its candidates.
+/// The label head's shift of the malicious logit for hidden states `h` `[m, hidden]`:
+/// `h · w + b` with `head = [w, b]`, `[m]`.
+pub fn label_head_logit(h: Tensor<2>, head: Tensor<1>) -> Tensor<1> {
+    let [m, hidden] = h.dims();
+    let w = head.clone().narrow(0, 0, hidden).reshape([hidden, 1]);
+    let b = head.narrow(0, hidden, 1);
+    h.matmul(w).reshape([m]) + b
+}
+
+/// Scores a batch: vocabulary-wide targets, and each choice row over its candidates (the
+/// label's with the label head's shift, when the adapter has one).
 pub fn score(
     model: &Llama,
     batch: &Batch,
@@ -288,11 +300,17 @@ pub fn score(
     let mut choices = Vec::with_capacity(batch.choices.len());
     if !batch.choices.is_empty() {
         let rows: Vec<usize> = batch.choices.iter().map(|c| c.row).collect();
-        let logits = model.logits(hidden.select(0, index_tensor(&rows, &device))); // [m, vocab]
+        let h = hidden.select(0, index_tensor(&rows, &device)); // [m, hidden]
+        let head = lora.and_then(|l| l.label_head.clone()).map(|w| label_head_logit(h.clone(), w));
+        let logits = model.logits(h); // [m, vocab]
         for (i, c) in batch.choices.iter().enumerate() {
             let cand: Vec<usize> = c.candidates.iter().map(|&x| x as usize).collect();
             let row = logits.clone().narrow(0, i, 1).reshape([logits.dims()[1]]);
-            let picked = row.select(0, index_tensor(&cand, &device));
+            let mut picked = row.select(0, index_tensor(&cand, &device));
+            if let (Some(d), true, 2) = (&head, c.is_label, cand.len()) {
+                let shift = Tensor::cat(vec![Tensor::zeros([1], &device), d.clone().narrow(0, i, 1)], 0);
+                picked = picked + shift;
+            }
             choices.push(log_softmax(picked.reshape([1, cand.len()]), 1).reshape([cand.len()]));
         }
     }

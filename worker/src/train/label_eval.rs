@@ -26,6 +26,7 @@ pub fn merged(base: &Llama, adapter: &LoraWeights) -> Result<Llama, AdapterError
 /// cached residual stream of each example), only the blocks above it run.
 pub fn score_labels(
     model: &Llama,
+    head: Option<&[f32]>,
     examples: &[Example],
     choices: &ChoiceIds,
     prefix: Option<&PrefixCache>,
@@ -58,6 +59,14 @@ pub fn score_labels(
         };
         let rows = [e.prompt.len() - 1, n - 1].map(|r| r as i64);
         let picked = hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [2]), &device));
+        let shift = match head {
+            Some(w) => {
+                let t = Tensor::<1>::from_data(TensorData::new(w.to_vec(), [w.len()]), &device);
+                let d = crate::train::forward::label_head_logit(picked.clone().narrow(0, 1, 1), t);
+                d.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default().first().copied().unwrap_or(0.0)
+            }
+            None => 0.0,
+        };
         let logits: Vec<f32> = model
             .logits(picked)
             .into_data()
@@ -76,7 +85,9 @@ pub fn score_labels(
             tally.languages += 1;
             tally.languages_right += usize::from(best == Some(usize::from(*want)));
         }
-        let p = choice_probs(last, &choices.label);
+        let mut pair = [last[choices.label[0] as usize], last[choices.label[1] as usize]];
+        pair[1] += shift;
+        let p = choice_probs(&pair, &[0, 1]);
         tally.labels.push(Scored {
             p: f64::from(p[1]),
             label,

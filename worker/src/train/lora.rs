@@ -168,6 +168,11 @@ pub struct LoraConfig {
     /// The blocks that carry adapters (default: all).
     #[serde(default)]
     pub layers: LayerSet,
+    /// A label head: a linear readout of the final hidden state added to the malicious
+    /// label's logit at the label choice only (what a linear probe does), trained with the
+    /// adapters and kept beside them (`label_head.safetensors`).
+    #[serde(default)]
+    pub label_head: bool,
 }
 
 impl LoraConfig {
@@ -179,6 +184,7 @@ impl LoraConfig {
             dropout: 0.05,
             targets: Proj::ALL.to_vec(),
             layers: LayerSet::all(),
+            label_head: false,
         }
     }
 
@@ -190,6 +196,7 @@ impl LoraConfig {
             dropout: 0.1,
             targets: Proj::ALL.to_vec(),
             layers: LayerSet::all(),
+            label_head: false,
         }
     }
 
@@ -213,7 +220,12 @@ pub struct LoraPair {
 pub struct LoraWeights {
     pub config: LoraConfig,
     pub layers: Vec<Vec<LoraPair>>,
+    /// The label head's weights (`hidden` values) and bias, when the config has one.
+    pub label_head: Option<Vec<f32>>,
 }
+
+/// File of the label head in an adapter directory (PEFT ignores it).
+pub const LABEL_HEAD_FILE: &str = "label_head.safetensors";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
@@ -297,6 +309,9 @@ impl LoraWeights {
         Ok(Self {
             config: config.clone(),
             layers,
+            label_head: config
+                .label_head
+                .then(|| vec![0.0; model.hidden_size + 1]),
         })
     }
 
@@ -316,7 +331,8 @@ impl LoraWeights {
     }
 
     pub fn num_params(&self) -> usize {
-        self.pairs().map(|p| p.a.len() + p.b.len()).sum()
+        self.pairs().map(|p| p.a.len() + p.b.len()).sum::<usize>()
+            + self.label_head.as_ref().map_or(0, Vec::len)
     }
 
     pub fn pairs(&self) -> impl Iterator<Item = &LoraPair> {
@@ -334,6 +350,9 @@ impl LoraWeights {
             out.extend_from_slice(&p.a);
             out.extend_from_slice(&p.b);
         }
+        if let Some(h) = &self.label_head {
+            out.extend_from_slice(h);
+        }
         out
     }
 
@@ -346,6 +365,10 @@ impl LoraWeights {
             p.a.copy_from_slice(&flat[at..at + na]);
             p.b.copy_from_slice(&flat[at + na..at + na + nb]);
             at += na + nb;
+        }
+        if let Some(h) = &mut self.label_head {
+            let n = h.len();
+            h.copy_from_slice(&flat[at..at + n]);
         }
     }
 
@@ -361,6 +384,14 @@ impl LoraWeights {
             }
         };
         LoraTensors {
+            label_head: self.label_head.as_ref().map(|h| {
+                let t = Tensor::<1>::from_data(TensorData::new(h.clone(), [h.len()]), device);
+                if trainable {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            }),
             scale: self.config.scale(),
             layers: self
                 .layers
@@ -483,6 +514,17 @@ impl LoraWeights {
             .map(|(n, s, d)| (n.clone(), s.clone(), d.as_slice()))
             .collect();
         write_f32(&dir.join("adapter_model.safetensors"), &tensors, metadata)?;
+        if let Some(h) = &self.label_head {
+            let hidden = h.len() - 1;
+            write_f32(
+                &dir.join(LABEL_HEAD_FILE),
+                &[
+                    ("weight".into(), vec![hidden], &h[..hidden]),
+                    ("bias".into(), vec![1], &h[hidden..]),
+                ],
+                &BTreeMap::new(),
+            )?;
+        }
         Ok(())
     }
 
@@ -558,6 +600,7 @@ impl LoraWeights {
             dropout: cfg.lora_dropout,
             targets,
             layers: layer_set,
+            label_head: false,
         };
         let st = SafeTensors::open(&dir.join("adapter_model.safetensors"))?;
         let r = config.rank;
@@ -595,7 +638,36 @@ impl LoraWeights {
             }
             layers.push(pairs);
         }
-        Ok(Self { config, layers })
+        let head_path = dir.join(LABEL_HEAD_FILE);
+        let label_head = if head_path.exists() {
+            let st = SafeTensors::open(&head_path)?;
+            let mut h = st
+                .to_f32("weight")
+                .filter(|w| w.len() == model.hidden_size)
+                .ok_or_else(|| {
+                    AdapterError::Invalid(format!(
+                        "{}: no `weight` of {} values",
+                        head_path.display(),
+                        model.hidden_size
+                    ))
+                })?;
+            let b = st.to_f32("bias").filter(|b| b.len() == 1).ok_or_else(|| {
+                AdapterError::Invalid(format!("{}: no `bias` of one value", head_path.display()))
+            })?;
+            h.extend(b);
+            Some(h)
+        } else {
+            None
+        };
+        let config = LoraConfig {
+            label_head: label_head.is_some(),
+            ..config
+        };
+        Ok(Self {
+            config,
+            layers,
+            label_head,
+        })
     }
 }
 
@@ -614,6 +686,8 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 pub struct LoraTensors {
     pub scale: f32,
     pub layers: Vec<Vec<(Proj, Tensor<2>, Tensor<2>)>>,
+    /// The label head `[hidden + 1]` (weights, then the bias).
+    pub label_head: Option<Tensor<1>>,
 }
 
 impl LoraTensors {
@@ -633,6 +707,17 @@ impl LoraTensors {
                     // An unused adapter gets a zero gradient.
                     None => out.extend(std::iter::repeat_n(0.0, n)),
                 }
+            }
+        }
+        if let Some(h) = &self.label_head {
+            match h.grad(grads) {
+                Some(g) => out.extend(
+                    g.into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .expect("f32 gradient"),
+                ),
+                None => out.extend(std::iter::repeat_n(0.0, h.dims()[0])),
             }
         }
         out

@@ -39,6 +39,7 @@ fn small_config() -> TrainConfig {
             dropout: 0.0,
             targets: Proj::ALL.to_vec(),
             layers: LayerSet::all(),
+            label_head: false,
         },
         learning_rate: 1e-2,
         weight_decay: 0.001,

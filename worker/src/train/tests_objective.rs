@@ -67,6 +67,7 @@ fn lora(layers: LayerSet) -> LoraConfig {
         dropout: 0.0,
         targets: Proj::ALL.to_vec(),
         layers,
+        label_head: false,
     }
 }
 
@@ -318,4 +319,48 @@ fn stratified_hold_out_keeps_every_stratum_and_enough_scripts() {
 
 fn sha256_of(i: usize) -> String {
     automaldesc_common::sha256_hex(i.to_string().as_bytes())
+}
+
+#[test]
+fn a_label_head_moves_the_label_and_survives_saving() {
+    let device = Device::flex().autodiff();
+    let model = tiny(&device);
+    let mut config = lora(LayerSet::top(1));
+    config.label_head = true;
+    let mut a = LoraWeights::init(&config, &model.config, 3).unwrap();
+    let hidden = model.config.hidden_size;
+    assert_eq!(a.label_head.as_ref().map(Vec::len), Some(hidden + 1));
+    let ex = set(2);
+    let batch = make_batch(&ex, &[0, 1], Some(&choices()), &Weights::uniform(), None).unwrap();
+    let p_malicious = |a: &LoraWeights| -> Vec<f32> {
+        let s = score(&model, &batch, Some(&a.tensors(&device, false)), None);
+        batch
+            .choices
+            .iter()
+            .zip(&s.choices)
+            .filter(|(c, _)| c.is_label)
+            .map(|(_, lp)| vec1(lp.clone())[1].exp())
+            .collect()
+    };
+    let neutral = p_malicious(&a);
+    // A large bias makes every label malicious; a negative one benign.
+    for (bias, want) in [(30.0f32, 1.0f32), (-30.0, 0.0)] {
+        a.label_head.as_mut().unwrap()[hidden] = bias;
+        for p in p_malicious(&a) {
+            assert!((p - want).abs() < 1e-3, "bias {bias}: {p}");
+        }
+    }
+    assert!(neutral.iter().all(|p| *p > 0.01 && *p < 0.99), "{neutral:?}");
+    // The head's gradient is there, from the label rows only.
+    let t = a.tensors(&device, true);
+    let nll = score(&model, &batch, Some(&t), None).weighted_nll(&batch).unwrap();
+    let g = t.grads(&nll.backward());
+    assert!(g[g.len() - hidden - 1..].iter().any(|x| x.abs() > 1e-6));
+    // Saved beside the PEFT files and read back.
+    let dir = tempfile::tempdir().unwrap();
+    a.save_peft(dir.path(), "tiny", &Default::default()).unwrap();
+    assert!(dir.path().join(super::lora::LABEL_HEAD_FILE).exists());
+    let back = LoraWeights::load_peft(dir.path(), &model.config).unwrap();
+    assert_eq!(back.label_head, a.label_head);
+    assert!(back.config.label_head);
 }
