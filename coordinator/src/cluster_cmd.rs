@@ -233,7 +233,7 @@ pub struct CancelArgs {
 pub const LOOP_EXECUTORS: [&str; 7] = [
     "train",
     "generate",
-    "judge_train",
+    "judge-train",
     "judge",
     "filter",
     "aggregate",
@@ -248,7 +248,7 @@ pub fn executors(names: &[String]) -> anyhow::Result<Executors> {
             "echo" => Arc::new(EchoExecutor),
             "train" => Arc::new(stages::train::TrainExecutor),
             "generate" => Arc::new(stages::generate::GenerateExecutor),
-            "judge_train" => Arc::new(stages::judge_train::JudgeTrainExecutor),
+            "judge-train" => Arc::new(stages::judge_train::JudgeTrainExecutor),
             "judge" => Arc::new(stages::judge::JudgeExecutor),
             "filter" => Arc::new(stages::filter::FilterExecutor),
             "aggregate" => Arc::new(stages::aggregate::AggregateExecutor),

@@ -588,7 +588,7 @@ impl LoopConfig {
                 },
             ),
             stage(
-                "judge_train",
+                "judge-train",
                 Some(format!("{}/labels", self.seed.trim_end_matches('/'))),
                 true,
                 &[],

@@ -178,7 +178,7 @@ fn worker_args(endpoint: &str, id: &str) -> Vec<String> {
         "--id",
         id,
         "--executors",
-        "train,generate,judge,filter,aggregate,report",
+        "train,generate,judge-train,judge,filter,aggregate,report",
         "--patience",
         "60",
     ]
@@ -226,7 +226,7 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     assert!(run.status.success(), "{stderr}");
     // Progress lines name the stages.
     assert!(
-        stderr.contains("stage 3/16 (iteration 1 train)"),
+        stderr.contains("stage 4/17 (iteration 1 train)"),
         "{stderr}"
     );
     let stdout = String::from_utf8_lossy(&run.stdout);

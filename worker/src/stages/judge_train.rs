@@ -1,4 +1,4 @@
-//! `judge_train`: makes sure the coherence judge (filter check 5) earns its vote before the
+//! `judge-train`: makes sure the coherence judge (filter check 5) earns its vote before the
 //! run uses it. Once per run, over the seed split's reference summaries (never the test
 //! split's), it measures the base judge; when the base judge's balanced accuracy is under
 //! `min_accuracy`, it trains a judge adapter on the seed summaries (one target token, the
@@ -80,16 +80,16 @@ pub struct JudgeTrainExecutor;
 
 impl Executor for JudgeTrainExecutor {
     fn kind(&self) -> &str {
-        "judge_train"
+        "judge-train"
     }
 
     fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
-        let cfg: JudgeTrainConfig = config("judge_train", &task.config_json)?;
-        cfg.train.validate().map_err(|e| format!("judge_train: {e}"))?;
+        let cfg: JudgeTrainConfig = config("judge-train", &task.config_json)?;
+        cfg.train.validate().map_err(|e| format!("judge-train: {e}"))?;
         let started = Instant::now();
         let labels: Vec<LabelledRow> = read_task(task, "/labels/")?;
         if labels.is_empty() {
-            return Err("judge_train: the input holds no labels (expected the seed split)".into());
+            return Err("judge-train: the input holds no labels (expected the seed split)".into());
         }
         let path = model_path(&cfg.model)?;
         let base = model(&ModelKey {
@@ -172,7 +172,7 @@ fn train_judge(
     let ckpt = std::env::temp_dir().join("automaldesc-judge-train").join(format!("{}", std::process::id()));
     let caches = trainer
         .prefix_caches(&cfg.train, &[&tr, &va], Some(&ckpt.join("prefix")))
-        .map_err(|e| format!("judge_train: {e}"))?;
+        .map_err(|e| format!("judge-train: {e}"))?;
     let data = TrainData {
         train: &tr,
         val: &va,
@@ -191,7 +191,7 @@ fn train_judge(
         },
         &mut |e, _| tracing::info!(epoch = e.epoch + 1, val_balanced_accuracy = e.val.balanced_accuracy, "judge epoch"),
     )
-    .map_err(|e| format!("judge_train: {e}"))?
+    .map_err(|e| format!("judge-train: {e}"))?
     .ok_or("cancelled")?;
     let mut infer = Annotator::load(path, &crate::device::select()?)
         .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `train` | a labelled split (`labels/` + `scripts/`), one task | `adapter/`, `lineage.json` |
 //! | `generate` | scripts (`CorpusRow`) | `AnswersRow` per script |
-//! | `judge_train` | the seed split, one task | `judge.json` (which judge votes), `adapter/` |
+//! | `judge-train` | the seed split, one task | `judge.json` (which judge votes), `adapter/` |
 //! | `judge` | `AnswersRow` | the same rows with the judge's verdicts |
 //! | `filter` | judged `AnswersRow` | `DecisionRow` per script |
 //! | `aggregate` | every `DecisionRow`, one task | the next training set, rejected set, funnel, manifest |
