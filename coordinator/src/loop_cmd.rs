@@ -313,13 +313,14 @@ fn default_judge_adapter() -> AdapterConfig {
         rank: 8,
         alpha: 16.0,
         dropout: 0.05,
-        epochs: 3,
-        learning_rate: 1e-3,
+        epochs: 2,
+        learning_rate: 5e-4,
         batch_tokens: 4096,
         answer_tokens: 1,
         val_fraction: 0.3,
-        layers: LayerSet::top(8),
+        layers: LayerSet::top(4),
         label_weight: 1.0,
+        label_head: true,
         ..default_adapters()[0].clone()
     }
 }
@@ -360,6 +361,9 @@ pub struct IterationStages {
     pub evaluate: u32,
     pub report: u32,
 }
+
+/// The smallest `summary_tokens`: about one short sentence.
+const MIN_SUMMARY_TOKENS: usize = 16;
 
 /// Stages of the base model's evaluation.
 pub const BASE_EVALUATE: u32 = 0;
@@ -418,10 +422,38 @@ impl LoopConfig {
         if self.adapter.is_empty() {
             bail!("`adapter` needs at least one entry");
         }
-        for (i, a) in self.adapter.iter().enumerate() {
+        for (i, a) in self.adapter.iter().chain(std::iter::once(&self.judge_adapter)).enumerate() {
+            let name = if i == self.adapter.len() {
+                "judge_adapter".to_string()
+            } else {
+                format!("adapter {i}")
+            };
             if a.rank == 0 || a.epochs == 0 || !(0.0..1.0).contains(&a.dropout) {
-                bail!("adapter {i}: rank and epochs must be positive and dropout in [0, 1)");
+                bail!("{name}: rank and epochs must be positive and dropout in [0, 1)");
             }
+            if !(a.label_weight > 0.0 && a.label_weight.is_finite()) {
+                bail!("{name}: `label_weight` must be a positive number, got {}", a.label_weight);
+            }
+            if !(a.language_weight >= 0.0 && a.language_weight.is_finite()) {
+                bail!("{name}: `language_weight` must be zero or positive, got {}", a.language_weight);
+            }
+        }
+        if let Some(n) = self.summary_tokens {
+            if n < MIN_SUMMARY_TOKENS {
+                bail!(
+                    "`summary_tokens` = {n} is below the length of one sentence (at least {MIN_SUMMARY_TOKENS})"
+                );
+            }
+            if let Some(a) = self.adapter.iter().find(|a| a.answer_tokens < n + 24) {
+                bail!(
+                    "`answer_tokens` = {} cannot hold a summary of `summary_tokens` = {n} and the answer around it (at least {})",
+                    a.answer_tokens,
+                    n + 24
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&self.judge_min_accuracy) {
+            bail!("`judge_min_accuracy` must lie in [0, 1], got {}", self.judge_min_accuracy);
         }
         if self.max_new_tokens == 0 || self.prompt_tokens == 0 || self.slots == 0 {
             bail!("`max_new_tokens`, `prompt_tokens` and `slots` must be positive");
@@ -598,6 +630,7 @@ impl LoopConfig {
                     "train": self.judge_adapter.train_config(self.random_seed),
                     "val_fraction": self.judge_adapter.val_fraction,
                     "prompt": self.prompt_style(),
+                    "reference_tokens": self.summary_tokens,
                 }),
             ),
         ];
@@ -775,6 +808,11 @@ pub fn run(args: LoopArgs) -> anyhow::Result<()> {
             "model {} not found: run deploy/fetch_model.sh or set `model`",
             model.display()
         );
+    }
+    if let Some(judge) = &cfg.judge_model {
+        if !PathBuf::from(judge).exists() {
+            bail!("`judge_model` {judge} not found");
+        }
     }
     let model_sha256 =
         automaldesc_worker::stages::train::file_sha256(&model).map_err(anyhow::Error::msg)?;

@@ -17,6 +17,7 @@ use super::{config, model, model_path, read_task, write_file, ModelKey};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::prompt::{self, Role};
 use crate::runtime::Annotator;
+use crate::train::data::cut_summary;
 use crate::train::fit::Trainer;
 use crate::train::label_eval::{merged, score_labels};
 use crate::train::{stratified_hold_out, train_with, ChoiceIds, Example, TokenRole, TrainConfig, TrainData};
@@ -37,6 +38,11 @@ pub struct JudgeTrainConfig {
     /// Share of the seed held out to measure the trained judge.
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
+    /// The seed's reference summaries are cut at their last whole sentence within this many
+    /// tokens, as the annotator's training cuts them, so the judge is measured (and
+    /// trained) on summaries like those it will judge.
+    #[serde(default)]
+    pub reference_tokens: Option<usize>,
     /// The system messages of the annotator and the judge (training and inference must
     /// agree).
     #[serde(default)]
@@ -87,7 +93,7 @@ impl Executor for JudgeTrainExecutor {
         let cfg: JudgeTrainConfig = config("judge-train", &task.config_json)?;
         cfg.train.validate().map_err(|e| format!("judge-train: {e}"))?;
         let started = Instant::now();
-        let labels: Vec<LabelledRow> = read_task(task, "/labels/")?;
+        let mut labels: Vec<LabelledRow> = read_task(task, "/labels/")?;
         if labels.is_empty() {
             return Err("judge-train: the input holds no labels (expected the seed split)".into());
         }
@@ -97,6 +103,12 @@ impl Executor for JudgeTrainExecutor {
             adapter: None,
             prompt: cfg.prompt,
         })?;
+        if let Some(n) = cfg.reference_tokens {
+            for l in &mut labels {
+                l.summary = cut_summary(&base.tokenizer, &l.summary, n)
+                    .map_err(|e| format!("judge-train: {e}"))?;
+            }
+        }
         let base_scores: Vec<(f64, u8)> = labels
             .iter()
             .map(|l| {

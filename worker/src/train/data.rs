@@ -229,3 +229,62 @@ pub fn through_label(e: &Example) -> Example {
         roles: e.roles[..end.min(e.roles.len())].to_vec(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One token per byte: token counts are byte counts of the JSON-escaped text.
+    struct Bytes;
+
+    impl Vocab for Bytes {
+        fn vocab_size(&self) -> usize {
+            256
+        }
+        fn token_bytes(&self, _: u32) -> &[u8] {
+            &[]
+        }
+        fn is_control(&self, _: u32) -> bool {
+            false
+        }
+        fn encode_plain(&self, text: &str) -> Vec<u32> {
+            text.bytes().map(u32::from).collect()
+        }
+    }
+
+    #[test]
+    fn a_summary_is_cut_after_its_last_whole_sentence_that_fits() {
+        let s = "It writes \"C:\\\\Temp\\\\x.ps1\". Then it runs it!\nIs it hidden? Yes, with -w hidden. The end";
+        for n in [16, 40, 60, 80, 200] {
+            let cut = match cut_summary(&Bytes, s, n) {
+                Ok(c) => c,
+                Err(DataError::SentenceTooLong { needed, .. }) => {
+                    assert!(needed > n, "{n}: refused although the first sentence fits");
+                    continue;
+                }
+            };
+            assert!(s.starts_with(&cut), "{n}: not a prefix: {cut:?}");
+            assert!(summary_token_count(&Bytes, &cut) <= n, "{n}: {cut:?} too long");
+            if cut.len() < s.len() {
+                // Cut after a sentence's end: never inside one (nor inside an escape, which
+                // the cut text never reaches: it is escaped after the cut).
+                assert!(cut.ends_with(['.', '!', '?']), "{n}: {cut:?}");
+                let escaped = serde_json::to_string(&cut).unwrap();
+                let back: String = serde_json::from_str(&escaped).unwrap();
+                assert_eq!(back, cut);
+            }
+        }
+        assert_eq!(cut_summary(&Bytes, s, 1000).unwrap(), s);
+        // Below the first sentence: a clear error.
+        let e = cut_summary(&Bytes, s, 10).unwrap_err().to_string();
+        assert!(e.contains("summary_tokens") && e.contains("10"), "{e}");
+    }
+
+    #[test]
+    fn the_longest_fitting_prefix_is_kept() {
+        let s = "One. Two two. Three three three. Four.";
+        assert_eq!(cut_summary(&Bytes, s, 13).unwrap(), "One. Two two.");
+        assert_eq!(cut_summary(&Bytes, s, 31).unwrap(), "One. Two two.");
+        assert_eq!(cut_summary(&Bytes, s, 32).unwrap(), "One. Two two. Three three three.");
+    }
+}
