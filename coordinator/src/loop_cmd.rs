@@ -198,6 +198,9 @@ pub struct AdapterConfig {
     /// logit) with the adapters.
     #[serde(default)]
     pub label_head: bool,
+    /// Refit a language head (one readout per language) with the adapters.
+    #[serde(default)]
+    pub language_head: bool,
 }
 
 impl AdapterConfig {
@@ -211,6 +214,7 @@ impl AdapterConfig {
                 targets: LoraConfig::v1().targets,
                 layers: self.layers.clone(),
                 label_head: self.label_head,
+                language_head: self.language_head,
             },
             learning_rate: self.learning_rate,
             weight_decay: self.weight_decay,
@@ -343,6 +347,7 @@ fn default_adapters() -> Vec<AdapterConfig> {
         language_weight: default_language_weight(),
         balance_classes: true,
         label_head: false,
+        language_head: false,
     };
     vec![
         published(LoraConfig::v1(), 15),

@@ -62,6 +62,9 @@ pub struct TrainArgs {
     /// logit) with the adapters.
     #[arg(long)]
     pub label_head: bool,
+    /// Refit a language head (one readout per language) at every epoch's end.
+    #[arg(long)]
+    pub language_head: bool,
     /// Do not scale the label weight by inverse class frequency.
     #[arg(long)]
     pub no_balance: bool,
@@ -200,6 +203,7 @@ fn config_from_args(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     config.balance_classes = !args.no_balance;
     config.lora.label_head = args.label_head;
+    config.lora.language_head = args.language_head;
     config.validate()?;
     Ok(config)
 }
@@ -335,7 +339,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let prefix = caches.as_ref().map(|c| &c[2]);
             let scored = merged
                 .map_err(|e| anyhow::anyhow!(e))
-                .and_then(|m| Ok(automaldesc_worker::train::label_eval::score_labels(&m, adapter.label_head.as_deref(), &eval, &trainer.choices, prefix)?));
+                .and_then(|m| Ok(automaldesc_worker::train::label_eval::score_labels(&m, Some(adapter), &eval, &trainer.choices, prefix)?));
             match scored {
                 Ok(t) => {
                     let m = t.metrics();

@@ -132,6 +132,7 @@ impl Annotator {
         self.model.unpack();
         adapter.merge_into(&mut self.model).map_err(err)?;
         self.schema.label_head = adapter.label_head.clone();
+        self.schema.language_head = adapter.language_head.clone();
         self.model = self.model.packed_for_device();
         self.schema.label_bias = read_label_bias(dir).map_err(|reason| RuntimeError::Invalid {
             path: dir.display().to_string(),

@@ -234,6 +234,7 @@ fn adapters_move_between_peft_and_automaldesc() {
         ],
         layers: LayerSet::all(),
         label_head: false,
+        language_head: false,
     };
     let mut ours = LoraWeights::init(&lora, &model.config, 21).unwrap();
     let donor = LoraWeights::init(&lora, &model.config, 22).unwrap();

@@ -147,7 +147,10 @@ impl Engine<'_> {
                     .model
                     .forward(&req.prompt, req.prompt.len(), &mut single);
                 let last = h.narrow(0, req.prompt.len() - 1, 1);
-                let shift = self.schema.label_head_shift(&last)[0];
+                let shift = Shifts {
+                    label: self.schema.label_head_shift(&last)[0],
+                    language: self.schema.language_head_shift(&last)[0],
+                };
                 let logits = flat_logits(self.model.logits(last));
                 stats.prefill_tokens += req.prompt.len();
                 let prefill_secs = started.elapsed().as_secs_f64();
@@ -194,7 +197,13 @@ impl Engine<'_> {
                 .map(|&s| active[s].as_ref().map_or(0, |a| a.feed))
                 .collect();
             let h = self.model.forward_slots(&feed, 1, &mut cache, &live);
-            let shifts = self.schema.label_head_shift(&h);
+            let shifts: Vec<Shifts> = self
+                .schema
+                .label_head_shift(&h)
+                .into_iter()
+                .zip(self.schema.language_head_shift(&h))
+                .map(|(label, language)| Shifts { label, language })
+                .collect();
             let logits = flat_logits(self.model.logits(h));
             let vocab = self.model.config.vocab_size;
             for (row, &s) in live.iter().enumerate() {
@@ -210,9 +219,9 @@ impl Engine<'_> {
         (outputs.into_iter().flatten().collect(), stats)
     }
 
-    /// Chooses the token that follows `logits` for one sample and records it; `head_shift`
-    /// is the label head's shift of the malicious logit for this row.
-    fn decide(&self, a: &mut Active, logits: &[f32], req: &Request, head_shift: f32) {
+    /// Chooses the token that follows `logits` for one sample and records it; `heads` are
+    /// the adapter's heads' shifts of the choice logits for this row.
+    fn decide(&self, a: &mut Active, logits: &[f32], req: &Request, heads: Shifts) {
         if let Format::Text { stop } = &req.format {
             let all: Vec<(u32, f32)> = (0u32..).zip(logits.iter().copied()).collect();
             let token = a.sampler.sample(&all);
@@ -235,14 +244,19 @@ impl Engine<'_> {
             }
             Next::Forced(t) => t,
             Next::Language(ids) => {
-                let probs = choice_probs(logits, ids);
+                let mut five = candidates(logits, ids);
+                for (c, s) in five.iter_mut().zip(heads.language) {
+                    c.1 += s;
+                }
+                let shifted: Vec<f32> = five.iter().map(|c| c.1).collect();
+                let probs = choice_probs(&shifted, &[0, 1, 2, 3, 4]);
                 a.language_probs.copy_from_slice(&probs);
-                a.sampler.sample(&candidates(logits, ids))
+                a.sampler.sample(&five)
             }
             Next::Label(ids) => {
                 // The calibrated choice: the adapter's bias on the malicious digit.
                 let mut both = candidates(logits, ids);
-                both[1].1 += schema.label_bias + head_shift;
+                both[1].1 += schema.label_bias + heads.label;
                 let pair = [both[0].1, both[1].1];
                 let probs = choice_probs(&pair, &[0, 1]);
                 let t = a.sampler.sample(&both);
@@ -360,6 +374,13 @@ impl Engine<'_> {
             });
         }
     }
+}
+
+/// The adapter's heads' shifts of one row's choice logits.
+#[derive(Clone, Copy, Debug, Default)]
+struct Shifts {
+    label: f32,
+    language: [f32; 5],
 }
 
 fn candidates(logits: &[f32], ids: &[u32]) -> Vec<(u32, f32)> {

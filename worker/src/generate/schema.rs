@@ -50,6 +50,9 @@ pub struct AnswerSchema {
     /// A trained adapter's label head (`hidden` weights, then a bias): `h · w + b` of the
     /// label position's final hidden state is added to the malicious digit's logit.
     pub label_head: Option<Vec<f32>>,
+    /// A trained adapter's language head (per language: `hidden` weights and a bias), added
+    /// to the five language logits at the language choice.
+    pub language_head: Option<Vec<f32>>,
 }
 
 /// Where a JSON string body stands after some bytes.
@@ -149,6 +152,7 @@ impl AnswerSchema {
             end_id,
             label_bias: 0.0,
             label_head: None,
+            language_head: None,
         })
     }
 
@@ -185,6 +189,27 @@ impl AnswerSchema {
             .try_into_vec::<f32>()
             .unwrap_or_else(|_| vec![0.0; rows]);
         v.into_iter().map(|x| x + head[hidden]).collect()
+    }
+
+    /// The language head's shifts of the five language logits for each row of final hidden
+    /// states `[rows, hidden]` (zeros without a head).
+    pub fn language_head_shift(&self, h: &burn::tensor::Tensor<2>) -> Vec<[f32; 5]> {
+        let rows = h.dims()[0];
+        let Some(head) = &self.language_head else {
+            return vec![[0.0; 5]; rows];
+        };
+        let t = burn::tensor::Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(head.clone(), [5, head.len() / 5]),
+            &h.device(),
+        );
+        let v: Vec<f32> = crate::train::forward::language_head_logits(h.clone(), t)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_else(|_| vec![0.0; rows * 5]);
+        v.chunks_exact(5)
+            .map(|c| [c[0], c[1], c[2], c[3], c[4]])
+            .collect()
     }
 
     pub fn token_bytes(&self, id: u32) -> &[u8] {

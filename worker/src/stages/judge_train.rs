@@ -209,7 +209,7 @@ fn train_judge(
         .map_err(|e| format!("{}: {e}", path.display()))?;
     infer.prompt_style = cfg.prompt;
     let scored = merged(&infer.model, &trained.adapter).map_err(|e| e.to_string())?;
-    let tally = score_labels(&scored, trained.adapter.label_head.as_deref(), &va, &choices, None).map_err(|e| e.to_string())?;
+    let tally = score_labels(&scored, Some(&trained.adapter), &va, &choices, None).map_err(|e| e.to_string())?;
     let pairs: Vec<(f64, u8)> = tally.labels.iter().map(|s| (s.p, s.label)).collect();
     let score = JudgeScore::of(&pairs);
     tracing::info!(balanced_accuracy = score.balanced_accuracy, held_out = va.len(), "trained judge");

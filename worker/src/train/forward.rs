@@ -286,6 +286,15 @@ pub fn label_head_logit(h: Tensor<2>, head: Tensor<1>) -> Tensor<1> {
     h.matmul(w).reshape([m]) + b
 }
 
+/// The language head's shifts of the five language logits for hidden states `h`
+/// `[m, hidden]`: `h · w_l + b_l` with `head` `[5, hidden + 1]`, `[m, 5]`.
+pub fn language_head_logits(h: Tensor<2>, head: Tensor<2>) -> Tensor<2> {
+    let [m, hidden] = h.dims();
+    let w = head.clone().narrow(1, 0, hidden).transpose(); // [hidden, 5]
+    let b = head.narrow(1, hidden, 1).reshape([1, 5]);
+    h.matmul(w) + b.expand([m, 5])
+}
+
 /// Scores a batch: vocabulary-wide targets, and each choice row over its candidates (the
 /// label's with the label head's shift, when the adapter has one).
 pub fn score(
@@ -302,6 +311,9 @@ pub fn score(
         let rows: Vec<usize> = batch.choices.iter().map(|c| c.row).collect();
         let h = hidden.select(0, index_tensor(&rows, &device)); // [m, hidden]
         let head = lora.and_then(|l| l.label_head.clone()).map(|w| label_head_logit(h.clone(), w));
+        let lang_head = lora
+            .and_then(|l| l.language_head.clone())
+            .map(|w| language_head_logits(h.clone(), w)); // [m, 5]
         let logits = model.logits(h); // [m, vocab]
         for (i, c) in batch.choices.iter().enumerate() {
             let cand: Vec<usize> = c.candidates.iter().map(|&x| x as usize).collect();
@@ -310,6 +322,9 @@ pub fn score(
             if let (Some(d), true, 2) = (&head, c.is_label, cand.len()) {
                 let shift = Tensor::cat(vec![Tensor::zeros([1], &device), d.clone().narrow(0, i, 1)], 0);
                 picked = picked + shift;
+            }
+            if let (Some(d), false, 5) = (&lang_head, c.is_label, cand.len()) {
+                picked = picked + d.clone().narrow(0, i, 1).reshape([5]);
             }
             choices.push(log_softmax(picked.reshape([1, cand.len()]), 1).reshape([cand.len()]));
         }

@@ -29,7 +29,20 @@ pub fn fit_head(examples: &[LabelFeatures], class_weight: [f64; 2], lambda: f64)
             f64::from(e.hidden[j])
         }
     };
-    for _ in 0..25 {
+    let objective = |theta: &[f64]| -> f64 {
+        let mut f = 0.0;
+        for e in examples {
+            let z = e.offset + (0..d).map(|j| theta[j] * x(e, j)).sum::<f64>();
+            let y = f64::from(e.label.min(1));
+            // log(1 + exp(-z)) for y = 1, log(1 + exp(z)) for y = 0, computed stably.
+            let m = if y == 1.0 { -z } else { z };
+            let ce = m.max(0.0) + (-m.abs()).exp().ln_1p();
+            f += class_weight[usize::from(e.label.min(1))] * ce;
+        }
+        f + lambda * theta[..d - 1].iter().map(|t| t * t).sum::<f64>()
+    };
+    let mut current = objective(&theta);
+    for _ in 0..50 {
         let mut grad = vec![0f64; d];
         let mut hess = vec![0f64; d * d];
         for e in examples {
@@ -56,16 +69,30 @@ pub fn fit_head(examples: &[LabelFeatures], class_weight: [f64; 2], lambda: f64)
             grad[i] += 2.0 * lambda * theta[i];
             hess[i * d + i] += 2.0 * lambda;
         }
-        hess[d * d - 1] += 1e-9;
+        // A little damping on every direction keeps the system positive definite when the
+        // fit saturates (separable data).
+        for i in 0..d {
+            hess[i * d + i] += 1e-6;
+        }
         let Some(step) = solve_spd(&hess, &grad, d) else {
             break;
         };
-        let mut change = 0f64;
-        for i in 0..d {
-            theta[i] -= step[i];
-            change = change.max(step[i].abs());
+        // Backtracking: halve the Newton step until the objective decreases.
+        let mut scale = 1.0;
+        let mut accepted = false;
+        for _ in 0..30 {
+            let trial: Vec<f64> = theta.iter().zip(&step).map(|(t, s)| t - scale * s).collect();
+            let f = objective(&trial);
+            if f.is_finite() && f <= current {
+                let change = step.iter().map(|s| (scale * s).abs()).fold(0.0, f64::max);
+                theta = trial;
+                accepted = current - f > 1e-12 * current.abs().max(1.0) || change > 1e-9;
+                current = f;
+                break;
+            }
+            scale /= 2.0;
         }
-        if change < 1e-7 {
+        if !accepted {
             break;
         }
     }

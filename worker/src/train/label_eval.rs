@@ -26,7 +26,7 @@ pub fn merged(base: &Llama, adapter: &LoraWeights) -> Result<Llama, AdapterError
 /// cached residual stream of each example), only the blocks above it run.
 pub fn score_labels(
     model: &Llama,
-    head: Option<&[f32]>,
+    adapter: Option<&LoraWeights>,
     examples: &[Example],
     choices: &ChoiceIds,
     prefix: Option<&PrefixCache>,
@@ -59,7 +59,7 @@ pub fn score_labels(
         };
         let rows = [e.prompt.len() - 1, n - 1].map(|r| r as i64);
         let picked = hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [2]), &device));
-        let shift = match head {
+        let shift = match adapter.and_then(|a| a.label_head.as_deref()) {
             Some(w) => {
                 let t = Tensor::<1>::from_data(TensorData::new(w.to_vec(), [w.len()]), &device);
                 let d = crate::train::forward::label_head_logit(picked.clone().narrow(0, 1, 1), t);
@@ -68,7 +68,7 @@ pub fn score_labels(
             None => 0.0,
         };
         let logits: Vec<f32> = model
-            .logits(picked)
+            .logits(picked.clone())
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
@@ -80,7 +80,16 @@ pub fn score_labels(
         let (first, last) = logits.split_at(vocab);
         tally.scripts += 1;
         if let Some(TokenRole::Language(want)) = e.roles.first() {
-            let p = choice_probs(first, &choices.language);
+            let mut five: Vec<f32> = choices.language.iter().map(|&t| first[t as usize]).collect();
+            if let Some(h) = adapter.and_then(|a| a.language_head.as_deref()) {
+                let t = Tensor::<2>::from_data(TensorData::new(h.to_vec(), [5, h.len() / 5]), &device);
+                let d = crate::train::forward::language_head_logits(picked.clone().narrow(0, 0, 1), t);
+                let d: Vec<f32> = d.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+                for (f, s) in five.iter_mut().zip(d) {
+                    *f += s;
+                }
+            }
+            let p = choice_probs(&five, &[0, 1, 2, 3, 4]);
             let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b]));
             tally.languages += 1;
             tally.languages_right += usize::from(best == Some(usize::from(*want)));

@@ -173,6 +173,10 @@ pub struct LoraConfig {
     /// adapters and kept beside them (`label_head.safetensors`).
     #[serde(default)]
     pub label_head: bool,
+    /// A language head: one readout per language added to its logit at the language choice
+    /// (one language against the rest), refitted at every epoch's end; kept in the same file.
+    #[serde(default)]
+    pub language_head: bool,
 }
 
 impl LoraConfig {
@@ -185,6 +189,7 @@ impl LoraConfig {
             targets: Proj::ALL.to_vec(),
             layers: LayerSet::all(),
             label_head: false,
+            language_head: false,
         }
     }
 
@@ -197,6 +202,7 @@ impl LoraConfig {
             targets: Proj::ALL.to_vec(),
             layers: LayerSet::all(),
             label_head: false,
+            language_head: false,
         }
     }
 
@@ -222,6 +228,9 @@ pub struct LoraWeights {
     pub layers: Vec<Vec<LoraPair>>,
     /// The label head's weights (`hidden` values) and bias, when the config has one.
     pub label_head: Option<Vec<f32>>,
+    /// The language head: per language (in `Language::ALL` order) `hidden` weights and a
+    /// bias. Refitted, not trained by gradient: not part of [`LoraWeights::flatten`].
+    pub language_head: Option<Vec<f32>>,
 }
 
 /// File of the label head in an adapter directory (PEFT ignores it).
@@ -312,6 +321,9 @@ impl LoraWeights {
             label_head: config
                 .label_head
                 .then(|| vec![0.0; model.hidden_size + 1]),
+            language_head: config
+                .language_head
+                .then(|| vec![0.0; 5 * (model.hidden_size + 1)]),
         })
     }
 
@@ -384,6 +396,10 @@ impl LoraWeights {
             }
         };
         LoraTensors {
+            language_head: self.language_head.as_ref().map(|h| {
+                let rows = h.len() / 5;
+                Tensor::<2>::from_data(TensorData::new(h.clone(), [5, rows]), device)
+            }),
             label_head: self.label_head.as_ref().map(|h| {
                 let t = Tensor::<1>::from_data(TensorData::new(h.clone(), [h.len()]), device);
                 if trainable {
@@ -514,16 +530,25 @@ impl LoraWeights {
             .map(|(n, s, d)| (n.clone(), s.clone(), d.as_slice()))
             .collect();
         write_f32(&dir.join("adapter_model.safetensors"), &tensors, metadata)?;
+        let mut heads: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         if let Some(h) = &self.label_head {
             let hidden = h.len() - 1;
-            write_f32(
-                &dir.join(LABEL_HEAD_FILE),
-                &[
-                    ("weight".into(), vec![hidden], &h[..hidden]),
-                    ("bias".into(), vec![1], &h[hidden..]),
-                ],
-                &BTreeMap::new(),
-            )?;
+            heads.push(("weight".into(), vec![hidden], h[..hidden].to_vec()));
+            heads.push(("bias".into(), vec![1], h[hidden..].to_vec()));
+        }
+        if let Some(h) = &self.language_head {
+            let row = h.len() / 5;
+            let weights: Vec<f32> = h.chunks(row).flat_map(|r| r[..row - 1].to_vec()).collect();
+            let biases: Vec<f32> = h.chunks(row).map(|r| r[row - 1]).collect();
+            heads.push(("language_weight".into(), vec![5, row - 1], weights));
+            heads.push(("language_bias".into(), vec![5], biases));
+        }
+        if !heads.is_empty() {
+            let views: Vec<(String, Vec<usize>, &[f32])> = heads
+                .iter()
+                .map(|(n, s, d)| (n.clone(), s.clone(), d.as_slice()))
+                .collect();
+            write_f32(&dir.join(LABEL_HEAD_FILE), &views, &BTreeMap::new())?;
         }
         Ok(())
     }
@@ -601,6 +626,7 @@ impl LoraWeights {
             targets,
             layers: layer_set,
             label_head: false,
+            language_head: false,
         };
         let st = SafeTensors::open(&dir.join("adapter_model.safetensors"))?;
         let r = config.rank;
@@ -639,36 +665,51 @@ impl LoraWeights {
             layers.push(pairs);
         }
         let head_path = dir.join(LABEL_HEAD_FILE);
-        let label_head = if head_path.exists() {
-            let st = SafeTensors::open(&head_path)?;
-            let mut h = st
-                .to_f32("weight")
-                .filter(|w| w.len() == model.hidden_size)
-                .ok_or_else(|| {
-                    AdapterError::Invalid(format!(
-                        "{}: no `weight` of {} values",
-                        head_path.display(),
-                        model.hidden_size
-                    ))
-                })?;
-            let b = st.to_f32("bias").filter(|b| b.len() == 1).ok_or_else(|| {
-                AdapterError::Invalid(format!("{}: no `bias` of one value", head_path.display()))
-            })?;
-            h.extend(b);
-            Some(h)
+        let (label_head, language_head) = if head_path.exists() {
+            read_heads(&head_path, model.hidden_size)?
         } else {
-            None
+            (None, None)
         };
         let config = LoraConfig {
             label_head: label_head.is_some(),
+            language_head: language_head.is_some(),
             ..config
         };
         Ok(Self {
             config,
             layers,
             label_head,
+            language_head,
         })
     }
+}
+
+/// The heads in a `label_head.safetensors`: the label head (`weight` `[hidden]`, `bias`
+/// `[1]`) and the language head (`language_weight` `[5, hidden]`, `language_bias` `[5]`),
+/// each optional, as the flat layouts [`LoraWeights`] keeps.
+#[allow(clippy::type_complexity)]
+fn read_heads(path: &Path, hidden: usize) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>), AdapterError> {
+    let st = SafeTensors::open(path)?;
+    let bad = |what: &str| AdapterError::Invalid(format!("{}: {what}", path.display()));
+    let label = match (st.to_f32("weight"), st.to_f32("bias")) {
+        (Some(w), Some(b)) if w.len() == hidden && b.len() == 1 => Some([w, b].concat()),
+        (None, None) => None,
+        _ => return Err(bad(&format!("`weight` must hold {hidden} values and `bias` one"))),
+    };
+    let language = match (st.to_f32("language_weight"), st.to_f32("language_bias")) {
+        (Some(w), Some(b)) if w.len() == 5 * hidden && b.len() == 5 => Some(
+            (0..5)
+                .flat_map(|l| {
+                    let mut row = w[l * hidden..(l + 1) * hidden].to_vec();
+                    row.push(b[l]);
+                    row
+                })
+                .collect(),
+        ),
+        (None, None) => None,
+        _ => return Err(bad(&format!("`language_weight` must be [5, {hidden}] and `language_bias` [5]"))),
+    };
+    Ok((label, language))
 }
 
 /// `[rows, cols]` row-major to `[cols, rows]`.
@@ -688,6 +729,8 @@ pub struct LoraTensors {
     pub layers: Vec<Vec<(Proj, Tensor<2>, Tensor<2>)>>,
     /// The label head `[hidden + 1]` (weights, then the bias).
     pub label_head: Option<Tensor<1>>,
+    /// The language head `[5, hidden + 1]` (not trained by gradient).
+    pub language_head: Option<Tensor<2>>,
 }
 
 impl LoraTensors {

@@ -28,6 +28,7 @@ pub mod data;
 pub mod fit;
 pub mod forward;
 pub mod head_fit;
+mod heads;
 pub mod label_eval;
 pub mod lora;
 pub mod metrics;
@@ -481,103 +482,6 @@ pub fn evaluate_scores(
     Ok(tally)
 }
 
-/// Each labelled example's final hidden state at its label position and the model's own
-/// malicious-minus-benign logit there (without the label head), under `adapter` with no
-/// dropout: the features the label head is fitted on.
-pub fn label_features(
-    model: &Llama,
-    examples: &[Example],
-    adapter: &LoraWeights,
-    budget: usize,
-    choices: &ChoiceIds,
-    prefix: Option<&PrefixCache>,
-) -> Result<Vec<head_fit::LabelFeatures>, TrainError> {
-    let device = model.device();
-    let mut bare = adapter.clone();
-    bare.label_head = None;
-    let tensors = bare.tensors(&device, false);
-    let mut out = Vec::with_capacity(examples.len());
-    for mb in micro_batches(examples, budget, None) {
-        let batch = make_batch(examples, &mb, Some(choices), &Weights::uniform(), prefix)?;
-        let labels: Vec<&forward::ChoiceRow> = batch.choices.iter().filter(|c| c.is_label).collect();
-        if labels.is_empty() {
-            continue;
-        }
-        let hidden = forward::hidden_states(model, &batch, Some(&tensors), None);
-        let rows: Vec<i64> = labels.iter().map(|c| c.row as i64).collect();
-        let n = rows.len();
-        let h = hidden.select(
-            0,
-            burn::tensor::Tensor::<1, burn::tensor::Int>::from_data(
-                burn::tensor::TensorData::new(rows, [n]),
-                &device,
-            ),
-        );
-        let logits = to_vec(model.logits(h.clone()).reshape([-1]));
-        let hv = to_vec(h.reshape([-1]));
-        let (vocab, width) = (model.config.vocab_size, model.config.hidden_size);
-        for (i, c) in labels.iter().enumerate() {
-            let row = &logits[i * vocab..(i + 1) * vocab];
-            out.push(head_fit::LabelFeatures {
-                hidden: hv[i * width..(i + 1) * width].to_vec(),
-                offset: f64::from(row[choices.label[1] as usize] - row[choices.label[0] as usize]),
-                label: c.target as u8,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// Refits the label head of `adapter` on the training set's features, choosing the L2
-/// strength on the validation set's label NLL (a fixed one without a usable validation set).
-fn refit_label_head(
-    model: &Llama,
-    data: &TrainData,
-    config: &TrainConfig,
-    prefix_val: Option<&PrefixCache>,
-    adapter: &mut LoraWeights,
-) -> Result<(), TrainError> {
-    let Some(choices) = data.choices else {
-        return Ok(());
-    };
-    let prefix_train = data.prefix.map(|(t, _)| t);
-    let train = label_features(model, data.train, adapter, config.batch_tokens, choices, prefix_train)?;
-    if train.is_empty() {
-        return Ok(());
-    }
-    let w = Weights::new(config.language_weight, 1.0, config.balance_classes, data.train);
-    let class_weight = [f64::from(w.label[0]), f64::from(w.label[1])];
-    let val = label_features(model, data.val, adapter, config.batch_tokens, choices, prefix_val)?;
-    let both = val.iter().any(|v| v.label == 0) && val.iter().any(|v| v.label == 1);
-    let nll = |head: &[f32], set: &[head_fit::LabelFeatures]| -> f64 {
-        let hidden = head.len() - 1;
-        set.iter()
-            .map(|e| {
-                let z = e.offset
-                    + e.hidden.iter().zip(&head[..hidden]).map(|(a, b)| f64::from(a * b)).sum::<f64>()
-                    + f64::from(head[hidden]);
-                let p = 1.0 / (1.0 + (-z).exp());
-                -(if e.label == 1 { p } else { 1.0 - p }).max(1e-12).ln()
-            })
-            .sum::<f64>()
-            / set.len().max(1) as f64
-    };
-    let lambdas: &[f64] = if both { &[0.01, 0.1, 1.0, 10.0, 100.0] } else { &[1.0] };
-    let mut best: Option<(f64, Vec<f32>)> = None;
-    for &lambda in lambdas {
-        let head = head_fit::fit_head(&train, class_weight, lambda);
-        let score = if both { nll(&head, &val) } else { 0.0 };
-        tracing::debug!(lambda, val_label_nll = score, "label head refit");
-        if best.as_ref().is_none_or(|(b, _)| score < *b) {
-            best = Some((score, head));
-        }
-    }
-    if let Some((_, head)) = best {
-        adapter.label_head = Some(head);
-    }
-    Ok(())
-}
-
 /// Mean negative log-likelihood of the targets of `examples` under the model with
 /// `adapter` (no dropout, no gradients), every target token over the vocabulary.
 pub fn mean_loss(
@@ -808,8 +712,8 @@ pub fn train_with(
                 return Ok(None);
             }
         }
-        if config.lora.label_head {
-            refit_label_head(model, data, config, prefix_val, &mut adapter)?;
+        if config.lora.label_head || config.lora.language_head {
+            heads::refit(model, data, config, prefix_val, &mut adapter)?;
         }
         end_epoch(model, data, config, prefix_val, &mut state, &adapter, &mut best)?;
         if let Some(e) = state.history.last() {

@@ -40,6 +40,7 @@ fn small_config() -> TrainConfig {
             targets: Proj::ALL.to_vec(),
             layers: LayerSet::all(),
             label_head: false,
+            language_head: false,
         },
         learning_rate: 1e-2,
         weight_decay: 0.001,

@@ -68,6 +68,7 @@ fn lora(layers: LayerSet) -> LoraConfig {
         targets: Proj::ALL.to_vec(),
         layers,
         label_head: false,
+        language_head: false,
     }
 }
 
@@ -363,4 +364,59 @@ fn a_label_head_moves_the_label_and_survives_saving() {
     let back = LoraWeights::load_peft(dir.path(), &model.config).unwrap();
     assert_eq!(back.label_head, a.label_head);
     assert!(back.config.label_head);
+}
+
+#[test]
+fn a_language_head_moves_the_language_and_survives_saving() {
+    let device = Device::flex().autodiff();
+    let model = tiny(&device);
+    let mut config = lora(LayerSet::top(1));
+    config.language_head = true;
+    let mut a = LoraWeights::init(&config, &model.config, 3).unwrap();
+    let row = model.config.hidden_size + 1;
+    // A large bias on language 3 makes it every example's most likely language.
+    a.language_head.as_mut().unwrap()[3 * row + row - 1] = 30.0;
+    let ex = set(3);
+    let batch = make_batch(&ex, &[0, 1, 2], Some(&choices()), &Weights::uniform(), None).unwrap();
+    let s = score(&model, &batch, Some(&a.tensors(&device, false)), None);
+    for (c, lp) in batch.choices.iter().zip(&s.choices).filter(|(c, _)| !c.is_label) {
+        let p = vec1(lp.clone());
+        assert!(p[3].exp() > 0.999, "{:?} for {:?}", p, c.candidates);
+    }
+    // Not trained by gradient: outside the flat vector.
+    assert_eq!(a.flatten().len(), a.num_params());
+    let dir = tempfile::tempdir().unwrap();
+    a.save_peft(dir.path(), "tiny", &Default::default()).unwrap();
+    let back = LoraWeights::load_peft(dir.path(), &model.config).unwrap();
+    assert_eq!(back.language_head, a.language_head);
+    assert!(back.config.language_head && !back.config.label_head);
+}
+
+#[test]
+fn refitted_heads_separate_what_the_features_separate() {
+    // Training with both heads on the tiny model: the refit picks heads that fit the
+    // training labels at least as well as no head does.
+    let device = Device::flex().autodiff();
+    let model = tiny(&device);
+    let ex = set(12);
+    let mut config = TrainConfig::v1();
+    config.lora = lora(LayerSet::top(1));
+    config.lora.label_head = true;
+    config.lora.language_head = true;
+    config.epochs = 1;
+    config.batch_tokens = 64;
+    config.learning_rate = 1e-3;
+    let data = TrainData { train: &ex, val: &ex, choices: Some(&choices()), prefix: None };
+    let trained = train_with(&model, &data, &config, None, &mut |_| true, &mut |_, _| {})
+        .unwrap()
+        .unwrap();
+    let with_heads = trained.history[0].val.label_nll;
+    let mut bare = trained.adapter.clone();
+    bare.label_head = None;
+    bare.language_head = None;
+    let without = evaluate(&model, &ex, Some(&bare), 64, Some(&choices()), None).unwrap();
+    assert!(with_heads < without.label_nll, "{with_heads} vs {}", without.label_nll);
+    let lang_with = trained.history[0].val.language_accuracy;
+    assert!(lang_with >= without.language_accuracy, "{lang_with} vs {}", without.language_accuracy);
+    assert!(trained.adapter.language_head.as_ref().is_some_and(|h| h.iter().any(|x| *x != 0.0)));
 }
