@@ -10,7 +10,7 @@ use automaldesc_worker::train::data::{prepare, through_label, Budget, Labelled, 
 use automaldesc_worker::train::fit::Trainer;
 use automaldesc_worker::train::lora::{LayerSet, LoraConfig};
 use automaldesc_worker::train::metrics::threshold_bias;
-use automaldesc_worker::train::{train, train_with, Example, TrainConfig, TrainData};
+use automaldesc_worker::train::{train_with, Example, TrainConfig, TrainData};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 
@@ -456,6 +456,23 @@ pub struct BenchTrainArgs {
     /// writes one from the GGUF).
     #[arg(long)]
     pub peft_model: Option<PathBuf>,
+    /// The blocks that carry adapters (all, top:K or a list). Above block 0 the frozen
+    /// prefix is computed once first (timed apart) and the steps start above it, as a
+    /// training stage runs them; PEFT gets the same blocks.
+    #[arg(long, default_value = "all")]
+    pub layers: String,
+}
+
+/// This process's peak resident memory in MiB (`VmHWM`), 0 where unknown.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Times training steps on the real model: all tokens (prompt and answer) and answer tokens
@@ -464,7 +481,9 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
     let mut config = preset(&args.preset)?;
     config.batch_tokens = args.batch_tokens;
     config.epochs = 1000;
+    config.lora.layers = parse_layers(&args.layers)?;
     let steps = args.steps + 1;
+    let trainer = load_trainer(args.model.clone())?;
     let (annotator, tr) = match (&args.shape, &args.from) {
         (Some(shape), _) => {
             anyhow::ensure!(
@@ -472,7 +491,7 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
                 "--shape takes two positive lengths, PROMPT,ANSWER (got {shape:?})"
             );
             let (prompt, answer) = (shape[0], shape[1]);
-            let annotator = load_trainer(args.model.clone())?.annotator;
+            let annotator = &trainer.annotator;
             let vocab = annotator.model.config.vocab_size as u32;
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             let mut random =
@@ -485,9 +504,8 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
             (annotator, tr)
         }
         (None, Some(from)) => {
-            let trainer = load_trainer(args.model.clone())?;
             let data = load_split(&trainer, from, Some(args.limit), 0.0, Budget::default())?;
-            (trainer.annotator, data.train)
+            (&trainer.annotator, data.train)
         }
         (None, None) => anyhow::bail!("--from or --shape is needed"),
     };
@@ -498,10 +516,34 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
             .sum::<usize>()
     };
     let answer_tokens: usize = tr.iter().map(|e| e.target.len()).sum();
-    train(&annotator.model, &tr, &[], &config, None, &mut |p| {
-        marks.push((Instant::now(), p.tokens));
-        p.step < steps
-    })?;
+    let started = Instant::now();
+    let caches = trainer.prefix_caches(&config, &[&tr, &[]], None)?;
+    if let Some(c) = &caches {
+        println!(
+            "frozen prefix: blocks below {} for {} sequences in {:.1} s ({:.0} sequence tokens/s)",
+            c[0].start,
+            tr.len(),
+            started.elapsed().as_secs_f64(),
+            total_tokens(&tr) as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    let data = TrainData {
+        train: &tr,
+        val: &[],
+        choices: None,
+        prefix: caches.as_ref().map(|c| (&c[0], &c[1])),
+    };
+    train_with(
+        &annotator.model,
+        &data,
+        &config,
+        None,
+        &mut |p| {
+            marks.push((Instant::now(), p.tokens));
+            p.step < steps
+        },
+        &mut |_, _| {},
+    )?;
     anyhow::ensure!(marks.len() >= 2, "too few steps to time");
     let (t0, k0) = marks[0];
     let (t1, k1) = *marks.last().expect("marks");
@@ -510,14 +552,16 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
     // Padded positions computed per answer token, from the whole set's proportions.
     let ratio = total_tokens(&tr) as f64 / answer_tokens.max(1) as f64;
     println!(
-        "ours: training on {} ({} threads): {:.1} answer tokens/s, ~{:.0} sequence tokens/s ({} steps of <= {} padded tokens, rank {})",
+        "ours: training on {} ({} threads, layers {}): {:.1} answer tokens/s, ~{:.0} sequence tokens/s ({} steps of <= {} padded tokens, rank {}), peak RSS {:.0} MiB",
         annotator.model_id,
         rayon::current_num_threads(),
+        args.layers,
         answer_per_s,
         answer_per_s * ratio,
         marks.len() - 1,
         config.batch_tokens,
         config.lora.rank,
+        peak_rss_mib(),
     );
     if let (Some(python), Some(model), Some(shape)) =
         (&args.peft_python, &args.peft_model, &args.shape)
@@ -537,19 +581,21 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
                 ])
                 .args(["--steps", &args.steps.to_string()])
                 .args(["--threads", &rayon::current_num_threads().to_string()])
-                .args(["--rank", &config.lora.rank.to_string()]),
+                .args(["--rank", &config.lora.rank.to_string()])
+                .args(["--layers", &args.layers]),
             "the PEFT side (tests/peer/peft_train_bench.py)",
         )?;
         let peer_answer = peer["answer_tokens_per_s"]
             .as_f64()
             .context("no answer_tokens_per_s")?;
         println!(
-            "PyTorch {} + PEFT {}: {:.1} answer tokens/s, {:.0} sequence tokens/s ({} steps)",
+            "PyTorch {} + PEFT {}: {:.1} answer tokens/s, {:.0} sequence tokens/s ({} steps), peak RSS {:.0} MiB",
             peer["torch"].as_str().unwrap_or("?"),
             peer["peft"].as_str().unwrap_or("?"),
             peer_answer,
             peer["sequence_tokens_per_s"].as_f64().unwrap_or(0.0),
             peer["steps"],
+            peer["peak_rss_mib"].as_f64().unwrap_or(0.0),
         );
         println!("ours / PyTorch+PEFT: {:.2}", answer_per_s / peer_answer);
     }
