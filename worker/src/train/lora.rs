@@ -133,10 +133,11 @@ impl LayerSet {
                     .strip_prefix("top:")
                     .and_then(|k| k.parse().ok())
                     .ok_or_else(|| bad(format!("{s:?} is not \"all\", \"top:K\" or a list")))?;
-                if k == 0 || k > num_layers {
-                    return Err(bad(format!("{s:?} needs K in 1..={num_layers}")));
+                if k == 0 {
+                    return Err(bad(format!("{s:?} needs K of at least 1")));
                 }
-                (num_layers - k..num_layers).collect()
+                // The top K blocks, or all of them on a model with fewer.
+                (num_layers.saturating_sub(k)..num_layers).collect()
             }
             LayerSet::List(v) => {
                 if let Some(l) = v.iter().find(|&&l| l >= num_layers) {

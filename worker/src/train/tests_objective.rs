@@ -240,6 +240,7 @@ fn the_cached_prefix_gives_the_uncached_loss_and_gradients() {
 #[test]
 fn layer_sets_resolve_or_name_the_key() {
     assert_eq!(LayerSet::top(2).resolve(30).unwrap(), vec![28, 29]);
+    assert_eq!(LayerSet::top(8).resolve(2).unwrap(), vec![0, 1], "top:K of a smaller model: all");
     assert_eq!(LayerSet::List(vec![5, 3, 5]).resolve(30).unwrap(), vec![3, 5]);
     for bad in [LayerSet::top(0), LayerSet::List(vec![30]), LayerSet::Named("bottom:3".into()), LayerSet::List(vec![])] {
         let e = bad.resolve(30).unwrap_err().to_string();
