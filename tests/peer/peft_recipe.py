@@ -129,20 +129,30 @@ def main():
             return args.lr * (step + 1) / warm
         return args.lr * max(0.0, min(1.0, (total - step) / max(1, total - warm)))
 
-    def example_terms(e, logits):
-        """Weighted NLL sum and weight of one example; logits [len-1, vocab]."""
+    inner = model.base_model.model  # LlamaForCausalLM with the LoRA layers in place
+
+    def rows_logits(seq, rows):
+        """Logits of the listed positions only: the decoder once, the head on those rows."""
+        h = inner.model(input_ids=torch.tensor([seq])).last_hidden_state[0]
+        return inner.lm_head(h[rows])
+
+    def example_terms(e):
+        """Weighted NLL sum and weight of one example."""
+        seq = e["prompt"] + e["target"]
         p0 = len(e["prompt"]) - 1
+        scored = [k for k, r in enumerate(e["roles"]) if r != "Forced"]
+        logits = rows_logits(seq[:-1], [p0 + k for k in scored])
         total_l, total_w = 0.0, 0.0
-        for k, (tok, role) in enumerate(zip(e["target"], e["roles"])):
-            row = logits[p0 + k]
+        for row, k in zip(logits, scored):
+            tok, role = e["target"][k], e["roles"][k]
             if role == "Free":
                 total_l = total_l - torch.log_softmax(row, -1)[tok]
                 total_w += 1.0
-            elif isinstance(role, dict) and "Language" in role:
+            elif "Language" in role:
                 lp = torch.log_softmax(row[language_ids], -1)
                 total_l = total_l - args.language_weight * lp[role["Language"]]
                 total_w += args.language_weight
-            elif isinstance(role, dict) and "Label" in role:
+            elif "Label" in role:
                 c = role["Label"]
                 lp = torch.log_softmax(row[label_ids], -1)
                 total_l = total_l - label_w[c] * lp[c]
@@ -151,11 +161,9 @@ def main():
 
     def p_malicious(e):
         seq = e["prompt"] + e["target"]
-        ids = torch.tensor([seq[:-1]])
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits[0]
         k = next(i for i, r in enumerate(e["roles"]) if isinstance(r, dict) and "Label" in r)
-        row = logits[len(e["prompt"]) - 1 + k]
+        with torch.no_grad():
+            row = rows_logits(seq[:-1], [len(e["prompt"]) - 1 + k])[0]
         return torch.softmax(row[label_ids], -1)[1].item()
 
     def score_split(name):
@@ -184,11 +192,7 @@ def main():
             group = [train[i] for i in order[s : s + args.examples_per_step]]
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            terms = []
-            for e in group:
-                seq = e["prompt"] + e["target"]
-                logits = model(input_ids=torch.tensor([seq[:-1]])).logits[0]
-                terms.append(example_terms(e, logits))
+            terms = [example_terms(e) for e in group]
             weight = sum(w for _, w in terms)
             loss = sum(l for l, _ in terms) / weight
             loss.backward()

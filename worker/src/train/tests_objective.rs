@@ -421,3 +421,40 @@ fn refitted_heads_separate_what_the_features_separate() {
     assert!(lang_with >= without.language_accuracy, "{lang_with} vs {}", without.language_accuracy);
     assert!(trained.adapter.language_head.as_ref().is_some_and(|h| h.iter().any(|x| *x != 0.0)));
 }
+
+#[test]
+fn a_crash_resumes_from_the_last_periodic_checkpoint_bit_identically() {
+    let device = Device::flex().autodiff();
+    let model = tiny(&device);
+    let ex = set(8);
+    let mut config = TrainConfig::v1();
+    config.lora = lora(LayerSet::all());
+    config.lora.dropout = 0.1;
+    config.epochs = 2;
+    config.batch_tokens = 16;
+    config.checkpoint_every = 2;
+    let data = TrainData { train: &ex, val: &[], choices: Some(&choices()), prefix: None };
+    let whole = train_with(&model, &data, &config, None, &mut |_| true, &mut |_, _| {})
+        .unwrap()
+        .unwrap();
+    assert!(whole.steps >= 8, "{} steps", whole.steps);
+    let dir = tempfile::tempdir().unwrap();
+    // The process dies at step 5: no checkpoint is written then; the last is step 4's.
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train_with(&model, &data, &config, Some(dir.path()), &mut |p| {
+            assert!(p.step < 5, "crash");
+            true
+        }, &mut |_, _| {})
+    }));
+    assert!(crashed.is_err());
+    let mut first_step = None;
+    let resumed = train_with(&model, &data, &config, Some(dir.path()), &mut |p| {
+        first_step.get_or_insert(p.step);
+        true
+    }, &mut |_, _| {})
+    .unwrap()
+    .unwrap();
+    assert_eq!(first_step, Some(5), "resumed after the step-4 checkpoint");
+    assert_eq!(resumed.adapter, whole.adapter, "bit-identical adapters");
+    assert_eq!(resumed.history, whole.history);
+}
