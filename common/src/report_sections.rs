@@ -131,17 +131,23 @@ pub fn learning_markdown(
             t.best_epoch,
             t.label_threshold,
             t.targets_cut,
-            t.summary_tokens.map_or("no limit".into(), |n| n.to_string()),
+            t.summary_tokens
+                .map_or("no limit".into(), |n| n.to_string()),
             t.seconds
         );
-        let _ = writeln!(s, "| epoch | val label NLL | val AUC | val balanced acc | val token loss |");
+        let _ = writeln!(
+            s,
+            "| epoch | val label NLL | val AUC | val balanced acc | val token loss |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|");
         for e in &t.epochs {
             let f = |k: &str| num(e.get(k).and_then(serde_json::Value::as_f64), 4);
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} |",
-                e.get("epoch").and_then(serde_json::Value::as_u64).unwrap_or(0),
+                e.get("epoch")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0),
                 f("label_nll"),
                 f("auc"),
                 f("balanced_accuracy"),
@@ -160,7 +166,8 @@ pub fn judge_and_classes_markdown(f: &FunnelSummary) -> String {
         let _ = writeln!(s, "\n## The judge of check 5\n\n{}", judge_line(j));
     }
     if !f.accepted_by_label.is_empty() || !f.rejected_by_label.is_empty() {
-        let get = |m: &std::collections::BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let get =
+            |m: &std::collections::BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
         let _ = writeln!(
             s,
             "\naccepted by label: benign {}, malicious {}; rejected by the label their samples \
@@ -187,13 +194,21 @@ fn judge_line(j: &JudgeChoice) -> String {
     };
     let mut line = format!("base judge: {}", score(&j.base));
     if let Some(t) = &j.trained {
-        let _ = write!(line, "; trained judge adapter (seed hold-out): {}", score(t));
+        let _ = write!(
+            line,
+            "; trained judge adapter (seed hold-out): {}",
+            score(t)
+        );
     }
     let _ = write!(
         line,
         "; required balanced accuracy {}. Check 5 {} ({} judge).",
         pct(j.min_accuracy),
-        if j.check5 { "ran" } else { "was skipped: no judge earned its vote" },
+        if j.check5 {
+            "ran"
+        } else {
+            "was skipped: no judge earned its vote"
+        },
         j.judge
     );
     line
@@ -228,7 +243,10 @@ mod tests {
     #[test]
     fn a_test_set_too_small_for_mcnemar_says_so() {
         let note = mcnemar_power_note(7).unwrap();
-        assert!(note.contains("7 test scripts") && note.contains("p < 0.01"), "{note}");
+        assert!(
+            note.contains("7 test scripts") && note.contains("p < 0.01"),
+            "{note}"
+        );
         assert_eq!(mcnemar_power_note(8), None);
     }
 }

@@ -427,7 +427,12 @@ impl LoopConfig {
         if self.adapter.is_empty() {
             bail!("`adapter` needs at least one entry");
         }
-        for (i, a) in self.adapter.iter().chain(std::iter::once(&self.judge_adapter)).enumerate() {
+        for (i, a) in self
+            .adapter
+            .iter()
+            .chain(std::iter::once(&self.judge_adapter))
+            .enumerate()
+        {
             let name = if i == self.adapter.len() {
                 "judge_adapter".to_string()
             } else {
@@ -437,10 +442,16 @@ impl LoopConfig {
                 bail!("{name}: rank and epochs must be positive and dropout in [0, 1)");
             }
             if !(a.label_weight > 0.0 && a.label_weight.is_finite()) {
-                bail!("{name}: `label_weight` must be a positive number, got {}", a.label_weight);
+                bail!(
+                    "{name}: `label_weight` must be a positive number, got {}",
+                    a.label_weight
+                );
             }
             if !(a.language_weight >= 0.0 && a.language_weight.is_finite()) {
-                bail!("{name}: `language_weight` must be zero or positive, got {}", a.language_weight);
+                bail!(
+                    "{name}: `language_weight` must be zero or positive, got {}",
+                    a.language_weight
+                );
             }
         }
         if let Some(n) = self.summary_tokens {
@@ -458,7 +469,10 @@ impl LoopConfig {
             }
         }
         if !(0.0..=1.0).contains(&self.judge_min_accuracy) {
-            bail!("`judge_min_accuracy` must lie in [0, 1], got {}", self.judge_min_accuracy);
+            bail!(
+                "`judge_min_accuracy` must lie in [0, 1], got {}",
+                self.judge_min_accuracy
+            );
         }
         if self.max_new_tokens == 0 || self.prompt_tokens == 0 || self.slots == 0 {
             bail!("`max_new_tokens`, `prompt_tokens` and `slots` must be positive");
@@ -1038,8 +1052,15 @@ mod tests {
         let c = LoopConfig::from_toml(&format!("{MINIMAL}\niterations = 3\n")).unwrap();
         let spec = c.run_spec("abc", &[]);
         spec.validate().unwrap();
-        assert_eq!(spec.stages.len(), 2 + 3 * 7);
+        assert_eq!(spec.stages.len(), 3 + 3 * 7);
         assert_eq!(spec.stages[BASE_EVALUATE as usize].kind, "generate");
+        let judge_train = &spec.stages[JUDGE_TRAIN as usize];
+        assert_eq!(judge_train.kind, "judge-train");
+        assert!(judge_train.single_task);
+        assert_eq!(
+            judge_train.input(),
+            StageInput::Url("s3://b/seed/labels".into())
+        );
         assert_eq!(
             spec.stages[BASE_REPORT as usize].refs["answers"],
             BASE_EVALUATE
@@ -1087,6 +1108,7 @@ mod tests {
                 StageInput::Url("s3://b/unlabelled".into())
             );
             assert_eq!(spec.stages[s.generate as usize].refs["adapter"], s.train);
+            assert_eq!(spec.stages[s.judge as usize].refs["judge"], JUDGE_TRAIN);
             assert_eq!(spec.stages[s.evaluate as usize].config["early_stop"], false);
             assert_eq!(
                 spec.stages[s.evaluate as usize].input(),

@@ -246,7 +246,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     if let Some(path) = &args.dump_examples {
-        dump_examples(path, &[("train", &data.train), ("val", &data.val), ("eval", &eval)])?;
+        dump_examples(
+            path,
+            &[("train", &data.train), ("val", &data.val), ("eval", &eval)],
+        )?;
         eprintln!("examples written to {}", path.display());
         if args.dump_only {
             return Ok(());
@@ -267,12 +270,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let ckpt = args.out.join("checkpoint");
     let started = Instant::now();
-    let caches = trainer.prefix_caches(&config, &[&data.train, &data.val, &eval], Some(&ckpt.join("prefix")))?;
+    let caches = trainer.prefix_caches(
+        &config,
+        &[&data.train, &data.val, &eval],
+        Some(&ckpt.join("prefix")),
+    )?;
     // The eval split is scored on the fused inference path with each epoch's adapter merged.
     let infer = match eval.is_empty() {
         true => None,
         false => Some(Annotator::load(
-            &args.model.clone().unwrap_or_else(crate::annotate_cmd::default_model_path),
+            &args
+                .model
+                .clone()
+                .unwrap_or_else(crate::annotate_cmd::default_model_path),
             &burn::tensor::Device::flex(),
         )?),
     };
@@ -294,7 +304,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut eval_log = Vec::new();
     if let (Some(infer), true) = (&infer, args.eval_base) {
         let prefix = caches.as_ref().map(|c| &c[2]);
-        let t = automaldesc_worker::train::label_eval::score_labels(&infer.model, None, &eval, &trainer.choices, prefix)?;
+        let t = automaldesc_worker::train::label_eval::score_labels(
+            &infer.model,
+            None,
+            &eval,
+            &trainer.choices,
+            prefix,
+        )?;
         let m = t.metrics();
         eprintln!(
             "  base model on eval ({} scripts): acc {:.3} bal {:.3} auc {:.3} nll {:.4} lang {:.3}",
@@ -372,7 +388,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     // The training set's manifest: every script by its hash, in training order.
     std::fs::write(
         args.out.join("training_set.json"),
-        serde_json::to_string_pretty(&serde_json::json!({ "from": args.from, "train": data.train_shas, "validation": data.val_shas }))?,
+        serde_json::to_string_pretty(
+            &serde_json::json!({ "from": args.from, "train": data.train_shas, "validation": data.val_shas }),
+        )?,
     )?;
     // Epochs are numbered from 1 in everything a person reads (lineage, metadata, output).
     let epochs = trained.epochs_from_one();

@@ -154,7 +154,13 @@ async fn check_run(
         assert_eq!(r.annotator, format!("V{k}"));
         // The judge check trained a judge (no judge reaches 1.0 on the base model here), and
         // the funnel says which judge ran and whether check 5 did.
-        let j = r.funnel.as_ref().unwrap().judge.as_ref().expect("the judge choice");
+        let j = r
+            .funnel
+            .as_ref()
+            .unwrap()
+            .judge
+            .as_ref()
+            .expect("the judge choice");
         assert!(j.trained.is_some(), "{j:?}");
         assert!(matches!(j.judge.as_str(), "adapter" | "none"), "{j:?}");
         assert_eq!(j.check5, j.judge == "adapter");

@@ -94,14 +94,19 @@ pub fn annotate(
                 .map(|(j, &t)| SamplingParams {
                     no_repeat_ngram: opts.no_repeat_ngram,
                     repetition_penalty: opts.repetition_penalty,
-                    ..SamplingParams::new(t, opts.top_p, sample_seed(opts.seed, content_key(bytes), j))
+                    ..SamplingParams::new(
+                        t,
+                        opts.top_p,
+                        sample_seed(opts.seed, content_key(bytes), j),
+                    )
                 })
                 .collect(),
             max_new_tokens: opts.max_new_tokens,
             format: Format::Answer,
-            label_only: opts.label_only_except.as_ref().is_some_and(|keep| {
-                !keep.contains(&automaldesc_common::sha256_hex(bytes))
-            }),
+            label_only: opts
+                .label_only_except
+                .as_ref()
+                .is_some_and(|keep| !keep.contains(&automaldesc_common::sha256_hex(bytes))),
         })
         .collect();
     let engine = Engine {

@@ -117,7 +117,19 @@ object: language (bash, batch, javascript, powershell or python), label (1 malic
 and summary (a technical analysis of what the script does).";
 
 /// Which system messages a model is prompted with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PromptStyle {
     /// The full instructions (the published prompt's content).

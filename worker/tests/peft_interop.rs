@@ -187,7 +187,9 @@ fn adapters_move_between_peft_and_automaldesc() {
         }
     }
     let out_top = dir.path().join("ours_top");
-    ours_top.save_peft(&out_top, "tiny", &Default::default()).unwrap();
+    ours_top
+        .save_peft(&out_top, "tiny", &Default::default())
+        .unwrap();
     let cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out_top.join("adapter_config.json")).unwrap(),
     )

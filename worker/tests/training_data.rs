@@ -97,7 +97,10 @@ fn examples_follow_the_inference_prompt_and_the_answer_schema() {
         budget,
     )
     .unwrap();
-    assert!(r.cut, "the answer budget cut this target, and it is counted");
+    assert!(
+        r.cut,
+        "the answer budget cut this target, and it is counted"
+    );
     let ex = r.example;
     let prompt = annotator.annotation_prompt(long_script.as_bytes(), 256);
     assert!(prompt.truncated.is_some());
@@ -131,7 +134,10 @@ fn examples_follow_the_inference_prompt_and_the_answer_schema() {
     assert!(state.is_done(), "the answer is closed");
     let json: serde_json::Value = serde_json::from_str(&state.to_json()).unwrap();
     let summary = json["summary"].as_str().unwrap();
-    assert!(summary.ends_with("things.") && long_summary.starts_with(summary), "{summary:?}");
+    assert!(
+        summary.ends_with("things.") && long_summary.starts_with(summary),
+        "{summary:?}"
+    );
     assert!(summary.len() > 60, "{summary:?}");
     // The tokenizer the examples were made with is the runtime's.
     assert_eq!(

@@ -67,7 +67,12 @@ impl McNemar {
             c,
             statistic,
             p_value: chi2_sf_1(statistic),
-            method: if corrected { "chi2-corrected" } else { "chi2-uncorrected" }.into(),
+            method: if corrected {
+                "chi2-corrected"
+            } else {
+                "chi2-uncorrected"
+            }
+            .into(),
         }
     }
 

@@ -69,7 +69,11 @@ pub fn parse_label_only(response: &str) -> Option<ParsedAnswer> {
         return None;
     }
     let language = o.get("language")?.as_str()?.trim();
-    let label = o.get("label")?.as_u64().and_then(|x| u8::try_from(x).ok()).and_then(Label::from_u8)?;
+    let label = o
+        .get("label")?
+        .as_u64()
+        .and_then(|x| u8::try_from(x).ok())
+        .and_then(Label::from_u8)?;
     (!language.is_empty()).then(|| ParsedAnswer {
         language: language.to_string(),
         label,

@@ -63,7 +63,11 @@ pub fn control_repetition(cands: &mut Vec<(u32, f32)>, history: &[u32], params: 
     if penalty != 1.0 && penalty > 0.0 {
         let seen: std::collections::HashSet<u32> = history.iter().copied().collect();
         for c in cands.iter_mut().filter(|c| seen.contains(&c.0)) {
-            c.1 = if c.1 > 0.0 { c.1 / penalty } else { c.1 * penalty };
+            c.1 = if c.1 > 0.0 {
+                c.1 / penalty
+            } else {
+                c.1 * penalty
+            };
         }
     }
 }

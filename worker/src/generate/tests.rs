@@ -268,10 +268,7 @@ fn text_requests_generate_free_tokens_up_to_a_stop_token() {
         .iter()
         .map(|p| Request {
             prompt: p.clone(),
-            samples: vec![
-                SamplingParams::greedy(),
-                SamplingParams::new(0.9, 0.9, 5),
-            ],
+            samples: vec![SamplingParams::greedy(), SamplingParams::new(0.9, 0.9, 5)],
             max_new_tokens: 12,
             format: Format::Text { stop: stop.clone() },
             label_only: false,
@@ -338,7 +335,11 @@ fn no_repeat_ngram_stops_a_summary_that_would_loop() {
     };
     let summary_of = |o: &SampleOutput| {
         // The summary's tokens: after the label and the forced text that follows it.
-        let at = o.tokens.iter().position(|t| schema.label_ids.contains(t)).unwrap();
+        let at = o
+            .tokens
+            .iter()
+            .position(|t| schema.label_ids.contains(t))
+            .unwrap();
         o.tokens[at + 1..].to_vec()
     };
     // Greedy decoding of this random model loops: some 3-gram of its summary repeats.
@@ -354,7 +355,10 @@ fn no_repeat_ngram_stops_a_summary_that_would_loop() {
     });
     let summary = summary_of(&controlled);
     // The forced text after the label is not the summary's: start after it.
-    let free = &summary[schema.target_parts(&vocab, automaldesc_common::Language::Bash, 0, "").after_label.len()..];
+    let free = &summary[schema
+        .target_parts(&vocab, automaldesc_common::Language::Bash, 0, "")
+        .after_label
+        .len()..];
     assert!(free.len() > 20, "the summary ran: {free:?}");
     assert_eq!(repeated_ngrams(free, 3), Vec::<Vec<u32>>::new(), "{free:?}");
 }
@@ -372,7 +376,10 @@ fn a_label_only_request_stops_right_after_its_label() {
     let (outs, _) = engine.run(&reqs, &EarlyStop::default());
     let (only, full) = (&outs[0], &outs[1]);
     assert_eq!(only.finish, FinishReason::LabelOnly);
-    assert_eq!(Some(only.tokens.last().copied().unwrap()), only.label.map(|l| schema.label_ids[usize::from(l)]));
+    assert_eq!(
+        Some(only.tokens.last().copied().unwrap()),
+        only.label.map(|l| schema.label_ids[usize::from(l)])
+    );
     let v: serde_json::Value = serde_json::from_str(&only.json).unwrap();
     assert_eq!(v.as_object().unwrap().len(), 2, "{}", only.json);
     assert_eq!(v["label"], u8::from(only.label.unwrap()));
@@ -388,14 +395,25 @@ fn the_label_head_and_the_calibration_move_the_label_choice() {
         let mut head = vec![0.0; hidden + 1];
         head[hidden] = bias;
         schema.label_head = Some(head);
-        let engine = Engine { model: &model, schema: &schema, slots: 4 };
+        let engine = Engine {
+            model: &model,
+            schema: &schema,
+            slots: 4,
+        };
         let (outs, _) = engine.run(&reqs, &EarlyStop::default());
-        assert!(outs.iter().all(|o| o.label == Some(want)), "head bias {bias}");
+        assert!(
+            outs.iter().all(|o| o.label == Some(want)),
+            "head bias {bias}"
+        );
         assert!(outs.iter().all(|o| o.label_prob > 0.999));
     }
     schema.label_head = None;
     schema.label_bias = -40.0;
-    let engine = Engine { model: &model, schema: &schema, slots: 4 };
+    let engine = Engine {
+        model: &model,
+        schema: &schema,
+        slots: 4,
+    };
     let (outs, _) = engine.run(&reqs, &EarlyStop::default());
     assert!(outs.iter().all(|o| o.label == Some(0)), "calibration bias");
 }

@@ -400,7 +400,10 @@ mod tests {
             for simd in [Simd::Avx512, Simd::Avx2] {
                 let usable = match simd {
                     Simd::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-                    _ => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+                    _ => {
+                        std::arch::is_x86_feature_detected!("avx2")
+                            && std::arch::is_x86_feature_detected!("fma")
+                    }
                 };
                 if !usable {
                     continue;
@@ -411,7 +414,10 @@ mod tests {
                     unsafe { panel_product(&x, m, k, &packed, p, n, got.as_mut_ptr(), simd) };
                 }
                 for (a, b) in got.iter().zip(&expected) {
-                    assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{simd:?} {m}x{k}x{n}");
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "{simd:?} {m}x{k}x{n}"
+                    );
                 }
             }
         }

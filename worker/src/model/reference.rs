@@ -59,7 +59,12 @@ pub(super) fn forward(
 
 /// Blocks `start..` over the residual stream `x` of one sequence at positions 0.., on a
 /// one-slot `cache` (no final norm).
-pub(super) fn blocks_from(model: &Llama, mut x: Tensor<2>, start: usize, cache: &mut KvCache) -> Tensor<2> {
+pub(super) fn blocks_from(
+    model: &Llama,
+    mut x: Tensor<2>,
+    start: usize,
+    cache: &mut KvCache,
+) -> Tensor<2> {
     let t = x.dims()[0];
     let device = model.device();
     let positions: Vec<usize> = (0..t).collect();

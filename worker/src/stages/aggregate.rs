@@ -135,7 +135,9 @@ impl Executor for AggregateExecutor {
                 None => "none",
             };
             if !d.accepted {
-                *rejected_by_label.entry(class(d.label).to_string()).or_insert(0) += 1;
+                *rejected_by_label
+                    .entry(class(d.label).to_string())
+                    .or_insert(0) += 1;
                 let reason = reason_of(d)
                     .ok_or_else(|| format!("script {}: unknown reason {:?}", d.sha256, d.reason))?;
                 funnel.reject(reason);
@@ -148,7 +150,9 @@ impl Executor for AggregateExecutor {
                 continue;
             }
             funnel.accept();
-            *accepted_by_label.entry(class(d.label).to_string()).or_insert(0) += 1;
+            *accepted_by_label
+                .entry(class(d.label).to_string())
+                .or_insert(0) += 1;
             if seed_shas.contains(d.sha256.as_str()) {
                 accepted_in_seed += 1;
                 continue;
@@ -180,7 +184,10 @@ impl Executor for AggregateExecutor {
             saved_tokens,
             accepted_by_label,
             rejected_by_label,
-            judge: refs.get("judge").map(|r| r.json("judge.json")).transpose()?,
+            judge: refs
+                .get("judge")
+                .map(|r| r.json("judge.json"))
+                .transpose()?,
             ..FunnelSummary::from_funnel(&funnel)
         };
         if !summary.adds_up() {

@@ -137,7 +137,10 @@ impl Executor for JudgeExecutor {
         let refs = refs(&task.config_json)?;
         // The run's judge, as `judge_train` chose it on the seed summaries (the base model
         // when the run has no such stage).
-        let choice: Option<JudgeChoice> = refs.get("judge").map(|r| r.json("judge.json")).transpose()?;
+        let choice: Option<JudgeChoice> = refs
+            .get("judge")
+            .map(|r| r.json("judge.json"))
+            .transpose()?;
         let adapter = match &choice {
             Some(c) if c.judge == "adapter" => adapter_of(&refs, "judge")?,
             _ => None,

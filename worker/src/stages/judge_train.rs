@@ -20,7 +20,9 @@ use crate::runtime::Annotator;
 use crate::train::data::cut_summary;
 use crate::train::fit::Trainer;
 use crate::train::label_eval::{merged, score_labels};
-use crate::train::{stratified_hold_out, train_with, ChoiceIds, Example, TokenRole, TrainConfig, TrainData};
+use crate::train::{
+    stratified_hold_out, train_with, ChoiceIds, Example, TokenRole, TrainConfig, TrainData,
+};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,7 +66,10 @@ pub use automaldesc_common::report::{JudgeChoice, JudgeScore};
 /// The judge's prompt for one summary, as tokens ending where its answer starts.
 pub fn judge_prompt(judge: &Annotator, summary: &str, summary_tokens: usize) -> Vec<u32> {
     let user = prompt::judge_user_message(&first_tokens(judge, summary, summary_tokens));
-    judge.encode_chat(&[(Role::System, judge.prompt_style.judge_system()), (Role::User, &user)])
+    judge.encode_chat(&[
+        (Role::System, judge.prompt_style.judge_system()),
+        (Role::User, &user),
+    ])
 }
 
 /// The digits "0" and "1" of the judge's tokenizer.
@@ -91,7 +96,9 @@ impl Executor for JudgeTrainExecutor {
 
     fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
         let cfg: JudgeTrainConfig = config("judge-train", &task.config_json)?;
-        cfg.train.validate().map_err(|e| format!("judge-train: {e}"))?;
+        cfg.train
+            .validate()
+            .map_err(|e| format!("judge-train: {e}"))?;
         let started = Instant::now();
         let mut labels: Vec<LabelledRow> = read_task(task, "/labels/")?;
         if labels.is_empty() {
@@ -117,7 +124,10 @@ impl Executor for JudgeTrainExecutor {
             })
             .collect();
         let base_score = JudgeScore::of(&base_scores);
-        tracing::info!(balanced_accuracy = base_score.balanced_accuracy, "base judge on the seed summaries");
+        tracing::info!(
+            balanced_accuracy = base_score.balanced_accuracy,
+            "base judge on the seed summaries"
+        );
         let mut choice = JudgeChoice {
             judge: "base".into(),
             check5: true,
@@ -129,7 +139,12 @@ impl Executor for JudgeTrainExecutor {
         let mut files = Vec::new();
         if !base_score.passes(cfg.min_accuracy) {
             let (trained, adapter_files) = train_judge(task, &cfg, &path, &labels)?;
-            choice.judge = if trained.passes(cfg.min_accuracy) { "adapter" } else { "none" }.into();
+            choice.judge = if trained.passes(cfg.min_accuracy) {
+                "adapter"
+            } else {
+                "none"
+            }
+            .into();
             choice.check5 = choice.judge == "adapter";
             choice.trained = Some(trained);
             if choice.check5 {
@@ -179,9 +194,15 @@ fn train_judge(
             target: vec![choices.label[usize::from(label)]],
             roles: vec![TokenRole::Label(label)],
         };
-        if held { va.push(e) } else { tr.push(e) }
+        if held {
+            va.push(e)
+        } else {
+            tr.push(e)
+        }
     }
-    let ckpt = std::env::temp_dir().join("automaldesc-judge-train").join(format!("{}", std::process::id()));
+    let ckpt = std::env::temp_dir()
+        .join("automaldesc-judge-train")
+        .join(format!("{}", std::process::id()));
     let caches = trainer
         .prefix_caches(&cfg.train, &[&tr, &va], Some(&ckpt.join("prefix")))
         .map_err(|e| format!("judge-train: {e}"))?;
@@ -201,7 +222,13 @@ fn train_judge(
             crate::telemetry::task_progress(p.step, p.total_steps);
             !cancel.load(std::sync::atomic::Ordering::Relaxed)
         },
-        &mut |e, _| tracing::info!(epoch = e.epoch + 1, val_balanced_accuracy = e.val.balanced_accuracy, "judge epoch"),
+        &mut |e, _| {
+            tracing::info!(
+                epoch = e.epoch + 1,
+                val_balanced_accuracy = e.val.balanced_accuracy,
+                "judge epoch"
+            )
+        },
     )
     .map_err(|e| format!("judge-train: {e}"))?
     .ok_or("cancelled")?;
@@ -209,10 +236,15 @@ fn train_judge(
         .map_err(|e| format!("{}: {e}", path.display()))?;
     infer.prompt_style = cfg.prompt;
     let scored = merged(&infer.model, &trained.adapter).map_err(|e| e.to_string())?;
-    let tally = score_labels(&scored, Some(&trained.adapter), &va, &choices, None).map_err(|e| e.to_string())?;
+    let tally = score_labels(&scored, Some(&trained.adapter), &va, &choices, None)
+        .map_err(|e| e.to_string())?;
     let pairs: Vec<(f64, u8)> = tally.labels.iter().map(|s| (s.p, s.label)).collect();
     let score = JudgeScore::of(&pairs);
-    tracing::info!(balanced_accuracy = score.balanced_accuracy, held_out = va.len(), "trained judge");
+    tracing::info!(
+        balanced_accuracy = score.balanced_accuracy,
+        held_out = va.len(),
+        "trained judge"
+    );
     let local = ckpt.join("adapter");
     trained
         .adapter

@@ -80,13 +80,23 @@ fn evaluated(r: &StageRef) -> Result<Evaluated, String> {
         p_malicious: rows
             .iter()
             .flat_map(|a| {
-                a.responses.iter().zip(&a.label_probs).filter_map(|(resp, &p)| {
-                    let label = eval::parse_response(resp)
-                        .or_else(|| eval::parse_label_only(resp))?
-                        .label;
-                    let p = f64::from(p);
-                    Some((a.sha256.clone(), if label == Label::Malicious { p } else { 1.0 - p }))
-                })
+                a.responses
+                    .iter()
+                    .zip(&a.label_probs)
+                    .filter_map(|(resp, &p)| {
+                        let label = eval::parse_response(resp)
+                            .or_else(|| eval::parse_label_only(resp))?
+                            .label;
+                        let p = f64::from(p);
+                        Some((
+                            a.sha256.clone(),
+                            if label == Label::Malicious {
+                                p
+                            } else {
+                                1.0 - p
+                            },
+                        ))
+                    })
             })
             .collect(),
         model_id: rows.first().map(|a| a.model_id.clone()).unwrap_or_default(),
@@ -240,7 +250,14 @@ fn judge_check(cfg: &ReportConfig, references: &[Reference]) -> Result<JudgeChec
         ..JudgeCheck::default()
     };
     for r in references {
-        let (verdict, _) = judge_summary(&judge, &r.summary, JUDGE_SUMMARY_TOKENS);
+        // The summaries as the judge meets them in the loop: cut like training cuts them.
+        let summary = match cfg.summary_tokens {
+            Some(n) => {
+                cut_summary(&judge.tokenizer, &r.summary, n).unwrap_or_else(|_| r.summary.clone())
+            }
+            None => r.summary.clone(),
+        };
+        let (verdict, _) = judge_summary(&judge, &summary, JUDGE_SUMMARY_TOKENS);
         let side = match r.label {
             Label::Benign => &mut check.benign,
             Label::Malicious => &mut check.malicious,
@@ -276,13 +293,17 @@ impl Executor for ReportExecutor {
             model_id,
             p_malicious,
         } = evaluated(current)?;
-        let truth: HashMap<&str, Label> = references.iter().map(|r| (r.sha256.as_str(), r.label)).collect();
+        let truth: HashMap<&str, Label> = references
+            .iter()
+            .map(|r| (r.sha256.as_str(), r.label))
+            .collect();
         let scored: Vec<(f64, u8)> = p_malicious
             .iter()
             .filter_map(|(sha, p)| Some((*p, truth.get(sha.as_str())?.as_u8())))
             .collect();
         let label_scores = LabelScores::of(&scored);
-        let (prompt_summary, summary_reference, references_for_text) = self.reference_view(&cfg, &references)?;
+        let (prompt_summary, summary_reference, references_for_text) =
+            self.reference_view(&cfg, &references)?;
         let mut evaluation = eval::evaluate(&now, &references).map_err(|e| e.to_string())?;
         if references_for_text.is_some() {
             let cut = references_for_text.as_deref().unwrap_or(&references);

@@ -61,8 +61,7 @@ impl Executor for TrainExecutor {
         let model = model_path(&cfg.model)?;
         // Training stays on the CPU backend even in a CUDA build: the LoRA training path has
         // not been checked on CUDA yet (inference stages use the worker's device).
-        let mut trainer =
-            Trainer::load(&model).map_err(|e| format!("{}: {e}", model.display()))?;
+        let mut trainer = Trainer::load(&model).map_err(|e| format!("{}: {e}", model.display()))?;
         trainer.annotator.prompt_style = cfg.prompt;
         let budget = Budget {
             prompt: cfg.prompt_tokens,
@@ -102,7 +101,11 @@ impl Executor for TrainExecutor {
             ),
         };
         let caches = trainer
-            .prefix_caches(&cfg.train, &[&data.train, &data.val], Some(&ckpt.join("prefix")))
+            .prefix_caches(
+                &cfg.train,
+                &[&data.train, &data.val],
+                Some(&ckpt.join("prefix")),
+            )
             .map_err(|e| format!("train: {e}"))?;
         let cancel = task.cancel.clone();
         let run = TrainData {

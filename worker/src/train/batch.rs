@@ -134,7 +134,9 @@ pub fn make_batch(
         tokens[s * t..s * t + n].copy_from_slice(&seq[..n]);
         for (k, p) in (e.prompt.len() - 1..n).enumerate() {
             let row = s * t + p;
-            let role = choices.and(e.roles.get(k).copied()).unwrap_or(TokenRole::Free);
+            let role = choices
+                .and(e.roles.get(k).copied())
+                .unwrap_or(TokenRole::Free);
             let choice = |candidates: &[u32], target: u8, weight: f32| ChoiceRow {
                 row,
                 candidates: candidates.to_vec(),

@@ -126,7 +126,11 @@ fn summary_token_count(vocab: &dyn Vocab, text: &str) -> usize {
 
 /// `summary` cut after its last whole sentence whose rendering fits in `max_tokens`
 /// tokens; the summary itself when it fits. An error when even the first sentence does not.
-pub fn cut_summary(vocab: &dyn Vocab, summary: &str, max_tokens: usize) -> Result<String, DataError> {
+pub fn cut_summary(
+    vocab: &dyn Vocab,
+    summary: &str,
+    max_tokens: usize,
+) -> Result<String, DataError> {
     let summary = summary.trim();
     if summary_token_count(vocab, summary) <= max_tokens {
         return Ok(summary.to_string());
@@ -188,7 +192,12 @@ pub fn prepare(
     order.sort_by(|a, b| a.sha256.cmp(b.sha256));
     let strata: Vec<(&str, String)> = order
         .iter()
-        .map(|l| (l.sha256, format!("{}/{}", u8::from(l.malicious), l.language)))
+        .map(|l| {
+            (
+                l.sha256,
+                format!("{}/{}", u8::from(l.malicious), l.language),
+            )
+        })
         .collect();
     let held = super::stratified_hold_out(&strata, val_fraction, 30);
     let mut out = Prepared {
@@ -200,10 +209,18 @@ pub fn prepare(
         summaries_shortened: 0,
     };
     for (l, held) in order.into_iter().zip(held) {
-        let r = render(annotator, l.script, l.language, l.malicious, l.summary, budget)?;
+        let r = render(
+            annotator,
+            l.script,
+            l.language,
+            l.malicious,
+            l.summary,
+            budget,
+        )?;
         out.targets_cut += usize::from(r.cut);
         if let Some(n) = budget.summary {
-            out.summaries_shortened += usize::from(summary_token_count(&annotator.tokenizer, l.summary.trim()) > n);
+            out.summaries_shortened +=
+                usize::from(summary_token_count(&annotator.tokenizer, l.summary.trim()) > n);
         }
         if held {
             out.val.push(r.example);
@@ -264,7 +281,10 @@ mod tests {
                 }
             };
             assert!(s.starts_with(&cut), "{n}: not a prefix: {cut:?}");
-            assert!(summary_token_count(&Bytes, &cut) <= n, "{n}: {cut:?} too long");
+            assert!(
+                summary_token_count(&Bytes, &cut) <= n,
+                "{n}: {cut:?} too long"
+            );
             if cut.len() < s.len() {
                 // Cut after a sentence's end: never inside one (nor inside an escape, which
                 // the cut text never reaches: it is escaped after the cut).
@@ -285,6 +305,9 @@ mod tests {
         let s = "One. Two two. Three three three. Four.";
         assert_eq!(cut_summary(&Bytes, s, 13).unwrap(), "One. Two two.");
         assert_eq!(cut_summary(&Bytes, s, 31).unwrap(), "One. Two two.");
-        assert_eq!(cut_summary(&Bytes, s, 32).unwrap(), "One. Two two. Three three three.");
+        assert_eq!(
+            cut_summary(&Bytes, s, 32).unwrap(),
+            "One. Two two. Three three three."
+        );
     }
 }

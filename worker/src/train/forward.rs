@@ -255,7 +255,11 @@ impl Scored {
     /// The weighted negative log-likelihood summed over the batch (divide by the step's
     /// total weight for the weighted mean).
     pub fn weighted_nll(&self, batch: &Batch) -> Option<Tensor<1>> {
-        let device = self.choices.first().map(|c| c.device()).or_else(|| self.vocab.as_ref().map(|v| v.device()))?;
+        let device = self
+            .choices
+            .first()
+            .map(|c| c.device())
+            .or_else(|| self.vocab.as_ref().map(|v| v.device()))?;
         let mut total: Option<Tensor<1>> = None;
         let mut add = |t: Tensor<1>| {
             total = Some(match total.take() {
@@ -310,7 +314,9 @@ pub fn score(
     if !batch.choices.is_empty() {
         let rows: Vec<usize> = batch.choices.iter().map(|c| c.row).collect();
         let h = hidden.select(0, index_tensor(&rows, &device)); // [m, hidden]
-        let head = lora.and_then(|l| l.label_head.clone()).map(|w| label_head_logit(h.clone(), w));
+        let head = lora
+            .and_then(|l| l.label_head.clone())
+            .map(|w| label_head_logit(h.clone(), w));
         let lang_head = lora
             .and_then(|l| l.language_head.clone())
             .map(|w| language_head_logits(h.clone(), w)); // [m, 5]
@@ -320,7 +326,10 @@ pub fn score(
             let row = logits.clone().narrow(0, i, 1).reshape([logits.dims()[1]]);
             let mut picked = row.select(0, index_tensor(&cand, &device));
             if let (Some(d), true, 2) = (&head, c.is_label, cand.len()) {
-                let shift = Tensor::cat(vec![Tensor::zeros([1], &device), d.clone().narrow(0, i, 1)], 0);
+                let shift = Tensor::cat(
+                    vec![Tensor::zeros([1], &device), d.clone().narrow(0, i, 1)],
+                    0,
+                );
                 picked = picked + shift;
             }
             if let (Some(d), false, 5) = (&lang_head, c.is_label, cand.len()) {

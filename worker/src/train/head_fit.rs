@@ -81,7 +81,11 @@ pub fn fit_head(examples: &[LabelFeatures], class_weight: [f64; 2], lambda: f64)
         let mut scale = 1.0;
         let mut accepted = false;
         for _ in 0..30 {
-            let trial: Vec<f64> = theta.iter().zip(&step).map(|(t, s)| t - scale * s).collect();
+            let trial: Vec<f64> = theta
+                .iter()
+                .zip(&step)
+                .map(|(t, s)| t - scale * s)
+                .collect();
             let f = objective(&trial);
             if f.is_finite() && f <= current {
                 let change = step.iter().map(|s| (scale * s).abs()).fold(0.0, f64::max);
@@ -154,14 +158,18 @@ mod tests {
         let right = ex
             .iter()
             .filter(|e| {
-                let z = e.offset + f64::from(e.hidden[0] * head[0] + e.hidden[1] * head[1] + head[2]);
+                let z =
+                    e.offset + f64::from(e.hidden[0] * head[0] + e.hidden[1] * head[1] + head[2]);
                 (z > 0.0) == (e.label == 1)
             })
             .count();
         assert_eq!(right, 40);
         // Strong regularisation keeps the weights small.
         let small = fit_head(&ex, [1.0, 1.0], 100.0);
-        assert!(small[0].abs() < head[0].abs() / 5.0, "{small:?} vs {head:?}");
+        assert!(
+            small[0].abs() < head[0].abs() / 5.0,
+            "{small:?} vs {head:?}"
+        );
     }
 
     #[test]

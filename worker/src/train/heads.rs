@@ -9,7 +9,10 @@ use burn::tensor::{Int, Tensor, TensorData};
 use super::head_fit::{fit_head, LabelFeatures};
 use super::lora::LoraWeights;
 use super::prefix::PrefixCache;
-use super::{forward, make_batch, micro_batches, to_vec, ChoiceIds, Example, TrainConfig, TrainData, TrainError, Weights};
+use super::{
+    forward, make_batch, micro_batches, to_vec, ChoiceIds, Example, TrainConfig, TrainData,
+    TrainError, Weights,
+};
 use crate::model::Llama;
 
 /// One example's features at a choice position: the final hidden state and the model's
@@ -44,14 +47,21 @@ fn choice_features(
         let hidden = forward::hidden_states(model, &batch, Some(&tensors), None);
         let rows: Vec<i64> = batch.choices.iter().map(|c| c.row as i64).collect();
         let n = rows.len();
-        let h = hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device));
+        let h = hidden.select(
+            0,
+            Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device),
+        );
         let logits = to_vec(model.logits(h.clone()).reshape([-1]));
         let hv = to_vec(h.reshape([-1]));
         for (i, c) in batch.choices.iter().enumerate() {
             let row = &logits[i * vocab..(i + 1) * vocab];
             let point = ChoicePoint {
                 hidden: hv[i * width..(i + 1) * width].to_vec(),
-                logits: c.candidates.iter().map(|&t| f64::from(row[t as usize])).collect(),
+                logits: c
+                    .candidates
+                    .iter()
+                    .map(|&t| f64::from(row[t as usize]))
+                    .collect(),
                 target: c.target as u8,
             };
             if c.is_label {
@@ -79,7 +89,13 @@ fn one_vs_rest(points: &[ChoicePoint], c: usize) -> Vec<LabelFeatures> {
     points
         .iter()
         .map(|p| {
-            let rest = log_sum_exp(p.logits.iter().enumerate().filter(|(j, _)| *j != c).map(|(_, &v)| v));
+            let rest = log_sum_exp(
+                p.logits
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != c)
+                    .map(|(_, &v)| v),
+            );
             LabelFeatures {
                 hidden: p.hidden.clone(),
                 offset: p.logits[c] - rest,
@@ -113,7 +129,12 @@ const LAMBDAS: [f64; 5] = [0.01, 0.1, 1.0, 10.0, 100.0];
 /// The heads `[candidates][hidden + 1]` that best fit `train` (one against the rest per
 /// candidate; a two-way choice fits only the second candidate against the first) with the
 /// L2 strength of lowest validation NLL.
-fn fit_choice(train: &[ChoicePoint], val: &[ChoicePoint], class_weight: [f64; 2], two_way: bool) -> Option<Vec<Vec<f32>>> {
+fn fit_choice(
+    train: &[ChoicePoint],
+    val: &[ChoicePoint],
+    class_weight: [f64; 2],
+    two_way: bool,
+) -> Option<Vec<Vec<f32>>> {
     let k = train.first()?.logits.len();
     let width = train[0].hidden.len();
     let usable = val.len() >= 2 && {
@@ -134,7 +155,9 @@ fn fit_choice(train: &[ChoicePoint], val: &[ChoicePoint], class_weight: [f64; 2]
                 .collect();
             vec![vec![0.0; width + 1], fit_head(&feats, class_weight, lambda)]
         } else {
-            (0..k).map(|c| fit_head(&one_vs_rest(train, c), [1.0, 1.0], lambda)).collect()
+            (0..k)
+                .map(|c| fit_head(&one_vs_rest(train, c), [1.0, 1.0], lambda))
+                .collect()
         };
         let score = if usable { nll(val, &heads) } else { 0.0 };
         if best.as_ref().is_none_or(|(b, _)| score < *b) {
@@ -157,10 +180,22 @@ pub(super) fn refit(
         return Ok(());
     };
     let prefix_train = data.prefix.map(|(t, _)| t);
-    let (train_labels, train_langs) =
-        choice_features(model, data.train, adapter, config.batch_tokens, choices, prefix_train)?;
-    let (val_labels, val_langs) =
-        choice_features(model, data.val, adapter, config.batch_tokens, choices, prefix_val)?;
+    let (train_labels, train_langs) = choice_features(
+        model,
+        data.train,
+        adapter,
+        config.batch_tokens,
+        choices,
+        prefix_train,
+    )?;
+    let (val_labels, val_langs) = choice_features(
+        model,
+        data.val,
+        adapter,
+        config.batch_tokens,
+        choices,
+        prefix_val,
+    )?;
     if config.lora.label_head && !train_labels.is_empty() {
         let w = Weights::new(1.0, 1.0, config.balance_classes, data.train);
         let class_weight = [f64::from(w.label[0]), f64::from(w.label[1])];

@@ -34,7 +34,11 @@ pub fn score_labels(
     let mut tally = Tally::default();
     let device = model.device();
     for (i, e) in examples.iter().enumerate() {
-        let Some(k) = e.roles.iter().position(|r| matches!(r, TokenRole::Label(_))) else {
+        let Some(k) = e
+            .roles
+            .iter()
+            .position(|r| matches!(r, TokenRole::Label(_)))
+        else {
             continue;
         };
         let label = e.label().unwrap_or(0);
@@ -58,12 +62,21 @@ pub fn score_labels(
             }
         };
         let rows = [e.prompt.len() - 1, n - 1].map(|r| r as i64);
-        let picked = hidden.select(0, Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [2]), &device));
+        let picked = hidden.select(
+            0,
+            Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [2]), &device),
+        );
         let shift = match adapter.and_then(|a| a.label_head.as_deref()) {
             Some(w) => {
                 let t = Tensor::<1>::from_data(TensorData::new(w.to_vec(), [w.len()]), &device);
                 let d = crate::train::forward::label_head_logit(picked.clone().narrow(0, 1, 1), t);
-                d.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default().first().copied().unwrap_or(0.0)
+                d.into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .unwrap_or_default()
+                    .first()
+                    .copied()
+                    .unwrap_or(0.0)
             }
             None => 0.0,
         };
@@ -80,11 +93,21 @@ pub fn score_labels(
         let (first, last) = logits.split_at(vocab);
         tally.scripts += 1;
         if let Some(TokenRole::Language(want)) = e.roles.first() {
-            let mut five: Vec<f32> = choices.language.iter().map(|&t| first[t as usize]).collect();
+            let mut five: Vec<f32> = choices
+                .language
+                .iter()
+                .map(|&t| first[t as usize])
+                .collect();
             if let Some(h) = adapter.and_then(|a| a.language_head.as_deref()) {
-                let t = Tensor::<2>::from_data(TensorData::new(h.to_vec(), [5, h.len() / 5]), &device);
-                let d = crate::train::forward::language_head_logits(picked.clone().narrow(0, 0, 1), t);
-                let d: Vec<f32> = d.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+                let t =
+                    Tensor::<2>::from_data(TensorData::new(h.to_vec(), [5, h.len() / 5]), &device);
+                let d =
+                    crate::train::forward::language_head_logits(picked.clone().narrow(0, 0, 1), t);
+                let d: Vec<f32> = d
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .unwrap_or_default();
                 for (f, s) in five.iter_mut().zip(d) {
                     *f += s;
                 }
@@ -94,7 +117,10 @@ pub fn score_labels(
             tally.languages += 1;
             tally.languages_right += usize::from(best == Some(usize::from(*want)));
         }
-        let mut pair = [last[choices.label[0] as usize], last[choices.label[1] as usize]];
+        let mut pair = [
+            last[choices.label[0] as usize],
+            last[choices.label[1] as usize],
+        ];
         pair[1] += shift;
         let p = choice_probs(&pair, &[0, 1]);
         tally.labels.push(Scored {

@@ -319,9 +319,7 @@ impl LoraWeights {
         Ok(Self {
             config: config.clone(),
             layers,
-            label_head: config
-                .label_head
-                .then(|| vec![0.0; model.hidden_size + 1]),
+            label_head: config.label_head.then(|| vec![0.0; model.hidden_size + 1]),
             language_head: config
                 .language_head
                 .then(|| vec![0.0; 5 * (model.hidden_size + 1)]),
@@ -610,7 +608,9 @@ impl LoraWeights {
                     .map(|x| x.as_u64().map(|x| x as usize))
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| {
-                        AdapterError::Invalid("layers_to_transform is not a list of block indices".into())
+                        AdapterError::Invalid(
+                            "layers_to_transform is not a list of block indices".into(),
+                        )
                     })?,
             ),
             Some(other) => {
@@ -689,13 +689,20 @@ impl LoraWeights {
 /// `[1]`) and the language head (`language_weight` `[5, hidden]`, `language_bias` `[5]`),
 /// each optional, as the flat layouts [`LoraWeights`] keeps.
 #[allow(clippy::type_complexity)]
-fn read_heads(path: &Path, hidden: usize) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>), AdapterError> {
+fn read_heads(
+    path: &Path,
+    hidden: usize,
+) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>), AdapterError> {
     let st = SafeTensors::open(path)?;
     let bad = |what: &str| AdapterError::Invalid(format!("{}: {what}", path.display()));
     let label = match (st.to_f32("weight"), st.to_f32("bias")) {
         (Some(w), Some(b)) if w.len() == hidden && b.len() == 1 => Some([w, b].concat()),
         (None, None) => None,
-        _ => return Err(bad(&format!("`weight` must hold {hidden} values and `bias` one"))),
+        _ => {
+            return Err(bad(&format!(
+                "`weight` must hold {hidden} values and `bias` one"
+            )))
+        }
     };
     let language = match (st.to_f32("language_weight"), st.to_f32("language_bias")) {
         (Some(w), Some(b)) if w.len() == 5 * hidden && b.len() == 5 => Some(
@@ -708,7 +715,11 @@ fn read_heads(path: &Path, hidden: usize) -> Result<(Option<Vec<f32>>, Option<Ve
                 .collect(),
         ),
         (None, None) => None,
-        _ => return Err(bad(&format!("`language_weight` must be [5, {hidden}] and `language_bias` [5]"))),
+        _ => {
+            return Err(bad(&format!(
+                "`language_weight` must be [5, {hidden}] and `language_bias` [5]"
+            )))
+        }
     };
     Ok((label, language))
 }

@@ -177,10 +177,16 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |k: &str, why: &str| Err(TrainError::Config(format!("`{k}` {why}")));
         if !(self.label_weight > 0.0 && self.label_weight.is_finite()) {
-            return bad("label_weight", &format!("must be a positive number, got {}", self.label_weight));
+            return bad(
+                "label_weight",
+                &format!("must be a positive number, got {}", self.label_weight),
+            );
         }
         if !(self.language_weight >= 0.0 && self.language_weight.is_finite()) {
-            return bad("language_weight", &format!("must be zero or positive, got {}", self.language_weight));
+            return bad(
+                "language_weight",
+                &format!("must be zero or positive, got {}", self.language_weight),
+            );
         }
         if self.lora.rank == 0 {
             return bad("rank", "must be at least 1");
@@ -378,7 +384,11 @@ pub fn stratified_hold_out(items: &[(&str, String)], fraction: f64, min_total: u
     let key = |i: usize| automaldesc_common::sha256_hex(items[i].0.as_bytes());
     let total = items.len();
     let want = ((fraction * total as f64).round() as usize).max(min_total.min(total / 10));
-    let fraction = if total == 0 { 0.0 } else { want as f64 / total as f64 };
+    let fraction = if total == 0 {
+        0.0
+    } else {
+        want as f64 / total as f64
+    };
     let mut out = vec![false; total];
     for members in strata.values_mut() {
         members.sort_by_key(|&i| key(i));
@@ -405,7 +415,9 @@ fn data_hash(train: &[Example], val: &[Example]) -> String {
             }
             if !e.roles.is_empty() {
                 bytes.extend_from_slice(
-                    serde_json::to_string(&e.roles).unwrap_or_default().as_bytes(),
+                    serde_json::to_string(&e.roles)
+                        .unwrap_or_default()
+                        .as_bytes(),
                 );
             }
         }
@@ -559,7 +571,9 @@ fn check_data(data: &TrainData, adapter: &LoraWeights) -> Result<(), TrainError>
             )));
         }
         if tr.len() != data.train.len() || va.len() != data.val.len() {
-            return Err(TrainError::Config("the frozen prefix covers other examples".into()));
+            return Err(TrainError::Config(
+                "the frozen prefix covers other examples".into(),
+            ));
         }
     }
     Ok(())
@@ -613,7 +627,10 @@ pub fn train_with(
     let mut state = match checkpoint {
         Some(dir) => match load_checkpoint(dir, config, &mut adapter, &mut best)? {
             Some(s) if s.config != *config || s.data_hash != hash => {
-                return Err(checkpoint::ckpt_err(dir, "it belongs to another config or data set"))
+                return Err(checkpoint::ckpt_err(
+                    dir,
+                    "it belongs to another config or data set",
+                ))
             }
             Some(s) => {
                 tracing::info!(dir = %dir.display(), epoch = s.epoch, step = s.adam.step, "resuming training");
@@ -647,10 +664,7 @@ pub fn train_with(
                         + b.choices.iter().map(|c| f64::from(c.weight)).sum::<f64>()
                 })
                 .sum();
-            let step_tokens: usize = batches
-                .iter()
-                .map(|b| b.rows.len() + b.choices.len())
-                .sum();
+            let step_tokens: usize = batches.iter().map(|b| b.rows.len() + b.choices.len()).sum();
             // Upload the adapter once per step; its gradients accumulate over the group.
             let tensors = adapter.tensors(&device, true);
             let mut grads = vec![0.0f32; adapter.num_params()];
@@ -666,7 +680,10 @@ pub fn train_with(
                     continue;
                 };
                 let l = nll.div_scalar(step_weight.max(1e-12));
-                loss += to_vec(l.clone()).first().copied().map_or(f64::NAN, f64::from);
+                loss += to_vec(l.clone())
+                    .first()
+                    .copied()
+                    .map_or(f64::NAN, f64::from);
                 let g = l.backward();
                 for (acc, x) in grads.iter_mut().zip(tensors.grads(&g)) {
                     *acc += x;
@@ -715,7 +732,9 @@ pub fn train_with(
         if config.lora.label_head || config.lora.language_head {
             heads::refit(model, data, config, prefix_val, &mut adapter)?;
         }
-        end_epoch(model, data, config, prefix_val, &mut state, &adapter, &mut best)?;
+        end_epoch(
+            model, data, config, prefix_val, &mut state, &adapter, &mut best,
+        )?;
         if let Some(e) = state.history.last() {
             epoch_done(e, &adapter);
         }
@@ -737,8 +756,16 @@ pub fn train_with(
 /// The best-epoch key of a split's scores: (label NLL, token loss), NaN read as 0 (a split
 /// without labels compares on its token loss alone).
 fn selection_key(m: &SplitMetrics) -> (f64, f64) {
-    let nll = if m.label_nll.is_nan() { 0.0 } else { m.label_nll };
-    let tok = if m.token_loss.is_nan() { 0.0 } else { m.token_loss };
+    let nll = if m.label_nll.is_nan() {
+        0.0
+    } else {
+        m.label_nll
+    };
+    let tok = if m.token_loss.is_nan() {
+        0.0
+    } else {
+        m.token_loss
+    };
     (nll, tok)
 }
 
@@ -768,7 +795,14 @@ fn end_epoch(
     let (val_metrics, val_scores) = if data.val.is_empty() {
         (train_metrics.clone(), state.tally.to_tally().labels)
     } else {
-        let t = evaluate_scores(model, data.val, Some(adapter), config.batch_tokens, data.choices, prefix_val)?;
+        let t = evaluate_scores(
+            model,
+            data.val,
+            Some(adapter),
+            config.batch_tokens,
+            data.choices,
+            prefix_val,
+        )?;
         (t.metrics(), t.labels)
     };
     let train_loss = state.epoch_loss_sum / state.epoch_steps.max(1) as f64;

@@ -97,7 +97,8 @@ impl PrefixCache {
         };
         let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
         let bytes_le: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        f.seek(SeekFrom::Start(self.spilled_bytes)).map_err(spill_err)?;
+        f.seek(SeekFrom::Start(self.spilled_bytes))
+            .map_err(spill_err)?;
         f.write_all(&bytes_le).map_err(spill_err)?;
         self.slots.push((Slot::Spilled(self.spilled_bytes), rows));
         self.spilled_bytes += bytes_le.len() as u64;

@@ -4,10 +4,10 @@ use burn::tensor::Device;
 use super::forward::target_log_probs;
 use super::lora::{LayerSet, LoraConfig, LoraWeights, Proj};
 use super::*;
-use crate::safetensors::SafeTensors;
-use std::collections::BTreeMap;
 use crate::model::load::TensorSource;
 use crate::model::{KvCache, LlamaConfig};
+use crate::safetensors::SafeTensors;
+use std::collections::BTreeMap;
 
 fn autodiff() -> Device {
     Device::flex().autodiff()

@@ -53,7 +53,9 @@ fn labelled(seed: u32, label: u8) -> Example {
 }
 
 fn set(n: u32) -> Vec<Example> {
-    (0..n).map(|i| labelled(i + 1, u8::from(i % 3 != 0))).collect()
+    (0..n)
+        .map(|i| labelled(i + 1, u8::from(i % 3 != 0)))
+        .collect()
 }
 
 fn tiny(device: &Device) -> Llama {
@@ -84,7 +86,10 @@ fn adapter(model: &Llama, layers: LayerSet) -> LoraWeights {
 }
 
 fn vec1(t: burn::tensor::Tensor<1>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -96,16 +101,30 @@ fn the_loss_is_the_weighted_mean_over_roles_computed_by_hand() {
     let batch = make_batch(&ex, &[0, 1, 2], Some(&choices()), &weights, None).unwrap();
     let scored = score(&model, &batch, None, None);
     let total_weight: f64 = batch.weights.iter().map(|&w| f64::from(w)).sum::<f64>()
-        + batch.choices.iter().map(|c| f64::from(c.weight)).sum::<f64>();
+        + batch
+            .choices
+            .iter()
+            .map(|c| f64::from(c.weight))
+            .sum::<f64>();
     let got = f64::from(vec1(scored.weighted_nll(&batch).unwrap())[0]) / total_weight;
     // By hand, from the logits of every position.
     let h = hidden_states(&model, &batch, None, None);
     let logits = model.logits(h);
     let vocab = model.config.vocab_size;
-    let all: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    let all: Vec<f32> = logits
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
     let log_softmax_of = |row: &[f32], ids: &[u32], target: u32| -> f64 {
-        let m = ids.iter().map(|&i| f64::from(row[i as usize])).fold(f64::NEG_INFINITY, f64::max);
-        let z: f64 = ids.iter().map(|&i| (f64::from(row[i as usize]) - m).exp()).sum();
+        let m = ids
+            .iter()
+            .map(|&i| f64::from(row[i as usize]))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = ids
+            .iter()
+            .map(|&i| (f64::from(row[i as usize]) - m).exp())
+            .sum();
         f64::from(row[target as usize]) - m - z.ln()
     };
     let every: Vec<u32> = (0..vocab as u32).collect();
@@ -117,15 +136,24 @@ fn the_loss_is_the_weighted_mean_over_roles_computed_by_hand() {
                 TokenRole::Forced => continue,
                 TokenRole::Free => (1.0, log_softmax_of(row, &every, tok)),
                 TokenRole::Language(_) => (2.0, log_softmax_of(row, &LANGS, tok)),
-                TokenRole::Label(l) => (f64::from(weights.label[usize::from(*l)]), log_softmax_of(row, &LABELS, tok)),
+                TokenRole::Label(l) => (
+                    f64::from(weights.label[usize::from(*l)]),
+                    log_softmax_of(row, &LABELS, tok),
+                ),
             };
             sum -= w * lp;
             wsum += w;
         }
     }
-    assert!((wsum - total_weight).abs() < 1e-6, "{wsum} vs {total_weight}");
+    assert!(
+        (wsum - total_weight).abs() < 1e-6,
+        "{wsum} vs {total_weight}"
+    );
     let want = sum / wsum;
-    assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{got} vs {want}");
+    assert!(
+        (got - want).abs() < 1e-4 * want.abs().max(1.0),
+        "{got} vs {want}"
+    );
 }
 
 #[test]
@@ -136,7 +164,9 @@ fn forced_tokens_get_no_gradient() {
     let grads_of = |ex: &[Example]| {
         let batch = make_batch(ex, &[0, 1], Some(&choices()), &Weights::uniform(), None).unwrap();
         let t = a.tensors(&device, true);
-        let nll = score(&model, &batch, Some(&t), None).weighted_nll(&batch).unwrap();
+        let nll = score(&model, &batch, Some(&t), None)
+            .weighted_nll(&batch)
+            .unwrap();
         let loss = vec1(nll.clone())[0];
         (loss, t.grads(&nll.backward()))
     };
@@ -163,14 +193,31 @@ fn forced_tokens_get_no_gradient() {
 #[test]
 fn class_balance_gives_each_class_half_the_label_weight() {
     let ex = set(4); // labels 0, 1, 1, 0 → i % 3 != 0: 0,1,1,0
-    let counts = [ex.iter().filter(|e| e.label() == Some(0)).count(), ex.iter().filter(|e| e.label() == Some(1)).count()];
+    let counts = [
+        ex.iter().filter(|e| e.label() == Some(0)).count(),
+        ex.iter().filter(|e| e.label() == Some(1)).count(),
+    ];
     assert_eq!(counts, [2, 2]);
     let ex = set(6); // i = 0..6: labels 0,1,1,0,1,1
     let w = Weights::new(1.0, 10.0, true, &ex);
-    assert!((w.label[0] - 10.0 * 6.0 / 4.0).abs() < 1e-6, "{:?}", w.label);
-    assert!((w.label[1] - 10.0 * 6.0 / 8.0).abs() < 1e-6, "{:?}", w.label);
-    let total: f32 = ex.iter().map(|e| w.label[usize::from(e.label().unwrap())]).sum();
-    assert!((total - 60.0).abs() < 1e-4, "the label's total weight is unchanged");
+    assert!(
+        (w.label[0] - 10.0 * 6.0 / 4.0).abs() < 1e-6,
+        "{:?}",
+        w.label
+    );
+    assert!(
+        (w.label[1] - 10.0 * 6.0 / 8.0).abs() < 1e-6,
+        "{:?}",
+        w.label
+    );
+    let total: f32 = ex
+        .iter()
+        .map(|e| w.label[usize::from(e.label().unwrap())])
+        .sum();
+    assert!(
+        (total - 60.0).abs() < 1e-4,
+        "the label's total weight is unchanged"
+    );
     assert_eq!(Weights::new(1.0, 10.0, false, &ex).label, [10.0, 10.0]);
 }
 
@@ -179,13 +226,20 @@ fn micro_batches_mix_the_classes() {
     let ex = set(24);
     for b in micro_batches(&ex, 4 * 20, Some((3, 1))) {
         let labels: Vec<u8> = b.iter().filter_map(|&i| ex[i].label()).collect();
-        assert!(labels.len() < 3 || (labels.contains(&0) && labels.contains(&1)), "{labels:?}");
+        assert!(
+            labels.len() < 3 || (labels.contains(&0) && labels.contains(&1)),
+            "{labels:?}"
+        );
     }
 }
 
 #[test]
 fn the_best_epoch_has_the_lowest_validation_label_nll() {
-    let m = |nll: f64, tok: f64| SplitMetrics { label_nll: nll, token_loss: tok, ..SplitMetrics::default() };
+    let m = |nll: f64, tok: f64| SplitMetrics {
+        label_nll: nll,
+        token_loss: tok,
+        ..SplitMetrics::default()
+    };
     // A lower label NLL wins even with a worse token loss.
     assert!(is_better(&m(0.5, 3.0), Some((0.6, 2.0))));
     assert!(!is_better(&m(0.7, 1.0), Some((0.6, 2.0))));
@@ -209,9 +263,18 @@ fn the_cached_prefix_gives_the_uncached_loss_and_gradients() {
     let spilled = PrefixCache::build(&infer, &ex, 1, 0, Some(spilled_dir.path())).unwrap();
     assert!(spilled.spilled_bytes > 0 && spilled.memory_bytes == 0);
     let run = |prefix: Option<&PrefixCache>| {
-        let batch = make_batch(&ex, &[0, 1, 2], Some(&choices()), &Weights::uniform(), prefix).unwrap();
+        let batch = make_batch(
+            &ex,
+            &[0, 1, 2],
+            Some(&choices()),
+            &Weights::uniform(),
+            prefix,
+        )
+        .unwrap();
         let t = a.tensors(&device, true);
-        let nll = score(&model, &batch, Some(&t), None).weighted_nll(&batch).unwrap();
+        let nll = score(&model, &batch, Some(&t), None)
+            .weighted_nll(&batch)
+            .unwrap();
         (vec1(nll.clone())[0], t.grads(&nll.backward()))
     };
     let (l0, g0) = run(None);
@@ -240,9 +303,21 @@ fn the_cached_prefix_gives_the_uncached_loss_and_gradients() {
 #[test]
 fn layer_sets_resolve_or_name_the_key() {
     assert_eq!(LayerSet::top(2).resolve(30).unwrap(), vec![28, 29]);
-    assert_eq!(LayerSet::top(8).resolve(2).unwrap(), vec![0, 1], "top:K of a smaller model: all");
-    assert_eq!(LayerSet::List(vec![5, 3, 5]).resolve(30).unwrap(), vec![3, 5]);
-    for bad in [LayerSet::top(0), LayerSet::List(vec![30]), LayerSet::Named("bottom:3".into()), LayerSet::List(vec![])] {
+    assert_eq!(
+        LayerSet::top(8).resolve(2).unwrap(),
+        vec![0, 1],
+        "top:K of a smaller model: all"
+    );
+    assert_eq!(
+        LayerSet::List(vec![5, 3, 5]).resolve(30).unwrap(),
+        vec![3, 5]
+    );
+    for bad in [
+        LayerSet::top(0),
+        LayerSet::List(vec![30]),
+        LayerSet::Named("bottom:3".into()),
+        LayerSet::List(vec![]),
+    ] {
         let e = bad.resolve(30).unwrap_err().to_string();
         assert!(e.contains("`layers`"), "{e}");
     }
@@ -253,21 +328,49 @@ fn bad_training_settings_are_refused_before_training() {
     let device = Device::flex().autodiff();
     let model = tiny(&device);
     let ex = set(4);
-    let data = TrainData { train: &ex, val: &[], choices: Some(&choices()), prefix: None };
+    let data = TrainData {
+        train: &ex,
+        val: &[],
+        choices: Some(&choices()),
+        prefix: None,
+    };
     for (key, edit) in [
-        ("label_weight", Box::new(|c: &mut TrainConfig| c.label_weight = 0.0) as Box<dyn Fn(&mut TrainConfig)>),
-        ("label_weight", Box::new(|c: &mut TrainConfig| c.label_weight = -1.0)),
-        ("layers", Box::new(|c: &mut TrainConfig| c.lora.layers = LayerSet::top(0))),
+        (
+            "label_weight",
+            Box::new(|c: &mut TrainConfig| c.label_weight = 0.0) as Box<dyn Fn(&mut TrainConfig)>,
+        ),
+        (
+            "label_weight",
+            Box::new(|c: &mut TrainConfig| c.label_weight = -1.0),
+        ),
+        (
+            "layers",
+            Box::new(|c: &mut TrainConfig| c.lora.layers = LayerSet::top(0)),
+        ),
     ] {
         let mut config = TrainConfig::v1();
         edit(&mut config);
-        let e = train_with(&model, &data, &config, None, &mut |_| true, &mut |_, _| {}).unwrap_err();
+        let e =
+            train_with(&model, &data, &config, None, &mut |_| true, &mut |_, _| {}).unwrap_err();
         assert!(e.to_string().contains(key), "{key}: {e}");
     }
     // One class only.
     let malicious: Vec<Example> = (0..4).map(|i| labelled(i + 1, 1)).collect();
-    let data = TrainData { train: &malicious, val: &[], choices: Some(&choices()), prefix: None };
-    let e = train_with(&model, &data, &TrainConfig::v1(), None, &mut |_| true, &mut |_, _| {}).unwrap_err();
+    let data = TrainData {
+        train: &malicious,
+        val: &[],
+        choices: Some(&choices()),
+        prefix: None,
+    };
+    let e = train_with(
+        &model,
+        &data,
+        &TrainConfig::v1(),
+        None,
+        &mut |_| true,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("one class"), "{e}");
 }
 
@@ -281,13 +384,33 @@ fn a_checkpoint_of_other_layers_is_refused_naming_both() {
     config.lora = lora(LayerSet::top(1));
     config.epochs = 1;
     config.batch_tokens = 16;
-    let data = TrainData { train: &ex, val: &[], choices: Some(&choices()), prefix: None };
-    let stopped = train_with(&model, &data, &config, Some(dir.path()), &mut |_| false, &mut |_, _| {}).unwrap();
+    let data = TrainData {
+        train: &ex,
+        val: &[],
+        choices: Some(&choices()),
+        prefix: None,
+    };
+    let stopped = train_with(
+        &model,
+        &data,
+        &config,
+        Some(dir.path()),
+        &mut |_| false,
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert!(stopped.is_none());
     config.lora.layers = LayerSet::all();
-    let e = train_with(&model, &data, &config, Some(dir.path()), &mut |_| true, &mut |_, _| {})
-        .unwrap_err()
-        .to_string();
+    let e = train_with(
+        &model,
+        &data,
+        &config,
+        Some(dir.path()),
+        &mut |_| true,
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("top:1") && e.contains("all"), "{e}");
 }
 
@@ -303,7 +426,12 @@ fn stratified_hold_out_keeps_every_stratum_and_enough_scripts() {
     let n = held.iter().filter(|&&h| h).count();
     assert!(n >= 30, "{n} held out of 400");
     for stratum in 0..10 {
-        let of: Vec<bool> = items.iter().zip(&held).filter(|((_, s), _)| *s == format!("{}/{}", stratum % 2, stratum % 5)).map(|(_, &h)| h).collect();
+        let of: Vec<bool> = items
+            .iter()
+            .zip(&held)
+            .filter(|((_, s), _)| *s == format!("{}/{}", stratum % 2, stratum % 5))
+            .map(|(_, &h)| h)
+            .collect();
         if !of.is_empty() {
             assert!(of.iter().any(|&h| h) && of.iter().any(|&h| !h));
         }
@@ -312,8 +440,18 @@ fn stratified_hold_out_keeps_every_stratum_and_enough_scripts() {
     let mut rev = items.clone();
     rev.reverse();
     let held_rev = stratified_hold_out(&rev, 0.05, 30);
-    let mut a: Vec<&str> = items.iter().zip(&held).filter(|(_, &h)| h).map(|((s, _), _)| *s).collect();
-    let mut b: Vec<&str> = rev.iter().zip(&held_rev).filter(|(_, &h)| h).map(|((s, _), _)| *s).collect();
+    let mut a: Vec<&str> = items
+        .iter()
+        .zip(&held)
+        .filter(|(_, &h)| h)
+        .map(|((s, _), _)| *s)
+        .collect();
+    let mut b: Vec<&str> = rev
+        .iter()
+        .zip(&held_rev)
+        .filter(|(_, &h)| h)
+        .map(|((s, _), _)| *s)
+        .collect();
     a.sort();
     b.sort();
     assert_eq!(a, b);
@@ -352,15 +490,21 @@ fn a_label_head_moves_the_label_and_survives_saving() {
             assert!((p - want).abs() < 1e-3, "bias {bias}: {p}");
         }
     }
-    assert!(neutral.iter().all(|p| *p > 0.01 && *p < 0.99), "{neutral:?}");
+    assert!(
+        neutral.iter().all(|p| *p > 0.01 && *p < 0.99),
+        "{neutral:?}"
+    );
     // The head's gradient is there, from the label rows only.
     let t = a.tensors(&device, true);
-    let nll = score(&model, &batch, Some(&t), None).weighted_nll(&batch).unwrap();
+    let nll = score(&model, &batch, Some(&t), None)
+        .weighted_nll(&batch)
+        .unwrap();
     let g = t.grads(&nll.backward());
     assert!(g[g.len() - hidden - 1..].iter().any(|x| x.abs() > 1e-6));
     // Saved beside the PEFT files and read back.
     let dir = tempfile::tempdir().unwrap();
-    a.save_peft(dir.path(), "tiny", &Default::default()).unwrap();
+    a.save_peft(dir.path(), "tiny", &Default::default())
+        .unwrap();
     assert!(dir.path().join(super::lora::LABEL_HEAD_FILE).exists());
     let back = LoraWeights::load_peft(dir.path(), &model.config).unwrap();
     assert_eq!(back.label_head, a.label_head);
@@ -380,14 +524,20 @@ fn a_language_head_moves_the_language_and_survives_saving() {
     let ex = set(3);
     let batch = make_batch(&ex, &[0, 1, 2], Some(&choices()), &Weights::uniform(), None).unwrap();
     let s = score(&model, &batch, Some(&a.tensors(&device, false)), None);
-    for (c, lp) in batch.choices.iter().zip(&s.choices).filter(|(c, _)| !c.is_label) {
+    for (c, lp) in batch
+        .choices
+        .iter()
+        .zip(&s.choices)
+        .filter(|(c, _)| !c.is_label)
+    {
         let p = vec1(lp.clone());
         assert!(p[3].exp() > 0.999, "{:?} for {:?}", p, c.candidates);
     }
     // Not trained by gradient: outside the flat vector.
     assert_eq!(a.flatten().len(), a.num_params());
     let dir = tempfile::tempdir().unwrap();
-    a.save_peft(dir.path(), "tiny", &Default::default()).unwrap();
+    a.save_peft(dir.path(), "tiny", &Default::default())
+        .unwrap();
     let back = LoraWeights::load_peft(dir.path(), &model.config).unwrap();
     assert_eq!(back.language_head, a.language_head);
     assert!(back.config.language_head && !back.config.label_head);
@@ -407,7 +557,12 @@ fn refitted_heads_separate_what_the_features_separate() {
     config.epochs = 1;
     config.batch_tokens = 64;
     config.learning_rate = 1e-3;
-    let data = TrainData { train: &ex, val: &ex, choices: Some(&choices()), prefix: None };
+    let data = TrainData {
+        train: &ex,
+        val: &ex,
+        choices: Some(&choices()),
+        prefix: None,
+    };
     let trained = train_with(&model, &data, &config, None, &mut |_| true, &mut |_, _| {})
         .unwrap()
         .unwrap();
@@ -416,10 +571,22 @@ fn refitted_heads_separate_what_the_features_separate() {
     bare.label_head = None;
     bare.language_head = None;
     let without = evaluate(&model, &ex, Some(&bare), 64, Some(&choices()), None).unwrap();
-    assert!(with_heads < without.label_nll, "{with_heads} vs {}", without.label_nll);
+    assert!(
+        with_heads < without.label_nll,
+        "{with_heads} vs {}",
+        without.label_nll
+    );
     let lang_with = trained.history[0].val.language_accuracy;
-    assert!(lang_with >= without.language_accuracy, "{lang_with} vs {}", without.language_accuracy);
-    assert!(trained.adapter.language_head.as_ref().is_some_and(|h| h.iter().any(|x| *x != 0.0)));
+    assert!(
+        lang_with >= without.language_accuracy,
+        "{lang_with} vs {}",
+        without.language_accuracy
+    );
+    assert!(trained
+        .adapter
+        .language_head
+        .as_ref()
+        .is_some_and(|h| h.iter().any(|x| *x != 0.0)));
 }
 
 #[test]
@@ -433,7 +600,12 @@ fn a_crash_resumes_from_the_last_periodic_checkpoint_bit_identically() {
     config.epochs = 2;
     config.batch_tokens = 16;
     config.checkpoint_every = 2;
-    let data = TrainData { train: &ex, val: &[], choices: Some(&choices()), prefix: None };
+    let data = TrainData {
+        train: &ex,
+        val: &[],
+        choices: Some(&choices()),
+        prefix: None,
+    };
     let whole = train_with(&model, &data, &config, None, &mut |_| true, &mut |_, _| {})
         .unwrap()
         .unwrap();
@@ -441,17 +613,31 @@ fn a_crash_resumes_from_the_last_periodic_checkpoint_bit_identically() {
     let dir = tempfile::tempdir().unwrap();
     // The process dies at step 5: no checkpoint is written then; the last is step 4's.
     let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        train_with(&model, &data, &config, Some(dir.path()), &mut |p| {
-            assert!(p.step < 5, "crash");
-            true
-        }, &mut |_, _| {})
+        train_with(
+            &model,
+            &data,
+            &config,
+            Some(dir.path()),
+            &mut |p| {
+                assert!(p.step < 5, "crash");
+                true
+            },
+            &mut |_, _| {},
+        )
     }));
     assert!(crashed.is_err());
     let mut first_step = None;
-    let resumed = train_with(&model, &data, &config, Some(dir.path()), &mut |p| {
-        first_step.get_or_insert(p.step);
-        true
-    }, &mut |_, _| {})
+    let resumed = train_with(
+        &model,
+        &data,
+        &config,
+        Some(dir.path()),
+        &mut |p| {
+            first_step.get_or_insert(p.step);
+            true
+        },
+        &mut |_, _| {},
+    )
     .unwrap()
     .unwrap();
     assert_eq!(first_step, Some(5), "resumed after the step-4 checkpoint");
