@@ -632,8 +632,8 @@ async fn corrupt_then_retry() -> anyhow::Result<Vec<Row>> {
         file_stem: "forged".into(),
         ..WriterOptions::default()
     };
-    let c = &env.corpus;
-    write_dataset(c.store.clone(), &c.unlabelled, vec![forged.clone()], opts.clone()).await?;
+    let (store, unlabelled) = (env.corpus.store.clone(), env.corpus.unlabelled.clone());
+    write_dataset(store.clone(), &unlabelled, vec![forged.clone()], opts.clone()).await?;
     let spec = env.spec.clone();
     env.submit(&spec);
     let (end, code) = env.finish(Duration::from_secs(120)).await?;
@@ -644,7 +644,7 @@ async fn corrupt_then_retry() -> anyhow::Result<Vec<Row>> {
 
     // The cause is fixed (the row gets its true sha256) and the run goes again.
     let fixed = CorpusRow::new(forged.content.clone(), "test:forged", None);
-    write_dataset(c.store.clone(), &c.unlabelled, vec![fixed], opts).await?;
+    write_dataset(store, &unlabelled, vec![fixed], opts).await?;
     for i in 0..3 {
         env.add_worker(&format!("r{i}"), false);
     }

@@ -135,7 +135,10 @@ impl Fixture {
             config_json: config.to_string(),
             cancel: Arc::new(AtomicBool::new(false)),
         };
-        AggregateExecutor.run(&task).map(|_| out)
+        AggregateExecutor
+            .run(&task)
+            .map(|_| out)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -10,14 +10,16 @@ use super::aggregate::AggregateConfig;
 use super::filter::FilterConfig;
 use super::generate::GenerateConfig;
 use super::judge::JudgeConfig;
+use super::judge_train::JudgeTrainConfig;
 use super::report::ReportConfig;
 use super::train::TrainStageConfig;
 use crate::executor::EchoConfig;
 
 /// Every stage kind a worker has an executor for.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "echo",
     "train",
+    "judge-train",
     "generate",
     "judge",
     "filter",
@@ -32,6 +34,7 @@ pub fn check_config(kind: &str, config: &serde_json::Value) -> Result<(), TaskEr
     match kind {
         "echo" => super::config::<EchoConfig>(kind, &json).map(drop),
         "train" => super::config::<TrainStageConfig>(kind, &json).map(drop),
+        "judge-train" => super::config::<JudgeTrainConfig>(kind, &json).map(drop),
         "generate" => super::config::<GenerateConfig>(kind, &json).map(drop),
         "judge" => super::config::<JudgeConfig>(kind, &json).map(drop),
         "filter" => super::config::<FilterConfig>(kind, &json).map(drop),

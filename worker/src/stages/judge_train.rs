@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use automaldesc_common::fault::TaskError;
 use automaldesc_common::schema::LabelledRow;
 use serde::Deserialize;
 
@@ -94,15 +95,17 @@ impl Executor for JudgeTrainExecutor {
         "judge-train"
     }
 
-    fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
+    fn run(&self, task: &TaskInput) -> super::StageResult<TaskOutput> {
         let cfg: JudgeTrainConfig = config("judge-train", &task.config_json)?;
         cfg.train
             .validate()
-            .map_err(|e| format!("judge-train: {e}"))?;
+            .map_err(|e| TaskError::invalid(format!("judge-train stage config: {e}")))?;
         let started = Instant::now();
         let mut labels: Vec<LabelledRow> = read_task(task, "/labels/")?;
         if labels.is_empty() {
-            return Err("judge-train: the input holds no labels (expected the seed split)".into());
+            return Err(TaskError::invalid(
+                "judge-train: the input holds no labels (expected the seed split)",
+            ));
         }
         let path = model_path(&cfg.model)?;
         let base = model(&ModelKey {
@@ -158,6 +161,7 @@ impl Executor for JudgeTrainExecutor {
             rows_in: labels.len() as u64,
             files,
             quarantined: Vec::new(),
+            duplicates: 0,
         })
     }
 }
@@ -170,7 +174,7 @@ fn train_judge(
     cfg: &JudgeTrainConfig,
     path: &std::path::Path,
     labels: &[LabelledRow],
-) -> Result<(JudgeScore, Vec<automaldesc_common::manifest::ManifestFile>), String> {
+) -> super::StageResult<(JudgeScore, Vec<automaldesc_common::manifest::ManifestFile>)> {
     let mut trainer = Trainer::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
     trainer.annotator.prompt_style = cfg.prompt;
     let judge = &trainer.annotator;
@@ -231,7 +235,7 @@ fn train_judge(
         },
     )
     .map_err(|e| format!("judge-train: {e}"))?
-    .ok_or("cancelled")?;
+    .ok_or_else(|| TaskError::cancelled("judge-train: cancelled"))?;
     let mut infer = Annotator::load(path, &crate::device::select()?)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     infer.prompt_style = cfg.prompt;

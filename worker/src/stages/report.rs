@@ -109,7 +109,7 @@ fn evaluated(r: &StageRef) -> super::StageResult<Evaluated> {
 }
 
 /// The training summary of the ref `adapter`'s lineage.
-fn training_summary(r: &StageRef) -> Result<TrainingSummary, String> {
+fn training_summary(r: &StageRef) -> super::StageResult<TrainingSummary> {
     let l: serde_json::Value = r.json("lineage.json")?;
     let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     Ok(TrainingSummary {
@@ -152,7 +152,7 @@ impl ReportExecutor {
         &self,
         cfg: &ReportConfig,
         references: &[Reference],
-    ) -> Result<(Option<PromptSummary>, String, Option<Vec<Reference>>), String> {
+    ) -> super::StageResult<(Option<PromptSummary>, String, Option<Vec<Reference>>)> {
         let Some(model_name) = &cfg.model else {
             return Ok((None, "the full reference summaries".into(), None));
         };

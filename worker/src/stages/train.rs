@@ -144,7 +144,7 @@ impl Executor for TrainExecutor {
             },
         )
         .map_err(|e| format!("train: {e}"))?
-        .ok_or("cancelled")?;
+        .ok_or_else(|| automaldesc_common::fault::TaskError::cancelled("train: cancelled"))?;
         let annotator = &trainer.annotator;
         let model_sha256 = file_sha256(&model)?;
         let set_sha256 = automaldesc_common::sha256_hex(data.train_shas.join("\n").as_bytes());
