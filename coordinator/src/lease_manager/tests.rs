@@ -92,7 +92,7 @@ async fn a_lease_past_its_ttl_cannot_complete_even_before_expire_runs() {
 #[tokio::test(start_paused = true)]
 async fn failures_back_off_then_quarantine_and_the_stage_goes_on() {
     let mut book = LeaseBook::new(2, policy(), 0, Instant::now());
-    let w = worker("a");
+    let (w, b) = (worker("a"), worker("b"));
     let mut g = book.acquire(&w, Instant::now()).unwrap();
     let other = book.acquire(&w, Instant::now()).unwrap();
     book.complete(other.task, other.token, Instant::now())
@@ -111,7 +111,11 @@ async fn failures_back_off_then_quarantine_and_the_stage_goes_on() {
                 // Not available before its backoff.
                 assert!(book.acquire(&w, Instant::now()).is_none());
                 advance(wait).await;
-                g = book.acquire(&w, Instant::now()).unwrap();
+                // Not handed back to the worker that just failed it while another asks.
+                let failed_on = if g.attempt % 2 == 1 { &w } else { &b };
+                let next = if g.attempt % 2 == 1 { &b } else { &w };
+                assert!(book.acquire(failed_on, Instant::now()).is_none());
+                g = book.acquire(next, Instant::now()).unwrap();
             }
             FailOutcome::Quarantined => break,
         }
