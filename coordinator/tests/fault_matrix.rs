@@ -195,23 +195,18 @@ impl Env {
         let mut list = args(&["submit", spec.to_str().unwrap(), "--run-id", &self.run]);
         list.push("--wait".into());
         list.extend(self.client_flags());
-        let name = format!("client-{}", self.dir.path().read_dir().map_or(0, |d| d.count()));
+        let name = format!(
+            "client-{}",
+            self.dir.path().read_dir().map_or(0, |d| d.count())
+        );
         self.client = Some(Proc::spawn(self.dir.path(), &name, &list));
     }
 
     async fn status(&self) -> Option<v1::RunStatus> {
         for e in &self.endpoints {
-            let Ok(mut c) = v1::control_service_client::ControlServiceClient::connect(e.clone())
-                .await
-            else {
-                continue;
-            };
-            let req = v1::RunRequest {
-                run_id: self.run.clone(),
-            };
-            let call = tokio::time::timeout(Duration::from_millis(500), c.get_run(req));
-            if let Ok(Ok(r)) = call.await {
-                return Some(r.into_inner());
+            let got = support::procs::get_run(e, &self.run, Duration::from_millis(500)).await;
+            if got.is_some() {
+                return got;
             }
         }
         None
@@ -287,7 +282,10 @@ impl Env {
             *quarantined.entry(sha).or_default() += 1;
         }
         for (task, reason) in support::quarantined_tasks(&store, &self.run, 0).await {
-            assert!(!reason.is_empty(), "{case}: task {task} quarantined without a reason");
+            assert!(
+                !reason.is_empty(),
+                "{case}: task {task} quarantined without a reason"
+            );
             for sha in support::task_scripts(&store, &self.run, 0, task).await {
                 *quarantined.entry(sha).or_default() += 1;
             }
@@ -355,8 +353,14 @@ impl Env {
                     && f.file_name().and_then(|n| n.to_str()) != Some("committed.json")
             })
             .collect();
-        assert!(strays.is_empty(), "{case}: files no commit references: {strays:?}");
-        assert!(empty_dirs.is_empty(), "{case}: empty directories: {empty_dirs:?}");
+        assert!(
+            strays.is_empty(),
+            "{case}: files no commit references: {strays:?}"
+        );
+        assert!(
+            empty_dirs.is_empty(),
+            "{case}: empty directories: {empty_dirs:?}"
+        );
     }
 }
 
@@ -400,9 +404,11 @@ async fn worker_kill9() -> anyhow::Result<Row> {
     env.workers[0].kill9();
     let fault = Instant::now();
     let expired = env
-        .until("the dead worker's lease to expire", Duration::from_secs(30), |s| {
-            stage0(s).leases_expired >= 1
-        })
+        .until(
+            "the dead worker's lease to expire",
+            Duration::from_secs(30),
+            |s| stage0(s).leases_expired >= 1,
+        )
         .await?;
     let (end, code) = env.finish(Duration::from_secs(120)).await?;
     let mut row = env.account("worker kill -9", &end, code).await;
@@ -425,20 +431,29 @@ async fn worker_stop_cont() -> anyhow::Result<Row> {
         // w0 stalls in the middle of a task, long enough to lose it; then it continues.
         let deadline = Instant::now() + Duration::from_secs(60);
         while env.workers[0].tasks_started().len() <= seen {
-            ensure!(Instant::now() < deadline, "w0 took no task in round {round}");
+            ensure!(
+                Instant::now() < deadline,
+                "w0 took no task in round {round}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         seen = env.workers[0].tasks_started().len();
         env.workers[0].signal(libc::SIGSTOP);
         let fault = Instant::now();
         let expired = env
-            .until("the stalled lease to expire", Duration::from_secs(30), |s| {
-                stage0(s).leases_expired >= round
-            })
+            .until(
+                "the stalled lease to expire",
+                Duration::from_secs(30),
+                |s| stage0(s).leases_expired >= round,
+            )
             .await?;
         worst = worst.max(expired - fault);
         env.workers[0].signal(libc::SIGCONT);
-        if env.status().await.is_some_and(|s| s.state != v1::RunState::Running as i32) {
+        if env
+            .status()
+            .await
+            .is_some_and(|s| s.state != v1::RunState::Running as i32)
+        {
             break;
         }
     }
@@ -474,14 +489,9 @@ async fn leader_fault(case: &'static str, freeze: bool) -> anyhow::Result<Row> {
     let standby = env.endpoints[1].clone();
     let deadline = fault + Duration::from_secs(60);
     let recovered = loop {
-        let mut c = support::procs::control(&standby, Duration::from_secs(60)).await;
-        let req = v1::RunRequest {
-            run_id: env.run.clone(),
-        };
-        if let Ok(r) = c.get_run(req).await {
-            if done_tasks(&r.into_inner()) > before {
-                break Instant::now();
-            }
+        let got = support::procs::get_run(&standby, &env.run, Duration::from_secs(1)).await;
+        if got.is_some_and(|s| done_tasks(&s) > before) {
+            break Instant::now();
         }
         ensure!(Instant::now() < deadline, "the standby made no progress");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -509,12 +519,16 @@ async fn etcd_down() -> anyhow::Result<Row> {
     env.etcd.spawn();
     let back = Instant::now();
     let committed = env
-        .until("a commit after etcd is back", Duration::from_secs(60), |s| {
-            done_tasks(s) > before
-        })
+        .until(
+            "a commit after etcd is back",
+            Duration::from_secs(60),
+            |s| done_tasks(s) > before,
+        )
         .await?;
     let (end, code) = env.finish(Duration::from_secs(120)).await?;
-    let mut row = env.account("etcd down 6 s (3 lease TTLs)", &end, code).await;
+    let mut row = env
+        .account("etcd down 6 s (3 lease TTLs)", &end, code)
+        .await;
     row.recover = secs(committed - back);
     ensure!(code == 0 && row.quarantined == 0, "{}", row.phase);
     Ok(row)
@@ -594,10 +608,12 @@ async fn store_fault(
     Ok(row)
 }
 
-/// A task that always fails: quarantined after its attempts, more than the run allows.
+/// A task that always fails: quarantined after its attempts, more than the run allows
+/// (its one script is about 0.2% of the input; the spec allows 0.1%).
 async fn poison_over_budget() -> anyhow::Result<Row> {
     let setup = Setup {
         config: r#"{ delay_ms = 200, fail_marker = "FAIL-ALWAYS" }"#,
+        limits: "\n[limits]\nmax_quarantined_fraction = 0.001\n",
         ..Setup::default()
     };
     let mut env = Env::start("poison", 26, setup).await?;
@@ -606,7 +622,9 @@ async fn poison_over_budget() -> anyhow::Result<Row> {
     let started = Instant::now();
     env.submit(&spec);
     let (end, code) = env.finish(Duration::from_secs(120)).await?;
-    let mut row = env.account("a poisoned task over max_quarantined_fraction", &end, code).await;
+    let mut row = env
+        .account("a poisoned task over max_quarantined_fraction", &end, code)
+        .await;
     row.recover = secs(started.elapsed());
     ensure!(code == 4, "exit {code}: {}", row.phase);
     ensure!(
@@ -633,11 +651,19 @@ async fn corrupt_then_retry() -> anyhow::Result<Vec<Row>> {
         ..WriterOptions::default()
     };
     let (store, unlabelled) = (env.corpus.store.clone(), env.corpus.unlabelled.clone());
-    write_dataset(store.clone(), &unlabelled, vec![forged.clone()], opts.clone()).await?;
+    write_dataset(
+        store.clone(),
+        &unlabelled,
+        vec![forged.clone()],
+        opts.clone(),
+    )
+    .await?;
     let spec = env.spec.clone();
     env.submit(&spec);
     let (end, code) = env.finish(Duration::from_secs(120)).await?;
-    let first = env.account("a forged sha256 (quarantined alone)", &end, code).await;
+    let first = env
+        .account("a forged sha256 (quarantined alone)", &end, code)
+        .await;
     ensure!(code == 3, "exit {code}: {}", first.phase);
     ensure!(first.quarantined == 1, "{} quarantined", first.quarantined);
     ensure!(end.error.contains("quarantined"), "{}", end.error);
@@ -653,7 +679,9 @@ async fn corrupt_then_retry() -> anyhow::Result<Vec<Row>> {
     let started = Instant::now();
     env.client = Some(Proc::spawn(env.dir.path(), "retry", &list));
     let (end, code) = env.finish(Duration::from_secs(120)).await?;
-    let mut second = env.account("... fixed, then retry-quarantined", &end, code).await;
+    let mut second = env
+        .account("... fixed, then retry-quarantined", &end, code)
+        .await;
     second.recover = secs(started.elapsed());
     ensure!(code == 0, "exit {code}: {}", second.phase);
     Ok(vec![first, second])
@@ -713,9 +741,15 @@ async fn refused_submissions() -> anyhow::Result<Vec<Row>> {
         let heard = started.elapsed();
         let log = client.log_text();
         ensure!(code == 1, "{case}: exit {code}\n{log}");
-        ensure!(log.contains(expect), "{case}: the refusal does not say {expect:?}:\n{log}");
+        ensure!(
+            log.contains(expect),
+            "{case}: the refusal does not say {expect:?}:\n{log}"
+        );
         if i == 0 {
-            ensure!(log.contains("labels-00000.parquet"), "the file is not named:\n{log}");
+            ensure!(
+                log.contains("labels-00000.parquet"),
+                "the file is not named:\n{log}"
+            );
         }
         rows.push(Row {
             case,
@@ -732,13 +766,18 @@ async fn refused_submissions() -> anyhow::Result<Vec<Row>> {
     // Nothing was recorded: the id is free, and the corrected spec runs under it.
     let store = env.store().await;
     let keys = store.list(&format!("runs/{}/", env.run)).await?;
-    ensure!(keys.is_empty(), "a refused submission left records: {keys:?}");
+    ensure!(
+        keys.is_empty(),
+        "a refused submission left records: {keys:?}"
+    );
     env.add_worker("w0", false);
     env.add_worker("w1", false);
     let spec = env.spec.clone();
     env.submit(&spec);
     let (end, code) = env.finish(Duration::from_secs(120)).await?;
-    let row = env.account("... the corrected spec, same run id", &end, code).await;
+    let row = env
+        .account("... the corrected spec, same run id", &end, code)
+        .await;
     ensure!(code == 0, "exit {code}");
     rows.push(row);
     Ok(rows)
@@ -792,7 +831,10 @@ async fn every_fault_ends_with_each_script_committed_once_quarantined_or_the_run
         Ok(list) => rows.extend(list.into_iter().map(|r| (name.to_string(), Ok(r)))),
         Err(e) => rows.push((name.to_string(), Err(e))),
     };
-    add("worker kill -9", case(async { worker_kill9().await.map(|r| vec![r]) }).await);
+    add(
+        "worker kill -9",
+        case(async { worker_kill9().await.map(|r| vec![r]) }).await,
+    );
     add(
         "worker SIGSTOP/SIGCONT",
         case(async { worker_stop_cont().await.map(|r| vec![r]) }).await,
@@ -809,13 +851,19 @@ async fn every_fault_ends_with_each_script_committed_once_quarantined_or_the_run
     add(
         "leader SIGSTOP",
         case(async {
-            leader_fault("leader SIGSTOP, never resumed (standby, submit --wait)", true)
-                .await
-                .map(|r| vec![r])
+            leader_fault(
+                "leader SIGSTOP, never resumed (standby, submit --wait)",
+                true,
+            )
+            .await
+            .map(|r| vec![r])
         })
         .await,
     );
-    add("etcd down", case(async { etcd_down().await.map(|r| vec![r]) }).await);
+    add(
+        "etcd down",
+        case(async { etcd_down().await.map(|r| vec![r]) }).await,
+    );
     add(
         "object store unavailable",
         case(async {
@@ -848,7 +896,10 @@ async fn every_fault_ends_with_each_script_committed_once_quarantined_or_the_run
         })
         .await,
     );
-    add("poison", case(async { poison_over_budget().await.map(|r| vec![r]) }).await);
+    add(
+        "poison",
+        case(async { poison_over_budget().await.map(|r| vec![r]) }).await,
+    );
     add("corrupt", case(corrupt_then_retry()).await);
     add("refused", case(refused_submissions()).await);
     let text = table(&rows);
@@ -858,9 +909,17 @@ async fn every_fault_ends_with_each_script_committed_once_quarantined_or_the_run
     let _ = std::fs::write(artifacts.join("fault-matrix.md"), &text);
     for (name, r) in &rows {
         if let Ok(r) = r {
-            assert_eq!((r.lost, r.duplicated), (0, 0), "{name}: lost or duplicated scripts");
+            assert_eq!(
+                (r.lost, r.duplicated),
+                (0, 0),
+                "{name}: lost or duplicated scripts"
+            );
         }
     }
-    let failed: Vec<&String> = rows.iter().filter(|(_, r)| r.is_err()).map(|(n, _)| n).collect();
+    let failed: Vec<&String> = rows
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(n, _)| n)
+        .collect();
     assert!(failed.is_empty(), "failed cases: {failed:?}\n{text}");
 }

@@ -204,10 +204,12 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
     let record = &commits.iter().find(|(t, _)| t.0 == lease.task).unwrap().1;
     assert!(record.worker.starts_with('w') && record.token > lease.token);
     // Only committed files remain under the run's output.
-    let on_disk: BTreeMap<String, ()> = walk(&dir.path().join("out"))
+    // Beside them, each finished stage's list of committed files (the manifest readers use).
+    let (lists, on_disk): (Vec<String>, Vec<String>) = walk(&dir.path().join("out"))
         .into_iter()
-        .map(|p| (p, ()))
-        .collect();
+        .partition(|p| p.ends_with(automaldesc_coordinator::run_manager::COMMITTED_LIST));
+    assert_eq!(lists.len(), 2, "{lists:?}");
+    let on_disk: BTreeMap<String, ()> = on_disk.into_iter().map(|p| (p, ())).collect();
     let mut committed = 0;
     for k in [0u32, 1] {
         let commits = automaldesc_coordinator::stage_manager::read_commits(store.as_ref(), &run, k)

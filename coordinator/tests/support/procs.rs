@@ -155,14 +155,34 @@ impl Drop for Proc {
 pub async fn control(endpoint: &str, timeout: Duration) -> ControlServiceClient<Channel> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(mut c) = ControlServiceClient::connect(endpoint.to_string()).await {
-            if c.list_runs(v1::ListRunsRequest {}).await.is_ok() {
-                return c;
-            }
+        let answered = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut c = ControlServiceClient::connect(endpoint.to_string())
+                .await
+                .ok()?;
+            c.list_runs(v1::ListRunsRequest {}).await.ok().map(|_| c)
+        });
+        if let Ok(Some(c)) = answered.await {
+            return c;
         }
         assert!(Instant::now() < deadline, "no coordinator at {endpoint}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The run's status from the coordinator at `endpoint`, or `None` when it does not answer
+/// within `timeout` (connecting included: a frozen coordinator accepts the TCP connection
+/// and never answers).
+pub async fn get_run(endpoint: &str, run: &str, timeout: Duration) -> Option<v1::RunStatus> {
+    let call = async {
+        let mut c = ControlServiceClient::connect(endpoint.to_string())
+            .await
+            .ok()?;
+        let req = v1::RunRequest {
+            run_id: run.to_string(),
+        };
+        c.get_run(req).await.ok().map(|r| r.into_inner())
+    };
+    tokio::time::timeout(timeout, call).await.ok().flatten()
 }
 
 /// Polls the run on any of `endpoints` until `pred` holds; returns that status.
@@ -177,16 +197,7 @@ pub async fn wait_for(
     let mut last = None;
     loop {
         for e in endpoints {
-            let Ok(mut c) = ControlServiceClient::connect(e.clone()).await else {
-                continue;
-            };
-            if let Ok(r) = c
-                .get_run(v1::RunRequest {
-                    run_id: run.to_string(),
-                })
-                .await
-            {
-                let s = r.into_inner();
+            if let Some(s) = get_run(e, run, Duration::from_secs(1)).await {
                 if pred(&s) {
                     return s;
                 }
