@@ -18,8 +18,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult, Result,
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
 
 /// The environment variable naming the control file.
@@ -181,7 +181,10 @@ mod tests {
         assert!(e.to_string().contains("no space left"), "{e}");
         assert_eq!(Error::from(e).fault_kind(), FaultKind::Transient);
         // Reads still work on a full disk.
-        assert_eq!(&store.get(&p).await.unwrap().bytes().await.unwrap()[..], b"x");
+        assert_eq!(
+            &store.get(&p).await.unwrap().bytes().await.unwrap()[..],
+            b"x"
+        );
 
         std::fs::write(&control, "unavailable").unwrap();
         assert!(store.get(&p).await.is_err());

@@ -159,10 +159,8 @@ pub async fn remove_prefix(url: &str) -> Result<u64> {
         return Ok(files);
     }
     let (store, prefix) = open_store(url)?;
-    let metas: Vec<object_store::ObjectMeta> = futures::TryStreamExt::try_collect(
-        store.list(Some(&prefix)),
-    )
-    .await?;
+    let metas: Vec<object_store::ObjectMeta> =
+        futures::TryStreamExt::try_collect(store.list(Some(&prefix))).await?;
     for m in &metas {
         match store.delete(&m.location).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -286,7 +284,9 @@ mod tests {
         // In an object store the objects under the prefix go, the others stay.
         let (mem, p) = open_store("memory://remove-prefix-test/out").unwrap();
         for name in ["t1/attempt-1/a", "t1/attempt-1/b", "t1/attempt-2/a"] {
-            put_bytes(mem.as_ref(), &child(&p, name), vec![1]).await.unwrap();
+            put_bytes(mem.as_ref(), &child(&p, name), vec![1])
+                .await
+                .unwrap();
         }
         assert_eq!(
             remove_prefix("memory://remove-prefix-test/out/t1/attempt-1")
@@ -294,7 +294,9 @@ mod tests {
                 .unwrap(),
             2
         );
-        assert!(get_bytes(mem.as_ref(), &child(&p, "t1/attempt-2/a")).await.is_ok());
+        assert!(get_bytes(mem.as_ref(), &child(&p, "t1/attempt-2/a"))
+            .await
+            .is_ok());
     }
 
     #[test]

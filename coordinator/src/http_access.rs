@@ -124,7 +124,10 @@ mod tests {
     fn signing_in_by_form_gives_an_opaque_session_cookie() {
         let a = access(false);
         let cookie = a.sign_in(b"token=s3cr%3Dt%3B%25").unwrap();
-        assert!(cookie.ends_with("; Path=/; HttpOnly; SameSite=Strict"), "{cookie}");
+        assert!(
+            cookie.ends_with("; Path=/; HttpOnly; SameSite=Strict"),
+            "{cookie}"
+        );
         let pair = cookie.split(';').next().unwrap();
         let value = pair.strip_prefix("automaldesc_session=").unwrap();
         // Not the token, nor a reversible encoding of it.

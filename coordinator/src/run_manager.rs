@@ -40,11 +40,11 @@ use crate::run_spec::{RunSpec, StageCatalog};
 use crate::stage_manager::{Assignment, Completion, StageError, StageManager};
 use crate::state::{Expect, StateError, StateStore};
 
+pub use planning::COMMITTED_LIST;
 use planning::{
     check_spec, new_plan, plan_stage, record_plan, stage_policy, stage_spec, sweep_stage,
     write_committed_list,
 };
-pub use planning::COMMITTED_LIST;
 use records::{check_id, from_json, placeholder_status, run_key, stage_key, to_json};
 pub use records::{
     now_ms, stage_output_url, RunError, RunPhase, RunRecord, RunStatus, StagePlan, StageSummary,
@@ -260,7 +260,9 @@ impl RunManager {
             Some(v) => from_json(&stage_key(&id, 0, "plan"), &v.value)?,
             None => new_plan(self.store.as_ref(), &id, &spec, 0).await?,
         };
-        self.store.put(&spec_key, to_json(&spec), Expect::Any).await?;
+        self.store
+            .put(&spec_key, to_json(&spec), Expect::Any)
+            .await?;
         record_plan(self.store.as_ref(), &id, 0, plan).await?;
         let record = RunRecord {
             phase: RunPhase::Running,

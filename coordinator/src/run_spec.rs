@@ -200,7 +200,9 @@ impl RunSpec {
         }
         let stall = self.limits.max_stall;
         if !(stall.is_finite() && stall > 0.0) {
-            return bad(format!("`limits.max_stall` must be positive seconds, not {stall}"));
+            return bad(format!(
+                "`limits.max_stall` must be positive seconds, not {stall}"
+            ));
         }
         for (i, s) in self.stages.iter().enumerate() {
             let valid = !s.kind.is_empty()
@@ -318,9 +320,14 @@ mod tests {
             "{base}[limits]\nmax_quarantined_fraction = 0.2\nmax_stall = 5\n"
         ))
         .unwrap();
-        assert_eq!((set.limits.max_quarantined_fraction, set.limits.max_stall), (0.2, 5.0));
+        assert_eq!(
+            (set.limits.max_quarantined_fraction, set.limits.max_stall),
+            (0.2, 5.0)
+        );
         let high = RunSpec::from_toml(&format!("{base}[limits]\nmax_quarantined_fraction = 2\n"));
-        assert!(matches!(high, Err(SpecError::Invalid(m)) if m.contains("max_quarantined_fraction")));
+        assert!(
+            matches!(high, Err(SpecError::Invalid(m)) if m.contains("max_quarantined_fraction"))
+        );
         let typo = RunSpec::from_toml(&format!("{base}[limits]\nmax_stal = 5\n"));
         assert!(matches!(typo, Err(SpecError::Parse(m)) if m.contains("max_stal")));
         // A spec recorded before limits existed reads with the defaults.

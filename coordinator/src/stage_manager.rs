@@ -24,7 +24,7 @@ use automaldesc_common::ids::{LeaseRef, RunId, TaskId, WorkerId};
 use tokio::time::Instant;
 
 use crate::lease_manager::{
-    Expiry, FailOutcome, LeaseBook, LeasePolicy, Refusal, Stall, StageCounts, TaskState,
+    Expiry, FailOutcome, LeaseBook, LeasePolicy, Refusal, StageCounts, Stall, TaskState,
 };
 use crate::planner::{RowGroupRange, TaskPlan};
 use crate::state::{Expect, StateError, StateStore};
@@ -452,7 +452,12 @@ impl StageManager {
     /// pending for the next tick).
     async fn write_pending(&mut self, now: Instant) -> Result<(), StageError> {
         while let Some(&task) = self.unwritten.first() {
-            let error = self.book.last_error(task).unwrap_or_default().as_bytes().to_vec();
+            let error = self
+                .book
+                .last_error(task)
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec();
             if let Err(e) = self
                 .store
                 .put(&self.quarantine_key(task), error, Expect::Any)
@@ -485,4 +490,3 @@ impl StageManager {
         }
     }
 }
-

@@ -468,12 +468,25 @@ mod tests {
         let tasks: Vec<u32> = w.views(t0)[1].leases.iter().map(|l| l.task).collect();
         assert_eq!(tasks, vec![3]);
         // a falls silent: lost after the TTL, with no phantom lease left.
-        w.heartbeat(&b, &[lease(3, 7)], &[], None, false, t0 + Duration::from_secs(20));
+        w.heartbeat(
+            &b,
+            &[lease(3, 7)],
+            &[],
+            None,
+            false,
+            t0 + Duration::from_secs(20),
+        );
         let later = t0 + Duration::from_secs(31);
         w.note_lost(later);
         let views = w.views(later);
-        assert_eq!((views[0].state, views[0].leases.len()), (WorkerState::Lost, 0));
-        assert_eq!((views[1].state, views[1].leases.len()), (WorkerState::Busy, 1));
+        assert_eq!(
+            (views[0].state, views[0].leases.len()),
+            (WorkerState::Lost, 0)
+        );
+        assert_eq!(
+            (views[1].state, views[1].leases.len()),
+            (WorkerState::Busy, 1)
+        );
         // Heard from again: no longer lost.
         w.heartbeat(&a, &[], &[], None, false, later);
         assert_eq!(w.views(later)[0].state, WorkerState::Idle);

@@ -170,7 +170,11 @@ async fn workers_that_die_or_stall_lose_their_tasks_and_a_failing_task_is_quaran
         v1::RunState::SucceededWithQuarantine as i32,
         "{end:?}"
     );
-    assert!(end.error.starts_with("quarantined stage 0 (echo)"), "{}", end.error);
+    assert!(
+        end.error.starts_with("quarantined stage 0 (echo)"),
+        "{}",
+        end.error
+    );
     // The stalled worker wakes up: its lease is gone and nothing of it is committed.
     w1.signal(libc::SIGCONT);
     tokio::time::sleep(Duration::from_millis(1500)).await;

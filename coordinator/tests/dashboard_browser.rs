@@ -130,7 +130,10 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
     while page.eval("document.readyState === 'complete' && !document.querySelector('form')")
         != Value::Bool(true)
     {
-        assert!(Instant::now() < deadline, "the sign-in did not open the dashboard");
+        assert!(
+            Instant::now() < deadline,
+            "the sign-in did not open the dashboard"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     page.navigate(&format!("http://127.0.0.1:{http}/?poll=250"));

@@ -173,7 +173,12 @@ async fn probes_and_metrics_follow_a_run() {
     assert_eq!(status, 401);
     assert!(page.contains("method=\"post\" action=\"/login\""), "{page}");
     let form = "Content-Type: application/x-www-form-urlencoded\r\n";
-    assert_eq!(request(http, "POST", "/login", form, "token=wrong").unwrap().0, 401);
+    assert_eq!(
+        request(http, "POST", "/login", form, "token=wrong")
+            .unwrap()
+            .0,
+        401
+    );
     let (status, head, _) = get_with(http, "/login?token=metrics-token-1", "").unwrap();
     assert_eq!(status, 200, "a GET only shows the form");
     assert!(!head.contains("Set-Cookie"), "{head}");
@@ -185,10 +190,16 @@ async fn probes_and_metrics_follow_a_run() {
         .unwrap()
         .to_string();
     let cookie = set_cookie.split(';').next().unwrap().to_string();
-    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{head}");
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{head}"
+    );
     assert!(!set_cookie.contains("Secure"), "no TLS here: {head}");
     assert!(cookie.starts_with("automaldesc_session="), "{cookie}");
-    assert!(!cookie.contains(&hex_of("metrics-token-1")), "the cookie is not the token: {cookie}");
+    assert!(
+        !cookie.contains(&hex_of("metrics-token-1")),
+        "the cookie is not the token: {cookie}"
+    );
     let with_cookie = format!("Cookie: {cookie}\r\n");
     let (status, _, page) = get_with(http, "/", &with_cookie).unwrap();
     assert_eq!(status, 200);

@@ -272,7 +272,10 @@ async fn the_dashboard_serves_tls_from_the_grpc_certificate() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", addr.port());
     let (ok, healthz) = curl(&[&url("/healthz")]);
@@ -283,7 +286,10 @@ async fn the_dashboard_serves_tls_from_the_grpc_certificate() {
         .lines()
         .find_map(|l| l.strip_prefix("Set-Cookie: "))
         .unwrap_or_default();
-    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{signed}");
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{signed}"
+    );
     let (plain, _) = curl(&[&format!("http://127.0.0.1:{}/healthz", addr.port())]);
     assert!(!plain, "plain HTTP must not be answered");
 }

@@ -98,7 +98,8 @@ impl RequireToken {
         match self.derive(context) {
             None => true,
             Some(expected) => {
-                given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+                given.len() == expected.len()
+                    && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
             }
         }
     }
@@ -341,7 +342,10 @@ mod tests {
         assert_eq!(d.connect, std::time::Duration::from_secs(4));
         let long = Deadlines::from_request(std::time::Duration::from_secs(60));
         assert_eq!(long.connect, std::time::Duration::from_secs(5));
-        assert_eq!(Deadlines::default().request, std::time::Duration::from_secs(10));
+        assert_eq!(
+            Deadlines::default().request,
+            std::time::Duration::from_secs(10)
+        );
     }
 
     #[test]

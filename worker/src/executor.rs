@@ -86,9 +86,8 @@ impl Executor for EchoExecutor {
             let (input, _) = open_object(&task.input_root)?;
             let mut rows = Vec::new();
             for (file, start, end) in &task.ranges {
-                let got =
-                    read_row_groups(input.clone(), &Path::from(file.as_str()), *start..*end)
-                        .await?;
+                let got = read_row_groups(input.clone(), &Path::from(file.as_str()), *start..*end)
+                    .await?;
                 rows.extend(got);
             }
             Ok::<_, automaldesc_common::Error>(rows)

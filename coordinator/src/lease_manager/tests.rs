@@ -102,7 +102,13 @@ async fn failures_back_off_then_quarantine_and_the_stage_goes_on() {
         assert_eq!(g.task, TaskId(0));
         let error = format!("boom {}", g.attempt);
         match book
-            .fail(g.task, g.token, FaultKind::InvalidInput, &error, Instant::now())
+            .fail(
+                g.task,
+                g.token,
+                FaultKind::InvalidInput,
+                &error,
+                Instant::now(),
+            )
             .unwrap()
         {
             FailOutcome::RetryAt(at) => {
@@ -214,7 +220,13 @@ async fn transient_faults_back_off_without_using_attempts_and_stall_the_stage_un
         let g = book.acquire(&worker("a"), Instant::now()).unwrap();
         assert_eq!((g.task, g.attempt), (TaskId(0), 1), "round {round}");
         let out = book
-            .fail(g.task, g.token, FaultKind::Transient, "disk full", Instant::now())
+            .fail(
+                g.task,
+                g.token,
+                FaultKind::Transient,
+                "disk full",
+                Instant::now(),
+            )
             .unwrap();
         let FailOutcome::RetryAt(at) = out else {
             panic!("a transient fault quarantined the task: {out:?}");
@@ -236,7 +248,13 @@ async fn transient_faults_back_off_without_using_attempts_and_stall_the_stage_un
     // A cancelled attempt is queued again at once and costs nothing either.
     let c = book.acquire(&worker("a"), Instant::now()).unwrap();
     assert_eq!(
-        book.fail(c.task, c.token, FaultKind::Cancelled, "stop", Instant::now()),
+        book.fail(
+            c.task,
+            c.token,
+            FaultKind::Cancelled,
+            "stop",
+            Instant::now()
+        ),
         Ok(FailOutcome::RetryAt(Instant::now()))
     );
     let again = book.acquire(&worker("b"), Instant::now()).unwrap();

@@ -39,7 +39,8 @@ pub(super) async fn check_spec(catalog: &dyn StageCatalog, spec: &RunSpec) -> Re
         };
         if let Err(e) = check_dataset_schema(&url, &schema).await {
             let e = data(format!("input of stage {k}: {url}"))(e);
-            if e.is_transient() || matches!(&e, RunError::Data { source, .. }
+            if e.is_transient()
+                || matches!(&e, RunError::Data { source, .. }
                 if matches!(source, automaldesc_common::Error::NotFound(_)))
             {
                 return Err(e);
@@ -116,8 +117,8 @@ pub(super) async fn new_plan(
             (url, layouts)
         }
         StageInput::Stage(n) => {
-            let (objects, _) = open_store(&spec.output)
-                .map_err(data(format!("run output {}", spec.output)))?;
+            let (objects, _) =
+                open_store(&spec.output).map_err(data(format!("run output {}", spec.output)))?;
             let mut layouts = Vec::new();
             for out in committed_outputs(store, id, n).await? {
                 if !out.path.ends_with(".parquet") {
@@ -173,9 +174,7 @@ pub(super) async fn committed_outputs(
     id: &RunId,
     n: u32,
 ) -> Result<Vec<OutputRecord>, RunError> {
-    let commits = read_commits(store, id, n)
-        .await
-        .map_err(RunError::Stage)?;
+    let commits = read_commits(store, id, n).await.map_err(RunError::Stage)?;
     Ok(commits.into_iter().flat_map(|(_, c)| c.outputs).collect())
 }
 

@@ -148,9 +148,9 @@ impl RunError {
             RunError::Data { source, .. } => matches!(
                 source,
                 automaldesc_common::Error::Storage(_)
-                    | automaldesc_common::Error::Parquet(
-                        parquet::errors::ParquetError::External(_)
-                    )
+                    | automaldesc_common::Error::Parquet(parquet::errors::ParquetError::External(
+                        _
+                    ))
             ),
             _ => false,
         }

@@ -45,10 +45,9 @@ impl RunManager {
             store.delete(&key, Expect::Any).await?;
         }
         for (key, v) in store.list(&stage_key(id, from, "committed/")).await? {
-            let holds_quarantine = serde_json::from_slice::<crate::stage_manager::CommitRecord>(
-                &v.value,
-            )
-            .map_or(false, |c| !c.quarantined.is_empty());
+            let holds_quarantine =
+                serde_json::from_slice::<crate::stage_manager::CommitRecord>(&v.value)
+                    .map_or(false, |c| !c.quarantined.is_empty());
             if holds_quarantine {
                 store.delete(&key, Expect::Any).await?;
             }
