@@ -15,6 +15,8 @@
 //! lease book excuse the leases that lapse meanwhile (the coordinator could not listen).
 
 mod records;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
