@@ -61,6 +61,10 @@ fn save_png(name: &str, png: &[u8]) {
     eprintln!("screenshot: {}", path.display());
 }
 
+/// The loop's stages for one iteration: the base model's evaluation and report, the judge
+/// check on the seed, then train, generate, judge, filter, aggregate, evaluate and report.
+const STAGES: u32 = 3 + 7;
+
 /// (finished stages, stages) from the run's progress text "k/n".
 fn progress(v: &Value) -> Option<(u32, u32)> {
     let (k, n) = v["progress"].as_str()?.split_once('/')?;
@@ -159,7 +163,7 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
         Duration::from_secs(30),
         &|v| v["polls"].as_u64() >= Some(1) && !v["progress"].is_null(),
     );
-    assert_eq!(progress(&first), Some((0, 9)), "{first:#}");
+    assert_eq!(progress(&first), Some((0, STAGES)), "{first:#}");
     assert_eq!(first["phase"], "running");
     assert!(
         first["workersText"].as_str().unwrap().contains("No worker"),
@@ -212,7 +216,7 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
     // Progress moved on the live page through intermediate values, never backwards.
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     assert!(
-        seen.iter().any(|&k| k > 0 && k < 9),
+        seen.iter().any(|&k| k > 0 && k < STAGES),
         "no intermediate progress seen: {seen:?}"
     );
 
@@ -222,13 +226,13 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
         "the iteration tables and the funnel chart",
         Duration::from_secs(30),
         &|v| {
-            progress(v) == Some((9, 9))
+            progress(v) == Some((STAGES, STAGES))
                 && v["evaluations"].as_array().is_some_and(|e| e.len() == 2)
                 && v["funnelChart"] == true
         },
     );
     let stages = end["stages"].as_array().unwrap();
-    assert_eq!(stages.len(), 9);
+    assert_eq!(stages.len(), STAGES as usize);
     let generate = stages
         .iter()
         .find(|r| r[1] == "iteration 1 generate")
