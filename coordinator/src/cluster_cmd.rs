@@ -699,7 +699,7 @@ fn status_json(s: &v1::RunStatus) -> serde_json::Value {
     })
 }
 
-type Control = ControlServiceClient<
+pub(crate) type Control = ControlServiceClient<
     tonic::service::interceptor::InterceptedService<
         tonic::transport::Channel,
         automaldesc_proto::security::AttachToken,
@@ -707,7 +707,7 @@ type Control = ControlServiceClient<
 >;
 
 /// A control client on the first endpoint that answers.
-async fn control(args: &ClientArgs) -> anyhow::Result<Control> {
+pub(crate) async fn control(args: &ClientArgs) -> anyhow::Result<Control> {
     let security = args.security()?;
     let mut last = None;
     for endpoint in &args.coordinator {

@@ -8,6 +8,8 @@ pub mod cluster_cmd;
 pub mod corpus_cmd;
 pub mod device;
 pub mod eval_cmd;
+pub mod export_cmd;
+pub mod export_source;
 pub mod grpc_server;
 pub mod http;
 pub mod labelled_split;

@@ -64,6 +64,9 @@ enum Command {
     Status(cluster::StatusArgs),
     /// Cancel a run.
     Cancel(cluster::CancelArgs),
+    /// Write a finished self-training run's dataset in the release format, with a dataset
+    /// card and checksums.
+    Export(automaldesc_coordinator::export_cmd::ExportArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -115,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         Command::Submit(args) => cluster::submit(args),
         Command::Status(args) => cluster::status(args),
         Command::Cancel(args) => cluster::cancel(args),
+        Command::Export(args) => automaldesc_coordinator::export_cmd::run(args),
         Command::Bench(BenchCmd::Runtime(args)) => automaldesc_coordinator::bench_cmd::run(args),
         Command::Bench(BenchCmd::Annotate(args)) => {
             automaldesc_coordinator::bench_cmd::annotate(args)

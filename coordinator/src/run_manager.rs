@@ -252,6 +252,27 @@ fn from_json<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T,
     })
 }
 
+/// A run's spec and record as stored, read without opening the run (for read-only tools
+/// such as `export`); `None` for an unknown run.
+pub async fn read_run(
+    store: &dyn StateStore,
+    id: &RunId,
+) -> Result<Option<(RunSpec, RunRecord)>, RunError> {
+    let key = run_key(id, "record");
+    let Some(v) = store.get(&key).await? else {
+        return Ok(None);
+    };
+    let record: RunRecord = from_json(&key, &v.value)?;
+    let spec_key = run_key(id, "spec");
+    match store.get(&spec_key).await? {
+        Some(v) => Ok(Some((from_json(&spec_key, &v.value)?, record))),
+        None => Err(RunError::Stage(StageError::Corrupt {
+            key: spec_key,
+            reason: "a run record without its spec".into(),
+        })),
+    }
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -757,6 +778,24 @@ impl RunManager {
 
     pub fn subscribe(&self, id: &RunId) -> Result<watch::Receiver<RunStatus>, RunError> {
         Ok(self.runs[self.index(id)?].watch.subscribe())
+    }
+
+    /// A run's status and spec, and the files each of `stages` committed (for `export`).
+    pub async fn committed_files(
+        &self,
+        id: &RunId,
+        stages: &[u32],
+    ) -> Result<(RunStatus, RunSpec, Vec<(u32, Vec<OutputRecord>)>), RunError> {
+        let run = &self.runs[self.index(id)?];
+        let mut files = Vec::new();
+        for &k in stages {
+            let commits = read_commits(self.store.as_ref(), id, k).await?;
+            files.push((
+                k,
+                commits.into_iter().flat_map(|(_, c)| c.outputs).collect(),
+            ));
+        }
+        Ok((run.status(), run.spec.clone(), files))
     }
 
     /// True when no run is running.
