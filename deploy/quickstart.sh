@@ -22,7 +22,9 @@ bin=target/debug/automaldesc
 
 if [ -f "$out/DONE" ]; then rm -rf "$out"; fi
 if [ ! -f "$out/corpus/synth.json" ]; then
-  $bin corpus synth --out "$out/corpus" --scale 0.005 --seed-scale 0.03 --unlabelled-scale 0.00015 --seed 1
+  # About 100 seed scripts (every template family at least once), 200 test scripts (enough
+  # for McNemar to speak) and 100 unlabelled ones.
+  $bin corpus synth --out "$out/corpus" --scale 0.062 --seed-scale 0.11 --unlabelled-scale 0.0007 --seed 1
 fi
 # The dashboard: on the port in AUTOMALDESC_DASHBOARD (127.0.0.1:8080, say), else on a free
 # loopback port; its address is printed first.

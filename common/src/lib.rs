@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod parquet_io;
 pub mod release;
 pub mod report;
+pub mod report_sections;
 pub mod schema;
 pub mod stats;
 pub mod store;

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::{self, Comparison, Evaluation};
 use crate::filter::{Funnel, Reason};
+use crate::report_sections::{
+    judge_and_classes_markdown, learning_markdown, mcnemar_power_note, LabelScores, PromptSummary,
+    TrainingSummary,
+};
 
 /// What the filter did to one iteration's unlabelled corpus.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -32,6 +36,67 @@ pub struct FunnelSummary {
     /// Decode tokens of the generate stage, and the ones early stop saved (an upper bound).
     pub generated_tokens: u64,
     pub saved_tokens: u64,
+    /// Accepted pseudo-labels by label ("benign", "malicious").
+    #[serde(default)]
+    pub accepted_by_label: BTreeMap<String, u64>,
+    /// Rejected scripts by the label their samples agreed on, where they did ("benign",
+    /// "malicious"; "none" otherwise).
+    #[serde(default)]
+    pub rejected_by_label: BTreeMap<String, u64>,
+    /// The judge of check 5, as the run chose it on the seed summaries.
+    #[serde(default)]
+    pub judge: Option<JudgeChoice>,
+}
+
+/// Which judge a run uses for check 5, and how well each candidate did on the seed split's
+/// reference summaries (never the test split's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JudgeChoice {
+    /// "base", "adapter" or "none" (check 5 skipped).
+    pub judge: String,
+    pub check5: bool,
+    /// The balanced accuracy a judge needs to vote.
+    pub min_accuracy: f64,
+    /// The base judge on every seed summary.
+    pub base: JudgeScore,
+    /// The trained judge on the seed hold-out, when one was trained.
+    pub trained: Option<JudgeScore>,
+    pub seconds: f64,
+}
+
+/// A judge's accuracy per class and balanced, at P(malicious) >= 0.5.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JudgeScore {
+    pub scripts: usize,
+    pub benign_accuracy: f64,
+    pub malicious_accuracy: f64,
+    pub balanced_accuracy: f64,
+}
+
+impl JudgeScore {
+    /// From (P(malicious), reference label 0/1) pairs.
+    pub fn of(scores: &[(f64, u8)]) -> Self {
+        let recall = |c: u8| {
+            let of: Vec<&(f64, u8)> = scores.iter().filter(|s| s.1 == c).collect();
+            let right = of.iter().filter(|s| (s.0 >= 0.5) == (c == 1)).count();
+            if of.is_empty() {
+                f64::NAN
+            } else {
+                right as f64 / of.len() as f64
+            }
+        };
+        let (b, m) = (recall(0), recall(1));
+        Self {
+            scripts: scores.len(),
+            benign_accuracy: b,
+            malicious_accuracy: m,
+            balanced_accuracy: (b + m) / 2.0,
+        }
+    }
+
+    pub fn passes(&self, min: f64) -> bool {
+        self.balanced_accuracy >= min
+    }
 }
 
 impl FunnelSummary {
@@ -143,6 +208,17 @@ pub struct IterationReport {
     pub judge_check: Option<JudgeCheck>,
     /// Every annotator so far, this one last.
     pub history: Vec<HistoryPoint>,
+    /// AUC and NLL of P(malicious) over the test samples.
+    #[serde(default)]
+    pub label_scores: Option<LabelScores>,
+    /// How the annotator was trained (none for the base model).
+    #[serde(default)]
+    pub training: Option<TrainingSummary>,
+    #[serde(default)]
+    pub prompt: Option<PromptSummary>,
+    /// What the summary metrics compared the answers against.
+    #[serde(default)]
+    pub summary_reference: Option<String>,
 }
 
 impl IterationReport {
@@ -155,6 +231,12 @@ impl IterationReport {
         );
         let _ = writeln!(s, "## Test set\n");
         s.push_str(&eval::markdown(&self.evaluation));
+        s.push_str(&learning_markdown(
+            self.label_scores.as_ref(),
+            None,
+            self.prompt.as_ref(),
+            self.summary_reference.as_deref(),
+        ));
         if let Some((name, cmp)) = &self.previous {
             let _ = writeln!(
                 s,
@@ -162,6 +244,12 @@ impl IterationReport {
                 self.annotator, cmp.scripts
             );
             s.push_str(&eval::comparison_markdown(cmp));
+            if let Some(note) = mcnemar_power_note(cmp.scripts) {
+                let _ = writeln!(s, "\n{note}");
+            }
+        }
+        if self.training.is_some() {
+            s.push_str(&learning_markdown(None, self.training.as_ref(), None, None));
         }
         if let Some(j) = &self.judge_check {
             let _ = writeln!(
@@ -240,6 +328,7 @@ impl IterationReport {
                 f.saved_tokens,
                 100.0 * f.saved_tokens as f64 / (f.generated_tokens + f.saved_tokens).max(1) as f64
             );
+            s.push_str(&judge_and_classes_markdown(f));
             if let Some(chart) = funnel_chart {
                 let _ = writeln!(s, "\n![funnel]({chart})");
             }
@@ -546,6 +635,10 @@ mod tests {
                     total: 4,
                 },
             }),
+            label_scores: None,
+            training: None,
+            prompt: None,
+            summary_reference: None,
         }
     }
 

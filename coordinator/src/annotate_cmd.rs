@@ -60,6 +60,15 @@ pub struct AnnotateArgs {
     /// Sequences decoded together.
     #[arg(long, default_value_t = 8)]
     pub slots: usize,
+    /// The summary never repeats an n-gram of this size (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub no_repeat_ngram: usize,
+    /// Penalty on tokens already in the summary (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Label-only: stop every sample right after its label (`{"language", "label"}`).
+    #[arg(long)]
+    pub label_only: bool,
 }
 
 pub fn default_model_path() -> PathBuf {
@@ -111,6 +120,9 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
             min_label_prob: args.early_stop.then_some(args.min_label_prob),
         },
         slots: args.slots,
+        no_repeat_ngram: args.no_repeat_ngram,
+        repetition_penalty: args.repetition_penalty,
+        label_only_except: args.label_only.then(Default::default),
     };
     let (results, stats, secs) = annotate(&annotator, &scripts, &opts);
     let mut sink: Box<dyn std::io::Write> = match &args.out {

@@ -230,9 +230,10 @@ pub struct CancelArgs {
 }
 
 /// The executors of the self-training loop's stages.
-pub const LOOP_EXECUTORS: [&str; 6] = [
+pub const LOOP_EXECUTORS: [&str; 7] = [
     "train",
     "generate",
+    "judge-train",
     "judge",
     "filter",
     "aggregate",
@@ -247,6 +248,7 @@ pub fn executors(names: &[String]) -> anyhow::Result<Executors> {
             "echo" => Arc::new(EchoExecutor),
             "train" => Arc::new(stages::train::TrainExecutor),
             "generate" => Arc::new(stages::generate::GenerateExecutor),
+            "judge-train" => Arc::new(stages::judge_train::JudgeTrainExecutor),
             "judge" => Arc::new(stages::judge::JudgeExecutor),
             "filter" => Arc::new(stages::filter::FilterExecutor),
             "aggregate" => Arc::new(stages::aggregate::AggregateExecutor),

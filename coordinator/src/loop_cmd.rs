@@ -28,7 +28,7 @@ use anyhow::{bail, Context};
 use automaldesc_common::ids::RunId;
 use automaldesc_common::parquet_io::nonempty_dataset_layout;
 use automaldesc_common::store::{block_on, open_store};
-use automaldesc_worker::train::lora::LoraConfig;
+use automaldesc_worker::train::lora::{LayerSet, LoraConfig};
 use automaldesc_worker::train::TrainConfig;
 use clap::Args;
 use object_store::path::Path as ObjectPath;
@@ -120,6 +120,37 @@ pub struct LoopConfig {
     /// Workers of a local run (`automaldesc loop`); a cluster has its own.
     #[serde(default = "default_workers")]
     pub workers: u32,
+    /// Reference summaries (seed and pseudo-labels alike) are cut at their last whole
+    /// sentence within this many tokens before training, so every target ends.
+    #[serde(default)]
+    pub summary_tokens: Option<usize>,
+    /// The summary never repeats an n-gram of this size (0: off).
+    #[serde(default = "default_no_repeat_ngram")]
+    pub no_repeat_ngram: usize,
+    /// Penalty on tokens already in the summary (1: off).
+    #[serde(default = "default_repetition_penalty")]
+    pub repetition_penalty: f32,
+    /// The balanced accuracy on the seed summaries the judge needs before check 5 may use
+    /// it; below it a judge adapter is trained, and without one that passes, check 5 is
+    /// skipped for the run.
+    #[serde(default = "default_judge_min_accuracy")]
+    pub judge_min_accuracy: f64,
+    /// Training of the judge adapter (one target token: the label).
+    #[serde(default = "default_judge_adapter")]
+    pub judge_adapter: AdapterConfig,
+    /// Evaluate label-only: the greedy language and label of every test script, decoding
+    /// stopped right after the label, so the whole test set is scored at little cost (and
+    /// McNemar can speak); whole summaries only for `eval_summary_scripts` of them.
+    #[serde(default = "default_true")]
+    pub label_only_eval: bool,
+    /// Test scripts (stratified by language and label) whose whole summaries are generated
+    /// for the summary metrics and the judge's preference, in a label-only evaluation.
+    #[serde(default = "default_eval_summary_scripts")]
+    pub eval_summary_scripts: usize,
+    /// The compact system prompt for the annotator and the judge (a few dozen tokens
+    /// instead of ~160, leaving the prompt budget to the script).
+    #[serde(default)]
+    pub compact_prompt: bool,
 }
 
 /// One iteration's adapter and its training.
@@ -147,9 +178,58 @@ pub struct AdapterConfig {
     /// Answer tokens per training example (longer summaries are cut).
     #[serde(default = "default_max_new_tokens")]
     pub answer_tokens: usize,
-    /// Fraction of the training set held out (by hash) for validation.
+    /// Fraction of the training set held out (stratified by label and language) for
+    /// validation.
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
+    /// The blocks that carry adapters: "all", "top:K" or a list of indices.
+    #[serde(default)]
+    pub layers: LayerSet,
+    /// Loss weight of the label choice (a summary token weighs 1).
+    #[serde(default = "default_label_weight")]
+    pub label_weight: f32,
+    /// Loss weight of the language choice.
+    #[serde(default = "default_language_weight")]
+    pub language_weight: f32,
+    /// Scale the label weight per class by inverse class frequency.
+    #[serde(default = "default_true")]
+    pub balance_classes: bool,
+    /// Train a label head (a linear readout of the final hidden state on the label's
+    /// logit) with the adapters.
+    #[serde(default)]
+    pub label_head: bool,
+    /// Refit a language head (one readout per language) with the adapters.
+    #[serde(default)]
+    pub language_head: bool,
+}
+
+impl AdapterConfig {
+    /// The trainer's config of this adapter, seeded with `seed`.
+    pub fn train_config(&self, seed: u64) -> TrainConfig {
+        TrainConfig {
+            lora: LoraConfig {
+                rank: self.rank,
+                alpha: self.alpha,
+                dropout: self.dropout,
+                targets: LoraConfig::v1().targets,
+                layers: self.layers.clone(),
+                label_head: self.label_head,
+                language_head: self.language_head,
+            },
+            learning_rate: self.learning_rate,
+            weight_decay: self.weight_decay,
+            warmup: self.warmup,
+            epochs: self.epochs,
+            batch_tokens: self.batch_tokens,
+            grad_accum: self.grad_accum,
+            patience: self.patience,
+            seed,
+            label_weight: self.label_weight,
+            language_weight: self.language_weight,
+            balance_classes: self.balance_classes,
+            ..TrainConfig::v1()
+        }
+    }
 }
 
 fn default_model() -> String {
@@ -214,6 +294,40 @@ fn default_patience() -> u32 {
 fn default_val_fraction() -> f64 {
     0.1
 }
+fn default_label_weight() -> f32 {
+    10.0
+}
+fn default_language_weight() -> f32 {
+    1.0
+}
+fn default_no_repeat_ngram() -> usize {
+    4
+}
+fn default_repetition_penalty() -> f32 {
+    1.0
+}
+fn default_eval_summary_scripts() -> usize {
+    32
+}
+fn default_judge_min_accuracy() -> f64 {
+    0.8
+}
+fn default_judge_adapter() -> AdapterConfig {
+    AdapterConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.05,
+        epochs: 2,
+        learning_rate: 5e-4,
+        batch_tokens: 4096,
+        answer_tokens: 1,
+        val_fraction: 0.3,
+        layers: LayerSet::top(4),
+        label_weight: 1.0,
+        label_head: true,
+        ..default_adapters()[0].clone()
+    }
+}
 fn default_adapters() -> Vec<AdapterConfig> {
     let published = |l: LoraConfig, epochs| AdapterConfig {
         rank: l.rank,
@@ -228,6 +342,12 @@ fn default_adapters() -> Vec<AdapterConfig> {
         patience: default_patience(),
         answer_tokens: default_max_new_tokens(),
         val_fraction: default_val_fraction(),
+        layers: LayerSet::all(),
+        label_weight: default_label_weight(),
+        language_weight: default_language_weight(),
+        balance_classes: true,
+        label_head: false,
+        language_head: false,
     };
     vec![
         published(LoraConfig::v1(), 15),
@@ -247,9 +367,16 @@ pub struct IterationStages {
     pub report: u32,
 }
 
+/// The smallest `summary_tokens`: about one short sentence.
+const MIN_SUMMARY_TOKENS: usize = 16;
+
 /// Stages of the base model's evaluation.
 pub const BASE_EVALUATE: u32 = 0;
 pub const BASE_REPORT: u32 = 1;
+/// The run's judge, measured (and trained when it falls short) on the seed summaries.
+pub const JUDGE_TRAIN: u32 = 2;
+/// The first stage of iteration 1.
+const FIRST_ITERATION: u32 = 3;
 
 impl LoopConfig {
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
@@ -300,10 +427,52 @@ impl LoopConfig {
         if self.adapter.is_empty() {
             bail!("`adapter` needs at least one entry");
         }
-        for (i, a) in self.adapter.iter().enumerate() {
+        for (i, a) in self
+            .adapter
+            .iter()
+            .chain(std::iter::once(&self.judge_adapter))
+            .enumerate()
+        {
+            let name = if i == self.adapter.len() {
+                "judge_adapter".to_string()
+            } else {
+                format!("adapter {i}")
+            };
             if a.rank == 0 || a.epochs == 0 || !(0.0..1.0).contains(&a.dropout) {
-                bail!("adapter {i}: rank and epochs must be positive and dropout in [0, 1)");
+                bail!("{name}: rank and epochs must be positive and dropout in [0, 1)");
             }
+            if !(a.label_weight > 0.0 && a.label_weight.is_finite()) {
+                bail!(
+                    "{name}: `label_weight` must be a positive number, got {}",
+                    a.label_weight
+                );
+            }
+            if !(a.language_weight >= 0.0 && a.language_weight.is_finite()) {
+                bail!(
+                    "{name}: `language_weight` must be zero or positive, got {}",
+                    a.language_weight
+                );
+            }
+        }
+        if let Some(n) = self.summary_tokens {
+            if n < MIN_SUMMARY_TOKENS {
+                bail!(
+                    "`summary_tokens` = {n} is below the length of one sentence (at least {MIN_SUMMARY_TOKENS})"
+                );
+            }
+            if let Some(a) = self.adapter.iter().find(|a| a.answer_tokens < n + 24) {
+                bail!(
+                    "`answer_tokens` = {} cannot hold a summary of `summary_tokens` = {n} and the answer around it (at least {})",
+                    a.answer_tokens,
+                    n + 24
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&self.judge_min_accuracy) {
+            bail!(
+                "`judge_min_accuracy` must lie in [0, 1], got {}",
+                self.judge_min_accuracy
+            );
         }
         if self.max_new_tokens == 0 || self.prompt_tokens == 0 || self.slots == 0 {
             bail!("`max_new_tokens`, `prompt_tokens` and `slots` must be positive");
@@ -326,7 +495,7 @@ impl LoopConfig {
     }
 
     pub fn stages_of(k: u32) -> IterationStages {
-        let first = 2 + 7 * (k - 1);
+        let first = FIRST_ITERATION + 7 * (k - 1);
         IterationStages {
             train: first,
             generate: first + 1,
@@ -344,6 +513,14 @@ impl LoopConfig {
         automaldesc_common::sha256_hex(v.to_string().as_bytes())
     }
 
+    fn prompt_style(&self) -> &'static str {
+        if self.compact_prompt {
+            "compact"
+        } else {
+            "full"
+        }
+    }
+
     fn judge(&self) -> &str {
         self.judge_model.as_deref().unwrap_or(&self.model)
     }
@@ -359,20 +536,66 @@ impl LoopConfig {
             "slots": self.slots,
             "early_stop": early_stop,
             "min_label_prob": min_label_prob,
+            "no_repeat_ngram": self.no_repeat_ngram,
+            "repetition_penalty": self.repetition_penalty,
+            "prompt": self.prompt_style(),
         })
     }
 
-    /// The evaluation's generate config: no early stop, the evaluation temperatures.
-    fn evaluate_config(&self) -> serde_json::Value {
+    /// The evaluation's generate config: no early stop, the evaluation temperatures; in a
+    /// label-only evaluation, greedy and stopped after the label but for `summary_scripts`.
+    fn evaluate_config(&self, summary_scripts: &[String]) -> serde_json::Value {
         let mut c = self.generate_config(false, self.confidence);
         if let Some(t) = &self.eval_temperatures {
             c["temperatures"] = json!(t);
         }
+        if self.label_only_eval {
+            c["temperatures"] = json!([0.0]);
+            c["label_only_except"] = json!(summary_scripts);
+        }
         c
     }
 
-    /// The run spec of the whole loop.
-    pub fn run_spec(&self, base_model_sha256: &str) -> RunSpec {
+    /// The test scripts that get whole summaries in a label-only evaluation: up to
+    /// `eval_summary_scripts`, taken in turn from each (language, label) stratum in an order
+    /// fixed by their hashes.
+    pub fn summary_scripts(&self) -> anyhow::Result<Vec<String>> {
+        if !self.label_only_eval || self.eval_summary_scripts == 0 {
+            return Ok(Vec::new());
+        }
+        let labels = crate::labelled_split::read_labels(&self.test, None)?;
+        let mut strata: BTreeMap<(String, u8), Vec<String>> = BTreeMap::new();
+        for l in labels {
+            strata
+                .entry((l.language.to_string(), l.label.as_u8()))
+                .or_default()
+                .push(l.sha256);
+        }
+        for v in strata.values_mut() {
+            v.sort_by_key(|s| automaldesc_common::sha256_hex(s.as_bytes()));
+        }
+        let mut out = Vec::new();
+        let mut round = 0;
+        while out.len() < self.eval_summary_scripts {
+            let before = out.len();
+            for v in strata.values() {
+                if let Some(s) = v.get(round) {
+                    if out.len() < self.eval_summary_scripts {
+                        out.push(s.clone());
+                    }
+                }
+            }
+            if out.len() == before {
+                break;
+            }
+            round += 1;
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The run spec of the whole loop; `summary_scripts` from [`LoopConfig::summary_scripts`].
+    pub fn run_spec(&self, base_model_sha256: &str, summary_scripts: &[String]) -> RunSpec {
         let test = self.test.trim_end_matches('/');
         let stage =
             |kind: &str, input: Option<String>, single: bool, refs: &[(&str, u32)], config| {
@@ -391,6 +614,9 @@ impl LoopConfig {
                 "previous_annotator": previous,
                 "judge_model": self.judge(),
                 "preference_scripts": self.preference_scripts,
+                "prompt": self.prompt_style(),
+                "model": self.model,
+                "summary_tokens": self.summary_tokens,
             })
         };
         let mut stages = vec![
@@ -399,7 +625,7 @@ impl LoopConfig {
                 Some(format!("{test}/scripts")),
                 false,
                 &[],
-                self.evaluate_config(),
+                self.evaluate_config(summary_scripts),
             ),
             stage(
                 "report",
@@ -412,27 +638,26 @@ impl LoopConfig {
                     c
                 },
             ),
+            stage(
+                "judge-train",
+                Some(format!("{}/labels", self.seed.trim_end_matches('/'))),
+                true,
+                &[],
+                json!({
+                    "model": self.judge(),
+                    "min_accuracy": self.judge_min_accuracy,
+                    "train": self.judge_adapter.train_config(self.random_seed),
+                    "val_fraction": self.judge_adapter.val_fraction,
+                    "prompt": self.prompt_style(),
+                    "reference_tokens": self.summary_tokens,
+                }),
+            ),
         ];
         for k in 1..=self.iterations {
             let s = Self::stages_of(k);
             let a = self.adapter_of(k);
             let threshold = self.threshold(k);
-            let train = TrainConfig {
-                lora: LoraConfig {
-                    rank: a.rank,
-                    alpha: a.alpha,
-                    dropout: a.dropout,
-                    targets: LoraConfig::v1().targets,
-                },
-                learning_rate: a.learning_rate,
-                weight_decay: a.weight_decay,
-                warmup: a.warmup,
-                epochs: a.epochs,
-                batch_tokens: a.batch_tokens,
-                grad_accum: a.grad_accum,
-                patience: a.patience,
-                seed: self.random_seed.wrapping_add(u64::from(k)),
-            };
+            let train = a.train_config(self.random_seed.wrapping_add(u64::from(k)));
             let train_input = if k == 1 {
                 self.seed.clone()
             } else {
@@ -455,7 +680,9 @@ impl LoopConfig {
                         "train": train,
                         "prompt_tokens": self.prompt_tokens,
                         "answer_tokens": a.answer_tokens,
+                        "summary_tokens": self.summary_tokens,
                         "val_fraction": a.val_fraction,
+                        "prompt": self.prompt_style(),
                     }),
                 ),
                 stage(
@@ -469,8 +696,8 @@ impl LoopConfig {
                     "judge",
                     None,
                     false,
-                    &[],
-                    json!({ "model": self.judge(), "min_label_prob": threshold }),
+                    &[("judge", JUDGE_TRAIN)],
+                    json!({ "model": self.judge(), "min_label_prob": threshold, "prompt": self.prompt_style() }),
                 ),
                 stage(
                     "filter",
@@ -483,7 +710,7 @@ impl LoopConfig {
                     "aggregate",
                     None,
                     true,
-                    &[("adapter", s.train)],
+                    &[("adapter", s.train), ("judge", JUDGE_TRAIN)],
                     json!({
                         "run": self.name,
                         "iteration": k,
@@ -499,7 +726,7 @@ impl LoopConfig {
                     Some(format!("{test}/scripts")),
                     false,
                     &[("adapter", s.train)],
-                    self.evaluate_config(),
+                    self.evaluate_config(summary_scripts),
                 ),
                 stage(
                     "report",
@@ -510,6 +737,7 @@ impl LoopConfig {
                         ("previous", prev_answers),
                         ("funnel", s.aggregate),
                         ("history", prev_report),
+                        ("adapter", s.train),
                     ],
                     report_config(k, &format!("V{k}"), Some(prev_name)),
                 ),
@@ -531,8 +759,9 @@ impl LoopConfig {
         match i {
             BASE_EVALUATE => "evaluate base model".into(),
             BASE_REPORT => "report base model".into(),
+            JUDGE_TRAIN => "check the judge on the seed".into(),
             _ => {
-                let k = (i - 2) / 7 + 1;
+                let k = (i - FIRST_ITERATION) / 7 + 1;
                 let what = [
                     "train",
                     "generate",
@@ -541,7 +770,7 @@ impl LoopConfig {
                     "aggregate",
                     "evaluate",
                     "report",
-                ][((i - 2) % 7) as usize];
+                ][((i - FIRST_ITERATION) % 7) as usize];
                 format!("iteration {k} {what}")
             }
         }
@@ -599,9 +828,14 @@ pub fn run(args: LoopArgs) -> anyhow::Result<()> {
             model.display()
         );
     }
+    if let Some(judge) = &cfg.judge_model {
+        if !PathBuf::from(judge).exists() {
+            bail!("`judge_model` {judge} not found");
+        }
+    }
     let model_sha256 =
         automaldesc_worker::stages::train::file_sha256(&model).map_err(anyhow::Error::msg)?;
-    let spec = cfg.run_spec(&model_sha256);
+    let spec = cfg.run_spec(&model_sha256, &cfg.summary_scripts()?);
     spec.validate()?;
     if args.print_spec {
         print!("{}", toml::to_string(&spec)?);
@@ -800,7 +1034,7 @@ mod tests {
             [c.threshold(1), c.threshold(2), c.threshold(3)],
             [0.95, 0.9, 0.9]
         );
-        let spec = c.run_spec("abc");
+        let spec = c.run_spec("abc", &[]);
         for k in 1..=3 {
             let s = LoopConfig::stages_of(k);
             let want = c.threshold(k);
@@ -816,10 +1050,17 @@ mod tests {
     #[test]
     fn the_run_spec_wires_every_iteration_to_the_one_before() {
         let c = LoopConfig::from_toml(&format!("{MINIMAL}\niterations = 3\n")).unwrap();
-        let spec = c.run_spec("abc");
+        let spec = c.run_spec("abc", &[]);
         spec.validate().unwrap();
-        assert_eq!(spec.stages.len(), 2 + 3 * 7);
+        assert_eq!(spec.stages.len(), 3 + 3 * 7);
         assert_eq!(spec.stages[BASE_EVALUATE as usize].kind, "generate");
+        let judge_train = &spec.stages[JUDGE_TRAIN as usize];
+        assert_eq!(judge_train.kind, "judge-train");
+        assert!(judge_train.single_task);
+        assert_eq!(
+            judge_train.input(),
+            StageInput::Url("s3://b/seed/labels".into())
+        );
         assert_eq!(
             spec.stages[BASE_REPORT as usize].refs["answers"],
             BASE_EVALUATE
@@ -867,6 +1108,7 @@ mod tests {
                 StageInput::Url("s3://b/unlabelled".into())
             );
             assert_eq!(spec.stages[s.generate as usize].refs["adapter"], s.train);
+            assert_eq!(spec.stages[s.judge as usize].refs["judge"], JUDGE_TRAIN);
             assert_eq!(spec.stages[s.evaluate as usize].config["early_stop"], false);
             assert_eq!(
                 spec.stages[s.evaluate as usize].input(),

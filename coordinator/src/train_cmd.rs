@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use automaldesc_worker::runtime::Annotator;
-use automaldesc_worker::train::data::{render, Budget};
-use automaldesc_worker::train::lora::LoraConfig;
-use automaldesc_worker::train::{held_out, train, Example, TrainConfig};
-use burn::module::Module;
+use automaldesc_worker::train::data::{prepare, through_label, Budget, Labelled, Prepared};
+use automaldesc_worker::train::fit::Trainer;
+use automaldesc_worker::train::lora::{LayerSet, LoraConfig};
+use automaldesc_worker::train::metrics::threshold_bias;
+use automaldesc_worker::train::{train_with, Example, TrainConfig, TrainData};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 
@@ -36,6 +37,9 @@ pub struct TrainArgs {
     pub alpha: Option<f32>,
     #[arg(long)]
     pub dropout: Option<f32>,
+    /// The blocks that carry adapters: all, top:K or a comma-separated list.
+    #[arg(long)]
+    pub layers: Option<String>,
     #[arg(long)]
     pub epochs: Option<u32>,
     #[arg(long)]
@@ -48,9 +52,25 @@ pub struct TrainArgs {
     pub grad_accum: Option<u32>,
     #[arg(long)]
     pub patience: Option<u32>,
+    /// Loss weight of the label choice (a summary token weighs 1).
+    #[arg(long)]
+    pub label_weight: Option<f32>,
+    /// Loss weight of the language choice.
+    #[arg(long)]
+    pub language_weight: Option<f32>,
+    /// Train a label head (a linear readout of the final hidden state on the label's
+    /// logit) with the adapters.
+    #[arg(long)]
+    pub label_head: bool,
+    /// Refit a language head (one readout per language) at every epoch's end.
+    #[arg(long)]
+    pub language_head: bool,
+    /// Do not scale the label weight by inverse class frequency.
+    #[arg(long)]
+    pub no_balance: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Share of the examples held out for validation (chosen by script hash).
+    /// Share of the examples held out for validation (stratified by label and language).
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
     /// Use only the first N labelled scripts.
@@ -59,9 +79,32 @@ pub struct TrainArgs {
     /// Prompt tokens per script (the inference budget; longer scripts keep head and tail).
     #[arg(long, default_value_t = 1024)]
     pub prompt_tokens: usize,
-    /// Answer tokens per example (longer summaries are cut).
-    #[arg(long, default_value_t = 256)]
+    /// Answer tokens per example (an answer cut by it is counted in the lineage).
+    #[arg(long, default_value_t = 512)]
     pub answer_tokens: usize,
+    /// Cut reference summaries at their last whole sentence within this many tokens.
+    #[arg(long)]
+    pub summary_tokens: Option<usize>,
+    /// Also score this labelled split after every epoch, label only (the language given,
+    /// as the reference says): accuracy, AUC and balanced accuracy at the calibrated
+    /// threshold. For experiments: a test split must never choose the epoch.
+    #[arg(long)]
+    pub eval_from: Option<String>,
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    /// The compact system prompt (a few dozen tokens instead of ~160).
+    #[arg(long)]
+    pub compact_prompt: bool,
+    /// With --eval-from: also score the base model (no adapter) before training.
+    #[arg(long, requires = "eval_from")]
+    pub eval_base: bool,
+    /// Write every rendered example (train, validation, eval) as JSON lines here, for the
+    /// PyTorch + PEFT peer (`tests/peer/peft_recipe.py`) to train on the same tokens.
+    #[arg(long)]
+    pub dump_examples: Option<PathBuf>,
+    /// Only render and dump the examples; do not train.
+    #[arg(long, requires = "dump_examples")]
+    pub dump_only: bool,
 }
 
 fn preset(name: &str) -> anyhow::Result<TrainConfig> {
@@ -74,67 +117,55 @@ fn preset(name: &str) -> anyhow::Result<TrainConfig> {
     Ok(c)
 }
 
+/// A `--layers` value: all, top:K, or a comma-separated list of block indices.
+pub fn parse_layers(s: &str) -> anyhow::Result<LayerSet> {
+    if s == "all" || s.starts_with("top:") {
+        return Ok(LayerSet::Named(s.to_string()));
+    }
+    let list = s
+        .split(',')
+        .map(|x| x.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("--layers {s:?}: all, top:K or a list like 20,21,22"))?;
+    Ok(LayerSet::List(list))
+}
+
 /// The model on the CPU autodiff device, frozen.
-fn load_frozen(model: Option<PathBuf>) -> anyhow::Result<Annotator> {
+fn load_trainer(model: Option<PathBuf>) -> anyhow::Result<Trainer> {
     let model = model.unwrap_or_else(crate::annotate_cmd::default_model_path);
     anyhow::ensure!(
         model.exists(),
         "model file {} not found: run deploy/fetch_model.sh or pass --model",
         model.display()
     );
-    let device = burn::tensor::Device::flex().autodiff();
-    let mut annotator = Annotator::load(&model, &device)?;
-    annotator.model = annotator.model.no_grad();
-    Ok(annotator)
+    Ok(Trainer::load(&model)?)
 }
 
-/// The frozen model and a split rendered as examples.
-struct Loaded {
-    annotator: Annotator,
-    train: Vec<Example>,
-    val: Vec<Example>,
-    /// sha256 of each training script, in order.
-    train_shas: Vec<String>,
-}
-
-/// The model on the CPU autodiff device, frozen, and the split rendered as examples.
-fn load(
-    args_model: Option<PathBuf>,
+/// A labelled split rendered and split into training and validation examples.
+fn load_split(
+    trainer: &Trainer,
     from: &str,
     limit: Option<usize>,
     val_fraction: f64,
     budget: Budget,
-) -> anyhow::Result<Loaded> {
-    let annotator = load_frozen(args_model)?;
+) -> anyhow::Result<Prepared> {
     let (scripts, labels) = crate::labelled_split::read(from, limit)?;
     anyhow::ensure!(!labels.is_empty(), "{from} holds no labelled scripts");
-    let (mut tr, mut va, mut shas) = (Vec::new(), Vec::new(), Vec::new());
-    for ((sha, bytes), l) in scripts.iter().zip(&labels) {
-        let ex = render(
-            &annotator,
-            bytes,
-            l.language,
-            l.label.as_u8() == 1,
-            &l.summary,
-            budget,
-        );
-        // Held out by hash, so the split does not depend on the order of the files.
-        if held_out(sha, val_fraction) {
-            va.push(ex);
-        } else {
-            tr.push(ex);
-            shas.push(sha.clone());
-        }
-    }
-    Ok(Loaded {
-        annotator,
-        train: tr,
-        val: va,
-        train_shas: shas,
-    })
+    let items: Vec<Labelled> = scripts
+        .iter()
+        .zip(&labels)
+        .map(|((sha, bytes), l)| Labelled {
+            sha256: sha,
+            script: bytes,
+            language: l.language,
+            malicious: l.label.as_u8() == 1,
+            summary: &l.summary,
+        })
+        .collect();
+    Ok(prepare(&trainer.annotator, &items, budget, val_fraction)?)
 }
 
-pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+fn config_from_args(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let mut config = preset(&args.preset)?;
     config.seed = args.seed;
     if let Some(v) = args.rank {
@@ -146,11 +177,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(v) = args.dropout {
         config.lora.dropout = v;
     }
-    anyhow::ensure!(config.lora.rank > 0, "--rank must be at least 1");
-    anyhow::ensure!(
-        (0.0..1.0).contains(&config.lora.dropout),
-        "--dropout must be in [0, 1)"
-    );
+    if let Some(v) = &args.layers {
+        config.lora.layers = parse_layers(v)?;
+    }
     if let Some(v) = args.epochs {
         config.epochs = v;
     }
@@ -166,50 +195,191 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(v) = args.patience {
         config.patience = v;
     }
+    if let Some(v) = args.label_weight {
+        config.label_weight = v;
+    }
+    if let Some(v) = args.language_weight {
+        config.language_weight = v;
+    }
+    config.balance_classes = !args.no_balance;
+    config.lora.label_head = args.label_head;
+    config.lora.language_head = args.language_head;
+    config.validate()?;
+    Ok(config)
+}
+
+fn dump_examples(path: &PathBuf, sets: &[(&str, &[Example])]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for (split, set) in sets {
+        for e in set.iter() {
+            let line = serde_json::json!({
+                "split": split, "prompt": e.prompt, "target": e.target,
+                "roles": e.roles, "label": e.label(),
+            });
+            writeln!(f, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let config = config_from_args(&args)?;
     let budget = Budget {
         prompt: args.prompt_tokens,
         answer: args.answer_tokens,
+        summary: args.summary_tokens,
     };
-    let Loaded {
-        annotator,
-        train: tr,
-        val: va,
-        train_shas: shas,
-    } = load(
-        args.model.clone(),
-        &args.from,
-        args.limit,
-        args.val_fraction,
-        budget,
-    )?;
-    let target_tokens: usize = tr.iter().map(|e| e.target.len()).sum();
+    let mut trainer = load_trainer(args.model.clone())?;
+    if args.compact_prompt {
+        trainer.annotator.prompt_style = automaldesc_worker::prompt::PromptStyle::Compact;
+    }
+    let data = load_split(&trainer, &args.from, args.limit, args.val_fraction, budget)?;
+    let eval: Vec<Example> = match &args.eval_from {
+        Some(from) => load_split(&trainer, from, args.eval_limit, 0.0, budget)?
+            .train
+            .iter()
+            .map(through_label)
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some(path) = &args.dump_examples {
+        dump_examples(
+            path,
+            &[("train", &data.train), ("val", &data.val), ("eval", &eval)],
+        )?;
+        eprintln!("examples written to {}", path.display());
+        if args.dump_only {
+            return Ok(());
+        }
+    }
+    let annotator = &trainer.annotator;
+    let target_tokens: usize = data.train.iter().map(|e| e.target.len()).sum();
     eprintln!(
-        "training on {} examples ({} answer tokens), validating on {}; base {}",
-        tr.len(),
+        "training on {} examples ({} answer tokens, {} targets cut by the answer budget, {} summaries shortened), validating on {}; base {}",
+        data.train.len(),
         target_tokens,
-        va.len(),
+        data.targets_cut,
+        data.summaries_shortened,
+        data.val.len(),
         annotator.model_id
     );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let ckpt = args.out.join("checkpoint");
     let started = Instant::now();
-    let trained = train(&annotator.model, &tr, &va, &config, Some(&ckpt), &mut |p| {
+    let caches = trainer.prefix_caches(
+        &config,
+        &[&data.train, &data.val, &eval],
+        Some(&ckpt.join("prefix")),
+    )?;
+    // The eval split is scored on the fused inference path with each epoch's adapter merged.
+    let infer = match eval.is_empty() {
+        true => None,
+        false => Some(Annotator::load(
+            &args
+                .model
+                .clone()
+                .unwrap_or_else(crate::annotate_cmd::default_model_path),
+            &burn::tensor::Device::flex(),
+        )?),
+    };
+    if let Some(c) = &caches {
         eprintln!(
-            "step {}/{} epoch {} loss {:.4} lr {:.2e} tokens {} ({:.0}/s) eta {:.0}s",
-            p.step,
-            p.total_steps,
-            p.epoch + 1,
-            p.loss,
-            p.learning_rate,
-            p.tokens,
-            p.tokens_per_s,
-            p.eta_s
+            "frozen prefix: blocks below {} run once ({:.1} s, {:.0} MiB in memory, {:.0} MiB spilled)",
+            c[0].start,
+            started.elapsed().as_secs_f64(),
+            c.iter().map(|c| c.memory_bytes).sum::<usize>() as f64 / (1 << 20) as f64,
+            c.iter().map(|c| c.spilled_bytes).sum::<u64>() as f64 / (1 << 20) as f64,
         );
-        true
-    })?
+    }
+    let run = TrainData {
+        train: &data.train,
+        val: &data.val,
+        choices: Some(&trainer.choices),
+        prefix: caches.as_ref().map(|c| (&c[0], &c[1])),
+    };
+    let mut eval_log = Vec::new();
+    if let (Some(infer), true) = (&infer, args.eval_base) {
+        let prefix = caches.as_ref().map(|c| &c[2]);
+        let t = automaldesc_worker::train::label_eval::score_labels(
+            &infer.model,
+            None,
+            &eval,
+            &trainer.choices,
+            prefix,
+        )?;
+        let m = t.metrics();
+        eprintln!(
+            "  base model on eval ({} scripts): acc {:.3} bal {:.3} auc {:.3} nll {:.4} lang {:.3}",
+            m.n, m.label_accuracy, m.balanced_accuracy, m.auc, m.label_nll, m.language_accuracy
+        );
+        eval_log.push(serde_json::json!({
+            "epoch": 0, "eval": m,
+            "p_malicious": t.labels.iter().map(|s| s.p).collect::<Vec<_>>(),
+            "labels": t.labels.iter().map(|s| s.label).collect::<Vec<_>>(),
+        }));
+    }
+    let trained = train_with(
+        &annotator.model,
+        &run,
+        &config,
+        Some(&ckpt),
+        &mut |p| {
+            eprintln!(
+                "step {}/{} epoch {} loss {:.4} lr {:.2e} tokens {} ({:.0}/s) eta {:.0}s",
+                p.step,
+                p.total_steps,
+                p.epoch + 1,
+                p.loss,
+                p.learning_rate,
+                p.tokens,
+                p.tokens_per_s,
+                p.eta_s
+            );
+            true
+        },
+        &mut |e, adapter| {
+            eprintln!(
+                "epoch {}: train loss {:.4} | train label nll {:.4} auc {:.3} | val tokens {:.4} label nll {:.4} acc {:.3} bal {:.3} auc {:.3} lang {:.3} ({:.0} s)",
+                e.epoch + 1, e.train_loss, e.train.label_nll, e.train.auc, e.val.token_loss,
+                e.val.label_nll, e.val.label_accuracy, e.val.balanced_accuracy, e.val.auc,
+                e.val.language_accuracy, started.elapsed().as_secs_f64()
+            );
+            let Some(infer) = &infer else {
+                return;
+            };
+            let merged = automaldesc_worker::train::label_eval::merged(&infer.model, adapter);
+            let prefix = caches.as_ref().map(|c| &c[2]);
+            let scored = merged
+                .map_err(|e| anyhow::anyhow!(e))
+                .and_then(|m| Ok(automaldesc_worker::train::label_eval::score_labels(&m, Some(adapter), &eval, &trainer.choices, prefix)?));
+            match scored {
+                Ok(t) => {
+                    let m = t.metrics();
+                    let th = automaldesc_worker::train::metrics::calibrated_threshold(&t.labels);
+                    let line = serde_json::json!({
+                        "epoch": e.epoch + 1, "eval": m, "val": e.val,
+                        "eval_oracle_threshold": th,
+                        "eval_balanced_accuracy_at_oracle": automaldesc_worker::train::metrics::balanced_accuracy(&t.labels, th),
+                        "p_malicious": t.labels.iter().map(|s| s.p).collect::<Vec<_>>(),
+                        "labels": t.labels.iter().map(|s| s.label).collect::<Vec<_>>(),
+                        "seconds": started.elapsed().as_secs_f64(),
+                    });
+                    eprintln!(
+                        "  eval ({} scripts): acc {:.3} bal {:.3} auc {:.3} nll {:.4} lang {:.3}",
+                        m.n, m.label_accuracy, m.balanced_accuracy, m.auc, m.label_nll, m.language_accuracy
+                    );
+                    eval_log.push(line);
+                }
+                Err(err) => eprintln!("  eval failed: {err}"),
+            }
+        },
+    )?
     .context("training stopped before its end")?;
-    let manifest = automaldesc_common::sha256_hex(shas.join("\n").as_bytes());
+    let manifest = automaldesc_common::sha256_hex(data.train_shas.join("\n").as_bytes());
     let model_path = args
         .model
         .clone()
@@ -218,7 +388,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     // The training set's manifest: every script by its hash, in training order.
     std::fs::write(
         args.out.join("training_set.json"),
-        serde_json::to_string_pretty(&serde_json::json!({ "from": args.from, "train": shas }))?,
+        serde_json::to_string_pretty(
+            &serde_json::json!({ "from": args.from, "train": data.train_shas, "validation": data.val_shas }),
+        )?,
     )?;
     // Epochs are numbered from 1 in everything a person reads (lineage, metadata, output).
     let epochs = trained.epochs_from_one();
@@ -226,14 +398,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "base_model": annotator.model_id,
         "base_model_file": model_path,
         "base_model_sha256": model_sha256,
-        "training_set": { "from": args.from, "examples": tr.len(), "validation": va.len(),
+        "training_set": { "from": args.from, "examples": data.train.len(), "validation": data.val.len(),
                           "sha256_of_script_hashes": manifest },
         "config": config,
+        "prompt_tokens": args.prompt_tokens,
+        "answer_tokens": args.answer_tokens,
+        "summary_tokens": args.summary_tokens,
+        "prompt_style": trainer.annotator.prompt_style,
+        "system_prompt_tokens": trainer.annotator.system_prompt_tokens(),
+        "targets_cut": data.targets_cut,
+        "summaries_shortened": data.summaries_shortened,
         "epochs": epochs,
         "best_epoch": trained.best_epoch + 1,
+        "label_threshold": trained.label_threshold,
         "steps": trained.steps,
         "stopped_early": trained.stopped_early,
         "seconds": started.elapsed().as_secs_f64(),
+        "eval": eval_log,
     });
     let meta = trained.adapter_metadata(&annotator.model_id, &model_sha256, &manifest);
     let adapter_dir = args.out.join("adapter");
@@ -241,20 +422,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .adapter
         .save_peft(&adapter_dir, &annotator.model_id, &meta)?;
     std::fs::write(
+        adapter_dir.join(automaldesc_worker::stages::train::CALIBRATION_FILE),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "label_threshold": trained.label_threshold,
+            "label_bias": threshold_bias(trained.label_threshold),
+            "validation_scripts": data.val.len(),
+        }))?,
+    )?;
+    std::fs::write(
         args.out.join("lineage.json"),
         serde_json::to_string_pretty(&lineage)?,
     )?;
-    for h in &trained.history {
-        eprintln!(
-            "epoch {}: train loss {:.4}, validation loss {:.4}",
-            h.epoch + 1,
-            h.train_loss,
-            h.val_loss
-        );
-    }
     eprintln!(
-        "adapter (best epoch {}) written to {}",
+        "adapter (best epoch {}, label threshold {:.3}) written to {}",
         trained.best_epoch + 1,
+        trained.label_threshold,
         adapter_dir.display()
     );
     Ok(())
@@ -292,6 +474,23 @@ pub struct BenchTrainArgs {
     /// writes one from the GGUF).
     #[arg(long)]
     pub peft_model: Option<PathBuf>,
+    /// The blocks that carry adapters (all, top:K or a list). Above block 0 the frozen
+    /// prefix is computed once first (timed apart) and the steps start above it, as a
+    /// training stage runs them; PEFT gets the same blocks.
+    #[arg(long, default_value = "all")]
+    pub layers: String,
+}
+
+/// This process's peak resident memory in MiB (`VmHWM`), 0 where unknown.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Times training steps on the real model: all tokens (prompt and answer) and answer tokens
@@ -300,7 +499,9 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
     let mut config = preset(&args.preset)?;
     config.batch_tokens = args.batch_tokens;
     config.epochs = 1000;
+    config.lora.layers = parse_layers(&args.layers)?;
     let steps = args.steps + 1;
+    let trainer = load_trainer(args.model.clone())?;
     let (annotator, tr) = match (&args.shape, &args.from) {
         (Some(shape), _) => {
             anyhow::ensure!(
@@ -308,32 +509,21 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
                 "--shape takes two positive lengths, PROMPT,ANSWER (got {shape:?})"
             );
             let (prompt, answer) = (shape[0], shape[1]);
-            let annotator = load_frozen(args.model.clone())?;
+            let annotator = &trainer.annotator;
             let vocab = annotator.model.config.vocab_size as u32;
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             let mut random =
                 |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
             let tr: Vec<Example> = (0..steps)
-                .map(|_| Example {
-                    prompt: random(prompt),
-                    target: random(answer),
-                })
+                .map(|_| Example::plain(random(prompt), random(answer)))
                 .collect();
             // One sequence per step, as the PEFT side runs.
             config.batch_tokens = prompt + answer;
             (annotator, tr)
         }
         (None, Some(from)) => {
-            let Loaded {
-                annotator, train, ..
-            } = load(
-                args.model.clone(),
-                from,
-                Some(args.limit),
-                0.0,
-                Budget::default(),
-            )?;
-            (annotator, train)
+            let data = load_split(&trainer, from, Some(args.limit), 0.0, Budget::default())?;
+            (&trainer.annotator, data.train)
         }
         (None, None) => anyhow::bail!("--from or --shape is needed"),
     };
@@ -344,10 +534,34 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
             .sum::<usize>()
     };
     let answer_tokens: usize = tr.iter().map(|e| e.target.len()).sum();
-    train(&annotator.model, &tr, &[], &config, None, &mut |p| {
-        marks.push((Instant::now(), p.tokens));
-        p.step < steps
-    })?;
+    let started = Instant::now();
+    let caches = trainer.prefix_caches(&config, &[&tr, &[]], None)?;
+    if let Some(c) = &caches {
+        println!(
+            "frozen prefix: blocks below {} for {} sequences in {:.1} s ({:.0} sequence tokens/s)",
+            c[0].start,
+            tr.len(),
+            started.elapsed().as_secs_f64(),
+            total_tokens(&tr) as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    let data = TrainData {
+        train: &tr,
+        val: &[],
+        choices: None,
+        prefix: caches.as_ref().map(|c| (&c[0], &c[1])),
+    };
+    train_with(
+        &annotator.model,
+        &data,
+        &config,
+        None,
+        &mut |p| {
+            marks.push((Instant::now(), p.tokens));
+            p.step < steps
+        },
+        &mut |_, _| {},
+    )?;
     anyhow::ensure!(marks.len() >= 2, "too few steps to time");
     let (t0, k0) = marks[0];
     let (t1, k1) = *marks.last().expect("marks");
@@ -356,14 +570,16 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
     // Padded positions computed per answer token, from the whole set's proportions.
     let ratio = total_tokens(&tr) as f64 / answer_tokens.max(1) as f64;
     println!(
-        "ours: training on {} ({} threads): {:.1} answer tokens/s, ~{:.0} sequence tokens/s ({} steps of <= {} padded tokens, rank {})",
+        "ours: training on {} ({} threads, layers {}): {:.1} answer tokens/s, ~{:.0} sequence tokens/s ({} steps of <= {} padded tokens, rank {}), peak RSS {:.0} MiB",
         annotator.model_id,
         rayon::current_num_threads(),
+        args.layers,
         answer_per_s,
         answer_per_s * ratio,
         marks.len() - 1,
         config.batch_tokens,
         config.lora.rank,
+        peak_rss_mib(),
     );
     if let (Some(python), Some(model), Some(shape)) =
         (&args.peft_python, &args.peft_model, &args.shape)
@@ -383,19 +599,21 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
                 ])
                 .args(["--steps", &args.steps.to_string()])
                 .args(["--threads", &rayon::current_num_threads().to_string()])
-                .args(["--rank", &config.lora.rank.to_string()]),
+                .args(["--rank", &config.lora.rank.to_string()])
+                .args(["--layers", &args.layers]),
             "the PEFT side (tests/peer/peft_train_bench.py)",
         )?;
         let peer_answer = peer["answer_tokens_per_s"]
             .as_f64()
             .context("no answer_tokens_per_s")?;
         println!(
-            "PyTorch {} + PEFT {}: {:.1} answer tokens/s, {:.0} sequence tokens/s ({} steps)",
+            "PyTorch {} + PEFT {}: {:.1} answer tokens/s, {:.0} sequence tokens/s ({} steps), peak RSS {:.0} MiB",
             peer["torch"].as_str().unwrap_or("?"),
             peer["peft"].as_str().unwrap_or("?"),
             peer_answer,
             peer["sequence_tokens_per_s"].as_f64().unwrap_or(0.0),
             peer["steps"],
+            peer["peak_rss_mib"].as_f64().unwrap_or(0.0),
         );
         println!("ours / PyTorch+PEFT: {:.2}", answer_per_s / peer_answer);
     }

@@ -164,7 +164,7 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
             "--id",
             "w0",
             "--executors",
-            "train,generate,judge,filter,aggregate,report",
+            "train,generate,judge-train,judge,filter,aggregate,report",
         ]
         .map(arg),
     );

@@ -179,6 +179,27 @@ async fn check_run(
     for k in 1..=2u32 {
         let (r, files) = report(&state, output, LoopConfig::stages_of(k).report).await;
         assert_eq!(r.annotator, format!("V{k}"));
+        // The judge check trained a judge (no judge reaches 1.0 on the base model here), and
+        // the funnel says which judge ran and whether check 5 did.
+        let j = r
+            .funnel
+            .as_ref()
+            .unwrap()
+            .judge
+            .as_ref()
+            .expect("the judge choice");
+        assert!(j.trained.is_some(), "{j:?}");
+        assert!(matches!(j.judge.as_str(), "adapter" | "none"), "{j:?}");
+        assert_eq!(j.check5, j.judge == "adapter");
+        if !j.check5 {
+            assert_eq!(r.funnel.as_ref().unwrap().rejected["judge-disagreement"], 0);
+        }
+        // The training summary: targets end, the label scores are there.
+        let t = r.training.as_ref().expect("the training summary");
+        assert_eq!(t.targets_cut, 0);
+        assert_eq!(t.summary_tokens, Some(64));
+        assert!(!t.epochs.is_empty());
+        assert!(r.label_scores.as_ref().is_some_and(|l| l.samples > 0));
         assert_eq!(r.history.len(), k as usize + 1, "base, V1.. in the history");
         let (prev, cmp) = r.previous.as_ref().unwrap();
         assert_eq!(prev, if k == 1 { "base" } else { "V1" });
@@ -205,7 +226,7 @@ fn worker_args(endpoint: &str, id: &str) -> Vec<String> {
         "--id",
         id,
         "--executors",
-        "train,generate,judge,filter,aggregate,report",
+        "train,generate,judge-train,judge,filter,aggregate,report",
         "--patience",
         "60",
     ]
@@ -253,7 +274,7 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     assert!(run.status.success(), "{stderr}");
     // Progress lines name the stages.
     assert!(
-        stderr.contains("stage 3/16 (iteration 1 train)"),
+        stderr.contains("stage 4/17 (iteration 1 train)"),
         "{stderr}"
     );
     let stdout = String::from_utf8_lossy(&run.stdout);

@@ -4,7 +4,9 @@
   make --out DIR      writes DIR/base (a tiny random Llama as a Hugging Face directory),
                       DIR/peft_adapter (a LoRA adapter made by PEFT with random A and B,
                       rank 4, alpha 8, on all seven projections) and DIR/peft_logits.json
-                      (the adapted model's logits for DIR/tokens.json)
+                      (the adapted model's logits for DIR/tokens.json); and the same for an
+                      adapter on block 1 only (`layers_to_transform`): DIR/peft_adapter_top,
+                      DIR/peft_logits_top.json
   logits --base B --adapter A --tokens 1,2,3
                       prints the logits of the base model with the adapter A (any PEFT
                       LoRA directory, e.g. one automaldesc wrote), loaded by PEFT
@@ -63,6 +65,14 @@ def make(out):
         json.dump(TOKENS, f)
     with open(os.path.join(out, "peft_logits.json"), "w") as f:
         json.dump(logits_of(peft_model, TOKENS), f)
+    # An adapter on a subset of the blocks.
+    torch.manual_seed(1)
+    base = LlamaForCausalLM.from_pretrained(os.path.join(out, "base")).eval()
+    cfg.layers_to_transform = [1]
+    top = get_peft_model(base, cfg).eval()
+    top.save_pretrained(os.path.join(out, "peft_adapter_top"))
+    with open(os.path.join(out, "peft_logits_top.json"), "w") as f:
+        json.dump(logits_of(top, TOKENS), f)
 
 
 def logits(base_dir, adapter_dir, tokens):

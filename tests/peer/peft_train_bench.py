@@ -14,6 +14,7 @@ Usage: peft_train_bench.py --model HF_DIR --prompt 512 --answer 314 --steps 4 --
 
 import argparse
 import json
+import resource
 import time
 
 import peft
@@ -30,11 +31,19 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--layers", default="all", help="all, top:K or a comma-separated list")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base = LlamaForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32)
+    n_layers = base.config.num_hidden_layers
+    layers = None
+    if args.layers.startswith("top:"):
+        layers = list(range(n_layers - int(args.layers[4:]), n_layers))
+    elif args.layers != "all":
+        layers = [int(x) for x in args.layers.split(",")]
     cfg = LoraConfig(
+        layers_to_transform=layers,
         r=args.rank,
         lora_alpha=2 * args.rank,
         lora_dropout=0.05,
@@ -70,6 +79,8 @@ def main():
                 "answer": args.answer,
                 "answer_tokens_per_s": args.answer * len(times) / secs,
                 "sequence_tokens_per_s": n * len(times) / secs,
+                "layers": args.layers,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
     )

@@ -18,6 +18,13 @@ pub struct AnnotateOptions {
     pub prompt_budget: usize,
     pub early_stop: EarlyStop,
     pub slots: usize,
+    /// The summary never repeats an n-gram of this size (0: off).
+    pub no_repeat_ngram: usize,
+    /// Penalty on tokens already in the summary (1: off).
+    pub repetition_penalty: f32,
+    /// A label-only evaluation: every script stops right after its label, except those
+    /// whose sha256 is listed (they get whole answers, for the summary metrics).
+    pub label_only_except: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Default for AnnotateOptions {
@@ -30,6 +37,9 @@ impl Default for AnnotateOptions {
             prompt_budget: 1536,
             early_stop: EarlyStop::default(),
             slots: 8,
+            no_repeat_ngram: 0,
+            repetition_penalty: 1.0,
+            label_only_except: None,
         }
     }
 }
@@ -82,13 +92,21 @@ pub fn annotate(
                 .iter()
                 .enumerate()
                 .map(|(j, &t)| SamplingParams {
-                    temperature: t,
-                    top_p: opts.top_p,
-                    seed: sample_seed(opts.seed, content_key(bytes), j),
+                    no_repeat_ngram: opts.no_repeat_ngram,
+                    repetition_penalty: opts.repetition_penalty,
+                    ..SamplingParams::new(
+                        t,
+                        opts.top_p,
+                        sample_seed(opts.seed, content_key(bytes), j),
+                    )
                 })
                 .collect(),
             max_new_tokens: opts.max_new_tokens,
             format: Format::Answer,
+            label_only: opts
+                .label_only_except
+                .as_ref()
+                .is_some_and(|keep| !keep.contains(&automaldesc_common::sha256_hex(bytes))),
         })
         .collect();
     let engine = Engine {

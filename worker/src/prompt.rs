@@ -110,6 +110,51 @@ concrete commands, flags, ports, APIs and paths it uses, and what it does to the
 benign script its legitimate purpose, in proportion to its size. No code, no markdown, no \
 hedging, and never mention the label itself.";
 
+/// A shorter system message for the annotator and the judge: the same task in a few
+/// dozen tokens, leaving the prompt budget to the script.
+pub const ANNOTATOR_SYSTEM_COMPACT: &str = "You are a malware analyst. Answer with one JSON \
+object: language (bash, batch, javascript, powershell or python), label (1 malicious, 0 benign) \
+and summary (a technical analysis of what the script does).";
+
+/// Which system messages a model is prompted with.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptStyle {
+    /// The full instructions (the published prompt's content).
+    #[default]
+    Full,
+    /// [`ANNOTATOR_SYSTEM_COMPACT`] and [`JUDGE_SYSTEM_COMPACT`].
+    Compact,
+}
+
+impl PromptStyle {
+    pub fn annotator_system(self) -> &'static str {
+        match self {
+            PromptStyle::Full => ANNOTATOR_SYSTEM,
+            PromptStyle::Compact => ANNOTATOR_SYSTEM_COMPACT,
+        }
+    }
+
+    pub fn judge_system(self) -> &'static str {
+        match self {
+            PromptStyle::Full => JUDGE_SYSTEM,
+            PromptStyle::Compact => JUDGE_SYSTEM_COMPACT,
+        }
+    }
+}
+
 /// The user turn that carries the script.
 pub fn annotation_user_message(script: &str) -> String {
     format!("Analyse this script.\n\n<script>\n{script}\n</script>")
@@ -119,6 +164,10 @@ pub fn annotation_user_message(script: &str) -> String {
 pub const JUDGE_SYSTEM: &str = "You are a malware analyst reviewing another analyst's work. You \
 read a technical summary of a script, never the script itself, and decide whether the script it \
 describes is malicious. You answer with a single digit: 1 if it is malicious, 0 if it is benign.";
+
+/// The compact judge's system message.
+pub const JUDGE_SYSTEM_COMPACT: &str = "You are a malware analyst. You read a summary of a \
+script and answer 1 if the script is malicious, 0 if it is benign.";
 
 /// The judge's user turn: one summary.
 pub fn judge_user_message(summary: &str) -> String {

@@ -107,6 +107,8 @@ pub struct Annotator {
     pub schema: AnswerSchema,
     /// `file name@first 16 hex of sha256 of the first 1 MiB and the size`: cheap and stable.
     pub model_id: String,
+    /// The system messages it is prompted with (training and inference must agree).
+    pub prompt_style: prompt::PromptStyle,
 }
 
 impl Annotator {
@@ -129,7 +131,13 @@ impl Annotator {
             crate::train::lora::LoraWeights::load_peft(dir, &self.model.config).map_err(err)?;
         self.model.unpack();
         adapter.merge_into(&mut self.model).map_err(err)?;
+        self.schema.label_head = adapter.label_head.clone();
+        self.schema.language_head = adapter.language_head.clone();
         self.model = self.model.packed_for_device();
+        self.schema.label_bias = read_label_bias(dir).map_err(|reason| RuntimeError::Invalid {
+            path: dir.display().to_string(),
+            reason,
+        })?;
         let digest = automaldesc_common::sha256_hex(
             &adapter
                 .flatten()
@@ -235,7 +243,15 @@ impl Annotator {
             template,
             schema,
             model_id,
+            prompt_style: prompt::PromptStyle::Full,
         })
+    }
+
+    /// Tokens of the annotator's system message in its style.
+    pub fn system_prompt_tokens(&self) -> usize {
+        self.tokenizer
+            .encode(self.prompt_style.annotator_system())
+            .map_or(0, |t| t.len())
     }
 
     /// Renders a conversation with the model's template and tokenizes it.
@@ -253,7 +269,7 @@ impl Annotator {
             let user = prompt::annotation_user_message(body);
             let mut s = self.template.render(
                 &[
-                    (Role::System, prompt::ANNOTATOR_SYSTEM),
+                    (Role::System, self.prompt_style.annotator_system()),
                     (Role::User, &user),
                 ],
                 true,
@@ -321,6 +337,24 @@ fn model_id(path: &Path) -> std::io::Result<String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     Ok(format!("{name}@{}", &hash[..16]))
+}
+
+/// The label-logit shift of a trained adapter's calibration file, 0 when it has none (an
+/// adapter trained elsewhere).
+fn read_label_bias(dir: &Path) -> Result<f32, String> {
+    let path = dir.join(crate::stages::train::CALIBRATION_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0.0),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    v["label_bias"]
+        .as_f64()
+        .map(|b| b as f32)
+        .filter(|b| b.is_finite())
+        .ok_or_else(|| format!("{}: no finite label_bias", path.display()))
 }
 
 /// The chat template of a `tokenizer_config.json`: a string, or a list of named templates

@@ -14,7 +14,7 @@ use automaldesc_worker::model::load::Naming;
 use automaldesc_worker::model::{Llama, LlamaConfig};
 use automaldesc_worker::safetensors::SafeTensors;
 use automaldesc_worker::train::forward::{hidden_states, Batch};
-use automaldesc_worker::train::lora::{LoraConfig, LoraWeights, Proj};
+use automaldesc_worker::train::lora::{LayerSet, LoraConfig, LoraWeights, Proj};
 use burn::tensor::Device;
 
 mod support;
@@ -93,6 +93,9 @@ fn our_logits(model: &Llama, tokens: &[u32], adapter: Option<&LoraWeights>) -> V
         t: tokens.len(),
         rows: Vec::new(),
         targets: Vec::new(),
+        weights: Vec::new(),
+        choices: Vec::new(),
+        prefix: None,
     };
     let tensors = adapter.map(|a| a.tensors(&device, false));
     let h = hidden_states(model, &batch, tensors.as_ref(), None);
@@ -155,6 +158,68 @@ fn adapters_move_between_peft_and_automaldesc() {
         1e-4,
     );
 
+    // A PEFT adapter on block 1 only (`layers_to_transform`): read as such, same logits.
+    let top_logits =
+        parse(&std::fs::read_to_string(dir.path().join("peft_logits_top.json")).unwrap());
+    let top = LoraWeights::load_peft(&dir.path().join("peft_adapter_top"), &model.config).unwrap();
+    assert_eq!(top.adapted_layers(), vec![1]);
+    assert_eq!(top.config.layers, LayerSet::List(vec![1]));
+    assert_close(
+        "PEFT adapter on block 1, unmerged",
+        &our_logits(&model, &top_logits.tokens, Some(&top)),
+        &top_logits.values,
+        1e-4,
+    );
+    // Ours on block 1 only, in PEFT.
+    let mut ours_top = LoraWeights::init(
+        &LoraConfig {
+            layers: LayerSet::top(1),
+            ..top.config.clone()
+        },
+        &model.config,
+        31,
+    )
+    .unwrap();
+    let donor = LoraWeights::init(&ours_top.config, &model.config, 32).unwrap();
+    for (p, q) in ours_top.pairs_mut().zip(donor.pairs()) {
+        for (i, x) in p.b.iter_mut().enumerate() {
+            *x = q.a[i % q.a.len()];
+        }
+    }
+    let out_top = dir.path().join("ours_top");
+    ours_top
+        .save_peft(&out_top, "tiny", &Default::default())
+        .unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_top.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["layers_to_transform"], serde_json::json!([1]));
+    let tokens_arg = top_logits
+        .tokens
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let in_peft_top = parse(&run(
+        &py,
+        &[
+            "logits",
+            "--base",
+            dir.path().join("base").to_str().unwrap(),
+            "--adapter",
+            out_top.to_str().unwrap(),
+            "--tokens",
+            &tokens_arg,
+        ],
+    ));
+    assert_close(
+        "our adapter on block 1 in PEFT",
+        &our_logits(&model, &top_logits.tokens, Some(&ours_top)),
+        &in_peft_top.values,
+        1e-4,
+    );
+
     // An adapter of ours in PEFT.
     let lora = LoraConfig {
         rank: 8,
@@ -169,9 +234,12 @@ fn adapters_move_between_peft_and_automaldesc() {
             Proj::Up,
             Proj::Down,
         ],
+        layers: LayerSet::all(),
+        label_head: false,
+        language_head: false,
     };
-    let mut ours = LoraWeights::init(&lora, &model.config, 21);
-    let donor = LoraWeights::init(&lora, &model.config, 22);
+    let mut ours = LoraWeights::init(&lora, &model.config, 21).unwrap();
+    let donor = LoraWeights::init(&lora, &model.config, 22).unwrap();
     for (p, q) in ours.pairs_mut().zip(donor.pairs()) {
         for (i, x) in p.b.iter_mut().enumerate() {
             *x = q.a[i % q.a.len()];

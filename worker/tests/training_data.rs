@@ -62,9 +62,12 @@ fn examples_follow_the_inference_prompt_and_the_answer_schema() {
     let budget = Budget {
         prompt: 1024,
         answer: 256,
+        summary: None,
     };
     for (script, language, malicious, summary) in cases {
-        let ex = render(&annotator, script, language, malicious, summary, budget);
+        let r = render(&annotator, script, language, malicious, summary, budget).unwrap();
+        assert!(!r.cut);
+        let ex = r.example;
         assert_eq!(
             ex.prompt,
             annotator.annotation_prompt(script, budget.prompt).tokens
@@ -83,15 +86,22 @@ fn examples_follow_the_inference_prompt_and_the_answer_schema() {
     let budget = Budget {
         prompt: 256,
         answer: 64,
+        summary: None,
     };
-    let ex = render(
+    let r = render(
         &annotator,
         long_script.as_bytes(),
         Language::Bash,
         false,
         &long_summary,
         budget,
+    )
+    .unwrap();
+    assert!(
+        r.cut,
+        "the answer budget cut this target, and it is counted"
     );
+    let ex = r.example;
     let prompt = annotator.annotation_prompt(long_script.as_bytes(), 256);
     assert!(prompt.truncated.is_some());
     assert_eq!(ex.prompt, prompt.tokens);
@@ -104,6 +114,31 @@ fn examples_follow_the_inference_prompt_and_the_answer_schema() {
         long_summary.starts_with(&text) && text.len() > 100,
         "{text:?}"
     );
+    // A long summary cut to `summary_tokens` ends at a whole sentence, and the answer closes.
+    let budget = Budget {
+        prompt: 256,
+        answer: 128,
+        summary: Some(40),
+    };
+    let r = render(
+        &annotator,
+        long_script.as_bytes(),
+        Language::Bash,
+        true,
+        &long_summary,
+        budget,
+    )
+    .unwrap();
+    assert!(!r.cut, "a cut summary fits the answer budget");
+    let state = replay(&annotator, &r.example.target);
+    assert!(state.is_done(), "the answer is closed");
+    let json: serde_json::Value = serde_json::from_str(&state.to_json()).unwrap();
+    let summary = json["summary"].as_str().unwrap();
+    assert!(
+        summary.ends_with("things.") && long_summary.starts_with(summary),
+        "{summary:?}"
+    );
+    assert!(summary.len() > 60, "{summary:?}");
     // The tokenizer the examples were made with is the runtime's.
     assert_eq!(
         annotator.tokenizer.encode_plain("Short."),

@@ -6,8 +6,11 @@
 //! - predicted class, as the published script does: do the two predict different classes?
 //!   (b = first says malicious and second benign, c = the reverse).
 //!
-//! Below 25 discordant pairs the p-value is the exact two-sided binomial one; otherwise the
-//! chi-squared statistic with continuity correction, one degree of freedom.
+//! Below 25 discordant pairs the p-value is the exact two-sided binomial one. From 25 on,
+//! the correctness test uses the chi-squared statistic with continuity correction (one
+//! degree of freedom), while [`McNemar::published`] computes what the published evaluation
+//! script computes there: the chi-squared statistic **without** the correction (b = 29,
+//! c = 24 gives 0.4717 and p = 0.4922).
 
 use serde::{Deserialize, Serialize};
 
@@ -23,12 +26,28 @@ pub struct McNemar {
     /// `min(b, c)` for the exact test, the corrected chi-squared otherwise.
     pub statistic: f64,
     pub p_value: f64,
-    /// "exact-binomial" or "chi2-corrected".
+    /// "exact-binomial", "chi2-corrected" or "chi2-uncorrected".
     pub method: String,
 }
 
 impl McNemar {
     pub fn from_counts(b: u64, c: u64) -> Self {
+        Self::counts(b, c, true)
+    }
+
+    /// The published script's test: exact below 25 discordant pairs, the uncorrected
+    /// chi-squared statistic from 25 on.
+    pub fn published(b: u64, c: u64) -> Self {
+        Self::counts(b, c, false)
+    }
+
+    /// The smallest p-value `n` paired scripts can give at all: every one discordant and all
+    /// in one direction (exact test below 25 pairs). Below 0.01 needs at least 8 scripts.
+    pub fn best_possible_p(n: u64) -> f64 {
+        Self::from_counts(n, 0).p_value
+    }
+
+    fn counts(b: u64, c: u64, corrected: bool) -> Self {
         let n = b + c;
         if n < EXACT_BELOW {
             let k = b.min(c);
@@ -41,14 +60,19 @@ impl McNemar {
                 method: "exact-binomial".into(),
             };
         }
-        let d = (b as f64 - c as f64).abs() - 1.0;
+        let d = (b as f64 - c as f64).abs() - if corrected { 1.0 } else { 0.0 };
         let statistic = d * d / n as f64;
         Self {
             b,
             c,
             statistic,
             p_value: chi2_sf_1(statistic),
-            method: "chi2-corrected".into(),
+            method: if corrected {
+                "chi2-corrected"
+            } else {
+                "chi2-uncorrected"
+            }
+            .into(),
         }
     }
 
@@ -164,6 +188,26 @@ mod tests {
         assert!(close(t.p_value, 0.145_996_093_75, 1e-12), "{}", t.p_value);
         assert_eq!(McNemar::from_counts(0, 0).p_value, 1.0);
         assert_eq!(McNemar::from_counts(5, 5).p_value, 1.0);
+    }
+
+    #[test]
+    fn the_published_test_leaves_out_the_continuity_correction() {
+        // The published script's numbers: b = 29, c = 24 gives 0.4717, p = 0.4922.
+        let t = McNemar::published(29, 24);
+        assert_eq!(t.method, "chi2-uncorrected");
+        assert!(close(t.statistic, 25.0 / 53.0, 1e-12), "{}", t.statistic);
+        assert!((t.p_value - 0.4922).abs() < 5e-5, "{}", t.p_value);
+        // The corrected statistic of the same counts is smaller.
+        let c = McNemar::from_counts(29, 24);
+        assert!(close(c.statistic, 16.0 / 53.0, 1e-12) && c.p_value > t.p_value);
+        // Below 25 pairs both are the exact test.
+        assert_eq!(McNemar::published(3, 9), McNemar::from_counts(3, 9));
+    }
+
+    #[test]
+    fn eight_scripts_are_the_fewest_that_can_reach_p_below_one_percent() {
+        assert!(McNemar::best_possible_p(7) > 0.01);
+        assert!(McNemar::best_possible_p(8) < 0.01);
     }
 
     #[test]

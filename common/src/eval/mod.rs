@@ -59,6 +59,33 @@ pub fn parse_response(response: &str) -> Option<ParsedAnswer> {
     })
 }
 
+/// A label-only answer (`{"language": ..., "label": ...}` with no `summary` key), as a
+/// label-only evaluation writes it: it counts for label and language, not for the summary
+/// metrics. `None` for anything else.
+pub fn parse_label_only(response: &str) -> Option<ParsedAnswer> {
+    let v: serde_json::Value = serde_json::from_str(response.trim()).ok()?;
+    let o = v.as_object()?;
+    if o.contains_key("summary") || o.len() != 2 {
+        return None;
+    }
+    let language = o.get("language")?.as_str()?.trim();
+    let label = o
+        .get("label")?
+        .as_u64()
+        .and_then(|x| u8::try_from(x).ok())
+        .and_then(Label::from_u8)?;
+    (!language.is_empty()).then(|| ParsedAnswer {
+        language: language.to_string(),
+        label,
+        summary: String::new(),
+    })
+}
+
+/// A full answer, or a label-only one (with an empty summary).
+fn parse_any(response: &str) -> Option<ParsedAnswer> {
+    parse_response(response).or_else(|| parse_label_only(response))
+}
+
 /// Correct / total.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Accuracy {
@@ -203,7 +230,7 @@ pub fn evaluate(answers: &Answers, refs: &[Reference]) -> Result<Evaluation, Eva
         // A script without any answer counts as one unparseable sample.
         let parsed: Vec<Option<ParsedAnswer>> = match answers.get(&r.sha256) {
             Some(responses) if !responses.is_empty() => {
-                responses.iter().map(|s| parse_response(s)).collect()
+                responses.iter().map(|s| parse_any(s)).collect()
             }
             _ => {
                 ev.missing_scripts += 1;
@@ -230,7 +257,7 @@ pub fn evaluate(answers: &Answers, refs: &[Reference]) -> Result<Evaluation, Eva
                 s.label.add(label_ok);
                 s.language.add(lang_ok);
             }
-            if let Some(a) = p {
+            if let Some(a) = p.as_ref().filter(|a| !a.summary.is_empty()) {
                 hyps.push(a.summary.clone());
                 golds.push(r.summary.as_str());
             }
@@ -251,7 +278,7 @@ pub fn evaluate(answers: &Answers, refs: &[Reference]) -> Result<Evaluation, Eva
 /// no well-formed sample is no decision.
 pub fn script_label(responses: &[String]) -> Option<Label> {
     let mut votes = [0usize; 2];
-    for a in responses.iter().filter_map(|s| parse_response(s)) {
+    for a in responses.iter().filter_map(|s| parse_any(s)) {
         votes[a.label.as_u8() as usize] += 1;
     }
     match votes[1].cmp(&votes[0]) {
@@ -296,11 +323,12 @@ pub fn compare(a: &Answers, b: &Answers, refs: &[Reference]) -> Result<Compariso
         .iter()
         .filter_map(|&(_, x, y)| Some((x?, y?)))
         .collect();
-    let predicted_class = McNemar::from_pairs(
-        decided
-            .iter()
-            .map(|&(x, y)| (x == Label::Malicious, y == Label::Malicious)),
-    );
+    let (mut pb, mut pc) = (0, 0);
+    for &(x, y) in &decided {
+        pb += u64::from(x == Label::Malicious && y == Label::Benign);
+        pc += u64::from(x == Label::Benign && y == Label::Malicious);
+    }
+    let predicted_class = McNemar::published(pb, pc);
     Ok(Comparison {
         scripts: refs.len() as u64,
         correctness,

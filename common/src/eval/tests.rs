@@ -101,6 +101,14 @@ fn responses_parse_only_when_well_formed() {
             .label,
         Label::Benign
     );
+    // A label-only answer is not a full answer, but counts as one of its own kind.
+    let label_only = parse_label_only(r#"{"language": "bash", "label": 1}"#).unwrap();
+    assert_eq!(
+        (label_only.language.as_str(), label_only.label),
+        ("bash", Label::Malicious)
+    );
+    assert!(parse_label_only(r#"{"language":"bash","label":1,"summary":"s"}"#).is_none());
+    assert!(parse_label_only(r#"{"language":"bash","label":3}"#).is_none());
     for bad in [
         "",
         "not json",

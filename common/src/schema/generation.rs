@@ -29,16 +29,19 @@ pub enum FinishReason {
     TruncatedPrompt,
     /// The worker failed on this row.
     Error,
+    /// A label-only evaluation: decoding stopped right after the label, by design.
+    LabelOnly,
 }
 
 impl FinishReason {
-    pub const ALL: [FinishReason; 6] = [
+    pub const ALL: [FinishReason; 7] = [
         FinishReason::Stop,
         FinishReason::Length,
         FinishReason::EarlyStopDisagree,
         FinishReason::EarlyStopLowConfidence,
         FinishReason::TruncatedPrompt,
         FinishReason::Error,
+        FinishReason::LabelOnly,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +52,7 @@ impl FinishReason {
             FinishReason::EarlyStopLowConfidence => "early_stop_low_confidence",
             FinishReason::TruncatedPrompt => "truncated_prompt",
             FinishReason::Error => "error",
+            FinishReason::LabelOnly => "label_only",
         }
     }
 }

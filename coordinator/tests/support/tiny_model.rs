@@ -153,14 +153,20 @@ confidence = 0.45
 slots = 4
 preference_scripts = 3
 task_bytes = 6000
+summary_tokens = 64
+# Above every judge's reach on 10 seed summaries: a judge adapter is trained.
+judge_min_accuracy = 1.0
 [[adapter]]
 rank = 2
 alpha = 4.0
 dropout = 0.0
 epochs = 1
 batch_tokens = 2048
-answer_tokens = 24
+answer_tokens = 96
 val_fraction = 0.2
+layers = "top:1"
+label_head = true
+language_head = true
 "#,
         out = output.display(),
         model = model.display()

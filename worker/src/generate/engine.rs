@@ -10,7 +10,7 @@ use automaldesc_common::schema::FinishReason;
 use automaldesc_common::Language;
 use burn::tensor::Tensor;
 
-use super::sampler::{choice_probs, log_prob, Sampler, SamplingParams};
+use super::sampler::{choice_probs, control_repetition, log_prob, Sampler, SamplingParams};
 use super::schema::{AnswerSchema, AnswerState, Next};
 use crate::model::{KvCache, Llama};
 
@@ -23,6 +23,8 @@ pub struct Request {
     pub samples: Vec<SamplingParams>,
     pub max_new_tokens: usize,
     pub format: Format,
+    /// Stop every sample right after its label (a label-only evaluation).
+    pub label_only: bool,
 }
 
 /// What a sample may generate.
@@ -91,6 +93,8 @@ struct Active {
     logprobs: Vec<f32>,
     language_probs: [f32; 5],
     label_prob: f32,
+    /// Where the summary's tokens start in `tokens`, once it has begun.
+    summary_start: Option<usize>,
     finish: Option<FinishReason>,
     admitted: Instant,
     prefill_secs: f64,
@@ -143,6 +147,10 @@ impl Engine<'_> {
                     .model
                     .forward(&req.prompt, req.prompt.len(), &mut single);
                 let last = h.narrow(0, req.prompt.len() - 1, 1);
+                let shift = Shifts {
+                    label: self.schema.label_head_shift(&last)[0],
+                    language: self.schema.language_head_shift(&last)[0],
+                };
                 let logits = flat_logits(self.model.logits(last));
                 stats.prefill_tokens += req.prompt.len();
                 let prefill_secs = started.elapsed().as_secs_f64();
@@ -159,11 +167,12 @@ impl Engine<'_> {
                         logprobs: Vec::new(),
                         language_probs: [0.0; 5],
                         label_prob: 0.0,
+                        summary_start: None,
                         finish: None,
                         admitted: started,
                         prefill_secs,
                     };
-                    self.decide(&mut a, &logits, req);
+                    self.decide(&mut a, &logits, req, shift);
                     active[slot] = Some(a);
                 }
                 stats.prefill_secs += started.elapsed().as_secs_f64();
@@ -188,12 +197,19 @@ impl Engine<'_> {
                 .map(|&s| active[s].as_ref().map_or(0, |a| a.feed))
                 .collect();
             let h = self.model.forward_slots(&feed, 1, &mut cache, &live);
+            let shifts: Vec<Shifts> = self
+                .schema
+                .label_head_shift(&h)
+                .into_iter()
+                .zip(self.schema.language_head_shift(&h))
+                .map(|(label, language)| Shifts { label, language })
+                .collect();
             let logits = flat_logits(self.model.logits(h));
             let vocab = self.model.config.vocab_size;
             for (row, &s) in live.iter().enumerate() {
                 if let Some(a) = active[s].as_mut() {
                     let req = &requests[a.request];
-                    self.decide(a, &logits[row * vocab..(row + 1) * vocab], req);
+                    self.decide(a, &logits[row * vocab..(row + 1) * vocab], req, shifts[row]);
                     stats.decode_tokens += 1;
                 }
             }
@@ -203,8 +219,9 @@ impl Engine<'_> {
         (outputs.into_iter().flatten().collect(), stats)
     }
 
-    /// Chooses the token that follows `logits` for one sample and records it.
-    fn decide(&self, a: &mut Active, logits: &[f32], req: &Request) {
+    /// Chooses the token that follows `logits` for one sample and records it; `heads` are
+    /// the adapter's heads' shifts of the choice logits for this row.
+    fn decide(&self, a: &mut Active, logits: &[f32], req: &Request, heads: Shifts) {
         if let Format::Text { stop } = &req.format {
             let all: Vec<(u32, f32)> = (0u32..).zip(logits.iter().copied()).collect();
             let token = a.sampler.sample(&all);
@@ -227,19 +244,31 @@ impl Engine<'_> {
             }
             Next::Forced(t) => t,
             Next::Language(ids) => {
-                let probs = choice_probs(logits, ids);
+                let mut five = candidates(logits, ids);
+                for (c, s) in five.iter_mut().zip(heads.language) {
+                    c.1 += s;
+                }
+                let shifted: Vec<f32> = five.iter().map(|c| c.1).collect();
+                let probs = choice_probs(&shifted, &[0, 1, 2, 3, 4]);
                 a.language_probs.copy_from_slice(&probs);
-                a.sampler.sample(&candidates(logits, ids))
+                a.sampler.sample(&five)
             }
             Next::Label(ids) => {
-                let probs = choice_probs(logits, ids);
-                let t = a.sampler.sample(&candidates(logits, ids));
+                // The calibrated choice: the adapter's bias on the malicious digit.
+                let mut both = candidates(logits, ids);
+                both[1].1 += schema.label_bias + heads.label;
+                let pair = [both[0].1, both[1].1];
+                let probs = choice_probs(&pair, &[0, 1]);
+                let t = a.sampler.sample(&both);
                 a.label_prob = if t == ids[1] { probs[1] } else { probs[0] };
                 t
             }
             Next::Summary(s) => {
                 let allowed = schema.string_allowed(s);
-                a.sampler.sample(&candidates(logits, allowed.as_ref()))
+                let mut cands = candidates(logits, allowed.as_ref());
+                let start = *a.summary_start.get_or_insert(a.tokens.len());
+                control_repetition(&mut cands, &a.tokens[start..], a.sampler.params());
+                a.sampler.sample(&cands)
             }
         };
         a.logprobs.push(log_prob(logits, token));
@@ -254,6 +283,11 @@ impl Engine<'_> {
     }
 
     fn apply_early_stop(&self, active: &mut [Option<Active>], early: &EarlyStop, reqs: &[Request]) {
+        for a in active.iter_mut().flatten() {
+            if a.finish.is_none() && a.state.has_label() && reqs[a.request].label_only {
+                a.finish = Some(FinishReason::LabelOnly);
+            }
+        }
         if let Some(min) = early.min_label_prob {
             for a in active.iter_mut().flatten() {
                 if a.finish.is_none() && a.state.has_label() && a.label_prob < min {
@@ -322,6 +356,9 @@ impl Engine<'_> {
                 request: a.request,
                 sample: a.sample,
                 json: match reqs[a.request].format {
+                    Format::Answer if a.finish == Some(FinishReason::LabelOnly) => {
+                        a.state.to_label_json()
+                    }
                     Format::Answer => a.state.to_json(),
                     Format::Text { .. } => String::new(),
                 },
@@ -337,6 +374,13 @@ impl Engine<'_> {
             });
         }
     }
+}
+
+/// The adapter's heads' shifts of one row's choice logits.
+#[derive(Clone, Copy, Debug, Default)]
+struct Shifts {
+    label: f32,
+    language: [f32; 5],
 }
 
 fn candidates(logits: &[f32], ids: &[u32]) -> Vec<(u32, f32)> {

@@ -13,6 +13,11 @@ pub struct SamplingParams {
     pub temperature: f32,
     pub top_p: f32,
     pub seed: u64,
+    /// Free text (the summary) never repeats an n-gram of this size (0: off).
+    pub no_repeat_ngram: usize,
+    /// Logits of tokens already in the free text are divided by this when positive and
+    /// multiplied when negative (1: off).
+    pub repetition_penalty: f32,
 }
 
 impl SamplingParams {
@@ -21,6 +26,48 @@ impl SamplingParams {
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,
+            no_repeat_ngram: 0,
+            repetition_penalty: 1.0,
+        }
+    }
+
+    /// Sampling at `temperature` with nucleus `top_p` and `seed`, no repetition control.
+    pub fn new(temperature: f32, top_p: f32, seed: u64) -> Self {
+        Self {
+            temperature,
+            top_p,
+            seed,
+            ..Self::greedy()
+        }
+    }
+}
+
+/// Applies the repetition controls of `params` to the candidates of the next free-text
+/// token, given the free text's tokens so far: candidates that would complete an n-gram
+/// already in `history` are removed (unless that removes all of them), and the logits of
+/// tokens already in `history` are penalised.
+pub fn control_repetition(cands: &mut Vec<(u32, f32)>, history: &[u32], params: &SamplingParams) {
+    let n = params.no_repeat_ngram;
+    if n > 0 && history.len() >= n.saturating_sub(1) {
+        let tail = &history[history.len() + 1 - n..];
+        let banned: std::collections::HashSet<u32> = history
+            .windows(n)
+            .filter(|w| &w[..n - 1] == tail)
+            .map(|w| w[n - 1])
+            .collect();
+        if !banned.is_empty() && cands.iter().any(|c| !banned.contains(&c.0)) {
+            cands.retain(|c| !banned.contains(&c.0));
+        }
+    }
+    let penalty = params.repetition_penalty;
+    if penalty != 1.0 && penalty > 0.0 {
+        let seen: std::collections::HashSet<u32> = history.iter().copied().collect();
+        for c in cands.iter_mut().filter(|c| seen.contains(&c.0)) {
+            c.1 = if c.1 > 0.0 {
+                c.1 / penalty
+            } else {
+                c.1 * penalty
+            };
         }
     }
 }
@@ -31,6 +78,10 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
     pub fn new(params: SamplingParams) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(params.seed);
         Self { params, rng }
@@ -120,11 +171,7 @@ mod tests {
     fn same_seed_same_tokens_and_temperature_spreads() {
         let cand: Vec<(u32, f32)> = (0..50).map(|i| (i, (i % 7) as f32 * 0.3)).collect();
         let draw = |seed, t| {
-            let mut s = Sampler::new(SamplingParams {
-                temperature: t,
-                top_p: 1.0,
-                seed,
-            });
+            let mut s = Sampler::new(SamplingParams::new(t, 1.0, seed));
             (0..200).map(|_| s.sample(&cand)).collect::<Vec<_>>()
         };
         assert_eq!(draw(5, 0.8), draw(5, 0.8));
@@ -142,12 +189,25 @@ mod tests {
     fn top_p_cuts_the_tail() {
         // Token 1 has ~88% of the mass: top_p 0.5 must always pick it.
         let cand = [(0u32, 0.0f32), (1, 3.0), (2, 0.0), (3, 0.0)];
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_p: 0.5,
-            seed: 3,
-        });
+        let mut s = Sampler::new(SamplingParams::new(1.0, 0.5, 3));
         assert!((0..100).all(|_| s.sample(&cand) == 1));
+    }
+
+    #[test]
+    fn repetition_controls_ban_a_repeated_ngram_and_penalise_seen_tokens() {
+        let params = SamplingParams {
+            no_repeat_ngram: 3,
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy()
+        };
+        // History "5 6 7 5 6": the 3-gram "5 6 7" exists, so 7 after "5 6" is banned.
+        let mut cands = vec![(7u32, 4.0f32), (8, 1.0), (5, -1.0)];
+        control_repetition(&mut cands, &[5, 6, 7, 5, 6], &params);
+        assert_eq!(cands, vec![(8, 1.0), (5, -2.0)]);
+        // Nothing is banned when it would leave no candidate.
+        let mut only = vec![(7u32, 4.0f32)];
+        control_repetition(&mut only, &[5, 6, 7, 5, 6], &params);
+        assert_eq!(only, vec![(7, 2.0)]);
     }
 
     #[test]

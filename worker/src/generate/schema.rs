@@ -44,6 +44,15 @@ pub struct AnswerSchema {
     bytes: Vec<Vec<u8>>,
     control: Vec<bool>,
     pub end_id: u32,
+    /// Added to the malicious digit's logit at the label choice: the calibration of a
+    /// trained adapter (its validation threshold moved to even odds); 0 for a base model.
+    pub label_bias: f32,
+    /// A trained adapter's label head (`hidden` weights, then a bias): `h · w + b` of the
+    /// label position's final hidden state is added to the malicious digit's logit.
+    pub label_head: Option<Vec<f32>>,
+    /// A trained adapter's language head (per language: `hidden` weights and a bias), added
+    /// to the five language logits at the language choice.
+    pub language_head: Option<Vec<f32>>,
 }
 
 /// Where a JSON string body stands after some bytes.
@@ -141,6 +150,9 @@ impl AnswerSchema {
             bytes,
             control,
             end_id,
+            label_bias: 0.0,
+            label_head: None,
+            language_head: None,
         })
     }
 
@@ -157,8 +169,76 @@ impl AnswerSchema {
         std::borrow::Cow::Owned(ids)
     }
 
+    /// The label head's shift for each row of final hidden states `[rows, hidden]` (zeros
+    /// without a head).
+    pub fn label_head_shift(&self, h: &burn::tensor::Tensor<2>) -> Vec<f32> {
+        let rows = h.dims()[0];
+        let Some(head) = &self.label_head else {
+            return vec![0.0; rows];
+        };
+        let hidden = head.len() - 1;
+        let w = burn::tensor::Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(head[..hidden].to_vec(), [hidden, 1]),
+            &h.device(),
+        );
+        let v: Vec<f32> = h
+            .clone()
+            .matmul(w)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_else(|_| vec![0.0; rows]);
+        v.into_iter().map(|x| x + head[hidden]).collect()
+    }
+
+    /// The language head's shifts of the five language logits for each row of final hidden
+    /// states `[rows, hidden]` (zeros without a head).
+    pub fn language_head_shift(&self, h: &burn::tensor::Tensor<2>) -> Vec<[f32; 5]> {
+        let rows = h.dims()[0];
+        let Some(head) = &self.language_head else {
+            return vec![[0.0; 5]; rows];
+        };
+        let t = burn::tensor::Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(head.clone(), [5, head.len() / 5]),
+            &h.device(),
+        );
+        let v: Vec<f32> = crate::train::forward::language_head_logits(h.clone(), t)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_else(|_| vec![0.0; rows * 5]);
+        v.chunks_exact(5)
+            .map(|c| [c[0], c[1], c[2], c[3], c[4]])
+            .collect()
+    }
+
     pub fn token_bytes(&self, id: u32) -> &[u8] {
         &self.bytes[id as usize]
+    }
+
+    /// The parts of the answer constrained decoding emits, after the prompt's answer prefix.
+    pub fn target_parts(
+        &self,
+        vocab: &dyn Vocab,
+        language: Language,
+        label: u8,
+        summary: &str,
+    ) -> TargetParts {
+        let i = Language::ALL
+            .iter()
+            .position(|&l| l == language)
+            .expect("a language of Language::ALL");
+        let escaped = serde_json::to_string(summary).expect("a string encodes as JSON");
+        let mut text = vocab.encode_plain(&escaped[1..escaped.len() - 1]);
+        text.extend(vocab.encode_plain("\""));
+        TargetParts {
+            language: (i as u8, self.language_first[i]),
+            language_rest: self.language_rest[i].clone(),
+            label: (label.min(1), self.label_ids[usize::from(label.min(1))]),
+            after_label: self.after_label.clone(),
+            summary: text,
+            end: vec![self.close_brace, self.end_id],
+        }
     }
 
     /// The tokens constrained decoding emits for this answer, after the prompt's answer
@@ -174,19 +254,37 @@ impl AnswerSchema {
         summary: &str,
         max_tokens: usize,
     ) -> Vec<u32> {
-        let i = Language::ALL
-            .iter()
-            .position(|&l| l == language)
-            .expect("a language of Language::ALL");
-        let mut out = vec![self.language_first[i]];
-        out.extend(&self.language_rest[i]);
-        out.push(self.label_ids[usize::from(label.min(1))]);
-        out.extend(&self.after_label);
-        let escaped = serde_json::to_string(summary).expect("a string encodes as JSON");
-        out.extend(vocab.encode_plain(&escaped[1..escaped.len() - 1]));
-        out.extend(vocab.encode_plain("\""));
-        out.extend([self.close_brace, self.end_id]);
+        let mut out = self.target_parts(vocab, language, label, summary).tokens();
         out.truncate(max_tokens);
+        out
+    }
+}
+
+/// An answer's tokens by part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetParts {
+    /// `Language::ALL` index and the first token of the language name (a choice).
+    pub language: (u8, u32),
+    /// The rest of the name and the text up to the label (forced).
+    pub language_rest: Vec<u32>,
+    /// The label and its digit (a choice).
+    pub label: (u8, u32),
+    /// The text between the label and the summary (forced).
+    pub after_label: Vec<u32>,
+    /// The summary's escaped text and its closing quote (free).
+    pub summary: Vec<u32>,
+    /// `}` and the end of the turn (forced).
+    pub end: Vec<u32>,
+}
+
+impl TargetParts {
+    pub fn tokens(&self) -> Vec<u32> {
+        let mut out = vec![self.language.1];
+        out.extend(&self.language_rest);
+        out.push(self.label.1);
+        out.extend(&self.after_label);
+        out.extend(&self.summary);
+        out.extend(&self.end);
         out
     }
 }
@@ -316,6 +414,16 @@ impl AnswerState {
 
     /// The answer as JSON text. An unfinished summary is closed (an open escape is dropped),
     /// so the text always parses; callers record the truncation separately.
+    /// A label-only answer: the language and the label, closed without a summary.
+    pub fn to_label_json(&self) -> String {
+        let lang = self.language.map(|l| l.as_str()).unwrap_or("");
+        let label = self
+            .label
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "null".into());
+        format!("{{\"language\": \"{lang}\", \"label\": {label}}}")
+    }
+
     pub fn to_json(&self) -> String {
         let lang = self.language.map(|l| l.as_str()).unwrap_or("");
         let label = self

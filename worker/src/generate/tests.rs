@@ -90,14 +90,11 @@ fn requests(vocab: &ToyVocab, n: usize, temps: &[f32], max_new: usize, seed: u64
                 samples: temps
                     .iter()
                     .enumerate()
-                    .map(|(j, &t)| SamplingParams {
-                        temperature: t,
-                        top_p: 0.95,
-                        seed: seed + (i * 10 + j) as u64,
-                    })
+                    .map(|(j, &t)| SamplingParams::new(t, 0.95, seed + (i * 10 + j) as u64))
                     .collect(),
                 max_new_tokens: max_new,
                 format: Format::Answer,
+                label_only: false,
             }
         })
         .collect()
@@ -271,16 +268,10 @@ fn text_requests_generate_free_tokens_up_to_a_stop_token() {
         .iter()
         .map(|p| Request {
             prompt: p.clone(),
-            samples: vec![
-                SamplingParams::greedy(),
-                SamplingParams {
-                    temperature: 0.9,
-                    top_p: 0.9,
-                    seed: 5,
-                },
-            ],
+            samples: vec![SamplingParams::greedy(), SamplingParams::new(0.9, 0.9, 5)],
             max_new_tokens: 12,
             format: Format::Text { stop: stop.clone() },
+            label_only: false,
         })
         .collect();
     let (outs, _) = engine.run(&reqs, &EarlyStop::default());
@@ -307,4 +298,122 @@ fn text_requests_generate_free_tokens_up_to_a_stop_token() {
     // Same seed, same tokens, whatever else shares the batch.
     let (alone, _) = engine.run(&reqs[2..], &EarlyStop::default());
     assert_eq!(alone[1].tokens, outs[5].tokens);
+}
+
+/// Every n-gram of `tokens` that occurs more than once.
+fn repeated_ngrams(tokens: &[u32], n: usize) -> Vec<Vec<u32>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for w in tokens.windows(n) {
+        if !seen.insert(w.to_vec()) {
+            out.push(w.to_vec());
+        }
+    }
+    out
+}
+
+#[test]
+fn no_repeat_ngram_stops_a_summary_that_would_loop() {
+    let (model, schema, vocab) = setup();
+    let engine = Engine {
+        model: &model,
+        schema: &schema,
+        slots: 2,
+    };
+    let run = |params: SamplingParams| {
+        let mut prompt = vocab.encode_plain("script 3: echo 21\n");
+        prompt.extend(vocab.encode_plain(ANSWER_PREFIX));
+        let req = Request {
+            prompt,
+            samples: vec![params],
+            max_new_tokens: 80,
+            format: Format::Answer,
+            label_only: false,
+        };
+        let (outs, _) = engine.run(&[req], &EarlyStop::default());
+        outs.into_iter().next().unwrap()
+    };
+    let summary_of = |o: &SampleOutput| {
+        // The summary's tokens: after the label and the forced text that follows it.
+        let at = o
+            .tokens
+            .iter()
+            .position(|t| schema.label_ids.contains(t))
+            .unwrap();
+        o.tokens[at + 1..].to_vec()
+    };
+    // Greedy decoding of this random model loops: some 3-gram of its summary repeats.
+    let plain = run(SamplingParams::greedy());
+    assert!(
+        !repeated_ngrams(&summary_of(&plain), 3).is_empty(),
+        "the model must loop for this test to mean anything: {:?}",
+        plain.tokens
+    );
+    let controlled = run(SamplingParams {
+        no_repeat_ngram: 3,
+        ..SamplingParams::greedy()
+    });
+    let summary = summary_of(&controlled);
+    // The forced text after the label is not the summary's: start after it.
+    let free = &summary[schema
+        .target_parts(&vocab, automaldesc_common::Language::Bash, 0, "")
+        .after_label
+        .len()..];
+    assert!(free.len() > 20, "the summary ran: {free:?}");
+    assert_eq!(repeated_ngrams(free, 3), Vec::<Vec<u32>>::new(), "{free:?}");
+}
+
+#[test]
+fn a_label_only_request_stops_right_after_its_label() {
+    let (model, schema, vocab) = setup();
+    let engine = Engine {
+        model: &model,
+        schema: &schema,
+        slots: 4,
+    };
+    let mut reqs = requests(&vocab, 2, &[0.0], 60, 1);
+    reqs[0].label_only = true;
+    let (outs, _) = engine.run(&reqs, &EarlyStop::default());
+    let (only, full) = (&outs[0], &outs[1]);
+    assert_eq!(only.finish, FinishReason::LabelOnly);
+    assert_eq!(
+        Some(only.tokens.last().copied().unwrap()),
+        only.label.map(|l| schema.label_ids[usize::from(l)])
+    );
+    let v: serde_json::Value = serde_json::from_str(&only.json).unwrap();
+    assert_eq!(v.as_object().unwrap().len(), 2, "{}", only.json);
+    assert_eq!(v["label"], u8::from(only.label.unwrap()));
+    assert!(full.tokens.len() > only.tokens.len() && full.finish != FinishReason::LabelOnly);
+}
+
+#[test]
+fn the_label_head_and_the_calibration_move_the_label_choice() {
+    let (model, mut schema, vocab) = setup();
+    let hidden = model.config.hidden_size;
+    let reqs = requests(&vocab, 4, &[0.0], 30, 1);
+    for (bias, want) in [(40.0f32, 1u8), (-40.0, 0)] {
+        let mut head = vec![0.0; hidden + 1];
+        head[hidden] = bias;
+        schema.label_head = Some(head);
+        let engine = Engine {
+            model: &model,
+            schema: &schema,
+            slots: 4,
+        };
+        let (outs, _) = engine.run(&reqs, &EarlyStop::default());
+        assert!(
+            outs.iter().all(|o| o.label == Some(want)),
+            "head bias {bias}"
+        );
+        assert!(outs.iter().all(|o| o.label_prob > 0.999));
+    }
+    schema.label_head = None;
+    schema.label_bias = -40.0;
+    let engine = Engine {
+        model: &model,
+        schema: &schema,
+        slots: 4,
+    };
+    let (outs, _) = engine.run(&reqs, &EarlyStop::default());
+    assert!(outs.iter().all(|o| o.label == Some(0)), "calibration bias");
 }

@@ -177,12 +177,72 @@ impl Llama {
         slots: &[usize],
     ) -> Tensor<2> {
         assert_eq!(tokens.len(), slots.len() * t, "tokens must be slots * t");
-        if self.reference_ops || !crate::kernels::native(&self.embed.val()) {
-            return reference::forward(self, tokens, t, cache, slots);
-        }
+        let x = self.blocks_forward(tokens, t, cache, slots, self.blocks.len());
         let eps = self.config.rms_norm_eps;
-        let mut x = self.embed_tokens(tokens);
-        for (layer, block) in self.blocks.iter().enumerate() {
+        if self.uses_reference_ops() {
+            reference::rms_norm(x, &self.norm.val(), eps)
+        } else {
+            crate::kernels::rms_norm(x, &self.norm.val(), eps)
+        }
+    }
+
+    fn uses_reference_ops(&self) -> bool {
+        self.reference_ops || !crate::kernels::native(&self.embed.val())
+    }
+
+    /// The residual stream entering block `upto` (before any norm), `[tokens.len(), hidden]`,
+    /// for one sequence from position 0: what the frozen blocks below a LoRA run's lowest
+    /// adapted block compute.
+    pub fn residual_stream(&self, tokens: &[u32], upto: usize) -> Tensor<2> {
+        let n = tokens.len();
+        let mut cache = KvCache::new(&self.config, 1, n.max(1), &self.device());
+        self.blocks_forward(tokens, n, &mut cache, &[0], upto.min(self.blocks.len()))
+    }
+
+    /// The final hidden states `[rows, hidden]` of one sequence from position 0 whose
+    /// residual stream entering block `start` is `x` (see [`Llama::residual_stream`]): the
+    /// blocks from `start` on and the final norm, on the fused path.
+    pub fn forward_from(&self, x: Tensor<2>, start: usize) -> Tensor<2> {
+        let n = x.dims()[0];
+        let mut cache = KvCache::new(&self.config, 1, n.max(1), &self.device());
+        let eps = self.config.rms_norm_eps;
+        if self.uses_reference_ops() {
+            let x = reference::blocks_from(self, x, start, &mut cache);
+            return reference::rms_norm(x, &self.norm.val(), eps);
+        }
+        let x = self.fused_blocks(x, n, &mut cache, &[0], start, self.blocks.len());
+        crate::kernels::rms_norm(x, &self.norm.val(), eps)
+    }
+
+    /// Runs blocks `0..upto` over `t` new tokens of each listed slot and returns the
+    /// residual stream after them (no final norm); the cache advances by `t`.
+    fn blocks_forward(
+        &self,
+        tokens: &[u32],
+        t: usize,
+        cache: &mut KvCache,
+        slots: &[usize],
+        upto: usize,
+    ) -> Tensor<2> {
+        if self.uses_reference_ops() {
+            return reference::forward(self, tokens, t, cache, slots, upto);
+        }
+        let x = self.embed_tokens(tokens);
+        self.fused_blocks(x, t, cache, slots, 0, upto)
+    }
+
+    /// Blocks `from..upto` on the fused kernels over residual stream `x`.
+    fn fused_blocks(
+        &self,
+        mut x: Tensor<2>,
+        t: usize,
+        cache: &mut KvCache,
+        slots: &[usize],
+        from: usize,
+        upto: usize,
+    ) -> Tensor<2> {
+        let eps = self.config.rms_norm_eps;
+        for (layer, block) in self.blocks.iter().enumerate().take(upto).skip(from) {
             let h = crate::kernels::rms_norm(x.clone(), &block.attn_norm.val(), eps);
             x = x + self.attention_fused(h, block, layer, cache, t, slots);
             let h = crate::kernels::rms_norm(x.clone(), &block.ffn_norm.val(), eps);
@@ -190,7 +250,7 @@ impl Llama {
             x = x + block.ffn.w_down.apply(crate::kernels::swiglu(gate_up));
         }
         cache.advance_slots(slots, t);
-        crate::kernels::rms_norm(x, &self.norm.val(), eps)
+        x
     }
 
     /// Embedding rows `[tokens.len(), hidden]`.

@@ -8,14 +8,16 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::{Block, FeedForward, KvCache, Llama};
 
-/// See `Llama::forward_slots`. Runs every slot of the cache (unlisted ones on a throwaway
-/// token, their lengths left unchanged) and returns the rows of the listed slots.
+/// See `Llama::blocks_forward`: blocks `0..upto`, the residual stream after them (no final
+/// norm). Runs every slot of the cache (unlisted ones on a throwaway token, their lengths
+/// left unchanged) and returns the rows of the listed slots.
 pub(super) fn forward(
     model: &Llama,
     tokens: &[u32],
     t: usize,
     cache: &mut KvCache,
     slots: &[usize],
+    layers: usize,
 ) -> Tensor<2> {
     let b = cache.slots();
     let device = model.device();
@@ -33,7 +35,7 @@ pub(super) fn forward(
     let upto = lens.iter().copied().max().unwrap_or(0) + t;
     let bias = attention_bias(cache, t, upto, &device);
     let eps = model.config.rms_norm_eps;
-    for (layer, block) in model.blocks.iter().enumerate() {
+    for (layer, block) in model.blocks.iter().enumerate().take(layers) {
         let h = rms_norm(x.clone(), &block.attn_norm.val(), eps);
         let h = attention(model, h, block, layer, cache, t, (&cos, &sin), &bias, upto);
         x = x + h;
@@ -41,7 +43,6 @@ pub(super) fn forward(
         x = x + feed_forward(h, &block.ffn, model.config.intermediate_size);
     }
     cache.advance_slots(slots, t);
-    let x = rms_norm(x, &model.norm.val(), eps);
     if slots.len() == b && slots.iter().enumerate().all(|(j, &s)| j == s) {
         return x;
     }
@@ -54,6 +55,31 @@ pub(super) fn forward(
         0,
         Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device),
     )
+}
+
+/// Blocks `start..` over the residual stream `x` of one sequence at positions 0.., on a
+/// one-slot `cache` (no final norm).
+pub(super) fn blocks_from(
+    model: &Llama,
+    mut x: Tensor<2>,
+    start: usize,
+    cache: &mut KvCache,
+) -> Tensor<2> {
+    let t = x.dims()[0];
+    let device = model.device();
+    let positions: Vec<usize> = (0..t).collect();
+    let (cos, sin) = rope_tables(model, &positions, 1, t, &device);
+    let bias = attention_bias(cache, t, t, &device);
+    let eps = model.config.rms_norm_eps;
+    for (layer, block) in model.blocks.iter().enumerate().skip(start) {
+        let h = rms_norm(x.clone(), &block.attn_norm.val(), eps);
+        let h = attention(model, h, block, layer, cache, t, (&cos, &sin), &bias, t);
+        x = x + h;
+        let h = rms_norm(x.clone(), &block.ffn_norm.val(), eps);
+        x = x + feed_forward(h, &block.ffn, model.config.intermediate_size);
+    }
+    cache.advance_slots(&[0], t);
+    x
 }
 
 /// Cosine and sine tables `[b, 1, t, head_dim / 2]` for the given positions.

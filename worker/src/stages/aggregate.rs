@@ -105,6 +105,8 @@ impl Executor for AggregateExecutor {
         let mut rejected = Vec::new();
         let mut accepted_in_seed = 0;
         let mut unprocessed = 0;
+        let mut accepted_by_label: BTreeMap<String, u64> = BTreeMap::new();
+        let mut rejected_by_label: BTreeMap<String, u64> = BTreeMap::new();
         let adapter = adapter_hash(&refs)?;
         let provenance = format!(
             "iter-{}:run={}:model={}:adapter={}",
@@ -127,7 +129,15 @@ impl Executor for AggregateExecutor {
                 });
                 continue;
             };
+            let class = |l: Option<automaldesc_common::Label>| match l {
+                Some(automaldesc_common::Label::Benign) => "benign",
+                Some(automaldesc_common::Label::Malicious) => "malicious",
+                None => "none",
+            };
             if !d.accepted {
+                *rejected_by_label
+                    .entry(class(d.label).to_string())
+                    .or_insert(0) += 1;
                 let reason = reason_of(d)
                     .ok_or_else(|| format!("script {}: unknown reason {:?}", d.sha256, d.reason))?;
                 funnel.reject(reason);
@@ -140,6 +150,9 @@ impl Executor for AggregateExecutor {
                 continue;
             }
             funnel.accept();
+            *accepted_by_label
+                .entry(class(d.label).to_string())
+                .or_insert(0) += 1;
             if seed_shas.contains(d.sha256.as_str()) {
                 accepted_in_seed += 1;
                 continue;
@@ -169,6 +182,12 @@ impl Executor for AggregateExecutor {
             training_set: labels.len() as u64,
             generated_tokens,
             saved_tokens,
+            accepted_by_label,
+            rejected_by_label,
+            judge: refs
+                .get("judge")
+                .map(|r| r.json("judge.json"))
+                .transpose()?,
             ..FunnelSummary::from_funnel(&funnel)
         };
         if !summary.adds_up() {

@@ -50,6 +50,8 @@ pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, Stri
         let v = match row.judge_labels[*i].as_str() {
             "0" => Label::Benign,
             "1" => Label::Malicious,
+            // Check 5 is skipped for the run: the judge does not vote.
+            super::judge::SKIPPED => survivor.label,
             other => {
                 return Err(format!(
                     "script {} sample {i}: judge label {other:?} where one was expected",
@@ -74,7 +76,12 @@ pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, Stri
             generated_tokens: row.generated_tokens,
             saved_tokens: row.saved_tokens,
         },
-        Err(r) => rejected(r),
+        // Past check 3 the samples agreed on a label: the rejection keeps it, so the funnel
+        // can count rejections by class.
+        Err(r) => DecisionRow {
+            label: Some(survivor.label),
+            ..rejected(r)
+        },
     })
 }
 

@@ -34,6 +34,24 @@ pub struct GenerateConfig {
     /// Scripts per engine call (bounds memory; results do not depend on it).
     #[serde(default = "default_chunk")]
     pub chunk: usize,
+    /// The summary never repeats an n-gram of this size (0: off).
+    #[serde(default)]
+    pub no_repeat_ngram: usize,
+    /// Penalty on tokens already in the summary (1: off).
+    #[serde(default = "default_penalty")]
+    pub repetition_penalty: f32,
+    /// A label-only evaluation: every script stops right after its label, except these
+    /// (by sha256), which get whole answers.
+    #[serde(default)]
+    pub label_only_except: Option<Vec<String>>,
+    /// The system messages of the annotator and the judge (training and inference must
+    /// agree).
+    #[serde(default)]
+    pub prompt: crate::prompt::PromptStyle,
+}
+
+fn default_penalty() -> f32 {
+    1.0
 }
 
 fn default_top_p() -> f32 {
@@ -65,6 +83,7 @@ impl Executor for GenerateExecutor {
         let key = ModelKey {
             model: model_path(&cfg.model)?,
             adapter: adapter_of(&refs, "adapter")?,
+            prompt: cfg.prompt,
         };
         let annotator = model(&key)?;
         let rows: Vec<CorpusRow> = read_task(task, "")?;
@@ -84,6 +103,12 @@ impl Executor for GenerateExecutor {
                 EarlyStop::default()
             },
             slots: cfg.slots,
+            no_repeat_ngram: cfg.no_repeat_ngram,
+            repetition_penalty: cfg.repetition_penalty,
+            label_only_except: cfg
+                .label_only_except
+                .as_ref()
+                .map(|v| v.iter().cloned().collect()),
         };
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(cfg.chunk.max(1)) {

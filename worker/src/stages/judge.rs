@@ -9,7 +9,8 @@ use automaldesc_common::schema::AnswersRow;
 use automaldesc_common::Label;
 use serde::Deserialize;
 
-use super::{config, model, model_path, read_task, write_rows, ModelKey};
+use super::judge_train::JudgeChoice;
+use super::{adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::generate::sampler::choice_probs;
 use crate::model::KvCache;
@@ -27,6 +28,10 @@ pub struct JudgeConfig {
     /// Summary tokens the judge reads (a longer summary is cut).
     #[serde(default = "default_summary_tokens")]
     pub summary_tokens: usize,
+    /// The system messages of the annotator and the judge (training and inference must
+    /// agree).
+    #[serde(default)]
+    pub prompt: crate::prompt::PromptStyle,
 }
 
 fn default_summary_tokens() -> usize {
@@ -51,13 +56,19 @@ pub fn filter_samples(row: &AnswersRow) -> Vec<FilterSample> {
 
 /// The judge's label for one summary, with its probability against the other label.
 pub fn judge_summary(judge: &Annotator, summary: &str, summary_tokens: usize) -> (Label, f32) {
-    let user = prompt::judge_user_message(&first_tokens(judge, summary, summary_tokens));
-    let p = choice_probs_after(judge, prompt::JUDGE_SYSTEM, &user, &["0", "1"]);
-    if p[1] > p[0] {
-        (Label::Malicious, p[1])
+    let p1 = judge_probability(judge, summary, summary_tokens);
+    if p1 > 0.5 {
+        (Label::Malicious, p1)
     } else {
-        (Label::Benign, p[0])
+        (Label::Benign, 1.0 - p1)
     }
+}
+
+/// The judge's probability that the script a summary describes is malicious.
+pub fn judge_probability(judge: &Annotator, summary: &str, summary_tokens: usize) -> f32 {
+    let user = prompt::judge_user_message(&first_tokens(judge, summary, summary_tokens));
+    let p = choice_probs_after(judge, judge.prompt_style.judge_system(), &user, &["0", "1"]);
+    p[1]
 }
 
 /// `text` cut to its first `n` tokens.
@@ -93,13 +104,26 @@ pub fn choice_probs_after(
     let m = &model.model;
     let mut cache = KvCache::new(&m.config, 1, ids.len(), &m.device());
     let h = m.forward(&ids, ids.len(), &mut cache);
-    let logits: Vec<f32> = m
-        .logits(h.narrow(0, ids.len() - 1, 1))
+    let last = h.narrow(0, ids.len() - 1, 1);
+    // A judge adapter's label head shifts the "1" of a 0/1 verdict, as in training.
+    let shift = if options == ["0", "1"] {
+        model.schema.label_head_shift(&last)[0]
+    } else {
+        0.0
+    };
+    let mut logits: Vec<f32> = m
+        .logits(last)
         .into_data()
         .try_to_vec::<f32>()
         .expect("logits are f32");
+    if let Some(&one) = choices.get(1) {
+        logits[one as usize] += shift;
+    }
     choice_probs(&logits, &choices)
 }
+
+/// The judge label of a summary when the run skips check 5 (no judge earned its vote).
+pub const SKIPPED: &str = "skipped";
 
 pub struct JudgeExecutor;
 
@@ -110,9 +134,22 @@ impl Executor for JudgeExecutor {
 
     fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
         let cfg: JudgeConfig = config("judge", &task.config_json)?;
+        let refs = refs(&task.config_json)?;
+        // The run's judge, as `judge_train` chose it on the seed summaries (the base model
+        // when the run has no such stage).
+        let choice: Option<JudgeChoice> = refs
+            .get("judge")
+            .map(|r| r.json("judge.json"))
+            .transpose()?;
+        let adapter = match &choice {
+            Some(c) if c.judge == "adapter" => adapter_of(&refs, "judge")?,
+            _ => None,
+        };
+        let check5 = choice.as_ref().is_none_or(|c| c.check5);
         let judge = model(&ModelKey {
             model: model_path(&cfg.model)?,
-            adapter: None,
+            adapter,
+            prompt: cfg.prompt,
         })?;
         let mut rows: Vec<AnswersRow> = read_task(task, "")?;
         let rows_in = rows.len() as u64;
@@ -128,6 +165,10 @@ impl Executor for JudgeExecutor {
                 continue;
             };
             for (i, _, summary) in &survivor.summaries {
+                if !check5 {
+                    row.judge_labels[*i] = SKIPPED.to_string();
+                    continue;
+                }
                 let (label, p) = judge_summary(&judge, summary, cfg.summary_tokens);
                 row.judge_labels[*i] = label.as_u8().to_string();
                 row.judge_probs[*i] = p;

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `train` | a labelled split (`labels/` + `scripts/`), one task | `adapter/`, `lineage.json` |
 //! | `generate` | scripts (`CorpusRow`) | `AnswersRow` per script |
+//! | `judge-train` | the seed split, one task | `judge.json` (which judge votes), `adapter/` |
 //! | `judge` | `AnswersRow` | the same rows with the judge's verdicts |
 //! | `filter` | judged `AnswersRow` | `DecisionRow` per script |
 //! | `aggregate` | every `DecisionRow`, one task | the next training set, rejected set, funnel, manifest |
@@ -15,6 +16,7 @@ pub mod aggregate;
 pub mod filter;
 pub mod generate;
 pub mod judge;
+pub mod judge_train;
 pub mod report;
 pub mod train;
 
@@ -261,6 +263,8 @@ pub struct ModelKey {
     pub model: PathBuf,
     /// A LoRA adapter (PEFT layout) merged into it.
     pub adapter: Option<PathBuf>,
+    /// The system messages it is prompted with.
+    pub prompt: crate::prompt::PromptStyle,
 }
 
 /// Models a worker process keeps loaded at most.
@@ -294,6 +298,7 @@ pub fn model(key: &ModelKey) -> StageResult<Arc<Annotator>> {
             .with_adapter(a)
             .map_err(|e| format!("adapter {}: {e}", a.display()))?;
     }
+    annotator.prompt_style = key.prompt;
     crate::telemetry::add_model_load(started.elapsed());
     let annotator = Arc::new(annotator);
     loaded.push((key.clone(), annotator.clone()));

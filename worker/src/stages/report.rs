@@ -11,6 +11,7 @@ use automaldesc_common::eval::{self, parse_response, Answers, Reference};
 use automaldesc_common::report::{
     FunnelSummary, HistoryPoint, IterationReport, JudgeCheck, Preference,
 };
+use automaldesc_common::report_sections::{LabelScores, PromptSummary, TrainingSummary};
 use automaldesc_common::schema::{AnswersRow, LabelledRow};
 use automaldesc_common::Label;
 use serde::Deserialize;
@@ -19,6 +20,7 @@ use super::judge::{choice_probs_after, first_tokens, judge_summary};
 use super::{config, model, model_path, read_task, refs, write_file, ModelKey, StageRef};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::prompt;
+use crate::train::data::cut_summary;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +42,17 @@ pub struct ReportConfig {
     /// Also score the judge on the test references' summaries.
     #[serde(default)]
     pub judge_check: bool,
+    /// The system messages of the annotator and the judge (training and inference must
+    /// agree).
+    #[serde(default)]
+    pub prompt: crate::prompt::PromptStyle,
+    /// The annotator's base model (for the prompt's token count).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Reference summaries are cut to this many tokens (at whole sentences) for the summary
+    /// metrics, as training cut them.
+    #[serde(default)]
+    pub summary_tokens: Option<usize>,
 }
 
 /// Summary tokens the preference judge reads of each summary.
@@ -57,17 +70,68 @@ struct Evaluated {
     answers: Answers,
     content: HashMap<String, Vec<u8>>,
     model_id: String,
+    /// (script, P(malicious)) of every sample with a label.
+    p_malicious: Vec<(String, f64)>,
 }
 
 fn evaluated(r: &StageRef) -> Result<Evaluated, String> {
     let rows: Vec<AnswersRow> = r.rows("")?;
     Ok(Evaluated {
+        p_malicious: rows
+            .iter()
+            .flat_map(|a| {
+                a.responses
+                    .iter()
+                    .zip(&a.label_probs)
+                    .filter_map(|(resp, &p)| {
+                        let label = eval::parse_response(resp)
+                            .or_else(|| eval::parse_label_only(resp))?
+                            .label;
+                        let p = f64::from(p);
+                        Some((
+                            a.sha256.clone(),
+                            if label == Label::Malicious {
+                                p
+                            } else {
+                                1.0 - p
+                            },
+                        ))
+                    })
+            })
+            .collect(),
         model_id: rows.first().map(|a| a.model_id.clone()).unwrap_or_default(),
         content: rows
             .iter()
             .map(|a| (a.sha256.clone(), a.content.clone()))
             .collect(),
         answers: rows.into_iter().map(|a| (a.sha256, a.responses)).collect(),
+    })
+}
+
+/// The training summary of the ref `adapter`'s lineage.
+fn training_summary(r: &StageRef) -> Result<TrainingSummary, String> {
+    let l: serde_json::Value = r.json("lineage.json")?;
+    let u = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    Ok(TrainingSummary {
+        examples: u(&l["training_set"]["examples"]),
+        validation: u(&l["training_set"]["validation"]),
+        best_epoch: u(&l["best_epoch"]) as u32,
+        label_threshold: l["label_threshold"].as_f64().unwrap_or(0.5),
+        targets_cut: u(&l["targets_cut"]),
+        summary_tokens: l["summary_tokens"].as_u64().map(|n| n as usize),
+        seconds: l["seconds"].as_f64().unwrap_or(0.0),
+        epochs: l["epochs"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .map(|e| {
+                        let mut v = e["val"].clone();
+                        v["epoch"] = e["epoch"].clone();
+                        v
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -82,6 +146,46 @@ fn summary_of(answers: &Answers, sha: &str) -> Option<String> {
 pub struct ReportExecutor;
 
 impl ReportExecutor {
+    /// The prompt's size, what the summary metrics compare against, and the references cut
+    /// as training cut them (when `summary_tokens` is set).
+    fn reference_view(
+        &self,
+        cfg: &ReportConfig,
+        references: &[Reference],
+    ) -> Result<(Option<PromptSummary>, String, Option<Vec<Reference>>), String> {
+        let Some(model_name) = &cfg.model else {
+            return Ok((None, "the full reference summaries".into(), None));
+        };
+        let annotator = model(&ModelKey {
+            model: model_path(model_name)?,
+            adapter: None,
+            prompt: cfg.prompt,
+        })?;
+        let prompt = PromptSummary {
+            style: format!("{:?}", cfg.prompt).to_lowercase(),
+            system_prompt_tokens: annotator.system_prompt_tokens(),
+        };
+        let Some(n) = cfg.summary_tokens else {
+            return Ok((Some(prompt), "the full reference summaries".into(), None));
+        };
+        let cut = references
+            .iter()
+            .map(|r| {
+                let summary = cut_summary(&annotator.tokenizer, &r.summary, n)
+                    .unwrap_or_else(|_| r.summary.clone());
+                Reference {
+                    summary,
+                    ..r.clone()
+                }
+            })
+            .collect();
+        Ok((
+            Some(prompt),
+            format!("the reference summaries cut at their last whole sentence within {n} tokens, as training cut them"),
+            Some(cut),
+        ))
+    }
+
     fn preference(
         &self,
         cfg: &ReportConfig,
@@ -92,6 +196,7 @@ impl ReportExecutor {
         let judge = model(&ModelKey {
             model: model_path(&cfg.judge_model)?,
             adapter: None,
+            prompt: cfg.prompt,
         })?;
         let mut both: Vec<(&String, &Vec<u8>, String, String)> = content
             .iter()
@@ -138,13 +243,21 @@ fn judge_check(cfg: &ReportConfig, references: &[Reference]) -> Result<JudgeChec
     let judge = model(&ModelKey {
         model: model_path(&cfg.judge_model)?,
         adapter: None,
+        prompt: cfg.prompt,
     })?;
     let mut check = JudgeCheck {
         model_id: judge.model_id.clone(),
         ..JudgeCheck::default()
     };
     for r in references {
-        let (verdict, _) = judge_summary(&judge, &r.summary, JUDGE_SUMMARY_TOKENS);
+        // The summaries as the judge meets them in the loop: cut like training cuts them.
+        let summary = match cfg.summary_tokens {
+            Some(n) => {
+                cut_summary(&judge.tokenizer, &r.summary, n).unwrap_or_else(|_| r.summary.clone())
+            }
+            None => r.summary.clone(),
+        };
+        let (verdict, _) = judge_summary(&judge, &summary, JUDGE_SUMMARY_TOKENS);
         let side = match r.label {
             Label::Benign => &mut check.benign,
             Label::Malicious => &mut check.malicious,
@@ -178,11 +291,29 @@ impl Executor for ReportExecutor {
             answers: now,
             content,
             model_id,
+            p_malicious,
         } = evaluated(current)?;
-        let evaluation = eval::evaluate(&now, &references).map_err(|e| e.to_string())?;
+        let truth: HashMap<&str, Label> = references
+            .iter()
+            .map(|r| (r.sha256.as_str(), r.label))
+            .collect();
+        let scored: Vec<(f64, u8)> = p_malicious
+            .iter()
+            .filter_map(|(sha, p)| Some((*p, truth.get(sha.as_str())?.as_u8())))
+            .collect();
+        let label_scores = LabelScores::of(&scored);
+        let (prompt_summary, summary_reference, references_for_text) =
+            self.reference_view(&cfg, &references)?;
+        let mut evaluation = eval::evaluate(&now, &references).map_err(|e| e.to_string())?;
+        if references_for_text.is_some() {
+            let cut = references_for_text.as_deref().unwrap_or(&references);
+            evaluation.text = eval::evaluate(&now, cut).map_err(|e| e.to_string())?.text;
+        }
+        let training = refs.get("adapter").map(training_summary).transpose()?;
         let (previous, preference) = match refs.get("previous") {
             Some(r) => {
                 let before = evaluated(r)?.answers;
+
                 let cmp = eval::compare(&before, &now, &references).map_err(|e| e.to_string())?;
                 let name = cfg
                     .previous_annotator
@@ -222,6 +353,10 @@ impl Executor for ReportExecutor {
             preference,
             judge_check,
             history,
+            label_scores: Some(label_scores),
+            training,
+            prompt: prompt_summary,
+            summary_reference: Some(summary_reference),
         };
         let mut files = Vec::new();
         let funnel_svg = report.funnel_svg();

@@ -1,7 +1,7 @@
 //! `train`: one task over a labelled split (`labels/` + `scripts/`), which fine-tunes a LoRA
 //! adapter of the base model and writes it in PEFT's layout under `adapter/`, with
 //! `lineage.json` (base model hash, training-set hash, hyperparameters, losses, wall time).
-//! Training checkpoints after every step into a directory on the worker keyed by the task's
+//! Training checkpoints every `checkpoint_every` steps into a directory on the worker keyed by the task's
 //! input and config, so an attempt retried on the same worker resumes where the last one
 //! stopped (bit-identical to an uninterrupted run).
 
@@ -9,15 +9,14 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use automaldesc_common::schema::{CorpusRow, LabelledRow};
-use burn::module::Module;
-use burn::tensor::Device;
 use serde::Deserialize;
 
 use super::{config, model_path, read_task, write_file};
 use crate::executor::{Executor, TaskInput, TaskOutput};
-use crate::runtime::Annotator;
-use crate::train::data::{render, Budget};
-use crate::train::{held_out, train, TrainConfig};
+use crate::train::data::{prepare, Budget, Labelled};
+use crate::train::fit::Trainer;
+use crate::train::metrics::threshold_bias;
+use crate::train::{train_with, TrainConfig, TrainData};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,9 +25,20 @@ pub struct TrainStageConfig {
     pub train: TrainConfig,
     pub prompt_tokens: usize,
     pub answer_tokens: usize,
-    /// Fraction of the scripts held out (by hash) for validation.
+    /// Reference summaries are cut at their last whole sentence within this many tokens.
+    #[serde(default)]
+    pub summary_tokens: Option<usize>,
+    /// Fraction of the scripts held out (stratified by label and language) for validation.
     pub val_fraction: f64,
+    /// The system messages of the annotator and the judge (training and inference must
+    /// agree).
+    #[serde(default)]
+    pub prompt: crate::prompt::PromptStyle,
 }
+
+/// The calibration written beside a trained adapter: the P(malicious) threshold that
+/// balanced the validation classes best, and the label-logit shift that moves it to 0.5.
+pub const CALIBRATION_FILE: &str = "label_calibration.json";
 
 pub struct TrainExecutor;
 
@@ -39,6 +49,7 @@ impl Executor for TrainExecutor {
 
     fn run(&self, task: &TaskInput) -> Result<TaskOutput, String> {
         let cfg: TrainStageConfig = config("train", &task.config_json)?;
+        cfg.train.validate().map_err(|e| format!("train: {e}"))?;
         let started = Instant::now();
         let labels: Vec<LabelledRow> = read_task(task, "/labels/")?;
         let scripts: Vec<CorpusRow> = read_task(task, "/scripts/")?;
@@ -50,36 +61,30 @@ impl Executor for TrainExecutor {
         let model = model_path(&cfg.model)?;
         // Training stays on the CPU backend even in a CUDA build: the LoRA training path has
         // not been checked on CUDA yet (inference stages use the worker's device).
-        let device = Device::flex().autodiff();
-        let mut annotator =
-            Annotator::load(&model, &device).map_err(|e| format!("{}: {e}", model.display()))?;
-        annotator.model = annotator.model.no_grad();
+        let mut trainer = Trainer::load(&model).map_err(|e| format!("{}: {e}", model.display()))?;
+        trainer.annotator.prompt_style = cfg.prompt;
         let budget = Budget {
             prompt: cfg.prompt_tokens,
             answer: cfg.answer_tokens,
+            summary: cfg.summary_tokens,
         };
-        let (mut tr, mut va, mut shas) = (Vec::new(), Vec::new(), Vec::new());
-        let mut sorted: Vec<&LabelledRow> = labels.iter().collect();
-        sorted.sort_by(|a, b| a.sha256.cmp(&b.sha256));
-        for l in sorted {
-            let script = by_sha
-                .get(l.sha256.as_str())
-                .ok_or_else(|| format!("train: label {} has no script", l.sha256))?;
-            let ex = render(
-                &annotator,
-                &script.content,
-                l.language,
-                l.label.as_u8() == 1,
-                &l.summary,
-                budget,
-            );
-            if held_out(&l.sha256, cfg.val_fraction) {
-                va.push(ex);
-            } else {
-                tr.push(ex);
-                shas.push(l.sha256.clone());
-            }
-        }
+        let items = labels
+            .iter()
+            .map(|l| {
+                let script = by_sha
+                    .get(l.sha256.as_str())
+                    .ok_or_else(|| format!("train: label {} has no script", l.sha256))?;
+                Ok(Labelled {
+                    sha256: &l.sha256,
+                    script: &script.content,
+                    language: l.language,
+                    malicious: l.label.as_u8() == 1,
+                    summary: &l.summary,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let data = prepare(&trainer.annotator, &items, budget, cfg.val_fraction)
+            .map_err(|e| format!("train: {e}"))?;
         let key = automaldesc_common::sha256_hex(
             format!("{}|{:?}|{}", task.input_root, task.ranges, task.config_json).as_bytes(),
         );
@@ -95,11 +100,23 @@ impl Executor for TrainExecutor {
                 None,
             ),
         };
+        let caches = trainer
+            .prefix_caches(
+                &cfg.train,
+                &[&data.train, &data.val],
+                Some(&ckpt.join("prefix")),
+            )
+            .map_err(|e| format!("train: {e}"))?;
         let cancel = task.cancel.clone();
-        let trained = train(
-            &annotator.model,
-            &tr,
-            &va,
+        let run = TrainData {
+            train: &data.train,
+            val: &data.val,
+            choices: Some(&trainer.choices),
+            prefix: caches.as_ref().map(|c| (&c[0], &c[1])),
+        };
+        let trained = train_with(
+            &trainer.annotator.model,
+            &run,
             &cfg.train,
             Some(&ckpt),
             &mut |p| {
@@ -113,11 +130,24 @@ impl Executor for TrainExecutor {
                 );
                 !cancel.load(std::sync::atomic::Ordering::Relaxed)
             },
+            &mut |e, _| {
+                tracing::info!(
+                    epoch = e.epoch + 1,
+                    train_loss = e.train_loss,
+                    val_token_loss = e.val.token_loss,
+                    val_label_nll = e.val.label_nll,
+                    val_auc = e.val.auc,
+                    val_balanced_accuracy = e.val.balanced_accuracy,
+                    val_language_accuracy = e.val.language_accuracy,
+                    "epoch scored"
+                );
+            },
         )
         .map_err(|e| format!("train: {e}"))?
         .ok_or("cancelled")?;
+        let annotator = &trainer.annotator;
         let model_sha256 = file_sha256(&model)?;
-        let set_sha256 = automaldesc_common::sha256_hex(shas.join("\n").as_bytes());
+        let set_sha256 = automaldesc_common::sha256_hex(data.train_shas.join("\n").as_bytes());
         let epochs = trained.epochs_from_one();
         let meta = trained.adapter_metadata(&annotator.model_id, &model_sha256, &set_sha256);
         let local = ckpt.join("adapter-out");
@@ -125,6 +155,16 @@ impl Executor for TrainExecutor {
             .adapter
             .save_peft(&local, &annotator.model_id, &meta)
             .map_err(|e| format!("saving the adapter: {e}"))?;
+        let calibration = serde_json::json!({
+            "label_threshold": trained.label_threshold,
+            "label_bias": threshold_bias(trained.label_threshold),
+            "validation_scripts": data.val.len(),
+        });
+        std::fs::write(
+            local.join(CALIBRATION_FILE),
+            serde_json::to_vec_pretty(&calibration).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
         let mut files = Vec::new();
         let mut names: Vec<_> = std::fs::read_dir(&local)
             .map_err(|e| e.to_string())?
@@ -138,18 +178,28 @@ impl Executor for TrainExecutor {
         let lineage = serde_json::json!({
             "base_model": annotator.model_id,
             "base_model_sha256": model_sha256,
-            "training_set": { "input": task.input_root, "examples": tr.len(), "validation": va.len(),
+            "training_set": { "input": task.input_root, "examples": data.train.len(),
+                              "validation": data.val.len(),
                               "sha256_of_script_hashes": set_sha256 },
             "config": cfg.train,
+            "prompt_tokens": cfg.prompt_tokens,
+            "answer_tokens": cfg.answer_tokens,
+            "summary_tokens": cfg.summary_tokens,
+            "prompt_style": cfg.prompt,
+            "system_prompt_tokens": trainer.annotator.system_prompt_tokens(),
+            "targets_cut": data.targets_cut,
+            "summaries_shortened": data.summaries_shortened,
+            "adapted_layers": trained.adapter.adapted_layers(),
             "epochs": epochs,
             "best_epoch": trained.best_epoch + 1,
+            "label_threshold": trained.label_threshold,
             "steps": trained.steps,
             "stopped_early": trained.stopped_early,
             "seconds": started.elapsed().as_secs_f64(),
         });
         let lineage = serde_json::to_vec_pretty(&lineage).map_err(|e| e.to_string())?;
         files.push(write_file(task, "lineage.json", lineage)?);
-        let shas_json = serde_json::to_vec(&shas).map_err(|e| e.to_string())?;
+        let shas_json = serde_json::to_vec(&data.train_shas).map_err(|e| e.to_string())?;
         files.push(write_file(task, "training_set.json", shas_json)?);
         // The outputs are written; a later attempt would train from scratch on purpose.
         let _ = std::fs::remove_dir_all(&ckpt);

@@ -17,9 +17,31 @@ pub struct Batch {
     pub tokens: Vec<u32>,
     pub b: usize,
     pub t: usize,
-    /// Rows (`seq * t + position`) whose next token is scored, and that token.
+    /// Rows (`seq * t + position`) whose next token is scored over the whole vocabulary,
+    /// that token, and the row's loss weight.
     pub rows: Vec<usize>,
     pub targets: Vec<u32>,
+    pub weights: Vec<f32>,
+    /// Rows whose next token is a choice among a few candidates (the language and the
+    /// label of the answer schema): scored over the candidates only, as decoding chooses.
+    pub choices: Vec<ChoiceRow>,
+    /// With a frozen prefix: the residual stream entering block `start`, `[b * t, hidden]`
+    /// row-major (padding rows zero); the blocks below are not run.
+    pub prefix: Option<(usize, Vec<f32>)>,
+}
+
+/// One choice row of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChoiceRow {
+    pub row: usize,
+    /// The candidate token ids; `target` indexes them.
+    pub candidates: Vec<u32>,
+    pub target: usize,
+    pub weight: f32,
+    /// Which sequence of the batch the row belongs to.
+    pub seq: usize,
+    /// The label choice (candidates benign, malicious), where a label head applies.
+    pub is_label: bool,
 }
 
 /// LoRA dropout for one forward pass: the probability and a seed for its masks.
@@ -96,6 +118,16 @@ pub fn hidden_states(
     let c = &model.config;
     let (b, t) = (batch.b, batch.t);
     let device = model.device();
+    let (start, mut x) = match &batch.prefix {
+        Some((start, states)) => (
+            *start,
+            Tensor::<2>::from_data(
+                TensorData::new(states.clone(), [b * t, c.hidden_size]),
+                &device,
+            ),
+        ),
+        None => (0, model.embed_tokens(&batch.tokens)),
+    };
     let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
     let g = nh / nkv;
     let positions: Vec<usize> = (0..b).flat_map(|_| 0..t).collect();
@@ -111,8 +143,7 @@ pub fn hidden_states(
     let ffn = c.intermediate_size;
     let eps = c.rms_norm_eps;
     let rows = b * t;
-    let mut x = model.embed_tokens(&batch.tokens);
-    for (layer, block) in model.blocks.iter().enumerate() {
+    for (layer, block) in model.blocks.iter().enumerate().skip(start) {
         let lora_l = lora.map(|l| (l, layer));
         let salt = (layer as u64) << 8;
         let h = rms_norm(x.clone(), &block.attn_norm.val(), eps);
@@ -185,23 +216,127 @@ pub fn hidden_states(
     rms_norm(x, &model.norm.val(), eps)
 }
 
-/// Log-probabilities `[rows.len()]` of the batch's targets.
+/// Log-probabilities `[rows.len()]` of the batch's vocabulary-wide targets.
 pub fn target_log_probs(
     model: &Llama,
     batch: &Batch,
     lora: Option<&LoraTensors>,
     dropout: Option<Dropout>,
 ) -> Tensor<1> {
-    let device = model.device();
     let hidden = hidden_states(model, batch, lora, dropout);
+    vocab_log_probs(model, &hidden, batch)
+}
+
+fn index_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    let v: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let n = v.len();
+    Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
+}
+
+fn vocab_log_probs(model: &Llama, hidden: &Tensor<2>, batch: &Batch) -> Tensor<1> {
+    let device = hidden.device();
     let n = batch.rows.len();
-    let rows: Vec<i64> = batch.rows.iter().map(|&r| r as i64).collect();
-    let picked = hidden.select(
-        0,
-        Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device),
-    );
+    let picked = hidden.clone().select(0, index_tensor(&batch.rows, &device));
     let logp = log_softmax(model.logits(picked), 1); // [n, vocab]
     let targets: Vec<i64> = batch.targets.iter().map(|&t| i64::from(t)).collect();
     let idx = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
     logp.gather(1, idx).reshape([n])
+}
+
+/// What one forward pass scores.
+pub struct Scored {
+    /// Log-probabilities of the vocabulary-wide targets, `[rows]`.
+    pub vocab: Option<Tensor<1>>,
+    /// Per choice row (in `Batch::choices` order): log-probabilities over its candidates.
+    pub choices: Vec<Tensor<1>>,
+}
+
+impl Scored {
+    /// The weighted negative log-likelihood summed over the batch (divide by the step's
+    /// total weight for the weighted mean).
+    pub fn weighted_nll(&self, batch: &Batch) -> Option<Tensor<1>> {
+        let device = self
+            .choices
+            .first()
+            .map(|c| c.device())
+            .or_else(|| self.vocab.as_ref().map(|v| v.device()))?;
+        let mut total: Option<Tensor<1>> = None;
+        let mut add = |t: Tensor<1>| {
+            total = Some(match total.take() {
+                Some(acc) => acc + t,
+                None => t,
+            })
+        };
+        if let Some(v) = &self.vocab {
+            let n = batch.weights.len();
+            let w = Tensor::<1>::from_data(TensorData::new(batch.weights.clone(), [n]), &device);
+            add((v.clone() * w).sum().neg());
+        }
+        for (c, row) in self.choices.iter().zip(&batch.choices) {
+            if row.weight != 0.0 {
+                add(c.clone().narrow(0, row.target, 1).mul_scalar(-row.weight));
+            }
+        }
+        total
+    }
+}
+
+/// The label head's shift of the malicious logit for hidden states `h` `[m, hidden]`:
+/// `h · w + b` with `head = [w, b]`, `[m]`.
+pub fn label_head_logit(h: Tensor<2>, head: Tensor<1>) -> Tensor<1> {
+    let [m, hidden] = h.dims();
+    let w = head.clone().narrow(0, 0, hidden).reshape([hidden, 1]);
+    let b = head.narrow(0, hidden, 1);
+    h.matmul(w).reshape([m]) + b
+}
+
+/// The language head's shifts of the five language logits for hidden states `h`
+/// `[m, hidden]`: `h · w_l + b_l` with `head` `[5, hidden + 1]`, `[m, 5]`.
+pub fn language_head_logits(h: Tensor<2>, head: Tensor<2>) -> Tensor<2> {
+    let [m, hidden] = h.dims();
+    let w = head.clone().narrow(1, 0, hidden).transpose(); // [hidden, 5]
+    let b = head.narrow(1, hidden, 1).reshape([1, 5]);
+    h.matmul(w) + b.expand([m, 5])
+}
+
+/// Scores a batch: vocabulary-wide targets, and each choice row over its candidates (the
+/// label's with the label head's shift, when the adapter has one).
+pub fn score(
+    model: &Llama,
+    batch: &Batch,
+    lora: Option<&LoraTensors>,
+    dropout: Option<Dropout>,
+) -> Scored {
+    let hidden = hidden_states(model, batch, lora, dropout);
+    let vocab = (!batch.rows.is_empty()).then(|| vocab_log_probs(model, &hidden, batch));
+    let device = hidden.device();
+    let mut choices = Vec::with_capacity(batch.choices.len());
+    if !batch.choices.is_empty() {
+        let rows: Vec<usize> = batch.choices.iter().map(|c| c.row).collect();
+        let h = hidden.select(0, index_tensor(&rows, &device)); // [m, hidden]
+        let head = lora
+            .and_then(|l| l.label_head.clone())
+            .map(|w| label_head_logit(h.clone(), w));
+        let lang_head = lora
+            .and_then(|l| l.language_head.clone())
+            .map(|w| language_head_logits(h.clone(), w)); // [m, 5]
+        let logits = model.logits(h); // [m, vocab]
+        for (i, c) in batch.choices.iter().enumerate() {
+            let cand: Vec<usize> = c.candidates.iter().map(|&x| x as usize).collect();
+            let row = logits.clone().narrow(0, i, 1).reshape([logits.dims()[1]]);
+            let mut picked = row.select(0, index_tensor(&cand, &device));
+            if let (Some(d), true, 2) = (&head, c.is_label, cand.len()) {
+                let shift = Tensor::cat(
+                    vec![Tensor::zeros([1], &device), d.clone().narrow(0, i, 1)],
+                    0,
+                );
+                picked = picked + shift;
+            }
+            if let (Some(d), false, 5) = (&lang_head, c.is_label, cand.len()) {
+                picked = picked + d.clone().narrow(0, i, 1).reshape([5]);
+            }
+            choices.push(log_softmax(picked.reshape([1, cand.len()]), 1).reshape([cand.len()]));
+        }
+    }
+    Scored { vocab, choices }
 }

@@ -98,6 +98,66 @@ impl Proj {
     }
 }
 
+/// Which decoder blocks carry adapters: `"all"`, `"top:K"` (the last K blocks) or an
+/// explicit list of block indices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LayerSet {
+    Named(String),
+    List(Vec<usize>),
+}
+
+impl Default for LayerSet {
+    fn default() -> Self {
+        LayerSet::Named("all".into())
+    }
+}
+
+impl LayerSet {
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    pub fn top(k: usize) -> Self {
+        LayerSet::Named(format!("top:{k}"))
+    }
+
+    /// The adapted block indices, ascending, for a model of `num_layers` blocks; an error
+    /// (naming the `layers` key) for `top:0`, an index the model lacks, or an unknown name.
+    pub fn resolve(&self, num_layers: usize) -> Result<Vec<usize>, AdapterError> {
+        let bad = |why: String| AdapterError::Invalid(format!("`layers`: {why}"));
+        let mut out = match self {
+            LayerSet::Named(s) if s == "all" => (0..num_layers).collect(),
+            LayerSet::Named(s) => {
+                let k: usize = s
+                    .strip_prefix("top:")
+                    .and_then(|k| k.parse().ok())
+                    .ok_or_else(|| bad(format!("{s:?} is not \"all\", \"top:K\" or a list")))?;
+                if k == 0 {
+                    return Err(bad(format!("{s:?} needs K of at least 1")));
+                }
+                // The top K blocks, or all of them on a model with fewer.
+                (num_layers.saturating_sub(k)..num_layers).collect()
+            }
+            LayerSet::List(v) => {
+                if let Some(l) = v.iter().find(|&&l| l >= num_layers) {
+                    return Err(bad(format!(
+                        "block {l} does not exist (the model has {num_layers}: 0..={})",
+                        num_layers - 1
+                    )));
+                }
+                v.clone()
+            }
+        };
+        out.sort_unstable();
+        out.dedup();
+        if out.is_empty() {
+            return Err(bad("the list is empty".into()));
+        }
+        Ok(out)
+    }
+}
+
 /// Adapter hyperparameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,6 +166,18 @@ pub struct LoraConfig {
     pub alpha: f32,
     pub dropout: f32,
     pub targets: Vec<Proj>,
+    /// The blocks that carry adapters (default: all).
+    #[serde(default)]
+    pub layers: LayerSet,
+    /// A label head: a linear readout of the final hidden state added to the malicious
+    /// label's logit at the label choice only (what a linear probe does), trained with the
+    /// adapters and kept beside them (`label_head.safetensors`).
+    #[serde(default)]
+    pub label_head: bool,
+    /// A language head: one readout per language added to its logit at the language choice
+    /// (one language against the rest), refitted at every epoch's end; kept in the same file.
+    #[serde(default)]
+    pub language_head: bool,
 }
 
 impl LoraConfig {
@@ -116,6 +188,9 @@ impl LoraConfig {
             alpha: 16.0,
             dropout: 0.05,
             targets: Proj::ALL.to_vec(),
+            layers: LayerSet::all(),
+            label_head: false,
+            language_head: false,
         }
     }
 
@@ -126,6 +201,9 @@ impl LoraConfig {
             alpha: 32.0,
             dropout: 0.1,
             targets: Proj::ALL.to_vec(),
+            layers: LayerSet::all(),
+            label_head: false,
+            language_head: false,
         }
     }
 
@@ -149,7 +227,15 @@ pub struct LoraPair {
 pub struct LoraWeights {
     pub config: LoraConfig,
     pub layers: Vec<Vec<LoraPair>>,
+    /// The label head's weights (`hidden` values) and bias, when the config has one.
+    pub label_head: Option<Vec<f32>>,
+    /// The language head: per language (in `Language::ALL` order) `hidden` weights and a
+    /// bias. Refitted, not trained by gradient: not part of [`LoraWeights::flatten`].
+    pub language_head: Option<Vec<f32>>,
 }
+
+/// File of the label head in an adapter directory (PEFT ignores it).
+pub const LABEL_HEAD_FILE: &str = "label_head.safetensors";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
@@ -194,15 +280,23 @@ struct PeftConfig {
     base_model_name_or_path: Option<String>,
     #[serde(default)]
     inference_mode: bool,
+    /// The adapted blocks; absent or null means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layers_to_transform: Option<serde_json::Value>,
 }
 
 impl LoraWeights {
-    /// A fresh adapter: `A` uniform in ±1/√in from `seed`, `B` zero.
-    pub fn init(config: &LoraConfig, model: &LlamaConfig, seed: u64) -> Self {
+    /// A fresh adapter: `A` uniform in ±1/√in from `seed`, `B` zero. Blocks outside
+    /// `config.layers` get no pairs.
+    pub fn init(config: &LoraConfig, model: &LlamaConfig, seed: u64) -> Result<Self, AdapterError> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let r = config.rank;
+        let adapted = config.layers.resolve(model.num_layers)?;
         let layers = (0..model.num_layers)
-            .map(|_| {
+            .map(|l| {
+                if !adapted.contains(&l) {
+                    return Vec::new();
+                }
                 config
                     .targets
                     .iter()
@@ -222,14 +316,34 @@ impl LoraWeights {
                     .collect()
             })
             .collect();
-        Self {
+        Ok(Self {
             config: config.clone(),
             layers,
-        }
+            label_head: config.label_head.then(|| vec![0.0; model.hidden_size + 1]),
+            language_head: config
+                .language_head
+                .then(|| vec![0.0; 5 * (model.hidden_size + 1)]),
+        })
+    }
+
+    /// The lowest block that carries an adapter (the blocks below it are frozen as a whole).
+    pub fn first_adapted_layer(&self) -> usize {
+        self.layers
+            .iter()
+            .position(|pairs| !pairs.is_empty())
+            .unwrap_or(self.layers.len())
+    }
+
+    /// The adapted block indices.
+    pub fn adapted_layers(&self) -> Vec<usize> {
+        (0..self.layers.len())
+            .filter(|&l| !self.layers[l].is_empty())
+            .collect()
     }
 
     pub fn num_params(&self) -> usize {
-        self.pairs().map(|p| p.a.len() + p.b.len()).sum()
+        self.pairs().map(|p| p.a.len() + p.b.len()).sum::<usize>()
+            + self.label_head.as_ref().map_or(0, Vec::len)
     }
 
     pub fn pairs(&self) -> impl Iterator<Item = &LoraPair> {
@@ -247,6 +361,9 @@ impl LoraWeights {
             out.extend_from_slice(&p.a);
             out.extend_from_slice(&p.b);
         }
+        if let Some(h) = &self.label_head {
+            out.extend_from_slice(h);
+        }
         out
     }
 
@@ -259,6 +376,10 @@ impl LoraWeights {
             p.a.copy_from_slice(&flat[at..at + na]);
             p.b.copy_from_slice(&flat[at + na..at + na + nb]);
             at += na + nb;
+        }
+        if let Some(h) = &mut self.label_head {
+            let n = h.len();
+            h.copy_from_slice(&flat[at..at + n]);
         }
     }
 
@@ -274,6 +395,18 @@ impl LoraWeights {
             }
         };
         LoraTensors {
+            language_head: self.language_head.as_ref().map(|h| {
+                let rows = h.len() / 5;
+                Tensor::<2>::from_data(TensorData::new(h.clone(), [5, rows]), device)
+            }),
+            label_head: self.label_head.as_ref().map(|h| {
+                let t = Tensor::<1>::from_data(TensorData::new(h.clone(), [h.len()]), device);
+                if trainable {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            }),
             scale: self.config.scale(),
             layers: self
                 .layers
@@ -368,6 +501,8 @@ impl LoraWeights {
             use_dora: false,
             base_model_name_or_path: Some(base_model.into()),
             inference_mode: true,
+            layers_to_transform: (self.adapted_layers().len() != self.layers.len())
+                .then(|| serde_json::json!(self.adapted_layers())),
         };
         let path = dir.join("adapter_config.json");
         let text = serde_json::to_string_pretty(&config)
@@ -394,6 +529,26 @@ impl LoraWeights {
             .map(|(n, s, d)| (n.clone(), s.clone(), d.as_slice()))
             .collect();
         write_f32(&dir.join("adapter_model.safetensors"), &tensors, metadata)?;
+        let mut heads: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+        if let Some(h) = &self.label_head {
+            let hidden = h.len() - 1;
+            heads.push(("weight".into(), vec![hidden], h[..hidden].to_vec()));
+            heads.push(("bias".into(), vec![1], h[hidden..].to_vec()));
+        }
+        if let Some(h) = &self.language_head {
+            let row = h.len() / 5;
+            let weights: Vec<f32> = h.chunks(row).flat_map(|r| r[..row - 1].to_vec()).collect();
+            let biases: Vec<f32> = h.chunks(row).map(|r| r[row - 1]).collect();
+            heads.push(("language_weight".into(), vec![5, row - 1], weights));
+            heads.push(("language_bias".into(), vec![5], biases));
+        }
+        if !heads.is_empty() {
+            let views: Vec<(String, Vec<usize>, &[f32])> = heads
+                .iter()
+                .map(|(n, s, d)| (n.clone(), s.clone(), d.as_slice()))
+                .collect();
+            write_f32(&dir.join(LABEL_HEAD_FILE), &views, &BTreeMap::new())?;
+        }
         Ok(())
     }
 
@@ -442,17 +597,47 @@ impl LoraWeights {
             targets.push(p);
         }
         targets.sort();
+        let layer_set = match &cfg.layers_to_transform {
+            None | Some(serde_json::Value::Null) => LayerSet::all(),
+            Some(serde_json::Value::Number(n)) => LayerSet::List(vec![n
+                .as_u64()
+                .ok_or_else(|| AdapterError::Invalid(format!("layers_to_transform {n}")))?
+                as usize]),
+            Some(serde_json::Value::Array(v)) => LayerSet::List(
+                v.iter()
+                    .map(|x| x.as_u64().map(|x| x as usize))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        AdapterError::Invalid(
+                            "layers_to_transform is not a list of block indices".into(),
+                        )
+                    })?,
+            ),
+            Some(other) => {
+                return Err(AdapterError::Invalid(format!(
+                    "layers_to_transform {other} is not a block index or a list of them"
+                )))
+            }
+        };
+        let adapted = layer_set.resolve(model.num_layers)?;
         let config = LoraConfig {
             rank: cfg.r,
             alpha: cfg.lora_alpha,
             dropout: cfg.lora_dropout,
             targets,
+            layers: layer_set,
+            label_head: false,
+            language_head: false,
         };
         let st = SafeTensors::open(&dir.join("adapter_model.safetensors"))?;
         let r = config.rank;
         let mut layers = Vec::new();
         for l in 0..model.num_layers {
             let mut pairs = Vec::new();
+            if !adapted.contains(&l) {
+                layers.push(pairs);
+                continue;
+            }
             for &proj in &config.targets {
                 let (inp, out) = proj.dims(model);
                 let read = |which: &str, shape: [usize; 2]| -> Result<Vec<f32>, AdapterError> {
@@ -480,8 +665,63 @@ impl LoraWeights {
             }
             layers.push(pairs);
         }
-        Ok(Self { config, layers })
+        let head_path = dir.join(LABEL_HEAD_FILE);
+        let (label_head, language_head) = if head_path.exists() {
+            read_heads(&head_path, model.hidden_size)?
+        } else {
+            (None, None)
+        };
+        let config = LoraConfig {
+            label_head: label_head.is_some(),
+            language_head: language_head.is_some(),
+            ..config
+        };
+        Ok(Self {
+            config,
+            layers,
+            label_head,
+            language_head,
+        })
     }
+}
+
+/// The heads in a `label_head.safetensors`: the label head (`weight` `[hidden]`, `bias`
+/// `[1]`) and the language head (`language_weight` `[5, hidden]`, `language_bias` `[5]`),
+/// each optional, as the flat layouts [`LoraWeights`] keeps.
+#[allow(clippy::type_complexity)]
+fn read_heads(
+    path: &Path,
+    hidden: usize,
+) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>), AdapterError> {
+    let st = SafeTensors::open(path)?;
+    let bad = |what: &str| AdapterError::Invalid(format!("{}: {what}", path.display()));
+    let label = match (st.to_f32("weight"), st.to_f32("bias")) {
+        (Some(w), Some(b)) if w.len() == hidden && b.len() == 1 => Some([w, b].concat()),
+        (None, None) => None,
+        _ => {
+            return Err(bad(&format!(
+                "`weight` must hold {hidden} values and `bias` one"
+            )))
+        }
+    };
+    let language = match (st.to_f32("language_weight"), st.to_f32("language_bias")) {
+        (Some(w), Some(b)) if w.len() == 5 * hidden && b.len() == 5 => Some(
+            (0..5)
+                .flat_map(|l| {
+                    let mut row = w[l * hidden..(l + 1) * hidden].to_vec();
+                    row.push(b[l]);
+                    row
+                })
+                .collect(),
+        ),
+        (None, None) => None,
+        _ => {
+            return Err(bad(&format!(
+                "`language_weight` must be [5, {hidden}] and `language_bias` [5]"
+            )))
+        }
+    };
+    Ok((label, language))
 }
 
 /// `[rows, cols]` row-major to `[cols, rows]`.
@@ -499,6 +739,10 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 pub struct LoraTensors {
     pub scale: f32,
     pub layers: Vec<Vec<(Proj, Tensor<2>, Tensor<2>)>>,
+    /// The label head `[hidden + 1]` (weights, then the bias).
+    pub label_head: Option<Tensor<1>>,
+    /// The language head `[5, hidden + 1]` (not trained by gradient).
+    pub language_head: Option<Tensor<2>>,
 }
 
 impl LoraTensors {
@@ -518,6 +762,17 @@ impl LoraTensors {
                     // An unused adapter gets a zero gradient.
                     None => out.extend(std::iter::repeat_n(0.0, n)),
                 }
+            }
+        }
+        if let Some(h) = &self.label_head {
+            match h.grad(grads) {
+                Some(g) => out.extend(
+                    g.into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .expect("f32 gradient"),
+                ),
+                None => out.extend(std::iter::repeat_n(0.0, h.dims()[0])),
             }
         }
         out

@@ -1,49 +1,106 @@
 //! Supervised fine-tuning of the annotator with LoRA adapters.
 //!
-//! - An [`Example`] is a prompt and the answer tokens after it; the loss is the mean
-//!   negative log-likelihood of the answer tokens only.
-//! - Micro-batches are built by length: examples sorted by length are cut into batches of at
-//!   most `batch_tokens` padded tokens, and the order of the batches is shuffled per epoch
-//!   from the seed. `grad_accum` micro-batches make one optimizer step; their gradients
-//!   are weighted so the step's loss is the mean over all its answer tokens.
-//! - AdamW ([`optim`]) with linear warmup and decay. After every epoch the validation loss
-//!   is measured; the best epoch's adapter is kept, and training stops after `patience`
-//!   epochs without improvement.
+//! - An [`Example`] is a prompt and the answer tokens after it, each answer token with its
+//!   role in the answer schema ([`TokenRole`]). The loss is a weighted mean of negative
+//!   log-likelihoods: summary tokens over the vocabulary with weight 1, the language and
+//!   the label over their few candidates (as constrained decoding chooses them) with
+//!   `language_weight` and `label_weight` (the latter scaled per class by inverse class
+//!   frequency), and tokens decoding forces anyway not at all.
+//! - Micro-batches ([`batch`]) interleave the classes and group similar lengths; `grad_accum`
+//!   micro-batches make one optimizer step, normalised by the step's total weight.
+//! - AdamW ([`optim`]) with linear warmup and decay. After every epoch the train and
+//!   validation splits are scored ([`metrics`]: token loss, label NLL, accuracy, balanced
+//!   accuracy, AUC, language accuracy); the best epoch is the one with the lowest validation
+//!   label NLL (token loss when there are no labels, and to break ties), its adapter is kept
+//!   with the label threshold that balances the validation classes best, and training stops
+//!   after `patience` epochs without improvement.
+//! - LoRA on a subset of blocks ([`lora::LayerSet`]): the blocks below the lowest adapted one
+//!   run once per example on the inference path ([`prefix`]), not in every epoch.
 //! - With a checkpoint directory, the whole state (adapter, optimizer moments, position in
-//!   the epoch, history, best adapter) is written after every step as one file, replaced
-//!   atomically (written, synced, renamed). Training
+//!   the epoch, history, best adapter) is written every `checkpoint_every` steps and at
+//!   every epoch's end as one file, replaced atomically (written, synced, renamed). Training
 //!   started again on it continues exactly where it stopped: the data order is a function of
 //!   the seed and the epoch, and the dropout masks of the seed and the step.
 
+pub mod batch;
+mod checkpoint;
 pub mod data;
+pub mod fit;
 pub mod forward;
+pub mod head_fit;
+mod heads;
+pub mod label_eval;
 pub mod lora;
+pub mod metrics;
 pub mod optim;
+pub mod prefix;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Llama;
-use crate::safetensors::{read_metadata, write_f32, SafeTensors};
-use forward::{target_log_probs, Batch, Dropout};
+pub use batch::{make_batch, micro_batches, Weights};
+use checkpoint::{load_checkpoint, save_checkpoint};
+use forward::{score, Dropout};
 use lora::{AdapterError, LoraConfig, LoraWeights};
+use metrics::{calibrated_threshold, SplitMetrics, Tally};
 use optim::{learning_rate, AdamW};
+use prefix::PrefixCache;
+
+/// What an answer token is to the constrained decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TokenRole {
+    /// Chosen from the whole vocabulary (summary text and its closing quote).
+    Free,
+    /// Forced by the schema (key names, punctuation, the end of the turn): never trained.
+    Forced,
+    /// The first token of the language name: a choice among five (`Language::ALL` index).
+    Language(u8),
+    /// The label digit: a choice between two (1 = malicious).
+    Label(u8),
+}
+
+/// The candidate tokens of the two choices of the answer schema.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChoiceIds {
+    /// First tokens of the five language names, in `Language::ALL` order.
+    pub language: Vec<u32>,
+    /// The digits 0 and 1.
+    pub label: Vec<u32>,
+}
 
 /// One supervised example: the loss covers `target` only.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Example {
     pub prompt: Vec<u32>,
     pub target: Vec<u32>,
+    /// The role of each target token; empty means every token is free.
+    #[serde(default)]
+    pub roles: Vec<TokenRole>,
 }
 
 impl Example {
+    /// An example whose target tokens are all free (plain language modelling).
+    pub fn plain(prompt: Vec<u32>, target: Vec<u32>) -> Self {
+        Self {
+            prompt,
+            target,
+            roles: Vec::new(),
+        }
+    }
+
     fn len(&self) -> usize {
         self.prompt.len() + self.target.len()
+    }
+
+    /// The reference label, when the target holds one.
+    pub fn label(&self) -> Option<u8> {
+        self.roles.iter().find_map(|r| match r {
+            TokenRole::Label(l) => Some(*l),
+            _ => None,
+        })
     }
 }
 
@@ -60,9 +117,38 @@ pub struct TrainConfig {
     pub batch_tokens: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: u32,
-    /// Epochs without a better validation loss before stopping.
+    /// Epochs without a better validation score before stopping.
     pub patience: u32,
     pub seed: u64,
+    /// Loss weight of the label choice (a summary token weighs 1).
+    #[serde(default = "one")]
+    pub label_weight: f32,
+    /// Loss weight of the language choice.
+    #[serde(default = "one")]
+    pub language_weight: f32,
+    /// Scale the label weight per class by inverse class frequency.
+    #[serde(default = "yes")]
+    pub balance_classes: bool,
+    /// Optimizer steps between checkpoints (the end of every epoch is always one).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Bytes of frozen-prefix states kept in memory before spilling to the checkpoint
+    /// directory.
+    #[serde(default = "default_prefix_cache_bytes")]
+    pub prefix_cache_bytes: usize,
+}
+
+fn one() -> f32 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+fn default_checkpoint_every() -> u64 {
+    25
+}
+fn default_prefix_cache_bytes() -> usize {
+    4 << 30
 }
 
 impl TrainConfig {
@@ -79,16 +165,61 @@ impl TrainConfig {
             grad_accum: 1,
             patience: 1,
             seed: 0,
+            label_weight: 1.0,
+            language_weight: 1.0,
+            balance_classes: true,
+            checkpoint_every: default_checkpoint_every(),
+            prefix_cache_bytes: default_prefix_cache_bytes(),
         }
+    }
+
+    /// Refuses settings that cannot train, naming the key.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |k: &str, why: &str| Err(TrainError::Config(format!("`{k}` {why}")));
+        if !(self.label_weight > 0.0 && self.label_weight.is_finite()) {
+            return bad(
+                "label_weight",
+                &format!("must be a positive number, got {}", self.label_weight),
+            );
+        }
+        if !(self.language_weight >= 0.0 && self.language_weight.is_finite()) {
+            return bad(
+                "language_weight",
+                &format!("must be zero or positive, got {}", self.language_weight),
+            );
+        }
+        if self.lora.rank == 0 {
+            return bad("rank", "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.lora.dropout) {
+            return bad("dropout", "must be in [0, 1)");
+        }
+        if !(self.learning_rate > 0.0) {
+            return bad("learning_rate", "must be positive");
+        }
+        if self.epochs == 0 {
+            return bad("epochs", "must be at least 1");
+        }
+        if self.checkpoint_every == 0 {
+            return bad("checkpoint_every", "must be at least 1 step");
+        }
+        Ok(())
     }
 }
 
-/// Losses of one epoch.
+/// Scores of one epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochLoss {
     pub epoch: u32,
+    /// Weighted training loss (the objective), mean over the epoch's steps.
     pub train_loss: f64,
+    /// Validation token loss (the summary tokens' mean NLL).
     pub val_loss: f64,
+    /// The training split as seen by the epoch's steps (with dropout).
+    #[serde(default)]
+    pub train: SplitMetrics,
+    #[serde(default)]
+    pub val: SplitMetrics,
 }
 
 /// Reported after every optimizer step.
@@ -111,6 +242,10 @@ pub enum TrainError {
     NoData,
     #[error("example {0} has no target tokens")]
     EmptyTarget(usize),
+    #[error("the training set holds one class only ({0}): the label cannot be learnt")]
+    OneClass(&'static str),
+    #[error("training config: {0}")]
+    Config(String),
     #[error(transparent)]
     Adapter(#[from] AdapterError),
     #[error("checkpoint {path}: {reason}")]
@@ -131,25 +266,73 @@ struct State {
     /// Sum of the step losses of the current epoch, and their count.
     epoch_loss_sum: f64,
     epoch_steps: u64,
-    best: Option<(u32, f64)>,
+    /// The current epoch's training scores so far.
+    #[serde(default)]
+    tally: TallyState,
+    /// The best epoch and its selection key (label NLL, token loss).
+    best: Option<(u32, f64, f64)>,
+    #[serde(default)]
+    best_threshold: Option<f64>,
     epochs_without_improvement: u32,
     finished: bool,
+}
+
+/// [`Tally`] in a form the checkpoint keeps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct TallyState {
+    scripts: usize,
+    token_nll: f64,
+    tokens: usize,
+    labels: Vec<(f64, u8)>,
+    languages_right: usize,
+    languages: usize,
+}
+
+impl TallyState {
+    fn from_tally(t: &Tally) -> Self {
+        Self {
+            scripts: t.scripts,
+            token_nll: t.token_nll,
+            tokens: t.tokens,
+            labels: t.labels.iter().map(|s| (s.p, s.label)).collect(),
+            languages_right: t.languages_right,
+            languages: t.languages,
+        }
+    }
+
+    fn to_tally(&self) -> Tally {
+        Tally {
+            scripts: self.scripts,
+            token_nll: self.token_nll,
+            tokens: self.tokens,
+            labels: self
+                .labels
+                .iter()
+                .map(|&(p, label)| metrics::Scored { p, label })
+                .collect(),
+            languages_right: self.languages_right,
+            languages: self.languages,
+        }
+    }
 }
 
 /// What training produced.
 #[derive(Clone, Debug)]
 pub struct Trained {
-    /// The adapter of the best epoch (by validation loss).
+    /// The adapter of the best epoch.
     pub adapter: LoraWeights,
     pub best_epoch: u32,
     pub history: Vec<EpochLoss>,
     pub steps: u64,
     /// True when the run ended before its last epoch because validation stopped improving.
     pub stopped_early: bool,
+    /// The P(malicious) threshold that balances the validation classes best at the best
+    /// epoch (0.5 without labels or without both classes in validation).
+    pub label_threshold: f64,
 }
 
 impl Trained {
-    /// The per-epoch losses with epochs numbered from 1, as everything a person reads shows
+    /// The per-epoch scores with epochs numbered from 1, as everything a person reads shows
     /// them (lineage, metadata, progress).
     pub fn epochs_from_one(&self) -> Vec<EpochLoss> {
         self.history
@@ -173,6 +356,7 @@ impl Trained {
             ("base_model_sha256", base_model_sha256.to_string()),
             ("training_set_sha256", training_set_sha256.to_string()),
             ("best_epoch", (self.best_epoch + 1).to_string()),
+            ("label_threshold", format!("{}", self.label_threshold)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -187,6 +371,37 @@ pub fn held_out(sha256: &str, fraction: f64) -> bool {
     ((h % 10_000) as f64 / 10_000.0) < fraction
 }
 
+/// A validation hold-out stratified by `strata` (label and language, say): in each stratum
+/// the scripts whose hashes come first in a hash-of-hash order, `round(fraction * n)` of
+/// them, and at least `min_total` over all when the set allows (30 for 300 scripts or more).
+/// Returns one flag per item: true = held out.
+pub fn stratified_hold_out(items: &[(&str, String)], fraction: f64, min_total: usize) -> Vec<bool> {
+    use std::collections::BTreeMap;
+    let mut strata: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, (_, s)) in items.iter().enumerate() {
+        strata.entry(s.as_str()).or_default().push(i);
+    }
+    let key = |i: usize| automaldesc_common::sha256_hex(items[i].0.as_bytes());
+    let total = items.len();
+    let want = ((fraction * total as f64).round() as usize).max(min_total.min(total / 10));
+    let fraction = if total == 0 {
+        0.0
+    } else {
+        want as f64 / total as f64
+    };
+    let mut out = vec![false; total];
+    for members in strata.values_mut() {
+        members.sort_by_key(|&i| key(i));
+        let k = (fraction * members.len() as f64).round() as usize;
+        // A stratum of one stays in training, where it is the only example of its kind.
+        let k = k.min(members.len().saturating_sub(1));
+        for &i in members.iter().take(k) {
+            out[i] = true;
+        }
+    }
+    out
+}
+
 fn data_hash(train: &[Example], val: &[Example]) -> String {
     let mut bytes = Vec::new();
     for (tag, set) in [(b'T', train), (b'V', val)] {
@@ -198,176 +413,114 @@ fn data_hash(train: &[Example], val: &[Example]) -> String {
                     bytes.extend_from_slice(&t.to_le_bytes());
                 }
             }
+            if !e.roles.is_empty() {
+                bytes.extend_from_slice(
+                    serde_json::to_string(&e.roles)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                );
+            }
         }
     }
     automaldesc_common::sha256_hex(&bytes)
 }
 
-/// Micro-batches of one epoch (indices into `examples`): by length, at most `budget`
-/// padded tokens each, in an order shuffled from `seed` and `epoch` (`None`: in order).
-pub fn micro_batches(
-    examples: &[Example],
-    budget: usize,
-    shuffle: Option<(u64, u32)>,
-) -> Vec<Vec<usize>> {
-    let mut idx: Vec<usize> = (0..examples.len()).collect();
-    idx.sort_by_key(|&i| (examples[i].len(), i));
-    let mut out: Vec<Vec<usize>> = Vec::new();
-    let mut cur: Vec<usize> = Vec::new();
-    for i in idx {
-        let len = examples[i].len();
-        if !cur.is_empty() && (cur.len() + 1) * len > budget {
-            out.push(std::mem::take(&mut cur));
+/// Adds one scored batch to a tally: free-token NLL, label probabilities, language hits.
+fn tally_batch(
+    tally: &mut Tally,
+    batch: &forward::Batch,
+    scored: &forward::Scored,
+    choices: Option<&ChoiceIds>,
+) {
+    tally.scripts += batch.b;
+    if let Some(v) = &scored.vocab {
+        let vals = to_vec(v.clone());
+        tally.token_nll -= vals.iter().map(|&x| f64::from(x)).sum::<f64>();
+        tally.tokens += vals.len();
+    }
+    let Some(c) = choices else { return };
+    for (row, logp) in batch.choices.iter().zip(&scored.choices) {
+        let lp = to_vec(logp.clone());
+        if row.candidates == c.label && lp.len() == 2 {
+            tally.labels.push(metrics::Scored {
+                p: f64::from(lp[1]).exp(),
+                label: row.target as u8,
+            });
+        } else if row.candidates == c.language {
+            let best = (0..lp.len()).max_by(|&a, &b| lp[a].total_cmp(&lp[b]));
+            tally.languages += 1;
+            tally.languages_right += usize::from(best == Some(row.target));
         }
-        cur.push(i);
     }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    if let Some((seed, epoch)) = shuffle {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (u64::from(epoch) << 32));
-        out.shuffle(&mut rng);
-    }
-    out
 }
 
-/// The padded batch of the listed examples: each sequence is prompt ++ target, and the row
-/// of every token before a target token is scored against it.
-pub fn make_batch(examples: &[Example], idx: &[usize]) -> Batch {
-    let t = idx
-        .iter()
-        .map(|&i| examples[i].len() - 1)
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let b = idx.len();
-    let mut tokens = vec![0u32; b * t];
-    let (mut rows, mut targets) = (Vec::new(), Vec::new());
-    for (s, &i) in idx.iter().enumerate() {
-        let e = &examples[i];
-        let seq: Vec<u32> = e.prompt.iter().chain(&e.target).copied().collect();
-        let n = seq.len() - 1;
-        tokens[s * t..s * t + n].copy_from_slice(&seq[..n]);
-        for p in e.prompt.len() - 1..n {
-            rows.push(s * t + p);
-            targets.push(seq[p + 1]);
-        }
+fn to_vec(t: burn::tensor::Tensor<1>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// Scores `examples` under the model with `adapter` (no dropout, no gradients).
+pub fn evaluate(
+    model: &Llama,
+    examples: &[Example],
+    adapter: Option<&LoraWeights>,
+    budget: usize,
+    choices: Option<&ChoiceIds>,
+    prefix: Option<&PrefixCache>,
+) -> Result<SplitMetrics, TrainError> {
+    Ok(evaluate_scores(model, examples, adapter, budget, choices, prefix)?.metrics())
+}
+
+/// [`evaluate`], keeping every example's label probability.
+pub fn evaluate_scores(
+    model: &Llama,
+    examples: &[Example],
+    adapter: Option<&LoraWeights>,
+    budget: usize,
+    choices: Option<&ChoiceIds>,
+    prefix: Option<&PrefixCache>,
+) -> Result<Tally, TrainError> {
+    let device = model.device();
+    let tensors = adapter.map(|a| a.tensors(&device, false));
+    let mut tally = Tally::default();
+    let weights = Weights::uniform();
+    for mb in micro_batches(examples, budget, None) {
+        let batch = make_batch(examples, &mb, choices, &weights, prefix)?;
+        let scored = score(model, &batch, tensors.as_ref(), None);
+        tally_batch(&mut tally, &batch, &scored, choices);
     }
-    Batch {
-        tokens,
-        b,
-        t,
-        rows,
-        targets,
-    }
+    Ok(tally)
 }
 
 /// Mean negative log-likelihood of the targets of `examples` under the model with
-/// `adapter` (no dropout, no gradients).
+/// `adapter` (no dropout, no gradients), every target token over the vocabulary.
 pub fn mean_loss(
     model: &Llama,
     examples: &[Example],
     adapter: Option<&LoraWeights>,
     budget: usize,
 ) -> f64 {
-    let device = model.device();
-    let tensors = adapter.map(|a| a.tensors(&device, false));
-    let (mut sum, mut n) = (0.0f64, 0usize);
-    for mb in micro_batches(examples, budget, None) {
-        let batch = make_batch(examples, &mb);
-        let logp = target_log_probs(model, &batch, tensors.as_ref(), None);
-        let v = logp
-            .sum()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap_or_default();
-        sum -= f64::from(v.first().copied().unwrap_or(f32::NAN));
-        n += batch.rows.len();
-    }
-    sum / n.max(1) as f64
+    evaluate(model, examples, adapter, budget, None, None)
+        .map(|m| m.token_loss)
+        .unwrap_or(f64::NAN)
 }
 
-/// The checkpoint: one safetensors file holding the vectors, with the rest of the state as
-/// JSON in its metadata, so that replacing it (write, then rename) is one atomic step.
-const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
-
-fn ckpt_err(path: &Path, reason: impl ToString) -> TrainError {
-    TrainError::Checkpoint {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
+/// What a run trains on.
+pub struct TrainData<'a> {
+    pub train: &'a [Example],
+    pub val: &'a [Example],
+    /// The schema's choice candidates: with them the language and label rows are scored
+    /// over their candidates and weighted; without, every target token is a free token.
+    pub choices: Option<&'a ChoiceIds>,
+    /// Frozen-prefix states of `train` and `val` (see [`prefix`]), starting at the
+    /// adapter's lowest block.
+    pub prefix: Option<(&'a PrefixCache, &'a PrefixCache)>,
 }
 
-fn save_checkpoint(
-    dir: &Path,
-    state: &State,
-    adapter: &LoraWeights,
-    best: &LoraWeights,
-) -> Result<(), TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| ckpt_err(dir, e))?;
-    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
-    let (a, b) = (adapter.flatten(), best.flatten());
-    let n = a.len();
-    let json = serde_json::to_string(state).map_err(|e| ckpt_err(&tmp, e))?;
-    write_f32(
-        &tmp,
-        &[
-            ("adapter".into(), vec![n], &a),
-            ("adam_m".into(), vec![n], &state.adam.m),
-            ("adam_v".into(), vec![n], &state.adam.v),
-            ("best".into(), vec![n], &b),
-        ],
-        &BTreeMap::from([("state".to_string(), json)]),
-    )
-    .map_err(|e| ckpt_err(&tmp, e))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| ckpt_err(&tmp, e))?;
-    std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE)).map_err(|e| ckpt_err(dir, e))?;
-    Ok(())
-}
-
-fn load_checkpoint(
-    dir: &Path,
-    adapter: &mut LoraWeights,
-    best: &mut LoraWeights,
-) -> Result<Option<State>, TrainError> {
-    let path = dir.join(CHECKPOINT_FILE);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let meta = read_metadata(&path).map_err(|e| ckpt_err(&path, e))?;
-    let json = meta
-        .get("state")
-        .ok_or_else(|| ckpt_err(&path, "no training state in its metadata"))?;
-    let mut state: State = serde_json::from_str(json).map_err(|e| ckpt_err(&path, e))?;
-    let st = SafeTensors::open(&path).map_err(|e| ckpt_err(&path, e))?;
-    let n = adapter.num_params();
-    let read = |name: &str| -> Result<Vec<f32>, TrainError> {
-        let v = st
-            .to_f32(name)
-            .ok_or_else(|| ckpt_err(&path, format!("no {name}")))?;
-        if v.len() != n {
-            return Err(ckpt_err(
-                &path,
-                format!("{name} has {} values, the adapter {n}", v.len()),
-            ));
-        }
-        Ok(v)
-    };
-    adapter.set_flat(&read("adapter")?);
-    best.set_flat(&read("best")?);
-    state.adam.m = read("adam_m")?;
-    state.adam.v = read("adam_v")?;
-    Ok(Some(state))
-}
-
-/// Trains an adapter on `train`, choosing the best epoch on `val`. The model must be on
-/// an autodiff device and frozen (`Module::no_grad`). `progress` is called after every
-/// optimizer step; returning `false` stops training there (as a crash would, but with the
-/// checkpoint written). With `checkpoint`, an existing checkpoint of the same config and
-/// data is resumed.
+/// Trains an adapter on `train`, choosing the best epoch on `val`, every target token free
+/// (see [`train_with`]).
 pub fn train(
     model: &Llama,
     train: &[Example],
@@ -376,18 +529,84 @@ pub fn train(
     checkpoint: Option<&Path>,
     progress: &mut dyn FnMut(&Progress) -> bool,
 ) -> Result<Option<Trained>, TrainError> {
-    if train.is_empty() {
+    let data = TrainData {
+        train,
+        val,
+        choices: None,
+        prefix: None,
+    };
+    train_with(model, &data, config, checkpoint, progress, &mut |_, _| {})
+}
+
+/// Refuses data that cannot train: empty sets, empty targets, one class only, a prefix
+/// cache that does not match.
+fn check_data(data: &TrainData, adapter: &LoraWeights) -> Result<(), TrainError> {
+    if data.train.is_empty() {
         return Err(TrainError::NoData);
     }
-    if let Some(i) = train
+    if let Some(i) = data
+        .train
         .iter()
-        .chain(val)
+        .chain(data.val)
         .position(|e| e.target.is_empty() || e.prompt.is_empty())
     {
         return Err(TrainError::EmptyTarget(i));
     }
+    if data.choices.is_some() {
+        let labels: Vec<u8> = data.train.iter().filter_map(Example::label).collect();
+        if !labels.is_empty() && labels.iter().all(|&l| l == labels[0]) {
+            return Err(TrainError::OneClass(if labels[0] == 1 {
+                "malicious"
+            } else {
+                "benign"
+            }));
+        }
+    }
+    if let Some((tr, va)) = data.prefix {
+        let start = adapter.first_adapted_layer();
+        if tr.start != start || va.start != start {
+            return Err(TrainError::Config(format!(
+                "the frozen prefix ends at block {} but the lowest adapted block is {start}",
+                tr.start
+            )));
+        }
+        if tr.len() != data.train.len() || va.len() != data.val.len() {
+            return Err(TrainError::Config(
+                "the frozen prefix covers other examples".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Trains an adapter on `data.train`, choosing the best epoch on `data.val`. The model must
+/// be on an autodiff device and frozen (`Module::no_grad`). `progress` is called after every
+/// optimizer step; returning `false` stops training there (as a crash would, but with the
+/// checkpoint written). `epoch_done` sees every epoch's scores and adapter. With
+/// `checkpoint`, an existing checkpoint of the same config and data is resumed.
+pub fn train_with(
+    model: &Llama,
+    data: &TrainData,
+    config: &TrainConfig,
+    checkpoint: Option<&Path>,
+    progress: &mut dyn FnMut(&Progress) -> bool,
+    epoch_done: &mut dyn FnMut(&EpochLoss, &LoraWeights),
+) -> Result<Option<Trained>, TrainError> {
+    config.validate()?;
+    let (train, val) = (data.train, data.val);
     let device = model.device();
-    let mut adapter = LoraWeights::init(&config.lora, &model.config, config.seed);
+    let mut adapter = LoraWeights::init(&config.lora, &model.config, config.seed)?;
+    check_data(data, &adapter)?;
+    let (prefix_train, prefix_val) = match data.prefix {
+        Some((t, v)) => (Some(t), Some(v)),
+        None => (None, None),
+    };
+    let weights = Weights::new(
+        config.language_weight,
+        config.label_weight,
+        config.balance_classes,
+        train,
+    );
     let mut best = adapter.clone();
     let hash = data_hash(train, val);
     let fresh = State {
@@ -399,14 +618,19 @@ pub fn train(
         history: Vec::new(),
         epoch_loss_sum: 0.0,
         epoch_steps: 0,
+        tally: TallyState::default(),
         best: None,
+        best_threshold: None,
         epochs_without_improvement: 0,
         finished: false,
     };
     let mut state = match checkpoint {
-        Some(dir) => match load_checkpoint(dir, &mut adapter, &mut best)? {
+        Some(dir) => match load_checkpoint(dir, config, &mut adapter, &mut best)? {
             Some(s) if s.config != *config || s.data_hash != hash => {
-                return Err(ckpt_err(dir, "it belongs to another config or data set"))
+                return Err(checkpoint::ckpt_err(
+                    dir,
+                    "it belongs to another config or data set",
+                ))
             }
             Some(s) => {
                 tracing::info!(dir = %dir.display(), epoch = s.epoch, step = s.adam.step, "resuming training");
@@ -426,27 +650,40 @@ pub fn train(
     while !state.finished && state.epoch < config.epochs {
         let order = micro_batches(train, config.batch_tokens, Some((config.seed, state.epoch)));
         let groups: Vec<&[Vec<usize>]> = order.chunks(accum).collect();
+        let mut tally = state.tally.to_tally();
         while state.group < groups.len() {
             let group = groups[state.group];
-            let batches: Vec<Batch> = group.iter().map(|mb| make_batch(train, mb)).collect();
-            let step_tokens: usize = batches.iter().map(|b| b.rows.len()).sum();
+            let batches = group
+                .iter()
+                .map(|mb| make_batch(train, mb, data.choices, &weights, prefix_train))
+                .collect::<Result<Vec<_>, _>>()?;
+            let step_weight: f64 = batches
+                .iter()
+                .map(|b| {
+                    b.weights.iter().map(|&w| f64::from(w)).sum::<f64>()
+                        + b.choices.iter().map(|c| f64::from(c.weight)).sum::<f64>()
+                })
+                .sum();
+            let step_tokens: usize = batches.iter().map(|b| b.rows.len() + b.choices.len()).sum();
+            // Upload the adapter once per step; its gradients accumulate over the group.
+            let tensors = adapter.tensors(&device, true);
             let mut grads = vec![0.0f32; adapter.num_params()];
             let mut loss = 0.0f64;
             for (k, batch) in batches.iter().enumerate() {
-                let tensors = adapter.tensors(&device, true);
                 let dropout = Dropout {
                     p: config.lora.dropout,
                     seed: config.seed ^ (state.adam.step << 16) ^ k as u64,
                 };
-                let logp = target_log_probs(model, batch, Some(&tensors), Some(dropout));
-                let l = logp.sum().neg().div_scalar(step_tokens as f64);
-                let value = l
-                    .clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .unwrap_or_default();
-                loss += f64::from(value.first().copied().unwrap_or(f32::NAN));
+                let scored = score(model, batch, Some(&tensors), Some(dropout));
+                tally_batch(&mut tally, batch, &scored, data.choices);
+                let Some(nll) = scored.weighted_nll(batch) else {
+                    continue;
+                };
+                let l = nll.div_scalar(step_weight.max(1e-12));
+                loss += to_vec(l.clone())
+                    .first()
+                    .copied()
+                    .map_or(f64::NAN, f64::from);
                 let g = l.backward();
                 for (acc, x) in grads.iter_mut().zip(tensors.grads(&g)) {
                     *acc += x;
@@ -464,9 +701,13 @@ pub fn train(
             state.group += 1;
             state.epoch_loss_sum += loss;
             state.epoch_steps += 1;
+            state.tally = TallyState::from_tally(&tally);
             tokens += step_tokens as u64;
+            let last_of_epoch = state.group == groups.len();
             if let Some(dir) = checkpoint {
-                save_checkpoint(dir, &state, &adapter, &best)?;
+                if !last_of_epoch && state.adam.step % config.checkpoint_every == 0 {
+                    save_checkpoint(dir, &state, &adapter, &best)?;
+                }
             }
             let elapsed = started.elapsed().as_secs_f64();
             let done = state.adam.step - start_step;
@@ -482,46 +723,122 @@ pub fn train(
                     * total_steps.saturating_sub(state.adam.step) as f64,
             };
             if !progress(&report) {
+                if let Some(dir) = checkpoint {
+                    save_checkpoint(dir, &state, &adapter, &best)?;
+                }
                 return Ok(None);
             }
         }
-        let val_loss = if val.is_empty() {
-            state.epoch_loss_sum / state.epoch_steps.max(1) as f64
-        } else {
-            mean_loss(model, val, Some(&adapter), config.batch_tokens)
-        };
-        state.history.push(EpochLoss {
-            epoch: state.epoch,
-            train_loss: state.epoch_loss_sum / state.epoch_steps.max(1) as f64,
-            val_loss,
-        });
-        tracing::info!(epoch = state.epoch, val_loss, "epoch done");
-        if state.best.is_none_or(|(_, b)| val_loss < b) {
-            state.best = Some((state.epoch, val_loss));
-            best = adapter.clone();
-            state.epochs_without_improvement = 0;
-        } else {
-            state.epochs_without_improvement += 1;
-            if state.epochs_without_improvement >= config.patience.max(1) {
-                state.finished = true;
-            }
+        if config.lora.label_head || config.lora.language_head {
+            heads::refit(model, data, config, prefix_val, &mut adapter)?;
         }
-        state.epoch += 1;
-        state.group = 0;
-        state.epoch_loss_sum = 0.0;
-        state.epoch_steps = 0;
+        end_epoch(
+            model, data, config, prefix_val, &mut state, &adapter, &mut best,
+        )?;
+        if let Some(e) = state.history.last() {
+            epoch_done(e, &adapter);
+        }
         if let Some(dir) = checkpoint {
             save_checkpoint(dir, &state, &adapter, &best)?;
         }
     }
-    let (best_epoch, _) = state.best.unwrap_or((0, f64::NAN));
+    let (best_epoch, _, _) = state.best.unwrap_or((0, f64::NAN, f64::NAN));
     Ok(Some(Trained {
         adapter: best,
         best_epoch,
         stopped_early: state.epoch < config.epochs,
         history: state.history,
         steps: state.adam.step,
+        label_threshold: state.best_threshold.unwrap_or(0.5),
     }))
+}
+
+/// The best-epoch key of a split's scores: (label NLL, token loss), NaN read as 0 (a split
+/// without labels compares on its token loss alone).
+fn selection_key(m: &SplitMetrics) -> (f64, f64) {
+    let nll = if m.label_nll.is_nan() {
+        0.0
+    } else {
+        m.label_nll
+    };
+    let tok = if m.token_loss.is_nan() {
+        0.0
+    } else {
+        m.token_loss
+    };
+    (nll, tok)
+}
+
+/// Whether an epoch scoring `m` beats the best so far (its key): a lower label NLL, or the
+/// same and a lower token loss.
+fn is_better(m: &SplitMetrics, best: Option<(f64, f64)>) -> bool {
+    let (nll, tok) = selection_key(m);
+    match best {
+        None => true,
+        Some((b_nll, b_tok)) => nll < b_nll - 1e-9 || ((nll - b_nll).abs() <= 1e-9 && tok < b_tok),
+    }
+}
+
+/// Scores the epoch on validation, records it, and keeps the adapter if it is the best so
+/// far: lowest validation label NLL, the token loss breaking ties (the token loss alone
+/// when there are no labels; the training split's scores when there is no validation).
+fn end_epoch(
+    model: &Llama,
+    data: &TrainData,
+    config: &TrainConfig,
+    prefix_val: Option<&PrefixCache>,
+    state: &mut State,
+    adapter: &LoraWeights,
+    best: &mut LoraWeights,
+) -> Result<(), TrainError> {
+    let train_metrics = state.tally.to_tally().metrics();
+    let (val_metrics, val_scores) = if data.val.is_empty() {
+        (train_metrics.clone(), state.tally.to_tally().labels)
+    } else {
+        let t = evaluate_scores(
+            model,
+            data.val,
+            Some(adapter),
+            config.batch_tokens,
+            data.choices,
+            prefix_val,
+        )?;
+        (t.metrics(), t.labels)
+    };
+    let train_loss = state.epoch_loss_sum / state.epoch_steps.max(1) as f64;
+    state.history.push(EpochLoss {
+        epoch: state.epoch,
+        train_loss,
+        val_loss: val_metrics.token_loss,
+        train: train_metrics,
+        val: val_metrics.clone(),
+    });
+    tracing::info!(
+        epoch = state.epoch + 1,
+        val_token_loss = val_metrics.token_loss,
+        val_label_nll = val_metrics.label_nll,
+        val_auc = val_metrics.auc,
+        val_balanced_accuracy = val_metrics.balanced_accuracy,
+        "epoch done"
+    );
+    let (nll, tok) = selection_key(&val_metrics);
+    if is_better(&val_metrics, state.best.map(|(_, n, t)| (n, t))) {
+        state.best = Some((state.epoch, nll, tok));
+        state.best_threshold = Some(calibrated_threshold(&val_scores));
+        *best = adapter.clone();
+        state.epochs_without_improvement = 0;
+    } else {
+        state.epochs_without_improvement += 1;
+        if state.epochs_without_improvement >= config.patience.max(1) {
+            state.finished = true;
+        }
+    }
+    state.epoch += 1;
+    state.group = 0;
+    state.epoch_loss_sum = 0.0;
+    state.epoch_steps = 0;
+    state.tally = TallyState::default();
+    Ok(())
 }
 
 /// Where a run keeps its checkpoint by default.
@@ -531,3 +848,5 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_objective;

@@ -2,10 +2,12 @@ use burn::module::Module;
 use burn::tensor::Device;
 
 use super::forward::target_log_probs;
-use super::lora::{LoraConfig, LoraWeights, Proj};
+use super::lora::{LayerSet, LoraConfig, LoraWeights, Proj};
 use super::*;
 use crate::model::load::TensorSource;
 use crate::model::{KvCache, LlamaConfig};
+use crate::safetensors::SafeTensors;
+use std::collections::BTreeMap;
 
 fn autodiff() -> Device {
     Device::flex().autodiff()
@@ -21,10 +23,10 @@ fn examples(n: usize, seed: u32) -> Vec<Example> {
     (0..n as u32)
         .map(|i| {
             let s = seed * 131 + i * 17;
-            Example {
-                prompt: (0..5 + i % 4).map(|k| (s + k * 7) % 90 + 3).collect(),
-                target: (0..3 + i % 3).map(|k| (s * 3 + k * 11) % 90 + 3).collect(),
-            }
+            Example::plain(
+                (0..5 + i % 4).map(|k| (s + k * 7) % 90 + 3).collect(),
+                (0..3 + i % 3).map(|k| (s * 3 + k * 11) % 90 + 3).collect(),
+            )
         })
         .collect()
 }
@@ -36,6 +38,9 @@ fn small_config() -> TrainConfig {
             alpha: 8.0,
             dropout: 0.0,
             targets: Proj::ALL.to_vec(),
+            layers: LayerSet::all(),
+            label_head: false,
+            language_head: false,
         },
         learning_rate: 1e-2,
         weight_decay: 0.001,
@@ -45,13 +50,14 @@ fn small_config() -> TrainConfig {
         grad_accum: 2,
         patience: 5,
         seed: 3,
+        ..TrainConfig::v1()
     }
 }
 
 /// An adapter with non-zero `B`, so it changes the model's output.
 fn random_adapter(config: &LlamaConfig, lora: &LoraConfig, seed: u64) -> LoraWeights {
-    let mut a = LoraWeights::init(lora, config, seed);
-    let b = LoraWeights::init(lora, config, seed + 1);
+    let mut a = LoraWeights::init(lora, config, seed).unwrap();
+    let b = LoraWeights::init(lora, config, seed + 1).unwrap();
     for (p, q) in a.pairs_mut().zip(b.pairs()) {
         for (i, x) in p.b.iter_mut().enumerate() {
             *x = q.a[i % q.a.len()] * 0.5;
@@ -87,7 +93,7 @@ fn the_training_forward_matches_the_cached_inference_path() {
     model.unpack();
     model.reference_ops = true;
     let ex = examples(3, 1);
-    let batch = make_batch(&ex, &[0, 1, 2]);
+    let batch = make_batch(&ex, &[0, 1, 2], None, &Weights::uniform(), None).unwrap();
     let got = to_vec(target_log_probs(&model, &batch, None, None));
     // The same log-probabilities from full forward passes through the KV-cache path.
     let mut want = Vec::new();
@@ -120,7 +126,7 @@ fn adapter_gradients_match_finite_differences() {
     let lora = small_config().lora;
     let mut adapter = random_adapter(&config, &lora, 9);
     let ex = examples(2, 4);
-    let batch = make_batch(&ex, &[0, 1]);
+    let batch = make_batch(&ex, &[0, 1], None, &Weights::uniform(), None).unwrap();
     let loss_of = |a: &LoraWeights| -> f64 {
         let t = a.tensors(&device, false);
         to_vec(target_log_probs(&model, &batch, Some(&t), None))
@@ -220,7 +226,7 @@ fn merged_and_unmerged_adapters_agree() {
     model.reference_ops = true;
     let adapter = random_adapter(&config, &small_config().lora, 5);
     let ex = examples(3, 3);
-    let batch = make_batch(&ex, &[0, 1, 2]);
+    let batch = make_batch(&ex, &[0, 1, 2], None, &Weights::uniform(), None).unwrap();
     let unmerged = to_vec(target_log_probs(
         &model,
         &batch,

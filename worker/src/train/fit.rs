@@ -1,0 +1,67 @@
+//! One training run from a model file: the frozen model on the autodiff device, the answer
+//! schema's choice candidates, and the frozen-prefix caches when the adapter starts above
+//! block 0 (computed on the fused inference path, which is loaded for that and dropped).
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::Device;
+
+use super::prefix::PrefixCache;
+use super::{ChoiceIds, Example, TrainConfig, TrainError};
+use crate::runtime::{Annotator, RuntimeError};
+
+/// The frozen base model for training and what it needs besides the examples.
+pub struct Trainer {
+    /// On the CPU autodiff device, frozen (`no_grad`).
+    pub annotator: Annotator,
+    pub choices: ChoiceIds,
+    path: std::path::PathBuf,
+}
+
+impl Trainer {
+    pub fn load(path: &Path) -> Result<Self, RuntimeError> {
+        let device = Device::flex().autodiff();
+        let mut annotator = Annotator::load(path, &device)?;
+        annotator.model = annotator.model.no_grad();
+        let choices = super::data::choice_ids(&annotator);
+        Ok(Self {
+            annotator,
+            choices,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The frozen-prefix cache of each set when `config`'s lowest adapted block is above 0
+    /// (`None` otherwise). States beyond `prefix_cache_bytes` in all spill to `spill_dir`.
+    pub fn prefix_caches(
+        &self,
+        config: &TrainConfig,
+        sets: &[&[Example]],
+        spill_dir: Option<&Path>,
+    ) -> Result<Option<Vec<PrefixCache>>, TrainError> {
+        let adapted = config
+            .lora
+            .layers
+            .resolve(self.annotator.model.config.num_layers)?;
+        let start = adapted[0];
+        if start == 0 {
+            return Ok(None);
+        }
+        if config.prefix_cache_bytes == 0 && spill_dir.is_none() {
+            return Err(TrainError::Config(
+                "`prefix_cache_bytes` is 0 and no spill directory is set: the frozen prefix has nowhere to go".into(),
+            ));
+        }
+        let infer = Annotator::load(&self.path, &Device::flex())
+            .map_err(|e| TrainError::Config(format!("loading the inference model: {e}")))?;
+        let mut left = config.prefix_cache_bytes;
+        let mut out = Vec::with_capacity(sets.len());
+        for set in sets {
+            let cache = PrefixCache::build(&infer.model, set, start, left, spill_dir)?;
+            left = left.saturating_sub(cache.memory_bytes);
+            out.push(cache);
+        }
+        Ok(Some(out))
+    }
+}
