@@ -299,14 +299,14 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     };
     let (model_sha256, local_hash) = (model_sha256, config_hash(&cfg_local));
     let lineage = (model_sha256.as_str(), local_hash.as_str());
-    let outcomes = outcomes(&state_local, out_local.to_str().unwrap()).await;
+    let local_outcomes = outcomes(&state_local, out_local.to_str().unwrap()).await;
     let local_source = ["--state-dir", state_local.to_str().unwrap()];
     let export_v2 = d.join("export-v2");
     run_export(&local_source, &export_v2, "parquet", 2);
     let exported = check_exported(
         &export_v2,
         "parquet",
-        &expected(&outcomes[1], 2, lineage),
+        &expected(&local_outcomes[1], 2, lineage),
         &corpus_url,
     )
     .await;
@@ -314,7 +314,7 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     check_exported(
         &d.join("export-v1"),
         "jsonl",
-        &expected(&outcomes[0], 1, lineage),
+        &expected(&local_outcomes[0], 1, lineage),
         &corpus_url,
     )
     .await;

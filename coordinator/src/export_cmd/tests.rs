@@ -6,7 +6,7 @@ fn loop_spec(iterations: u32) -> RunSpec {
         "name = \"r1\"\ncorpus = \"c\"\nseed = \"s\"\ntest = \"t\"\noutput = \"o\"\nmodel = \"m\"\niterations = {iterations}\n"
     ))
     .unwrap();
-    cfg.run_spec("abc")
+    cfg.run_spec("abc", &[])
 }
 
 fn facts(phase: RunPhase, stage: u32, iterations: u32) -> RunFacts {
@@ -77,7 +77,7 @@ fn a_running_run_is_refused_and_a_failed_one_only_for_the_iterations_it_complete
     assert_eq!(
         err,
         format!(
-            "run r1 is still running (stage {} of 16); export it once it has finished",
+            "run r1 is still running (stage {} of 17); export it once it has finished",
             two.generate + 1
         )
     );
@@ -93,7 +93,7 @@ fn a_running_run_is_refused_and_a_failed_one_only_for_the_iterations_it_complete
     assert_eq!(
         err,
         format!(
-            "run r1 failed at stage {} of 16 (out of memory) before iteration 2 was complete; \
+            "run r1 failed at stage {} of 17 (out of memory) before iteration 2 was complete; \
              iteration 1 is complete (--iteration 1)",
             two.judge + 1
         )
@@ -104,7 +104,10 @@ fn a_running_run_is_refused_and_a_failed_one_only_for_the_iterations_it_complete
         .unwrap_err()
         .to_string();
     assert!(
-        err.ends_with("was cancelled at stage 9 of 16 before iteration 1 was complete"),
+        err.ends_with(&format!(
+            "was cancelled at stage {} of 17 before iteration 1 was complete",
+            one.report + 1
+        )),
         "{err}"
     );
 }

@@ -407,6 +407,8 @@ pub fn check_refusals(state_dir: &Path, existing_export: &Path, work: &Path) {
     let before = std::fs::read(existing_export.join("README.md")).unwrap();
     let fresh = work.join("refused");
     let fresh_s = fresh.to_str().unwrap();
+    let no_state = work.join("no-state");
+    let no_state_s = no_state.to_str().unwrap();
     let cases: [(&[&str], String); 4] = [
         (
             &["nope", "--state-dir", state, "--out", fresh_s],
@@ -438,13 +440,7 @@ pub fn check_refusals(state_dir: &Path, existing_export: &Path, work: &Path) {
             ),
         ),
         (
-            &[
-                "e2e",
-                "--state-dir",
-                work.join("no-state").to_str().unwrap(),
-                "--out",
-                fresh_s,
-            ],
+            &["e2e", "--state-dir", no_state_s, "--out", fresh_s],
             "no run state in".into(),
         ),
     ];
