@@ -12,6 +12,7 @@ use crate::filter::Reason;
 use crate::manifest::Manifest;
 use crate::release::{ReleaseFormat, CHECKSUMS};
 use crate::report::{FunnelSummary, IterationReport};
+use crate::report_sections::{judge_and_classes_markdown, learning_markdown};
 use crate::schema::ReleaseRecord;
 use crate::types::Language;
 
@@ -99,6 +100,13 @@ impl DatasetCard<'_> {
             self.report.model_id
         );
         s.push_str(&eval::markdown(&self.report.evaluation));
+        s.push_str(&learning_markdown(
+            self.report.label_scores.as_ref(),
+            None,
+            None,
+            self.report.summary_reference.as_deref(),
+        ));
+        self.previous(&mut s);
         self.loading(&mut s);
         s
     }
@@ -234,6 +242,21 @@ impl DatasetCard<'_> {
             100.0 * f.accepted as f64 / f.unlabelled.max(1) as f64,
             f.accepted_in_seed
         );
+        s.push_str(&judge_and_classes_markdown(f));
+    }
+
+    /// The annotator against the one before it on the same test scripts (McNemar).
+    fn previous(&self, s: &mut String) {
+        if let Some((name, cmp)) = &self.report.previous {
+            let _ = writeln!(
+                s,
+                "
+### Against {name}, the annotator before it ({} scripts)
+",
+                cmp.scripts
+            );
+            s.push_str(&eval::comparison_markdown(cmp));
+        }
     }
 
     fn lineage(&self, s: &mut String) {
@@ -297,6 +320,7 @@ impl DatasetCard<'_> {
 mod tests {
     use super::*;
     use crate::eval::Evaluation;
+    use crate::report_sections::LabelScores;
     use crate::types::Label;
 
     fn record(i: usize, language: Language, label: Label, seed: bool) -> ReleaseRecord {
@@ -336,6 +360,10 @@ mod tests {
             accepted_in_seed: 1,
             seed: 2,
             training_set: 5,
+            accepted_by_label: [("benign", 1), ("malicious", 3)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             ..FunnelSummary::default()
         }
     }
@@ -374,6 +402,14 @@ mod tests {
             preference: None,
             judge_check: None,
             history: Vec::new(),
+            label_scores: Some(LabelScores {
+                samples: 18,
+                auc: Some(0.875),
+                label_nll: Some(0.4321),
+            }),
+            training: None,
+            prompt: None,
+            summary_reference: None,
         };
         let ext = format.extension();
         let mut splits = vec![CardSplit {
@@ -489,6 +525,14 @@ mod tests {
         );
         assert!(text.contains("ds[\"train\"], ds[\"seed\"]"), "{text}");
         assert!(text.contains("`SHA256SUMS`"), "{text}");
+        assert!(
+            text.contains("P(malicious) over 18 samples: AUC 0.875, label NLL 0.4321"),
+            "{text}"
+        );
+        assert!(
+            text.contains("accepted by label: benign 1, malicious 3"),
+            "{text}"
+        );
     }
 
     #[test]

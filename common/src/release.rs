@@ -245,7 +245,11 @@ mod tests {
                     Label::Malicious
                 },
                 language: Language::ALL[i % 5],
-                summary: format!("summary {i} ").repeat(40),
+                // Hex digests: text that compresses no better than real summaries.
+                summary: (0..8)
+                    .map(|j| sha256_hex(format!("{i}-{j}").as_bytes()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 provenance: "iter-1:run=r".into(),
                 label_prob: Some(0.9),
                 iteration: 1,
