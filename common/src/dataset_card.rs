@@ -7,13 +7,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use arrow::datatypes::DataType;
+
 use crate::eval;
 use crate::filter::Reason;
 use crate::manifest::Manifest;
 use crate::release::{ReleaseFormat, CHECKSUMS};
 use crate::report::{FunnelSummary, IterationReport};
 use crate::report_sections::{judge_and_classes_markdown, learning_markdown};
-use crate::schema::ReleaseRecord;
+use crate::schema::{ArrowRow, RejectedRow, ReleaseRecord};
 use crate::types::Language;
 
 /// One split of a released dataset, as the card lists it.
@@ -56,6 +58,31 @@ pub fn counts(rows: &[ReleaseRecord]) -> BTreeMap<Language, [u64; 2]> {
         out.entry(r.language).or_insert([0, 0])[r.label.as_u8() as usize] += 1;
     }
     out
+}
+
+/// The columns of a config and their Hugging Face `datasets` types, from the Arrow schema
+/// the files are written with.
+fn features(config: &str) -> Vec<(String, &'static str)> {
+    let schema = if config == "rejected" {
+        RejectedRow::schema()
+    } else {
+        ReleaseRecord::schema()
+    };
+    schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), hf_dtype(f.data_type())))
+        .collect()
+}
+
+/// The `datasets` name of an Arrow type the release uses.
+fn hf_dtype(t: &DataType) -> &'static str {
+    match t {
+        DataType::UInt8 => "uint8",
+        DataType::UInt32 => "uint32",
+        DataType::Float32 => "float32",
+        _ => "string",
+    }
 }
 
 /// The Hugging Face size bucket of a dataset of `n` rows.
@@ -129,17 +156,36 @@ impl DatasetCard<'_> {
         s.push_str("task_categories:\n- text-classification\n- summarization\n");
         s.push_str("tags:\n- malware\n- security\n- scripts\n- pseudo-labels\n");
         let _ = writeln!(s, "size_categories:\n- {}", size_category(total));
+        let configs = self.loadable_configs();
+        s.push_str("dataset_info:\n");
+        for config in &configs {
+            let _ = writeln!(s, "- config_name: {config}\n  features:");
+            for (name, dtype) in features(config) {
+                let _ = writeln!(s, "  - name: {name}\n    dtype: {dtype}");
+            }
+        }
         s.push_str("configs:\n");
-        let mut configs: Vec<&str> = self.splits.iter().map(|p| p.config.as_str()).collect();
-        configs.dedup();
-        for config in configs {
+        for config in &configs {
             let _ = writeln!(s, "- config_name: {config}\n  data_files:");
-            for p in self.splits.iter().filter(|p| p.config == config) {
+            for p in self.loadable().filter(|p| p.config == *config) {
                 let _ = writeln!(s, "  - split: {}\n    path: {}", p.split, p.glob);
             }
         }
         s.push_str("---\n");
         s
+    }
+
+    /// The splits the YAML header names: those with rows (`datasets` cannot load an empty
+    /// split; its file is still there, with the columns and no rows).
+    fn loadable(&self) -> impl Iterator<Item = &CardSplit> {
+        self.splits.iter().filter(|p| p.rows > 0)
+    }
+
+    /// The configs with at least one loadable split, in order.
+    fn loadable_configs(&self) -> Vec<&str> {
+        let mut configs: Vec<&str> = self.loadable().map(|p| p.config.as_str()).collect();
+        configs.dedup();
+        configs
     }
 
     fn files(&self, s: &mut String) {
@@ -152,6 +198,20 @@ impl DatasetCard<'_> {
                 s,
                 "| {} | {} | `{}` ({}) | {} | {} |",
                 p.config, p.split, p.glob, p.files, p.rows, p.what
+            );
+        }
+        let empty: Vec<&str> = self
+            .splits
+            .iter()
+            .filter(|p| p.rows == 0)
+            .map(|p| p.glob.as_str())
+            .collect();
+        if !empty.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nEmpty, so not in the header's configs (`datasets` cannot load an empty \
+                 split): `{}`; each is one file with the columns and no rows.",
+                empty.join("`, `")
             );
         }
         let _ = writeln!(
@@ -295,12 +355,12 @@ impl DatasetCard<'_> {
              ```\n\nWith Hugging Face `datasets` (the configs above name the files):\n\n\
              ```python\nfrom datasets import load_dataset\n\n\
              ds = load_dataset(\"path/to/this/directory\")  # ds[\"train\"]{}{}\n```",
-            if self.seed.is_some() {
+            if self.loadable().any(|p| p.split == "seed") {
                 ", ds[\"seed\"]"
             } else {
                 ""
             },
-            if self.splits.iter().any(|p| p.config == "rejected") {
+            if self.loadable().any(|p| p.config == "rejected") {
                 "\nrejected = load_dataset(\"path/to/this/directory\", \"rejected\")"
             } else {
                 ""
@@ -368,7 +428,8 @@ mod tests {
         }
     }
 
-    fn card_text(format: ReleaseFormat, with_seed: bool) -> String {
+    /// A card with the seed split (of `seed_rows` rows) or without it.
+    fn card_text(format: ReleaseFormat, with_seed: bool, seed_rows: u64) -> String {
         let accepted = vec![
             record(1, Language::Bash, Label::Malicious, false),
             record(2, Language::Bash, Label::Benign, false),
@@ -426,7 +487,7 @@ mod tests {
                 split: "seed".into(),
                 glob: format!("data/seed-*.{ext}"),
                 files: 1,
-                rows: 2,
+                rows: seed_rows,
                 what: "expert labels".into(),
             });
         }
@@ -457,7 +518,7 @@ mod tests {
 
     #[test]
     fn the_yaml_header_names_every_split_under_its_config() {
-        let text = card_text(ReleaseFormat::Parquet, true);
+        let text = card_text(ReleaseFormat::Parquet, true, 2);
         let header = text.strip_prefix("---\n").unwrap();
         let header = &header[..header.find("\n---\n").unwrap()];
         assert!(header.contains("license: cc-by-4.0\n"), "{header}");
@@ -478,7 +539,7 @@ mod tests {
 
     #[test]
     fn the_body_counts_the_rows_and_carries_the_funnel_lineage_and_evaluation() {
-        let text = card_text(ReleaseFormat::Parquet, true);
+        let text = card_text(ReleaseFormat::Parquet, true, 2);
         assert!(
             text.contains("| bash | 1 | 1 | 2 |\n| python | 0 | 1 | 1 |\n| all | 1 | 2 | 3 |"),
             "{text}"
@@ -536,8 +597,38 @@ mod tests {
     }
 
     #[test]
+    fn the_header_types_the_columns_and_leaves_an_empty_split_out_of_the_configs() {
+        let text = card_text(ReleaseFormat::Parquet, true, 0);
+        let header = &text[..text[4..].find("\n---\n").unwrap()];
+        assert!(
+            header.contains(
+                "dataset_info:\n- config_name: default\n  features:\n  - name: sha256\n    \
+                 dtype: string\n  - name: label\n    dtype: uint8\n"
+            ),
+            "{header}"
+        );
+        assert!(
+            header.contains("  - name: label_prob\n    dtype: float32\n  - name: iteration\n    dtype: uint32\n"),
+            "{header}"
+        );
+        assert!(
+            header.contains("- config_name: rejected\n  features:\n  - name: sha256\n"),
+            "{header}"
+        );
+        assert!(!header.contains("split: seed"), "{header}");
+        assert!(
+            text.contains(
+                "Empty, so not in the header's configs (`datasets` cannot load an \
+                 empty split): `data/seed-*.parquet`"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("ds[\"seed\"]"), "{text}");
+    }
+
+    #[test]
     fn a_jsonl_card_without_the_seed_says_how_to_read_jsonl() {
-        let text = card_text(ReleaseFormat::Jsonl, false);
+        let text = card_text(ReleaseFormat::Jsonl, false, 0);
         assert!(text.contains("path: data/train-*.jsonl"), "{text}");
         assert!(!text.contains("split: seed"), "{text}");
         assert!(!text.contains("seed (expert labels):"), "{text}");

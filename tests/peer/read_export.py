@@ -2,7 +2,7 @@
 """Reads a dataset written by `automaldesc export DIR` the way its users would, and prints
 what each reader saw as one JSON object: pyarrow (every split's rows, columns and types,
 sha256s, label probabilities), DuckDB and Hugging Face `datasets` (rows per split through
-the card's configs), and the checksum list checked with hashlib. A reader that cannot be
+the card's configs, which leave empty splits out), and the checksum list checked with hashlib. A reader that cannot be
 imported is listed under "missing"; the Rust test decides whether that is a failure.
 
 usage: read_export.py DIR parquet|jsonl
@@ -72,16 +72,28 @@ def with_duckdb(root, ext):
     return out
 
 
+def card_configs(root):
+    """The config names the card's YAML header declares (empty splits are left out)."""
+    with open(os.path.join(root, "README.md")) as f:
+        header = f.read().split("\n---\n", 1)[0]
+    configs = header.split("\nconfigs:\n", 1)[1]
+    return [line.split(": ", 1)[1] for line in configs.splitlines() if line.startswith("- config_name: ")]
+
+
 def with_datasets(root):
     with tempfile.TemporaryDirectory() as cache:
         os.environ.update(HF_HOME=cache, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
         import datasets
 
         datasets.disable_progress_bars()
-        default = datasets.load_dataset(root, cache_dir=cache)
-        out = {s: d.num_rows for s, d in default.items()}
-        out["features"] = {k: str(v) for k, v in default["train"].features.items()}
-        if glob.glob(os.path.join(root, "rejected", "*")):
+        configs = card_configs(root)
+        out = {"configs": configs}
+        if "default" in configs:
+            default = datasets.load_dataset(root, "default", cache_dir=cache)
+            out.update({s: d.num_rows for s, d in default.items()})
+            first = next(iter(default.values()))
+            out["features"] = {k: str(v) for k, v in first.features.items()}
+        if "rejected" in configs:
             out["rejected"] = datasets.load_dataset(root, "rejected", cache_dir=cache)["train"].num_rows
         return out
 
