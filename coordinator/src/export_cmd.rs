@@ -11,7 +11,7 @@
 //! output directory is built under a temporary name beside its destination and renamed
 //! into place at the end ([`Staging`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use automaldesc_common::dataset_card::{CardSplit, DatasetCard};
@@ -259,66 +259,7 @@ async fn write(
         Format::Parquet => ReleaseFormat::Parquet,
         Format::Jsonl => ReleaseFormat::Jsonl,
     };
-    let ext = format.extension();
-    let k = data.manifest.iteration;
-    let mut files = Vec::new();
-    let mut splits = Vec::new();
-    let mut add =
-        |config: &str, split: &str, glob: String, written: Vec<WrittenFile>, what: String| {
-            splits.push(CardSplit {
-                config: config.into(),
-                split: split.into(),
-                glob,
-                files: written.len(),
-                rows: written.iter().map(|f| f.rows).sum(),
-                what,
-            });
-            files.extend(written);
-        };
-    let train = write_split(
-        root,
-        "data",
-        "train",
-        &data.accepted,
-        format,
-        args.file_bytes,
-    )
-    .await?;
-    add(
-        "default",
-        "train",
-        format!("data/train-*.{ext}"),
-        train,
-        format!("pseudo-labels of iteration {k} the funnel accepted"),
-    );
-    if args.with_seed {
-        let seed = write_split(root, "data", "seed", &data.seed, format, args.file_bytes).await?;
-        add(
-            "default",
-            "seed",
-            format!("data/seed-*.{ext}"),
-            seed,
-            "the expert-labelled seed".into(),
-        );
-    }
-    if args.with_rejected {
-        let rejected = write_split(
-            root,
-            "rejected",
-            "rejected",
-            &data.rejected,
-            format,
-            args.file_bytes,
-        )
-        .await?;
-        add(
-            "rejected",
-            "train",
-            format!("rejected/rejected-*.{ext}"),
-            rejected,
-            "scripts the funnel rejected, with why".into(),
-        );
-    }
+    let (mut files, splits) = write_splits(args, root, format, data).await?;
     let phase = match facts.phase {
         RunPhase::Succeeded => "succeeded".to_string(),
         p => format!("{} at stage {}", phase_word(p), facts.stage + 1),
@@ -326,7 +267,7 @@ async fn write(
     let card = DatasetCard {
         run: &args.run_id,
         run_phase: &phase,
-        iteration: k,
+        iteration: data.manifest.iteration,
         license: &args.license,
         format,
         splits,
@@ -340,6 +281,55 @@ async fn write(
     let sums = checksum_list(&files);
     write_file(root, CHECKSUMS, sums.into_bytes())?;
     Ok(files.len() + 1)
+}
+
+/// Writes `train`, and `seed` and `rejected` when asked for, under `root`; returns the
+/// files and the splits as the card lists them.
+async fn write_splits(
+    args: &ExportArgs,
+    root: &Path,
+    format: ReleaseFormat,
+    data: &IterationData,
+) -> anyhow::Result<(Vec<WrittenFile>, Vec<CardSplit>)> {
+    let ext = format.extension();
+    let bytes = args.file_bytes;
+    let mut files = Vec::new();
+    let mut splits = Vec::new();
+    let mut add = |config: &str, split: &str, glob: String, written: Vec<WrittenFile>, what| {
+        splits.push(CardSplit {
+            config: config.into(),
+            split: split.into(),
+            glob,
+            files: written.len(),
+            rows: written.iter().map(|f| f.rows).sum(),
+            what,
+        });
+        files.extend(written);
+    };
+    let train = write_split(root, "data", "train", &data.accepted, format, bytes).await?;
+    let what = format!(
+        "pseudo-labels of iteration {} the funnel accepted",
+        data.manifest.iteration
+    );
+    add(
+        "default",
+        "train",
+        format!("data/train-*.{ext}"),
+        train,
+        what,
+    );
+    if args.with_seed {
+        let seed = write_split(root, "data", "seed", &data.seed, format, bytes).await?;
+        let what = "the expert-labelled seed".to_string();
+        add("default", "seed", format!("data/seed-*.{ext}"), seed, what);
+    }
+    if args.with_rejected {
+        let rejected = write_split(root, "rejected", "rejected", &data.rejected, format, bytes);
+        let what = "scripts the funnel rejected, with why".to_string();
+        let glob = format!("rejected/rejected-*.{ext}");
+        add("rejected", "train", glob, rejected.await?, what);
+    }
+    Ok((files, splits))
 }
 
 #[cfg(test)]

@@ -193,8 +193,51 @@ pub async fn read_iteration(
         .with_context(|| format!("opening the run's output {}", spec.output))?;
     let store: &dyn ObjectStore = store.as_ref();
     let aggregate = source.committed(run, stages.aggregate).await?;
+    let (manifest, funnel) = read_lineage(store, &aggregate, run, stages).await?;
+    let labels = read_training_set(store, &aggregate, &manifest).await?;
+    let (pseudo, seed) = split_training_set(labels, k, &funnel)?;
+    let filter = source.committed(run, stages.filter).await?;
+    let probs = accepted_label_probs(store, &filter).await?;
+    let mut accepted = pseudo
+        .into_iter()
+        .map(|l| match probs.get(&l.sha256) {
+            Some(&p) => Ok(release(l, Some(p), k)),
+            None => bail!(
+                "pseudo-label {} has no accepted decision in the filter's output",
+                l.sha256
+            ),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut seed: Vec<ReleaseRecord> = seed.into_iter().map(|l| release(l, None, 0)).collect();
+    accepted.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+    seed.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+    let rejected = if with_rejected {
+        read_rejected(store, &aggregate, &funnel).await?
+    } else {
+        Vec::new()
+    };
+    let report = read_report(store, &source.committed(run, stages.report).await?, stages).await?;
+    Ok(IterationData {
+        manifest,
+        funnel,
+        report,
+        accepted,
+        seed,
+        rejected,
+    })
+}
+
+/// The aggregate stage's manifest and funnel, checked to be this run's iteration and to
+/// add up.
+async fn read_lineage(
+    store: &dyn ObjectStore,
+    aggregate: &[OutputRecord],
+    run: &str,
+    stages: &ExportStages,
+) -> anyhow::Result<(Manifest, FunnelSummary)> {
+    let k = stages.iteration;
     let manifest: Manifest =
-        serde_json::from_slice(&fetch(store, one(&aggregate, "manifest.json")?).await?)
+        serde_json::from_slice(&fetch(store, one(aggregate, "manifest.json")?).await?)
             .context("manifest.json")?;
     if manifest.run_id != run || manifest.iteration != k {
         bail!(
@@ -205,19 +248,28 @@ pub async fn read_iteration(
         );
     }
     let funnel: FunnelSummary =
-        serde_json::from_slice(&fetch(store, one(&aggregate, "funnel.json")?).await?)
+        serde_json::from_slice(&fetch(store, one(aggregate, "funnel.json")?).await?)
             .context("funnel.json")?;
     if !funnel.adds_up() {
         bail!("the funnel of iteration {k} does not add up: {funnel:?}");
     }
+    Ok((manifest, funnel))
+}
 
+/// The training set's shards the manifest lists, each as its commit record and the
+/// manifest describe it.
+async fn read_training_set(
+    store: &dyn ObjectStore,
+    aggregate: &[OutputRecord],
+    manifest: &Manifest,
+) -> anyhow::Result<Vec<LabelledRow>> {
     let mut labels: Vec<LabelledRow> = Vec::new();
     for f in manifest
         .files
         .iter()
         .filter(|f| f.path.starts_with("train/labels/"))
     {
-        let rec = one(&aggregate, &f.path)?;
+        let rec = one(aggregate, &f.path)?;
         if rec.sha256 != f.sha256 {
             bail!(
                 "{}: the commit record says sha256 {}, the manifest {}",
@@ -238,6 +290,16 @@ pub async fn read_iteration(
         }
         labels.extend(rows);
     }
+    Ok(labels)
+}
+
+/// The training set as (pseudo-labels of iteration `k`, seed rows), as many of each as
+/// the funnel says.
+fn split_training_set(
+    labels: Vec<LabelledRow>,
+    k: u32,
+    funnel: &FunnelSummary,
+) -> anyhow::Result<(Vec<LabelledRow>, Vec<LabelledRow>)> {
     let mine = format!("iter-{k}:");
     let (pseudo, seed): (Vec<LabelledRow>, Vec<LabelledRow>) = labels
         .into_iter()
@@ -252,46 +314,27 @@ pub async fn read_iteration(
             funnel.seed
         );
     }
+    Ok((pseudo, seed))
+}
 
-    let probs = accepted_label_probs(store, &source.committed(run, stages.filter).await?).await?;
-    let mut accepted = Vec::with_capacity(pseudo.len());
-    for l in pseudo {
-        let Some(&p) = probs.get(&l.sha256) else {
-            bail!(
-                "pseudo-label {} has no accepted decision in the filter's output",
-                l.sha256
-            );
-        };
-        accepted.push(release(l, Some(p), k));
-    }
-    let mut seed: Vec<ReleaseRecord> = seed.into_iter().map(|l| release(l, None, 0)).collect();
-    accepted.sort_by(|a, b| a.sha256.cmp(&b.sha256));
-    seed.sort_by(|a, b| a.sha256.cmp(&b.sha256));
-
-    let rejected = if with_rejected {
-        read_rejected(store, &aggregate, &funnel).await?
-    } else {
-        Vec::new()
-    };
-    let reports = source.committed(run, stages.report).await?;
+/// The iteration's report (the annotator's evaluation), checked to be of this iteration.
+async fn read_report(
+    store: &dyn ObjectStore,
+    reports: &[OutputRecord],
+    stages: &ExportStages,
+) -> anyhow::Result<IterationReport> {
     let report: IterationReport =
-        serde_json::from_slice(&fetch(store, one(&reports, "report.json")?).await?)
+        serde_json::from_slice(&fetch(store, one(reports, "report.json")?).await?)
             .context("report.json")?;
-    if report.iteration != k {
+    if report.iteration != stages.iteration {
         bail!(
-            "the report of stage {} is of iteration {}, not {k}",
+            "the report of stage {} is of iteration {}, not {}",
             stages.report + 1,
-            report.iteration
+            report.iteration,
+            stages.iteration
         );
     }
-    Ok(IterationData {
-        manifest,
-        funnel,
-        report,
-        accepted,
-        seed,
-        rejected,
-    })
+    Ok(report)
 }
 
 fn release(l: LabelledRow, label_prob: Option<f32>, iteration: u32) -> ReleaseRecord {
