@@ -105,9 +105,10 @@ pub fn choice_probs_after(
     let mut cache = KvCache::new(&m.config, 1, ids.len(), &m.device());
     let h = m.forward(&ids, ids.len(), &mut cache);
     let last = h.narrow(0, ids.len() - 1, 1);
-    // A judge adapter's label head shifts the "1" of a 0/1 verdict, as in training.
+    // A judge adapter's label head (and its calibration, when it has one) shifts the "1" of
+    // a 0/1 verdict, as in training and in the annotator's own label choice.
     let shift = if options == ["0", "1"] {
-        model.schema.label_head_shift(&last)[0]
+        model.schema.label_head_shift(&last)[0] + model.schema.label_bias
     } else {
         0.0
     };

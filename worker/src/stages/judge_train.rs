@@ -250,11 +250,9 @@ fn train_judge(
         .adapter
         .save_peft(&local, &judge.model_id, &Default::default())
         .map_err(|e| format!("saving the judge adapter: {e}"))?;
-    let mut files = Vec::new();
-    for name in ["adapter_config.json", "adapter_model.safetensors"] {
-        let bytes = std::fs::read(local.join(name)).map_err(|e| e.to_string())?;
-        files.push(super::write_file(task, &format!("adapter/{name}"), bytes)?);
-    }
+    // Every file of the adapter, the label head included: the held-out score above was
+    // taken with it, and the judge stage must vote with the same judge.
+    let files = super::write_adapter_dir(task, &local)?;
     let _ = std::fs::remove_dir_all(&ckpt);
     Ok((score, files))
 }

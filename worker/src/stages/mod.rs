@@ -241,6 +241,28 @@ pub fn write_rows<R: ArrowRow>(
 }
 
 /// Writes one file at `<output prefix>/<name>`.
+/// Uploads every file of a locally saved adapter directory (the PEFT pair, the heads, the
+/// calibration) as `adapter/<name>`, in name order, so an adapter is never committed
+/// without a part the runtime loads.
+pub fn write_adapter_dir(
+    task: &TaskInput,
+    local: &std::path::Path,
+) -> StageResult<Vec<ManifestFile>> {
+    let listing = std::fs::read_dir(local).map_err(|e| format!("{}: {e}", local.display()))?;
+    let mut names: Vec<String> = listing
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|name| {
+            let path = local.join(name);
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            write_file(task, &format!("adapter/{name}"), bytes)
+        })
+        .collect()
+}
+
 pub fn write_file(task: &TaskInput, name: &str, bytes: Vec<u8>) -> StageResult<ManifestFile> {
     let (out, prefix) = open_store(&task.output_prefix).map_err(err("opening the output"))?;
     let sha256 = automaldesc_common::sha256_hex(&bytes);

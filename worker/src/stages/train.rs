@@ -165,16 +165,7 @@ impl Executor for TrainExecutor {
             serde_json::to_vec_pretty(&calibration).map_err(|e| e.to_string())?,
         )
         .map_err(|e| e.to_string())?;
-        let mut files = Vec::new();
-        let mut names: Vec<_> = std::fs::read_dir(&local)
-            .map_err(|e| e.to_string())?
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect();
-        names.sort();
-        for name in names {
-            let bytes = std::fs::read(local.join(&name)).map_err(|e| e.to_string())?;
-            files.push(write_file(task, &format!("adapter/{name}"), bytes)?);
-        }
+        let mut files = super::write_adapter_dir(task, &local)?;
         let lineage = serde_json::json!({
             "base_model": annotator.model_id,
             "base_model_sha256": model_sha256,
