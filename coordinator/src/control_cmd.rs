@@ -159,7 +159,7 @@ pub(crate) fn status_json(s: &v1::RunStatus) -> serde_json::Value {
     })
 }
 
-type Control = ControlServiceClient<
+pub(crate) type Control = ControlServiceClient<
     tonic::service::interceptor::InterceptedService<
         tonic::transport::Channel,
         automaldesc_proto::security::AttachToken,
@@ -179,7 +179,7 @@ fn unanswered(s: &tonic::Status) -> bool {
 
 /// A control client on the first endpoint that answers, retrying the endpoints in turn
 /// for up to `--patience` while none does.
-async fn control(args: &ClientArgs) -> anyhow::Result<Control> {
+pub(crate) async fn control(args: &ClientArgs) -> anyhow::Result<Control> {
     let security = args.security()?;
     let started = Instant::now();
     loop {

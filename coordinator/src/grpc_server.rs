@@ -90,7 +90,15 @@ enum Command {
         id: RunId,
         reply: Reply<RunStatus>,
     },
+    Files {
+        id: RunId,
+        stages: Vec<u32>,
+        reply: Reply<RunFiles>,
+    },
 }
+
+/// A run's status and spec, and the files some of its stages committed.
+type RunFiles = (RunStatus, RunSpec, Vec<(u32, Vec<OutputRecord>)>);
 
 /// How the coordinator paces its workers and when it stops.
 #[derive(Clone, Debug)]
@@ -292,6 +300,9 @@ async fn handle(
         Command::Watch { id, reply } => answer(reply, m.subscribe(&id)),
         Command::Cancel { id, reply } => answer(reply, m.cancel(&id).await),
         Command::Retry { id, reply } => answer(reply, m.retry_quarantined(&id).await),
+        Command::Files { id, stages, reply } => {
+            answer(reply, m.committed_files(&id, &stages).await)
+        }
     }
 }
 
@@ -677,6 +688,46 @@ impl ControlService for ControlGrpc {
             .map_err(status)?;
         Ok(Response::new(to_proto(s)))
     }
+
+    async fn get_run_files(
+        &self,
+        req: Request<v1::RunFilesRequest>,
+    ) -> Result<Response<v1::RunFiles>, Status> {
+        let r = req.into_inner();
+        let id = run_id(r.run_id)?;
+        let stages = r.stages;
+        let files = self
+            .inner
+            .ask(|reply| Command::Files { id, stages, reply })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(files_to_proto(files)?))
+    }
+}
+
+/// The wire form of [`RunManager::committed_files`].
+fn files_to_proto((status, spec, stages): RunFiles) -> Result<v1::RunFiles, Status> {
+    let spec_toml =
+        toml::to_string(&spec).map_err(|e| Status::internal(format!("run spec: {e}")))?;
+    Ok(v1::RunFiles {
+        status: Some(to_proto(status)),
+        spec_toml,
+        stages: stages
+            .into_iter()
+            .map(|(stage, files)| v1::StageFiles {
+                stage,
+                files: files
+                    .into_iter()
+                    .map(|f| v1::OutputFile {
+                        path: f.path,
+                        size_bytes: f.bytes,
+                        sha256: f.sha256,
+                        rows: f.rows,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
 }
 
 /// Serves both services on `listener` until `shutdown` resolves (or, with

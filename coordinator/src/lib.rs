@@ -9,6 +9,8 @@ pub mod control_cmd;
 pub mod corpus_cmd;
 pub mod device;
 pub mod eval_cmd;
+pub mod export_cmd;
+pub mod export_source;
 pub mod grpc_server;
 pub mod http;
 pub mod http_access;

@@ -67,6 +67,9 @@ enum Command {
     /// Run an ended run again from its first stage with quarantined scripts (or the stage
     /// it failed in), once the cause is fixed.
     RetryQuarantined(cluster::RetryArgs),
+    /// Write a finished self-training run's dataset in the release format, with a dataset
+    /// card and checksums.
+    Export(automaldesc_coordinator::export_cmd::ExportArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -119,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         Command::Status(args) => cluster::status(args),
         Command::Cancel(args) => cluster::cancel(args),
         Command::RetryQuarantined(args) => cluster::retry_quarantined(args),
+        Command::Export(args) => automaldesc_coordinator::export_cmd::run(args),
         Command::Bench(BenchCmd::Runtime(args)) => automaldesc_coordinator::bench_cmd::run(args),
         Command::Bench(BenchCmd::Annotate(args)) => {
             automaldesc_coordinator::bench_cmd::annotate(args)

@@ -37,7 +37,9 @@ use tokio::time::Instant;
 
 use crate::lease_manager::{FailOutcome, LeasePolicy, Refusal, Stall};
 use crate::run_spec::{RunSpec, StageCatalog};
-use crate::stage_manager::{Assignment, Completion, StageError, StageManager};
+use crate::stage_manager::{
+    read_commits, Assignment, Completion, OutputRecord, StageError, StageManager,
+};
 use crate::state::{Expect, StateError, StateStore};
 
 pub use planning::COMMITTED_LIST;
@@ -152,6 +154,27 @@ fn summary_of(m: &StageManager, finished_ms: u64, garbage: u64) -> StageSummary 
         garbage_files_deleted: garbage,
         finished_ms,
         troubles: m.troubles(),
+    }
+}
+
+/// A run's spec and record as stored, read without opening the run (for read-only tools
+/// such as `export`); `None` for an unknown run.
+pub async fn read_run(
+    store: &dyn StateStore,
+    id: &RunId,
+) -> Result<Option<(RunSpec, RunRecord)>, RunError> {
+    let key = run_key(id, "record");
+    let Some(v) = store.get(&key).await? else {
+        return Ok(None);
+    };
+    let record: RunRecord = from_json(&key, &v.value)?;
+    let spec_key = run_key(id, "spec");
+    match store.get(&spec_key).await? {
+        Some(v) => Ok(Some((from_json(&spec_key, &v.value)?, record))),
+        None => Err(RunError::Stage(StageError::Corrupt {
+            key: spec_key,
+            reason: "a run record without its spec".into(),
+        })),
     }
 }
 
@@ -687,6 +710,24 @@ impl RunManager {
 
     pub fn subscribe(&self, id: &RunId) -> Result<watch::Receiver<RunStatus>, RunError> {
         Ok(self.runs[self.index(id)?].watch.subscribe())
+    }
+
+    /// A run's status and spec, and the files each of `stages` committed (for `export`).
+    pub async fn committed_files(
+        &self,
+        id: &RunId,
+        stages: &[u32],
+    ) -> Result<(RunStatus, RunSpec, Vec<(u32, Vec<OutputRecord>)>), RunError> {
+        let run = &self.runs[self.index(id)?];
+        let mut files = Vec::new();
+        for &k in stages {
+            let commits = read_commits(self.store.as_ref(), id, k).await?;
+            files.push((
+                k,
+                commits.into_iter().flat_map(|(_, c)| c.outputs).collect(),
+            ));
+        }
+        Ok((run.status(), run.spec.clone(), files))
     }
 
     /// True when no run is running.

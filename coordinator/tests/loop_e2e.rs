@@ -4,7 +4,8 @@
 //! process and two `automaldesc worker` processes, with the coordinator killed (SIGKILL)
 //! mid-iteration and started again on its state. Both runs must produce every artifact,
 //! put every unlabelled script in exactly one of accepted and rejected, have funnels that
-//! add up, and accept the same scripts with the same answers.
+//! add up, and accept the same scripts with the same answers. Both runs' datasets are then
+//! exported (`automaldesc export`) and read back every way (`support/export_check.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -24,6 +25,9 @@ use object_store::path::Path as ObjectPath;
 
 mod support;
 use support::etcd::free_port;
+use support::export_check::{
+    check_exported, check_refusals, check_tampering, export, refused, run_export, Answer, Expected,
+};
 use support::procs::{bin, control, succeeded, wait_for, Proc};
 use support::tiny_model::{
     loop_config, real_model, write_small_loop_corpus, write_spec, write_tiny_model,
@@ -85,6 +89,29 @@ async fn outcome(state: &EmbeddedStore, output: &str, k: u32) -> Outcome {
         rejected: by_sha,
         funnel: serde_json::from_slice(&bytes).unwrap(),
     }
+}
+
+/// What the export of iteration `k` must hold; `lineage` is the base model's sha256 and
+/// the config hash.
+fn expected<'a>(o: &'a Outcome, k: u32, lineage: (&'a str, &'a str)) -> Expected<'a> {
+    Expected {
+        iteration: k,
+        accepted: &o.accepted,
+        rejected: o.rejected.len(),
+        funnel: &o.funnel,
+        confidence: 0.45,
+        model_sha256: lineage.0,
+        config_hash: lineage.1,
+    }
+}
+
+/// Both iterations' outcomes of a finished run.
+async fn outcomes(state_dir: &Path, output: &str) -> [Outcome; 2] {
+    let state = EmbeddedStore::open(state_dir).unwrap();
+    [
+        outcome(&state, output, 1).await,
+        outcome(&state, output, 2).await,
+    ]
 }
 
 async fn report(state: &EmbeddedStore, output: &str, stage: u32) -> (IterationReport, Vec<String>) {
@@ -263,6 +290,48 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     }
     let local = check_run(&state_local, out_local.to_str().unwrap(), &corpus).await;
 
+    // The run's product: its dataset in the release format, read back every way.
+    let model_sha256 = automaldesc_common::sha256_hex(&std::fs::read(&model).unwrap());
+    let config_hash = |cfg: &Path| {
+        LoopConfig::from_toml(&std::fs::read_to_string(cfg).unwrap())
+            .unwrap()
+            .hash()
+    };
+    let (model_sha256, local_hash) = (model_sha256, config_hash(&cfg_local));
+    let lineage = (model_sha256.as_str(), local_hash.as_str());
+    let local_outcomes = outcomes(&state_local, out_local.to_str().unwrap()).await;
+    let local_source = ["--state-dir", state_local.to_str().unwrap()];
+    let export_v2 = d.join("export-v2");
+    run_export(&local_source, &export_v2, "parquet", 2);
+    let exported = check_exported(
+        &export_v2,
+        "parquet",
+        &expected(&local_outcomes[1], 2, lineage),
+        &corpus_url,
+    )
+    .await;
+    run_export(&local_source, &d.join("export-v1"), "jsonl", 1);
+    check_exported(
+        &d.join("export-v1"),
+        "jsonl",
+        &expected(&local_outcomes[0], 1, lineage),
+        &corpus_url,
+    )
+    .await;
+    let latest = export(&[
+        "e2e",
+        "--state-dir",
+        local_source[1],
+        "--out",
+        d.join("export-latest").to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&latest.stdout).contains("exported run e2e iteration 2 to"),
+        "the last iteration by default: {latest:?}"
+    );
+    check_refusals(&state_local, &export_v2, d);
+    check_tampering(&state_local, LoopConfig::stages_of(2).aggregate, d).await;
+
     // The same run on a coordinator process and two workers; the coordinator dies mid-run.
     let out_cluster = d.join("out-cluster");
     let cfg_cluster = d.join("cluster.toml");
@@ -304,6 +373,19 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     c1.kill9();
     let _c2 = Proc::spawn(d, "c2", &coordinator_args);
     control(&endpoint, Duration::from_secs(60)).await;
+    let early = d.join("export-running");
+    let stderr = refused(&export(&[
+        "e2e",
+        "--coordinator",
+        &endpoint,
+        "--out",
+        early.to_str().unwrap(),
+    ]));
+    assert!(
+        stderr.contains("run e2e is still running (stage "),
+        "{stderr}"
+    );
+    assert!(!early.exists());
     let end = wait_for(
         std::slice::from_ref(&endpoint),
         "e2e",
@@ -313,8 +395,24 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     )
     .await;
     assert!(succeeded(&end), "{end:?}");
+    let export_cluster = d.join("export-cluster");
+    run_export(&["--coordinator", &endpoint], &export_cluster, "parquet", 2);
     drop(_c2);
     let cluster = check_run(&state_cluster, out_cluster.to_str().unwrap(), &corpus).await;
+    let cluster_outcomes = outcomes(&state_cluster, out_cluster.to_str().unwrap()).await;
+    let cluster_hash = config_hash(&cfg_cluster);
+    let cluster_lineage = (model_sha256.as_str(), cluster_hash.as_str());
+    let exported_cluster: Vec<Answer> = check_exported(
+        &export_cluster,
+        "parquet",
+        &expected(&cluster_outcomes[1], 2, cluster_lineage),
+        &corpus_url,
+    )
+    .await;
+    assert_eq!(
+        exported, exported_cluster,
+        "both runs export the same pseudo-labels"
+    );
 
     assert_eq!(
         local.iter().map(BTreeMap::len).collect::<Vec<_>>(),

@@ -5,11 +5,13 @@
 mod corpus;
 mod generation;
 mod pipeline;
+mod release;
 mod report;
 
 pub use corpus::{check_identity, CheckedRows, CorpusRow, LabelledRow};
 pub use generation::{FinishReason, GenerationRow, JudgementRow};
 pub use pipeline::{AnswersRow, DecisionRow};
+pub use release::{rejected_json_line, ReleaseRecord};
 pub use report::{FunnelRow, RejectedRow};
 
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod etcd;
+pub mod export_check;
 pub mod procs;
 pub mod tiny_model;
 
