@@ -118,50 +118,88 @@ impl StageRef {
     }
 
     /// Copies the files under `dir_part` (e.g. `adapter/`) into a local directory keyed by
-    /// their content, and returns it. Fetched once per worker.
+    /// their names and content, and returns it. The files are read every time (an adapter
+    /// is a few megabytes) and written once per content: a run started again at the same
+    /// output path commits new files under the same names, and must never be handed the
+    /// copy of the earlier run's.
     pub fn fetch_dir(&self, dir_part: &str) -> StageResult<PathBuf> {
         let files: Vec<&String> = self.files.iter().filter(|f| f.contains(dir_part)).collect();
         if files.is_empty() {
-            return Err(TaskError::invalid(format!(
-                "stage {} committed no file under {dir_part}",
-                self.stage
-            )));
+            return Err(format!("stage {} committed no file under {dir_part}", self.stage).into());
         }
+        let mut named = Vec::with_capacity(files.len());
+        for f in files {
+            let name = f.rsplit('/').next().unwrap_or(f).to_string();
+            named.push((name, self.read(f)?));
+        }
+        named.sort();
         let key = automaldesc_common::sha256_hex(
-            files
+            named
                 .iter()
-                .map(|f| format!("{}/{f}", self.root))
+                .map(|(name, bytes)| format!("{name}={}", automaldesc_common::sha256_hex(bytes)))
                 .collect::<Vec<_>>()
                 .join("\n")
                 .as_bytes(),
         );
         let dir = std::env::temp_dir()
             .join("automaldesc-refs")
-            .join(&key[..16]);
+            .join(&key[..32]);
         if dir.exists() {
             return Ok(dir);
         }
-        // Fetched into a directory of this process, then renamed into place: a worker next
+        // Written into a directory of this process, then renamed into place: a worker next
         // to this one never sees a half-written copy.
         let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(err_io(&tmp))?;
-        for f in files {
-            let name = f.rsplit('/').next().unwrap_or(f);
-            let bytes = self.read(f)?;
-            std::fs::write(tmp.join(name), bytes).map_err(err_io(&tmp.join(name)))?;
+        std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        for (name, bytes) in named {
+            std::fs::write(tmp.join(&name), bytes).map_err(|e| format!("{name}: {e}"))?;
         }
         if std::fs::rename(&tmp, &dir).is_err() {
-            // Another process put its copy in place first: the same files.
+            // Another process put its copy in place first: the same content.
             let _ = std::fs::remove_dir_all(&tmp);
             if !dir.exists() {
-                return Err(TaskError::transient(format!(
-                    "could not place {}",
-                    dir.display()
-                )));
+                return Err(format!("could not place {}", dir.display()).into());
             }
         }
         Ok(dir)
+    }
+}
+
+#[cfg(test)]
+mod fetch_tests {
+    use super::StageRef;
+
+    #[test]
+    fn a_ref_rewritten_under_the_same_names_is_fetched_afresh() {
+        let root =
+            std::env::temp_dir().join(format!("automaldesc-fetch-test-{}", std::process::id()));
+        let stage = root.join("runs/r/stage-003/task-00000/attempt-1/adapter");
+        std::fs::create_dir_all(&stage).unwrap();
+        // Committed paths are keys inside the store (here the file system's root).
+        let key = |name: &str| {
+            let path = stage.join(name).display().to_string();
+            path.trim_start_matches('/').to_string()
+        };
+        let r = StageRef {
+            root: root.display().to_string(),
+            stage: 3,
+            files: vec![key("a.json"), key("w.bin")],
+        };
+        let fetch = |a: &str, w: &[u8]| {
+            std::fs::write(stage.join("a.json"), a).unwrap();
+            std::fs::write(stage.join("w.bin"), w).unwrap();
+            let dir = r.fetch_dir("adapter/").unwrap();
+            (dir.clone(), std::fs::read(dir.join("w.bin")).unwrap())
+        };
+        let (first, w1) = fetch("{}", &[1, 2, 3]);
+        let (second, w2) = fetch("{}", &[4, 5, 6]);
+        let (again, w3) = fetch("{}", &[4, 5, 6]);
+        assert_eq!(w1, [1, 2, 3]);
+        assert_eq!(w2, [4, 5, 6], "the earlier copy was handed out");
+        assert_ne!(first, second);
+        assert_eq!((again, w3), (second, vec![4, 5, 6]));
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
 
