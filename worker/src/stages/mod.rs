@@ -151,9 +151,10 @@ impl StageRef {
         // to this one never sees a half-written copy.
         let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::create_dir_all(&tmp).map_err(err_io(&tmp))?;
         for (name, bytes) in named {
-            std::fs::write(tmp.join(&name), bytes).map_err(|e| format!("{name}: {e}"))?;
+            let path = tmp.join(&name);
+            std::fs::write(&path, bytes).map_err(err_io(&path))?;
         }
         if std::fs::rename(&tmp, &dir).is_err() {
             // Another process put its copy in place first: the same content.
