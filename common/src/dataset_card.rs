@@ -10,7 +10,6 @@ use std::fmt::Write as _;
 use arrow::datatypes::DataType;
 
 use crate::eval;
-use crate::filter::Reason;
 use crate::manifest::Manifest;
 use crate::release::{ReleaseFormat, CHECKSUMS};
 use crate::report::{FunnelSummary, IterationReport};
@@ -276,23 +275,7 @@ impl DatasetCard<'_> {
             "## The filter funnel\n\nEach unlabelled script leaves at the first check it \
              fails, in the published order.\n\n| stage | rejected | remaining |\n|---|---|---|"
         );
-        let _ = writeln!(s, "| unlabelled scripts | | {} |", f.unlabelled);
-        let _ = writeln!(
-            s,
-            "| 0-unprocessed (quarantined before the filter) | {} | {} |",
-            f.unprocessed, f.filtered
-        );
-        for (stage, left) in &f.remaining {
-            let dropped: Vec<String> = Reason::ALL
-                .iter()
-                .filter(|r| r.stage() == stage)
-                .map(|r| {
-                    let n = f.rejected.get(r.as_str()).copied().unwrap_or(0);
-                    format!("{} {n}", r.as_str())
-                })
-                .collect();
-            let _ = writeln!(s, "| {stage} | {} | {left} |", dropped.join(", "));
-        }
+        f.write_rows(s, "0-unprocessed (quarantined before the filter)");
         let _ = writeln!(
             s,
             "\nAccepted {} of {} ({:.1}%); {} of them are seed scripts, which keep their \

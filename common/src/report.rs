@@ -100,6 +100,29 @@ impl JudgeScore {
 }
 
 impl FunnelSummary {
+    /// The funnel's table rows (after the header): the unlabelled scripts, the row named
+    /// `unprocessed` for scripts quarantined before the filter, then each check with its
+    /// rejections by reason and what remains.
+    pub fn write_rows(&self, s: &mut String, unprocessed: &str) {
+        let _ = writeln!(s, "| unlabelled scripts | | {} |", self.unlabelled);
+        let _ = writeln!(
+            s,
+            "| {unprocessed} | {} | {} |",
+            self.unprocessed, self.filtered
+        );
+        for (stage, left) in &self.remaining {
+            let dropped: Vec<String> = Reason::ALL
+                .iter()
+                .filter(|r| r.stage() == stage)
+                .map(|r| {
+                    let n = self.rejected.get(r.as_str()).copied().unwrap_or(0);
+                    format!("{} {n}", r.as_str())
+                })
+                .collect();
+            let _ = writeln!(s, "| {stage} | {} | {left} |", dropped.join(", "));
+        }
+    }
+
     pub fn from_funnel(f: &Funnel) -> Self {
         Self {
             filtered: f.input,
@@ -288,26 +311,7 @@ impl IterationReport {
             let _ = writeln!(s, "\n## Filter funnel\n");
             let _ = writeln!(s, "| stage | rejected | remaining |");
             let _ = writeln!(s, "|---|---|---|");
-            let _ = writeln!(s, "| unlabelled scripts | | {} |", f.unlabelled);
-            let _ = writeln!(
-                s,
-                "| 0-unprocessed (quarantined) | {} | {} |",
-                f.unprocessed, f.filtered
-            );
-            for (stage, left) in &f.remaining {
-                let dropped: Vec<String> = Reason::ALL
-                    .iter()
-                    .filter(|r| r.stage() == stage)
-                    .map(|r| {
-                        format!(
-                            "{} {}",
-                            r.as_str(),
-                            f.rejected.get(r.as_str()).copied().unwrap_or(0)
-                        )
-                    })
-                    .collect();
-                let _ = writeln!(s, "| {stage} | {} | {left} |", dropped.join(", "));
-            }
+            f.write_rows(&mut s, "0-unprocessed (quarantined)");
             let _ = writeln!(
                 s,
                 "\naccepted {} of {} ({:.1}%); next training set {} rows (seed {}, accepted \

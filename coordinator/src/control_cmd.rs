@@ -324,13 +324,18 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         })
         .await?;
         println!("run {} submitted", s.run_id);
-        if !args.wait {
-            return Ok(0);
-        }
-        let last = follow(&args.client, &s.run_id, false).await?;
-        Ok::<_, anyhow::Error>(exit_code(last.state))
+        wait_code(&args.client, &s.run_id, args.wait).await
     })?;
     exit_with(code)
+}
+
+/// With `wait`, follows the run until it ends and gives its exit code; 0 without.
+async fn wait_code(client: &ClientArgs, run_id: &str, wait: bool) -> anyhow::Result<i32> {
+    if !wait {
+        return Ok(0);
+    }
+    let last = follow(client, run_id, false).await?;
+    Ok(exit_code(last.state))
 }
 
 /// Exits with `code` unless it is 0 (a run that ended otherwise than succeeded).
@@ -398,11 +403,7 @@ pub fn retry_quarantined(args: RetryArgs) -> anyhow::Result<()> {
             .with_context(|| format!("run {}", args.run_id))?
             .into_inner();
         print_status(&s, false);
-        if !args.wait {
-            return Ok(0);
-        }
-        let last = follow(&args.client, &s.run_id, false).await?;
-        Ok::<_, anyhow::Error>(exit_code(last.state))
+        wait_code(&args.client, &s.run_id, args.wait).await
     })?;
     exit_with(code)
 }
