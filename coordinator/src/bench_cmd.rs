@@ -476,3 +476,52 @@ pub fn engine(args: BenchEngineArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct BenchMatmulArgs {
+    /// Shapes `MxKxN`, comma-separated. The default: the 1024³ peak, then SmolLM2-135M's
+    /// projections over a 464-token sequence (qkv, o, gate+up, down).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1024x1024x1024,464x576x960,464x576x576,464x576x3072,464x1536x576"
+    )]
+    pub shapes: Vec<String>,
+    /// Timed repetitions per shape and path (the best is kept).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+}
+
+/// `automaldesc bench matmul`: GFLOP/s of burn's general matmul (the machine's measured
+/// matrix-product peak) next to the packed-panel kernels, on the calling thread pool.
+pub fn matmul(args: BenchMatmulArgs) -> anyhow::Result<()> {
+    let shapes = args
+        .shapes
+        .iter()
+        .map(|s| {
+            let dims: Vec<usize> = s
+                .split('x')
+                .map(|d| d.parse::<usize>())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--shapes: `{s}` is not MxKxN"))?;
+            match dims[..] {
+                [m, k, n] if m * k * n > 0 => Ok((m, k, n)),
+                _ => anyhow::bail!("--shapes: `{s}` is not MxKxN with positive sizes"),
+            }
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    println!(
+        "{} threads; GFLOP/s, best of {}",
+        rayon::current_num_threads(),
+        args.reps
+    );
+    println!("| M x K x N | burn matmul | packed x·W | packed dY·Wᵀ |");
+    println!("|---|---|---|---|");
+    let rows = automaldesc_worker::bench::matmul_rates(&shapes, args.reps);
+    for chunk in rows.chunks(3) {
+        let r = &chunk[0];
+        let rates: Vec<String> = chunk.iter().map(|c| format!("{:.1}", c.gflops)).collect();
+        println!("| {}x{}x{} | {} |", r.m, r.k, r.n, rates.join(" | "));
+    }
+    Ok(())
+}

@@ -86,6 +86,8 @@ enum BenchCmd {
     Engine(automaldesc_coordinator::bench_cmd::BenchEngineArgs),
     /// Training tokens per second on the real model.
     Train(automaldesc_coordinator::train_cmd::BenchTrainArgs),
+    /// Matrix-product GFLOP/s: the machine's measured peak next to the packed kernels.
+    Matmul(automaldesc_coordinator::bench_cmd::BenchMatmulArgs),
     /// Compare the selected device (e.g. CUDA) with the CPU backend on a random model.
     DeviceCheck,
 }
@@ -129,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCmd::Train(args)) => automaldesc_coordinator::train_cmd::bench(args),
         Command::Bench(BenchCmd::Engine(args)) => automaldesc_coordinator::bench_cmd::engine(args),
+        Command::Bench(BenchCmd::Matmul(args)) => automaldesc_coordinator::bench_cmd::matmul(args),
         Command::Bench(BenchCmd::DeviceCheck) => automaldesc_coordinator::bench_cmd::device_check(),
     }
 }

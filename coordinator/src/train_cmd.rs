@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use automaldesc_worker::runtime::Annotator;
 use automaldesc_worker::train::data::{prepare, through_label, Budget, Labelled, Prepared};
 use automaldesc_worker::train::fit::Trainer;
 use automaldesc_worker::train::lora::{LayerSet, LoraConfig};
@@ -275,17 +274,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         &[&data.train, &data.val, &eval],
         Some(&ckpt.join("prefix")),
     )?;
-    // The eval split is scored on the fused inference path with each epoch's adapter merged.
-    let infer = match eval.is_empty() {
-        true => None,
-        false => Some(Annotator::load(
-            &args
-                .model
-                .clone()
-                .unwrap_or_else(crate::annotate_cmd::default_model_path),
-            &burn::tensor::Device::flex(),
-        )?),
-    };
+    // The epoch ends, and the eval split with each epoch's adapter merged, run on the fused
+    // inference path.
+    let infer = trainer.fused_model()?;
     if let Some(c) = &caches {
         eprintln!(
             "frozen prefix: blocks below {} run once ({:.1} s, {:.0} MiB in memory, {:.0} MiB spilled)",
@@ -300,12 +291,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         val: &data.val,
         choices: Some(&trainer.choices),
         prefix: caches.as_ref().map(|c| (&c[0], &c[1])),
+        fused: Some(infer),
     };
     let mut eval_log = Vec::new();
-    if let (Some(infer), true) = (&infer, args.eval_base) {
+    if args.eval_base && !eval.is_empty() {
         let prefix = caches.as_ref().map(|c| &c[2]);
         let t = automaldesc_worker::train::label_eval::score_labels(
-            &infer.model,
+            infer,
             None,
             &eval,
             &trainer.choices,
@@ -348,10 +340,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 e.val.label_nll, e.val.label_accuracy, e.val.balanced_accuracy, e.val.auc,
                 e.val.language_accuracy, started.elapsed().as_secs_f64()
             );
-            let Some(infer) = &infer else {
+            if eval.is_empty() {
                 return;
-            };
-            let merged = automaldesc_worker::train::label_eval::merged(&infer.model, adapter);
+            }
+            let merged = automaldesc_worker::train::label_eval::merged(infer, adapter);
             let prefix = caches.as_ref().map(|c| &c[2]);
             let scored = merged
                 .map_err(|e| anyhow::anyhow!(e))
@@ -550,6 +542,7 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
         val: &[],
         choices: None,
         prefix: caches.as_ref().map(|c| (&c[0], &c[1])),
+        fused: None,
     };
     train_with(
         &annotator.model,

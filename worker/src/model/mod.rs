@@ -41,6 +41,18 @@ pub struct Block {
     pub ffn: FeedForward,
 }
 
+impl Block {
+    /// The block's four linear weights.
+    pub fn weights_mut(&mut self) -> [&mut Weight; 4] {
+        [
+            &mut self.attn.wqkv,
+            &mut self.attn.wo,
+            &mut self.ffn.w_gate_up,
+            &mut self.ffn.w_down,
+        ]
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct Llama {
     /// `[vocab, hidden]`; also the output projection when embeddings are tied.
@@ -115,14 +127,7 @@ impl Llama {
 
     /// The linear weights of every block.
     fn block_weights(&mut self) -> impl Iterator<Item = &mut Weight> {
-        self.blocks.iter_mut().flat_map(|b| {
-            [
-                &mut b.attn.wqkv,
-                &mut b.attn.wo,
-                &mut b.ffn.w_gate_up,
-                &mut b.ffn.w_down,
-            ]
-        })
+        self.blocks.iter_mut().flat_map(Block::weights_mut)
     }
 
     /// Packs every linear weight (and, with tied embeddings, a copy of the embedding's

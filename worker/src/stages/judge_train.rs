@@ -215,6 +215,11 @@ fn train_judge(
         val: &va,
         choices: Some(&choices),
         prefix: caches.as_ref().map(|c| (&c[0], &c[1])),
+        fused: Some(
+            trainer
+                .fused_model()
+                .map_err(|e| format!("judge-train: {e}"))?,
+        ),
     };
     let cancel = task.cancel.clone();
     let trained = train_with(

@@ -113,6 +113,7 @@ impl Executor for TrainExecutor {
             val: &data.val,
             choices: Some(&trainer.choices),
             prefix: caches.as_ref().map(|c| (&c[0], &c[1])),
+            fused: Some(trainer.fused_model().map_err(|e| format!("train: {e}"))?),
         };
         let trained = train_with(
             &trainer.annotator.model,

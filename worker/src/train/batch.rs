@@ -121,6 +121,7 @@ pub fn make_batch(
         tokens: Vec::new(),
         b,
         t,
+        lens: Vec::with_capacity(b),
         rows: Vec::new(),
         targets: Vec::new(),
         weights: Vec::new(),
@@ -132,6 +133,7 @@ pub fn make_batch(
         let seq: Vec<u32> = e.prompt.iter().chain(&e.target).copied().collect();
         let n = seq.len() - 1;
         tokens[s * t..s * t + n].copy_from_slice(&seq[..n]);
+        batch.lens.push(n);
         for (k, p) in (e.prompt.len() - 1..n).enumerate() {
             let row = s * t + p;
             let role = choices

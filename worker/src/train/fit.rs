@@ -1,6 +1,7 @@
 //! One training run from a model file: the frozen model on the autodiff device, the answer
-//! schema's choice candidates, and the frozen-prefix caches when the adapter starts above
-//! block 0 (computed on the fused inference path, which is loaded for that and dropped).
+//! schema's choice candidates, and the same model on the fused inference path, which
+//! computes the frozen-prefix caches when the adapter starts above block 0 and the passes
+//! at every epoch's end.
 
 use std::path::Path;
 
@@ -17,6 +18,9 @@ pub struct Trainer {
     pub annotator: Annotator,
     pub choices: ChoiceIds,
     path: std::path::PathBuf,
+    /// The same model on the inference path (flex, packed), loaded on first use: it computes
+    /// the frozen prefixes and runs the passes at every epoch's end (`TrainData::fused`).
+    fused: std::sync::OnceLock<Annotator>,
 }
 
 impl Trainer {
@@ -29,7 +33,18 @@ impl Trainer {
             annotator,
             choices,
             path: path.to_path_buf(),
+            fused: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The base model on the fused inference path (loaded once, kept for the run).
+    pub fn fused_model(&self) -> Result<&crate::model::Llama, TrainError> {
+        if let Some(a) = self.fused.get() {
+            return Ok(&a.model);
+        }
+        let infer = Annotator::load(&self.path, &Device::flex())
+            .map_err(|e| TrainError::Config(format!("loading the inference model: {e}")))?;
+        Ok(&self.fused.get_or_init(|| infer).model)
     }
 
     /// The frozen-prefix cache of each set when `config`'s lowest adapted block is above 0
@@ -53,12 +68,11 @@ impl Trainer {
                 "`prefix_cache_bytes` is 0 and no spill directory is set: the frozen prefix has nowhere to go".into(),
             ));
         }
-        let infer = Annotator::load(&self.path, &Device::flex())
-            .map_err(|e| TrainError::Config(format!("loading the inference model: {e}")))?;
+        let infer = self.fused_model()?;
         let mut left = config.prefix_cache_bytes;
         let mut out = Vec::with_capacity(sets.len());
         for set in sets {
-            let cache = PrefixCache::build(&infer.model, set, start, left, spill_dir)?;
+            let cache = PrefixCache::build(infer, set, start, left, spill_dir)?;
             left = left.saturating_sub(cache.memory_bytes);
             out.push(cache);
         }

@@ -8,7 +8,7 @@ use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 use crate::model::reference::{apply_rope, rms_norm, rope_tables};
-use crate::model::{Llama, Weight};
+use crate::model::{KvCache, Llama, Weight};
 
 use super::lora::{LoraTensors, Proj};
 
@@ -17,6 +17,8 @@ pub struct Batch {
     pub tokens: Vec<u32>,
     pub b: usize,
     pub t: usize,
+    /// Each sequence's true length (rows `seq * t + lens[seq] ..` are padding).
+    pub lens: Vec<usize>,
     /// Rows (`seq * t + position`) whose next token is scored over the whole vocabulary,
     /// that token, and the row's loss weight.
     pub rows: Vec<usize>,
@@ -216,6 +218,40 @@ pub fn hidden_states(
     rms_norm(x, &model.norm.val(), eps)
 }
 
+/// [`hidden_states`] on the fused inference path, for forward-only passes: `model` is an
+/// inference model (flex, packed) with the adapter's blocks merged into its weights
+/// (`label_eval::merged`), so no adapter branch and no graph. Each sequence runs alone at
+/// its true length from the batch's frozen-prefix states when it has them; padding rows
+/// are zero.
+pub fn hidden_states_merged(model: &Llama, batch: &Batch) -> Tensor<2> {
+    let (t, width) = (batch.t, model.config.hidden_size);
+    let device = model.device();
+    let seqs: Vec<Tensor<2>> = batch
+        .lens
+        .iter()
+        .enumerate()
+        .map(|(s, &n)| {
+            let h = match &batch.prefix {
+                Some((start, states)) => {
+                    let rows = states[s * t * width..(s * t + n) * width].to_vec();
+                    let x = Tensor::<2>::from_data(TensorData::new(rows, [n, width]), &device);
+                    model.forward_from(x, *start)
+                }
+                None => {
+                    let mut cache = KvCache::new(&model.config, 1, n, &device);
+                    model.forward(&batch.tokens[s * t..s * t + n], n, &mut cache)
+                }
+            };
+            if n == t {
+                h
+            } else {
+                Tensor::cat(vec![h, Tensor::zeros([t - n, width], &device)], 0)
+            }
+        })
+        .collect();
+    Tensor::cat(seqs, 0)
+}
+
 /// Log-probabilities `[rows.len()]` of the batch's vocabulary-wide targets.
 pub fn target_log_probs(
     model: &Llama,
@@ -307,7 +343,22 @@ pub fn score(
     lora: Option<&LoraTensors>,
     dropout: Option<Dropout>,
 ) -> Scored {
-    let hidden = hidden_states(model, batch, lora, dropout);
+    score_hidden(
+        model,
+        hidden_states(model, batch, lora, dropout),
+        batch,
+        lora,
+    )
+}
+
+/// [`score`] from the batch's final hidden states (from [`hidden_states`] or
+/// [`hidden_states_merged`]); `lora` contributes its heads only.
+pub fn score_hidden(
+    model: &Llama,
+    hidden: Tensor<2>,
+    batch: &Batch,
+    lora: Option<&LoraTensors>,
+) -> Scored {
     let vocab = (!batch.rows.is_empty()).then(|| vocab_log_probs(model, &hidden, batch));
     let device = hidden.device();
     let mut choices = Vec::with_capacity(batch.choices.len());

@@ -9,11 +9,11 @@ use burn::tensor::{Int, Tensor, TensorData};
 use super::head_fit::{fit_head, LabelFeatures};
 use super::lora::LoraWeights;
 use super::prefix::PrefixCache;
+use super::scorer::Scorer;
 use super::{
-    forward, make_batch, micro_batches, to_vec, ChoiceIds, Example, TrainConfig, TrainData,
-    TrainError, Weights,
+    make_batch, micro_batches, to_vec, ChoiceIds, Example, TrainConfig, TrainData, TrainError,
+    Weights,
 };
-use crate::model::Llama;
 
 /// One example's features at a choice position: the final hidden state and the model's
 /// logits of the candidates (without any head).
@@ -25,18 +25,19 @@ struct ChoicePoint {
 
 /// Features at the label and at the language positions of `examples`.
 fn choice_features(
-    model: &Llama,
+    scorer: &Scorer,
     examples: &[Example],
     adapter: &LoraWeights,
     budget: usize,
     choices: &ChoiceIds,
     prefix: Option<&PrefixCache>,
 ) -> Result<(Vec<ChoicePoint>, Vec<ChoicePoint>), TrainError> {
+    let model = scorer.model();
     let device = model.device();
     let mut bare = adapter.clone();
     bare.label_head = None;
     bare.language_head = None;
-    let tensors = bare.tensors(&device, false);
+    let tensors = scorer.tensors(&bare);
     let (mut labels, mut languages) = (Vec::new(), Vec::new());
     let (vocab, width) = (model.config.vocab_size, model.config.hidden_size);
     for mb in micro_batches(examples, budget, None) {
@@ -44,7 +45,7 @@ fn choice_features(
         if batch.choices.is_empty() {
             continue;
         }
-        let hidden = forward::hidden_states(model, &batch, Some(&tensors), None);
+        let hidden = scorer.hidden_states(&batch, Some(&tensors));
         let rows: Vec<i64> = batch.choices.iter().map(|c| c.row as i64).collect();
         let n = rows.len();
         let h = hidden.select(
@@ -170,7 +171,7 @@ fn fit_choice(
 /// Refits the heads `config` asks for on `data.train`, choosing their regularisation on
 /// `data.val`.
 pub(super) fn refit(
-    model: &Llama,
+    scorer: &Scorer,
     data: &TrainData,
     config: &TrainConfig,
     prefix_val: Option<&PrefixCache>,
@@ -181,7 +182,7 @@ pub(super) fn refit(
     };
     let prefix_train = data.prefix.map(|(t, _)| t);
     let (train_labels, train_langs) = choice_features(
-        model,
+        scorer,
         data.train,
         adapter,
         config.batch_tokens,
@@ -189,7 +190,7 @@ pub(super) fn refit(
         prefix_train,
     )?;
     let (val_labels, val_langs) = choice_features(
-        model,
+        scorer,
         data.val,
         adapter,
         config.batch_tokens,

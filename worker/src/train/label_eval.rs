@@ -13,13 +13,29 @@ use super::{ChoiceIds, Example, TokenRole, TrainError};
 use crate::generate::sampler::choice_probs;
 use crate::model::{KvCache, Llama};
 
-/// The base model with `adapter` merged, packed for the fused kernels. `base` must be an
-/// inference model (not autodiff).
+/// The base model with `adapter` merged, packed for the fused kernels where `base` is.
+/// `base` must be an inference model (not autodiff). Only the blocks the adapter touches
+/// are unpacked, merged and packed again; the others are shared with `base`.
 pub fn merged(base: &Llama, adapter: &LoraWeights) -> Result<Llama, AdapterError> {
     let mut m = base.clone();
-    m.unpack();
+    let native = crate::kernels::native_device(&m.device());
+    let adapted: Vec<usize> = (0..m.blocks.len())
+        .filter(|&i| adapter.layers.get(i).is_some_and(|p| !p.is_empty()))
+        .collect();
+    for &i in &adapted {
+        for w in m.blocks[i].weights_mut() {
+            *w = w.to_plain();
+        }
+    }
     adapter.merge_into(&mut m)?;
-    Ok(m.packed_for_device())
+    if native {
+        for &i in &adapted {
+            for w in m.blocks[i].weights_mut() {
+                *w = w.to_packed();
+            }
+        }
+    }
+    Ok(m)
 }
 
 /// Scores the label (and the language) of every example that has one. With `prefix` (the

@@ -34,6 +34,7 @@ pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod prefix;
+pub mod scorer;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -48,6 +49,7 @@ use lora::{AdapterError, LoraConfig, LoraWeights};
 use metrics::{calibrated_threshold, SplitMetrics, Tally};
 use optim::{learning_rate, AdamW};
 use prefix::PrefixCache;
+use scorer::Scorer;
 
 /// What an answer token is to the constrained decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -482,13 +484,31 @@ pub fn evaluate_scores(
     choices: Option<&ChoiceIds>,
     prefix: Option<&PrefixCache>,
 ) -> Result<Tally, TrainError> {
-    let device = model.device();
-    let tensors = adapter.map(|a| a.tensors(&device, false));
+    scores_with(
+        &Scorer::Branches(model),
+        examples,
+        adapter,
+        budget,
+        choices,
+        prefix,
+    )
+}
+
+/// [`evaluate_scores`] on `scorer` (which carries the adapter's blocks when merged).
+fn scores_with(
+    scorer: &Scorer,
+    examples: &[Example],
+    adapter: Option<&LoraWeights>,
+    budget: usize,
+    choices: Option<&ChoiceIds>,
+    prefix: Option<&PrefixCache>,
+) -> Result<Tally, TrainError> {
+    let tensors = adapter.map(|a| scorer.tensors(a));
     let mut tally = Tally::default();
     let weights = Weights::uniform();
     for mb in micro_batches(examples, budget, None) {
         let batch = make_batch(examples, &mb, choices, &weights, prefix)?;
-        let scored = score(model, &batch, tensors.as_ref(), None);
+        let scored = scorer.score(&batch, tensors.as_ref());
         tally_batch(&mut tally, &batch, &scored, choices);
     }
     Ok(tally)
@@ -517,6 +537,10 @@ pub struct TrainData<'a> {
     /// Frozen-prefix states of `train` and `val` (see [`prefix`]), starting at the
     /// adapter's lowest block.
     pub prefix: Option<(&'a PrefixCache, &'a PrefixCache)>,
+    /// An inference copy of the base model (flex, packed): the passes at every epoch's end
+    /// (heads, validation) then run on the fused kernels with the adapter merged
+    /// ([`scorer`]) instead of through the training model.
+    pub fused: Option<&'a Llama>,
 }
 
 /// Trains an adapter on `train`, choosing the best epoch on `val`, every target token free
@@ -534,6 +558,7 @@ pub fn train(
         val,
         choices: None,
         prefix: None,
+        fused: None,
     };
     train_with(model, &data, config, checkpoint, progress, &mut |_, _| {})
 }
@@ -729,11 +754,12 @@ pub fn train_with(
                 return Ok(None);
             }
         }
+        let scorer = Scorer::new(model, data.fused, &adapter)?;
         if config.lora.label_head || config.lora.language_head {
-            heads::refit(model, data, config, prefix_val, &mut adapter)?;
+            heads::refit(&scorer, data, config, prefix_val, &mut adapter)?;
         }
         end_epoch(
-            model, data, config, prefix_val, &mut state, &adapter, &mut best,
+            &scorer, data, config, prefix_val, &mut state, &adapter, &mut best,
         )?;
         if let Some(e) = state.history.last() {
             epoch_done(e, &adapter);
@@ -783,7 +809,7 @@ fn is_better(m: &SplitMetrics, best: Option<(f64, f64)>) -> bool {
 /// far: lowest validation label NLL, the token loss breaking ties (the token loss alone
 /// when there are no labels; the training split's scores when there is no validation).
 fn end_epoch(
-    model: &Llama,
+    scorer: &Scorer,
     data: &TrainData,
     config: &TrainConfig,
     prefix_val: Option<&PrefixCache>,
@@ -795,8 +821,8 @@ fn end_epoch(
     let (val_metrics, val_scores) = if data.val.is_empty() {
         (train_metrics.clone(), state.tally.to_tally().labels)
     } else {
-        let t = evaluate_scores(
-            model,
+        let t = scores_with(
+            scorer,
             data.val,
             Some(adapter),
             config.batch_tokens,

@@ -293,6 +293,7 @@ fn the_cached_prefix_gives_the_uncached_loss_and_gradients() {
         val: &[],
         choices: Some(&choices()),
         prefix: Some((&cache, &cache)),
+        fused: None,
     };
     let mut config = TrainConfig::v1();
     config.lora = lora(LayerSet::all());
@@ -333,6 +334,7 @@ fn bad_training_settings_are_refused_before_training() {
         val: &[],
         choices: Some(&choices()),
         prefix: None,
+        fused: None,
     };
     for (key, edit) in [
         (
@@ -361,6 +363,7 @@ fn bad_training_settings_are_refused_before_training() {
         val: &[],
         choices: Some(&choices()),
         prefix: None,
+        fused: None,
     };
     let e = train_with(
         &model,
@@ -389,6 +392,7 @@ fn a_checkpoint_of_other_layers_is_refused_naming_both() {
         val: &[],
         choices: Some(&choices()),
         prefix: None,
+        fused: None,
     };
     let stopped = train_with(
         &model,
@@ -562,6 +566,7 @@ fn refitted_heads_separate_what_the_features_separate() {
         val: &ex,
         choices: Some(&choices()),
         prefix: None,
+        fused: None,
     };
     let trained = train_with(&model, &data, &config, None, &mut |_| true, &mut |_, _| {})
         .unwrap()
@@ -605,6 +610,7 @@ fn a_crash_resumes_from_the_last_periodic_checkpoint_bit_identically() {
         val: &[],
         choices: Some(&choices()),
         prefix: None,
+        fused: None,
     };
     let whole = train_with(&model, &data, &config, None, &mut |_| true, &mut |_, _| {})
         .unwrap()
@@ -643,4 +649,96 @@ fn a_crash_resumes_from_the_last_periodic_checkpoint_bit_identically() {
     assert_eq!(first_step, Some(5), "resumed after the step-4 checkpoint");
     assert_eq!(resumed.adapter, whole.adapter, "bit-identical adapters");
     assert_eq!(resumed.history, whole.history);
+}
+
+#[test]
+fn the_epoch_end_scores_on_the_fused_path_are_the_training_model_s() {
+    // The passes at an epoch's end run on an inference copy with the adapter merged: the
+    // same token NLL, label probabilities and language hits as through the training model
+    // with the adapter as branches, with and without the frozen prefix, in padded batches.
+    let device = Device::flex().autodiff();
+    let model = tiny(&device);
+    let infer = Llama::random(&LlamaConfig::tiny(97), 7, &Device::flex());
+    let hidden = model.config.hidden_size;
+    let mut a = adapter(&model, LayerSet::top(1));
+    a.label_head = Some(
+        (0..=hidden)
+            .map(|i| (i as f32 * 0.37).sin() * 0.2)
+            .collect(),
+    );
+    a.language_head = Some(
+        (0..5 * (hidden + 1))
+            .map(|i| (i as f32 * 0.11).cos() * 0.2)
+            .collect(),
+    );
+    let ex = set(7);
+    let cache = PrefixCache::build(&infer, &ex, 1, 1 << 20, None).unwrap();
+    let merged = Scorer::new(&model, Some(&infer), &a).unwrap();
+    assert!(matches!(merged, Scorer::Merged(_)));
+    for prefix in [None, Some(&cache)] {
+        let want = scores_with(
+            &Scorer::Branches(&model),
+            &ex,
+            Some(&a),
+            40,
+            Some(&choices()),
+            prefix,
+        )
+        .unwrap();
+        let got = scores_with(&merged, &ex, Some(&a), 40, Some(&choices()), prefix).unwrap();
+        assert_eq!(got.scripts, 7);
+        assert_eq!(
+            (got.tokens, got.labels.len()),
+            (want.tokens, want.labels.len())
+        );
+        assert!(want.tokens > 0 && want.labels.len() == 7);
+        let (g, w) = (got.token_nll, want.token_nll);
+        assert!(
+            (g - w).abs() < 1e-3 * w.abs().max(1.0),
+            "token nll {g} vs {w}"
+        );
+        for (g, w) in got.labels.iter().zip(&want.labels) {
+            assert_eq!(g.label, w.label);
+            assert!((g.p - w.p).abs() < 1e-4, "P(malicious) {} vs {}", g.p, w.p);
+        }
+        assert_eq!(
+            (got.languages, got.languages_right),
+            (want.languages, want.languages_right)
+        );
+    }
+    // Merging left the base copy untouched: without an adapter it scores as the base.
+    let bare = scores_with(
+        &Scorer::Branches(&model),
+        &ex,
+        None,
+        40,
+        Some(&choices()),
+        None,
+    )
+    .unwrap();
+    let base = scores_with(
+        &Scorer::new(
+            &model,
+            Some(&infer),
+            &LoraWeights::init(&lora(LayerSet::top(1)), &model.config, 3).unwrap(),
+        )
+        .unwrap(),
+        &ex,
+        None,
+        40,
+        Some(&choices()),
+        None,
+    )
+    .unwrap();
+    assert!((bare.token_nll - base.token_nll).abs() < 1e-3 * bare.token_nll.abs().max(1.0));
+    let fresh = scores_with(
+        &Scorer::Merged(infer.clone()),
+        &ex,
+        None,
+        40,
+        Some(&choices()),
+        None,
+    )
+    .unwrap();
+    assert!((fresh.token_nll - bare.token_nll).abs() < 1e-3 * bare.token_nll.abs().max(1.0));
 }
