@@ -135,6 +135,11 @@ pub struct LoopConfig {
     /// skipped for the run.
     #[serde(default = "default_judge_min_accuracy")]
     pub judge_min_accuracy: f64,
+    /// The base model's report also scores the base judge on every test reference summary:
+    /// a diagnostic beside the judge-train stage's own check on the seed, one judge pass
+    /// over the test set.
+    #[serde(default = "default_true")]
+    pub judge_check_test: bool,
     /// Training of the judge adapter (one target token: the label).
     #[serde(default = "default_judge_adapter")]
     pub judge_adapter: AdapterConfig,
@@ -634,7 +639,7 @@ impl LoopConfig {
                 &[("answers", BASE_EVALUATE)],
                 {
                     let mut c = report_config(0, "base", None);
-                    c["judge_check"] = json!(true);
+                    c["judge_check"] = json!(self.judge_check_test);
                     c
                 },
             ),

@@ -63,6 +63,7 @@ impl Executor for TrainExecutor {
         // not been checked on CUDA yet (inference stages use the worker's device).
         let mut trainer = Trainer::load(&model).map_err(|e| format!("{}: {e}", model.display()))?;
         trainer.annotator.prompt_style = cfg.prompt;
+        trainer.prefix_store = Some(super::prefix_store(&model)?);
         let budget = Budget {
             prompt: cfg.prompt_tokens,
             answer: cfg.answer_tokens,

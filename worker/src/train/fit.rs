@@ -9,6 +9,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 
 use super::prefix::PrefixCache;
+use super::prefix_store::PrefixStore;
 use super::{ChoiceIds, Example, TrainConfig, TrainError};
 use crate::runtime::{Annotator, RuntimeError};
 
@@ -21,6 +22,8 @@ pub struct Trainer {
     /// The same model on the inference path (flex, packed), loaded on first use: it computes
     /// the frozen prefixes and runs the passes at every epoch's end (`TrainData::fused`).
     fused: std::sync::OnceLock<Annotator>,
+    /// Where frozen-prefix states outlive this run, for the next run over the same examples.
+    pub prefix_store: Option<PrefixStore>,
 }
 
 impl Trainer {
@@ -34,6 +37,7 @@ impl Trainer {
             choices,
             path: path.to_path_buf(),
             fused: std::sync::OnceLock::new(),
+            prefix_store: None,
         })
     }
 
@@ -72,7 +76,14 @@ impl Trainer {
         let mut left = config.prefix_cache_bytes;
         let mut out = Vec::with_capacity(sets.len());
         for set in sets {
-            let cache = PrefixCache::build(infer, set, start, left, spill_dir)?;
+            let cache = PrefixCache::build(
+                infer,
+                set,
+                start,
+                left,
+                spill_dir,
+                self.prefix_store.as_ref(),
+            )?;
             left = left.saturating_sub(cache.memory_bytes);
             out.push(cache);
         }

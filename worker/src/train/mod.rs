@@ -34,6 +34,7 @@ pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod prefix;
+pub mod prefix_store;
 pub mod scorer;
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use super::prefix_store::PrefixStore;
 use super::{Example, TrainError};
 use crate::model::Llama;
 
@@ -28,18 +29,22 @@ pub struct PrefixCache {
     /// Bytes held in memory, and in the spill file.
     pub memory_bytes: usize,
     pub spilled_bytes: u64,
+    /// Examples whose states came from the [`PrefixStore`] instead of the model.
+    pub reused: usize,
 }
 
 impl PrefixCache {
     /// Runs blocks `0..start` of `model` (an inference model: fused kernels on the CPU) over
-    /// each example's sequence (prompt and target but the last token). Beyond
-    /// `budget_bytes` states go to a file in `spill_dir` (an error when there is none).
+    /// each example's sequence (prompt and target but the last token), or reads the states
+    /// from `store` where an earlier run left them. Beyond `budget_bytes` states go to a
+    /// file in `spill_dir` (an error when there is none).
     pub fn build(
         model: &Llama,
         examples: &[Example],
         start: usize,
         budget_bytes: usize,
         spill_dir: Option<&Path>,
+        store: Option<&PrefixStore>,
     ) -> Result<Self, TrainError> {
         let hidden = model.config.hidden_size;
         let mut cache = Self {
@@ -49,17 +54,34 @@ impl PrefixCache {
             spill: None,
             memory_bytes: 0,
             spilled_bytes: 0,
+            reused: 0,
         };
         for e in examples {
             let seq: Vec<u32> = e.prompt.iter().chain(&e.target).copied().collect();
             let n = seq.len() - 1;
-            let states = model.residual_stream(&seq[..n], start);
-            let v = states
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| TrainError::Config(format!("prefix states: {e:?}")))?;
+            let stored = store.and_then(|s| s.get(start, &seq[..n], n * hidden));
+            let v = match stored {
+                Some(v) => {
+                    cache.reused += 1;
+                    v
+                }
+                None => {
+                    let v = model
+                        .residual_stream(&seq[..n], start)
+                        .into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .map_err(|e| TrainError::Config(format!("prefix states: {e:?}")))?;
+                    if let Some(s) = store {
+                        s.put(start, &seq[..n], &v);
+                    }
+                    v
+                }
+            };
             cache.push(v, n, budget_bytes, spill_dir)?;
+        }
+        if let Some(s) = store {
+            s.evict();
         }
         Ok(cache)
     }

@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use super::forward::{hidden_states, score};
 use super::lora::{LayerSet, LoraConfig, LoraWeights, Proj};
 use super::prefix::PrefixCache;
+use super::prefix_store::PrefixStore;
 use super::*;
 use crate::model::LlamaConfig;
 
@@ -258,9 +259,9 @@ fn the_cached_prefix_gives_the_uncached_loss_and_gradients() {
     let a = adapter(&model, LayerSet::top(1));
     assert_eq!(a.first_adapted_layer(), 1);
     let ex = set(3);
-    let cache = PrefixCache::build(&infer, &ex, 1, 1 << 20, None).unwrap();
+    let cache = PrefixCache::build(&infer, &ex, 1, 1 << 20, None, None).unwrap();
     let spilled_dir = tempfile::tempdir().unwrap();
-    let spilled = PrefixCache::build(&infer, &ex, 1, 0, Some(spilled_dir.path())).unwrap();
+    let spilled = PrefixCache::build(&infer, &ex, 1, 0, Some(spilled_dir.path()), None).unwrap();
     assert!(spilled.spilled_bytes > 0 && spilled.memory_bytes == 0);
     let run = |prefix: Option<&PrefixCache>| {
         let batch = make_batch(
@@ -672,7 +673,7 @@ fn the_epoch_end_scores_on_the_fused_path_are_the_training_model_s() {
             .collect(),
     );
     let ex = set(7);
-    let cache = PrefixCache::build(&infer, &ex, 1, 1 << 20, None).unwrap();
+    let cache = PrefixCache::build(&infer, &ex, 1, 1 << 20, None, None).unwrap();
     let merged = Scorer::new(&model, Some(&infer), &a).unwrap();
     assert!(matches!(merged, Scorer::Merged(_)));
     for prefix in [None, Some(&cache)] {
@@ -741,4 +742,56 @@ fn the_epoch_end_scores_on_the_fused_path_are_the_training_model_s() {
     )
     .unwrap();
     assert!((fresh.token_nll - bare.token_nll).abs() < 1e-3 * bare.token_nll.abs().max(1.0));
+}
+
+#[test]
+fn a_second_run_reads_the_prefix_states_the_first_one_stored() {
+    let infer = Llama::random(&LlamaConfig::tiny(97), 7, &Device::flex());
+    let ex = set(4);
+    let dir = tempfile::tempdir().unwrap();
+    let store = PrefixStore::new(dir.path(), "tiny@7", 1 << 30);
+    let first = PrefixCache::build(&infer, &ex, 1, 1 << 20, None, Some(&store)).unwrap();
+    assert_eq!(first.reused, 0);
+    let files = || std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(files(), 4);
+    let second = PrefixCache::build(&infer, &ex, 1, 1 << 20, None, Some(&store)).unwrap();
+    assert_eq!(second.reused, 4);
+    for i in 0..ex.len() {
+        assert_eq!(first.states(i).unwrap(), second.states(i).unwrap());
+    }
+    // Another block, or another model, is another entry.
+    let above = PrefixCache::build(&infer, &ex[..1], 2, 1 << 20, None, Some(&store)).unwrap();
+    assert_eq!(above.reused, 0);
+    let other = PrefixStore::new(dir.path(), "tiny@8", 1 << 30);
+    let o = PrefixCache::build(&infer, &ex[..1], 1, 1 << 20, None, Some(&other)).unwrap();
+    assert_eq!((o.reused, files()), (0, 6));
+    // Truncated entries are computed again (and rewritten), never read.
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let one = std::fs::metadata(&entries[0]).unwrap().len();
+    for p in &entries {
+        std::fs::write(p, [0u8; 8]).unwrap();
+    }
+    let again = PrefixCache::build(&infer, &ex, 1, 1 << 20, None, Some(&store)).unwrap();
+    assert_eq!(again.reused, 0);
+    let third = PrefixCache::build(&infer, &ex, 1, 1 << 20, None, Some(&store)).unwrap();
+    assert_eq!(third.reused, 4);
+    for i in 0..ex.len() {
+        assert_eq!(first.states(i).unwrap(), again.states(i).unwrap());
+        assert_eq!(first.states(i).unwrap(), third.states(i).unwrap());
+    }
+    // Beyond the cap the least recently used entries go, down to the cap.
+    let small = PrefixStore::new(dir.path(), "tiny@7", 2 * one);
+    small.evict();
+    let left: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        left <= 2 * one && left > 0,
+        "{left} bytes left, cap {}",
+        2 * one
+    );
 }
