@@ -4,6 +4,7 @@
 //! numbers (`model::tests`).
 
 pub mod cpu;
+pub mod frozen;
 pub mod linear;
 
 use burn::backend::flex::FlexTensor;

@@ -147,6 +147,27 @@ impl Llama {
         });
     }
 
+    /// Readies a frozen model for LoRA training on the autodiff device over flex: every
+    /// linear weight (the tied lm-head included) packed for the forward and, transposed, for
+    /// the input gradient (`kernels::frozen`). Other devices keep their weights.
+    pub fn freeze_for_training(&mut self) {
+        if !crate::kernels::frozen::native_device(&self.device()) {
+            return;
+        }
+        for w in self.block_weights() {
+            *w = w.to_frozen();
+        }
+        self.lm_head = Some(match &self.lm_head {
+            Some(w) => w.to_frozen(),
+            None => {
+                let e = self.embed.val();
+                let [vocab, hidden] = e.dims();
+                let rows = e.into_data().try_into_vec::<f32>().expect("f32 embedding");
+                Weight::frozen_from_rows(&rows, vocab, hidden, &self.device())
+            }
+        });
+    }
+
     /// Undoes [`Llama::pack`]: `[in, out]` weights for plain matmuls.
     pub fn unpack(&mut self) {
         for w in self.block_weights() {

@@ -12,6 +12,48 @@ pub enum Weight {
     /// `[in, out]`.
     Plain(Param<Tensor<2>>),
     Packed(Packed),
+    /// A frozen weight of the training model on the autodiff device over flex: packed for
+    /// the forward and, transposed, for the input gradient (`kernels::frozen`).
+    Frozen(Frozen),
+}
+
+/// `W` packed (`[panels(out), in, PANEL]`) and `Wᵀ` packed (`[panels(in), out, PANEL]`).
+#[derive(Module, Debug)]
+pub struct Frozen {
+    pub panels: Param<Tensor<3>>,
+    pub panels_t: Param<Tensor<3>>,
+    #[module(skip)]
+    pub out_features: usize,
+}
+
+impl Frozen {
+    /// From row-major `[in, out]` data.
+    fn new(w: &[f32], inp: usize, out: usize, device: &Device) -> Self {
+        let param = |data: Vec<f32>, shape: [usize; 3]| {
+            Param::from_tensor(Tensor::from_data(TensorData::new(data, shape), device))
+        };
+        Self {
+            panels: param(
+                kernels::linear::pack(w, inp, out),
+                [kernels::linear::panels(out), inp, PANEL],
+            ),
+            panels_t: param(
+                kernels::linear::pack_transposed(w, inp, out),
+                [kernels::linear::panels(inp), out, PANEL],
+            ),
+            out_features: out,
+        }
+    }
+
+    /// The `[in, out]` matrix again.
+    fn unpacked(&self) -> Tensor<2> {
+        let inp = self.panels.dims()[1];
+        let data = kernels::linear::unpack(&to_vec(self.panels.val()), inp, self.out_features);
+        Tensor::from_data(
+            TensorData::new(data, [inp, self.out_features]),
+            &self.panels.device(),
+        )
+    }
 }
 
 /// `[panels, in, PANEL]`: panel `p` holds output columns `p*PANEL ..`, the last zero-padded.
@@ -70,6 +112,7 @@ impl Weight {
         match self {
             Self::Plain(w) => w.dims(),
             Self::Packed(p) => [p.panels.dims()[1], p.out_features],
+            Self::Frozen(f) => [f.panels.dims()[1], f.out_features],
         }
     }
 
@@ -81,13 +124,40 @@ impl Weight {
                 kernels::linear(x, p.panels.val(), p.out_features)
             }
             Self::Packed(p) => x.matmul(p.unpacked()),
+            Self::Frozen(f) if kernels::frozen::native(&x) => {
+                kernels::frozen::frozen_linear(x, f.panels.val(), f.panels_t.val(), f.out_features)
+            }
+            Self::Frozen(f) => x.matmul(f.unpacked()),
         }
+    }
+
+    /// The same weight for training a frozen base on the autodiff device over flex.
+    pub fn to_frozen(&self) -> Self {
+        let plain = match self {
+            Self::Frozen(f) => return Self::Frozen(f.clone()),
+            Self::Plain(w) => w.val(),
+            Self::Packed(p) => p.unpacked(),
+        };
+        let [inp, out] = plain.dims();
+        let device = plain.device();
+        Self::Frozen(Frozen::new(&to_vec(plain), inp, out, &device))
+    }
+
+    /// A frozen weight for `x · rowsᵀ` from row-major `[out, in]` data (a tied lm-head).
+    pub fn frozen_from_rows(rows: &[f32], out: usize, inp: usize, device: &Device) -> Self {
+        let w: Vec<f32> =
+            kernels::linear::unpack(&kernels::linear::pack_transposed(rows, out, inp), inp, out);
+        Self::Frozen(Frozen::new(&w, inp, out, device))
     }
 
     /// The same weight, packed.
     pub fn to_packed(&self) -> Self {
         match self {
             Self::Packed(p) => Self::Packed(p.clone()),
+            Self::Frozen(f) => Self::Packed(Packed {
+                panels: f.panels.clone(),
+                out_features: f.out_features,
+            }),
             Self::Plain(w) => {
                 let [inp, out] = w.dims();
                 let device = w.device();
@@ -102,6 +172,7 @@ impl Weight {
         match self {
             Self::Plain(w) => Self::Plain(w.clone()),
             Self::Packed(p) => Self::Plain(Param::from_tensor(p.unpacked())),
+            Self::Frozen(f) => Self::Plain(Param::from_tensor(f.unpacked())),
         }
     }
 }

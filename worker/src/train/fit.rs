@@ -30,6 +30,7 @@ impl Trainer {
     pub fn load(path: &Path) -> Result<Self, RuntimeError> {
         let device = Device::flex().autodiff();
         let mut annotator = Annotator::load(path, &device)?;
+        annotator.model.freeze_for_training();
         annotator.model = annotator.model.no_grad();
         let choices = super::data::choice_ids(&annotator);
         Ok(Self {

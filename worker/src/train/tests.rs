@@ -119,10 +119,61 @@ fn the_training_forward_matches_the_cached_inference_path() {
     }
 }
 
+/// The tiny model on the autodiff device, its weights frozen for training on the packed
+/// kernels (`kernels::frozen`) or left plain (burn's matmul).
+fn training_model(device: &Device, frozen: bool) -> (LlamaConfig, Llama) {
+    let config = LlamaConfig::tiny(97);
+    let mut model = Llama::random(&config, 7, device);
+    if frozen {
+        model.freeze_for_training();
+        assert!(matches!(
+            model.blocks[0].attn.wqkv,
+            crate::model::Weight::Frozen(_)
+        ));
+    }
+    (config, model.no_grad())
+}
+
 #[test]
 fn adapter_gradients_match_finite_differences() {
+    // Through burn's generic ops, and through the packed kernels with their own backward.
+    for frozen in [false, true] {
+        finite_differences(frozen);
+    }
+}
+
+#[test]
+fn the_frozen_base_gives_the_plain_base_s_loss_and_gradients() {
     let device = autodiff();
-    let (config, model) = tiny_model(&device);
+    let lora = small_config().lora;
+    let ex = examples(3, 5);
+    let batch = make_batch(&ex, &[0, 1, 2], None, &Weights::uniform(), None).unwrap();
+    let run = |frozen: bool| {
+        let (config, model) = training_model(&device, frozen);
+        let adapter = random_adapter(&config, &lora, 9);
+        let tensors = adapter.tensors(&device, true);
+        let dropout = Some(forward::Dropout { p: 0.1, seed: 3 });
+        let loss = target_log_probs(&model, &batch, Some(&tensors), dropout)
+            .sum()
+            .neg();
+        (to_vec(loss.clone()), tensors.grads(&loss.backward()))
+    };
+    let (l0, g0) = run(false);
+    let (l1, g1) = run(true);
+    assert!(
+        (l0[0] - l1[0]).abs() < 1e-4 * l0[0].abs().max(1.0),
+        "{l0:?} vs {l1:?}"
+    );
+    let scale = g0.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(scale > 1e-3);
+    for (a, b) in g0.iter().zip(&g1) {
+        assert!((a - b).abs() < 1e-3 * scale, "{a} vs {b}");
+    }
+}
+
+fn finite_differences(frozen: bool) {
+    let device = autodiff();
+    let (config, model) = training_model(&device, frozen);
     let lora = small_config().lora;
     let mut adapter = random_adapter(&config, &lora, 9);
     let ex = examples(2, 4);
@@ -164,7 +215,7 @@ fn adapter_gradients_match_finite_differences() {
         let tol = 2e-2 * analytic.abs().max(numeric.abs()) + 2e-3;
         assert!(
             (numeric - analytic).abs() < tol,
-            "param {i}: numeric {numeric}, autodiff {analytic}"
+            "param {i} (frozen {frozen}): numeric {numeric}, autodiff {analytic}"
         );
         checked += 1;
     }
