@@ -91,6 +91,7 @@ fn our_logits(model: &Llama, tokens: &[u32], adapter: Option<&LoraWeights>) -> V
         tokens: tokens.to_vec(),
         b: 1,
         t: tokens.len(),
+        lens: vec![tokens.len()],
         rows: Vec::new(),
         targets: Vec::new(),
         weights: Vec::new(),

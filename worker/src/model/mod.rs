@@ -133,16 +133,26 @@ impl Llama {
     /// Packs every linear weight (and, with tied embeddings, a copy of the embedding's
     /// transpose as the lm-head) for the CPU kernel.
     pub fn pack(&mut self) {
+        self.convert_linears(Weight::to_packed, Weight::packed_from_rows);
+    }
+
+    /// Replaces every linear weight by `each` of it, and the lm-head (with tied embeddings:
+    /// `tied` of the embedding's `[vocab, hidden]` rows).
+    fn convert_linears(
+        &mut self,
+        each: impl Fn(&Weight) -> Weight,
+        tied: impl FnOnce(&[f32], usize, usize, &Device) -> Weight,
+    ) {
         for w in self.block_weights() {
-            *w = w.to_packed();
+            *w = each(w);
         }
         self.lm_head = Some(match &self.lm_head {
-            Some(w) => w.to_packed(),
+            Some(w) => each(w),
             None => {
                 let e = self.embed.val();
                 let [vocab, hidden] = e.dims();
                 let rows = e.into_data().try_into_vec::<f32>().expect("f32 embedding");
-                Weight::packed_from_rows(&rows, vocab, hidden, &self.device())
+                tied(&rows, vocab, hidden, &self.device())
             }
         });
     }
@@ -151,21 +161,9 @@ impl Llama {
     /// linear weight (the tied lm-head included) packed for the forward and, transposed, for
     /// the input gradient (`kernels::frozen`). Other devices keep their weights.
     pub fn freeze_for_training(&mut self) {
-        if !crate::kernels::frozen::native_device(&self.device()) {
-            return;
+        if crate::kernels::frozen::native_device(&self.device()) {
+            self.convert_linears(Weight::to_frozen, Weight::frozen_from_rows);
         }
-        for w in self.block_weights() {
-            *w = w.to_frozen();
-        }
-        self.lm_head = Some(match &self.lm_head {
-            Some(w) => w.to_frozen(),
-            None => {
-                let e = self.embed.val();
-                let [vocab, hidden] = e.dims();
-                let rows = e.into_data().try_into_vec::<f32>().expect("f32 embedding");
-                Weight::frozen_from_rows(&rows, vocab, hidden, &self.device())
-            }
-        });
     }
 
     /// Undoes [`Llama::pack`]: `[in, out]` weights for plain matmuls.

@@ -47,12 +47,7 @@ impl Frozen {
 
     /// The `[in, out]` matrix again.
     fn unpacked(&self) -> Tensor<2> {
-        let inp = self.panels.dims()[1];
-        let data = kernels::linear::unpack(&to_vec(self.panels.val()), inp, self.out_features);
-        Tensor::from_data(
-            TensorData::new(data, [inp, self.out_features]),
-            &self.panels.device(),
-        )
+        unpack_panels(&self.panels, self.out_features)
     }
 }
 
@@ -67,13 +62,15 @@ pub struct Packed {
 impl Packed {
     /// The `[in, out]` matrix again.
     fn unpacked(&self) -> Tensor<2> {
-        let inp = self.panels.dims()[1];
-        let data = kernels::linear::unpack(&to_vec(self.panels.val()), inp, self.out_features);
-        Tensor::from_data(
-            TensorData::new(data, [inp, self.out_features]),
-            &self.panels.device(),
-        )
+        unpack_panels(&self.panels, self.out_features)
     }
+}
+
+/// The `[in, out]` matrix of packed `panels` `[panels(out), in, PANEL]`.
+fn unpack_panels(panels: &Param<Tensor<3>>, out: usize) -> Tensor<2> {
+    let inp = panels.dims()[1];
+    let data = kernels::linear::unpack(&to_vec(panels.val()), inp, out);
+    Tensor::from_data(TensorData::new(data, [inp, out]), &panels.device())
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {

@@ -473,29 +473,12 @@ pub fn evaluate(
     choices: Option<&ChoiceIds>,
     prefix: Option<&PrefixCache>,
 ) -> Result<SplitMetrics, TrainError> {
-    Ok(evaluate_scores(model, examples, adapter, budget, choices, prefix)?.metrics())
+    let scorer = Scorer::Branches(model);
+    Ok(scores_with(&scorer, examples, adapter, budget, choices, prefix)?.metrics())
 }
 
-/// [`evaluate`], keeping every example's label probability.
-pub fn evaluate_scores(
-    model: &Llama,
-    examples: &[Example],
-    adapter: Option<&LoraWeights>,
-    budget: usize,
-    choices: Option<&ChoiceIds>,
-    prefix: Option<&PrefixCache>,
-) -> Result<Tally, TrainError> {
-    scores_with(
-        &Scorer::Branches(model),
-        examples,
-        adapter,
-        budget,
-        choices,
-        prefix,
-    )
-}
-
-/// [`evaluate_scores`] on `scorer` (which carries the adapter's blocks when merged).
+/// Every example's scores under `adapter` on `scorer` (which carries the adapter's blocks
+/// when merged), no dropout, no gradients.
 fn scores_with(
     scorer: &Scorer,
     examples: &[Example],
