@@ -707,41 +707,24 @@ fn the_epoch_end_scores_on_the_fused_path_are_the_training_model_s() {
             (want.languages, want.languages_right)
         );
     }
-    // Merging left the base copy untouched: without an adapter it scores as the base.
-    let bare = scores_with(
-        &Scorer::Branches(&model),
-        &ex,
-        None,
-        40,
-        Some(&choices()),
-        None,
-    )
-    .unwrap();
-    let base = scores_with(
-        &Scorer::new(
-            &model,
-            Some(&infer),
-            &LoraWeights::init(&lora(LayerSet::top(1)), &model.config, 3).unwrap(),
-        )
-        .unwrap(),
-        &ex,
-        None,
-        40,
-        Some(&choices()),
-        None,
-    )
-    .unwrap();
-    assert!((bare.token_nll - base.token_nll).abs() < 1e-3 * bare.token_nll.abs().max(1.0));
-    let fresh = scores_with(
-        &Scorer::Merged(infer.clone()),
-        &ex,
-        None,
-        40,
-        Some(&choices()),
-        None,
-    )
-    .unwrap();
-    assert!((fresh.token_nll - bare.token_nll).abs() < 1e-3 * bare.token_nll.abs().max(1.0));
+    // Merging left the base copy untouched, and a zero adapter (B = 0) merges to the base:
+    // without an adapter, all three score alike.
+    let no_adapter = |scorer: &Scorer| {
+        scores_with(scorer, &ex, None, 40, Some(&choices()), None)
+            .unwrap()
+            .token_nll
+    };
+    let bare = no_adapter(&Scorer::Branches(&model));
+    let zero = LoraWeights::init(&lora(LayerSet::top(1)), &model.config, 3).unwrap();
+    for other in [
+        no_adapter(&Scorer::new(&model, Some(&infer), &zero).unwrap()),
+        no_adapter(&Scorer::Merged(infer.clone())),
+    ] {
+        assert!(
+            (bare - other).abs() < 1e-3 * bare.abs().max(1.0),
+            "{bare} vs {other}"
+        );
+    }
 }
 
 #[test]
