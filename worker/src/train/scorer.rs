@@ -15,7 +15,7 @@ pub enum Scorer<'a> {
     /// The training model (autodiff device, no graph recorded), adapter as branches.
     Branches(&'a Llama),
     /// An inference model with the adapter's blocks merged in.
-    Merged(Llama),
+    Merged(Box<Llama>),
 }
 
 impl<'a> Scorer<'a> {
@@ -28,7 +28,7 @@ impl<'a> Scorer<'a> {
     ) -> Result<Self, TrainError> {
         match fused {
             Some(base) => merged(base, adapter)
-                .map(Self::Merged)
+                .map(|m| Self::Merged(Box::new(m)))
                 .map_err(|e| TrainError::Config(format!("merging the adapter for scoring: {e}"))),
             None => Ok(Self::Branches(model)),
         }

@@ -718,7 +718,7 @@ fn the_epoch_end_scores_on_the_fused_path_are_the_training_model_s() {
     let zero = LoraWeights::init(&lora(LayerSet::top(1)), &model.config, 3).unwrap();
     for other in [
         no_adapter(&Scorer::new(&model, Some(&infer), &zero).unwrap()),
-        no_adapter(&Scorer::Merged(infer.clone())),
+        no_adapter(&Scorer::Merged(Box::new(infer.clone()))),
     ] {
         assert!(
             (bare - other).abs() < 1e-3 * bare.abs().max(1.0),
