@@ -66,7 +66,10 @@ impl PrefixStore {
     /// the reuse, so it is logged, not returned.
     pub fn put(&self, start: usize, tokens: &[u32], states: &[f32]) {
         let path = self.path(start, tokens);
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        // Unique per writer: workers of one process (`local --workers N`) share the pid.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
         let bytes: Vec<u8> = states.iter().flat_map(|x| x.to_le_bytes()).collect();
         let written = std::fs::create_dir_all(&self.dir)
             .and_then(|_| std::fs::write(&tmp, &bytes))
