@@ -80,19 +80,28 @@ impl PrefixStore {
         }
     }
 
-    /// Deletes the least recently used entries until the store holds at most its cap.
+    /// Deletes the least recently used entries until the store holds at most its cap, and
+    /// temporary files a crashed writer left (older than an hour).
     pub fn evict(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
-        let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "f32"))
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                Some((m.modified().ok()?, m.len(), e.path()))
-            })
-            .collect();
+        let stale = SystemTime::now() - std::time::Duration::from_secs(3600);
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
+        for e in entries.filter_map(Result::ok) {
+            let (path, Ok(m)) = (e.path(), e.metadata()) else {
+                continue;
+            };
+            let Ok(modified) = m.modified() else { continue };
+            let ext = path.extension().map(|x| x.to_string_lossy().into_owned());
+            match ext.as_deref() {
+                Some("f32") => files.push((modified, m.len(), path)),
+                Some(x) if x.starts_with("tmp-") && modified < stale => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                _ => {}
+            }
+        }
         let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
         files.sort_by_key(|(modified, _, _)| *modified);
         for (_, len, path) in files {

@@ -765,6 +765,21 @@ fn a_second_run_reads_the_prefix_states_the_first_one_stored() {
         assert_eq!(first.states(i).unwrap(), again.states(i).unwrap());
         assert_eq!(first.states(i).unwrap(), third.states(i).unwrap());
     }
+    // A crashed writer's temporary file goes once it is an hour old, a fresh one stays.
+    let (old, fresh) = (dir.path().join("x.tmp-1-0"), dir.path().join("y.tmp-1-1"));
+    for p in [&old, &fresh] {
+        std::fs::write(p, [1u8; 4]).unwrap();
+    }
+    let two_hours = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(two_hours)
+        .unwrap();
+    store.evict();
+    assert!(!old.exists() && fresh.exists());
+    std::fs::remove_file(&fresh).unwrap();
     // Beyond the cap the least recently used entries go, down to the cap.
     let small = PrefixStore::new(dir.path(), "tiny@7", 2 * one);
     small.evict();
