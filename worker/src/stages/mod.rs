@@ -394,19 +394,12 @@ const PREFIX_STORE_BYTES: u64 = 4 << 30;
 
 /// The worker-local store of frozen-prefix states that training stages share (see
 /// `train::prefix_store`): V2's training reads the seed examples' states V1's computed.
-/// Entries are keyed by the SHA-256 of the whole model file, so another model never reads
+/// Entries are keyed by the model's `train::file_sha256`, so another model never reads
 /// them.
-pub(crate) fn prefix_store(
-    model: &std::path::Path,
-) -> Result<crate::train::prefix_store::PrefixStore, TaskError> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(model).map_err(err_io(model))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut hasher).map_err(err_io(model))?;
-    let id = format!("{:x}", hasher.finalize());
-    Ok(crate::train::prefix_store::PrefixStore::new(
+pub(crate) fn prefix_store(model_sha256: &str) -> crate::train::prefix_store::PrefixStore {
+    crate::train::prefix_store::PrefixStore::new(
         &std::env::temp_dir().join("automaldesc-prefix"),
-        &id,
+        model_sha256,
         PREFIX_STORE_BYTES,
-    ))
+    )
 }

@@ -63,7 +63,8 @@ impl Executor for TrainExecutor {
         // not been checked on CUDA yet (inference stages use the worker's device).
         let mut trainer = Trainer::load(&model).map_err(|e| format!("{}: {e}", model.display()))?;
         trainer.annotator.prompt_style = cfg.prompt;
-        trainer.prefix_store = Some(super::prefix_store(&model)?);
+        let model_sha256 = file_sha256(&model)?;
+        trainer.prefix_store = Some(super::prefix_store(&model_sha256));
         let budget = Budget {
             prompt: cfg.prompt_tokens,
             answer: cfg.answer_tokens,
@@ -148,7 +149,6 @@ impl Executor for TrainExecutor {
         .map_err(|e| format!("train: {e}"))?
         .ok_or_else(|| automaldesc_common::fault::TaskError::cancelled("train: cancelled"))?;
         let annotator = &trainer.annotator;
-        let model_sha256 = file_sha256(&model)?;
         let set_sha256 = automaldesc_common::sha256_hex(data.train_shas.join("\n").as_bytes());
         let epochs = trained.epochs_from_one();
         let meta = trained.adapter_metadata(&annotator.model_id, &model_sha256, &set_sha256);
