@@ -27,20 +27,20 @@ pub struct Frozen {
 }
 
 impl Frozen {
-    /// From row-major `[in, out]` data.
-    fn new(w: &[f32], inp: usize, out: usize, device: &Device) -> Self {
+    /// From `W` packed and `Wᵀ` packed, for `W` `[in, out]`.
+    fn from_packs(
+        panels: Vec<f32>,
+        panels_t: Vec<f32>,
+        inp: usize,
+        out: usize,
+        device: &Device,
+    ) -> Self {
         let param = |data: Vec<f32>, shape: [usize; 3]| {
             Param::from_tensor(Tensor::from_data(TensorData::new(data, shape), device))
         };
         Self {
-            panels: param(
-                kernels::linear::pack(w, inp, out),
-                [kernels::linear::panels(out), inp, PANEL],
-            ),
-            panels_t: param(
-                kernels::linear::pack_transposed(w, inp, out),
-                [kernels::linear::panels(inp), out, PANEL],
-            ),
+            panels: param(panels, [kernels::linear::panels(out), inp, PANEL]),
+            panels_t: param(panels_t, [kernels::linear::panels(inp), out, PANEL]),
             out_features: out,
         }
     }
@@ -137,14 +137,26 @@ impl Weight {
         };
         let [inp, out] = plain.dims();
         let device = plain.device();
-        Self::Frozen(Frozen::new(&to_vec(plain), inp, out, &device))
+        let w = to_vec(plain);
+        Self::Frozen(Frozen::from_packs(
+            kernels::linear::pack(&w, inp, out),
+            kernels::linear::pack_transposed(&w, inp, out),
+            inp,
+            out,
+            &device,
+        ))
     }
 
-    /// A frozen weight for `x · rowsᵀ` from row-major `[out, in]` data (a tied lm-head).
+    /// A frozen weight for `x · rowsᵀ` from row-major `[out, in]` data (a tied lm-head):
+    /// `rows` is `Wᵀ` itself.
     pub fn frozen_from_rows(rows: &[f32], out: usize, inp: usize, device: &Device) -> Self {
-        let w: Vec<f32> =
-            kernels::linear::unpack(&kernels::linear::pack_transposed(rows, out, inp), inp, out);
-        Self::Frozen(Frozen::new(&w, inp, out, device))
+        Self::Frozen(Frozen::from_packs(
+            kernels::linear::pack_transposed(rows, out, inp),
+            kernels::linear::pack(rows, out, inp),
+            inp,
+            out,
+            device,
+        ))
     }
 
     /// The same weight, packed.
