@@ -123,6 +123,7 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
         no_repeat_ngram: args.no_repeat_ngram,
         repetition_penalty: args.repetition_penalty,
         label_only_except: args.label_only.then(Default::default),
+        reuse: None,
     };
     let (results, stats, secs) = annotate(&annotator, &scripts, &opts);
     let mut sink: Box<dyn std::io::Write> = match &args.out {

@@ -156,6 +156,12 @@ pub struct LoopConfig {
     /// instead of ~160, leaving the prompt budget to the script).
     #[serde(default)]
     pub compact_prompt: bool,
+    /// Every annotator runs the base model's blocks below the lowest adapted block
+    /// unchanged, so each worker keeps a prompt's prefill states there (on local disk, see
+    /// ARCHITECTURE.md) and the later evaluations and generations over the same prompts
+    /// read them back instead of running those blocks again. Results are identical.
+    #[serde(default = "default_true")]
+    pub reuse_prefill: bool,
 }
 
 /// One iteration's adapter and its training.
@@ -544,7 +550,17 @@ impl LoopConfig {
             "no_repeat_ngram": self.no_repeat_ngram,
             "repetition_penalty": self.repetition_penalty,
             "prompt": self.prompt_style(),
+            "reuse_prefill_for": self.reuse_prefill_for(),
         })
+    }
+
+    /// The layer sets of every annotator to come: a generate stage keeps and reuses the
+    /// prefill below the lowest of them (none without `reuse_prefill`).
+    fn reuse_prefill_for(&self) -> Vec<LayerSet> {
+        if !self.reuse_prefill {
+            return Vec::new();
+        }
+        self.adapter.iter().map(|a| a.layers.clone()).collect()
     }
 
     /// The evaluation's generate config: no early stop, the evaluation temperatures; in a

@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::generate::{EarlyStop, Engine, Format, GenStats, Request, SamplingParams};
+use crate::generate::{
+    EarlyStop, Engine, Format, GenStats, PrefillReuse, Request, SamplingParams,
+};
 use crate::runtime::Annotator;
 
 #[derive(Clone, Debug)]
@@ -25,6 +27,8 @@ pub struct AnnotateOptions {
     /// A label-only evaluation: every script stops right after its label, except those
     /// whose sha256 is listed (they get whole answers, for the summary metrics).
     pub label_only_except: Option<std::collections::BTreeSet<String>>,
+    /// Prefill states shared with other runs of models with the same lower blocks.
+    pub reuse: Option<PrefillReuse>,
 }
 
 impl Default for AnnotateOptions {
@@ -40,6 +44,7 @@ impl Default for AnnotateOptions {
             no_repeat_ngram: 0,
             repetition_penalty: 1.0,
             label_only_except: None,
+            reuse: None,
         }
     }
 }
@@ -113,6 +118,7 @@ pub fn annotate(
         model: &annotator.model,
         schema: &annotator.schema,
         slots: opts.slots,
+        reuse: opts.reuse.as_ref(),
     };
     let (outputs, stats) = engine.run(&requests, &opts.early_stop);
     let mut results: Vec<ScriptAnnotation> = scripts

@@ -16,6 +16,7 @@ pub mod prompt;
 pub mod runtime;
 pub mod safetensors;
 pub mod stages;
+pub mod state_store;
 pub mod telemetry;
 pub mod tokenizer;
 pub mod train;

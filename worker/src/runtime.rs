@@ -109,6 +109,10 @@ pub struct Annotator {
     pub model_id: String,
     /// The system messages it is prompted with (training and inference must agree).
     pub prompt_style: prompt::PromptStyle,
+    /// The lowest block a merged adapter changed (`None`: the model as loaded). Blocks
+    /// below it compute what the loaded model's do, so their prefill states are shared
+    /// (see `generate::PrefillReuse`).
+    pub first_adapted_block: Option<usize>,
 }
 
 impl Annotator {
@@ -131,6 +135,8 @@ impl Annotator {
             crate::train::lora::LoraWeights::load_peft(dir, &self.model.config).map_err(err)?;
         self.model.unpack();
         adapter.merge_into(&mut self.model).map_err(err)?;
+        let first = adapter.first_adapted_layer();
+        self.first_adapted_block = Some(self.first_adapted_block.map_or(first, |f| f.min(first)));
         self.schema.label_head = adapter.label_head.clone();
         self.schema.language_head = adapter.language_head.clone();
         self.model = self.model.packed_for_device();
@@ -244,6 +250,7 @@ impl Annotator {
             schema,
             model_id,
             prompt_style: prompt::PromptStyle::Full,
+            first_adapted_block: None,
         })
     }
 

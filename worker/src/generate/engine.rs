@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use automaldesc_common::schema::FinishReason;
 use automaldesc_common::Language;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
 use super::sampler::{choice_probs, control_repetition, log_prob, Sampler, SamplingParams};
 use super::schema::{AnswerSchema, AnswerState, Next};
 use crate::model::{KvCache, Llama};
+use crate::state_store::StateStore;
 
 /// One prompt to answer, several times.
 #[derive(Clone, Debug)]
@@ -77,6 +78,8 @@ pub struct GenStats {
     pub decode_tokens: usize,
     pub decode_steps: usize,
     pub decode_secs: f64,
+    /// Prompt tokens whose prefill below the reuse block was read from the store.
+    pub prefill_reused_tokens: usize,
     pub early_stopped: usize,
     /// `max_new_tokens - generated` summed over early-stopped samples: an upper bound on
     /// the decode tokens early stop saved.
@@ -105,6 +108,29 @@ pub struct Engine<'a> {
     pub schema: &'a AnswerSchema,
     /// Slots decoded together.
     pub slots: usize,
+    /// Prefill states kept across runs, for models that share the blocks below a block.
+    pub reuse: Option<&'a PrefillReuse>,
+}
+
+/// A store of prompts' prefill states below `block`: the keys and values of blocks
+/// `0..block` and the residual stream entering `block`. Models whose blocks below `block`
+/// are the same (a base model and its adapters on higher blocks) read what another one
+/// left instead of running those blocks again; the result is the same to the bit.
+#[derive(Clone, Debug)]
+pub struct PrefillReuse {
+    /// Keyed by the base model's content hash; see [`PrefillReuse::for_model`].
+    pub store: StateStore,
+    pub block: usize,
+}
+
+impl PrefillReuse {
+    /// Reuse below `block` for a model whose lowest block that differs from the base model
+    /// is `first_changed` (`None`: the base model itself); `None` when the model changes a
+    /// block below `block`, or when `block` is 0 (nothing to share).
+    pub fn for_model(store: StateStore, block: usize, first_changed: Option<usize>) -> Option<Self> {
+        let shared = first_changed.is_none_or(|f| f >= block);
+        (block > 0 && shared).then_some(Self { store, block })
+    }
 }
 
 impl Engine<'_> {
@@ -142,11 +168,7 @@ impl Engine<'_> {
                     break;
                 }
                 let started = Instant::now();
-                let mut single = KvCache::new(&self.model.config, 1, req.prompt.len(), &device);
-                let h = self
-                    .model
-                    .forward(&req.prompt, req.prompt.len(), &mut single);
-                let last = h.narrow(0, req.prompt.len() - 1, 1);
+                let (single, last) = self.prefill(&req.prompt, &mut stats);
                 let shift = Shifts {
                     label: self.schema.label_head_shift(&last)[0],
                     language: self.schema.language_head_shift(&last)[0],
@@ -217,6 +239,53 @@ impl Engine<'_> {
             stats.decode_secs += started.elapsed().as_secs_f64();
         }
         (outputs.into_iter().flatten().collect(), stats)
+    }
+
+    /// Prefills one prompt into a one-slot cache of its length; returns the cache and the
+    /// final hidden state of its last token. With [`PrefillReuse`], the blocks below its
+    /// block come from the store when a run left them there, and go there otherwise.
+    fn prefill(&self, prompt: &[u32], stats: &mut GenStats) -> (KvCache, Tensor<2>) {
+        let n = prompt.len();
+        let device = self.model.device();
+        let c = &self.model.config;
+        let mut single = KvCache::new(c, 1, n, &device);
+        let reuse = self.reuse.filter(|_| self.model.splits_prefill());
+        let Some(reuse) = reuse else {
+            let h = self.model.forward(prompt, n, &mut single);
+            return (single, h.narrow(0, n - 1, 1));
+        };
+        let block = reuse.block.min(c.num_layers);
+        let layer = c.num_kv_heads * n * c.head_dim;
+        let len = 2 * block * layer + n * c.hidden_size;
+        let x = match reuse.store.get(block, prompt, len) {
+            Some(mut v) => {
+                let states = v.split_off(2 * block * layer);
+                for (l, kv) in v.chunks_exact(2 * layer).enumerate() {
+                    single.set_layer_rows(l, kv[..layer].to_vec(), kv[layer..].to_vec());
+                }
+                stats.prefill_reused_tokens += n;
+                Tensor::from_data(TensorData::new(states, [n, c.hidden_size]), &device)
+            }
+            None => {
+                let x = self.model.prefill_upto(prompt, &mut single, block);
+                let mut v = Vec::with_capacity(len);
+                for l in 0..block {
+                    let (k, vv) = single.layer_rows(l);
+                    v.extend(k);
+                    v.extend(vv);
+                }
+                v.extend(
+                    x.clone()
+                        .into_data()
+                        .try_into_vec::<f32>()
+                        .expect("the residual stream is f32"),
+                );
+                reuse.store.put(block, prompt, &v);
+                x
+            }
+        };
+        let h = self.model.prefill_from(x, &mut single, block);
+        (single, h.narrow(0, n - 1, 1))
     }
 
     /// Chooses the token that follows `logits` for one sample and records it; `heads` are

@@ -6,7 +6,7 @@ pub mod sampler;
 pub mod schema;
 
 pub use automaldesc_common::schema::FinishReason;
-pub use engine::{EarlyStop, Engine, Format, GenStats, Request, SampleOutput};
+pub use engine::{EarlyStop, Engine, Format, GenStats, PrefillReuse, Request, SampleOutput};
 pub use sampler::{Sampler, SamplingParams};
 pub use schema::{AnswerSchema, AnswerState, Vocab, ANSWER_PREFIX};
 

@@ -128,6 +128,7 @@ fn constrained_answers_always_parse() {
         model: &model,
         schema: &schema,
         slots: 8,
+        reuse: None,
     };
     for (seed, max_new) in [(1u64, 60usize), (2, 25), (3, 14)] {
         let reqs = requests(&vocab, 12, &[0.7, 1.5, 3.0], max_new, seed * 1000);
@@ -154,6 +155,7 @@ fn same_seed_same_answers() {
         model: &model,
         schema: &schema,
         slots: 4,
+        reuse: None,
     };
     let reqs = requests(&vocab, 5, &[0.4, 0.8], 30, 7);
     let (a, _) = engine.run(&reqs, &EarlyStop::default());
@@ -174,6 +176,7 @@ fn early_stop_only_stops_samples_the_policy_rejects() {
         model: &model,
         schema: &schema,
         slots: 6,
+        reuse: None,
     };
     let reqs = requests(&vocab, 10, &[0.4, 0.6, 0.8], 40, 99);
     let (full, full_stats) = engine.run(&reqs, &EarlyStop::default());
@@ -256,6 +259,7 @@ fn text_requests_generate_free_tokens_up_to_a_stop_token() {
         model: &model,
         schema: &schema,
         slots: 4,
+        reuse: None,
     };
     let prompts: Vec<Vec<u32>> = (0..3)
         .map(|i| vocab.encode_plain(&format!("say {i}:")))
@@ -319,6 +323,7 @@ fn no_repeat_ngram_stops_a_summary_that_would_loop() {
         model: &model,
         schema: &schema,
         slots: 2,
+        reuse: None,
     };
     let run = |params: SamplingParams| {
         let mut prompt = vocab.encode_plain("script 3: echo 21\n");
@@ -370,6 +375,7 @@ fn a_label_only_request_stops_right_after_its_label() {
         model: &model,
         schema: &schema,
         slots: 4,
+        reuse: None,
     };
     let mut reqs = requests(&vocab, 2, &[0.0], 60, 1);
     reqs[0].label_only = true;
@@ -399,6 +405,7 @@ fn the_label_head_and_the_calibration_move_the_label_choice() {
             model: &model,
             schema: &schema,
             slots: 4,
+            reuse: None,
         };
         let (outs, _) = engine.run(&reqs, &EarlyStop::default());
         assert!(
@@ -413,7 +420,59 @@ fn the_label_head_and_the_calibration_move_the_label_choice() {
         model: &model,
         schema: &schema,
         slots: 4,
+        reuse: None,
     };
     let (outs, _) = engine.run(&reqs, &EarlyStop::default());
     assert!(outs.iter().all(|o| o.label == Some(0)), "calibration bias");
+}
+
+/// What a sample answered, without its timings.
+fn answers(out: &[SampleOutput]) -> Vec<(String, Vec<u32>, u32, [u32; 5], FinishReason)> {
+    out.iter()
+        .map(|o| {
+            (
+                o.json.clone(),
+                o.tokens.clone(),
+                o.label_prob.to_bits(),
+                o.language_probs.map(f32::to_bits),
+                o.finish,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_prefill_read_back_below_the_adapted_blocks_changes_no_answer() {
+    let (base, schema, vocab) = setup();
+    // An "adapted" model: the base model with its top block replaced.
+    let mut adapted = base.clone();
+    adapted.blocks[1] = Llama::random(&base.config, 99, &Device::flex()).blocks[1].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::state_store::StateStore::new(dir.path(), "base", 1 << 30);
+    let reuse = PrefillReuse::for_model(store.clone(), 1, Some(1)).unwrap();
+    let reqs = requests(&vocab, 6, &[0.0, 0.9], 40, 5);
+    let run = |model: &Llama, reuse: Option<&PrefillReuse>| {
+        let engine = Engine {
+            model,
+            schema: &schema,
+            slots: 4,
+            reuse,
+        };
+        engine.run(&reqs, &EarlyStop::default())
+    };
+    let (base_plain, _) = run(&base, None);
+    let (adapted_plain, _) = run(&adapted, None);
+    assert_ne!(answers(&base_plain), answers(&adapted_plain), "the top block matters");
+
+    // The base model fills the store, the adapted model reads it.
+    let (base_stored, stored) = run(&base, Some(&reuse));
+    assert_eq!(stored.prefill_reused_tokens, 0);
+    assert_eq!(answers(&base_stored), answers(&base_plain));
+    let (adapted_reused, reused) = run(&adapted, Some(&reuse));
+    assert_eq!(reused.prefill_reused_tokens, reused.prefill_tokens);
+    assert_eq!(answers(&adapted_reused), answers(&adapted_plain));
+
+    // A model changed below the block never reads the store.
+    assert!(PrefillReuse::for_model(store.clone(), 1, Some(0)).is_none());
+    assert!(PrefillReuse::for_model(store, 0, None).is_none());
 }

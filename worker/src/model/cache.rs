@@ -145,6 +145,30 @@ impl KvCache {
         self.lens[dst] = len;
     }
 
+    /// The keys and values of `layer` in a one-slot cache whose capacity is its length
+    /// (a prompt's prefill cache): `[kv_heads, len, head_dim]` row-major each.
+    pub(crate) fn layer_rows(&self, layer: usize) -> (Vec<f32>, Vec<f32>) {
+        assert_eq!(self.slots, 1, "layer rows of a one-slot cache");
+        let rows = |t: &Tensor<2>| {
+            t.clone()
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("the kv cache holds f32")
+        };
+        (rows(&self.k[layer]), rows(&self.v[layer]))
+    }
+
+    /// Replaces the keys and values of `layer` in a one-slot cache (see
+    /// [`KvCache::layer_rows`]); lengths are unchanged.
+    pub(crate) fn set_layer_rows(&mut self, layer: usize, k: Vec<f32>, v: Vec<f32>) {
+        assert_eq!(self.slots, 1, "layer rows of a one-slot cache");
+        let shape = [self.kv_heads * self.capacity, self.head_dim];
+        assert_eq!(k.len(), shape[0] * shape[1], "layer rows of the wrong size");
+        let device = self.k[layer].device();
+        self.k[layer] = Tensor::from_data(TensorData::new(k, shape), &device);
+        self.v[layer] = Tensor::from_data(TensorData::new(v, shape), &device);
+    }
+
     fn row_indices(&self, t: usize, device: &Device) -> Tensor<1, Int> {
         let mut idx = Vec::with_capacity(self.slots * self.kv_heads * t);
         for s in 0..self.slots {

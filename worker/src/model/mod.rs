@@ -252,10 +252,40 @@ impl Llama {
             return reference::forward(self, tokens, t, cache, slots, upto);
         }
         let x = self.embed_tokens(tokens);
-        self.fused_blocks(x, t, cache, slots, 0, upto)
+        let x = self.fused_blocks(x, t, cache, slots, 0, upto);
+        cache.advance_slots(slots, t);
+        x
     }
 
-    /// Blocks `from..upto` on the fused kernels over residual stream `x`.
+    /// Whether the prefill can be split at a block ([`Llama::prefill_upto`] and
+    /// [`Llama::prefill_from`]): on the fused kernels only.
+    pub fn splits_prefill(&self) -> bool {
+        !self.uses_reference_ops()
+    }
+
+    /// The first half of a split prefill: blocks `0..upto` over one prompt written into
+    /// slot 0 of the empty `cache` from position 0, returning the residual stream entering
+    /// block `upto`. The cache's length stays 0 until [`Llama::prefill_from`] runs the rest.
+    pub fn prefill_upto(&self, tokens: &[u32], cache: &mut KvCache, upto: usize) -> Tensor<2> {
+        assert!(self.splits_prefill() && cache.len(0) == 0, "a split prefill needs the fused path and an empty slot 0");
+        let x = self.embed_tokens(tokens);
+        self.fused_blocks(x, tokens.len(), cache, &[0], 0, upto)
+    }
+
+    /// The second half of a split prefill: blocks `from..` over the residual stream `x`
+    /// entering block `from` of one prompt in slot 0 (whose rows of blocks below `from` are
+    /// already in `cache`, from [`Llama::prefill_upto`] or read back from a store). Returns
+    /// the final hidden states and leaves the slot holding the whole prompt.
+    pub fn prefill_from(&self, x: Tensor<2>, cache: &mut KvCache, from: usize) -> Tensor<2> {
+        assert!(self.splits_prefill() && cache.len(0) == 0, "a split prefill needs the fused path and an empty slot 0");
+        let n = x.dims()[0];
+        let x = self.fused_blocks(x, n, cache, &[0], from, self.blocks.len());
+        cache.advance_slots(&[0], n);
+        crate::kernels::rms_norm(x, &self.norm.val(), self.config.rms_norm_eps)
+    }
+
+    /// Blocks `from..upto` on the fused kernels over residual stream `x`; the new rows go to
+    /// each slot's cache after its current length, which the caller then advances.
     fn fused_blocks(
         &self,
         mut x: Tensor<2>,
@@ -273,7 +303,6 @@ impl Llama {
             let gate_up = block.ffn.w_gate_up.apply(h);
             x = x + block.ffn.w_down.apply(crate::kernels::swiglu(gate_up));
         }
-        cache.advance_slots(slots, t);
         x
     }
 

@@ -226,3 +226,47 @@ fn forward_on_a_subset_of_slots_leaves_the_others_alone() {
         assert!(max_abs_diff(&next, &full_logits(&model, &[9, 8, 3])[2 * v..]) < 1e-4);
     }
 }
+
+#[test]
+fn a_prefill_split_and_read_back_decodes_like_one_prefill() {
+    let mut config = LlamaConfig::tiny(97);
+    config.num_layers = 3;
+    let model = Llama::random(&config, 11, &device());
+    let prompt: Vec<u32> = vec![5, 17, 3, 88, 42, 9, 61, 2, 33, 70, 14];
+    let tail = [8u32, 51, 23];
+    let decode = |mut cache: KvCache, last: Tensor<2>| {
+        let mut out = to_vec(model.logits(last));
+        let mut big = KvCache::new(&config, 1, prompt.len() + tail.len(), &device());
+        big.copy_slot_from(0, &cache, 0);
+        cache = big;
+        for &t in &tail {
+            out.extend(to_vec(model.logits(model.forward(&[t], 1, &mut cache))));
+        }
+        out
+    };
+    let n = prompt.len();
+    let mut plain = KvCache::new(&config, 1, n, &device());
+    let h = model.forward(&prompt, n, &mut plain);
+    let want = decode(plain, h.narrow(0, n - 1, 1));
+
+    for split in 0..=config.num_layers {
+        // The first half, its rows copied out as a store would keep them...
+        let mut first = KvCache::new(&config, 1, n, &device());
+        let x = model.prefill_upto(&prompt, &mut first, split);
+        let rows: Vec<_> = (0..split).map(|l| first.layer_rows(l)).collect();
+        let states = to_vec(x);
+        // ...read back into a fresh cache, and the rest run from there.
+        let mut second = KvCache::new(&config, 1, n, &device());
+        for (l, (k, v)) in rows.into_iter().enumerate() {
+            second.set_layer_rows(l, k, v);
+        }
+        let x = Tensor::from_data(
+            burn::tensor::TensorData::new(states, [n, config.hidden_size]),
+            &device(),
+        );
+        let h = model.prefill_from(x, &mut second, split);
+        assert_eq!(second.len(0), n);
+        let got = decode(second, h.narrow(0, n - 1, 1));
+        assert_eq!(got, want, "split at block {split}: logits differ");
+    }
+}

@@ -3,14 +3,19 @@
 //! Early stop cuts a sample right after its label when the filter is bound to reject the
 //! script anyway (labels disagree, or a label probability is under the threshold).
 
+use automaldesc_common::fault::TaskError;
 use automaldesc_common::parquet_io::WriterOptions;
 use automaldesc_common::schema::{check_identity, AnswersRow, CorpusRow};
 use serde::Deserialize;
 
-use super::{adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey};
+use super::{
+    adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey, StageResult,
+};
 use crate::annotate::{annotate, AnnotateOptions};
 use crate::executor::{Executor, TaskInput, TaskOutput};
-use crate::generate::EarlyStop;
+use crate::generate::{EarlyStop, PrefillReuse};
+use crate::runtime::Annotator;
+use crate::train::lora::LayerSet;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +53,12 @@ pub struct GenerateConfig {
     /// agree).
     #[serde(default)]
     pub prompt: crate::prompt::PromptStyle,
+    /// The layer sets of the adapters that annotate these scripts again (the loop's
+    /// `[[adapter]]` `layers`). The blocks below the lowest of them are the base model's in
+    /// every annotator, so each prompt's prefill states there go to the worker's prefill
+    /// store and are read back from it when an earlier stage left them. Empty: no reuse.
+    #[serde(default)]
+    pub reuse_prefill_for: Vec<LayerSet>,
 }
 
 fn default_penalty() -> f32 {
@@ -112,6 +123,7 @@ impl Executor for GenerateExecutor {
                 .label_only_except
                 .as_ref()
                 .map(|v| v.iter().cloned().collect()),
+            reuse: prefill_reuse(&cfg.reuse_prefill_for, &key.model, &annotator)?,
         };
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(cfg.chunk.max(1)) {
@@ -156,6 +168,9 @@ impl Executor for GenerateExecutor {
                 });
             }
         }
+        if let Some(r) = &opts.reuse {
+            r.store.evict();
+        }
         let files = write_rows(task, "", out, WriterOptions::default())?;
         Ok(TaskOutput {
             rows_in,
@@ -164,4 +179,34 @@ impl Executor for GenerateExecutor {
             duplicates: checked.duplicates,
         })
     }
+}
+
+/// The prefill reuse of a generate stage: below the lowest block of `layer_sets`, unless
+/// the annotator's adapter changes a block below it.
+fn prefill_reuse(
+    layer_sets: &[LayerSet],
+    model: &std::path::Path,
+    annotator: &Annotator,
+) -> StageResult<Option<PrefillReuse>> {
+    if layer_sets.is_empty() {
+        return Ok(None);
+    }
+    let n = annotator.model.config.num_layers;
+    let mut block = n;
+    for set in layer_sets {
+        let layers = set
+            .resolve(n)
+            .map_err(|e| TaskError::invalid(format!("generate: `reuse_prefill_for`: {e}")))?;
+        block = block.min(layers[0]);
+    }
+    let store = super::prefill_store(&super::model_sha256(model)?)?;
+    let reuse = PrefillReuse::for_model(store, block, annotator.first_adapted_block);
+    if reuse.is_none() && block > 0 {
+        tracing::info!(
+            block,
+            first_adapted = ?annotator.first_adapted_block,
+            "the annotator's adapter changes a block below the reuse block: prefill not reused"
+        );
+    }
+    Ok(reuse)
 }

@@ -393,13 +393,59 @@ pub fn adapter_of(refs: &BTreeMap<String, StageRef>, name: &str) -> StageResult<
 const PREFIX_STORE_BYTES: u64 = 4 << 30;
 
 /// The worker-local store of frozen-prefix states that training stages share (see
-/// `train::prefix_store`): V2's training reads the seed examples' states V1's computed.
+/// `state_store`): V2's training reads the seed examples' states V1's computed.
 /// Entries are keyed by the model's `train::file_sha256`, so another model never reads
 /// them.
-pub(crate) fn prefix_store(model_sha256: &str) -> crate::train::prefix_store::PrefixStore {
-    crate::train::prefix_store::PrefixStore::new(
+pub(crate) fn prefix_store(model_sha256: &str) -> crate::state_store::StateStore {
+    crate::state_store::StateStore::new(
         &std::env::temp_dir().join("automaldesc-prefix"),
         model_sha256,
         PREFIX_STORE_BYTES,
     )
+}
+
+/// Bytes of prefill states a worker keeps on local disk between generate stages (see
+/// `generate::PrefillReuse`): `AUTOMALDESC_PREFILL_STORE_GIB` GiB, 24 by default. One
+/// 384-token prompt of SmolLM2-135M adapted on its top four blocks takes 16 MB.
+fn prefill_store_bytes() -> StageResult<u64> {
+    const VAR: &str = "AUTOMALDESC_PREFILL_STORE_GIB";
+    match std::env::var(VAR) {
+        Err(_) => Ok(24 << 30),
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|g| g.is_finite() && *g >= 0.0)
+            .map(|g| (g * f64::from(1u32 << 30)) as u64)
+            .ok_or_else(|| TaskError::invalid(format!("{VAR}={v:?} is not a number of GiB"))),
+    }
+}
+
+/// The worker-local store of prompts' prefill states that generate stages share (see
+/// `state_store`): V1's and V2's evaluations read what the base model's left. Entries are
+/// keyed by the base model's content hash, apart from the training prefix's.
+pub(crate) fn prefill_store(model_sha256: &str) -> StageResult<crate::state_store::StateStore> {
+    Ok(crate::state_store::StateStore::new(
+        &std::env::temp_dir().join("automaldesc-prefill"),
+        &format!("{model_sha256}:prefill"),
+        prefill_store_bytes()?,
+    ))
+}
+
+/// The content hash of a model file or directory ([`train::file_sha256`]), computed once
+/// per process for each path, size and modification time.
+pub(crate) fn model_sha256(path: &Path) -> StageResult<String> {
+    type Seen = Mutex<BTreeMap<(PathBuf, u64, Option<std::time::SystemTime>), String>>;
+    static SEEN: std::sync::OnceLock<Seen> = std::sync::OnceLock::new();
+    let meta = std::fs::metadata(path).map_err(err_io(path))?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(h) = seen.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(h.clone());
+    }
+    let h = train::file_sha256(path).map_err(TaskError::internal)?;
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, h.clone());
+    Ok(h)
 }

@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 
 use super::prefix::PrefixCache;
-use super::prefix_store::PrefixStore;
+use crate::state_store::StateStore;
 use super::{ChoiceIds, Example, TrainConfig, TrainError};
 use crate::runtime::{Annotator, RuntimeError};
 
@@ -23,7 +23,7 @@ pub struct Trainer {
     /// the frozen prefixes and runs the passes at every epoch's end (`TrainData::fused`).
     fused: std::sync::OnceLock<Annotator>,
     /// Where frozen-prefix states outlive this run, for the next run over the same examples.
-    pub prefix_store: Option<PrefixStore>,
+    pub prefix_store: Option<StateStore>,
 }
 
 impl Trainer {

@@ -34,7 +34,6 @@ pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod prefix;
-pub mod prefix_store;
 pub mod scorer;
 
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::prefix_store::PrefixStore;
+use crate::state_store::StateStore;
 use super::{Example, TrainError};
 use crate::model::Llama;
 
@@ -29,7 +29,7 @@ pub struct PrefixCache {
     /// Bytes held in memory, and in the spill file.
     pub memory_bytes: usize,
     pub spilled_bytes: u64,
-    /// Examples whose states came from the [`PrefixStore`] instead of the model.
+    /// Examples whose states came from the [`StateStore`] instead of the model.
     pub reused: usize,
 }
 
@@ -44,7 +44,7 @@ impl PrefixCache {
         start: usize,
         budget_bytes: usize,
         spill_dir: Option<&Path>,
-        store: Option<&PrefixStore>,
+        store: Option<&StateStore>,
     ) -> Result<Self, TrainError> {
         let hidden = model.config.hidden_size;
         let mut cache = Self {

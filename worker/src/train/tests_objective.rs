@@ -7,7 +7,7 @@ use burn::tensor::Device;
 use super::forward::{hidden_states, score};
 use super::lora::{LayerSet, LoraConfig, LoraWeights, Proj};
 use super::prefix::PrefixCache;
-use super::prefix_store::PrefixStore;
+use crate::state_store::StateStore;
 use super::*;
 use crate::model::LlamaConfig;
 
@@ -732,7 +732,7 @@ fn a_second_run_reads_the_prefix_states_the_first_one_stored() {
     let infer = Llama::random(&LlamaConfig::tiny(97), 7, &Device::flex());
     let ex = set(4);
     let dir = tempfile::tempdir().unwrap();
-    let store = PrefixStore::new(dir.path(), "tiny@7", 1 << 30);
+    let store = StateStore::new(dir.path(), "tiny@7", 1 << 30);
     let first = PrefixCache::build(&infer, &ex, 1, 1 << 20, None, Some(&store)).unwrap();
     assert_eq!(first.reused, 0);
     let files = || std::fs::read_dir(dir.path()).unwrap().count();
@@ -745,7 +745,7 @@ fn a_second_run_reads_the_prefix_states_the_first_one_stored() {
     // Another block, or another model, is another entry.
     let above = PrefixCache::build(&infer, &ex[..1], 2, 1 << 20, None, Some(&store)).unwrap();
     assert_eq!(above.reused, 0);
-    let other = PrefixStore::new(dir.path(), "tiny@8", 1 << 30);
+    let other = StateStore::new(dir.path(), "tiny@8", 1 << 30);
     let o = PrefixCache::build(&infer, &ex[..1], 1, 1 << 20, None, Some(&other)).unwrap();
     assert_eq!((o.reused, files()), (0, 6));
     // Truncated entries are computed again (and rewritten), never read.
@@ -781,7 +781,7 @@ fn a_second_run_reads_the_prefix_states_the_first_one_stored() {
     assert!(!old.exists() && fresh.exists());
     std::fs::remove_file(&fresh).unwrap();
     // Beyond the cap the least recently used entries go, down to the cap.
-    let small = PrefixStore::new(dir.path(), "tiny@7", 2 * one);
+    let small = StateStore::new(dir.path(), "tiny@7", 2 * one);
     small.evict();
     let left: u64 = std::fs::read_dir(dir.path())
         .unwrap()

@@ -1,26 +1,31 @@
-//! A worker-local store of frozen-prefix states that outlives one training stage. Every
-//! training run over the same base model and the same lowest adapted block sees the seed
-//! examples with the same tokens (V1's training, V2's, a stage retried after a crash), so
-//! their states are computed once per worker and read back afterwards.
+//! A worker-local store of computed model states that outlives one stage, for states that
+//! later stages compute again over the same tokens with the same frozen blocks:
+//! - training's frozen prefix (`train::prefix`): every training run over the same base
+//!   model and the same lowest adapted block sees the seed examples with the same tokens
+//!   (V1's training, V2's, a stage retried after a crash);
+//! - a prompt's prefill below the adapted blocks (`generate::engine`): the base model's
+//!   evaluation and V1's and V2's run the same blocks over the same test prompts, and V1's
+//!   and V2's generation over the same unlabelled prompts.
 //!
-//! An entry is one file named by the SHA-256 of the model's identity (its content hash), the
-//! block the states enter and the token ids: raw little-endian f32 `[tokens, hidden]`.
-//! Files are written to a temporary name and renamed, so a reader never sees half a file;
-//! one whose size is wrong is ignored and rewritten. Beyond the byte cap the least recently
-//! used files go.
+//! An entry is one file named by the SHA-256 of the model's identity (its content hash and
+//! what the states are), the block the states enter and the token ids: raw little-endian
+//! f32. Files are written to a temporary name and renamed, so a reader never sees half a
+//! file; one whose size is wrong is ignored and rewritten. Beyond the byte cap the least
+//! recently used files go.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-pub struct PrefixStore {
+#[derive(Clone, Debug)]
+pub struct StateStore {
     dir: PathBuf,
     model_id: String,
     cap_bytes: u64,
 }
 
-impl PrefixStore {
+impl StateStore {
     /// The store in `dir` for the model `model_id` (its content hash), keeping at most
     /// `cap_bytes` on disk.
     pub fn new(dir: &Path, model_id: &str, cap_bytes: u64) -> Self {
@@ -47,7 +52,7 @@ impl PrefixStore {
         let path = self.path(start, tokens);
         let bytes = std::fs::read(&path).ok()?;
         if bytes.len() != len * 4 {
-            tracing::warn!(path = %path.display(), "a stored prefix state has the wrong size: computed again");
+            tracing::warn!(path = %path.display(), "a stored model state has the wrong size: computed again");
             return None;
         }
         // Recently used files survive eviction longest.
@@ -76,7 +81,7 @@ impl PrefixStore {
             .and_then(|_| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
-            tracing::warn!(dir = %self.dir.display(), error = %e, "could not store a prefix state");
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not store a model state");
         }
     }
 
