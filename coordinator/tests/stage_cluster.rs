@@ -2,7 +2,8 @@
 //! loopback port, two workers, and a third that takes a task and goes silent. The silent
 //! worker's lease expires, its task is done by another, its late completion is refused, a
 //! poisoned script is quarantined alone, and each stage's committed outputs hold every
-//! other input row exactly once. Files of the abandoned attempt are collected.
+//! other input row exactly once. Files of the abandoned attempt are collected. The two
+//! workers share the process, and the dashboard counts each one's own scripts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use automaldesc_common::ids::RunId;
 use automaldesc_coordinator::cluster_cmd::executors;
 use automaldesc_coordinator::grpc_server::{serve, ServeOptions};
+use automaldesc_coordinator::http::ClusterView;
 use automaldesc_coordinator::lease_manager::LeasePolicy;
 use automaldesc_coordinator::run_manager::{RunManager, RunPhase};
 use automaldesc_coordinator::run_spec::{RunLimits, RunSpec, StageConfig};
@@ -76,8 +78,11 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    // What the dashboard shows, as the event loop publishes it.
+    let (snapshot, view) = tokio::sync::watch::channel(ClusterView::default());
     let opts = ServeOptions {
         exit_when_done: true,
+        snapshot: Some(Arc::new(snapshot)),
         ..ServeOptions::plain(policy.ttl)
     };
     let server = tokio::spawn(serve(listener, manager, opts, std::future::pending()));
@@ -168,6 +173,7 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
     assert!(!late.accepted, "a late completion must be refused");
 
     let mut done = 0;
+    let mut refused = 0;
     for w in workers {
         let report = tokio::time::timeout(Duration::from_secs(30), w)
             .await
@@ -175,6 +181,7 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
             .unwrap()
             .unwrap();
         done += report.completed;
+        refused += report.refused;
     }
     let manager = server.await.unwrap().unwrap();
     let status = manager.status(&run).unwrap();
@@ -188,7 +195,17 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
 
     // Stage 0: everything but the poisoned script, once; the poisoned one in quarantine.
     let mut expected = corpus.sha_counts().await;
+    let all_rows: u64 = expected.values().map(|&n| n as u64).sum();
     expected.remove(&poisoned);
+    // Each worker reports its own scripts, though both count in one process: stage 0 read
+    // every row, stage 1 every row but the poisoned one, and no attempt was thrown away.
+    assert_eq!(refused, 0);
+    let seen = view.borrow().clone();
+    let live: Vec<_> = seen.workers.iter().filter(|w| w.id.starts_with('w')).collect();
+    assert_eq!(live.len(), 2, "{:?}", seen.workers);
+    let counted: u64 = live.iter().map(|w| w.scripts).sum();
+    assert_eq!(counted, 2 * all_rows - 1, "{live:?}");
+    assert!(live.iter().all(|w| w.scripts > 0 && w.scripts < counted), "{live:?}");
     let (rows0, quarantined0) = support::committed_rows(store.as_ref(), &run, 0, &out).await;
     assert_eq!(rows0, expected);
     assert_eq!(quarantined0, vec![poisoned.clone()]);

@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::generate::{
-    EarlyStop, Engine, Format, GenStats, PrefillReuse, Request, SamplingParams,
-};
+use crate::generate::{EarlyStop, Engine, Format, GenStats, PrefillReuse, Request, SamplingParams};
 use crate::runtime::Annotator;
 
 #[derive(Clone, Debug)]

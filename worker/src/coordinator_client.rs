@@ -16,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::telemetry;
+use crate::telemetry::Telemetry;
 use crate::worker_process::{WorkerError, WorkerOptions};
 
 type Client = WorkerServiceClient<InterceptedService<Channel, AttachToken>>;
@@ -38,6 +38,8 @@ pub(crate) struct Coordinator {
     clients: Vec<Client>,
     current: usize,
     patience: Duration,
+    /// The worker's counters, which its heartbeats and acquires carry.
+    pub(crate) telemetry: Arc<Telemetry>,
 }
 
 impl Coordinator {
@@ -61,6 +63,7 @@ impl Coordinator {
             clients,
             current: 0,
             patience: opts.patience,
+            telemetry: Arc::default(),
         })
     }
 
@@ -159,7 +162,7 @@ impl Coordinator {
         let req = v1::HeartbeatRequest {
             worker_id: worker.to_string(),
             leases: vec![lease.clone()],
-            progress: Some(progress()),
+            progress: Some(self.progress()),
             draining,
         };
         match self.clients[self.current].clone().heartbeat(req).await {
@@ -176,16 +179,18 @@ impl Coordinator {
     }
 }
 
-/// The process's running totals as heartbeats and acquires carry them.
-pub(crate) fn progress() -> v1::Progress {
-    let t = telemetry::totals();
-    v1::Progress {
-        scripts_done: t.scripts,
-        tokens_generated: t.tokens,
-        model_loads: t.model_loads,
-        model_load_ms: t.model_load_ms,
-        task_done: t.task_done,
-        task_total: t.task_total,
+impl Coordinator {
+    /// The worker's running totals as heartbeats and acquires carry them.
+    pub(crate) fn progress(&self) -> v1::Progress {
+        let t = self.telemetry.totals();
+        v1::Progress {
+            scripts_done: t.scripts,
+            tokens_generated: t.tokens,
+            model_loads: t.model_loads,
+            model_load_ms: t.model_load_ms,
+            task_done: t.task_done,
+            task_total: t.task_total,
+        }
     }
 }
 

@@ -27,6 +27,8 @@ pub struct TaskInput {
     /// Set when the worker gives the task up (it is shutting down): an executor checks it
     /// between batches and returns early with an error.
     pub cancel: Arc<AtomicBool>,
+    /// The counters of the worker running the task.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl TaskInput {
@@ -121,7 +123,7 @@ impl Executor for EchoExecutor {
             }
             std::thread::sleep(Duration::from_millis(10).min(until - std::time::Instant::now()));
         }
-        crate::telemetry::add_work(rows_in, 0);
+        task.telemetry.add_work(rows_in, 0);
         let files = block_on(async {
             let (out, prefix) = open_store(&task.output_prefix)?;
             let mut writer = DatasetWriter::<CorpusRow>::new(out, prefix, WriterOptions::default());

@@ -19,9 +19,8 @@ use automaldesc_proto::security::{ClientSecurity, Deadlines};
 use automaldesc_proto::{v1, PROTOCOL_VERSION};
 use tonic::Status;
 
-use crate::coordinator_client::{progress, Coordinator, LeaseKeeper};
+use crate::coordinator_client::{Coordinator, LeaseKeeper};
 use crate::executor::{Executor, TaskInput, TaskOutput};
-use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -127,7 +126,7 @@ pub async fn run_worker(
         let request = v1::AcquireTaskRequest {
             worker_id: opts.worker_id.clone(),
             stage_kinds: kinds.clone(),
-            progress: Some(progress()),
+            progress: Some(coord.progress()),
         };
         let acquire = coord.call("acquire", |mut c| {
             let r = request.clone();
@@ -198,6 +197,7 @@ async fn run_one(
         draining.clone(),
         cancel.clone(),
     );
+    let telemetry = coord.telemetry.clone();
     let input = TaskInput {
         input_root: task.input_root.clone(),
         ranges: task
@@ -208,12 +208,13 @@ async fn run_one(
         output_prefix: task.output_prefix.clone(),
         config_json: task.config_json.clone(),
         cancel: cancel.clone(),
+        telemetry: telemetry.clone(),
     };
     // The executor runs on its own thread.
     let started = std::time::Instant::now();
     // One task at a time per process: the tokens generated meanwhile are the task's.
-    let tokens_before = telemetry::totals().tokens;
-    telemetry::task_started();
+    let tokens_before = telemetry.totals().tokens;
+    telemetry.task_started();
     let work = tokio::task::spawn_blocking(move || executor.run(&input));
     tokio::pin!(work);
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -261,7 +262,7 @@ async fn run_one(
                 lease: Some(lease.clone()),
                 outputs: files,
                 rows_in: out.rows_in,
-                tokens: telemetry::totals().tokens - tokens_before,
+                tokens: telemetry.totals().tokens - tokens_before,
                 quarantined: out
                     .quarantined
                     .into_iter()

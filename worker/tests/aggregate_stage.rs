@@ -134,6 +134,7 @@ impl Fixture {
             output_prefix: out.clone(),
             config_json: config.to_string(),
             cancel: Arc::new(AtomicBool::new(false)),
+            telemetry: Default::default(),
         };
         AggregateExecutor
             .run(&task)

@@ -127,7 +127,11 @@ impl PrefillReuse {
     /// Reuse below `block` for a model whose lowest block that differs from the base model
     /// is `first_changed` (`None`: the base model itself); `None` when the model changes a
     /// block below `block`, or when `block` is 0 (nothing to share).
-    pub fn for_model(store: StateStore, block: usize, first_changed: Option<usize>) -> Option<Self> {
+    pub fn for_model(
+        store: StateStore,
+        block: usize,
+        first_changed: Option<usize>,
+    ) -> Option<Self> {
         let shared = first_changed.is_none_or(|f| f >= block);
         (block > 0 && shared).then_some(Self { store, block })
     }

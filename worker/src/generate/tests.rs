@@ -462,7 +462,11 @@ fn a_prefill_read_back_below_the_adapted_blocks_changes_no_answer() {
     };
     let (base_plain, _) = run(&base, None);
     let (adapted_plain, _) = run(&adapted, None);
-    assert_ne!(answers(&base_plain), answers(&adapted_plain), "the top block matters");
+    assert_ne!(
+        answers(&base_plain),
+        answers(&adapted_plain),
+        "the top block matters"
+    );
 
     // The base model fills the store, the adapted model reads it.
     let (base_stored, stored) = run(&base, Some(&reuse));

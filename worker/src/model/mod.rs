@@ -267,7 +267,10 @@ impl Llama {
     /// slot 0 of the empty `cache` from position 0, returning the residual stream entering
     /// block `upto`. The cache's length stays 0 until [`Llama::prefill_from`] runs the rest.
     pub fn prefill_upto(&self, tokens: &[u32], cache: &mut KvCache, upto: usize) -> Tensor<2> {
-        assert!(self.splits_prefill() && cache.len(0) == 0, "a split prefill needs the fused path and an empty slot 0");
+        assert!(
+            self.splits_prefill() && cache.len(0) == 0,
+            "a split prefill needs the fused path and an empty slot 0"
+        );
         let x = self.embed_tokens(tokens);
         self.fused_blocks(x, tokens.len(), cache, &[0], 0, upto)
     }
@@ -277,7 +280,10 @@ impl Llama {
     /// already in `cache`, from [`Llama::prefill_upto`] or read back from a store). Returns
     /// the final hidden states and leaves the slot holding the whole prompt.
     pub fn prefill_from(&self, x: Tensor<2>, cache: &mut KvCache, from: usize) -> Tensor<2> {
-        assert!(self.splits_prefill() && cache.len(0) == 0, "a split prefill needs the fused path and an empty slot 0");
+        assert!(
+            self.splits_prefill() && cache.len(0) == 0,
+            "a split prefill needs the fused path and an empty slot 0"
+        );
         let n = x.dims()[0];
         let x = self.fused_blocks(x, n, cache, &[0], from, self.blocks.len());
         cache.advance_slots(&[0], n);

@@ -100,7 +100,7 @@ impl Executor for FilterExecutor {
             .iter()
             .map(|r| decide(r, cfg.min_label_prob))
             .collect::<Result<Vec<_>, _>>()?;
-        crate::telemetry::add_work(rows_in, 0);
+        task.telemetry.add_work(rows_in, 0);
         let files = write_rows(task, "", decisions, WriterOptions::default())?;
         Ok(TaskOutput {
             rows_in,

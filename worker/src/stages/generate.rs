@@ -96,7 +96,7 @@ impl Executor for GenerateExecutor {
             adapter: adapter_of(&refs, "adapter")?,
             prompt: cfg.prompt,
         };
-        let annotator = model(&key)?;
+        let annotator = model(&key, &task.telemetry)?;
         let input: Vec<CorpusRow> = read_task(task, "")?;
         let rows_in = input.len() as u64;
         // A script whose content does not hash to its sha256 is quarantined alone.
@@ -140,8 +140,9 @@ impl Executor for GenerateExecutor {
                 .flat_map(|a| &a.samples)
                 .map(|s| s.generated_tokens as u64)
                 .sum();
-            crate::telemetry::add_work(chunk.len() as u64, tokens);
-            crate::telemetry::task_progress((out.len() + chunk.len()) as u64, rows_in);
+            task.telemetry.add_work(chunk.len() as u64, tokens);
+            task.telemetry
+                .task_progress((out.len() + chunk.len()) as u64, rows_in);
             for (row, a) in chunk.iter().zip(results) {
                 let saved: usize = a
                     .samples

@@ -147,18 +147,21 @@ impl Executor for JudgeExecutor {
             _ => None,
         };
         let check5 = choice.as_ref().is_none_or(|c| c.check5);
-        let judge = model(&ModelKey {
-            model: model_path(&cfg.model)?,
-            adapter,
-            prompt: cfg.prompt,
-        })?;
+        let judge = model(
+            &ModelKey {
+                model: model_path(&cfg.model)?,
+                adapter,
+                prompt: cfg.prompt,
+            },
+            &task.telemetry,
+        )?;
         let mut rows: Vec<AnswersRow> = read_task(task, "")?;
         let rows_in = rows.len() as u64;
         for (i, row) in rows.iter_mut().enumerate() {
             if task.cancelled() {
                 return Err("cancelled".into());
             }
-            crate::telemetry::task_progress(i as u64, rows_in);
+            task.telemetry.task_progress(i as u64, rows_in);
             let n = row.responses.len();
             row.judge_labels = vec![String::new(); n];
             row.judge_probs = vec![f32::NAN; n];
@@ -174,7 +177,7 @@ impl Executor for JudgeExecutor {
                 row.judge_labels[*i] = label.as_u8().to_string();
                 row.judge_probs[*i] = p;
             }
-            crate::telemetry::add_work(1, 0);
+            task.telemetry.add_work(1, 0);
         }
         let files = write_rows(task, "", rows, WriterOptions::default())?;
         Ok(TaskOutput {

@@ -108,11 +108,14 @@ impl Executor for JudgeTrainExecutor {
             ));
         }
         let path = model_path(&cfg.model)?;
-        let base = model(&ModelKey {
-            model: path.clone(),
-            adapter: None,
-            prompt: cfg.prompt,
-        })?;
+        let base = model(
+            &ModelKey {
+                model: path.clone(),
+                adapter: None,
+                prompt: cfg.prompt,
+            },
+            &task.telemetry,
+        )?;
         if let Some(n) = cfg.reference_tokens {
             for l in &mut labels {
                 l.summary = cut_summary(&base.tokenizer, &l.summary, n)
@@ -229,7 +232,7 @@ fn train_judge(
         &cfg.train,
         None,
         &mut |p| {
-            crate::telemetry::task_progress(p.step, p.total_steps);
+            task.telemetry.task_progress(p.step, p.total_steps);
             !cancel.load(std::sync::atomic::Ordering::Relaxed)
         },
         &mut |e, _| {

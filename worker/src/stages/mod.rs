@@ -343,7 +343,11 @@ static LOADED: Mutex<Vec<(ModelKey, Arc<Annotator>)>> = Mutex::new(Vec::new());
 /// The model of `key`, kept loaded between tasks and shared by every executor of the
 /// process (a worker running generate with an adapter and the judge on the base model holds
 /// both); the least recently used goes when a third is asked for.
-pub fn model(key: &ModelKey) -> StageResult<Arc<Annotator>> {
+/// The model of `key`, loaded (and counted in `telemetry`) unless it is kept loaded.
+pub fn model(
+    key: &ModelKey,
+    telemetry: &crate::telemetry::Telemetry,
+) -> StageResult<Arc<Annotator>> {
     let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(i) = loaded.iter().position(|(k, _)| k == key) {
         let hit = loaded.remove(i);
@@ -366,7 +370,7 @@ pub fn model(key: &ModelKey) -> StageResult<Arc<Annotator>> {
             .map_err(|e| TaskError::internal(format!("adapter {}: {e}", a.display())))?;
     }
     annotator.prompt_style = key.prompt;
-    crate::telemetry::add_model_load(started.elapsed());
+    telemetry.add_model_load(started.elapsed());
     let annotator = Arc::new(annotator);
     loaded.push((key.clone(), annotator.clone()));
     Ok(annotator)

@@ -20,6 +20,7 @@ use super::judge::{choice_probs_after, first_tokens, judge_summary};
 use super::{config, model, model_path, read_task, refs, write_file, ModelKey, StageRef};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::prompt;
+use crate::telemetry::Telemetry;
 use crate::train::data::cut_summary;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -152,15 +153,19 @@ impl ReportExecutor {
         &self,
         cfg: &ReportConfig,
         references: &[Reference],
+        telemetry: &Telemetry,
     ) -> super::StageResult<(Option<PromptSummary>, String, Option<Vec<Reference>>)> {
         let Some(model_name) = &cfg.model else {
             return Ok((None, "the full reference summaries".into(), None));
         };
-        let annotator = model(&ModelKey {
-            model: model_path(model_name)?,
-            adapter: None,
-            prompt: cfg.prompt,
-        })?;
+        let annotator = model(
+            &ModelKey {
+                model: model_path(model_name)?,
+                adapter: None,
+                prompt: cfg.prompt,
+            },
+            telemetry,
+        )?;
         let prompt = PromptSummary {
             style: format!("{:?}", cfg.prompt).to_lowercase(),
             system_prompt_tokens: annotator.system_prompt_tokens(),
@@ -192,12 +197,16 @@ impl ReportExecutor {
         newer: &Answers,
         older: &Answers,
         content: &HashMap<String, Vec<u8>>,
+        telemetry: &Telemetry,
     ) -> super::StageResult<Preference> {
-        let judge = model(&ModelKey {
-            model: model_path(&cfg.judge_model)?,
-            adapter: None,
-            prompt: cfg.prompt,
-        })?;
+        let judge = model(
+            &ModelKey {
+                model: model_path(&cfg.judge_model)?,
+                adapter: None,
+                prompt: cfg.prompt,
+            },
+            telemetry,
+        )?;
         let mut both: Vec<(&String, &Vec<u8>, String, String)> = content
             .iter()
             .filter_map(|(sha, bytes)| {
@@ -239,12 +248,19 @@ impl ReportExecutor {
 /// Summary tokens the judge reads, as in the judge stage.
 const JUDGE_SUMMARY_TOKENS: usize = 512;
 
-fn judge_check(cfg: &ReportConfig, references: &[Reference]) -> super::StageResult<JudgeCheck> {
-    let judge = model(&ModelKey {
-        model: model_path(&cfg.judge_model)?,
-        adapter: None,
-        prompt: cfg.prompt,
-    })?;
+fn judge_check(
+    cfg: &ReportConfig,
+    references: &[Reference],
+    telemetry: &Telemetry,
+) -> super::StageResult<JudgeCheck> {
+    let judge = model(
+        &ModelKey {
+            model: model_path(&cfg.judge_model)?,
+            adapter: None,
+            prompt: cfg.prompt,
+        },
+        telemetry,
+    )?;
     let mut check = JudgeCheck {
         model_id: judge.model_id.clone(),
         ..JudgeCheck::default()
@@ -303,7 +319,7 @@ impl Executor for ReportExecutor {
             .collect();
         let label_scores = LabelScores::of(&scored);
         let (prompt_summary, summary_reference, references_for_text) =
-            self.reference_view(&cfg, &references)?;
+            self.reference_view(&cfg, &references, &task.telemetry)?;
         let mut evaluation = eval::evaluate(&now, &references).map_err(|e| e.to_string())?;
         if references_for_text.is_some() {
             let cut = references_for_text.as_deref().unwrap_or(&references);
@@ -320,7 +336,7 @@ impl Executor for ReportExecutor {
                     .clone()
                     .unwrap_or_else(|| "previous".into());
                 let pref = if cfg.preference_scripts > 0 {
-                    Some(self.preference(&cfg, &now, &before, &content)?)
+                    Some(self.preference(&cfg, &now, &before, &content, &task.telemetry)?)
                 } else {
                     None
                 };
@@ -338,7 +354,7 @@ impl Executor for ReportExecutor {
         };
         history.push(HistoryPoint::of(&cfg.annotator, &evaluation));
         let judge_check = if cfg.judge_check {
-            Some(judge_check(&cfg, &references)?)
+            Some(judge_check(&cfg, &references, &task.telemetry)?)
         } else {
             None
         };

@@ -123,7 +123,7 @@ impl Executor for TrainExecutor {
             &cfg.train,
             Some(&ckpt),
             &mut |p| {
-                crate::telemetry::task_progress(p.step, p.total_steps);
+                task.telemetry.task_progress(p.step, p.total_steps);
                 tracing::info!(
                     step = p.step,
                     total = p.total_steps,

@@ -9,9 +9,9 @@ use burn::module::Module;
 use burn::tensor::Device;
 
 use super::prefix::PrefixCache;
-use crate::state_store::StateStore;
 use super::{ChoiceIds, Example, TrainConfig, TrainError};
 use crate::runtime::{Annotator, RuntimeError};
+use crate::state_store::StateStore;
 
 /// The frozen base model for training and what it needs besides the examples.
 pub struct Trainer {

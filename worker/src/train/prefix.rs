@@ -9,9 +9,9 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use crate::state_store::StateStore;
 use super::{Example, TrainError};
 use crate::model::Llama;
+use crate::state_store::StateStore;
 
 enum Slot {
     Memory(Vec<f32>),

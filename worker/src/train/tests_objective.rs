@@ -7,9 +7,9 @@ use burn::tensor::Device;
 use super::forward::{hidden_states, score};
 use super::lora::{LayerSet, LoraConfig, LoraWeights, Proj};
 use super::prefix::PrefixCache;
-use crate::state_store::StateStore;
 use super::*;
 use crate::model::LlamaConfig;
+use crate::state_store::StateStore;
 
 const LANGS: [u32; 5] = [10, 11, 12, 13, 14];
 const LABELS: [u32; 2] = [20, 21];
