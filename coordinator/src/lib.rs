@@ -1,6 +1,13 @@
-//! The coordinator crate hosts the `automaldesc` binary's commands: corpus tools, the
-//! analyst's `annotate`, the durable coordination state (`state`), and (to come) run
-//! planning and leases.
+//! The coordinator service and the `automaldesc` binary's commands.
+//!
+//! - The service: the durable coordination state (`state`: embedded or etcd), runs and
+//!   their stages (`run_manager`, `stage_manager`, `run_spec`), task planning over Parquet
+//!   row groups (`planner`), leases with fencing tokens (`lease_manager`), the worker
+//!   registry (`workers`), the gRPC services and their event loop (`grpc_server`), and the
+//!   HTTP side: probes, API, metrics and dashboard (`http`, `http_access`).
+//! - The commands (`*_cmd`): the self-training loop (`loop_cmd`), the cluster roles
+//!   (`cluster_cmd`), run control, corpus tools, `annotate`, `train`, `eval`, `export` and
+//!   the benchmarks.
 
 pub mod annotate_cmd;
 pub mod bench_cmd;

@@ -1,7 +1,10 @@
-//! The worker: its loop against the coordinator (`worker_process`), the stage executors
-//! (`executor`), and the model runtime: a Llama-family decoder on burn (flex on the CPU, CUDA with the
-//! `cuda` feature), checkpoint loading (GGUF, safetensors), tokenization and batched, schema-constrained
-//! generation of annotations.
+//! The worker: its loop against the coordinator (`worker_process`, `coordinator_client`,
+//! its counters in `telemetry`), the executor contract (`executor`) and the self-training
+//! loop's stage executors (`stages`), and the model runtime: a Llama-family decoder on burn
+//! (flex on the CPU with fused kernels in `kernels`, CUDA with the `cuda` feature),
+//! checkpoint loading (GGUF, safetensors), tokenization, batched schema-constrained
+//! generation of annotations (`generate`, `annotate`), LoRA training (`train`) and the
+//! worker-local store of computed model states (`state_store`).
 
 pub mod annotate;
 pub mod bench;
