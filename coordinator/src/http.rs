@@ -1,5 +1,7 @@
-//! The coordinator's HTTP side for operators and Kubernetes. A minimal HTTP/1.1 server:
-//! GET only, one request per connection.
+//! The coordinator's HTTP side for operators and Kubernetes: an axum router served over
+//! HTTP/1.1 by hyper (keep-alive; a client that sends no request head within 5 s is cut
+//! off; request bodies, a sign-in form at most, are capped at 16 KiB). GET only, but the
+//! sign-in form's POST.
 //!
 //! - `/healthz`: the process answers. `/readyz`: this coordinator leads and serves (a
 //!   standby is not ready). The probes need no token (the kubelet sends none).
@@ -22,8 +24,14 @@ use std::time::Duration;
 
 use automaldesc_common::ids::RunId;
 use automaldesc_proto::security::{RequireToken, ServerTlsFiles};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::Router;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -129,137 +137,126 @@ pub async fn serve_http(
     state: HttpState,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
+    let app = Router::new()
+        .fallback(handle)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             continue;
         };
-        let state = state.clone();
+        let app = app.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let served = match tls {
-                None => answer(conn, &state).await,
+                None => serve_connection(conn, app).await,
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(5), acceptor.accept(conn));
                     match handshake.await {
-                        Ok(Ok(conn)) => answer(conn, &state).await,
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(std::io::Error::other("TLS handshake timed out")),
+                        Ok(Ok(conn)) => serve_connection(conn, app).await,
+                        Ok(Err(e)) => Err(e.into()),
+                        Err(_) => Err("TLS handshake timed out".into()),
                     }
                 }
             };
             if let Err(e) = served {
-                tracing::debug!(error = %e, "http request failed");
+                tracing::debug!(error = %e, "http connection failed");
             }
         });
     }
 }
 
-/// The request head: method, target, and the headers we read.
+/// One connection's requests, in turn (HTTP/1.1 keep-alive). Header names go out in title
+/// case, as most servers write them.
+async fn serve_connection(
+    conn: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    app: Router,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.title_case_headers(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    http.serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+        .await?;
+    Ok(())
+}
+
+/// The largest request body read (a sign-in form).
+const MAX_BODY: usize = 16 << 10;
+
+/// What a request is answered by: its method, path (the query is the page's own business,
+/// `/?poll=MS`), credentials and body.
 struct Request {
-    method: String,
+    method: Method,
     path: String,
     authorization: Option<String>,
     cookie: Option<String>,
-    content_length: usize,
-    body: Vec<u8>,
+    body: Bytes,
 }
 
-fn parse_head(head: &str) -> Request {
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or("").split(' ');
-    let method = first.next().unwrap_or("").to_string();
-    let target = first.next().unwrap_or("");
-    // The query is the page's own business (`/?poll=MS`).
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let mut req = Request {
+async fn handle(
+    State(state): State<HttpState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let req = Request {
         method,
-        path: path.to_string(),
-        authorization: None,
-        cookie: None,
-        content_length: 0,
-        body: Vec::new(),
+        path: uri.path().to_string(),
+        authorization: header(header::AUTHORIZATION),
+        cookie: header(header::COOKIE),
+        body,
     };
-    for (k, v) in lines.filter_map(|l| l.split_once(':')) {
-        let k = k.trim();
-        if k.eq_ignore_ascii_case("authorization") {
-            req.authorization = Some(v.trim().to_string());
-        } else if k.eq_ignore_ascii_case("cookie") {
-            req.cookie = Some(v.trim().to_string());
-        } else if k.eq_ignore_ascii_case("content-length") {
-            req.content_length = v.trim().parse().unwrap_or(usize::MAX);
-        }
-    }
-    req
+    respond(&req, &state).await
 }
 
-/// The largest request head, and body (a sign-in form), read.
-const MAX_REQUEST: usize = 16 << 10;
-
-async fn answer(
-    mut conn: impl AsyncRead + AsyncWrite + Unpin,
-    state: &HttpState,
-) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    // The request head; a client that sends nothing in 5 s or more than 16 KiB is dropped.
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::other("request head timed out"))??;
-        if n == 0 || buf.len() > MAX_REQUEST {
-            return Ok(());
+impl IntoResponse for Response {
+    fn into_response(self) -> axum::response::Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (status, self.body).into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(self.cache_control),
+        );
+        for (name, value) in self.headers {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    h.append(name, value);
+                }
+                _ => tracing::warn!(
+                    name,
+                    "a response header that HTTP cannot carry was left out"
+                ),
+            }
         }
-        buf.extend_from_slice(&chunk[..n]);
+        r
     }
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-    let mut req = parse_head(&String::from_utf8_lossy(&buf[..end]));
-    if req.content_length > MAX_REQUEST {
-        return Ok(());
-    }
-    req.body = buf[end..].to_vec();
-    while req.body.len() < req.content_length {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::other("request body timed out"))??;
-        if n == 0 {
-            return Ok(());
-        }
-        req.body.extend_from_slice(&chunk[..n]);
-    }
-    req.body.truncate(req.content_length);
-    let r = respond(&req, state).await;
-    let reason = match r.status {
-        200 => "OK",
-        204 => "No Content",
-        303 => "See Other",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        500 => "Internal Server Error",
-        _ => "Service Unavailable",
-    };
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\nConnection: close\r\n",
-        r.status,
-        r.content_type,
-        r.body.len(),
-        r.cache_control
-    );
-    for (k, v) in &r.headers {
-        let _ = write!(head, "{k}: {v}\r\n");
-    }
-    head.push_str("\r\n");
-    conn.write_all(head.as_bytes()).await?;
-    conn.write_all(&r.body).await?;
-    conn.shutdown().await
 }
 
 async fn respond(req: &Request, state: &HttpState) -> Response {
-    match (req.method.as_str(), req.path.as_str()) {
-        ("POST", "/login") => return login(&req.body, &state.access),
-        ("GET", "/login") => return Response::new(200, "text/html; charset=utf-8", LOGIN_PAGE),
-        ("GET", _) => {}
+    match (&req.method, req.path.as_str()) {
+        (&Method::POST, "/login") => return login(&req.body, &state.access),
+        (&Method::GET, "/login") => {
+            return Response::new(200, "text/html; charset=utf-8", LOGIN_PAGE)
+        }
+        (&Method::GET, _) => {}
         _ => return Response::text(405, "GET only (and POST to /login)\n"),
     }
     match req.path.as_str() {
@@ -838,6 +835,70 @@ mod tests {
             finished_ms: 0,
             troubles: Vec::new(),
         }
+    }
+
+    /// Sends `requests` on one connection and reads until the server closes it.
+    async fn exchange(addr: std::net::SocketAddr, requests: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(requests.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut out))
+            .await
+            .expect("the server answers and closes")
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_several_requests_and_bad_ones_get_their_status() {
+        let ready = Arc::new(AtomicBool::new(true));
+        let (_view, addr) = start(
+            "127.0.0.1:0",
+            ready,
+            RequireToken::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        // Two requests on one connection, the second asking to close it.
+        let out = exchange(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+        assert!(
+            out.contains("\r\n\r\nok\n") && out.ends_with("ready\n"),
+            "{out}"
+        );
+        assert!(out.contains("Cache-Control: no-store"), "{out}");
+        // A method the server does not take, a body over the cap, a path it does not have.
+        let out = exchange(
+            addr,
+            "DELETE /api/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+        let big = "x".repeat(MAX_BODY + 1);
+        let out = exchange(
+            addr,
+            &format!("POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{big}", big.len()),
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+        let out = exchange(
+            addr,
+            "GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            out.starts_with("HTTP/1.1 404") && out.ends_with("not found\n"),
+            "{out}"
+        );
+        // Not HTTP at all: an error status, and the connection closed.
+        let out = exchange(addr, "hello\r\n\r\n").await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     }
 
     #[test]

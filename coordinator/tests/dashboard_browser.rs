@@ -23,7 +23,11 @@ const TOKEN: &str = "dashboard-token-7";
 fn get_status(port: u16, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     conn.read_to_string(&mut response).ok()?;
     response.split(' ').nth(1)?.parse().ok()

@@ -21,7 +21,8 @@ fn get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String, String
     request(port, "GET", path, headers, "")
 }
 
-/// A request with extra header lines and a body: (status, head, body).
+/// A request with extra header lines and a body, on a connection the server closes after
+/// it (the server keeps connections alive otherwise): (status, head, body).
 fn request(
     port: u16,
     method: &str,
@@ -33,7 +34,7 @@ fn request(
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         conn,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;

@@ -201,11 +201,18 @@ async fn a_two_stage_run_commits_every_row_once_despite_a_silent_worker() {
     // every row, stage 1 every row but the poisoned one, and no attempt was thrown away.
     assert_eq!(refused, 0);
     let seen = view.borrow().clone();
-    let live: Vec<_> = seen.workers.iter().filter(|w| w.id.starts_with('w')).collect();
+    let live: Vec<_> = seen
+        .workers
+        .iter()
+        .filter(|w| w.id.starts_with('w'))
+        .collect();
     assert_eq!(live.len(), 2, "{:?}", seen.workers);
     let counted: u64 = live.iter().map(|w| w.scripts).sum();
     assert_eq!(counted, 2 * all_rows - 1, "{live:?}");
-    assert!(live.iter().all(|w| w.scripts > 0 && w.scripts < counted), "{live:?}");
+    assert!(
+        live.iter().all(|w| w.scripts > 0 && w.scripts < counted),
+        "{live:?}"
+    );
     let (rows0, quarantined0) = support::committed_rows(store.as_ref(), &run, 0, &out).await;
     assert_eq!(rows0, expected);
     assert_eq!(quarantined0, vec![poisoned.clone()]);
