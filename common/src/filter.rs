@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 
 use crate::eval::parse_response;
-use crate::schema::FunnelRow;
+use crate::schema::{FinishReason, FunnelRow};
 use crate::types::{Label, Language};
 
 /// One sample as the filter sees it.
@@ -34,17 +34,9 @@ pub struct FilterSample {
     pub response: String,
     /// Probability of the sampled label token.
     pub label_prob: f32,
-    pub finish: Finish,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Finish {
-    /// Ended by the model (end of the JSON object).
-    Complete,
-    /// Cut by the token budget.
-    Truncated,
-    /// Stopped right after the label by early stop.
-    EarlyStopped,
+    /// Why the sample stopped: cut by the token budget, stopped right after its label by
+    /// early stop, or ended (the answer is parsed whole).
+    pub finish: FinishReason,
 }
 
 /// Why a script was rejected: the funnel's stage and reason.
@@ -127,22 +119,27 @@ pub fn before_judge(samples: &[FilterSample], min_label_prob: f32) -> Result<Sur
     for (i, s) in samples.iter().enumerate() {
         let t = s.temperature;
         match s.finish {
-            Finish::Truncated => {
+            FinishReason::Length => {
                 return reject(
                     Reason::Truncated,
                     format!("sample {i} (t={t}) hit the token budget"),
                 );
             }
-            Finish::EarlyStopped => match early_label(&s.response) {
-                Some(l) => labels.push(l),
-                None => {
-                    return reject(
-                        Reason::Malformed,
-                        format!("sample {i} (t={t}) stopped early without a label"),
-                    )
+            FinishReason::EarlyStopDisagree | FinishReason::EarlyStopLowConfidence => {
+                match early_label(&s.response) {
+                    Some(l) => labels.push(l),
+                    None => {
+                        return reject(
+                            Reason::Malformed,
+                            format!("sample {i} (t={t}) stopped early without a label"),
+                        )
+                    }
                 }
-            },
-            Finish::Complete => match parse_response(&s.response) {
+            }
+            FinishReason::Stop
+            | FinishReason::LabelOnly
+            | FinishReason::TruncatedPrompt
+            | FinishReason::Error => match parse_response(&s.response) {
                 Some(a) => {
                     labels.push(a.label);
                     summaries.push((i, a.language, a.summary));
@@ -345,7 +342,7 @@ mod tests {
             temperature: t,
             response,
             label_prob: prob,
-            finish: Finish::Complete,
+            finish: FinishReason::Stop,
         }
     }
 
@@ -378,7 +375,7 @@ mod tests {
         assert_eq!(err.reason, Reason::LowConfidence);
         assert!(err.detail.contains("0.500 < 0.9"), "{}", err.detail);
         let mut t = three(0);
-        t[1].finish = Finish::Truncated;
+        t[1].finish = FinishReason::Length;
         assert_eq!(reason(&t), Reason::Truncated);
         // NaN probabilities never pass.
         let mut n = three(0);
@@ -393,7 +390,7 @@ mod tests {
             temperature: 0.8,
             response: "{\"language\": \"bash\", \"label\": 0".into(),
             label_prob: 0.99,
-            finish: Finish::EarlyStopped,
+            finish: FinishReason::EarlyStopDisagree,
         };
         assert_eq!(reason(&s), Reason::LabelDisagreement);
         s[2].response = "{\"language\": \"bash\", \"label\": 1".into();

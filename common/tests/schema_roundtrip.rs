@@ -40,57 +40,6 @@ fn labelled_rows() -> Vec<LabelledRow> {
     ]
 }
 
-fn generation_rows() -> Vec<GenerationRow> {
-    let base = GenerationRow {
-        sha256: "c".repeat(64),
-        sample_index: 0,
-        temperature: 0.7,
-        seed: u64::MAX - 3,
-        response: "language: bash\nlabel: 1\nsummary: wipes logs".into(),
-        language: Some(Language::Bash),
-        label: Some(Label::Malicious),
-        summary: Some("wipes logs".into()),
-        label_prob: 0.93,
-        language_probs: vec![0.9, 0.02, 0.03, 0.03, 0.02],
-        prompt_tokens: 812,
-        generated_tokens: 44,
-        finish_reason: FinishReason::Stop,
-        prompt_truncated: false,
-        model_id: "m-123".into(),
-        adapter_id: Some("lora-7".into()),
-        attempt_id: "unit-4/attempt-1".into(),
-    };
-    let mut other = base.clone();
-    other.sample_index = 1;
-    other.language = None;
-    other.label = None;
-    other.summary = None;
-    other.adapter_id = None;
-    other.language_probs = vec![];
-    other.finish_reason = FinishReason::EarlyStopLowConfidence;
-    other.prompt_truncated = true;
-    vec![base, other]
-}
-
-fn judgement_rows() -> Vec<JudgementRow> {
-    vec![
-        JudgementRow {
-            sha256: "d".repeat(64),
-            sample_index: 2,
-            judge_label: Some(Label::Benign),
-            judge_prob: 0.1,
-            judge_model_id: "j".into(),
-        },
-        JudgementRow {
-            sha256: "d".repeat(64),
-            sample_index: 3,
-            judge_label: None,
-            judge_prob: 0.5,
-            judge_model_id: "j".into(),
-        },
-    ]
-}
-
 fn funnel_rows() -> Vec<FunnelRow> {
     vec![
         FunnelRow {
@@ -125,7 +74,7 @@ fn answers_rows() -> Vec<AnswersRow> {
             r#"{"language": "bash", "label": 1"#.into(),
         ],
         label_probs: vec![0.97, 0.51],
-        finishes: vec!["stop".into(), "early_stop_disagree".into()],
+        finishes: vec![FinishReason::Stop, FinishReason::EarlyStopDisagree],
         generated_tokens: 30,
         saved_tokens: 490,
         model_id: "m@1+lora@2".into(),
@@ -134,7 +83,7 @@ fn answers_rows() -> Vec<AnswersRow> {
     };
     let judged = AnswersRow {
         sha256: "0".repeat(64),
-        judge_labels: vec!["0".into(), String::new()],
+        judge_labels: vec![JudgeVerdict::Voted(Label::Benign), JudgeVerdict::NotAsked],
         judge_probs: vec![0.8, -1.0],
         ..unjudged.clone()
     };
@@ -198,8 +147,6 @@ async fn round_trip<R: ArrowRow + PartialEq + std::fmt::Debug>(url: &str, rows: 
 async fn all_round_trips(base: &str) {
     round_trip(&format!("{base}/corpus"), corpus_rows()).await;
     round_trip(&format!("{base}/labelled"), labelled_rows()).await;
-    round_trip(&format!("{base}/generations"), generation_rows()).await;
-    round_trip(&format!("{base}/judgements"), judgement_rows()).await;
     round_trip(&format!("{base}/funnel"), funnel_rows()).await;
     round_trip(&format!("{base}/rejected"), rejected_rows()).await;
     round_trip(&format!("{base}/answers"), answers_rows()).await;
@@ -283,6 +230,47 @@ fn bad_values_are_named_by_row() {
         err.contains("`language` row 1") && err.contains("ruby"),
         "{err}"
     );
+}
+
+#[test]
+fn finish_reasons_and_judge_verdicts_are_stored_by_name_and_checked_on_reading() {
+    let mut rows = answers_rows();
+    rows[1].judge_labels = vec![JudgeVerdict::Voted(Label::Malicious), JudgeVerdict::Skipped];
+    let batch = AnswersRow::to_batch(&rows).unwrap();
+    let stored = |name: &str, row: usize| -> Vec<String> {
+        let list = batch
+            .column_by_name(name)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::ListArray>()
+            .unwrap()
+            .value(row);
+        let s = list.as_any().downcast_ref::<StringArray>().unwrap();
+        s.iter().map(|v| v.unwrap().to_string()).collect()
+    };
+    assert_eq!(stored("finishes", 0), ["stop", "early_stop_disagree"]);
+    assert_eq!(stored("judge_labels", 1), ["1", "skipped"]);
+    assert_eq!(AnswersRow::from_batch(&batch).unwrap(), rows);
+    // A name no stage writes is refused, naming the column and the row.
+    for (column, bad) in [("finishes", "early_stop_maybe"), ("judge_labels", "2")] {
+        let i = batch.schema().index_of(column).unwrap();
+        let mut cols = batch.columns().to_vec();
+        let mut b = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new());
+        for row in 0..batch.num_rows() {
+            for v in stored(column, row) {
+                b.values()
+                    .append_value(if row == 1 && !v.is_empty() { bad } else { &v });
+            }
+            b.append(true);
+        }
+        cols[i] = Arc::new(b.finish());
+        let bad_batch = RecordBatch::try_new(batch.schema(), cols).unwrap();
+        let err = AnswersRow::from_batch(&bad_batch).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("`{column}` row 1")) && err.contains(bad),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use automaldesc_common::schema::FinishReason;
 use serde::Serialize;
 
 use crate::generate::{EarlyStop, Engine, Format, GenStats, PrefillReuse, Request, SamplingParams};
@@ -58,7 +59,7 @@ pub struct SampleAnswer {
     pub label_prob: f32,
     pub language_probs: std::collections::BTreeMap<String, f32>,
     pub generated_tokens: usize,
-    pub finish_reason: &'static str,
+    pub finish_reason: FinishReason,
     pub prefill_ms: f64,
     pub wall_ms: f64,
 }
@@ -147,7 +148,7 @@ pub fn annotate(
                 .map(|(l, p)| (l.as_str().to_string(), p))
                 .collect(),
             generated_tokens: o.tokens.len(),
-            finish_reason: o.finish.as_str(),
+            finish_reason: o.finish,
             prefill_ms: o.prefill_secs * 1e3,
             wall_ms: o.wall_secs * 1e3,
         });

@@ -9,8 +9,8 @@ mod release;
 mod report;
 
 pub use corpus::{check_identity, CheckedRows, CorpusRow, LabelledRow};
-pub use generation::{FinishReason, GenerationRow, JudgementRow};
-pub use pipeline::{AnswersRow, DecisionRow};
+pub use generation::FinishReason;
+pub use pipeline::{AnswersRow, DecisionRow, JudgeVerdict};
 pub use release::{rejected_json_line, ReleaseRecord};
 pub use report::{FunnelRow, RejectedRow};
 
@@ -163,6 +163,22 @@ pub(crate) fn strings_at(a: &ListArray, name: &str, row: usize) -> Result<Vec<St
         .collect())
 }
 
+/// The strings of list column `name` at `row`, each parsed; a value that does not parse is
+/// an error naming the column and the row.
+pub(crate) fn parsed_at<T: std::str::FromStr<Err = Error>>(
+    a: &ListArray,
+    name: &str,
+    row: usize,
+) -> Result<Vec<T>> {
+    strings_at(a, name, row)?
+        .iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|e| Error::invalid(format!("column `{name}` row {row}: {e}")))
+        })
+        .collect()
+}
+
 pub(crate) fn floats_at(a: &ListArray, name: &str, row: usize) -> Result<Vec<f32>> {
     required(a, name, row)?;
     let v = a.value(row);
@@ -173,7 +189,11 @@ pub(crate) fn floats_at(a: &ListArray, name: &str, row: usize) -> Result<Vec<f32
     Ok(s.iter().map(|x| x.unwrap_or(f32::NAN)).collect())
 }
 
-pub(crate) fn strings_list<'a>(rows: impl Iterator<Item = &'a [String]>) -> ArrayRef {
+pub(crate) fn strings_list<I, S>(rows: impl Iterator<Item = I>) -> ArrayRef
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
     let mut b = ListBuilder::new(StringBuilder::new());
     for items in rows {
         for s in items {

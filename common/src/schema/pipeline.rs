@@ -11,6 +11,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::*;
 use crate::error::{Error, Result};
+use crate::types::Label;
 
 /// A script and every answer sampled for it (and, once judged, the judge's verdicts).
 #[derive(Clone, Debug, PartialEq)]
@@ -23,19 +24,54 @@ pub struct AnswersRow {
     pub responses: Vec<String>,
     /// Probability of the chosen label against the other one.
     pub label_probs: Vec<f32>,
-    /// `stop`, `length`, or `early_stop_*`.
-    pub finishes: Vec<String>,
+    /// Why each sample stopped (stored under [`FinishReason::as_str`]).
+    pub finishes: Vec<FinishReason>,
     /// Decode tokens produced for this script (all samples).
     pub generated_tokens: u64,
     /// `max_new_tokens - generated` over samples stopped early: the decode tokens early
     /// stop saved, at most.
     pub saved_tokens: u64,
     pub model_id: String,
-    /// The judge's label per sample: "0", "1", or "" where it was not asked (the script
-    /// was rejected before judging, or the sample has no summary). Empty before judging.
-    pub judge_labels: Vec<String>,
+    /// The judge's verdict per sample (stored under [`JudgeVerdict::as_str`]). Empty
+    /// before judging.
+    pub judge_labels: Vec<JudgeVerdict>,
     /// The judge's probability of its label per sample (NaN where not asked).
     pub judge_probs: Vec<f32>,
+}
+
+/// The judge's verdict on one sample's summary, as the judge stage leaves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JudgeVerdict {
+    /// Not asked: the script was rejected before judging, or the sample has no summary.
+    NotAsked,
+    /// The run skips check 5 (no judge earned its vote), so the judge was not asked.
+    Skipped,
+    Voted(Label),
+}
+
+impl JudgeVerdict {
+    /// The stored form: "", "skipped", "0" (benign) or "1" (malicious).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JudgeVerdict::NotAsked => "",
+            JudgeVerdict::Skipped => "skipped",
+            JudgeVerdict::Voted(Label::Benign) => "0",
+            JudgeVerdict::Voted(Label::Malicious) => "1",
+        }
+    }
+}
+
+impl std::str::FromStr for JudgeVerdict {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "" => Ok(JudgeVerdict::NotAsked),
+            "skipped" => Ok(JudgeVerdict::Skipped),
+            "0" => Ok(JudgeVerdict::Voted(Label::Benign)),
+            "1" => Ok(JudgeVerdict::Voted(Label::Malicious)),
+            _ => Err(Error::invalid(format!("unknown judge verdict {s:?}"))),
+        }
+    }
 }
 
 impl AnswersRow {
@@ -88,7 +124,7 @@ impl ArrowRow for AnswersRow {
             floats_list(rows.iter().map(|r| r.temperatures.as_slice())),
             strings_list(rows.iter().map(|r| r.responses.as_slice())),
             floats_list(rows.iter().map(|r| r.label_probs.as_slice())),
-            strings_list(rows.iter().map(|r| r.finishes.as_slice())),
+            strings_list(rows.iter().map(|r| r.finishes.iter().map(|f| f.as_str()))),
             Arc::new(UInt64Array::from_iter_values(
                 rows.iter().map(|r| r.generated_tokens),
             )),
@@ -96,7 +132,10 @@ impl ArrowRow for AnswersRow {
                 rows.iter().map(|r| r.saved_tokens),
             )),
             strs(rows.iter().map(|r| r.model_id.as_str())),
-            strings_list(rows.iter().map(|r| r.judge_labels.as_slice())),
+            strings_list(
+                rows.iter()
+                    .map(|r| r.judge_labels.iter().map(|v| v.as_str())),
+            ),
             floats_list(rows.iter().map(|r| r.judge_probs.as_slice())),
         ];
         batch(Self::schema(), cols)
@@ -127,11 +166,11 @@ impl ArrowRow for AnswersRow {
                     temperatures: floats_at(temps, "temperatures", i)?,
                     responses: strings_at(responses, "responses", i)?,
                     label_probs: floats_at(probs, "label_probs", i)?,
-                    finishes: strings_at(finishes, "finishes", i)?,
+                    finishes: parsed_at(finishes, "finishes", i)?,
                     generated_tokens: generated.value(i),
                     saved_tokens: saved.value(i),
                     model_id: model.value(i).to_string(),
-                    judge_labels: strings_at(judge_labels, "judge_labels", i)?,
+                    judge_labels: parsed_at(judge_labels, "judge_labels", i)?,
                     judge_probs: floats_at(judge_probs, "judge_probs", i)?,
                 };
                 row.check()?;

@@ -4,8 +4,7 @@
 
 use automaldesc_common::filter::{after_judge, before_judge, Rejection};
 use automaldesc_common::parquet_io::WriterOptions;
-use automaldesc_common::schema::{AnswersRow, DecisionRow};
-use automaldesc_common::Label;
+use automaldesc_common::schema::{AnswersRow, DecisionRow, JudgeVerdict};
 use serde::Deserialize;
 
 use super::judge::filter_samples;
@@ -47,14 +46,13 @@ pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, Stri
     }
     let mut verdicts = Vec::with_capacity(survivor.summaries.len());
     for (i, _, _) in &survivor.summaries {
-        let v = match row.judge_labels[*i].as_str() {
-            "0" => Label::Benign,
-            "1" => Label::Malicious,
+        let v = match row.judge_labels[*i] {
+            JudgeVerdict::Voted(label) => label,
             // Check 5 is skipped for the run: the judge does not vote.
-            super::judge::SKIPPED => survivor.label,
-            other => {
+            JudgeVerdict::Skipped => survivor.label,
+            JudgeVerdict::NotAsked => {
                 return Err(format!(
-                    "script {} sample {i}: judge label {other:?} where one was expected",
+                    "script {} sample {i}: the judge was not asked where a verdict was expected",
                     row.sha256
                 ))
             }

@@ -5,7 +5,7 @@
 
 use automaldesc_common::fault::TaskError;
 use automaldesc_common::parquet_io::WriterOptions;
-use automaldesc_common::schema::{check_identity, AnswersRow, CorpusRow};
+use automaldesc_common::schema::{check_identity, AnswersRow, CorpusRow, FinishReason};
 use serde::Deserialize;
 
 use super::{
@@ -147,7 +147,12 @@ impl Executor for GenerateExecutor {
                 let saved: usize = a
                     .samples
                     .iter()
-                    .filter(|s| s.finish_reason.starts_with("early_stop"))
+                    .filter(|s| {
+                        matches!(
+                            s.finish_reason,
+                            FinishReason::EarlyStopDisagree | FinishReason::EarlyStopLowConfidence
+                        )
+                    })
                     .map(|s| cfg.max_new_tokens.saturating_sub(s.generated_tokens))
                     .sum();
                 out.push(AnswersRow {
@@ -156,11 +161,7 @@ impl Executor for GenerateExecutor {
                     temperatures: a.samples.iter().map(|s| s.temperature).collect(),
                     responses: a.samples.iter().map(|s| s.response.clone()).collect(),
                     label_probs: a.samples.iter().map(|s| s.label_prob).collect(),
-                    finishes: a
-                        .samples
-                        .iter()
-                        .map(|s| s.finish_reason.to_string())
-                        .collect(),
+                    finishes: a.samples.iter().map(|s| s.finish_reason).collect(),
                     generated_tokens: a.samples.iter().map(|s| s.generated_tokens as u64).sum(),
                     saved_tokens: saved as u64,
                     model_id: a.model_id.clone(),

@@ -3,9 +3,9 @@
 //! likely of the tokens "1" and "0" after the judge prompt, read off one prefill (no
 //! sampling, so the same summary always gets the same verdict).
 
-use automaldesc_common::filter::{before_judge, FilterSample, Finish};
+use automaldesc_common::filter::{before_judge, FilterSample};
 use automaldesc_common::parquet_io::WriterOptions;
-use automaldesc_common::schema::AnswersRow;
+use automaldesc_common::schema::{AnswersRow, JudgeVerdict};
 use automaldesc_common::Label;
 use serde::Deserialize;
 
@@ -45,11 +45,7 @@ pub fn filter_samples(row: &AnswersRow) -> Vec<FilterSample> {
             temperature: row.temperatures[i],
             response: row.responses[i].clone(),
             label_prob: row.label_probs[i],
-            finish: match row.finishes[i].as_str() {
-                "length" => Finish::Truncated,
-                f if f.starts_with("early_stop") => Finish::EarlyStopped,
-                _ => Finish::Complete,
-            },
+            finish: row.finishes[i],
         })
         .collect()
 }
@@ -123,9 +119,6 @@ pub fn choice_probs_after(
     choice_probs(&logits, &choices)
 }
 
-/// The judge label of a summary when the run skips check 5 (no judge earned its vote).
-pub const SKIPPED: &str = "skipped";
-
 pub struct JudgeExecutor;
 
 impl Executor for JudgeExecutor {
@@ -163,18 +156,18 @@ impl Executor for JudgeExecutor {
             }
             task.telemetry.task_progress(i as u64, rows_in);
             let n = row.responses.len();
-            row.judge_labels = vec![String::new(); n];
+            row.judge_labels = vec![JudgeVerdict::NotAsked; n];
             row.judge_probs = vec![f32::NAN; n];
             let Ok(survivor) = before_judge(&filter_samples(row), cfg.min_label_prob) else {
                 continue;
             };
             for (i, _, summary) in &survivor.summaries {
                 if !check5 {
-                    row.judge_labels[*i] = SKIPPED.to_string();
+                    row.judge_labels[*i] = JudgeVerdict::Skipped;
                     continue;
                 }
                 let (label, p) = judge_summary(&judge, summary, cfg.summary_tokens);
-                row.judge_labels[*i] = label.as_u8().to_string();
+                row.judge_labels[*i] = JudgeVerdict::Voted(label);
                 row.judge_probs[*i] = p;
             }
             task.telemetry.add_work(1, 0);
