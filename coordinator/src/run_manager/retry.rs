@@ -47,7 +47,7 @@ impl RunManager {
         for (key, v) in store.list(&stage_key(id, from, "committed/")).await? {
             let holds_quarantine =
                 serde_json::from_slice::<crate::stage_manager::CommitRecord>(&v.value)
-                    .map_or(false, |c| !c.quarantined.is_empty());
+                    .is_ok_and(|c| !c.quarantined.is_empty());
             if holds_quarantine {
                 store.delete(&key, Expect::Any).await?;
             }

@@ -388,7 +388,7 @@ fn a_label_only_request_stops_right_after_its_label() {
     );
     let v: serde_json::Value = serde_json::from_str(&only.json).unwrap();
     assert_eq!(v.as_object().unwrap().len(), 2, "{}", only.json);
-    assert_eq!(v["label"], u8::from(only.label.unwrap()));
+    assert_eq!(v["label"], only.label.unwrap());
     assert!(full.tokens.len() > only.tokens.len() && full.finish != FinishReason::LabelOnly);
 }
 
@@ -426,8 +426,11 @@ fn the_label_head_and_the_calibration_move_the_label_choice() {
     assert!(outs.iter().all(|o| o.label == Some(0)), "calibration bias");
 }
 
-/// What a sample answered, without its timings.
-fn answers(out: &[SampleOutput]) -> Vec<(String, Vec<u32>, u32, [u32; 5], FinishReason)> {
+/// What a sample answered, without its timings: its JSON, tokens, label probability and
+/// language probabilities (as bits) and finish reason.
+type Answer = (String, Vec<u32>, u32, [u32; 5], FinishReason);
+
+fn answers(out: &[SampleOutput]) -> Vec<Answer> {
     out.iter()
         .map(|o| {
             (

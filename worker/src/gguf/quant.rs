@@ -23,7 +23,7 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Ve
         expected,
         got: bytes.len(),
     };
-    if n_elements % block != 0 {
+    if !n_elements.is_multiple_of(block) {
         return Err(mismatch(n_elements.div_ceil(block) * size));
     }
     let expected = n_elements / block * size;

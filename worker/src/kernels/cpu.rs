@@ -102,6 +102,9 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+
+    // Not `clamp`: max/min send NaN to -87 where clamp would pass it on.
+    #[allow(clippy::manual_clamp)]
     let x = x.max(-87.0).min(88.0);
     let shifted = x * std::f32::consts::LOG2_E + ROUND;
     let n = shifted - ROUND;
@@ -319,6 +322,8 @@ mod avx512 {
         for (j, o) in out.iter_mut().enumerate() {
             let k = keys.as_ptr().add(j * 16 * C);
             let mut acc = _mm512_mul_ps(q[0], _mm512_loadu_ps(k));
+            // `c` also offsets the key row: an index loop over the query's registers.
+            #[allow(clippy::needless_range_loop)]
             for c in 1..C {
                 acc = _mm512_fmadd_ps(q[c], _mm512_loadu_ps(k.add(16 * c)), acc);
             }

@@ -196,7 +196,7 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.lora.dropout) {
             return bad("dropout", "must be in [0, 1)");
         }
-        if !(self.learning_rate > 0.0) {
+        if self.learning_rate.is_nan() || self.learning_rate <= 0.0 {
             return bad("learning_rate", "must be positive");
         }
         if self.epochs == 0 {

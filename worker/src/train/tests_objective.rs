@@ -421,7 +421,7 @@ fn a_checkpoint_of_other_layers_is_refused_naming_both() {
 
 #[test]
 fn stratified_hold_out_keeps_every_stratum_and_enough_scripts() {
-    let shas: Vec<String> = (0..400).map(|i| sha256_of(i)).collect();
+    let shas: Vec<String> = (0..400).map(sha256_of).collect();
     let items: Vec<(&str, String)> = shas
         .iter()
         .enumerate()
