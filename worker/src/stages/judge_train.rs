@@ -180,7 +180,7 @@ fn train_judge(
 ) -> super::StageResult<(JudgeScore, Vec<automaldesc_common::manifest::ManifestFile>)> {
     let mut trainer = Trainer::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
     trainer.annotator.prompt_style = cfg.prompt;
-    trainer.prefix_store = Some(super::prefix_store(&super::train::file_sha256(path)?));
+    trainer.prefix_store = Some(super::prefix_store(&super::model_sha256(path)?));
     let judge = &trainer.annotator;
     let digits = judge_digits(judge);
     let choices = ChoiceIds {

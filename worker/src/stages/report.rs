@@ -6,6 +6,7 @@
 //! Writes `report.json`, `report.md`, `funnel.svg` and `languages.svg`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use automaldesc_common::eval::{self, parse_response, Answers, Reference};
 use automaldesc_common::report::{
@@ -20,6 +21,7 @@ use super::judge::{choice_probs_after, first_tokens, judge_summary};
 use super::{config, model, model_path, read_task, refs, write_file, ModelKey, StageRef};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 use crate::prompt;
+use crate::runtime::Annotator;
 use crate::telemetry::Telemetry;
 use crate::train::data::cut_summary;
 
@@ -199,14 +201,7 @@ impl ReportExecutor {
         content: &HashMap<String, Vec<u8>>,
         telemetry: &Telemetry,
     ) -> super::StageResult<Preference> {
-        let judge = model(
-            &ModelKey {
-                model: model_path(&cfg.judge_model)?,
-                adapter: None,
-                prompt: cfg.prompt,
-            },
-            telemetry,
-        )?;
+        let judge = judge_model(cfg, telemetry)?;
         let mut both: Vec<(&String, &Vec<u8>, String, String)> = content
             .iter()
             .filter_map(|(sha, bytes)| {
@@ -248,19 +243,24 @@ impl ReportExecutor {
 /// Summary tokens the judge reads, as in the judge stage.
 const JUDGE_SUMMARY_TOKENS: usize = 512;
 
-fn judge_check(
-    cfg: &ReportConfig,
-    references: &[Reference],
-    telemetry: &Telemetry,
-) -> super::StageResult<JudgeCheck> {
-    let judge = model(
+/// The report's judge: the judge model with the judge prompt, no adapter.
+fn judge_model(cfg: &ReportConfig, telemetry: &Telemetry) -> super::StageResult<Arc<Annotator>> {
+    model(
         &ModelKey {
             model: model_path(&cfg.judge_model)?,
             adapter: None,
             prompt: cfg.prompt,
         },
         telemetry,
-    )?;
+    )
+}
+
+fn judge_check(
+    cfg: &ReportConfig,
+    references: &[Reference],
+    telemetry: &Telemetry,
+) -> super::StageResult<JudgeCheck> {
+    let judge = judge_model(cfg, telemetry)?;
     let mut check = JudgeCheck {
         model_id: judge.model_id.clone(),
         ..JudgeCheck::default()

@@ -63,7 +63,7 @@ impl Executor for TrainExecutor {
         // not been checked on CUDA yet (inference stages use the worker's device).
         let mut trainer = Trainer::load(&model).map_err(|e| format!("{}: {e}", model.display()))?;
         trainer.annotator.prompt_style = cfg.prompt;
-        let model_sha256 = file_sha256(&model)?;
+        let model_sha256 = super::model_sha256(&model)?;
         trainer.prefix_store = Some(super::prefix_store(&model_sha256));
         let budget = Budget {
             prompt: cfg.prompt_tokens,
