@@ -2,15 +2,17 @@
 //! When the environment names a control file (`AUTOMALDESC_STORE_FAULTS=<path>`), every
 //! store [`crate::store`] opens is wrapped: while that file holds `unavailable`, every call
 //! fails as an unreachable store would; while it holds `full`, every write fails with "no
-//! space left on device" (reads still work); absent or empty, calls pass through. Each
-//! injected fault is logged (`injected object-store fault`) and counted. Without the
-//! variable nothing is wrapped.
+//! space left on device" (reads still work); while it holds `slow <ms>`, every call waits
+//! that many milliseconds and then passes through (a store that answers, slowly); absent or
+//! empty, calls pass through. Each injected fault (not a delay) is logged (`injected
+//! object-store fault`) and counted. Without the variable nothing is wrapped.
 
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -36,6 +38,7 @@ pub fn injected() -> u64 {
 enum Mode {
     Unavailable,
     Full,
+    Slow(Duration),
 }
 
 /// Wraps `store` when the environment asks for fault injection.
@@ -64,11 +67,23 @@ impl fmt::Display for FaultStore {
 
 impl FaultStore {
     fn mode(&self) -> Option<Mode> {
-        match std::fs::read_to_string(&self.control).ok()?.trim() {
+        let text = std::fs::read_to_string(&self.control).ok()?;
+        match text.trim() {
             "unavailable" => Some(Mode::Unavailable),
             "full" => Some(Mode::Full),
-            _ => None,
+            other => {
+                let ms = other.strip_prefix("slow")?.trim().parse().ok()?;
+                Some(Mode::Slow(Duration::from_millis(ms)))
+            }
         }
+    }
+
+    /// What a call of `op` on `path` meets now: a delay, then the fault to inject, if any.
+    async fn gate(&self, op: &'static str, path: &Path, write: bool) -> Result<()> {
+        if let Some(Mode::Slow(delay)) = self.mode() {
+            tokio::time::sleep(delay).await;
+        }
+        self.fault(op, path, write)
     }
 
     /// The fault to inject into `op` on `path` now, if any.
@@ -101,7 +116,7 @@ impl ObjectStore for FaultStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        self.fault("put", location, true)?;
+        self.gate("put", location, true).await?;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -110,32 +125,39 @@ impl ObjectStore for FaultStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        self.fault("put_multipart", location, true)?;
+        self.gate("put_multipart", location, true).await?;
         self.inner.put_multipart_opts(location, opts).await
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.fault("get", location, false)?;
+        self.gate("get", location, false).await?;
         self.inner.get_opts(location, options).await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.fault("get_ranges", location, false)?;
+        self.gate("get_ranges", location, false).await?;
         self.inner.get_ranges(location, ranges).await
     }
 
     async fn head(&self, location: &Path) -> Result<ObjectMeta> {
-        self.fault("head", location, false)?;
+        self.gate("head", location, false).await?;
         self.inner.head(location).await
     }
 
     async fn delete(&self, location: &Path) -> Result<()> {
-        self.fault("delete", location, false)?;
+        self.gate("delete", location, false).await?;
         self.inner.delete(location).await
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         let at = prefix.cloned().unwrap_or_default();
+        if let Some(Mode::Slow(delay)) = self.mode() {
+            let inner = self.inner.clone();
+            let prefix = prefix.cloned();
+            return futures::stream::once(tokio::time::sleep(delay))
+                .flat_map(move |()| inner.list(prefix.as_ref()))
+                .boxed();
+        }
         match self.fault("list", &at, false) {
             Ok(()) => self.inner.list(prefix),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
@@ -143,17 +165,18 @@ impl ObjectStore for FaultStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.fault("list", &prefix.cloned().unwrap_or_default(), false)?;
+        self.gate("list", &prefix.cloned().unwrap_or_default(), false)
+            .await?;
         self.inner.list_with_delimiter(prefix).await
     }
 
     async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
-        self.fault("copy", to, true)?;
+        self.gate("copy", to, true).await?;
         self.inner.copy(from, to).await
     }
 
     async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
-        self.fault("copy", to, true)?;
+        self.gate("copy", to, true).await?;
         self.inner.copy_if_not_exists(from, to).await
     }
 }
@@ -192,6 +215,28 @@ mod tests {
 
         std::fs::write(&control, "").unwrap();
         store.put(&p, b"z".to_vec().into()).await.unwrap();
+        assert_eq!(injected() - before, 3);
+
+        // A slow store answers, late, and injects no fault.
+        std::fs::write(&control, "slow 300").unwrap();
+        let t = std::time::Instant::now();
+        assert_eq!(
+            &store.get(&p).await.unwrap().bytes().await.unwrap()[..],
+            b"z"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        let t = std::time::Instant::now();
+        let listed: Vec<_> = store.list(None).collect().await;
+        assert_eq!(listed.len(), 1);
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
         assert_eq!(injected() - before, 3);
     }
 }

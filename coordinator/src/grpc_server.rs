@@ -1,6 +1,7 @@
 //! The coordinator's gRPC services: WorkerService for workers and ControlService for
 //! operators. Each request becomes a command to one event loop, the only owner of the
-//! [`RunManager`]; the loop also expires silent leases on a timer. Both services sit behind
+//! [`RunManager`]; the loop also expires silent leases on a timer, and applies what the
+//! manager's jobs beside it (wrapping up a stage, sweeping garbage) report. Both services sit behind
 //! the bearer-token check and, when configured, TLS. The standard gRPC health service
 //! (`grpc.health.v1.Health`) answers without a token, for probes: SERVING for both
 //! services while this coordinator leads and serves, NOT_SERVING once it stops.
@@ -169,6 +170,8 @@ async fn event_loop(
                 None => return LoopEnd::Closed,
                 Some(cmd) => handle(manager, &mut workers, cmd, opts.exit_when_done).await,
             },
+            // A stage wrapped up (or a sweep done) beside the loop.
+            r = manager.next_background() => r,
             _ = timer.tick() => {
                 let r = manager.tick(Instant::now()).await.map(|expired| {
                     for (worker, lease) in &expired {
@@ -808,6 +811,14 @@ pub async fn serve(
     manager.drain();
     match end {
         LoopEnd::Fenced(msg) => Err(ServeError::Fenced(msg)),
-        LoopEnd::Closed | LoopEnd::Done => Ok(manager),
+        LoopEnd::Closed => Ok(manager),
+        LoopEnd::Done => {
+            // The finished runs' sweeps, before the process exits.
+            manager
+                .settle()
+                .await
+                .map_err(|e| ServeError::Loop(e.to_string()))?;
+            Ok(manager)
+        }
     }
 }

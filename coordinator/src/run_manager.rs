@@ -1,8 +1,10 @@
 //! The coordinator's runs: each is an ordered list of stages, one open at a time. A stage is
 //! planned from its input's Parquet footers (stage 0 from the run's input, stage k from the
 //! files stage k-1 committed), run through a [`StageManager`], and when every task is
-//! committed or quarantined its summary is recorded, its committed-file list written, the
-//! files no commit references deleted, and the next stage is planned.
+//! committed or quarantined, a job beside the event loop writes its committed-file list,
+//! deletes the files no commit references and plans the next stage (see [`background`]);
+//! the loop then records the stage's summary and opens the next one. The loop itself never
+//! waits on the object store.
 //!
 //! Durable records, under `runs/<run>/`:
 //! - `spec`: the run spec (JSON), written once the run is accepted;
@@ -21,18 +23,21 @@
 //! than `max_stall`, or when its input cannot be planned. A record that cannot be written
 //! (the store is down) is kept and written on a later tick.
 
+mod background;
 mod planning;
 mod records;
 mod retry;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use automaldesc_common::fault::FaultKind;
 use automaldesc_common::ids::{LeaseRef, RunId, WorkerId};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::lease_manager::{FailOutcome, LeasePolicy, Refusal, Stall};
@@ -42,11 +47,9 @@ use crate::stage_manager::{
 };
 use crate::state::{Expect, StateError, StateStore};
 
+use background::Job;
 pub use planning::COMMITTED_LIST;
-use planning::{
-    check_spec, new_plan, plan_stage, record_plan, stage_policy, stage_spec, sweep_stage,
-    write_committed_list,
-};
+use planning::{check_spec, new_plan, record_plan, stage_policy, stage_spec};
 use records::{check_id, from_json, placeholder_status, run_key, stage_key, to_json};
 pub use records::{
     now_ms, stage_output_url, RunError, RunPhase, RunRecord, RunStatus, StagePlan, StageSummary,
@@ -65,6 +68,8 @@ struct Run {
     held: Option<Stall>,
     /// Unreferenced files were swept since this coordinator opened the run.
     swept: bool,
+    /// The open stage is finished and a job is wrapping it up.
+    wrapping_up: bool,
 }
 
 impl Run {
@@ -187,6 +192,9 @@ pub struct RunManager {
     /// only the spec's own rules are).
     catalog: Option<Arc<dyn StageCatalog>>,
     last_tick: Option<Instant>,
+    /// The jobs beside the event loop, and the run each works for.
+    jobs: JoinSet<Job>,
+    job_runs: HashMap<tokio::task::Id, RunId>,
 }
 
 impl RunManager {
@@ -221,9 +229,11 @@ impl RunManager {
             draining: false,
             catalog: None,
             last_tick: None,
+            jobs: JoinSet::new(),
+            job_runs: HashMap::new(),
         };
         for i in 0..me.runs.len() {
-            me.sweep(i).await;
+            me.sweep(i);
             me.advance_or_log(i).await?;
         }
         Ok(me)
@@ -321,15 +331,23 @@ impl RunManager {
         }
     }
 
-    /// Moves run `i` past every finished stage. A transient error holds the run (retried
-    /// on the next tick, within `max_stall`); any other error fails it. Only a lost
-    /// leadership is returned.
+    /// Moves run `i` on: fails it when it quarantined too much, and starts wrapping up its
+    /// open stage once that is finished. Only a lost leadership is returned.
     async fn advance_or_log(&mut self, i: usize) -> Result<(), RunError> {
-        match self.advance(i).await {
-            Ok(()) => {
-                self.runs[i].held = None;
-                Ok(())
-            }
+        let result = self.advance(i).await;
+        self.hold_or_fail(i, result).await
+    }
+
+    /// What an error moving run `i` on does: a transient one holds the run (tried again on
+    /// the next tick, within `max_stall`), a lost leadership is returned, any other fails
+    /// the run.
+    async fn hold_or_fail(
+        &mut self,
+        i: usize,
+        result: Result<(), RunError>,
+    ) -> Result<(), RunError> {
+        match result {
+            Ok(()) => Ok(()),
             Err(e) if e.is_fenced() => Err(e),
             Err(e) if e.is_transient() => {
                 let run = &mut self.runs[i];
@@ -357,81 +375,167 @@ impl RunManager {
     }
 
     async fn advance(&mut self, i: usize) -> Result<(), RunError> {
-        loop {
-            let run = &self.runs[i];
-            let Some(stage) = run.current.as_ref().filter(|_| run.is_active()) else {
-                run.publish();
-                return Ok(());
-            };
-            if let Some(why) = run.over_quarantine_budget() {
+        let run = &self.runs[i];
+        let Some(stage) = run.current.as_ref().filter(|_| run.is_active()) else {
+            run.publish();
+            return Ok(());
+        };
+        if let Some(why) = run.over_quarantine_budget() {
+            self.end(i, RunPhase::Failed, why);
+            return self.flush(i).await;
+        }
+        if stage.is_finished() && !run.wrapping_up {
+            let job = background::wrap_up(
+                self.store.clone(),
+                run.id.clone(),
+                run.spec.clone(),
+                stage.spec().stage,
+                stage.spec().kind.clone(),
+            );
+            let id = run.id.clone();
+            self.spawn(id, job);
+            self.runs[i].wrapping_up = true;
+        }
+        self.runs[i].publish();
+        Ok(())
+    }
+
+    fn spawn(&mut self, run: RunId, job: impl std::future::Future<Output = Job> + Send + 'static) {
+        let handle = self.jobs.spawn(job);
+        self.job_runs.insert(handle.id(), run);
+    }
+
+    /// Waits for the next job beside the loop to end and applies what it reports; never
+    /// returns while no job runs (a `select!` branch of the event loop). Only a lost
+    /// leadership is an error.
+    pub async fn next_background(&mut self) -> Result<(), RunError> {
+        let Some(joined) = self.jobs.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (task, job) = match joined {
+            Ok((task, job)) => (task, Ok(job)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let run = self.job_runs.remove(&task);
+        let Some(i) = run.and_then(|id| self.runs.iter().position(|r| r.id == id)) else {
+            return Ok(());
+        };
+        match job {
+            Ok(Job::WrappedUp { stage, result }) => self.wrapped_up(i, stage, result).await,
+            Ok(Job::Swept { files }) => {
+                if files > 0 {
+                    tracing::info!(run = %self.runs[i].id, files, "unreferenced files deleted");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.runs[i].wrapping_up = false;
+                let why = format!("a job beside the event loop ended abnormally: {e}");
                 self.end(i, RunPhase::Failed, why);
-                return self.flush(i).await;
-            }
-            if !stage.is_finished() {
-                run.publish();
-                return Ok(());
-            }
-            let k = stage.spec().stage;
-            let store = self.store.as_ref();
-            write_committed_list(store, &run.spec.output, &run.id, k, &stage.spec().kind).await?;
-            let garbage = sweep_stage(store, &run.spec.output, &run.id, k).await;
-            let summary = summary_of(stage, now_ms(), garbage);
-            store
-                .put(
-                    &stage_key(&run.id, k, "summary"),
-                    to_json(&summary),
-                    Expect::Any,
-                )
-                .await?;
-            tracing::info!(run = %run.id, stage = k, done = summary.counts.done,
-                quarantined = summary.counts.quarantined, garbage, "stage finished");
-            let mut record = run.record.clone();
-            let next = if (k as usize) + 1 < run.spec.stages.len() {
-                let plan = plan_stage(store, &run.id, &run.spec, k + 1).await?;
-                record.stage = k + 1;
-                Some(stage_spec(&run.id, &run.spec, k + 1, plan))
-            } else {
-                None
-            };
-            let run = &mut self.runs[i];
-            run.finished.push(summary);
-            if next.is_none() {
-                match run.quarantine_note() {
-                    Some(note) => {
-                        record.phase = RunPhase::SucceededWithQuarantine;
-                        record.error = note;
-                    }
-                    None => record.phase = RunPhase::Succeeded,
-                }
-            }
-            let saved = self
-                .store
-                .put(&run_key(&run.id, "record"), to_json(&record), Expect::Any)
-                .await;
-            if let Err(e) = saved {
-                run.finished.pop();
-                return Err(e.into());
-            }
-            let current = match next {
-                Some(spec) => {
-                    let policy = stage_policy(self.policy, &run.spec, spec.stage);
-                    Some(
-                        StageManager::open(spec, self.store.clone(), policy, Instant::now())
-                            .await?,
-                    )
-                }
-                None => None,
-            };
-            let run = &mut self.runs[i];
-            run.record = record;
-            run.current = current;
-            if run.record.phase.is_success() {
-                tracing::info!(run = %run.id, phase = run.record.phase.name(),
-                    note = %run.record.error, "run ended");
-                run.publish();
-                self.sweep(i).await;
+                self.flush(i).await
             }
         }
+    }
+
+    /// Waits for every job beside the loop and applies what they report (before a
+    /// coordinator whose runs are over exits).
+    pub async fn settle(&mut self) -> Result<(), RunError> {
+        while !self.jobs.is_empty() {
+            self.next_background().await?;
+        }
+        Ok(())
+    }
+
+    /// Stage `k` of run `i` was wrapped up (or could not be, for now): record its summary
+    /// and open the next stage, or end the run after the last.
+    async fn wrapped_up(
+        &mut self,
+        i: usize,
+        k: u32,
+        result: Result<(u64, Option<StagePlan>), RunError>,
+    ) -> Result<(), RunError> {
+        let run = &mut self.runs[i];
+        run.wrapping_up = false;
+        let open = run.current.as_ref().filter(|_| run.is_active());
+        if open.map(|s| s.spec().stage) != Some(k) {
+            // Cancelled or failed meanwhile.
+            return Ok(());
+        }
+        let result = match result {
+            Ok((garbage, next)) => self.open_next(i, garbage, next).await,
+            Err(e) => Err(e),
+        };
+        if result.is_ok() {
+            self.runs[i].held = None;
+        }
+        self.hold_or_fail(i, result).await?;
+        self.advance_or_log(i).await
+    }
+
+    /// Records the finished open stage of run `i` (with `garbage` files deleted) and opens
+    /// the stage `next` plans, or ends the run.
+    async fn open_next(
+        &mut self,
+        i: usize,
+        garbage: u64,
+        next: Option<StagePlan>,
+    ) -> Result<(), RunError> {
+        let run = &self.runs[i];
+        let Some(stage) = run.current.as_ref() else {
+            return Ok(());
+        };
+        let k = stage.spec().stage;
+        let summary = summary_of(stage, now_ms(), garbage);
+        self.store
+            .put(
+                &stage_key(&run.id, k, "summary"),
+                to_json(&summary),
+                Expect::Any,
+            )
+            .await?;
+        tracing::info!(run = %run.id, stage = k, done = summary.counts.done,
+            quarantined = summary.counts.quarantined, garbage, "stage finished");
+        let mut record = run.record.clone();
+        let next = next.map(|plan| {
+            record.stage = k + 1;
+            stage_spec(&run.id, &run.spec, k + 1, plan)
+        });
+        let run = &mut self.runs[i];
+        run.finished.push(summary);
+        if next.is_none() {
+            match run.quarantine_note() {
+                Some(note) => {
+                    record.phase = RunPhase::SucceededWithQuarantine;
+                    record.error = note;
+                }
+                None => record.phase = RunPhase::Succeeded,
+            }
+        }
+        let saved = self
+            .store
+            .put(&run_key(&run.id, "record"), to_json(&record), Expect::Any)
+            .await;
+        if let Err(e) = saved {
+            run.finished.pop();
+            return Err(e.into());
+        }
+        let current = match next {
+            Some(spec) => {
+                let policy = stage_policy(self.policy, &run.spec, spec.stage);
+                Some(StageManager::open(spec, self.store.clone(), policy, Instant::now()).await?)
+            }
+            None => None,
+        };
+        let run = &mut self.runs[i];
+        run.record = record;
+        run.current = current;
+        if run.record.phase.is_success() {
+            tracing::info!(run = %run.id, phase = run.record.phase.name(),
+                note = %run.record.error, "run ended");
+            run.publish();
+            self.sweep(i);
+        }
+        Ok(())
     }
 
     /// Ends run `i` now with `phase` and `error`: its open stage's summary and pending
@@ -474,13 +578,14 @@ impl RunManager {
             self.runs[i].unsaved.remove(0);
         }
         if self.runs[i].record.phase != RunPhase::Running {
-            self.sweep(i).await;
+            self.sweep(i);
         }
         Ok(())
     }
 
-    /// Deletes unreferenced files from run `i`'s finished stages (once per opening).
-    async fn sweep(&mut self, i: usize) {
+    /// Deletes unreferenced files from run `i`'s finished stages (once per opening), in a
+    /// job beside the loop.
+    fn sweep(&mut self, i: usize) {
         let run = &self.runs[i];
         if run.swept {
             return;
@@ -489,13 +594,14 @@ impl RunManager {
             RunPhase::Running => run.record.stage,
             _ => run.record.stage + 1,
         };
-        let mut files = 0;
-        for k in 0..last {
-            files += sweep_stage(self.store.as_ref(), &run.spec.output, &run.id, k).await;
-        }
-        if files > 0 {
-            tracing::info!(run = %run.id, files, "unreferenced files deleted");
-        }
+        let job = background::sweep(
+            self.store.clone(),
+            run.id.clone(),
+            run.spec.output.clone(),
+            last,
+        );
+        let id = run.id.clone();
+        self.spawn(id, job);
         self.runs[i].swept = true;
     }
 
@@ -783,6 +889,7 @@ async fn load_run(
         unsaved: Vec::new(),
         held: None,
         swept: false,
+        wrapping_up: false,
     };
     run.watch = watch::channel(run.status()).0;
     Ok(run)
