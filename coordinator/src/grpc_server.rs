@@ -170,8 +170,9 @@ async fn event_loop(
                 None => return LoopEnd::Closed,
                 Some(cmd) => handle(manager, &mut workers, cmd, opts.exit_when_done).await,
             },
-            // A stage wrapped up (or a sweep done) beside the loop.
-            r = manager.next_background() => r,
+            // A job beside the loop ended (a stage wrapped up, a submission planned, a
+            // sweep done); waiting for one is cancel-safe, applying it is not.
+            done = manager.next_job() => manager.apply(done).await,
             _ = timer.tick() => {
                 let r = manager.tick(Instant::now()).await.map(|expired| {
                     for (worker, lease) in &expired {
@@ -294,7 +295,7 @@ async fn handle(
             workers.finished(&worker, &lease, ending, now);
             answer(reply, r)
         }
-        Command::Submit { id, spec, reply } => answer(reply, m.submit(id, spec).await),
+        Command::Submit { id, spec, reply } => m.submit_beside(id, spec, reply).await,
         Command::Get { id, reply } => answer(reply, m.status(&id)),
         Command::List { reply } => {
             let _ = reply.send(m.list());

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use automaldesc_common::fault::FaultKind;
 use automaldesc_common::ids::{LeaseRef, RunId, WorkerId};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -49,7 +49,7 @@ use crate::state::{Expect, StateError, StateStore};
 
 use background::Job;
 pub use planning::COMMITTED_LIST;
-use planning::{check_spec, new_plan, record_plan, stage_policy, stage_spec};
+use planning::{record_plan, stage_policy, stage_spec};
 use records::{check_id, from_json, placeholder_status, run_key, stage_key, to_json};
 pub use records::{
     now_ms, stage_output_url, RunError, RunPhase, RunRecord, RunStatus, StagePlan, StageSummary,
@@ -261,6 +261,46 @@ impl RunManager {
         id: Option<RunId>,
         spec: RunSpec,
     ) -> Result<RunStatus, RunError> {
+        let (id, spec) = match self.admit(id, spec).await? {
+            Admission::Known(status) => return Ok(status),
+            Admission::New(id, spec) => (id, spec),
+        };
+        let catalog = self.catalog.clone();
+        let plan = background::prepare(self.store.clone(), catalog, id.clone(), spec.clone()).await;
+        self.start(id, spec, plan).await
+    }
+
+    /// [`RunManager::submit`] with the object-store work (the spec's dataset checks, the
+    /// first stage's plan) in a job beside the event loop; the answer goes to `reply` when
+    /// the loop applies the job's result. Only a lost leadership is returned.
+    pub async fn submit_beside(
+        &mut self,
+        id: Option<RunId>,
+        spec: RunSpec,
+        reply: oneshot::Sender<Result<RunStatus, RunError>>,
+    ) -> Result<(), RunError> {
+        let (id, spec) = match self.admit(id, spec).await {
+            Ok(Admission::New(id, spec)) => (id, spec),
+            Ok(Admission::Known(status)) => {
+                let _ = reply.send(Ok(status));
+                return Ok(());
+            }
+            Err(e) => return answer_fenced(reply, Err(e)),
+        };
+        let job = background::submission(
+            self.store.clone(),
+            self.catalog.clone(),
+            id.clone(),
+            spec,
+            reply,
+        );
+        self.spawn(id, job);
+        Ok(())
+    }
+
+    /// What a submission is before any object-store work: a run this coordinator has
+    /// (the same spec again), a refusal, or a new run to check and plan.
+    async fn admit(&mut self, id: Option<RunId>, spec: RunSpec) -> Result<Admission, RunError> {
         spec.validate()?;
         let id = match id {
             Some(id) => {
@@ -269,30 +309,27 @@ impl RunManager {
             }
             None => self.fresh_id().await?,
         };
-        if let Ok(i) = self.index(&id) {
-            if self.runs[i].spec != spec {
-                return Err(RunError::Exists(id));
-            }
-            return Ok(self.runs[i].status());
+        match self.index(&id) {
+            Ok(i) if self.runs[i].spec != spec => Err(RunError::Exists(id)),
+            Ok(i) => Ok(Admission::Known(self.runs[i].status())),
+            Err(_) => Ok(Admission::New(id, spec)),
         }
-        if let Some(catalog) = &self.catalog {
-            check_spec(catalog.as_ref(), &spec).await?;
+    }
+
+    /// Records a checked and planned submission (`plan`, or why it was refused) and starts
+    /// the run.
+    async fn start(
+        &mut self,
+        id: RunId,
+        spec: RunSpec,
+        plan: Result<StagePlan, RunError>,
+    ) -> Result<RunStatus, RunError> {
+        // Another submission of the same id may have started meanwhile.
+        if let Admission::Known(status) = self.admit(Some(id.clone()), spec.clone()).await? {
+            return Ok(status);
         }
+        let plan = plan?;
         let spec_key = run_key(&id, "spec");
-        if let Some(v) = self.store.get(&spec_key).await? {
-            // A spec without a run record: a submission interrupted before the run started
-            // (or refused by an older coordinator). Another spec replaces it, and its plan.
-            let same = serde_json::from_slice::<RunSpec>(&v.value).ok().as_ref() == Some(&spec);
-            if !same {
-                self.store
-                    .delete(&stage_key(&id, 0, "plan"), Expect::Any)
-                    .await?;
-            }
-        }
-        let plan = match self.store.get(&stage_key(&id, 0, "plan")).await? {
-            Some(v) => from_json(&stage_key(&id, 0, "plan"), &v.value)?,
-            None => new_plan(self.store.as_ref(), &id, &spec, 0).await?,
-        };
         self.store
             .put(&spec_key, to_json(&spec), Expect::Any)
             .await?;
@@ -405,30 +442,54 @@ impl RunManager {
         self.job_runs.insert(handle.id(), run);
     }
 
-    /// Waits for the next job beside the loop to end and applies what it reports; never
-    /// returns while no job runs (a `select!` branch of the event loop). Only a lost
-    /// leadership is an error.
-    pub async fn next_background(&mut self) -> Result<(), RunError> {
-        let Some(joined) = self.jobs.join_next_with_id().await else {
-            return std::future::pending().await;
-        };
-        let (task, job) = match joined {
-            Ok((task, job)) => (task, Ok(job)),
-            Err(e) => (e.id(), Err(e)),
-        };
+    /// Waits for the next job beside the loop to end; never returns while no job runs. For
+    /// a `select!` branch of the event loop: cancelling it loses nothing. What the job
+    /// reports is then applied with [`RunManager::apply`].
+    pub async fn next_job(&mut self) -> JobDone {
+        match self.jobs.join_next_with_id().await {
+            Some(Ok((task, job))) => JobDone { task, job: Ok(job) },
+            Some(Err(e)) => JobDone {
+                task: e.id(),
+                job: Err(e),
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Applies what a job beside the loop reported. Only a lost leadership is an error.
+    pub async fn apply(&mut self, done: JobDone) -> Result<(), RunError> {
+        let JobDone { task, job } = done;
         let run = self.job_runs.remove(&task);
-        let Some(i) = run.and_then(|id| self.runs.iter().position(|r| r.id == id)) else {
-            return Ok(());
-        };
-        match job {
-            Ok(Job::WrappedUp { stage, result }) => self.wrapped_up(i, stage, result).await,
-            Ok(Job::Swept { files }) => {
+        let i = run.and_then(|id| self.runs.iter().position(|r| r.id == id));
+        match (job, i) {
+            (
+                Ok(Job::Submitted {
+                    id,
+                    spec,
+                    plan,
+                    reply,
+                }),
+                _,
+            ) => {
+                let started = self.start(id, spec, plan).await;
+                answer_fenced(reply, started)
+            }
+            (Err(e), None) => {
+                tracing::error!(error = %e, "a job beside the event loop ended abnormally");
+                Ok(())
+            }
+            // A run this coordinator no longer has.
+            (_, None) => Ok(()),
+            (Ok(Job::WrappedUp { stage, result }), Some(i)) => {
+                self.wrapped_up(i, stage, result).await
+            }
+            (Ok(Job::Swept { files }), Some(i)) => {
                 if files > 0 {
                     tracing::info!(run = %self.runs[i].id, files, "unreferenced files deleted");
                 }
                 Ok(())
             }
-            Err(e) => {
+            (Err(e), Some(i)) => {
                 self.runs[i].wrapping_up = false;
                 let why = format!("a job beside the event loop ended abnormally: {e}");
                 self.end(i, RunPhase::Failed, why);
@@ -441,7 +502,8 @@ impl RunManager {
     /// coordinator whose runs are over exits).
     pub async fn settle(&mut self) -> Result<(), RunError> {
         while !self.jobs.is_empty() {
-            self.next_background().await?;
+            let done = self.next_job().await;
+            self.apply(done).await?;
         }
         Ok(())
     }
@@ -841,6 +903,35 @@ impl RunManager {
         self.runs
             .iter()
             .all(|r| r.record.phase != RunPhase::Running)
+    }
+}
+
+/// A job beside the event loop that ended, with what it reported (see
+/// [`RunManager::next_job`]).
+pub struct JobDone {
+    task: tokio::task::Id,
+    job: Result<Job, tokio::task::JoinError>,
+}
+
+/// See [`RunManager::admit`].
+enum Admission {
+    Known(RunStatus),
+    New(RunId, RunSpec),
+}
+
+/// Sends `result` to `reply`; a lost leadership is also returned (the loop must stop).
+fn answer_fenced<T>(
+    reply: oneshot::Sender<Result<T, RunError>>,
+    result: Result<T, RunError>,
+) -> Result<(), RunError> {
+    let fenced = match &result {
+        Err(e) if e.is_fenced() => Some(e.to_string()),
+        _ => None,
+    };
+    let _ = reply.send(result);
+    match fenced {
+        Some(msg) => Err(RunError::Stage(StageError::State(StateError::Fenced(msg)))),
+        None => Ok(()),
     }
 }
 

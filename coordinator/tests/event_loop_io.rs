@@ -1,9 +1,10 @@
 //! The coordinator's event loop never waits on the object store: a coordinator process
 //! whose object store answers every call 1 s late (the fault store's `slow` mode) wraps
 //! up a finished stage (its committed-file list, its garbage, the next stage's plan from
-//! the committed files' Parquet footers) for several seconds, and heartbeats and status
-//! calls are answered within milliseconds all that time. The worker process runs with a
-//! store of normal speed, so only the coordinator's own object-store calls are slow.
+//! the committed files' Parquet footers) for several seconds, and checks and plans a run
+//! submitted meanwhile, and heartbeats and status calls are answered within milliseconds
+//! all that time. The worker process runs with a store of normal speed, so only the
+//! coordinator's own object-store calls are slow.
 
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,11 @@ async fn heartbeats_are_answered_while_a_slow_object_store_holds_a_stage_s_plann
     let mut answers: Vec<Duration> = Vec::new();
     let mut finished_seen: Option<Instant> = None;
     let mut held: Option<Duration> = None;
+    // A second run, submitted while the first one's stage 0 is wrapped up.
+    let second_out = d.join("out2").to_str().unwrap().to_string();
+    let second_spec = support::echo_spec(&corpus.unlabelled_url(), &second_out, 1 << 20, "{}");
+    let mut second: Option<tokio::task::JoinHandle<_>> = None;
+    let mut second_answer: Option<(Result<v1::RunStatus, tonic::Status>, Duration)> = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         assert!(
@@ -109,15 +115,33 @@ async fn heartbeats_are_answered_while_a_slow_object_store_holds_a_stage_s_plann
             .await
             .unwrap();
         let status = control.get_run(run.clone()).await.unwrap().into_inner();
-        if held.is_none() {
+        if held.is_none() || second_answer.is_none() {
             answers.push(t.elapsed());
             let stage0 = &status.stages[0];
             if stage0.tasks_total > 0 && stage0.tasks_done == stage0.tasks_total {
                 finished_seen.get_or_insert(t);
             }
-            if status.stages.len() > 1 {
+            if finished_seen.is_some() && second.is_none() {
+                let mut c = control.clone();
+                let request = v1::SubmitRunRequest {
+                    protocol_version: automaldesc_proto::PROTOCOL_VERSION,
+                    config_toml: second_spec.clone(),
+                    run_id: "second".into(),
+                };
+                second = Some(tokio::spawn(async move {
+                    let t = Instant::now();
+                    let r = c.submit_run(request).await.map(|r| r.into_inner());
+                    (r, t.elapsed())
+                }));
+            }
+            if held.is_none() && status.stages.len() > 1 {
                 held = Some(finished_seen.map_or(Duration::ZERO, |f| f.elapsed()));
-                // Stage 1 is open: the rest may run at normal speed.
+            }
+            if let Some(job) = second.take_if(|j| j.is_finished()) {
+                second_answer = Some(job.await.unwrap());
+            }
+            if held.is_some() && second_answer.is_some() {
+                // The rest may run at normal speed.
                 std::fs::write(&control_file, "").unwrap();
             }
         }
@@ -133,11 +157,25 @@ async fn heartbeats_are_answered_while_a_slow_object_store_holds_a_stage_s_plann
         coordinator.log_text()
     );
     let held = held.expect("stage 1 was seen opening");
+    let (second_status, second_took) = second_answer.expect("the second submission was answered");
+    let second_status = second_status.unwrap_or_else(|e| {
+        panic!(
+            "second submission: {e}; coordinator: {}",
+            coordinator.log_text()
+        )
+    });
+    assert_eq!(second_status.run_id, "second");
+    // Its checks and plan read the slow store.
+    assert!(
+        second_took >= Duration::from_millis(DELAY_MS),
+        "the second submission was answered in {second_took:?}"
+    );
     let slowest = answers.iter().max().copied().unwrap_or_default();
     assert!(
         slowest < Duration::from_millis(DELAY_MS / 2),
         "a heartbeat and status call took {slowest:?} while the store was slow \
-         ({} answered, the stage wrapped up in {held:?})",
+         ({} answered, the stage wrapped up in {held:?}, the second run answered in \
+         {second_took:?})",
         answers.len()
     );
     // The wrap-up made at least three calls to the slow store: the committed-file list,
@@ -150,6 +188,31 @@ async fn heartbeats_are_answered_while_a_slow_object_store_holds_a_stage_s_plann
         answers.len() >= 10,
         "{} heartbeats answered while the stage was wrapped up in {held:?}",
         answers.len()
+    );
+    // The second run goes through too.
+    let second_run = v1::RunRequest {
+        run_id: "second".into(),
+    };
+    let second_end = loop {
+        assert!(
+            Instant::now() < deadline,
+            "timed out; coordinator: {}",
+            coordinator.log_text()
+        );
+        let s = control
+            .get_run(second_run.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        if s.state != v1::RunState::Running as i32 {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        second_end.state,
+        v1::RunState::Succeeded as i32,
+        "{second_end:?}"
     );
     // Every script went through both stages, each once.
     let total: u64 = status.stages.iter().map(|s| s.scripts_total).max().unwrap();
@@ -164,9 +227,11 @@ async fn heartbeats_are_answered_while_a_slow_object_store_holds_a_stage_s_plann
         total as usize,
         corpus.sha_counts().await.values().sum::<usize>()
     );
+    assert_eq!(second_end.stages[0].scripts_done, total);
     println!(
-        "stage wrap-up held for {held:?} by the slow store; {} heartbeats and status calls \
-         answered while the store was slow, the slowest in {slowest:?}",
+        "stage wrap-up held for {held:?} by the slow store, a submission answered in \
+         {second_took:?}; {} heartbeats and status calls answered while the store was slow, \
+         the slowest in {slowest:?}",
         answers.len()
     );
     worker.signal(libc::SIGTERM);
