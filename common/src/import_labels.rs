@@ -245,13 +245,18 @@ pub fn parse_release_parquet(data: bytes::Bytes) -> Result<Vec<ReleaseRow>> {
     Ok(rows)
 }
 
+/// A labels file's path that is absolute or leaves the scripts' root.
+#[derive(Debug, thiserror::Error)]
+#[error("path {0:?} is absolute or leaves the root")]
+struct OutsideRoot(String);
+
 /// A relative path that stays under its root, or why not.
-fn safe_join(root: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
+fn safe_join(root: &Path, rel: &str) -> std::result::Result<PathBuf, OutsideRoot> {
     let p = Path::new(rel);
     if p.components()
         .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        return Err(format!("path {rel:?} is absolute or leaves the root"));
+        return Err(OutsideRoot(rel.to_string()));
     }
     Ok(root.join(p))
 }
@@ -327,7 +332,7 @@ pub async fn import_labels(
         let script = match (&opts.root, &row.path) {
             (Some(root), Some(rel)) => match safe_join(root, rel) {
                 Err(why) => {
-                    report.reject(row, "bad_path", why);
+                    report.reject(row, "bad_path", why.to_string());
                     continue;
                 }
                 Ok(full) => match std::fs::read(&full) {

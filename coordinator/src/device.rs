@@ -4,5 +4,5 @@
 use burn::tensor::Device;
 
 pub fn select() -> anyhow::Result<Device> {
-    automaldesc_worker::device::select().map_err(anyhow::Error::msg)
+    Ok(automaldesc_worker::device::select()?)
 }

@@ -311,15 +311,7 @@ async fn handle(
 }
 
 fn status(e: RunError) -> Status {
-    match &e {
-        RunError::NotFound(_) => Status::not_found(e.to_string()),
-        RunError::Exists(_) => Status::already_exists(e.to_string()),
-        RunError::Spec(_) | RunError::BadId(_) => Status::invalid_argument(e.to_string()),
-        RunError::WrongPhase { .. } => Status::failed_precondition(e.to_string()),
-        _ if e.is_transient() || e.is_fenced() => Status::unavailable(e.to_string()),
-        RunError::Data { .. } => Status::failed_precondition(e.to_string()),
-        _ => Status::internal(e.to_string()),
-    }
+    crate::error_status::grpc_status(&e)
 }
 
 fn reported(p: v1::Progress) -> Reported {

@@ -37,7 +37,8 @@ use tokio::sync::watch;
 
 use crate::http_access::{tls_acceptor, Access};
 
-use crate::run_manager::{RunPhase, RunStatus, StageSummary};
+use crate::error_status::ErrorClass;
+use crate::run_manager::{RunError, RunPhase, RunStatus, StageSummary};
 use crate::stage_manager::read_commits;
 use crate::state::StateStore;
 use crate::workers::{WorkerState, WorkerView};
@@ -86,6 +87,11 @@ impl Response {
 
     fn text(status: u16, body: &str) -> Self {
         Self::new(status, "text/plain; charset=utf-8", body)
+    }
+
+    /// `e` as text, with the status its class has (the gRPC side maps it alike).
+    fn error(e: &RunError) -> Self {
+        Self::text(ErrorClass::of(e).http(), &format!("{e}\n"))
     }
 
     fn json(value: &impl Serialize) -> Self {
@@ -357,7 +363,7 @@ async fn stage_file(
     };
     let commits = match read_commits(store.as_ref(), &RunId(run.to_string()), stage).await {
         Ok(c) => c,
-        Err(e) => return Response::text(503, &format!("{e}\n")),
+        Err(e) => return Response::error(&e.into()),
     };
     let Some(path) = commits
         .iter()
@@ -381,14 +387,17 @@ async fn stage_file(
             .await?
             .bytes()
             .await?;
-        Ok::<_, anyhow::Error>(bytes)
+        Ok::<_, automaldesc_common::Error>(bytes)
     };
     match read.await {
         Ok(bytes) => Response {
             cache_control: "private, max-age=86400, immutable",
             ..Response::new(200, content_type, bytes.to_vec())
         },
-        Err(e) => Response::text(503, &format!("{e}\n")),
+        Err(source) => Response::error(&RunError::Data {
+            context: format!("reading {path}"),
+            source,
+        }),
     }
 }
 

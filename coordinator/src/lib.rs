@@ -3,8 +3,9 @@
 //! - The service: the durable coordination state (`state`: embedded or etcd), runs and
 //!   their stages (`run_manager`, `stage_manager`, `run_spec`), task planning over Parquet
 //!   row groups (`planner`), leases with fencing tokens (`lease_manager`), the worker
-//!   registry (`workers`), the gRPC services and their event loop (`grpc_server`), and the
-//!   HTTP side: probes, API, metrics and dashboard (`http`, `http_access`).
+//!   registry (`workers`), the gRPC services and their event loop (`grpc_server`), the
+//!   HTTP side: probes, API, metrics and dashboard (`http`, `http_access`), and what an
+//!   error means to their clients (`error_status`).
 //! - The commands (`*_cmd`): the self-training loop (`loop_cmd`), the cluster roles
 //!   (`cluster_cmd`), run control, corpus tools, `annotate`, `train`, `eval`, `export` and
 //!   the benchmarks.
@@ -15,6 +16,7 @@ pub mod cluster_cmd;
 pub mod control_cmd;
 pub mod corpus_cmd;
 pub mod device;
+pub mod error_status;
 pub mod eval_cmd;
 pub mod export_cmd;
 pub mod export_source;

@@ -435,7 +435,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 fn file_sha256(path: &std::path::Path) -> anyhow::Result<String> {
-    automaldesc_worker::stages::train::file_sha256(path).map_err(anyhow::Error::msg)
+    Ok(automaldesc_worker::stages::train::file_sha256(path)?)
 }
 
 #[derive(Args, Debug)]

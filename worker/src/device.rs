@@ -3,18 +3,37 @@
 
 use burn::tensor::Device;
 
+/// A device this build cannot compute on.
+#[derive(Debug, thiserror::Error)]
+#[error("AUTOMALDESC_DEVICE={wanted} is not available in this build ({available})")]
+pub struct UnavailableDevice {
+    pub wanted: String,
+    pub available: &'static str,
+}
+
+/// A worker asked for a device it was not built for: every task fails alike.
+impl From<UnavailableDevice> for automaldesc_common::fault::TaskError {
+    fn from(e: UnavailableDevice) -> Self {
+        Self::internal(e.to_string())
+    }
+}
+
 /// The device named by `AUTOMALDESC_DEVICE` (empty: the build's best).
-pub fn select() -> Result<Device, String> {
+pub fn select() -> Result<Device, UnavailableDevice> {
     let wanted = std::env::var("AUTOMALDESC_DEVICE").unwrap_or_default();
     #[cfg(feature = "cuda")]
     if wanted != "cpu" {
         return Ok(Device::cuda(0));
     }
     if !(wanted.is_empty() || wanted == "cpu") {
-        return Err(format!(
-            "AUTOMALDESC_DEVICE={wanted} is not available in this build (cpu{})",
-            if cfg!(feature = "cuda") { ", cuda" } else { "" }
-        ));
+        return Err(UnavailableDevice {
+            wanted,
+            available: if cfg!(feature = "cuda") {
+                "cpu, cuda"
+            } else {
+                "cpu"
+            },
+        });
     }
     Ok(Device::flex())
 }

@@ -140,10 +140,7 @@ impl Annotator {
         self.schema.label_head = adapter.label_head.clone();
         self.schema.language_head = adapter.language_head.clone();
         self.model = self.model.packed_for_device();
-        self.schema.label_bias = read_label_bias(dir).map_err(|reason| RuntimeError::Invalid {
-            path: dir.display().to_string(),
-            reason,
-        })?;
+        self.schema.label_bias = read_label_bias(dir)?;
         let digest = automaldesc_common::sha256_hex(
             &adapter
                 .flatten()
@@ -348,20 +345,23 @@ fn model_id(path: &Path) -> std::io::Result<String> {
 
 /// The label-logit shift of a trained adapter's calibration file, 0 when it has none (an
 /// adapter trained elsewhere).
-fn read_label_bias(dir: &Path) -> Result<f32, String> {
+fn read_label_bias(dir: &Path) -> Result<f32, RuntimeError> {
     let path = dir.join(crate::stages::train::CALIBRATION_FILE);
+    let invalid = |reason: String| RuntimeError::Invalid {
+        path: path.display().to_string(),
+        reason,
+    };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0.0),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(invalid(e.to_string())),
     };
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     v["label_bias"]
         .as_f64()
         .map(|b| b as f32)
         .filter(|b| b.is_finite())
-        .ok_or_else(|| format!("{}: no finite label_bias", path.display()))
+        .ok_or_else(|| invalid("no finite label_bias".into()))
 }
 
 /// The chat template of a `tokenizer_config.json`: a string, or a list of named templates

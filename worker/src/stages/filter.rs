@@ -2,6 +2,7 @@
 //! kept answer of an accepted script, or the stage and reason that rejected it. The rules
 //! and the choice of summary are those of [`automaldesc_common::filter`].
 
+use automaldesc_common::fault::TaskError;
 use automaldesc_common::filter::{after_judge, before_judge, Rejection};
 use automaldesc_common::parquet_io::WriterOptions;
 use automaldesc_common::schema::{AnswersRow, DecisionRow, JudgeVerdict};
@@ -18,7 +19,9 @@ pub struct FilterConfig {
 }
 
 /// The decision for one judged script.
-pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, String> {
+/// A row that reached the filter without its judge verdicts is invalid input: the stage
+/// was fed the wrong stage's output.
+pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, TaskError> {
     let samples = filter_samples(row);
     let rejected = |r: Rejection| DecisionRow {
         sha256: row.sha256.clone(),
@@ -39,10 +42,10 @@ pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, Stri
         Err(r) => return Ok(rejected(r)),
     };
     if row.judge_labels.len() != samples.len() {
-        return Err(format!(
+        return Err(TaskError::invalid(format!(
             "script {} reached the filter unjudged (run the judge stage first)",
             row.sha256
-        ));
+        )));
     }
     let mut verdicts = Vec::with_capacity(survivor.summaries.len());
     for (i, _, _) in &survivor.summaries {
@@ -51,10 +54,10 @@ pub fn decide(row: &AnswersRow, min_label_prob: f32) -> Result<DecisionRow, Stri
             // Check 5 is skipped for the run: the judge does not vote.
             JudgeVerdict::Skipped => survivor.label,
             JudgeVerdict::NotAsked => {
-                return Err(format!(
+                return Err(TaskError::invalid(format!(
                     "script {} sample {i}: the judge was not asked where a verdict was expected",
                     row.sha256
-                ))
+                )))
             }
         };
         verdicts.push(v);

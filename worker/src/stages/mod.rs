@@ -447,7 +447,7 @@ pub(crate) fn model_sha256(path: &Path) -> StageResult<String> {
     if let Some(h) = seen.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(h.clone());
     }
-    let h = train::file_sha256(path).map_err(TaskError::internal)?;
+    let h = train::file_sha256(path).map_err(|e| TaskError::internal(e.to_string()))?;
     seen.lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(key, h.clone());

@@ -227,20 +227,24 @@ impl CheckpointLock {
     }
 }
 
-/// Hex sha256 of a model file (of a directory's files, by name).
-pub fn file_sha256(path: &std::path::Path) -> Result<String, String> {
+/// Hex sha256 of a model file (of a directory's files, by name). An error names the file.
+pub fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
+    let named = |p: &std::path::Path| {
+        let p = p.display().to_string();
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{p}: {e}"))
+    };
     let mut hasher = Sha256::new();
     let mut files = vec![path.to_path_buf()];
     if path.is_dir() {
         files = std::fs::read_dir(path)
             .and_then(|d| d.map(|e| e.map(|e| e.path())).collect())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(named(path))?;
         files.sort();
     }
     for f in files.iter().filter(|f| f.is_file()) {
-        let mut file = std::fs::File::open(f).map_err(|e| format!("{}: {e}", f.display()))?;
-        std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
+        let mut file = std::fs::File::open(f).map_err(named(f))?;
+        std::io::copy(&mut file, &mut hasher).map_err(named(f))?;
     }
     Ok(format!("{:x}", hasher.finalize()))
 }
