@@ -9,6 +9,7 @@ use automaldesc_worker::generate::EarlyStop;
 use automaldesc_worker::runtime::Annotator;
 use std::io::Write;
 
+use automaldesc_worker::stages::defaults;
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -40,31 +41,31 @@ pub struct AnnotateArgs {
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Sampling temperatures, one sample each.
-    #[arg(long, value_delimiter = ',', default_value = "0.4,0.6,0.8")]
+    #[arg(long, value_delimiter = ',', default_values_t = defaults::TEMPERATURES)]
     pub temperatures: Vec<f32>,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = defaults::TOP_P)]
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = defaults::MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
     /// Prompt tokens per script; longer scripts keep their head and tail.
-    #[arg(long, default_value_t = 1536)]
+    #[arg(long, default_value_t = defaults::PROMPT_TOKENS)]
     pub prompt_budget: usize,
     /// Stop samples right after the label when the temperatures disagree or the label
     /// probability is under --min-label-prob.
     #[arg(long)]
     pub early_stop: bool,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = defaults::MIN_LABEL_PROB)]
     pub min_label_prob: f32,
     /// Sequences decoded together.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = defaults::SLOTS)]
     pub slots: usize,
     /// The summary never repeats an n-gram of this size (0: off).
     #[arg(long, default_value_t = 0)]
     pub no_repeat_ngram: usize,
     /// Penalty on tokens already in the summary (1: off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults::REPETITION_PENALTY)]
     pub repetition_penalty: f32,
     /// Label-only: stop every sample right after its label (`{"language", "label"}`).
     #[arg(long)]

@@ -28,13 +28,21 @@ use anyhow::{bail, Context};
 use automaldesc_common::ids::RunId;
 use automaldesc_common::parquet_io::nonempty_dataset_layout;
 use automaldesc_common::store::{block_on, open_store};
+use automaldesc_worker::prompt::PromptStyle;
+use automaldesc_worker::stages::aggregate::AggregateConfig;
+use automaldesc_worker::stages::defaults;
+use automaldesc_worker::stages::filter::FilterConfig;
+use automaldesc_worker::stages::generate::GenerateConfig;
+use automaldesc_worker::stages::judge::JudgeConfig;
+use automaldesc_worker::stages::judge_train::JudgeTrainConfig;
+use automaldesc_worker::stages::report::ReportConfig;
+use automaldesc_worker::stages::train::TrainStageConfig;
 use automaldesc_worker::train::lora::{LayerSet, LoraConfig};
 use automaldesc_worker::train::TrainConfig;
 use clap::Args;
 use object_store::path::Path as ObjectPath;
 use object_store::PutPayload;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::cluster_cmd::{run_local, LeaseArgs, LOOP_EXECUTORS};
 use crate::run_manager::RunStatus;
@@ -252,28 +260,28 @@ fn default_iterations() -> u32 {
     2
 }
 fn default_temperatures() -> Vec<f32> {
-    vec![0.4, 0.6, 0.8]
+    defaults::TEMPERATURES.to_vec()
 }
 fn default_top_p() -> f32 {
-    0.95
+    defaults::TOP_P
 }
 fn default_max_new_tokens() -> usize {
-    512
+    defaults::MAX_NEW_TOKENS
 }
 fn default_prompt_tokens() -> usize {
-    1536
+    defaults::PROMPT_TOKENS
 }
 fn default_confidence() -> f32 {
-    0.90
+    defaults::MIN_LABEL_PROB
 }
 fn default_true() -> bool {
     true
 }
 fn default_slots() -> usize {
-    8
+    defaults::SLOTS
 }
 fn default_preference_scripts() -> usize {
-    16
+    defaults::PREFERENCE_SCRIPTS
 }
 fn default_task_bytes() -> u64 {
     4 << 20
@@ -315,13 +323,13 @@ fn default_no_repeat_ngram() -> usize {
     4
 }
 fn default_repetition_penalty() -> f32 {
-    1.0
+    defaults::REPETITION_PENALTY
 }
 fn default_eval_summary_scripts() -> usize {
     32
 }
 fn default_judge_min_accuracy() -> f64 {
-    0.8
+    defaults::JUDGE_MIN_ACCURACY
 }
 fn default_judge_adapter() -> AdapterConfig {
     AdapterConfig {
@@ -524,11 +532,11 @@ impl LoopConfig {
         automaldesc_common::sha256_hex(v.to_string().as_bytes())
     }
 
-    fn prompt_style(&self) -> &'static str {
+    fn prompt_style(&self) -> PromptStyle {
         if self.compact_prompt {
-            "compact"
+            PromptStyle::Compact
         } else {
-            "full"
+            PromptStyle::Full
         }
     }
 
@@ -536,22 +544,24 @@ impl LoopConfig {
         self.judge_model.as_deref().unwrap_or(&self.model)
     }
 
-    fn generate_config(&self, early_stop: bool, min_label_prob: f32) -> serde_json::Value {
-        json!({
-            "model": self.model,
-            "temperatures": self.temperatures,
-            "top_p": self.top_p,
-            "seed": self.random_seed,
-            "max_new_tokens": self.max_new_tokens,
-            "prompt_budget": self.prompt_tokens,
-            "slots": self.slots,
-            "early_stop": early_stop,
-            "min_label_prob": min_label_prob,
-            "no_repeat_ngram": self.no_repeat_ngram,
-            "repetition_penalty": self.repetition_penalty,
-            "prompt": self.prompt_style(),
-            "reuse_prefill_for": self.reuse_prefill_for(),
-        })
+    fn generate_config(&self, early_stop: bool, min_label_prob: f32) -> GenerateConfig {
+        GenerateConfig {
+            model: self.model.clone(),
+            temperatures: self.temperatures.clone(),
+            top_p: self.top_p,
+            seed: self.random_seed,
+            max_new_tokens: self.max_new_tokens,
+            prompt_budget: self.prompt_tokens,
+            slots: self.slots,
+            early_stop,
+            min_label_prob,
+            chunk: defaults::CHUNK,
+            no_repeat_ngram: self.no_repeat_ngram,
+            repetition_penalty: self.repetition_penalty,
+            label_only_except: None,
+            prompt: self.prompt_style(),
+            reuse_prefill_for: self.reuse_prefill_for(),
+        }
     }
 
     /// The layer sets of every annotator to come: a generate stage keeps and reuses the
@@ -565,16 +575,33 @@ impl LoopConfig {
 
     /// The evaluation's generate config: no early stop, the evaluation temperatures; in a
     /// label-only evaluation, greedy and stopped after the label but for `summary_scripts`.
-    fn evaluate_config(&self, summary_scripts: &[String]) -> serde_json::Value {
+    fn evaluate_config(&self, summary_scripts: &[String]) -> GenerateConfig {
         let mut c = self.generate_config(false, self.confidence);
         if let Some(t) = &self.eval_temperatures {
-            c["temperatures"] = json!(t);
+            c.temperatures = t.clone();
         }
         if self.label_only_eval {
-            c["temperatures"] = json!([0.0]);
-            c["label_only_except"] = json!(summary_scripts);
+            c.temperatures = vec![0.0];
+            c.label_only_except = Some(summary_scripts.to_vec());
         }
         c
+    }
+
+    /// A report stage's config: iteration `k`, annotator `name` against `previous`.
+    fn report_config(&self, k: u32, name: &str, previous: Option<String>) -> ReportConfig {
+        ReportConfig {
+            run: self.name.clone(),
+            iteration: k,
+            annotator: name.to_string(),
+            previous_annotator: previous,
+            judge_model: self.judge().to_string(),
+            preference_scripts: self.preference_scripts,
+            preference_bytes: defaults::PREFERENCE_BYTES,
+            judge_check: false,
+            prompt: self.prompt_style(),
+            model: Some(self.model.clone()),
+            summary_tokens: self.summary_tokens,
+        }
     }
 
     /// The test scripts that get whole summaries in a label-only evaluation: up to
@@ -618,27 +645,15 @@ impl LoopConfig {
     /// The run spec of the whole loop; `summary_scripts` from [`LoopConfig::summary_scripts`].
     pub fn run_spec(&self, base_model_sha256: &str, summary_scripts: &[String]) -> RunSpec {
         let test = self.test.trim_end_matches('/');
-        let stage =
-            |kind: &str, input: Option<String>, single: bool, refs: &[(&str, u32)], config| {
-                StageConfig {
-                    input,
-                    single_task: single,
-                    refs: refs.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
-                    ..StageConfig::new(kind, without_nulls(config))
-                }
-            };
-        let report_config = |k: u32, name: &str, previous: Option<String>| {
-            json!({
-                "run": self.name,
-                "iteration": k,
-                "annotator": name,
-                "previous_annotator": previous,
-                "judge_model": self.judge(),
-                "preference_scripts": self.preference_scripts,
-                "prompt": self.prompt_style(),
-                "model": self.model,
-                "summary_tokens": self.summary_tokens,
-            })
+        let stage = |kind: &str,
+                     input: Option<String>,
+                     single: bool,
+                     refs: &[(&str, u32)],
+                     config: serde_json::Value| StageConfig {
+            input,
+            single_task: single,
+            refs: refs.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+            ..StageConfig::new(kind, without_nulls(config))
         };
         let mut stages = vec![
             stage(
@@ -646,31 +661,31 @@ impl LoopConfig {
                 Some(format!("{test}/scripts")),
                 false,
                 &[],
-                self.evaluate_config(summary_scripts),
+                to_json(&self.evaluate_config(summary_scripts)),
             ),
             stage(
                 "report",
                 Some(format!("{test}/labels")),
                 true,
                 &[("answers", BASE_EVALUATE)],
-                {
-                    let mut c = report_config(0, "base", None);
-                    c["judge_check"] = json!(self.judge_check_test);
-                    c
-                },
+                to_json(&ReportConfig {
+                    judge_check: self.judge_check_test,
+                    ..self.report_config(0, "base", None)
+                }),
             ),
             stage(
                 "judge-train",
                 Some(format!("{}/labels", self.seed.trim_end_matches('/'))),
                 true,
                 &[],
-                json!({
-                    "model": self.judge(),
-                    "min_accuracy": self.judge_min_accuracy,
-                    "train": self.judge_adapter.train_config(self.random_seed),
-                    "val_fraction": self.judge_adapter.val_fraction,
-                    "prompt": self.prompt_style(),
-                    "reference_tokens": self.summary_tokens,
+                to_json(&JudgeTrainConfig {
+                    model: self.judge().to_string(),
+                    min_accuracy: self.judge_min_accuracy,
+                    train: self.judge_adapter.train_config(self.random_seed),
+                    summary_tokens: defaults::JUDGE_SUMMARY_TOKENS,
+                    val_fraction: self.judge_adapter.val_fraction,
+                    reference_tokens: self.summary_tokens,
+                    prompt: self.prompt_style(),
                 }),
             ),
         ];
@@ -696,14 +711,14 @@ impl LoopConfig {
                     Some(train_input),
                     true,
                     &[],
-                    json!({
-                        "model": self.model,
-                        "train": train,
-                        "prompt_tokens": self.prompt_tokens,
-                        "answer_tokens": a.answer_tokens,
-                        "summary_tokens": self.summary_tokens,
-                        "val_fraction": a.val_fraction,
-                        "prompt": self.prompt_style(),
+                    to_json(&TrainStageConfig {
+                        model: self.model.clone(),
+                        train,
+                        prompt_tokens: self.prompt_tokens,
+                        answer_tokens: a.answer_tokens,
+                        summary_tokens: self.summary_tokens,
+                        val_fraction: a.val_fraction,
+                        prompt: self.prompt_style(),
                     }),
                 ),
                 stage(
@@ -711,35 +726,42 @@ impl LoopConfig {
                     Some(self.corpus.clone()),
                     false,
                     &[("adapter", s.train)],
-                    self.generate_config(self.early_stop, threshold),
+                    to_json(&self.generate_config(self.early_stop, threshold)),
                 ),
                 stage(
                     "judge",
                     None,
                     false,
                     &[("judge", JUDGE_TRAIN)],
-                    json!({ "model": self.judge(), "min_label_prob": threshold, "prompt": self.prompt_style() }),
+                    to_json(&JudgeConfig {
+                        model: self.judge().to_string(),
+                        min_label_prob: threshold,
+                        summary_tokens: defaults::JUDGE_SUMMARY_TOKENS,
+                        prompt: self.prompt_style(),
+                    }),
                 ),
                 stage(
                     "filter",
                     None,
                     false,
                     &[],
-                    json!({ "min_label_prob": threshold }),
+                    to_json(&FilterConfig {
+                        min_label_prob: threshold,
+                    }),
                 ),
                 stage(
                     "aggregate",
                     None,
                     true,
                     &[("adapter", s.train), ("judge", JUDGE_TRAIN)],
-                    json!({
-                        "run": self.name,
-                        "iteration": k,
-                        "seed": self.seed,
-                        "corpus": self.corpus,
-                        "shard_bytes": self.shard_bytes,
-                        "config_hash": self.hash(),
-                        "base_model_sha256": base_model_sha256,
+                    to_json(&AggregateConfig {
+                        run: self.name.clone(),
+                        iteration: k,
+                        seed: self.seed.clone(),
+                        corpus: self.corpus.clone(),
+                        shard_bytes: self.shard_bytes,
+                        config_hash: self.hash(),
+                        base_model_sha256: base_model_sha256.to_string(),
                     }),
                 ),
                 stage(
@@ -747,7 +769,7 @@ impl LoopConfig {
                     Some(format!("{test}/scripts")),
                     false,
                     &[("adapter", s.train)],
-                    self.evaluate_config(summary_scripts),
+                    to_json(&self.evaluate_config(summary_scripts)),
                 ),
                 stage(
                     "report",
@@ -760,7 +782,7 @@ impl LoopConfig {
                         ("history", prev_report),
                         ("adapter", s.train),
                     ],
-                    report_config(k, &format!("V{k}"), Some(prev_name)),
+                    to_json(&self.report_config(k, &format!("V{k}"), Some(prev_name))),
                 ),
             ]);
         }
@@ -800,6 +822,11 @@ impl LoopConfig {
 }
 
 /// `config` without its null members: a run spec is TOML, which has no null.
+/// A stage's typed config as the run spec carries it.
+fn to_json(config: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(config).expect("a stage config encodes as JSON")
+}
+
 fn without_nulls(config: serde_json::Value) -> serde_json::Value {
     match config {
         serde_json::Value::Object(m) => m
@@ -1066,6 +1093,47 @@ mod tests {
                 assert_eq!(got as f32, want, "iteration {k} stage {i}");
             }
         }
+    }
+
+    #[test]
+    fn every_stage_config_is_its_executors_typed_config_with_the_shared_defaults() {
+        use crate::run_spec::StageCatalog;
+        let c = LoopConfig::from_toml(MINIMAL).unwrap();
+        let spec = c.run_spec("abc", &["s1".into()]);
+        for (i, stage) in spec.stages.iter().enumerate() {
+            crate::cluster_cmd::WorkerCatalog
+                .check_stage(&stage.kind, &stage.config)
+                .unwrap_or_else(|e| panic!("stage {i} ({}): {e}", stage.kind));
+        }
+        // Defaults left out of the loop config are the commands' and the executors'.
+        let generate: GenerateConfig =
+            serde_json::from_value(spec.stages[FIRST_ITERATION as usize + 1].config.clone())
+                .unwrap();
+        assert_eq!(generate.top_p, defaults::TOP_P);
+        assert_eq!(generate.slots, defaults::SLOTS);
+        assert_eq!(generate.max_new_tokens, defaults::MAX_NEW_TOKENS);
+        assert_eq!(generate.prompt_budget, defaults::PROMPT_TOKENS);
+        assert_eq!(generate.temperatures, defaults::TEMPERATURES);
+        assert_eq!(generate.min_label_prob, defaults::MIN_LABEL_PROB);
+        let evaluate: GenerateConfig =
+            serde_json::from_value(spec.stages[BASE_EVALUATE as usize].config.clone()).unwrap();
+        assert_eq!(evaluate.label_only_except, Some(vec!["s1".to_string()]));
+        let train: TrainStageConfig =
+            serde_json::from_value(spec.stages[FIRST_ITERATION as usize].config.clone()).unwrap();
+        assert_eq!(train.prompt_tokens, defaults::PROMPT_TOKENS);
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            annotate: crate::annotate_cmd::AnnotateArgs,
+        }
+        let cli = Cli::parse_from(["automaldesc", "script.sh"]);
+        assert_eq!(cli.annotate.top_p, generate.top_p);
+        assert_eq!(cli.annotate.slots, generate.slots);
+        assert_eq!(cli.annotate.max_new_tokens, generate.max_new_tokens);
+        assert_eq!(cli.annotate.prompt_budget, generate.prompt_budget);
+        assert_eq!(cli.annotate.temperatures, generate.temperatures);
+        assert_eq!(cli.annotate.min_label_prob, generate.min_label_prob);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use automaldesc_worker::stages::defaults;
 use automaldesc_worker::train::data::{prepare, through_label, Budget, Labelled, Prepared};
 use automaldesc_worker::train::fit::Trainer;
 use automaldesc_worker::train::lora::{LayerSet, LoraConfig};
@@ -76,10 +77,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Prompt tokens per script (the inference budget; longer scripts keep head and tail).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = defaults::PROMPT_TOKENS)]
     pub prompt_tokens: usize,
     /// Answer tokens per example (an answer cut by it is counted in the lineage).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = defaults::MAX_NEW_TOKENS)]
     pub answer_tokens: usize,
     /// Cut reference summaries at their last whole sentence within this many tokens.
     #[arg(long)]

@@ -21,12 +21,12 @@ use automaldesc_common::parquet_io::{read_dataset, WriterOptions};
 use automaldesc_common::report::FunnelSummary;
 use automaldesc_common::schema::{CorpusRow, DecisionRow, LabelledRow, RejectedRow};
 use automaldesc_common::store::{block_on, open_object};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{config, read_task, refs, write_file, write_rows};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateConfig {
     pub run: String,

@@ -6,13 +6,13 @@ use automaldesc_common::fault::TaskError;
 use automaldesc_common::filter::{after_judge, before_judge, Rejection};
 use automaldesc_common::parquet_io::WriterOptions;
 use automaldesc_common::schema::{AnswersRow, DecisionRow, JudgeVerdict};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::judge::filter_samples;
 use super::{config, read_task, write_rows};
 use crate::executor::{Executor, TaskInput, TaskOutput};
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     pub min_label_prob: f32,

@@ -6,7 +6,7 @@
 use automaldesc_common::fault::TaskError;
 use automaldesc_common::parquet_io::WriterOptions;
 use automaldesc_common::schema::{check_identity, AnswersRow, CorpusRow, FinishReason};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey, StageResult,
@@ -17,7 +17,7 @@ use crate::generate::{EarlyStop, PrefillReuse};
 use crate::runtime::Annotator;
 use crate::train::lora::LayerSet;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateConfig {
     /// The base model on the worker (GGUF file or Hugging Face directory).
@@ -62,20 +62,20 @@ pub struct GenerateConfig {
 }
 
 fn default_penalty() -> f32 {
-    1.0
+    super::defaults::REPETITION_PENALTY
 }
 
 fn default_top_p() -> f32 {
-    0.95
+    super::defaults::TOP_P
 }
 fn default_slots() -> usize {
-    8
+    super::defaults::SLOTS
 }
 fn default_true() -> bool {
     true
 }
 fn default_chunk() -> usize {
-    64
+    super::defaults::CHUNK
 }
 
 pub struct GenerateExecutor;

@@ -7,7 +7,7 @@ use automaldesc_common::filter::{before_judge, FilterSample};
 use automaldesc_common::parquet_io::WriterOptions;
 use automaldesc_common::schema::{AnswersRow, JudgeVerdict};
 use automaldesc_common::Label;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::judge_train::JudgeChoice;
 use super::{adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey};
@@ -17,7 +17,7 @@ use crate::model::KvCache;
 use crate::prompt::{self, Role};
 use crate::runtime::Annotator;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JudgeConfig {
     /// The judge model on the worker (by default the annotator's base model).
@@ -35,7 +35,7 @@ pub struct JudgeConfig {
 }
 
 fn default_summary_tokens() -> usize {
-    512
+    super::defaults::JUDGE_SUMMARY_TOKENS
 }
 
 /// The filter's view of one sample.

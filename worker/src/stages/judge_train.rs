@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use automaldesc_common::fault::TaskError;
 use automaldesc_common::schema::LabelledRow;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::judge::{first_tokens, judge_probability};
 use super::{config, model, model_path, read_task, write_file, ModelKey};
@@ -25,7 +25,7 @@ use crate::train::{
     stratified_hold_out, train_with, ChoiceIds, Example, TokenRole, TrainConfig, TrainData,
 };
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JudgeTrainConfig {
     /// The judge's base model.
@@ -53,10 +53,10 @@ pub struct JudgeTrainConfig {
 }
 
 fn default_min_accuracy() -> f64 {
-    0.8
+    super::defaults::JUDGE_MIN_ACCURACY
 }
 fn default_summary_tokens() -> usize {
-    512
+    super::defaults::JUDGE_SUMMARY_TOKENS
 }
 fn default_val_fraction() -> f64 {
     0.3

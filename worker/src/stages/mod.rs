@@ -14,6 +14,7 @@
 
 pub mod aggregate;
 pub mod catalog;
+pub mod defaults;
 pub mod filter;
 pub mod generate;
 pub mod judge;

@@ -15,7 +15,7 @@ use automaldesc_common::report::{
 use automaldesc_common::report_sections::{LabelScores, PromptSummary, TrainingSummary};
 use automaldesc_common::schema::{AnswersRow, LabelledRow};
 use automaldesc_common::Label;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::judge::{choice_probs_after, first_tokens, judge_summary};
 use super::{config, model, model_path, read_task, refs, write_file, ModelKey, StageRef};
@@ -25,7 +25,7 @@ use crate::runtime::Annotator;
 use crate::telemetry::Telemetry;
 use crate::train::data::cut_summary;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportConfig {
     pub run: String,
@@ -62,10 +62,10 @@ pub struct ReportConfig {
 const SUMMARY_TOKENS: usize = 384;
 
 fn default_preference_scripts() -> usize {
-    16
+    super::defaults::PREFERENCE_SCRIPTS
 }
 fn default_preference_bytes() -> usize {
-    2000
+    super::defaults::PREFERENCE_BYTES
 }
 
 /// An evaluate stage's output: the answers, the scripts by sha256, and the model's id.

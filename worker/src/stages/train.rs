@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use automaldesc_common::schema::{CorpusRow, LabelledRow};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{config, model_path, read_task, write_file};
 use crate::executor::{Executor, TaskInput, TaskOutput};
@@ -18,7 +18,7 @@ use crate::train::fit::Trainer;
 use crate::train::metrics::threshold_bias;
 use crate::train::{train_with, TrainConfig, TrainData};
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainStageConfig {
     pub model: String,
