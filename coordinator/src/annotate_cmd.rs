@@ -9,6 +9,7 @@ use automaldesc_worker::generate::EarlyStop;
 use automaldesc_worker::runtime::Annotator;
 use std::io::Write;
 
+use crate::model_args::{ModelArg, SamplingArgs};
 use automaldesc_worker::stages::defaults;
 use clap::Args;
 
@@ -32,35 +33,20 @@ pub struct AnnotateArgs {
     /// Write the JSON lines here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// GGUF model file or Hugging Face model directory (config.json, safetensors,
-    /// tokenizer.json) [default: $AUTOMALDESC_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf]
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArg,
     /// A LoRA adapter directory in PEFT's layout (`adapter_config.json` +
     /// `adapter_model.safetensors`), as `automaldesc train` writes it, merged into the model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Sampling temperatures, one sample each.
-    #[arg(long, value_delimiter = ',', default_values_t = defaults::TEMPERATURES)]
-    pub temperatures: Vec<f32>,
-    #[arg(long, default_value_t = defaults::TOP_P)]
-    pub top_p: f32,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = defaults::MAX_NEW_TOKENS)]
-    pub max_new_tokens: usize,
-    /// Prompt tokens per script; longer scripts keep their head and tail.
-    #[arg(long, default_value_t = defaults::PROMPT_TOKENS)]
-    pub prompt_budget: usize,
     /// Stop samples right after the label when the temperatures disagree or the label
     /// probability is under --min-label-prob.
     #[arg(long)]
     pub early_stop: bool,
-    #[arg(long, default_value_t = defaults::MIN_LABEL_PROB)]
-    pub min_label_prob: f32,
-    /// Sequences decoded together.
-    #[arg(long, default_value_t = defaults::SLOTS)]
-    pub slots: usize,
     /// The summary never repeats an n-gram of this size (0: off).
     #[arg(long, default_value_t = 0)]
     pub no_repeat_ngram: usize,
@@ -72,14 +58,8 @@ pub struct AnnotateArgs {
     pub label_only: bool,
 }
 
-pub fn default_model_path() -> PathBuf {
-    std::env::var("AUTOMALDESC_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
-}
-
 pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
-    let model = args.model.clone().unwrap_or_else(default_model_path);
+    let model = args.model.path();
     anyhow::ensure!(
         model.exists(),
         "model file {} not found: run deploy/fetch_model.sh or pass --model",
@@ -111,16 +91,16 @@ pub fn run(args: AnnotateArgs) -> anyhow::Result<()> {
     }
     tracing::info!(model = %annotator.model_id, secs = started.elapsed().as_secs_f64(), "model loaded");
     let opts = AnnotateOptions {
-        temperatures: args.temperatures,
-        top_p: args.top_p,
+        temperatures: args.sampling.temperatures,
+        top_p: args.sampling.top_p,
         seed: args.seed,
-        max_new_tokens: args.max_new_tokens,
-        prompt_budget: args.prompt_budget,
+        max_new_tokens: args.sampling.max_new_tokens,
+        prompt_budget: args.sampling.prompt_budget,
         early_stop: EarlyStop {
             require_agreement: args.early_stop,
-            min_label_prob: args.early_stop.then_some(args.min_label_prob),
+            min_label_prob: args.early_stop.then_some(args.sampling.min_label_prob),
         },
-        slots: args.slots,
+        slots: args.sampling.slots,
         no_repeat_ngram: args.no_repeat_ngram,
         repetition_penalty: args.repetition_penalty,
         label_only_except: args.label_only.then(Default::default),

@@ -9,12 +9,14 @@ use automaldesc_worker::bench::batched_bench;
 use automaldesc_worker::model::{Llama, LlamaConfig};
 use automaldesc_worker::runtime::Annotator;
 use clap::Args;
+
+use crate::model_args::{ModelArg, SamplingArgs};
 use serde_json::Value;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArg,
     /// Prompt tokens per sequence.
     #[arg(long, default_value_t = 512)]
     pub npp: usize,
@@ -85,10 +87,7 @@ pub fn device_check() -> anyhow::Result<()> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let model = args
-        .model
-        .clone()
-        .unwrap_or_else(crate::annotate_cmd::default_model_path);
+    let model = args.model.path();
     let device = crate::device::select()?;
     let llama = match &args.random_weights {
         Some(name) => {
@@ -183,19 +182,10 @@ pub struct BenchAnnotateArgs {
     /// Scripts taken from the split.
     #[arg(long, default_value_t = 12)]
     pub limit: usize,
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    #[arg(long, value_delimiter = ',', default_value = "0.4,0.6,0.8")]
-    pub temperatures: Vec<f32>,
-    #[arg(long, default_value_t = 256)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 1024)]
-    pub prompt_budget: usize,
-    /// Sequences decoded together.
-    #[arg(long, default_value_t = 24)]
-    pub slots: usize,
-    #[arg(long, default_value_t = 0.9)]
-    pub min_label_prob: f32,
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 /// `automaldesc bench annotate`: the whole annotate path (prompts, one shared prefill per
@@ -206,25 +196,24 @@ pub fn annotate(args: BenchAnnotateArgs) -> anyhow::Result<()> {
     use automaldesc_worker::generate::EarlyStop;
 
     let (scripts, truth) = crate::labelled_split::read(&args.from, Some(args.limit))?;
-    let model = args
-        .model
-        .clone()
-        .unwrap_or_else(crate::annotate_cmd::default_model_path);
+    let model = args.model.path();
     let device = crate::device::select()?;
     let annotator = Annotator::load(&model, &device)?;
+    let s = &args.sampling;
     let base = AnnotateOptions {
-        temperatures: args.temperatures.clone(),
-        max_new_tokens: args.max_new_tokens,
-        prompt_budget: args.prompt_budget,
-        slots: args.slots,
+        temperatures: s.temperatures.clone(),
+        top_p: s.top_p,
+        max_new_tokens: s.max_new_tokens,
+        prompt_budget: s.prompt_budget,
+        slots: s.slots,
         ..AnnotateOptions::default()
     };
     println!(
         "{} scripts, {} temperatures, max {} new tokens, {} slots",
         scripts.len(),
-        args.temperatures.len(),
-        args.max_new_tokens,
-        args.slots
+        s.temperatures.len(),
+        s.max_new_tokens,
+        s.slots
     );
     println!("| early stop | wall s | scripts/s | prefill tokens (s) | decode tokens (s) | decode steps | early-stopped samples | decode tokens saved (bound) | majority label accuracy |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -232,7 +221,7 @@ pub fn annotate(args: BenchAnnotateArgs) -> anyhow::Result<()> {
         let opts = AnnotateOptions {
             early_stop: EarlyStop {
                 require_agreement: early,
-                min_label_prob: early.then_some(args.min_label_prob),
+                min_label_prob: early.then_some(args.sampling.min_label_prob),
             },
             ..base.clone()
         };

@@ -26,6 +26,7 @@ pub mod http_access;
 pub mod labelled_split;
 pub mod lease_manager;
 pub mod loop_cmd;
+pub mod model_args;
 pub mod planner;
 pub mod run_manager;
 pub mod run_spec;

@@ -12,6 +12,8 @@ use automaldesc_worker::train::lora::{LayerSet, LoraConfig};
 use automaldesc_worker::train::metrics::threshold_bias;
 use automaldesc_worker::train::{train_with, Example, TrainConfig, TrainData};
 use clap::Args;
+
+use crate::model_args::ModelArg;
 use rand::{Rng, SeedableRng};
 
 #[derive(Args, Debug)]
@@ -24,9 +26,8 @@ pub struct TrainArgs {
     /// `checkpoint/` (training started again on the same directory resumes).
     #[arg(long)]
     pub out: PathBuf,
-    /// Base model [default: $AUTOMALDESC_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf]
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArg,
     /// The published adapter settings to start from: v1 (rank 8) or v2 (rank 16).
     #[arg(long, default_value = "v1")]
     pub preset: String,
@@ -131,8 +132,7 @@ pub fn parse_layers(s: &str) -> anyhow::Result<LayerSet> {
 }
 
 /// The model on the CPU autodiff device, frozen.
-fn load_trainer(model: Option<PathBuf>) -> anyhow::Result<Trainer> {
-    let model = model.unwrap_or_else(crate::annotate_cmd::default_model_path);
+fn load_trainer(model: PathBuf) -> anyhow::Result<Trainer> {
     anyhow::ensure!(
         model.exists(),
         "model file {} not found: run deploy/fetch_model.sh or pass --model",
@@ -232,7 +232,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         answer: args.answer_tokens,
         summary: args.summary_tokens,
     };
-    let mut trainer = load_trainer(args.model.clone())?;
+    let mut trainer = load_trainer(args.model.path())?;
     if args.compact_prompt {
         trainer.annotator.prompt_style = automaldesc_worker::prompt::PromptStyle::Compact;
     }
@@ -373,10 +373,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     )?
     .context("training stopped before its end")?;
     let manifest = automaldesc_common::sha256_hex(data.train_shas.join("\n").as_bytes());
-    let model_path = args
-        .model
-        .clone()
-        .unwrap_or_else(crate::annotate_cmd::default_model_path);
+    let model_path = args.model.path();
     let model_sha256 = file_sha256(&model_path)?;
     // The training set's manifest: every script by its hash, in training order.
     std::fs::write(
@@ -444,8 +441,8 @@ pub struct BenchTrainArgs {
     /// A labelled split whose scripts are the training examples (not needed with --shape).
     #[arg(long, required_unless_present = "shape")]
     pub from: Option<String>,
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArg,
     #[arg(long, default_value = "v1")]
     pub preset: String,
     /// Optimizer steps to time (after one warm-up step).
@@ -494,7 +491,7 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
     config.epochs = 1000;
     config.lora.layers = parse_layers(&args.layers)?;
     let steps = args.steps + 1;
-    let trainer = load_trainer(args.model.clone())?;
+    let trainer = load_trainer(args.model.path())?;
     let (annotator, tr) = match (&args.shape, &args.from) {
         (Some(shape), _) => {
             anyhow::ensure!(

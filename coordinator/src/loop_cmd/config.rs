@@ -209,7 +209,7 @@ impl AdapterConfig {
 }
 
 fn default_model() -> String {
-    crate::annotate_cmd::default_model_path()
+    crate::model_args::default_model_path()
         .display()
         .to_string()
 }

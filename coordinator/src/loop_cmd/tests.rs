@@ -110,12 +110,13 @@ fn every_stage_config_is_its_executors_typed_config_with_the_shared_defaults() {
         annotate: crate::annotate_cmd::AnnotateArgs,
     }
     let cli = Cli::parse_from(["automaldesc", "script.sh"]);
-    assert_eq!(cli.annotate.top_p, generate.top_p);
-    assert_eq!(cli.annotate.slots, generate.slots);
-    assert_eq!(cli.annotate.max_new_tokens, generate.max_new_tokens);
-    assert_eq!(cli.annotate.prompt_budget, generate.prompt_budget);
-    assert_eq!(cli.annotate.temperatures, generate.temperatures);
-    assert_eq!(cli.annotate.min_label_prob, generate.min_label_prob);
+    let sampling = &cli.annotate.sampling;
+    assert_eq!(sampling.top_p, generate.top_p);
+    assert_eq!(sampling.slots, generate.slots);
+    assert_eq!(sampling.max_new_tokens, generate.max_new_tokens);
+    assert_eq!(sampling.prompt_budget, generate.prompt_budget);
+    assert_eq!(sampling.temperatures, generate.temperatures);
+    assert_eq!(sampling.min_label_prob, generate.min_label_prob);
 }
 
 #[test]
