@@ -691,6 +691,7 @@ mod tests {
             submitted_ms: 0,
             output: String::new(),
             stage_names: Vec::new(),
+            resumed_ms: Vec::new(),
         };
         // 1 stage finished and half of the second: 1.5 of 4.
         assert_eq!(

@@ -1010,6 +1010,7 @@ mod tests {
             submitted_ms: 1_000,
             output: String::new(),
             stage_names: Vec::new(),
+            resumed_ms: Vec::new(),
         };
         let worker = WorkerView {
             id: "w0".into(),

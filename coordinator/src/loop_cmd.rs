@@ -192,6 +192,7 @@ pub fn stages_markdown(status: &RunStatus) -> String {
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     let mut by_kind: BTreeMap<String, f64> = BTreeMap::new();
+    let mut paused = false;
     for (i, st) in status.stages.iter().enumerate() {
         let started = crate::http::stage_started_ms(status, i);
         let wall =
@@ -199,6 +200,14 @@ pub fn stages_markdown(status: &RunStatus) -> String {
         if let Some(w) = wall {
             *by_kind.entry(st.kind.clone()).or_default() += w;
         }
+        // A stage open when the run was taken up again also counts the pause before.
+        let resumed = st.finished_ms > 0
+            && status
+                .resumed_ms
+                .iter()
+                .any(|&r| r > started && r < st.finished_ms);
+        paused |= resumed;
+        let wall = wall.map(|w| format!("{w:.1}{}", if resumed { " *" } else { "" }));
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -210,7 +219,14 @@ pub fn stages_markdown(status: &RunStatus) -> String {
             st.totals.rows_out,
             st.totals.scripts_quarantined + st.totals.scripts_in_quarantined_tasks,
             st.totals.attempts_failed + st.totals.leases_expired,
-            wall.map_or("-".to_string(), |w| format!("{w:.1}"))
+            wall.unwrap_or_else(|| "-".to_string())
+        );
+    }
+    if paused {
+        let _ = writeln!(
+            s,
+            "\n\\* the run was taken up again by a coordinator while this stage was open: its \
+             wall time includes the pause before."
         );
     }
     let _ = writeln!(

@@ -82,7 +82,12 @@ impl RunManager {
                 continue;
             }
             let id = RunId(parts[1].to_string());
-            let record: RunRecord = from_json(&key, &v.value)?;
+            let mut record: RunRecord = from_json(&key, &v.value)?;
+            if record.phase == RunPhase::Running {
+                // Taken up again: its open stage was paused since the last coordinator went.
+                record.resumed_ms.push(now_ms());
+                store.put(&key, to_json(&record), Expect::Any).await?;
+            }
             let spec_key = run_key(&id, "spec");
             let spec = match store.get(&spec_key).await? {
                 Some(v) => from_json(&spec_key, &v.value)?,

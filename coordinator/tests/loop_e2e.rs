@@ -398,6 +398,14 @@ async fn two_iterations_locally_and_through_a_killed_coordinator_accept_the_same
     let export_cluster = d.join("export-cluster");
     run_export(&["--coordinator", &endpoint], &export_cluster, "parquet", 2);
     drop(_c2);
+    // The killed coordinator's successor took the run up once, and the record says when.
+    let store = EmbeddedStore::open(&state_cluster).unwrap();
+    let (_, record) = automaldesc_coordinator::run_manager::read_run(&store, &RunId("e2e".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.resumed_ms.len(), 1, "{record:?}");
+    drop(store);
     let cluster = check_run(&state_cluster, out_cluster.to_str().unwrap(), &corpus).await;
     let cluster_outcomes = outcomes(&state_cluster, out_cluster.to_str().unwrap()).await;
     let cluster_hash = config_hash(&cfg_cluster);

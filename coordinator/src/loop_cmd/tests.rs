@@ -208,3 +208,47 @@ fn the_run_spec_wires_every_iteration_to_the_one_before() {
     let text = toml::to_string(&spec).unwrap();
     assert_eq!(RunSpec::from_toml(&text).unwrap(), spec);
 }
+
+#[test]
+fn a_stage_open_across_a_resumption_is_marked_in_the_stages_table() {
+    use crate::lease_manager::StageCounts;
+    use crate::run_manager::{RunPhase, RunStatus, StageSummary};
+    use crate::stage_manager::StageTotals;
+    let stage = |index: u32, finished_ms: u64| StageSummary {
+        index,
+        kind: "generate".into(),
+        counts: StageCounts {
+            total: 1,
+            done: 1,
+            leased: 0,
+            quarantined: 0,
+        },
+        totals: StageTotals::default(),
+        garbage_files_deleted: 0,
+        finished_ms,
+        troubles: Vec::new(),
+    };
+    let mut status = RunStatus {
+        id: automaldesc_common::ids::RunId("r".into()),
+        phase: RunPhase::Succeeded,
+        error: String::new(),
+        stages: vec![stage(0, 10_000), stage(1, 25_000)],
+        stages_total: 2,
+        submitted_ms: 0,
+        output: String::new(),
+        stage_names: Vec::new(),
+        resumed_ms: Vec::new(),
+    };
+    let plain = stages_markdown(&status);
+    assert!(
+        plain.contains("| 10.0 |") && plain.contains("| 15.0 |"),
+        "{plain}"
+    );
+    assert!(!plain.contains('*'), "{plain}");
+    // Taken up again at 12 s: the second stage (10 s to 25 s) was open across it.
+    status.resumed_ms = vec![12_000];
+    let marked = stages_markdown(&status);
+    assert!(marked.contains("| 10.0 |"), "{marked}");
+    assert!(marked.contains("| 15.0 * |"), "{marked}");
+    assert!(marked.contains("includes the pause"), "{marked}");
+}

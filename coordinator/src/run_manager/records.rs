@@ -52,6 +52,10 @@ pub struct RunRecord {
     pub submitted_ms: u64,
     /// The stage open now (or the last one, once the run ended).
     pub stage: u32,
+    /// When a coordinator took the run up again after a restart or a takeover (ms since
+    /// the epoch): a stage open across one of these was paused meanwhile.
+    #[serde(default)]
+    pub resumed_ms: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +110,8 @@ pub struct RunStatus {
     pub output: String,
     /// Every stage's name from the spec, by index ("" where the spec names none).
     pub stage_names: Vec<String>,
+    /// When a coordinator took the run up again (see [`RunRecord::resumed_ms`]).
+    pub resumed_ms: Vec<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,5 +239,6 @@ pub(super) fn placeholder_status() -> RunStatus {
         submitted_ms: 0,
         output: String::new(),
         stage_names: Vec::new(),
+        resumed_ms: Vec::new(),
     }
 }

@@ -52,6 +52,7 @@ impl Run {
                 .iter()
                 .map(|s| s.name.clone().unwrap_or_default())
                 .collect(),
+            resumed_ms: self.record.resumed_ms.clone(),
         }
     }
 

@@ -101,6 +101,7 @@ impl RunManager {
             error: String::new(),
             submitted_ms: now_ms(),
             stage: 0,
+            resumed_ms: Vec::new(),
         };
         let key = run_key(&id, "record");
         match self.store.put(&key, to_json(&record), Expect::Absent).await {
