@@ -80,32 +80,33 @@ impl FaultStore {
 
     /// What a call of `op` on `path` meets now: a delay, then the fault to inject, if any.
     async fn gate(&self, op: &'static str, path: &Path, write: bool) -> Result<()> {
-        if let Some(Mode::Slow(delay)) = self.mode() {
+        let mode = self.mode();
+        if let Some(Mode::Slow(delay)) = mode {
             tokio::time::sleep(delay).await;
         }
-        self.fault(op, path, write)
+        fault(mode, op, path, write)
     }
+}
 
-    /// The fault to inject into `op` on `path` now, if any.
-    fn fault(&self, op: &'static str, path: &Path, write: bool) -> Result<()> {
-        let (kind, msg) = match self.mode() {
-            Some(Mode::Unavailable) => (
-                std::io::ErrorKind::ConnectionRefused,
-                "connection refused (injected)",
-            ),
-            Some(Mode::Full) if write => (
-                std::io::ErrorKind::StorageFull,
-                "no space left on device (injected)",
-            ),
-            _ => return Ok(()),
-        };
-        let n = INJECTED.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!(op, path = %path, injected = n, "injected object-store fault");
-        Err(object_store::Error::Generic {
-            store: "faults",
-            source: Box::new(std::io::Error::new(kind, msg)),
-        })
-    }
+/// The fault `mode` injects into `op` on `path`, if any.
+fn fault(mode: Option<Mode>, op: &'static str, path: &Path, write: bool) -> Result<()> {
+    let (kind, msg) = match mode {
+        Some(Mode::Unavailable) => (
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused (injected)",
+        ),
+        Some(Mode::Full) if write => (
+            std::io::ErrorKind::StorageFull,
+            "no space left on device (injected)",
+        ),
+        _ => return Ok(()),
+    };
+    let n = INJECTED.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::warn!(op, path = %path, injected = n, "injected object-store fault");
+    Err(object_store::Error::Generic {
+        store: "faults",
+        source: Box::new(std::io::Error::new(kind, msg)),
+    })
 }
 
 #[async_trait]
@@ -151,14 +152,15 @@ impl ObjectStore for FaultStore {
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         let at = prefix.cloned().unwrap_or_default();
-        if let Some(Mode::Slow(delay)) = self.mode() {
+        let mode = self.mode();
+        if let Some(Mode::Slow(delay)) = mode {
             let inner = self.inner.clone();
             let prefix = prefix.cloned();
             return futures::stream::once(tokio::time::sleep(delay))
                 .flat_map(move |()| inner.list(prefix.as_ref()))
                 .boxed();
         }
-        match self.fault("list", &at, false) {
+        match fault(mode, "list", &at, false) {
             Ok(()) => self.inner.list(prefix),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         }

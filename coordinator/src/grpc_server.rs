@@ -26,8 +26,7 @@ use crate::http::ClusterView;
 use crate::lease_manager::{FailOutcome, Refusal};
 use crate::run_manager::{RunError, RunManager, RunPhase, RunStatus};
 use crate::run_spec::RunSpec;
-use crate::stage_manager::{Assignment, Completion, OutputRecord, StageError};
-use crate::state::StateError;
+use crate::stage_manager::{Assignment, Completion, OutputRecord};
 use crate::workers::{Ending, Registration, Reported, Workers};
 
 /// How long a worker told "nothing now" waits before asking again.
@@ -211,19 +210,7 @@ async fn handle(
 ) -> Result<(), RunError> {
     let now = Instant::now();
     // A reply the caller no longer waits for is dropped: nothing to do about it.
-    fn answer<T>(reply: Reply<T>, r: Result<T, RunError>) -> Result<(), RunError> {
-        match r {
-            Err(e) if e.is_fenced() => {
-                let msg = e.to_string();
-                let _ = reply.send(Err(e));
-                Err(RunError::Stage(StageError::State(StateError::Fenced(msg))))
-            }
-            r => {
-                let _ = reply.send(r);
-                Ok(())
-            }
-        }
-    }
+    use crate::run_manager::answer_fenced as answer;
     match cmd {
         Command::Register {
             worker,

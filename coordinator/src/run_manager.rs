@@ -56,6 +56,7 @@ pub use records::{
 };
 pub use run::read_run;
 use run::{load_run, summary_of, Run};
+pub use submit::answer_fenced;
 
 pub struct RunManager {
     store: Arc<dyn StateStore>,

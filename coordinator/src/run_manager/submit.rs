@@ -71,10 +71,19 @@ impl RunManager {
             }
             None => self.fresh_id().await?,
         };
-        match self.index(&id) {
-            Ok(i) if self.runs[i].spec != spec => Err(RunError::Exists(id)),
-            Ok(i) => Ok(Admission::Known(self.runs[i].status())),
-            Err(_) => Ok(Admission::New(id, spec)),
+        Ok(match self.known(&id, &spec)? {
+            Some(status) => Admission::Known(status),
+            None => Admission::New(id, spec),
+        })
+    }
+
+    /// The run `id` as it is when this coordinator has it with `spec`; refused when it has
+    /// it with another spec; `None` when it has no such run.
+    fn known(&self, id: &RunId, spec: &RunSpec) -> Result<Option<RunStatus>, RunError> {
+        match self.index(id) {
+            Ok(i) if self.runs[i].spec != *spec => Err(RunError::Exists(id.clone())),
+            Ok(i) => Ok(Some(self.runs[i].status())),
+            Err(_) => Ok(None),
         }
     }
 
@@ -87,7 +96,7 @@ impl RunManager {
         plan: Result<StagePlan, RunError>,
     ) -> Result<RunStatus, RunError> {
         // Another submission of the same id may have started meanwhile.
-        if let Admission::Known(status) = self.admit(Some(id.clone()), spec.clone()).await? {
+        if let Some(status) = self.known(&id, &spec)? {
             return Ok(status);
         }
         let plan = plan?;
@@ -138,8 +147,9 @@ enum Admission {
     New(RunId, RunSpec),
 }
 
-/// Sends `result` to `reply`; a lost leadership is also returned (the loop must stop).
-pub(super) fn answer_fenced<T>(
+/// Sends `result` to `reply` (a reply no one waits for any more is dropped); a lost
+/// leadership is also returned: the event loop must stop.
+pub fn answer_fenced<T>(
     reply: oneshot::Sender<Result<T, RunError>>,
     result: Result<T, RunError>,
 ) -> Result<(), RunError> {
