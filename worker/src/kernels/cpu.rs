@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::linear;
 
 /// Whether the AVX2+FMA builds of the kernels may run on this CPU.
-fn has_fma() -> bool {
+pub(super) fn has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -43,6 +43,7 @@ macro_rules! simd_dispatch {
         }
     };
 }
+pub(super) use simd_dispatch;
 
 #[inline(always)]
 fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
@@ -57,7 +58,7 @@ fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 const LANES: usize = 16;
 
 #[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; LANES];
@@ -85,7 +86,7 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 
 /// `y += alpha * x`.
 #[inline(always)]
-fn axpy<const FMA: bool>(alpha: f32, x: &[f32], y: &mut [f32]) {
+pub(super) fn axpy<const FMA: bool>(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi = fmadd::<FMA>(alpha, *xi, *yi);
     }
@@ -211,7 +212,7 @@ const GEMM_TOKENS_PER_TASK: usize = 64;
 
 /// Rotates `x` (one head, halves layout) into `out`: dimension `j` pairs with `j + hd/2`.
 #[inline(always)]
-fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+pub(super) fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
     let half = cos.len();
     for j in 0..half {
         let (a, b) = (x[j], x[j + half]);

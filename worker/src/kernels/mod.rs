@@ -3,6 +3,7 @@
 //! path in `model`, written with ordinary tensor ops. Tests hold the two paths to the same
 //! numbers (`model::tests`).
 
+pub mod causal;
 pub mod cpu;
 pub mod frozen;
 pub mod linear;

@@ -31,7 +31,7 @@ pub(super) fn forward(
         .iter()
         .flat_map(|&len| (0..t).map(move |i| len + i))
         .collect();
-    let (cos, sin) = rope_tables(model, &positions, b, t, &device);
+    let (cos, sin) = rope_tables(&model.inv_freq, &positions, b, t, &device);
     let upto = lens.iter().copied().max().unwrap_or(0) + t;
     let bias = attention_bias(cache, t, upto, &device);
     let eps = model.config.rms_norm_eps;
@@ -68,7 +68,7 @@ pub(super) fn blocks_from(
     let t = x.dims()[0];
     let device = model.device();
     let positions: Vec<usize> = (0..t).collect();
-    let (cos, sin) = rope_tables(model, &positions, 1, t, &device);
+    let (cos, sin) = rope_tables(&model.inv_freq, &positions, 1, t, &device);
     let bias = attention_bias(cache, t, t, &device);
     let eps = model.config.rms_norm_eps;
     for (layer, block) in model.blocks.iter().enumerate().skip(start) {
@@ -84,17 +84,17 @@ pub(super) fn blocks_from(
 
 /// Cosine and sine tables `[b, 1, t, head_dim / 2]` for the given positions.
 pub(crate) fn rope_tables(
-    model: &Llama,
+    inv_freq: &[f64],
     positions: &[usize],
     b: usize,
     t: usize,
     device: &Device,
 ) -> (Tensor<4>, Tensor<4>) {
-    let half = model.config.head_dim / 2;
+    let half = inv_freq.len();
     let mut cos = Vec::with_capacity(positions.len() * half);
     let mut sin = Vec::with_capacity(positions.len() * half);
     for &p in positions {
-        for &f in &model.inv_freq {
+        for &f in inv_freq {
             let angle = p as f64 * f;
             cos.push(angle.cos() as f32);
             sin.push(angle.sin() as f32);

@@ -7,6 +7,7 @@
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
+use crate::kernels::causal::{self, CausalShape};
 use crate::model::reference::{apply_rope, rms_norm, rope_tables};
 use crate::model::{KvCache, Llama, Weight};
 
@@ -110,6 +111,65 @@ fn dropout_mask(
     Some(keep.mul_scalar(1.0 / (1.0 - d.p)))
 }
 
+/// Causal attention in burn tensor ops: the reference, and the path of every device but
+/// the autodiff one over flex (`kernels::causal` there).
+struct ReferenceAttention {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    /// `[1, 1, 1, t, t]`: 0 where a query sees the key, -inf above the diagonal.
+    causal: Tensor<5>,
+}
+
+impl ReferenceAttention {
+    fn new(shape: &CausalShape, device: &Device) -> Self {
+        let (b, t) = (shape.b, shape.t);
+        let positions: Vec<usize> = (0..b).flat_map(|_| 0..t).collect();
+        let (cos, sin) = rope_tables(&shape.inv_freq, &positions, b, t, device);
+        let mut causal = vec![0f32; t * t];
+        for i in 0..t {
+            for j in i + 1..t {
+                causal[i * t + j] = f32::NEG_INFINITY;
+            }
+        }
+        let causal = Tensor::<5>::from_data(TensorData::new(causal, [1, 1, 1, t, t]), device);
+        Self { cos, sin, causal }
+    }
+
+    /// `qkv` rows `[b * t, (heads + 2 kv_heads) * hd]` → `[b * t, heads * hd]`.
+    fn attend(&self, qkv: Tensor<2>, shape: &CausalShape) -> Tensor<2> {
+        let (b, t, hd) = (shape.b, shape.t, shape.head_dim);
+        let (nh, nkv) = (shape.heads, shape.kv_heads);
+        let (g, q_w, kv_w) = (nh / nkv, nh * hd, nkv * hd);
+        let q = qkv
+            .clone()
+            .narrow(1, 0, q_w)
+            .reshape([b, t, nh, hd])
+            .swap_dims(1, 2);
+        let k = qkv
+            .clone()
+            .narrow(1, q_w, kv_w)
+            .reshape([b, t, nkv, hd])
+            .swap_dims(1, 2);
+        let v = qkv
+            .narrow(1, q_w + kv_w, kv_w)
+            .reshape([b, t, nkv, hd])
+            .swap_dims(1, 2);
+        let q = apply_rope(q, &self.cos, &self.sin).reshape([b, nkv, g * t, hd]);
+        let k = apply_rope(k, &self.cos, &self.sin);
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(1.0 / (hd as f64).sqrt())
+            .reshape([b, nkv, g, t, t])
+            + self.causal.clone();
+        let probs = softmax(scores, 4).reshape([b, nkv, g * t, t]);
+        probs
+            .matmul(v)
+            .reshape([b, nh, t, hd])
+            .swap_dims(1, 2)
+            .reshape([b * t, q_w])
+    }
+}
+
 /// Final hidden states `[b * t, hidden]` of a batch.
 pub fn hidden_states(
     model: &Llama,
@@ -131,17 +191,22 @@ pub fn hidden_states(
         None => (0, model.embed_tokens(&batch.tokens)),
     };
     let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
-    let g = nh / nkv;
-    let positions: Vec<usize> = (0..b).flat_map(|_| 0..t).collect();
-    let (cos, sin) = rope_tables(model, &positions, b, t, &device);
-    let mut causal = vec![0f32; t * t];
-    for i in 0..t {
-        for j in i + 1..t {
-            causal[i * t + j] = f32::NEG_INFINITY;
-        }
-    }
-    let causal = Tensor::<5>::from_data(TensorData::new(causal, [1, 1, 1, t, t]), &device);
-    let (q_w, kv_w) = (nh * hd, nkv * hd);
+    // A base frozen for training on the packed kernels also takes the fused attention.
+    let fused = model
+        .blocks
+        .get(start)
+        .is_some_and(|blk| matches!(blk.attn.wqkv, Weight::Frozen(_)))
+        && causal::native_device(&device);
+    let shape = CausalShape {
+        b,
+        t,
+        heads: nh,
+        kv_heads: nkv,
+        head_dim: hd,
+        inv_freq: model.inv_freq.clone(),
+    };
+    let reference = (!fused).then(|| ReferenceAttention::new(&shape, &device));
+    let q_w = nh * hd;
     let ffn = c.intermediate_size;
     let eps = c.rms_norm_eps;
     let rows = b * t;
@@ -150,6 +215,7 @@ pub fn hidden_states(
         let salt = (layer as u64) << 8;
         let h = rms_norm(x.clone(), &block.attn_norm.val(), eps);
         let mask = dropout_mask(dropout, salt, rows, c.hidden_size, &device);
+        let kv_w = nkv * hd;
         let qkv = project(
             &block.attn.wqkv,
             h,
@@ -158,33 +224,10 @@ pub fn hidden_states(
             &[q_w, kv_w, kv_w],
             mask,
         );
-        let q = qkv
-            .clone()
-            .narrow(1, 0, q_w)
-            .reshape([b, t, nh, hd])
-            .swap_dims(1, 2);
-        let k = qkv
-            .clone()
-            .narrow(1, q_w, kv_w)
-            .reshape([b, t, nkv, hd])
-            .swap_dims(1, 2);
-        let v = qkv
-            .narrow(1, q_w + kv_w, kv_w)
-            .reshape([b, t, nkv, hd])
-            .swap_dims(1, 2);
-        let q = apply_rope(q, &cos, &sin).reshape([b, nkv, g * t, hd]);
-        let k = apply_rope(k, &cos, &sin);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(1.0 / (hd as f64).sqrt())
-            .reshape([b, nkv, g, t, t])
-            + causal.clone();
-        let probs = softmax(scores, 4).reshape([b, nkv, g * t, t]);
-        let out = probs
-            .matmul(v)
-            .reshape([b, nh, t, hd])
-            .swap_dims(1, 2)
-            .reshape([rows, q_w]);
+        let out = match &reference {
+            Some(r) => r.attend(qkv, &shape),
+            None => causal::causal_attention(qkv, shape.clone()),
+        };
         let mask = dropout_mask(dropout, salt | 1, rows, q_w, &device);
         x = x + project(
             &block.attn.wo,
@@ -390,4 +433,80 @@ pub fn score_hidden(
         }
     }
     Scored { vocab, choices }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    fn to_vec(t: Tensor<2>) -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_fused_attention_gives_the_reference_s_output_and_input_gradient() {
+        let device = Device::flex().autodiff();
+        assert!(causal::native_device(&device));
+        // Ragged lengths around the kernel's 32-row tasks, grouped and plain heads.
+        for &(b, t, heads, kv_heads, head_dim) in
+            &[(2, 13, 4, 2, 8), (1, 70, 3, 1, 6), (3, 33, 2, 2, 4)]
+        {
+            let shape = CausalShape {
+                b,
+                t,
+                heads,
+                kv_heads,
+                head_dim,
+                inv_freq: (0..head_dim / 2)
+                    .map(|i| 10_000f64.powf(-2.0 * i as f64 / head_dim as f64))
+                    .collect(),
+            };
+            let width = (heads + 2 * kv_heads) * head_dim;
+            let qkv =
+                Tensor::<2>::random([b * t, width], Distribution::Uniform(-2.0, 2.0), &device);
+            let weigh = Tensor::<2>::random(
+                [b * t, heads * head_dim],
+                Distribution::Uniform(-1.0, 1.0),
+                &device,
+            );
+            let run = |fused: bool| {
+                let x = qkv.clone().require_grad();
+                let out = match fused {
+                    true => causal::causal_attention(x.clone(), shape.clone()),
+                    false => ReferenceAttention::new(&shape, &device).attend(x.clone(), &shape),
+                };
+                let grads = (out.clone() * weigh.clone()).sum().backward();
+                (
+                    to_vec(out),
+                    to_vec(x.grad(&grads).expect("qkv has a gradient")),
+                )
+            };
+            let (out_ref, grad_ref) = run(false);
+            let (out, grad) = run(true);
+            assert_eq!((out.len(), grad.len()), (out_ref.len(), grad_ref.len()));
+            for (a, r) in out.iter().zip(&out_ref).chain(grad.iter().zip(&grad_ref)) {
+                assert!(
+                    (a - r).abs() <= 1e-4 * r.abs().max(1.0),
+                    "{b}x{t}x{heads}/{kv_heads}: {a} vs {r}"
+                );
+            }
+            // Queries, keys and values all receive a gradient.
+            let row = &grad[(b * t - 1) * width..];
+            for part in row
+                .chunks(heads * head_dim)
+                .take(1)
+                .chain(row[heads * head_dim..].chunks(kv_heads * head_dim))
+            {
+                assert!(part.iter().any(|g| g.abs() > 1e-4), "{part:?}");
+            }
+            // Untracked, the forward alone.
+            let plain = causal::causal_attention(qkv.clone(), shape.clone());
+            assert_eq!(to_vec(plain), out);
+        }
+    }
 }
