@@ -27,9 +27,11 @@ pub(super) fn has_fma() -> bool {
 /// and `$body::<false>` otherwise.
 macro_rules! simd_dispatch {
     (fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
+        #[allow(clippy::too_many_arguments)]
         fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
+                #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
                     $body::<true>($($arg),*)
