@@ -2,11 +2,15 @@
 //! autodiff device over flex. The generic path composes it from a dozen burn ops (split the
 //! fused Q|K|V rows, rotary on strided views, `Q·Kᵀ`, a masked softmax, `P·V`, transposes
 //! back) and keeps the `[b, heads, t, t]` probabilities of every layer for the backward.
-//! Here the forward is one pass per query row (rotary, scores over the keys up to the row,
-//! an online softmax, the weighted sum of values) that keeps only the rotated queries,
-//! keys and values, the output and each row's log-sum-exp; the backward recomputes the
-//! probabilities a key-value group at a time. Grouped-query heads, rotary in the halves
-//! layout and sequences starting at position 0, as `train::forward` builds them.
+//! Here rotary is applied once while the rows are split into heads, and the work is cut
+//! into blocks of 32 query rows of all the heads that share a key-value head. A block's
+//! forward is two products on the packed-panel kernel (`S = Q·Kᵀ` over the keys its last
+//! row sees, then `P·V`) around a causal softmax; only the rotated queries, keys and
+//! values, the output and each row's log-sum-exp are kept. The backward recomputes a
+//! block's probabilities and runs five products (`S`, `dP = dO·Vᵀ`, then `dQ = dS·K`,
+//! `dK = dSᵀ·Q`, `dV = Pᵀ·dO`); the blocks' key and value gradients are summed after.
+//! Grouped-query heads, rotary in the halves layout and sequences starting at position 0,
+//! as `train::forward` builds them.
 //!
 //! The generic path stays the reference and the path of every other device: tests compare
 //! the output and the input gradient with it, and the training tests run a whole step
@@ -22,9 +26,12 @@ use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
 use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{axpy, dot, exp, has_fma, rotate, simd_dispatch};
+use std::ops::Range;
 
-/// Query rows (or keys, in the backward's second pass) per parallel task.
+use super::cpu::{exp, fmadd, has_fma, rotate, simd_dispatch};
+use super::linear;
+
+/// Query rows per parallel task (times the heads of a key-value group).
 const ROWS_PER_TASK: usize = 32;
 
 /// The shape of one training attention: `b` sequences of `t` tokens, rows sequence-major.
@@ -108,75 +115,153 @@ fn split_heads(qkv: &[f32], shape: &CausalShape) -> (Vec<f32>, Vec<f32>, Vec<f32
     (q, k, v)
 }
 
-/// Rows `rows` of one head's attention: `o` and `lse` are those rows' outputs and
-/// log-sum-exps; `q` the head's queries, `k` and `v` its key-value head's, all `[t, hd]`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn forward_rows_body<const FMA: bool>(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    first: usize,
-    hd: usize,
-    scale: f32,
-    o: &mut [f32],
-    lse: &mut [f32],
-) {
-    let mut scores = vec![0f32; first + lse.len()];
-    for (n, (acc, lse)) in o.chunks_exact_mut(hd).zip(lse.iter_mut()).enumerate() {
-        let i = first + n;
-        let query = &q[i * hd..][..hd];
-        let row = &mut scores[..=i];
-        for (sc, key) in row.iter_mut().zip(k.chunks_exact(hd)) {
-            *sc = dot::<FMA>(query, key) * scale;
+/// Query rows `rows` of the heads of key-value head `c` of sequence `s`: the unit of work
+/// of the forward and the backward.
+struct Block {
+    s: usize,
+    c: usize,
+    rows: Range<usize>,
+}
+
+impl CausalShape {
+    fn blocks(&self) -> Vec<Block> {
+        let mut out = Vec::new();
+        for s in 0..self.b {
+            for c in 0..self.kv_heads {
+                for first in (0..self.t).step_by(ROWS_PER_TASK) {
+                    let rows = first..(first + ROWS_PER_TASK).min(self.t);
+                    out.push(Block { s, c, rows });
+                }
+            }
         }
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for sc in row.iter_mut() {
-            *sc = exp(*sc - max);
-            sum += *sc;
+        out
+    }
+
+    /// First element of key-value head `c` of sequence `s` in `[b, kv_heads, t, hd]`.
+    fn kv_at(&self, block: &Block) -> usize {
+        (block.s * self.kv_heads + block.c) * self.t * self.head_dim
+    }
+
+    /// The block's rows of every head of its group from a head-major `[b, heads, t, w]`
+    /// buffer, `[group * rows, w]` (head after head).
+    fn gather(&self, x: &[f32], block: &Block, w: usize) -> Vec<f32> {
+        let g = self.group();
+        let mut out = Vec::with_capacity(g * block.rows.len() * w);
+        for h in block.c * g..(block.c + 1) * g {
+            let at = (block.s * self.heads + h) * self.t;
+            out.extend_from_slice(&x[(at + block.rows.start) * w..(at + block.rows.end) * w]);
         }
-        acc.fill(0.0);
-        for (&p, value) in row.iter().zip(v.chunks_exact(hd)) {
-            axpy::<FMA>(p, value, acc);
+        out
+    }
+
+    /// Writes [`CausalShape::gather`]'s layout back into a head-major buffer.
+    fn scatter(&self, x: &mut [f32], block: &Block, w: usize, from: &[f32]) {
+        let g = self.group();
+        let n = block.rows.len() * w;
+        for (h, part) in (block.c * g..(block.c + 1) * g).zip(from.chunks_exact(n)) {
+            let at = (block.s * self.heads + h) * self.t;
+            x[(at + block.rows.start) * w..][..n].copy_from_slice(part);
         }
-        let inv = 1.0 / sum;
-        acc.iter_mut().for_each(|x| *x *= inv);
-        *lse = max + sum.ln();
     }
 }
 
-simd_dispatch!(fn forward_rows(q: &[f32], k: &[f32], v: &[f32], first: usize, hd: usize, scale: f32, o: &mut [f32], lse: &mut [f32]) => forward_rows_body);
+/// `x [m, k] · W` for a row-major `w` `[k, n]`, on the packed-panel kernel.
+fn times(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    let packed = linear::pack(w, k, n);
+    let mut out = vec![0f32; m * n];
+    linear::linear_serial(x, m, k, &packed, n, &mut out);
+    out
+}
+
+/// `x [m, k] · Wᵀ` for a row-major `w` `[n, k]`.
+fn times_t(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    let packed = linear::pack_transposed(w, n, k);
+    let mut out = vec![0f32; m * n];
+    linear::linear_serial(x, m, k, &packed, n, &mut out);
+    out
+}
+
+/// `[m, n]` to `[n, m]`.
+fn transpose(x: &[f32], m: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for (i, row) in x.chunks_exact(n).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            out[j * m + i] = v;
+        }
+    }
+    out
+}
+
+/// Softmax of each row of a block's scores `[group * r, ctx]` over the keys its query
+/// sees (row `n` is query `first + n % r`; keys after it become 0), scaled by `scale`
+/// first; returns each row's log-sum-exp.
+#[inline(always)]
+fn causal_softmax_body<const FMA: bool>(
+    scores: &mut [f32],
+    ctx: usize,
+    first: usize,
+    r: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let mut lse = Vec::with_capacity(scores.len() / ctx);
+    for (n, row) in scores.chunks_exact_mut(ctx).enumerate() {
+        let (seen, unseen) = row.split_at_mut(first + n % r + 1);
+        unseen.fill(0.0);
+        let max = seen.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+        let mut sum = 0f32;
+        for x in seen.iter_mut() {
+            *x = exp(fmadd::<FMA>(*x, scale, -max));
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        seen.iter_mut().for_each(|x| *x *= inv);
+        lse.push(max + sum.ln());
+    }
+    lse
+}
+
+simd_dispatch!(fn causal_softmax(scores: &mut [f32], ctx: usize, first: usize, r: usize, scale: f32) -> Vec<f32> => causal_softmax_body);
+
+/// One block's forward: its output rows `[group * r, hd]` and their log-sum-exps.
+fn forward_block(
+    shape: &CausalShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    block: &Block,
+) -> (Vec<f32>, Vec<f32>) {
+    let (hd, ctx, r) = (shape.head_dim, block.rows.end, block.rows.len());
+    let m = shape.group() * r;
+    let kv = shape.kv_at(block);
+    let (keys, values) = (&k[kv..][..ctx * hd], &v[kv..][..ctx * hd]);
+    let queries = shape.gather(q, block, hd);
+    let mut scores = times_t(&queries, m, hd, keys, ctx);
+    let lse = causal_softmax(&mut scores, ctx, block.rows.start, r, shape.scale());
+    (times(&scores, m, ctx, values, hd), lse)
+}
 
 /// The forward: `qkv` rows `[b * t, (heads + 2 kv_heads) * hd]` before rotary; returns the
 /// output rows `[b * t, heads * hd]` and what the backward needs.
 pub fn forward(qkv: &[f32], shape: &CausalShape) -> (Vec<f32>, Saved) {
-    let (b, t, hd, g) = (shape.b, shape.t, shape.head_dim, shape.group());
+    let (b, t, hd) = (shape.b, shape.t, shape.head_dim);
     assert_eq!(
         qkv.len(),
         b * t * shape.qkv_width(),
         "qkv must be [b * t, width]"
     );
     let (q, k, v) = split_heads(qkv, shape);
-    let scale = shape.scale();
+    let blocks = shape.blocks();
+    let results: Vec<(Vec<f32>, Vec<f32>)> = blocks
+        .par_iter()
+        .map(|block| forward_block(shape, &q, &k, &v, block))
+        .collect();
     let mut o = vec![0f32; q.len()];
     let mut lse = vec![0f32; b * shape.heads * t];
-    o.par_chunks_mut(t * hd)
-        .zip(lse.par_chunks_mut(t))
-        .enumerate()
-        .for_each(|(sh, (o, lse))| {
-            let (s, h) = (sh / shape.heads, sh % shape.heads);
-            let q = &q[sh * t * hd..][..t * hd];
-            let kv = (s * shape.kv_heads + h / g) * t * hd;
-            let (k, v) = (&k[kv..][..t * hd], &v[kv..][..t * hd]);
-            o.par_chunks_mut(ROWS_PER_TASK * hd)
-                .zip(lse.par_chunks_mut(ROWS_PER_TASK))
-                .enumerate()
-                .for_each(|(block, (o, lse))| {
-                    forward_rows(q, k, v, block * ROWS_PER_TASK, hd, scale, o, lse);
-                });
-        });
-    let out = heads_to_rows(&o, shape.b, shape.heads, t, hd);
+    for (block, (out, l)) in blocks.iter().zip(&results) {
+        shape.scatter(&mut o, block, hd, out);
+        shape.scatter(&mut lse, block, 1, l);
+    }
+    let out = heads_to_rows(&o, b, shape.heads, t, hd);
     let saved = Saved {
         shape: shape.clone(),
         q,
@@ -216,151 +301,115 @@ fn rows_to_heads(x: &[f32], b: usize, heads: usize, t: usize, hd: usize) -> Vec<
     out
 }
 
-/// One head's queries, output gradient and row terms in the backward.
-struct HeadRows<'a> {
-    q: &'a [f32],
-    d_o: &'a [f32],
-    lse: &'a [f32],
-    /// `dO_i · O_i` per row.
-    delta: &'a [f32],
-}
-
-/// The backward's first pass over query rows `first..` of one head: the probabilities `p`
-/// and score gradients `ds` of those rows (`[rows, t]`, keys up to the row filled) and the
-/// rows' query gradients `dq` (rotated space).
+/// A block's probabilities from its scores `[group * r, ctx]` (in place) and its score
+/// gradients from the probabilities' gradients `dp` (in place): `p = exp(scale·s − lse)`
+/// over the keys each query sees (0 after), `ds = p ⊙ (dp − delta)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn query_pass_body<const FMA: bool>(
-    head: &HeadRows,
-    k: &[f32],
-    v: &[f32],
+fn score_grads_body<const FMA: bool>(
+    s: &mut [f32],
+    dp: &mut [f32],
+    ctx: usize,
     first: usize,
-    hd: usize,
+    r: usize,
     scale: f32,
-    p: &mut [f32],
-    ds: &mut [f32],
-    dq: &mut [f32],
+    lse: &[f32],
+    delta: &[f32],
 ) {
-    let t = k.len() / hd;
-    for (n, dq) in dq.chunks_exact_mut(hd).enumerate() {
-        let i = first + n;
-        let (query, d_o) = (&head.q[i * hd..][..hd], &head.d_o[i * hd..][..hd]);
-        let (p, ds) = (&mut p[n * t..][..=i], &mut ds[n * t..][..=i]);
-        let (lse, delta) = (head.lse[i], head.delta[i]);
-        dq.fill(0.0);
-        for (j, (key, value)) in k
-            .chunks_exact(hd)
-            .zip(v.chunks_exact(hd))
-            .take(i + 1)
-            .enumerate()
-        {
-            let prob = exp(dot::<FMA>(query, key) * scale - lse);
-            let grad = prob * (dot::<FMA>(d_o, value) - delta);
-            p[j] = prob;
-            ds[j] = grad;
-            axpy::<FMA>(grad, key, dq);
+    let rows = s.chunks_exact_mut(ctx).zip(dp.chunks_exact_mut(ctx));
+    for (n, (s, dp)) in rows.enumerate() {
+        let seen = first + n % r + 1;
+        let (lse, delta) = (lse[n], delta[n]);
+        for (x, d) in s[..seen].iter_mut().zip(&mut dp[..seen]) {
+            *x = exp(fmadd::<FMA>(*x, scale, -lse));
+            *d = *x * (*d - delta);
         }
-        dq.iter_mut().for_each(|x| *x *= scale);
+        s[seen..].fill(0.0);
+        dp[seen..].fill(0.0);
     }
 }
 
-simd_dispatch!(fn query_pass(head: &HeadRows, k: &[f32], v: &[f32], first: usize, hd: usize, scale: f32, p: &mut [f32], ds: &mut [f32], dq: &mut [f32]) => query_pass_body);
+simd_dispatch!(fn score_grads(s: &mut [f32], dp: &mut [f32], ctx: usize, first: usize, r: usize, scale: f32, lse: &[f32], delta: &[f32]) => score_grads_body);
 
-/// The backward's second pass over keys `first..` of one key-value head: their key and
-/// value gradients (rotated space) from the group's probabilities and score gradients
-/// (`[group, t, t]`), queries and output gradients (`[group, t, hd]`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn key_pass_body<const FMA: bool>(
-    p: &[f32],
-    ds: &[f32],
-    q: &[f32],
-    d_o: &[f32],
-    first: usize,
-    t: usize,
-    hd: usize,
-    scale: f32,
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
-    let group = q.len() / (t * hd);
-    for (n, (dk, dv)) in dk
-        .chunks_exact_mut(hd)
-        .zip(dv.chunks_exact_mut(hd))
-        .enumerate()
-    {
-        let j = first + n;
-        dk.fill(0.0);
-        dv.fill(0.0);
-        for h in 0..group {
-            let (p, ds) = (&p[h * t * t..][..t * t], &ds[h * t * t..][..t * t]);
-            let (q, d_o) = (&q[h * t * hd..][..t * hd], &d_o[h * t * hd..][..t * hd]);
-            for i in j..t {
-                axpy::<FMA>(ds[i * t + j], &q[i * hd..][..hd], dk);
-                axpy::<FMA>(p[i * t + j], &d_o[i * hd..][..hd], dv);
-            }
-        }
-        dk.iter_mut().for_each(|x| *x *= scale);
-    }
+/// One block's gradients: its query rows' `[group * r, hd]`, and its share of the key and
+/// value gradients of keys `0..ctx` `[ctx, hd]` each (rotated space).
+struct BlockGrads {
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
 }
 
-simd_dispatch!(fn key_pass(p: &[f32], ds: &[f32], q: &[f32], d_o: &[f32], first: usize, t: usize, hd: usize, scale: f32, dk: &mut [f32], dv: &mut [f32]) => key_pass_body);
+fn backward_block(saved: &Saved, d_o: &[f32], delta: &[f32], block: &Block) -> BlockGrads {
+    let shape = &saved.shape;
+    let (hd, ctx, r, scale) = (
+        shape.head_dim,
+        block.rows.end,
+        block.rows.len(),
+        shape.scale(),
+    );
+    let m = shape.group() * r;
+    let kv = shape.kv_at(block);
+    let (keys, values) = (&saved.k[kv..][..ctx * hd], &saved.v[kv..][..ctx * hd]);
+    let queries = shape.gather(&saved.q, block, hd);
+    let grads = shape.gather(d_o, block, hd);
+    let (lse, delta) = (
+        shape.gather(&saved.lse, block, 1),
+        shape.gather(delta, block, 1),
+    );
+    let mut p = times_t(&queries, m, hd, keys, ctx);
+    let mut ds = times_t(&grads, m, hd, values, ctx);
+    score_grads(
+        &mut p,
+        &mut ds,
+        ctx,
+        block.rows.start,
+        r,
+        scale,
+        &lse,
+        &delta,
+    );
+    let scaled = |mut x: Vec<f32>| {
+        x.iter_mut().for_each(|v| *v *= scale);
+        x
+    };
+    BlockGrads {
+        dq: scaled(times(&ds, m, ctx, keys, hd)),
+        dk: scaled(times(&transpose(&ds, m, ctx), ctx, m, &queries, hd)),
+        dv: times(&transpose(&p, m, ctx), ctx, m, &grads, hd),
+    }
+}
 
 /// The backward: the gradient of the output rows `[b * t, heads * hd]` to the gradient of
 /// the `qkv` rows the forward took (through the rotary embedding).
 pub fn backward(saved: &Saved, d_out: &[f32]) -> Vec<f32> {
     let shape = &saved.shape;
-    let (b, t, hd, g) = (shape.b, shape.t, shape.head_dim, shape.group());
-    let (heads, kv_heads, scale) = (shape.heads, shape.kv_heads, shape.scale());
-    let d_o = rows_to_heads(d_out, b, heads, t, hd);
+    let (b, t, hd) = (shape.b, shape.t, shape.head_dim);
+    let d_o = rows_to_heads(d_out, b, shape.heads, t, hd);
     let delta: Vec<f32> = d_o
         .chunks_exact(hd)
         .zip(saved.o.chunks_exact(hd))
         .map(|(a, o)| a.iter().zip(o).map(|(x, y)| x * y).sum())
         .collect();
+    let blocks = shape.blocks();
+    let results: Vec<BlockGrads> = blocks
+        .par_iter()
+        .map(|block| backward_block(saved, &d_o, &delta, block))
+        .collect();
     let mut dq = vec![0f32; saved.q.len()];
     let mut dk = vec![0f32; saved.k.len()];
     let mut dv = vec![0f32; saved.v.len()];
-    // One key-value group at a time: its heads' probabilities and score gradients.
-    let mut p = vec![0f32; g * t * t];
-    let mut ds = vec![0f32; g * t * t];
-    for s in 0..b {
-        for c in 0..kv_heads {
-            let kv = (s * kv_heads + c) * t * hd;
-            let (k, v) = (&saved.k[kv..][..t * hd], &saved.v[kv..][..t * hd]);
-            let heads_at = (s * heads + c * g) * t;
-            let group_dq = &mut dq[heads_at * hd..][..g * t * hd];
-            group_dq
-                .par_chunks_mut(t * hd)
-                .zip(p.par_chunks_mut(t * t).zip(ds.par_chunks_mut(t * t)))
-                .enumerate()
-                .for_each(|(h, (dq, (p, ds)))| {
-                    let at = heads_at + h * t;
-                    let head = HeadRows {
-                        q: &saved.q[at * hd..][..t * hd],
-                        d_o: &d_o[at * hd..][..t * hd],
-                        lse: &saved.lse[at..][..t],
-                        delta: &delta[at..][..t],
-                    };
-                    dq.par_chunks_mut(ROWS_PER_TASK * hd)
-                        .zip(p.par_chunks_mut(ROWS_PER_TASK * t))
-                        .zip(ds.par_chunks_mut(ROWS_PER_TASK * t))
-                        .enumerate()
-                        .for_each(|(block, ((dq, p), ds))| {
-                            query_pass(&head, k, v, block * ROWS_PER_TASK, hd, scale, p, ds, dq);
-                        });
-                });
-            let q = &saved.q[heads_at * hd..][..g * t * hd];
-            let group_d_o = &d_o[heads_at * hd..][..g * t * hd];
-            dk[kv..][..t * hd]
-                .par_chunks_mut(ROWS_PER_TASK * hd)
-                .zip(dv[kv..][..t * hd].par_chunks_mut(ROWS_PER_TASK * hd))
-                .enumerate()
-                .for_each(|(block, (dk, dv))| {
-                    let first = block * ROWS_PER_TASK;
-                    key_pass(&p, &ds, q, group_d_o, first, t, hd, scale, dk, dv);
-                });
-        }
+    for (block, g) in blocks.iter().zip(&results) {
+        shape.scatter(&mut dq, block, hd, &g.dq);
+        let kv = shape.kv_at(block);
+        let n = g.dk.len();
+        dk[kv..kv + n]
+            .iter_mut()
+            .zip(&g.dk)
+            .for_each(|(a, x)| *a += x);
+        dv[kv..kv + n]
+            .iter_mut()
+            .zip(&g.dv)
+            .for_each(|(a, x)| *a += x);
     }
     merge_grads(shape, &dq, &dk, &dv)
 }
