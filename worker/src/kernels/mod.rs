@@ -7,6 +7,7 @@ pub mod causal;
 pub mod cpu;
 pub mod frozen;
 pub mod linear;
+pub mod pointwise;
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;

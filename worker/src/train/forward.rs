@@ -9,6 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::kernels::causal::{self, CausalShape};
+use crate::kernels::pointwise;
 use crate::model::reference::{apply_rope, rms_norm, rope_tables};
 use crate::model::{KvCache, Llama, Weight};
 
@@ -233,14 +234,18 @@ pub fn hidden_states(
         inv_freq: model.inv_freq.clone(),
     };
     let reference = (!fused).then(|| ReferenceAttention::new(&shape, &device));
+    let eps = c.rms_norm_eps;
+    let norm = |x: Tensor<2>, weight: &Tensor<1>| match fused {
+        true => pointwise::rms_norm(x, weight.clone(), eps),
+        false => rms_norm(x, weight, eps),
+    };
     let q_w = nh * hd;
     let ffn = c.intermediate_size;
-    let eps = c.rms_norm_eps;
     let rows = b * t;
     for (layer, block) in model.blocks.iter().enumerate().skip(start) {
         let lora_l = lora.map(|l| (l, layer));
         let salt = (layer as u64) << 8;
-        let h = rms_norm(x.clone(), &block.attn_norm.val(), eps);
+        let h = norm(x.clone(), &block.attn_norm.val());
         let mask = dropout_mask(dropout, salt, rows, c.hidden_size, &device);
         let kv_w = nkv * hd;
         let qkv = project(
@@ -264,7 +269,7 @@ pub fn hidden_states(
             &[c.hidden_size],
             mask,
         );
-        let h = rms_norm(x.clone(), &block.ffn_norm.val(), eps);
+        let h = norm(x.clone(), &block.ffn_norm.val());
         let mask = dropout_mask(dropout, salt | 2, rows, c.hidden_size, &device);
         let gate_up = project(
             &block.ffn.w_gate_up,
@@ -274,7 +279,10 @@ pub fn hidden_states(
             &[ffn, ffn],
             mask,
         );
-        let act = silu(gate_up.clone().narrow(1, 0, ffn)) * gate_up.narrow(1, ffn, ffn);
+        let act = match fused {
+            true => pointwise::swiglu(gate_up),
+            false => silu(gate_up.clone().narrow(1, 0, ffn)) * gate_up.narrow(1, ffn, ffn),
+        };
         let mask = dropout_mask(dropout, salt | 3, rows, ffn, &device);
         x = x + project(
             &block.ffn.w_down,
@@ -285,7 +293,7 @@ pub fn hidden_states(
             mask,
         );
     }
-    rms_norm(x, &model.norm.val(), eps)
+    norm(x, &model.norm.val())
 }
 
 /// [`hidden_states`] on the fused inference path, for forward-only passes: `model` is an
