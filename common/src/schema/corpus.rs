@@ -1,14 +1,7 @@
 //! The two input datasets: the corpus of raw scripts (identity, bytes, where they came from)
 //! and labelled examples (seed, test and accepted pseudo-labels) that refer to it by sha256.
 
-use std::sync::{Arc, OnceLock};
-
-use arrow::array::{ArrayRef, BinaryArray, UInt64Array, UInt8Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
-
-use super::*;
-use crate::error::Result;
+use super::columns::arrow_row;
 use crate::types::{Label, Language};
 
 /// One script of the corpus. `sha256` is the hex digest of `content`, the script's identity.
@@ -76,70 +69,16 @@ pub fn check_identity(rows: Vec<CorpusRow>) -> CheckedRows {
     out
 }
 
-impl ArrowRow for CorpusRow {
-    fn schema() -> SchemaRef {
-        static S: OnceLock<SchemaRef> = OnceLock::new();
-        S.get_or_init(|| {
-            Arc::new(Schema::new(vec![
-                Field::new("sha256", DataType::Utf8, false),
-                Field::new("content", DataType::Binary, false),
-                Field::new("size_bytes", DataType::UInt64, false),
-                Field::new("source", DataType::Utf8, false),
-                Field::new("language_hint", DataType::Utf8, true),
-                Field::new("noisy_label", DataType::UInt8, true),
-            ]))
-        })
-        .clone()
+arrow_row! {
+    CorpusRow {
+        sha256: String,
+        content: Vec<u8>,
+        size_bytes: u64,
+        source: String,
+        language_hint: Option<Language>,
+        noisy_label: Option<Label>,
     }
-
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
-        let cols: Vec<ArrayRef> = vec![
-            strs(rows.iter().map(|r| r.sha256.as_str())),
-            Arc::new(BinaryArray::from_iter_values(
-                rows.iter().map(|r| r.content.as_slice()),
-            )),
-            Arc::new(UInt64Array::from_iter_values(
-                rows.iter().map(|r| r.size_bytes),
-            )),
-            strs(rows.iter().map(|r| r.source.as_str())),
-            opt_strs(rows.iter().map(|r| r.language_hint.map(|l| l.as_str()))),
-            Arc::new(
-                rows.iter()
-                    .map(|r| r.noisy_label.map(|l| l.as_u8()))
-                    .collect::<UInt8Array>(),
-            ),
-        ];
-        batch(Self::schema(), cols)
-    }
-
-    fn from_batch(b: &RecordBatch) -> Result<Vec<Self>> {
-        let sha = str_col(b, "sha256")?;
-        let content = bin_col(b, "content")?;
-        let size = u64_col(b, "size_bytes")?;
-        let source = str_col(b, "source")?;
-        let lang = str_col(b, "language_hint")?;
-        let noisy = u8_col(b, "noisy_label")?;
-        (0..b.num_rows())
-            .map(|i| {
-                required(sha, "sha256", i)?;
-                required(content, "content", i)?;
-                required(size, "size_bytes", i)?;
-                required(source, "source", i)?;
-                Ok(CorpusRow {
-                    sha256: sha.value(i).to_string(),
-                    content: content.value(i).to_vec(),
-                    size_bytes: size.value(i),
-                    source: source.value(i).to_string(),
-                    language_hint: opt_language(lang, "language_hint", i)?,
-                    noisy_label: opt_label(noisy, "noisy_label", i)?,
-                })
-            })
-            .collect()
-    }
-
-    fn approx_bytes(&self) -> usize {
-        self.content.len() + self.source.len() + 64 + 16
-    }
+    approx_bytes(r) => r.content.len() + r.source.len() + 64 + 16
 }
 
 /// A labelled example: a verdict and technical summary for one script.
@@ -155,67 +94,20 @@ pub struct LabelledRow {
     pub provenance: String,
 }
 
-impl ArrowRow for LabelledRow {
-    fn schema() -> SchemaRef {
-        static S: OnceLock<SchemaRef> = OnceLock::new();
-        S.get_or_init(|| {
-            Arc::new(Schema::new(vec![
-                Field::new("sha256", DataType::Utf8, false),
-                Field::new("language", DataType::Utf8, false),
-                Field::new("label", DataType::UInt8, false),
-                Field::new("summary", DataType::Utf8, false),
-                Field::new("behaviours", list_of(DataType::Utf8), false),
-                Field::new("provenance", DataType::Utf8, false),
-            ]))
-        })
-        .clone()
+arrow_row! {
+    LabelledRow {
+        sha256: String,
+        language: Language,
+        label: Label,
+        summary: String,
+        behaviours: Vec<String>,
+        provenance: String,
     }
-
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
-        let cols: Vec<ArrayRef> = vec![
-            strs(rows.iter().map(|r| r.sha256.as_str())),
-            strs(rows.iter().map(|r| r.language.as_str())),
-            Arc::new(UInt8Array::from_iter_values(
-                rows.iter().map(|r| r.label.as_u8()),
-            )),
-            strs(rows.iter().map(|r| r.summary.as_str())),
-            strings_list(rows.iter().map(|r| r.behaviours.as_slice())),
-            strs(rows.iter().map(|r| r.provenance.as_str())),
-        ];
-        batch(Self::schema(), cols)
-    }
-
-    fn from_batch(b: &RecordBatch) -> Result<Vec<Self>> {
-        let sha = str_col(b, "sha256")?;
-        let lang = str_col(b, "language")?;
-        let label = u8_col(b, "label")?;
-        let summary = str_col(b, "summary")?;
-        let behaviours = list_col(b, "behaviours", DataType::Utf8)?;
-        let prov = str_col(b, "provenance")?;
-        (0..b.num_rows())
-            .map(|i| {
-                required(sha, "sha256", i)?;
-                required(lang, "language", i)?;
-                required(label, "label", i)?;
-                required(summary, "summary", i)?;
-                required(prov, "provenance", i)?;
-                Ok(LabelledRow {
-                    sha256: sha.value(i).to_string(),
-                    language: parse_language(lang.value(i), "language", i)?,
-                    label: parse_label(label.value(i), "label", i)?,
-                    summary: summary.value(i).to_string(),
-                    behaviours: strings_at(behaviours, "behaviours", i)?,
-                    provenance: prov.value(i).to_string(),
-                })
-            })
-            .collect()
-    }
-
-    fn approx_bytes(&self) -> usize {
+    approx_bytes(r) => {
         64 + 16
-            + self.summary.len()
-            + self.provenance.len()
-            + self.behaviours.iter().map(|b| b.len() + 8).sum::<usize>()
+            + r.summary.len()
+            + r.provenance.len()
+            + r.behaviours.iter().map(|b| b.len() + 8).sum::<usize>()
     }
 }
 

@@ -3,15 +3,10 @@
 //! (and so two tasks) of the next stage; the judge writes the same rows with its verdicts
 //! filled in; the filter writes one [`DecisionRow`] per script.
 
-use std::sync::{Arc, OnceLock};
-
-use arrow::array::{ArrayRef, BinaryArray, BooleanArray, Float32Array, UInt64Array, UInt8Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
-
-use super::*;
+use super::columns::arrow_row;
+use super::FinishReason;
 use crate::error::{Error, Result};
-use crate::types::Label;
+use crate::types::{Label, Language};
 
 /// A script and every answer sampled for it (and, once judged, the judge's verdicts).
 #[derive(Clone, Debug, PartialEq)]
@@ -94,97 +89,27 @@ impl AnswersRow {
     }
 }
 
-impl ArrowRow for AnswersRow {
-    fn schema() -> SchemaRef {
-        static S: OnceLock<SchemaRef> = OnceLock::new();
-        S.get_or_init(|| {
-            Arc::new(Schema::new(vec![
-                Field::new("sha256", DataType::Utf8, false),
-                Field::new("content", DataType::Binary, false),
-                Field::new("temperatures", list_of(DataType::Float32), false),
-                Field::new("responses", list_of(DataType::Utf8), false),
-                Field::new("label_probs", list_of(DataType::Float32), false),
-                Field::new("finishes", list_of(DataType::Utf8), false),
-                Field::new("generated_tokens", DataType::UInt64, false),
-                Field::new("saved_tokens", DataType::UInt64, false),
-                Field::new("model_id", DataType::Utf8, false),
-                Field::new("judge_labels", list_of(DataType::Utf8), false),
-                Field::new("judge_probs", list_of(DataType::Float32), false),
-            ]))
-        })
-        .clone()
+arrow_row! {
+    AnswersRow {
+        sha256: String,
+        content: Vec<u8>,
+        temperatures: Vec<f32>,
+        responses: Vec<String>,
+        label_probs: Vec<f32>,
+        finishes: Vec<FinishReason>,
+        generated_tokens: u64,
+        saved_tokens: u64,
+        model_id: String,
+        judge_labels: Vec<JudgeVerdict>,
+        judge_probs: Vec<f32>,
     }
-
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
-        let cols: Vec<ArrayRef> = vec![
-            strs(rows.iter().map(|r| r.sha256.as_str())),
-            Arc::new(BinaryArray::from_iter_values(
-                rows.iter().map(|r| r.content.as_slice()),
-            )),
-            floats_list(rows.iter().map(|r| r.temperatures.as_slice())),
-            strings_list(rows.iter().map(|r| r.responses.as_slice())),
-            floats_list(rows.iter().map(|r| r.label_probs.as_slice())),
-            strings_list(rows.iter().map(|r| r.finishes.iter().map(|f| f.as_str()))),
-            Arc::new(UInt64Array::from_iter_values(
-                rows.iter().map(|r| r.generated_tokens),
-            )),
-            Arc::new(UInt64Array::from_iter_values(
-                rows.iter().map(|r| r.saved_tokens),
-            )),
-            strs(rows.iter().map(|r| r.model_id.as_str())),
-            strings_list(
-                rows.iter()
-                    .map(|r| r.judge_labels.iter().map(|v| v.as_str())),
-            ),
-            floats_list(rows.iter().map(|r| r.judge_probs.as_slice())),
-        ];
-        batch(Self::schema(), cols)
-    }
-
-    fn from_batch(b: &RecordBatch) -> Result<Vec<Self>> {
-        let sha = str_col(b, "sha256")?;
-        let content = bin_col(b, "content")?;
-        let temps = list_col(b, "temperatures", DataType::Float32)?;
-        let responses = list_col(b, "responses", DataType::Utf8)?;
-        let probs = list_col(b, "label_probs", DataType::Float32)?;
-        let finishes = list_col(b, "finishes", DataType::Utf8)?;
-        let generated = u64_col(b, "generated_tokens")?;
-        let saved = u64_col(b, "saved_tokens")?;
-        let model = str_col(b, "model_id")?;
-        let judge_labels = list_col(b, "judge_labels", DataType::Utf8)?;
-        let judge_probs = list_col(b, "judge_probs", DataType::Float32)?;
-        (0..b.num_rows())
-            .map(|i| {
-                required(sha, "sha256", i)?;
-                required(content, "content", i)?;
-                required(generated, "generated_tokens", i)?;
-                required(saved, "saved_tokens", i)?;
-                required(model, "model_id", i)?;
-                let row = AnswersRow {
-                    sha256: sha.value(i).to_string(),
-                    content: content.value(i).to_vec(),
-                    temperatures: floats_at(temps, "temperatures", i)?,
-                    responses: strings_at(responses, "responses", i)?,
-                    label_probs: floats_at(probs, "label_probs", i)?,
-                    finishes: parsed_at(finishes, "finishes", i)?,
-                    generated_tokens: generated.value(i),
-                    saved_tokens: saved.value(i),
-                    model_id: model.value(i).to_string(),
-                    judge_labels: parsed_at(judge_labels, "judge_labels", i)?,
-                    judge_probs: floats_at(judge_probs, "judge_probs", i)?,
-                };
-                row.check()?;
-                Ok(row)
-            })
-            .collect()
-    }
-
-    fn approx_bytes(&self) -> usize {
-        self.content.len()
-            + self.responses.iter().map(|r| r.len() + 24).sum::<usize>()
-            + self.model_id.len()
+    approx_bytes(r) => {
+        r.content.len()
+            + r.responses.iter().map(|x| x.len() + 24).sum::<usize>()
+            + r.model_id.len()
             + 96
-    }
+    },
+    check(row, _i) => row.check(),
 }
 
 /// The filter's decision for one script: accepted with the answer it keeps, or rejected at
@@ -210,109 +135,37 @@ pub struct DecisionRow {
     pub saved_tokens: u64,
 }
 
-impl ArrowRow for DecisionRow {
-    fn schema() -> SchemaRef {
-        static S: OnceLock<SchemaRef> = OnceLock::new();
-        S.get_or_init(|| {
-            Arc::new(Schema::new(vec![
-                Field::new("sha256", DataType::Utf8, false),
-                Field::new("content", DataType::Binary, false),
-                Field::new("accepted", DataType::Boolean, false),
-                Field::new("stage", DataType::Utf8, false),
-                Field::new("reason", DataType::Utf8, false),
-                Field::new("language", DataType::Utf8, true),
-                Field::new("label", DataType::UInt8, true),
-                Field::new("summary", DataType::Utf8, true),
-                Field::new("temperature", DataType::Float32, false),
-                Field::new("label_prob", DataType::Float32, false),
-                Field::new("generated_tokens", DataType::UInt64, false),
-                Field::new("saved_tokens", DataType::UInt64, false),
-            ]))
-        })
-        .clone()
+arrow_row! {
+    DecisionRow {
+        sha256: String,
+        content: Vec<u8>,
+        accepted: bool,
+        stage: String,
+        reason: String,
+        language: Option<Language>,
+        label: Option<Label>,
+        summary: Option<String>,
+        temperature: f32,
+        label_prob: f32,
+        generated_tokens: u64,
+        saved_tokens: u64,
     }
+    approx_bytes(r) => {
+        r.content.len() + r.summary.as_ref().map_or(0, String::len) + r.reason.len() + 96
+    },
+    check(row, i) => row.check(i),
+}
 
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
-        let cols: Vec<ArrayRef> = vec![
-            strs(rows.iter().map(|r| r.sha256.as_str())),
-            Arc::new(BinaryArray::from_iter_values(
-                rows.iter().map(|r| r.content.as_slice()),
-            )),
-            Arc::new(BooleanArray::from_iter(
-                rows.iter().map(|r| Some(r.accepted)),
-            )),
-            strs(rows.iter().map(|r| r.stage.as_str())),
-            strs(rows.iter().map(|r| r.reason.as_str())),
-            opt_strs(rows.iter().map(|r| r.language.map(|l| l.as_str()))),
-            Arc::new(
-                rows.iter()
-                    .map(|r| r.label.map(|l| l.as_u8()))
-                    .collect::<UInt8Array>(),
-            ),
-            opt_strs(rows.iter().map(|r| r.summary.as_deref())),
-            Arc::new(Float32Array::from_iter_values(
-                rows.iter().map(|r| r.temperature),
-            )),
-            Arc::new(Float32Array::from_iter_values(
-                rows.iter().map(|r| r.label_prob),
-            )),
-            Arc::new(UInt64Array::from_iter_values(
-                rows.iter().map(|r| r.generated_tokens),
-            )),
-            Arc::new(UInt64Array::from_iter_values(
-                rows.iter().map(|r| r.saved_tokens),
-            )),
-        ];
-        batch(Self::schema(), cols)
-    }
-
-    fn from_batch(b: &RecordBatch) -> Result<Vec<Self>> {
-        let sha = str_col(b, "sha256")?;
-        let content = bin_col(b, "content")?;
-        let accepted = bool_col(b, "accepted")?;
-        let stage = str_col(b, "stage")?;
-        let reason = str_col(b, "reason")?;
-        let language = str_col(b, "language")?;
-        let label = u8_col(b, "label")?;
-        let summary = str_col(b, "summary")?;
-        let temperature = f32_col(b, "temperature")?;
-        let label_prob = f32_col(b, "label_prob")?;
-        let generated = u64_col(b, "generated_tokens")?;
-        let saved = u64_col(b, "saved_tokens")?;
-        (0..b.num_rows())
-            .map(|i| {
-                required(sha, "sha256", i)?;
-                required(content, "content", i)?;
-                required(accepted, "accepted", i)?;
-                required(stage, "stage", i)?;
-                let row = DecisionRow {
-                    sha256: sha.value(i).to_string(),
-                    content: content.value(i).to_vec(),
-                    accepted: accepted.value(i),
-                    stage: stage.value(i).to_string(),
-                    reason: reason.value(i).to_string(),
-                    language: opt_language(language, "language", i)?,
-                    label: opt_label(label, "label", i)?,
-                    summary: opt_str(summary, i),
-                    temperature: temperature.value(i),
-                    label_prob: label_prob.value(i),
-                    generated_tokens: generated.value(i),
-                    saved_tokens: saved.value(i),
-                };
-                let complete =
-                    row.language.is_some() && row.label.is_some() && row.summary.is_some();
-                if row.accepted && !complete {
-                    return Err(Error::invalid(format!(
-                        "decision row {i}: accepted script {} lacks language, label or summary",
-                        row.sha256
-                    )));
-                }
-                Ok(row)
-            })
-            .collect()
-    }
-
-    fn approx_bytes(&self) -> usize {
-        self.content.len() + self.summary.as_ref().map_or(0, String::len) + self.reason.len() + 96
+impl DecisionRow {
+    /// An accepted row carries the answer it keeps; `i` is its index in the batch.
+    fn check(&self, i: usize) -> Result<()> {
+        let complete = self.language.is_some() && self.label.is_some() && self.summary.is_some();
+        if self.accepted && !complete {
+            return Err(Error::invalid(format!(
+                "decision row {i}: accepted script {} lacks language, label or summary",
+                self.sha256
+            )));
+        }
+        Ok(())
     }
 }

@@ -4,15 +4,12 @@
 //! `iteration`). No script text: users join the rows to the scripts they hold by sha256.
 //! `corpus import-labels` reads these columns back ([`crate::import_labels`]).
 
-use std::sync::{Arc, OnceLock};
-
-use arrow::array::{ArrayRef, Float32Array, UInt32Array, UInt8Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
-use super::*;
+use super::columns::arrow_row;
+use super::RejectedRow;
 use crate::error::Result;
+use crate::types::{Label, Language};
 
 /// One labelled script of a released dataset.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,76 +54,17 @@ impl ReleaseRecord {
     }
 }
 
-impl ArrowRow for ReleaseRecord {
-    fn schema() -> SchemaRef {
-        static S: OnceLock<SchemaRef> = OnceLock::new();
-        S.get_or_init(|| {
-            Arc::new(Schema::new(vec![
-                Field::new("sha256", DataType::Utf8, false),
-                Field::new("label", DataType::UInt8, false),
-                Field::new("language", DataType::Utf8, false),
-                Field::new("summary", DataType::Utf8, false),
-                Field::new("provenance", DataType::Utf8, false),
-                Field::new("label_prob", DataType::Float32, true),
-                Field::new("iteration", DataType::UInt32, false),
-            ]))
-        })
-        .clone()
+arrow_row! {
+    ReleaseRecord {
+        sha256: String,
+        label: Label,
+        language: Language,
+        summary: String,
+        provenance: String,
+        label_prob: Option<f32>,
+        iteration: u32,
     }
-
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch> {
-        let cols: Vec<ArrayRef> = vec![
-            strs(rows.iter().map(|r| r.sha256.as_str())),
-            Arc::new(UInt8Array::from_iter_values(
-                rows.iter().map(|r| r.label.as_u8()),
-            )),
-            strs(rows.iter().map(|r| r.language.as_str())),
-            strs(rows.iter().map(|r| r.summary.as_str())),
-            strs(rows.iter().map(|r| r.provenance.as_str())),
-            Arc::new(rows.iter().map(|r| r.label_prob).collect::<Float32Array>()),
-            Arc::new(UInt32Array::from_iter_values(
-                rows.iter().map(|r| r.iteration),
-            )),
-        ];
-        batch(Self::schema(), cols)
-    }
-
-    fn from_batch(b: &RecordBatch) -> Result<Vec<Self>> {
-        let sha = str_col(b, "sha256")?;
-        let label = u8_col(b, "label")?;
-        let language = str_col(b, "language")?;
-        let summary = str_col(b, "summary")?;
-        let provenance = str_col(b, "provenance")?;
-        let prob = f32_col(b, "label_prob")?;
-        let iteration = u32_col(b, "iteration")?;
-        (0..b.num_rows())
-            .map(|i| {
-                for (a, n) in [
-                    (sha as &dyn Array, "sha256"),
-                    (label as &dyn Array, "label"),
-                    (language as &dyn Array, "language"),
-                    (summary as &dyn Array, "summary"),
-                    (provenance as &dyn Array, "provenance"),
-                    (iteration as &dyn Array, "iteration"),
-                ] {
-                    required(a, n, i)?;
-                }
-                Ok(ReleaseRecord {
-                    sha256: sha.value(i).to_string(),
-                    label: parse_label(label.value(i), "label", i)?,
-                    language: parse_language(language.value(i), "language", i)?,
-                    summary: summary.value(i).to_string(),
-                    provenance: provenance.value(i).to_string(),
-                    label_prob: (!prob.is_null(i)).then(|| prob.value(i)),
-                    iteration: iteration.value(i),
-                })
-            })
-            .collect()
-    }
-
-    fn approx_bytes(&self) -> usize {
-        self.sha256.len() + self.summary.len() + self.provenance.len() + 24
-    }
+    approx_bytes(r) => r.sha256.len() + r.summary.len() + r.provenance.len() + 24
 }
 
 /// A rejected script as one JSON object (the columns of [`RejectedRow`]).
@@ -149,6 +87,7 @@ pub fn rejected_json_line(r: &RejectedRow) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::ArrowRow;
 
     fn record(prob: Option<f32>, iteration: u32) -> ReleaseRecord {
         ReleaseRecord {
