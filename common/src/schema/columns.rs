@@ -331,3 +331,141 @@ macro_rules! arrow_row {
     };
 }
 pub(crate) use arrow_row;
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{ListBuilder, StringBuilder};
+    use arrow::datatypes::{Field, Schema};
+
+    use super::*;
+    use crate::schema::{AnswersRow, ArrowRow, FunnelRow, LabelledRow, ReleaseRecord};
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect();
+        let arrays = columns.into_iter().map(|(_, a)| a).collect();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap()
+    }
+
+    fn error<T: ArrowRow + std::fmt::Debug>(b: &RecordBatch) -> String {
+        T::from_batch(b).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_schema_follows_the_fields_names_order_types_and_options() {
+        let schema = ReleaseRecord::schema();
+        let got: Vec<(&str, DataType, bool)> = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().as_str(), f.data_type().clone(), f.is_nullable()))
+            .collect();
+        let want = vec![
+            ("sha256", DataType::Utf8, false),
+            ("label", DataType::UInt8, false),
+            ("language", DataType::Utf8, false),
+            ("summary", DataType::Utf8, false),
+            ("provenance", DataType::Utf8, false),
+            ("label_prob", DataType::Float32, true),
+            ("iteration", DataType::UInt32, false),
+        ];
+        assert_eq!(got, want);
+        let lists = AnswersRow::schema();
+        assert_eq!(lists.field(2).data_type(), &list_of(DataType::Float32));
+        assert_eq!(lists.field(5).data_type(), &list_of(DataType::Utf8));
+    }
+
+    #[test]
+    fn reading_names_the_column_and_row_of_what_is_wrong() {
+        let strs = |v: Vec<Option<&str>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+        let count: ArrayRef = Arc::new(UInt64Array::from(vec![1, 2]));
+        let ok = batch(vec![
+            ("stage", strs(vec![Some("a"), Some("b")])),
+            ("reason", strs(vec![Some("x"), Some("y")])),
+            ("count", count.clone()),
+        ]);
+        assert_eq!(FunnelRow::from_batch(&ok).unwrap()[1].count, 2);
+        let missing = batch(vec![
+            ("stage", strs(vec![Some("a")])),
+            ("count", Arc::new(UInt64Array::from(vec![1]))),
+        ]);
+        assert_eq!(
+            error::<FunnelRow>(&missing),
+            "invalid input: column `reason` is missing (expected type Utf8)"
+        );
+        let wrong = batch(vec![
+            ("stage", strs(vec![Some("a"), Some("b")])),
+            ("reason", strs(vec![Some("x"), Some("y")])),
+            ("count", Arc::new(UInt32Array::from(vec![1, 2]))),
+        ]);
+        assert_eq!(
+            error::<FunnelRow>(&wrong),
+            "invalid input: column `count` has type UInt32, expected UInt64"
+        );
+        let null = batch(vec![
+            ("stage", strs(vec![Some("a"), Some("b")])),
+            ("reason", strs(vec![Some("x"), None])),
+            ("count", count),
+        ]);
+        assert_eq!(
+            error::<FunnelRow>(&null),
+            "invalid input: column `reason` row 1 is null but required"
+        );
+
+        let mut behaviours = ListBuilder::new(StringBuilder::new());
+        behaviours.append(true);
+        let labelled = |label: u8, language: &str| {
+            batch(vec![
+                ("sha256", strs(vec![Some("ab")])),
+                ("language", strs(vec![Some(language)])),
+                ("label", Arc::new(UInt8Array::from(vec![label]))),
+                ("summary", strs(vec![Some("s")])),
+                ("behaviours", Arc::new(behaviours.finish_cloned())),
+                ("provenance", strs(vec![Some("seed")])),
+            ])
+        };
+        assert_eq!(
+            LabelledRow::from_batch(&labelled(1, "bash")).unwrap()[0].label,
+            Label::Malicious
+        );
+        assert!(error::<LabelledRow>(&labelled(7, "bash"))
+            .contains("column `label` row 0: label 7 is not 0 (benign) or 1 (malicious)"));
+        assert!(error::<LabelledRow>(&labelled(0, "cobol")).contains("column `language` row 0"));
+    }
+
+    #[test]
+    fn options_read_nulls_as_none_and_lists_parse_their_items() {
+        let v: Vec<Option<f32>> = vec![Some(0.5), None];
+        let col = <Option<f32>>::build(v.iter());
+        assert_eq!(col.null_count(), 1);
+        assert_eq!(
+            <Option<f32>>::read(col.as_ref(), "p", 0).unwrap(),
+            Some(0.5)
+        );
+        assert_eq!(<Option<f32>>::read(col.as_ref(), "p", 1).unwrap(), None);
+        assert!(f32::read(col.as_ref(), "p", 1)
+            .unwrap_err()
+            .to_string()
+            .contains("row 1 is null"));
+
+        let finishes = vec![vec![FinishReason::Stop, FinishReason::Length], vec![]];
+        let col = <Vec<FinishReason>>::build(finishes.iter());
+        assert_eq!(
+            <Vec<FinishReason>>::read(col.as_ref(), "finishes", 0).unwrap(),
+            finishes[0]
+        );
+        assert_eq!(
+            <Vec<FinishReason>>::read(col.as_ref(), "finishes", 1).unwrap(),
+            vec![]
+        );
+        let bad = <Vec<String>>::build([vec!["stop".to_string(), "melted".to_string()]].iter());
+        let err = <Vec<FinishReason>>::read(bad.as_ref(), "finishes", 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("column `finishes` row 0") && err.contains("melted"),
+            "{err}"
+        );
+    }
+}
