@@ -218,7 +218,7 @@ impl Named for JudgeVerdict {
 }
 
 /// The items of list column `name` at `row`.
-fn items<'a>(col: &'a dyn Array, name: &str, row: usize) -> Result<ArrayRef> {
+fn items(col: &dyn Array, name: &str, row: usize) -> Result<ArrayRef> {
     required(col, name, row)?;
     Ok(downcast::<ListArray>(col, name)?.value(row))
 }
@@ -449,7 +449,7 @@ mod tests {
             .to_string()
             .contains("row 1 is null"));
 
-        let finishes = vec![vec![FinishReason::Stop, FinishReason::Length], vec![]];
+        let finishes = [vec![FinishReason::Stop, FinishReason::Length], vec![]];
         let col = <Vec<FinishReason>>::build(finishes.iter());
         assert_eq!(
             <Vec<FinishReason>>::read(col.as_ref(), "finishes", 0).unwrap(),

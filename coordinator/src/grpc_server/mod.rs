@@ -7,27 +7,32 @@
 //! services while this coordinator leads and serves, NOT_SERVING once it stops.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use automaldesc_common::fault::FaultKind;
 use automaldesc_common::ids::{LeaseRef, RunId, WorkerId};
 use automaldesc_proto::security::{RequireToken, ServerTlsFiles};
-use automaldesc_proto::v1::control_service_server::{ControlService, ControlServiceServer};
-use automaldesc_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
-use automaldesc_proto::{fault_kind, require, v1, worker_id, PROTOCOL_VERSION};
-use futures::Stream;
+use automaldesc_proto::v1::control_service_server::ControlServiceServer;
+use automaldesc_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 use crate::http::ClusterView;
 use crate::lease_manager::{FailOutcome, Refusal};
-use crate::run_manager::{RunError, RunManager, RunPhase, RunStatus};
+use crate::run_manager::{RunError, RunManager, RunStatus};
 use crate::run_spec::RunSpec;
 use crate::stage_manager::{Assignment, Completion, OutputRecord};
 use crate::workers::{Ending, Registration, Reported, Workers};
+
+mod control_service;
+mod wire;
+mod worker_service;
+
+use control_service::ControlGrpc;
+pub use wire::to_proto;
+use worker_service::WorkerGrpc;
 
 /// How long a worker told "nothing now" waits before asking again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
@@ -297,74 +302,6 @@ async fn handle(
     }
 }
 
-fn status(e: RunError) -> Status {
-    crate::error_status::grpc_status(&e)
-}
-
-fn reported(p: v1::Progress) -> Reported {
-    Reported {
-        scripts: p.scripts_done,
-        tokens: p.tokens_generated,
-        model_loads: p.model_loads,
-        model_load_ms: p.model_load_ms,
-        task_done: p.task_done,
-        task_total: p.task_total,
-    }
-}
-
-fn check_version(v: u32) -> Result<(), Status> {
-    if v != PROTOCOL_VERSION {
-        return Err(Status::failed_precondition(format!(
-            "protocol version {v} is not {PROTOCOL_VERSION}"
-        )));
-    }
-    Ok(())
-}
-
-fn phase(p: RunPhase) -> v1::RunState {
-    match p {
-        RunPhase::Running => v1::RunState::Running,
-        RunPhase::Succeeded => v1::RunState::Succeeded,
-        RunPhase::SucceededWithQuarantine => v1::RunState::SucceededWithQuarantine,
-        RunPhase::Failed => v1::RunState::Failed,
-        RunPhase::Cancelled => v1::RunState::Cancelled,
-    }
-}
-
-/// The wire form of a run's status.
-pub fn to_proto(s: RunStatus) -> v1::RunStatus {
-    v1::RunStatus {
-        run_id: s.id.0,
-        state: phase(s.phase) as i32,
-        error: s.error,
-        stages_total: s.stages_total,
-        stages: s
-            .stages
-            .into_iter()
-            .map(|st| v1::StageProgress {
-                iteration: 0,
-                kind: st.kind,
-                tasks_total: st.counts.total,
-                tasks_done: st.counts.done,
-                tasks_leased: st.counts.leased,
-                tasks_quarantined: st.counts.quarantined,
-                scripts_done: st.totals.scripts_done,
-                tokens: st.totals.tokens,
-                index: st.index,
-                rows_out: st.totals.rows_out,
-                scripts_quarantined: st.totals.scripts_quarantined
-                    + st.totals.scripts_in_quarantined_tasks,
-                completions_refused: st.totals.completions_refused,
-                leases_expired: st.totals.leases_expired,
-                attempts_failed: st.totals.attempts_failed,
-                scripts_total: st.totals.scripts_total,
-                duplicates: st.totals.duplicates,
-                transient_faults: st.totals.transient_faults,
-            })
-            .collect(),
-    }
-}
-
 #[derive(Clone)]
 struct Loop {
     tx: mpsc::Sender<Command>,
@@ -385,332 +322,6 @@ impl Loop {
         rx.await
             .map_err(|_| Status::unavailable("the coordinator is shutting down"))
     }
-}
-
-#[derive(Clone)]
-struct WorkerGrpc {
-    inner: Loop,
-    heartbeat_interval: Duration,
-    lease_ttl: Duration,
-}
-
-#[tonic::async_trait]
-impl WorkerService for WorkerGrpc {
-    async fn register(
-        &self,
-        req: Request<v1::RegisterRequest>,
-    ) -> Result<Response<v1::RegisterResponse>, Status> {
-        let r = req.into_inner();
-        check_version(r.protocol_version)?;
-        let worker = worker_id(r.worker_id)?;
-        let caps = r.capabilities.unwrap_or_default();
-        tracing::info!(worker_id = %worker, backend = %caps.backend, slots = caps.slots,
-            kinds = ?caps.stage_kinds, "worker registered");
-        let registration = Registration {
-            backend: caps.backend,
-            device_memory_bytes: caps.device_memory_bytes,
-            slots: caps.slots,
-            kinds: caps.stage_kinds,
-        };
-        self.inner
-            .tell(Command::Register {
-                worker,
-                registration,
-            })
-            .await?;
-        Ok(Response::new(v1::RegisterResponse {
-            protocol_version: PROTOCOL_VERSION,
-            heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
-            lease_ttl_ms: self.lease_ttl.as_millis() as u64,
-        }))
-    }
-
-    async fn heartbeat(
-        &self,
-        req: Request<v1::HeartbeatRequest>,
-    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        let r = req.into_inner();
-        let worker = worker_id(r.worker_id)?;
-        let leases = r
-            .leases
-            .into_iter()
-            .map(LeaseRef::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        let lost = self
-            .inner
-            .ask(|reply| Command::Heartbeat {
-                worker,
-                leases,
-                reported: r.progress.map(reported),
-                draining: r.draining,
-                reply,
-            })
-            .await?;
-        Ok(Response::new(v1::HeartbeatResponse {
-            lost: lost.into_iter().map(Into::into).collect(),
-        }))
-    }
-
-    async fn acquire_task(
-        &self,
-        req: Request<v1::AcquireTaskRequest>,
-    ) -> Result<Response<v1::AcquireTaskResponse>, Status> {
-        let r = req.into_inner();
-        let worker = worker_id(r.worker_id)?;
-        let (task, finished) = self
-            .inner
-            .ask(|reply| Command::Acquire {
-                worker,
-                kinds: r.stage_kinds,
-                reported: r.progress.map(reported),
-                reply,
-            })
-            .await?
-            .map_err(status)?;
-        Ok(Response::new(v1::AcquireTaskResponse {
-            task: task.map(|a| v1::TaskAssignment {
-                lease: Some(a.lease.into()),
-                stage_kind: a.kind,
-                input: a
-                    .input
-                    .into_iter()
-                    .map(|r| v1::RowGroupRange {
-                        file: r.file,
-                        start: r.start as u32,
-                        end: r.end as u32,
-                    })
-                    .collect(),
-                output_prefix: a.output_prefix,
-                config_json: a.config_json,
-                attempt: a.attempt,
-                input_root: a.input_root,
-            }),
-            retry_after_ms: RETRY_AFTER.as_millis() as u64,
-            finished,
-        }))
-    }
-
-    async fn complete_task(
-        &self,
-        req: Request<v1::CompleteTaskRequest>,
-    ) -> Result<Response<v1::CompleteTaskResponse>, Status> {
-        let r = req.into_inner();
-        let worker = worker_id(r.worker_id)?;
-        let lease = LeaseRef::try_from(require(r.lease, "lease")?)?;
-        let outputs = r
-            .outputs
-            .into_iter()
-            .map(|o| OutputRecord {
-                path: o.path,
-                rows: o.rows,
-                bytes: o.size_bytes,
-                sha256: o.sha256,
-            })
-            .collect();
-        let quarantined = r
-            .quarantined
-            .into_iter()
-            .map(|q| (q.sha256, q.reason))
-            .collect();
-        let outcome = self
-            .inner
-            .ask(|reply| Command::Complete {
-                worker,
-                lease,
-                done: Completion {
-                    rows_in: r.rows_in,
-                    outputs,
-                    quarantined,
-                    tokens: r.tokens,
-                    duplicates: r.duplicates,
-                },
-                reply,
-            })
-            .await?
-            .map_err(status)?;
-        Ok(Response::new(match outcome {
-            Ok(()) => v1::CompleteTaskResponse {
-                accepted: true,
-                reason: String::new(),
-            },
-            Err(refusal) => v1::CompleteTaskResponse {
-                accepted: false,
-                reason: refusal.to_string(),
-            },
-        }))
-    }
-
-    async fn fail_task(
-        &self,
-        req: Request<v1::FailTaskRequest>,
-    ) -> Result<Response<v1::FailTaskResponse>, Status> {
-        let r = req.into_inner();
-        let worker = worker_id(r.worker_id)?;
-        let lease = LeaseRef::try_from(require(r.lease, "lease")?)?;
-        let outcome = self
-            .inner
-            .ask(|reply| Command::Fail {
-                worker,
-                lease,
-                kind: fault_kind(r.kind),
-                error: r.error,
-                released: r.released,
-                reply,
-            })
-            .await?
-            .map_err(status)?;
-        Ok(Response::new(v1::FailTaskResponse {
-            accepted: outcome.is_ok(),
-        }))
-    }
-}
-
-#[derive(Clone)]
-struct ControlGrpc {
-    inner: Loop,
-}
-
-fn run_id(v: String) -> Result<RunId, Status> {
-    if v.is_empty() {
-        return Err(Status::invalid_argument("missing field run_id"));
-    }
-    Ok(RunId(v))
-}
-
-type StatusStream = Pin<Box<dyn Stream<Item = Result<v1::RunStatus, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl ControlService for ControlGrpc {
-    async fn submit_run(
-        &self,
-        req: Request<v1::SubmitRunRequest>,
-    ) -> Result<Response<v1::RunStatus>, Status> {
-        let r = req.into_inner();
-        check_version(r.protocol_version)?;
-        let spec = RunSpec::from_toml(&r.config_toml)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let id = (!r.run_id.is_empty()).then_some(RunId(r.run_id));
-        let s = self
-            .inner
-            .ask(|reply| Command::Submit { id, spec, reply })
-            .await?
-            .map_err(status)?;
-        Ok(Response::new(to_proto(s)))
-    }
-
-    async fn get_run(
-        &self,
-        req: Request<v1::RunRequest>,
-    ) -> Result<Response<v1::RunStatus>, Status> {
-        let id = run_id(req.into_inner().run_id)?;
-        let s = self
-            .inner
-            .ask(|reply| Command::Get { id, reply })
-            .await?
-            .map_err(status)?;
-        Ok(Response::new(to_proto(s)))
-    }
-
-    async fn list_runs(
-        &self,
-        _req: Request<v1::ListRunsRequest>,
-    ) -> Result<Response<v1::ListRunsResponse>, Status> {
-        let runs = self.inner.ask(|reply| Command::List { reply }).await?;
-        Ok(Response::new(v1::ListRunsResponse {
-            runs: runs.into_iter().map(to_proto).collect(),
-        }))
-    }
-
-    type WatchRunStream = StatusStream;
-
-    async fn watch_run(
-        &self,
-        req: Request<v1::RunRequest>,
-    ) -> Result<Response<Self::WatchRunStream>, Status> {
-        let id = run_id(req.into_inner().run_id)?;
-        let rx = self
-            .inner
-            .ask(|reply| Command::Watch { id, reply })
-            .await?
-            .map_err(status)?;
-        // The current status first, then every change, until the run ends.
-        let stream =
-            futures::stream::unfold((rx, true, false), |(mut rx, first, ended)| async move {
-                if ended || (!first && rx.changed().await.is_err()) {
-                    return None;
-                }
-                let s = rx.borrow_and_update().clone();
-                let ended = s.phase != RunPhase::Running;
-                Some((Ok(to_proto(s)), (rx, false, ended)))
-            });
-        Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn cancel_run(
-        &self,
-        req: Request<v1::RunRequest>,
-    ) -> Result<Response<v1::RunStatus>, Status> {
-        let id = run_id(req.into_inner().run_id)?;
-        let s = self
-            .inner
-            .ask(|reply| Command::Cancel { id, reply })
-            .await?
-            .map_err(status)?;
-        Ok(Response::new(to_proto(s)))
-    }
-
-    async fn retry_quarantined(
-        &self,
-        req: Request<v1::RunRequest>,
-    ) -> Result<Response<v1::RunStatus>, Status> {
-        let id = run_id(req.into_inner().run_id)?;
-        let s = self
-            .inner
-            .ask(|reply| Command::Retry { id, reply })
-            .await?
-            .map_err(status)?;
-        Ok(Response::new(to_proto(s)))
-    }
-
-    async fn get_run_files(
-        &self,
-        req: Request<v1::RunFilesRequest>,
-    ) -> Result<Response<v1::RunFiles>, Status> {
-        let r = req.into_inner();
-        let id = run_id(r.run_id)?;
-        let stages = r.stages;
-        let files = self
-            .inner
-            .ask(|reply| Command::Files { id, stages, reply })
-            .await?
-            .map_err(status)?;
-        Ok(Response::new(files_to_proto(files)?))
-    }
-}
-
-/// The wire form of [`RunManager::committed_files`].
-fn files_to_proto((status, spec, stages): RunFiles) -> Result<v1::RunFiles, Status> {
-    let spec_toml =
-        toml::to_string(&spec).map_err(|e| Status::internal(format!("run spec: {e}")))?;
-    Ok(v1::RunFiles {
-        status: Some(to_proto(status)),
-        spec_toml,
-        stages: stages
-            .into_iter()
-            .map(|(stage, files)| v1::StageFiles {
-                stage,
-                files: files
-                    .into_iter()
-                    .map(|f| v1::OutputFile {
-                        path: f.path,
-                        size_bytes: f.bytes,
-                        sha256: f.sha256,
-                        rows: f.rows,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    })
 }
 
 /// Serves both services on `listener` until `shutdown` resolves (or, with
