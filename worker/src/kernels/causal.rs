@@ -199,6 +199,21 @@ fn transpose(x: &[f32], m: usize, n: usize) -> Vec<f32> {
     out
 }
 
+/// The sum of `x`, over independent lanes so the loop vectorises.
+#[inline(always)]
+fn sum_of(x: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..LANES {
+            lanes[l] += c[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
 /// The largest of `x` (not empty), over independent lanes so the loop vectorises.
 #[inline(always)]
 fn max_of(x: &[f32]) -> f32 {
@@ -233,11 +248,11 @@ fn causal_softmax_body<const FMA: bool>(
         let (seen, unseen) = row.split_at_mut(first + n % r + 1);
         unseen.fill(0.0);
         let max = max_of(seen) * scale;
-        let mut sum = 0f32;
+        // Two loops: a float sum inside the first would keep it from vectorising.
         for x in seen.iter_mut() {
             *x = exp(fmadd::<FMA>(*x, scale, -max));
-            sum += *x;
         }
+        let sum = sum_of(seen);
         let inv = 1.0 / sum;
         seen.iter_mut().for_each(|x| *x *= inv);
         lse.push(max + sum.ln());
@@ -397,10 +412,14 @@ fn backward_block(saved: &Saved, d_o: &[f32], delta: &[f32], block: &Block) -> B
         x.iter_mut().for_each(|v| *v *= scale);
         x
     };
+    // `dK = dSᵀ·Q` and `dV = Pᵀ·dO` as their transposes `Qᵀ·dS` and `dOᵀ·P`: the block's
+    // wide `[m, ctx]` matrices are packed as they are, only `[m, hd]` ones transposed.
+    let dk_t = times(&transpose(&queries, m, hd), hd, m, &ds, ctx);
+    let dv_t = times(&transpose(&grads, m, hd), hd, m, &p, ctx);
     BlockGrads {
         dq: scaled(times(&ds, m, ctx, keys, hd)),
-        dk: scaled(times(&transpose(&ds, m, ctx), ctx, m, &queries, hd)),
-        dv: times(&transpose(&p, m, ctx), ctx, m, &grads, hd),
+        dk: scaled(transpose(&dk_t, hd, ctx)),
+        dv: transpose(&dv_t, hd, ctx),
     }
 }
 
