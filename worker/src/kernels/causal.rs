@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use std::ops::Range;
 
-use super::cpu::{exp, fmadd, has_fma, rotate, simd_dispatch};
+use super::cpu::{exp, fmadd, has_fma, max_of, rotate, simd_dispatch, sum_of};
 use super::linear;
 
 /// Query rows per block (times the heads of a key-value group): 64 was 6% faster than 32
@@ -197,39 +197,6 @@ fn transpose(x: &[f32], m: usize, n: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-/// The sum of `x`, over independent lanes so the loop vectorises.
-#[inline(always)]
-fn sum_of(x: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut lanes = [0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for l in 0..LANES {
-            lanes[l] += c[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + rest
-}
-
-/// The largest of `x` (not empty), over independent lanes so the loop vectorises.
-#[inline(always)]
-fn max_of(x: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for c in chunks {
-        for l in 0..LANES {
-            lanes[l] = lanes[l].max(c[l]);
-        }
-    }
-    lanes.iter().fold(rest, |m, &v| m.max(v))
 }
 
 /// Softmax of each row of a block's scores `[group * r, ctx]` over the keys its query

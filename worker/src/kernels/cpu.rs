@@ -223,12 +223,9 @@ pub(super) fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
     }
 }
 
+/// The sum of `x`, over independent lanes so the loop vectorises.
 #[inline(always)]
-fn softmax_in_place(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for v in x.iter_mut() {
-        *v = exp(*v - max);
-    }
+pub(super) fn sum_of(x: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let chunks = x.chunks_exact(LANES);
     let rest: f32 = chunks.remainder().iter().sum();
@@ -237,7 +234,33 @@ fn softmax_in_place(x: &mut [f32]) {
             lanes[l] += c[l];
         }
     }
-    let sum = lanes.iter().sum::<f32>() + rest;
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// The largest of `x` (not empty), over independent lanes so the loop vectorises.
+#[inline(always)]
+pub(super) fn max_of(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        for l in 0..LANES {
+            lanes[l] = lanes[l].max(c[l]);
+        }
+    }
+    lanes.iter().fold(rest, |m, &v| m.max(v))
+}
+
+#[inline(always)]
+fn softmax_in_place(x: &mut [f32]) {
+    let max = max_of(x);
+    for v in x.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let sum = sum_of(x);
     for v in x.iter_mut() {
         *v /= sum;
     }
