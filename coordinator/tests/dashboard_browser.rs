@@ -135,9 +135,9 @@ async fn the_dashboard_follows_a_run_live_in_a_real_browser() {
          f.querySelector('input[name=token]').value = '{TOKEN}'; f.submit(); return true; }})()"
     ));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while page.eval("document.readyState === 'complete' && !document.querySelector('form')")
-        != Value::Bool(true)
-    {
+    // The submit navigates: an evaluation can land while the old page goes away.
+    let signed_in = "document.readyState === 'complete' && !document.querySelector('form')";
+    while page.eval_while_navigating(signed_in) != Some(Value::Bool(true)) {
         assert!(
             Instant::now() < deadline,
             "the sign-in did not open the dashboard"

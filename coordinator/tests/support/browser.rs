@@ -137,6 +137,12 @@ impl Browser {
     /// Sends a command (to the page once attached) and returns its result; events that
     /// arrive meanwhile are recorded.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .unwrap_or_else(|error| panic!("{method}: {error}"))
+    }
+
+    /// [`Browser::call`], with the browser's error as `Err` instead of a failed test.
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({ "id": id, "method": method, "params": params });
@@ -154,8 +160,10 @@ impl Browser {
                 .recv_timeout(left)
                 .unwrap_or_else(|e| panic!("no answer to {method}: {e}"));
             if m["id"].as_u64() == Some(id) {
-                assert!(m.get("error").is_none(), "{method}: {}", m["error"]);
-                return m["result"].clone();
+                return match m.get("error") {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(m["result"].clone()),
+                };
             }
             self.record(&m);
         }
@@ -227,6 +235,25 @@ impl Browser {
             r["exceptionDetails"]
         );
         r["result"]["value"].clone()
+    }
+
+    /// [`Browser::eval`] while the page may be navigating (after a form submits): `None`
+    /// when the page went away under the evaluation, which the browser reports as an error.
+    pub fn eval_while_navigating(&mut self, expression: &str) -> Option<Value> {
+        let params =
+            json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
+        match self.try_call("Runtime.evaluate", params) {
+            Ok(r) if r.get("exceptionDetails").is_none() => Some(r["result"]["value"].clone()),
+            Ok(r) => panic!("{expression}: {}", r["exceptionDetails"]),
+            Err(error) => {
+                let message = error["message"].as_str().unwrap_or_default();
+                let navigating = ["navigated or closed", "context was destroyed"]
+                    .iter()
+                    .any(|m| message.contains(m));
+                assert!(navigating, "Runtime.evaluate: {error}");
+                None
+            }
+        }
     }
 
     /// A PNG of the viewport.
