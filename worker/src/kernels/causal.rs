@@ -23,13 +23,13 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
-use burn::tensor::{Shape, Tensor};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use std::ops::Range;
 
 use super::cpu::{exp, fmadd, has_fma, max_of, rotate, simd_dispatch, sum_of};
-use super::linear;
+use super::{contiguous, linear, new_tensor, slice};
 
 /// Query rows per block (times the heads of a key-value group): 64 was 6% faster than 32
 /// on whole `bench train --shape 896,128` runs (wall-time ratio of 3 interleaved pairs).
@@ -268,7 +268,7 @@ pub fn forward(qkv: &[f32], shape: &CausalShape) -> (Vec<f32>, Saved) {
         shape.scatter(&mut o, block, hd, out);
         shape.scatter(&mut lse, block, 1, l);
     }
-    let out = heads_to_rows(&o, b, shape.heads, t, hd);
+    let out = swap_middle(&o, b, shape.heads, t, hd);
     let saved = Saved {
         shape: shape.clone(),
         q,
@@ -280,28 +280,15 @@ pub fn forward(qkv: &[f32], shape: &CausalShape) -> (Vec<f32>, Saved) {
     (out, saved)
 }
 
-/// Head-major `[b, heads, t, hd]` to rows `[b * t, heads * hd]`.
-fn heads_to_rows(x: &[f32], b: usize, heads: usize, t: usize, hd: usize) -> Vec<f32> {
+/// `[b, p, q, w]` to `[b, q, p, w]`: rows `[b * t, heads * hd]` to head-major
+/// `[b, heads, t, hd]` with `(p, q) = (t, heads)`, and back with `(heads, t)`.
+fn swap_middle(x: &[f32], b: usize, p: usize, q: usize, w: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     for s in 0..b {
-        for h in 0..heads {
-            for i in 0..t {
-                let from = &x[((s * heads + h) * t + i) * hd..][..hd];
-                out[((s * t + i) * heads + h) * hd..][..hd].copy_from_slice(from);
-            }
-        }
-    }
-    out
-}
-
-/// Rows `[b * t, heads * hd]` to head-major `[b, heads, t, hd]`.
-fn rows_to_heads(x: &[f32], b: usize, heads: usize, t: usize, hd: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for s in 0..b {
-        for i in 0..t {
-            for h in 0..heads {
-                let from = &x[((s * t + i) * heads + h) * hd..][..hd];
-                out[((s * heads + h) * t + i) * hd..][..hd].copy_from_slice(from);
+        for i in 0..p {
+            for j in 0..q {
+                let from = &x[((s * p + i) * q + j) * w..][..w];
+                out[((s * q + j) * p + i) * w..][..w].copy_from_slice(from);
             }
         }
     }
@@ -395,7 +382,7 @@ fn backward_block(saved: &Saved, d_o: &[f32], delta: &[f32], block: &Block) -> B
 pub fn backward(saved: &Saved, d_out: &[f32]) -> Vec<f32> {
     let shape = &saved.shape;
     let (b, t, hd) = (shape.b, shape.t, shape.head_dim);
-    let d_o = rows_to_heads(d_out, b, shape.heads, t, hd);
+    let d_o = swap_middle(d_out, b, t, shape.heads, hd);
     let delta: Vec<f32> = d_o
         .chunks_exact(hd)
         .zip(saved.o.chunks_exact(hd))
@@ -459,29 +446,10 @@ pub trait CausalAttentionOps: Backend {
     fn causal_attention(qkv: FloatTensor<Self>, shape: CausalShape) -> FloatTensor<Self>;
 }
 
-fn contiguous_f32(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    match t.is_contiguous() {
-        true => std::borrow::Cow::Borrowed(t.as_slice::<f32>().expect("f32 attention input")),
-        false => std::borrow::Cow::Owned(
-            t.to_contiguous()
-                .as_slice::<f32>()
-                .expect("f32 attention input")
-                .to_vec(),
-        ),
-    }
-}
-
-fn rows_tensor(data: Vec<f32>, rows: usize, width: usize) -> FlexTensor {
-    FlexTensor::from_data(burn::tensor::TensorData::new(
-        data,
-        Shape::from(vec![rows, width]),
-    ))
-}
-
 impl CausalAttentionOps for Flex {
     fn causal_attention(qkv: FlexTensor, shape: CausalShape) -> FlexTensor {
-        let (out, _) = forward(&contiguous_f32(&qkv), &shape);
-        rows_tensor(out, shape.b * shape.t, shape.q_width())
+        let (out, _) = forward(slice(&contiguous(qkv)), &shape);
+        new_tensor(out, vec![shape.b * shape.t, shape.q_width()])
     }
 }
 
@@ -497,9 +465,9 @@ impl Backward<Flex, 1> for CausalBackward {
         let d_out = grads.consume::<Flex>(&ops.node);
         if let Some(qkv) = qkv {
             let shape = &ops.state.shape;
-            let d_qkv = backward(&ops.state, &contiguous_f32(&d_out));
+            let d_qkv = backward(&ops.state, slice(&contiguous(d_out)));
             let rows = shape.b * shape.t;
-            grads.register::<Flex>(qkv.id, rows_tensor(d_qkv, rows, shape.qkv_width()));
+            grads.register::<Flex>(qkv.id, new_tensor(d_qkv, vec![rows, shape.qkv_width()]));
         }
     }
 }
@@ -513,8 +481,11 @@ impl<C: CheckpointStrategy> CausalAttentionOps for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (out, saved) = forward(&contiguous_f32(&qkv), &shape);
-                prep.finish(saved, rows_tensor(out, shape.b * shape.t, shape.q_width()))
+                let (out, saved) = forward(slice(&contiguous(qkv)), &shape);
+                prep.finish(
+                    saved,
+                    new_tensor(out, vec![shape.b * shape.t, shape.q_width()]),
+                )
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(<Flex as CausalAttentionOps>::causal_attention(qkv, shape))

@@ -47,7 +47,7 @@ pub trait FusedOps: Backend {
 }
 
 /// A contiguous f32 view of `t` (a copy only when `t` is a strided view).
-fn contiguous(t: FlexTensor) -> FlexTensor {
+pub(super) fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.is_contiguous() {
         t
     } else {
@@ -55,7 +55,7 @@ fn contiguous(t: FlexTensor) -> FlexTensor {
     }
 }
 
-fn slice(t: &FlexTensor) -> &[f32] {
+pub(super) fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("fused ops take contiguous f32 tensors")
 }
@@ -72,7 +72,7 @@ fn cache_storage(t: &mut FlexTensor) -> &mut [f32] {
     t.storage_mut::<f32>()
 }
 
-fn new_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+pub(super) fn new_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(burn::tensor::TensorData::new(data, Shape::from(shape)))
 }
 

@@ -17,11 +17,11 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::cpu::{exp, fmadd, has_fma, simd_dispatch};
-use super::FusedOps;
+use super::{contiguous, new_tensor, slice, FusedOps};
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 16;
@@ -47,17 +47,6 @@ impl PointwiseOps for Flex {
     fn train_swiglu(gate_up: FlexTensor) -> FlexTensor {
         <Flex as FusedOps>::fused_swiglu(gate_up)
     }
-}
-
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    match t.is_contiguous() {
-        true => t,
-        false => t.to_contiguous(),
-    }
-}
-
-fn values(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
 }
 
 /// `dx` of rows of RMSNorm: `dx = r·w⊙dy − x · r³/n · Σ(dy⊙w⊙x)`, `r = 1/√(mean(x²)+eps)`.
@@ -127,10 +116,6 @@ pub fn swiglu_backward(gate_up: &[f32], dy: &[f32], ffn: usize) -> Vec<f32> {
     d
 }
 
-fn tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
-    FlexTensor::from_data(burn::tensor::TensorData::new(data, shape))
-}
-
 #[derive(Debug)]
 struct RmsNormBackward {
     eps: f32,
@@ -145,8 +130,8 @@ impl Backward<Flex, 1> for RmsNormBackward {
         let dy = contiguous(grads.consume::<Flex>(&ops.node));
         if let Some(parent) = parent {
             let (x, w) = ops.state;
-            let dx = rms_norm_backward(values(&x), values(&dy), values(&w), self.eps);
-            grads.register::<Flex>(parent.id, tensor(dx, x.layout().shape().clone()));
+            let dx = rms_norm_backward(slice(&x), slice(&dy), slice(&w), self.eps);
+            grads.register::<Flex>(parent.id, new_tensor(dx, x.layout().shape().to_vec()));
         }
     }
 }
@@ -164,8 +149,8 @@ impl Backward<Flex, 1> for SwigluBackward {
         if let Some(parent) = parent {
             let gate_up = ops.state;
             let ffn = gate_up.layout().shape()[1] / 2;
-            let d = swiglu_backward(values(&gate_up), values(&dy), ffn);
-            grads.register::<Flex>(parent.id, tensor(d, gate_up.layout().shape().clone()));
+            let d = swiglu_backward(slice(&gate_up), slice(&dy), ffn);
+            grads.register::<Flex>(parent.id, new_tensor(d, gate_up.layout().shape().to_vec()));
         }
     }
 }
@@ -210,11 +195,6 @@ impl<C: CheckpointStrategy> PointwiseOps for Autodiff<Flex, C> {
             OpsKind::UnTracked(prep) => prep.finish(<Flex as PointwiseOps>::train_swiglu(gate_up)),
         }
     }
-}
-
-/// Whether `x` takes this path: f32 on an autodiff device over flex.
-pub fn native(x: &Tensor<2>) -> bool {
-    super::frozen::native_device(&x.device()) && x.dtype() == DType::F32
 }
 
 /// RMSNorm of every row of `x` with a frozen `weight` (see [`PointwiseOps`]).
@@ -276,7 +256,7 @@ mod tests {
         // Rows across the 16-row tasks, widths off the vector lanes.
         for &(rows, width) in &[(1, 8), (37, 40), (70, 13)] {
             let x = Tensor::<2>::random([rows, width], Distribution::Uniform(-3.0, 3.0), &device);
-            assert!(native(&x));
+            assert!(crate::kernels::frozen::native(&x));
             let w: Vec<f32> = (0..width).map(|i| 0.5 + (i % 7) as f32 * 0.3).collect();
             let w = Tensor::<1>::from_data(TensorData::new(w, [width]), &device);
             let weigh =
