@@ -19,7 +19,7 @@ if ! command -v protoc >/dev/null; then
   $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends protobuf-compiler
 fi
 deploy/fetch_model.sh
-cargo build --quiet -p automaldesc-coordinator
+cargo build --quiet -p automaldesc
 bin=target/debug/automaldesc
 
 if [ -f "$out/DONE" ]; then rm -rf "$out"; fi

@@ -22,6 +22,7 @@ pub mod stats;
 pub mod store;
 pub mod synth;
 pub mod synth_dataset;
+pub mod telemetry;
 pub mod types;
 
 pub use error::{Error, Result};

@@ -66,7 +66,7 @@ pub struct Registration {
 
 /// The running totals a worker reports with its heartbeats and acquires: the worker's
 /// own counters, as its process keeps them.
-pub use automaldesc_worker::telemetry::Totals as Reported;
+pub use automaldesc_common::telemetry::Totals as Reported;
 
 /// A lease a worker holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -11,6 +11,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use automaldesc_common::telemetry::Totals;
+
 /// One worker's counters.
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -20,18 +22,6 @@ pub struct Telemetry {
     model_load_ms: AtomicU64,
     task_done: AtomicU64,
     task_total: AtomicU64,
-}
-
-/// A copy of the totals.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub scripts: u64,
-    pub tokens: u64,
-    pub model_loads: u64,
-    pub model_load_ms: u64,
-    /// The task in hand: units done of its total (0 of 0 when it reports none).
-    pub task_done: u64,
-    pub task_total: u64,
 }
 
 impl Telemetry {

@@ -17,7 +17,7 @@ use automaldesc_common::parquet_io::read_dataset;
 use automaldesc_common::report::{FunnelSummary, IterationReport};
 use automaldesc_common::schema::{CorpusRow, LabelledRow, RejectedRow};
 use automaldesc_common::store::{child, open_store};
-use automaldesc_coordinator::loop_cmd::LoopConfig;
+use automaldesc::loop_cmd::LoopConfig;
 use automaldesc_coordinator::stage_manager::read_commits;
 use automaldesc_coordinator::state::EmbeddedStore;
 use automaldesc_proto::v1;

@@ -19,12 +19,12 @@ pub use crate::control_cmd::{
     SubmitArgs,
 };
 use crate::control_cmd::{exit_code, status_json};
-use crate::grpc_server::{serve, to_proto, ServeOptions};
-use crate::http_access::is_loopback;
-use crate::lease_manager::LeasePolicy;
-use crate::run_manager::{RunManager, RunPhase, RunStatus};
-use crate::run_spec::{RunSpec, StageCatalog};
-use crate::state::{EmbeddedStore, EtcdStore, StateError, StateStore};
+use automaldesc_coordinator::grpc_server::{serve, to_proto, ServeOptions};
+use automaldesc_coordinator::http_access::is_loopback;
+use automaldesc_coordinator::lease_manager::LeasePolicy;
+use automaldesc_coordinator::run_manager::{RunManager, RunPhase, RunStatus};
+use automaldesc_coordinator::run_spec::{RunSpec, StageCatalog};
+use automaldesc_coordinator::state::{EmbeddedStore, EtcdStore, StateError, StateStore};
 
 /// Where the coordinator keeps its durable state.
 #[derive(Args, Clone, Debug)]
@@ -255,7 +255,7 @@ fn is_unavailable(e: &anyhow::Error) -> bool {
             c.downcast_ref::<StateError>(),
             Some(StateError::Unavailable(_))
         ) || c
-            .downcast_ref::<crate::run_manager::RunError>()
+            .downcast_ref::<automaldesc_coordinator::run_manager::RunError>()
             .is_some_and(|r| r.is_transient())
     })
 }
@@ -299,7 +299,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         let store_for_http = Arc::new(std::sync::OnceLock::new());
         if let Some(addr) = &args.http_listen {
             let token = RequireToken::new(token.clone());
-            let (tx, bound) = crate::http::start_tls(
+            let (tx, bound) = automaldesc_coordinator::http::start_tls(
                 addr,
                 ready.clone(),
                 token,
@@ -512,7 +512,7 @@ pub fn run_local(
             let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
             let store = Arc::new(std::sync::OnceLock::from(store.clone()));
             let (tx, bound) =
-                crate::http::start(addr, ready, RequireToken::default(), store).await?;
+                automaldesc_coordinator::http::start(addr, ready, RequireToken::default(), store).await?;
             if !logs_are_json() {
                 eprintln!("dashboard: http://{bound}/");
             }
@@ -659,9 +659,9 @@ fn print_progress(s: &RunStatus, label: StageLabel) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease_manager::StageCounts;
-    use crate::run_manager::StageSummary;
-    use crate::stage_manager::StageTotals;
+    use automaldesc_coordinator::lease_manager::StageCounts;
+    use automaldesc_coordinator::run_manager::StageSummary;
+    use automaldesc_coordinator::stage_manager::StageTotals;
 
     fn stage(index: u32, done: u32, total: u32, finished_ms: u64) -> StageSummary {
         StageSummary {

@@ -309,7 +309,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let run_id = args
         .run_id
         .clone()
-        .unwrap_or_else(|| format!("run-{}", crate::run_manager::now_ms()));
+        .unwrap_or_else(|| format!("run-{}", automaldesc_coordinator::run_manager::now_ms()));
     let code = runtime()?.block_on(async move {
         let request = v1::SubmitRunRequest {
             protocol_version: PROTOCOL_VERSION,

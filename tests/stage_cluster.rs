@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use automaldesc_common::ids::RunId;
-use automaldesc_coordinator::cluster_cmd::executors;
+use automaldesc::cluster_cmd::executors;
 use automaldesc_coordinator::grpc_server::{serve, ServeOptions};
 use automaldesc_coordinator::http::ClusterView;
 use automaldesc_coordinator::lease_manager::LeasePolicy;

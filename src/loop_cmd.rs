@@ -33,9 +33,9 @@ use object_store::path::Path as ObjectPath;
 use object_store::PutPayload;
 
 use crate::cluster_cmd::{run_local, LeaseArgs, LOOP_EXECUTORS};
-use crate::run_manager::RunStatus;
-use crate::stage_manager::read_commits;
-use crate::state::EmbeddedStore;
+use automaldesc_coordinator::run_manager::RunStatus;
+use automaldesc_coordinator::stage_manager::read_commits;
+use automaldesc_coordinator::state::EmbeddedStore;
 
 mod config;
 mod spec;
@@ -194,7 +194,7 @@ pub fn stages_markdown(status: &RunStatus) -> String {
     let mut by_kind: BTreeMap<String, f64> = BTreeMap::new();
     let mut paused = false;
     for (i, st) in status.stages.iter().enumerate() {
-        let started = crate::http::stage_started_ms(status, i);
+        let started = automaldesc_coordinator::http::stage_started_ms(status, i);
         let wall =
             (st.finished_ms > 0).then(|| st.finished_ms.saturating_sub(started) as f64 / 1e3);
         if let Some(w) = wall {

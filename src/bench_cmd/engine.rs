@@ -20,7 +20,7 @@ pub struct BenchEngineArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub workers: Vec<u32>,
     /// Input bytes per task.
-    #[arg(long, default_value_t = crate::run_spec::DEFAULT_TASK_BYTES)]
+    #[arg(long, default_value_t = automaldesc_coordinator::run_spec::DEFAULT_TASK_BYTES)]
     pub task_bytes: u64,
     /// Scratch directory for state and outputs (emptied first).
     #[arg(long, default_value = "data/bench/engine")]
@@ -161,8 +161,8 @@ fn engine_once(args: &BenchEngineArgs, workers: u32) -> anyhow::Result<EngineRun
     );
     // Check the work before timing it: every input script came out once.
     let summary: Value = {
-        let store = crate::state::EmbeddedStore::open(&state)?;
-        let v = automaldesc_common::store::block_on(crate::state::StateStore::get(
+        let store = automaldesc_coordinator::state::EmbeddedStore::open(&state)?;
+        let v = automaldesc_common::store::block_on(automaldesc_coordinator::state::StateStore::get(
             &store,
             "runs/bench/stages/000/summary",
         ))??

@@ -904,7 +904,7 @@ async fn every_fault_ends_with_each_script_committed_once_quarantined_or_the_run
     add("refused", case(refused_submissions()).await);
     let text = table(&rows);
     println!("\n{text}");
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     let _ = std::fs::create_dir_all(&artifacts);
     let _ = std::fs::write(artifacts.join("fault-matrix.md"), &text);
     for (name, r) in &rows {

@@ -21,10 +21,10 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::control_cmd::{control, Control};
 use crate::export_cmd::{ExportArgs, ExportStages, RunFacts};
-use crate::run_manager::{read_run, RunPhase};
-use crate::run_spec::RunSpec;
-use crate::stage_manager::{read_commits, OutputRecord};
-use crate::state::{EmbeddedStore, EtcdStore, StateError, StateStore};
+use automaldesc_coordinator::run_manager::{read_run, RunPhase};
+use automaldesc_coordinator::run_spec::RunSpec;
+use automaldesc_coordinator::stage_manager::{read_commits, OutputRecord};
+use automaldesc_coordinator::state::{EmbeddedStore, EtcdStore, StateError, StateStore};
 
 /// Where a run's state is read.
 pub enum Source {

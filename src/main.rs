@@ -1,6 +1,6 @@
 //! The `automaldesc` binary: parses arguments and calls the library crates.
 
-use automaldesc_coordinator::cluster_cmd as cluster;
+use automaldesc::cluster_cmd as cluster;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -34,20 +34,20 @@ enum LogFormat {
 enum Command {
     /// Build, import and inspect script corpora.
     #[command(subcommand)]
-    Corpus(automaldesc_coordinator::corpus_cmd::CorpusCmd),
+    Corpus(automaldesc::corpus_cmd::CorpusCmd),
     /// Annotate script files: one JSON line per script with verdict, summary and timings.
-    Annotate(automaldesc_coordinator::annotate_cmd::AnnotateArgs),
+    Annotate(automaldesc::annotate_cmd::AnnotateArgs),
     /// Score answers against references: accuracies per language, unparseable answers,
     /// the confusion matrix, and summary BLEU / chrF / ROUGE-L.
-    Eval(automaldesc_coordinator::eval_cmd::EvalArgs),
+    Eval(automaldesc::eval_cmd::EvalArgs),
     /// McNemar's tests of two annotators' answers on the same references.
-    Mcnemar(automaldesc_coordinator::eval_cmd::McNemarArgs),
+    Mcnemar(automaldesc::eval_cmd::McNemarArgs),
     /// Fine-tune a LoRA adapter on a labelled split.
-    Train(automaldesc_coordinator::train_cmd::TrainArgs),
+    Train(automaldesc::train_cmd::TrainArgs),
     /// The self-training loop: train, generate, judge, filter, aggregate and evaluate for
     /// each iteration, with a report per iteration (on this machine, or `--print-spec` for
     /// a cluster).
-    Loop(automaldesc_coordinator::loop_cmd::LoopArgs),
+    Loop(automaldesc::loop_cmd::LoopArgs),
     /// Run a whole run on this machine: a coordinator and workers in one process, with the
     /// embedded state store (a run interrupted here resumes when started again).
     Local(cluster::LocalArgs),
@@ -69,7 +69,7 @@ enum Command {
     RetryQuarantined(cluster::RetryArgs),
     /// Write a finished self-training run's dataset in the release format, with a dataset
     /// card and checksums.
-    Export(automaldesc_coordinator::export_cmd::ExportArgs),
+    Export(automaldesc::export_cmd::ExportArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -78,16 +78,16 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Decoder throughput next to llama.cpp's, as ratios.
-    Runtime(automaldesc_coordinator::bench_cmd::BenchArgs),
+    Runtime(automaldesc::bench_cmd::BenchArgs),
     /// Scripts per second of the whole annotate path, without and with early stop.
-    Annotate(automaldesc_coordinator::bench_cmd::BenchAnnotateArgs),
+    Annotate(automaldesc::bench_cmd::BenchAnnotateArgs),
     /// One echo stage through a coordinator and N worker processes, next to the same
     /// dataflow in plain pyarrow + multiprocessing.
-    Engine(automaldesc_coordinator::bench_cmd::BenchEngineArgs),
+    Engine(automaldesc::bench_cmd::BenchEngineArgs),
     /// Training tokens per second on the real model.
-    Train(automaldesc_coordinator::train_cmd::BenchTrainArgs),
+    Train(automaldesc::train_cmd::BenchTrainArgs),
     /// Matrix-product GFLOP/s: the machine's measured peak next to the packed kernels.
-    Matmul(automaldesc_coordinator::bench_cmd::BenchMatmulArgs),
+    Matmul(automaldesc::bench_cmd::BenchMatmulArgs),
     /// Compare the selected device (e.g. CUDA) with the CPU backend on a random model.
     DeviceCheck,
 }
@@ -111,12 +111,12 @@ fn main() -> anyhow::Result<()> {
     }
     automaldesc_worker::runtime::keep_freed_memory();
     match cli.command {
-        Command::Corpus(cmd) => automaldesc_coordinator::corpus_cmd::run(cmd),
-        Command::Annotate(args) => automaldesc_coordinator::annotate_cmd::run(args),
-        Command::Eval(args) => automaldesc_coordinator::eval_cmd::run_eval(args),
-        Command::Mcnemar(args) => automaldesc_coordinator::eval_cmd::run_mcnemar(args),
-        Command::Train(args) => automaldesc_coordinator::train_cmd::run(args),
-        Command::Loop(args) => automaldesc_coordinator::loop_cmd::run(args),
+        Command::Corpus(cmd) => automaldesc::corpus_cmd::run(cmd),
+        Command::Annotate(args) => automaldesc::annotate_cmd::run(args),
+        Command::Eval(args) => automaldesc::eval_cmd::run_eval(args),
+        Command::Mcnemar(args) => automaldesc::eval_cmd::run_mcnemar(args),
+        Command::Train(args) => automaldesc::train_cmd::run(args),
+        Command::Loop(args) => automaldesc::loop_cmd::run(args),
         Command::Local(args) => cluster::local(args),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),
@@ -124,14 +124,14 @@ fn main() -> anyhow::Result<()> {
         Command::Status(args) => cluster::status(args),
         Command::Cancel(args) => cluster::cancel(args),
         Command::RetryQuarantined(args) => cluster::retry_quarantined(args),
-        Command::Export(args) => automaldesc_coordinator::export_cmd::run(args),
-        Command::Bench(BenchCmd::Runtime(args)) => automaldesc_coordinator::bench_cmd::run(args),
+        Command::Export(args) => automaldesc::export_cmd::run(args),
+        Command::Bench(BenchCmd::Runtime(args)) => automaldesc::bench_cmd::run(args),
         Command::Bench(BenchCmd::Annotate(args)) => {
-            automaldesc_coordinator::bench_cmd::annotate(args)
+            automaldesc::bench_cmd::annotate(args)
         }
-        Command::Bench(BenchCmd::Train(args)) => automaldesc_coordinator::train_cmd::bench(args),
-        Command::Bench(BenchCmd::Engine(args)) => automaldesc_coordinator::bench_cmd::engine(args),
-        Command::Bench(BenchCmd::Matmul(args)) => automaldesc_coordinator::bench_cmd::matmul(args),
-        Command::Bench(BenchCmd::DeviceCheck) => automaldesc_coordinator::bench_cmd::device_check(),
+        Command::Bench(BenchCmd::Train(args)) => automaldesc::train_cmd::bench(args),
+        Command::Bench(BenchCmd::Engine(args)) => automaldesc::bench_cmd::engine(args),
+        Command::Bench(BenchCmd::Matmul(args)) => automaldesc::bench_cmd::matmul(args),
+        Command::Bench(BenchCmd::DeviceCheck) => automaldesc::bench_cmd::device_check(),
     }
 }

@@ -1,6 +1,6 @@
 use super::config::FIRST_ITERATION;
 use super::*;
-use crate::run_spec::{RunSpec, StageInput};
+use automaldesc_coordinator::run_spec::{RunSpec, StageInput};
 use automaldesc_worker::stages::defaults;
 use automaldesc_worker::stages::generate::GenerateConfig;
 use automaldesc_worker::stages::train::TrainStageConfig;
@@ -80,7 +80,7 @@ fn a_schedule_sets_each_iterations_threshold_and_the_last_entry_holds() {
 
 #[test]
 fn every_stage_config_is_its_executors_typed_config_with_the_shared_defaults() {
-    use crate::run_spec::StageCatalog;
+    use automaldesc_coordinator::run_spec::StageCatalog;
     let c = LoopConfig::from_toml(MINIMAL).unwrap();
     let spec = c.run_spec("abc", &["s1".into()]);
     for (i, stage) in spec.stages.iter().enumerate() {
@@ -211,9 +211,9 @@ fn the_run_spec_wires_every_iteration_to_the_one_before() {
 
 #[test]
 fn a_stage_open_across_a_resumption_is_marked_in_the_stages_table() {
-    use crate::lease_manager::StageCounts;
-    use crate::run_manager::{RunPhase, RunStatus, StageSummary};
-    use crate::stage_manager::StageTotals;
+    use automaldesc_coordinator::lease_manager::StageCounts;
+    use automaldesc_coordinator::run_manager::{RunPhase, RunStatus, StageSummary};
+    use automaldesc_coordinator::stage_manager::StageTotals;
     let stage = |index: u32, finished_ms: u64| StageSummary {
         index,
         kind: "generate".into(),

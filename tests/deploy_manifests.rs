@@ -6,8 +6,7 @@
 //! `kubernetes-validate` package (PyPI; it carries the Kubernetes JSON schemas, so nothing is
 //! fetched). Without them they say why they skip, or fail when
 //! `AUTOMALDESC_REQUIRE_K8S_SCHEMAS=1`. Command-line flags in the manifests are checked
-//! against the clap definitions in `coordinator/src` (the binary of another package cannot
-//! be run from here).
+//! against the binary's clap definitions in `src/`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,10 +15,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn read(rel: &str) -> String {
@@ -238,7 +234,7 @@ fn has_key(m: &Manifests, kind: &str, name: &str, key: &str) -> bool {
     })
 }
 
-/// The clap definitions of the binary: coordinator/src, file name and text.
+/// The clap definitions of the binary: src/, file name and text.
 struct ClapSource(Vec<(String, String)>);
 
 impl ClapSource {
@@ -255,7 +251,7 @@ impl ClapSource {
             }
         }
         let mut files = Vec::new();
-        walk(&root().join("coordinator/src"), &mut files);
+        walk(&root().join("src"), &mut files);
         Self(files)
     }
 
@@ -283,7 +279,7 @@ impl ClapSource {
                 return &src[start..start + len];
             }
         }
-        panic!("no `{item}` in coordinator/src ({file})");
+        panic!("no `{item}` in src/ ({file})");
     }
 
     /// The long flags of a clap `Args` struct, flattened structs included, with the
@@ -435,7 +431,7 @@ fn non_root(workload: &Value, c: &Value) {
 fn coordinators_workers_and_monitoring_are_wired_together() {
     let Some(m) = Manifests::load() else { return };
     let clap = ClapSource::load();
-    let main_rs = read("coordinator/src/main.rs");
+    let main_rs = read("src/main.rs");
 
     // --- coordinators: a Job of two (leader and standby through etcd), probes, ports,
     // secrets
@@ -704,7 +700,7 @@ fn coordinators_workers_and_monitoring_are_wired_together() {
         "the image's entrypoint runs the binary itself"
     );
     assert!(
-        read("coordinator/src/cluster_cmd.rs").contains("pub const STOPPED_EXIT_CODE: i32 = 143;"),
+        read("src/cluster_cmd.rs").contains("pub const STOPPED_EXIT_CODE: i32 = 143;"),
         "the worker's exit code when stopped"
     );
     assert!(on_codes("Ignore").contains(&143));
@@ -938,7 +934,11 @@ fn dockerfiles_build_what_the_manifests_run() {
             .iter()
             .find(|r| r.contains("cargo build"))
             .expect("a cargo build");
-        assert!(build.contains("--release") && build.contains("-p automaldesc-coordinator"));
+        let words: Vec<&str> = build.split_whitespace().collect();
+        assert!(
+            words.contains(&"--release") && words.windows(2).any(|w| w == ["-p", "automaldesc"]),
+            "{name}: a release build of the automaldesc package"
+        );
         assert!(
             build.contains("--locked"),
             "{name}: build what Cargo.lock says"

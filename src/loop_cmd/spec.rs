@@ -16,7 +16,7 @@ use automaldesc_worker::train::lora::LayerSet;
 use serde::Serialize;
 
 use super::config::{LoopConfig, BASE_EVALUATE, BASE_REPORT, JUDGE_TRAIN};
-use crate::run_spec::{RunSpec, StageConfig};
+use automaldesc_coordinator::run_spec::{RunSpec, StageConfig};
 
 impl LoopConfig {
     /// The test scripts that get whole summaries in a label-only evaluation: up to

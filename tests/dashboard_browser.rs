@@ -52,7 +52,7 @@ const PAGE_STATE: &str = r#"(() => {
 })()"#;
 
 fn artifacts() -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -23,8 +23,8 @@ use clap::Args;
 
 use crate::cluster_cmd::ClientArgs;
 use crate::export_source::{read_iteration, IterationData, Source};
-use crate::run_manager::RunPhase;
-use crate::run_spec::{RunSpec, StageInput};
+use automaldesc_coordinator::run_manager::RunPhase;
+use automaldesc_coordinator::run_spec::{RunSpec, StageInput};
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {

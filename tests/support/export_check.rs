@@ -114,7 +114,7 @@ fn answers(rows: &[ReleaseRecord]) -> Vec<Answer> {
 
 /// What `tests/peer/read_export.py` saw; `None` when a reader is missing and not required.
 fn python_view(dir: &Path, ext: &str) -> Option<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peer/read_export.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peer/read_export.py");
     let required = std::env::var("AUTOMALDESC_REQUIRE_EXPORT_READERS").is_ok_and(|v| v == "1");
     let out = match Command::new("python3")
         .arg(&script)

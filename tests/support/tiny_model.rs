@@ -14,7 +14,7 @@ const LAYERS: usize = 2;
 /// The real model file, whose tokenizer the tiny model borrows.
 pub fn real_model() -> Option<PathBuf> {
     let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if p.exists() {
         return Some(p);
     }

@@ -576,7 +576,7 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
         (&args.peft_python, &args.peft_model, &args.shape)
     {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/peer/peft_train_bench.py");
+            .join("tests/peer/peft_train_bench.py");
         let peer = crate::bench_cmd::peer_json(
             std::process::Command::new(python)
                 .arg(&script)
