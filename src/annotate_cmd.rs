@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use automaldesc_worker::annotate::{annotate, AnnotateOptions};
-use automaldesc_worker::generate::EarlyStop;
-use automaldesc_worker::runtime::Annotator;
+use automaldesc_runtime::annotate::{annotate, AnnotateOptions};
+use automaldesc_runtime::generate::EarlyStop;
+use automaldesc_runtime::runtime::Annotator;
 use std::io::Write;
 
 use crate::model_args::{ModelArg, SamplingArgs};

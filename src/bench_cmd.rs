@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Context;
-use automaldesc_worker::bench::batched_bench;
-use automaldesc_worker::model::{Llama, LlamaConfig};
-use automaldesc_worker::runtime::Annotator;
+use automaldesc_runtime::bench::batched_bench;
+use automaldesc_runtime::model::{Llama, LlamaConfig};
+use automaldesc_runtime::runtime::Annotator;
 use clap::Args;
 
 use crate::model_args::{ModelArg, SamplingArgs};
@@ -46,7 +46,7 @@ pub struct BenchArgs {
 /// Checks the selected device against the flex CPU backend on a small random model: the
 /// same tokens through the same weights must give the same logits.
 pub fn device_check() -> anyhow::Result<()> {
-    use automaldesc_worker::model::{KvCache, Llama, LlamaConfig};
+    use automaldesc_runtime::model::{KvCache, Llama, LlamaConfig};
     let device = crate::device::select()?;
     let cpu = burn::tensor::Device::flex();
     let mut config = LlamaConfig::smollm2_135m();
@@ -195,8 +195,8 @@ pub struct BenchAnnotateArgs {
 /// script, constrained decoding at every temperature) on the same scripts without and with
 /// early stop, in one run.
 pub fn annotate(args: BenchAnnotateArgs) -> anyhow::Result<()> {
-    use automaldesc_worker::annotate::{annotate, AnnotateOptions};
-    use automaldesc_worker::generate::EarlyStop;
+    use automaldesc_runtime::annotate::{annotate, AnnotateOptions};
+    use automaldesc_runtime::generate::EarlyStop;
 
     let (scripts, truth) = crate::labelled_split::read(&args.from, Some(args.limit))?;
     let model = args.model.path();
@@ -288,7 +288,7 @@ pub fn matmul(args: BenchMatmulArgs) -> anyhow::Result<()> {
     );
     println!("| M x K x N | burn matmul | packed x·W | packed dY·Wᵀ |");
     println!("|---|---|---|---|");
-    let rows = automaldesc_worker::bench::matmul_rates(&shapes, args.reps);
+    let rows = automaldesc_runtime::bench::matmul_rates(&shapes, args.reps);
     for chunk in rows.chunks(3) {
         let r = &chunk[0];
         let rates: Vec<String> = chunk.iter().map(|c| format!("{:.1}", c.gflops)).collect();

@@ -396,7 +396,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let opts = WorkerOptions {
         endpoints: args.client.coordinator.clone(),
         worker_id: id,
-        backend: automaldesc_worker::device::backend_name().into(),
+        backend: automaldesc_runtime::device::backend_name().into(),
         slots: 1,
         security: args.client.security()?,
         deadlines: args.client.deadlines(),

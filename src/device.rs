@@ -4,5 +4,5 @@
 use burn::tensor::Device;
 
 pub fn select() -> anyhow::Result<Device> {
-    Ok(automaldesc_worker::device::select()?)
+    Ok(automaldesc_runtime::device::select()?)
 }

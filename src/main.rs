@@ -109,7 +109,7 @@ fn main() -> anyhow::Result<()> {
             cluster::log_json(true);
         }
     }
-    automaldesc_worker::runtime::keep_freed_memory();
+    automaldesc_runtime::runtime::keep_freed_memory();
     match cli.command {
         Command::Corpus(cmd) => automaldesc::corpus_cmd::run(cmd),
         Command::Annotate(args) => automaldesc::annotate_cmd::run(args),

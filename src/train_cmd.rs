@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use automaldesc_worker::stages::defaults;
-use automaldesc_worker::train::data::{prepare, through_label, Budget, Labelled, Prepared};
-use automaldesc_worker::train::fit::Trainer;
-use automaldesc_worker::train::lora::{LayerSet, LoraConfig};
-use automaldesc_worker::train::metrics::threshold_bias;
-use automaldesc_worker::train::{train_with, Example, TrainConfig, TrainData};
+use automaldesc_runtime::train::data::{prepare, through_label, Budget, Labelled, Prepared};
+use automaldesc_runtime::train::fit::Trainer;
+use automaldesc_runtime::train::lora::{LayerSet, LoraConfig};
+use automaldesc_runtime::train::metrics::threshold_bias;
+use automaldesc_runtime::train::{train_with, Example, TrainConfig, TrainData};
 use clap::Args;
 
 use crate::model_args::ModelArg;
@@ -234,7 +234,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let mut trainer = load_trainer(args.model.path())?;
     if args.compact_prompt {
-        trainer.annotator.prompt_style = automaldesc_worker::prompt::PromptStyle::Compact;
+        trainer.annotator.prompt_style = automaldesc_runtime::prompt::PromptStyle::Compact;
     }
     let data = load_split(&trainer, &args.from, args.limit, args.val_fraction, budget)?;
     let eval: Vec<Example> = match &args.eval_from {
@@ -297,7 +297,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut eval_log = Vec::new();
     if args.eval_base && !eval.is_empty() {
         let prefix = caches.as_ref().map(|c| &c[2]);
-        let t = automaldesc_worker::train::label_eval::score_labels(
+        let t = automaldesc_runtime::train::label_eval::score_labels(
             infer,
             None,
             &eval,
@@ -344,19 +344,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             if eval.is_empty() {
                 return;
             }
-            let merged = automaldesc_worker::train::label_eval::merged(infer, adapter);
+            let merged = automaldesc_runtime::train::label_eval::merged(infer, adapter);
             let prefix = caches.as_ref().map(|c| &c[2]);
             let scored = merged
                 .map_err(|e| anyhow::anyhow!(e))
-                .and_then(|m| Ok(automaldesc_worker::train::label_eval::score_labels(&m, Some(adapter), &eval, &trainer.choices, prefix)?));
+                .and_then(|m| Ok(automaldesc_runtime::train::label_eval::score_labels(&m, Some(adapter), &eval, &trainer.choices, prefix)?));
             match scored {
                 Ok(t) => {
                     let m = t.metrics();
-                    let th = automaldesc_worker::train::metrics::calibrated_threshold(&t.labels);
+                    let th = automaldesc_runtime::train::metrics::calibrated_threshold(&t.labels);
                     let line = serde_json::json!({
                         "epoch": e.epoch + 1, "eval": m, "val": e.val,
                         "eval_oracle_threshold": th,
-                        "eval_balanced_accuracy_at_oracle": automaldesc_worker::train::metrics::balanced_accuracy(&t.labels, th),
+                        "eval_balanced_accuracy_at_oracle": automaldesc_runtime::train::metrics::balanced_accuracy(&t.labels, th),
                         "p_malicious": t.labels.iter().map(|s| s.p).collect::<Vec<_>>(),
                         "labels": t.labels.iter().map(|s| s.label).collect::<Vec<_>>(),
                         "seconds": started.elapsed().as_secs_f64(),

@@ -863,7 +863,13 @@ fn dockerfiles_build_what_the_manifests_run() {
     let ignore = read(".dockerignore");
     let cargo = read("Cargo.toml");
     // What `COPY . .` must bring for `cargo build`: the manifests, the members, the patch.
-    let mut needed = vec!["Cargo.toml".to_string(), "Cargo.lock".to_string()];
+    // The root package is the binary: its sources beside the workspace manifest.
+    let mut needed = vec![
+        "Cargo.toml".to_string(),
+        "Cargo.lock".to_string(),
+        "src/main.rs".to_string(),
+        "src/lib.rs".to_string(),
+    ];
     let members = cargo
         .lines()
         .find(|l| l.starts_with("members"))

@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Context};
 use automaldesc_worker::stages::defaults;
-use automaldesc_worker::train::lora::{LayerSet, LoraConfig};
-use automaldesc_worker::train::TrainConfig;
+use automaldesc_runtime::train::lora::{LayerSet, LoraConfig};
+use automaldesc_runtime::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
 /// The self-training run's settings. Every field but the locations has a default.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use automaldesc_worker::prompt::PromptStyle;
+use automaldesc_runtime::prompt::PromptStyle;
 use automaldesc_worker::stages::aggregate::AggregateConfig;
 use automaldesc_worker::stages::defaults;
 use automaldesc_worker::stages::filter::FilterConfig;
@@ -12,7 +12,7 @@ use automaldesc_worker::stages::judge::JudgeConfig;
 use automaldesc_worker::stages::judge_train::JudgeTrainConfig;
 use automaldesc_worker::stages::report::ReportConfig;
 use automaldesc_worker::stages::train::TrainStageConfig;
-use automaldesc_worker::train::lora::LayerSet;
+use automaldesc_runtime::train::lora::LayerSet;
 use serde::Serialize;
 
 use super::config::{LoopConfig, BASE_EVALUATE, BASE_REPORT, JUDGE_TRAIN};

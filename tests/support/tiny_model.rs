@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use automaldesc_worker::gguf::{f32_bytes, write_gguf, GgmlType, GgufFile, MetaValue};
+use automaldesc_runtime::gguf::{f32_bytes, write_gguf, GgmlType, GgufFile, MetaValue};
 use rand::{Rng, SeedableRng};
 
 const HIDDEN: usize = 64;

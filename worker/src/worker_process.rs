@@ -63,7 +63,7 @@ impl WorkerOptions {
         Self {
             endpoints: vec![endpoint.to_string()],
             worker_id: worker_id.to_string(),
-            backend: crate::device::backend_name().into(),
+            backend: automaldesc_runtime::device::backend_name().into(),
             slots: 1,
             security: ClientSecurity::default(),
             deadlines: Deadlines::default(),
@@ -103,7 +103,7 @@ pub async fn run_worker(
         worker_id: opts.worker_id.clone(),
         capabilities: Some(v1::Capabilities {
             backend: opts.backend.clone(),
-            device_memory_bytes: crate::device::memory_bytes(),
+            device_memory_bytes: automaldesc_runtime::device::memory_bytes(),
             models: Vec::new(),
             slots: opts.slots,
             stage_kinds: kinds.clone(),

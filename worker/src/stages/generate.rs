@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use super::{
     adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey, StageResult,
 };
-use crate::annotate::{annotate, AnnotateOptions};
+use automaldesc_runtime::annotate::{annotate, AnnotateOptions};
 use crate::executor::{Executor, TaskInput, TaskOutput};
-use crate::generate::{EarlyStop, PrefillReuse};
-use crate::runtime::Annotator;
-use crate::train::lora::LayerSet;
+use automaldesc_runtime::generate::{EarlyStop, PrefillReuse};
+use automaldesc_runtime::runtime::Annotator;
+use automaldesc_runtime::train::lora::LayerSet;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +52,7 @@ pub struct GenerateConfig {
     /// The system messages of the annotator and the judge (training and inference must
     /// agree).
     #[serde(default)]
-    pub prompt: crate::prompt::PromptStyle,
+    pub prompt: automaldesc_runtime::prompt::PromptStyle,
     /// The layer sets of the adapters that annotate these scripts again (the loop's
     /// `[[adapter]]` `layers`). The blocks below the lowest of them are the base model's in
     /// every annotator, so each prompt's prefill states there go to the worker's prefill

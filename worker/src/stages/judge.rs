@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use super::judge_train::JudgeChoice;
 use super::{adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey};
 use crate::executor::{Executor, TaskInput, TaskOutput};
-use crate::generate::sampler::choice_probs;
-use crate::model::KvCache;
-use crate::prompt::{self, Role};
-use crate::runtime::Annotator;
+use automaldesc_runtime::generate::sampler::choice_probs;
+use automaldesc_runtime::model::KvCache;
+use automaldesc_runtime::prompt::{self, Role};
+use automaldesc_runtime::runtime::Annotator;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -31,7 +31,7 @@ pub struct JudgeConfig {
     /// The system messages of the annotator and the judge (training and inference must
     /// agree).
     #[serde(default)]
-    pub prompt: crate::prompt::PromptStyle,
+    pub prompt: automaldesc_runtime::prompt::PromptStyle,
 }
 
 fn default_summary_tokens() -> usize {

@@ -16,12 +16,12 @@ use serde::{Deserialize, Serialize};
 use super::judge::{first_tokens, judge_probability};
 use super::{config, model, model_path, read_task, write_file, ModelKey};
 use crate::executor::{Executor, TaskInput, TaskOutput};
-use crate::prompt::{self, Role};
-use crate::runtime::Annotator;
-use crate::train::data::cut_summary;
-use crate::train::fit::Trainer;
-use crate::train::label_eval::{merged, score_labels};
-use crate::train::{
+use automaldesc_runtime::prompt::{self, Role};
+use automaldesc_runtime::runtime::Annotator;
+use automaldesc_runtime::train::data::cut_summary;
+use automaldesc_runtime::train::fit::Trainer;
+use automaldesc_runtime::train::label_eval::{merged, score_labels};
+use automaldesc_runtime::train::{
     stratified_hold_out, train_with, ChoiceIds, Example, TokenRole, TrainConfig, TrainData,
 };
 
@@ -49,7 +49,7 @@ pub struct JudgeTrainConfig {
     /// The system messages of the annotator and the judge (training and inference must
     /// agree).
     #[serde(default)]
-    pub prompt: crate::prompt::PromptStyle,
+    pub prompt: automaldesc_runtime::prompt::PromptStyle,
 }
 
 fn default_min_accuracy() -> f64 {
@@ -245,7 +245,7 @@ fn train_judge(
     )
     .map_err(|e| format!("judge-train: {e}"))?
     .ok_or_else(|| TaskError::cancelled("judge-train: cancelled"))?;
-    let mut infer = Annotator::load(path, &crate::device::select()?)
+    let mut infer = Annotator::load(path, &automaldesc_runtime::device::select()?)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     infer.prompt_style = cfg.prompt;
     let scored = merged(&infer.model, &trained.adapter).map_err(|e| e.to_string())?;

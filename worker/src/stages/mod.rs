@@ -36,7 +36,7 @@ use object_store::{ObjectStore, PutPayload};
 use serde::Deserialize;
 
 use crate::executor::TaskInput;
-use crate::runtime::Annotator;
+use automaldesc_runtime::runtime::Annotator;
 
 /// Errors of a stage executor carry their kind to the coordinator (see
 /// `automaldesc_common::fault`): storage faults are transient, malformed data is invalid
@@ -332,7 +332,7 @@ pub struct ModelKey {
     /// A LoRA adapter (PEFT layout) merged into it.
     pub adapter: Option<PathBuf>,
     /// The system messages it is prompted with.
-    pub prompt: crate::prompt::PromptStyle,
+    pub prompt: automaldesc_runtime::prompt::PromptStyle,
 }
 
 /// Models a worker process keeps loaded at most.
@@ -361,7 +361,7 @@ pub fn model(
     }
     // Inference runs on the worker's device (CUDA in a CUDA build); training stays on the
     // CPU backend (see the train stage).
-    let device = crate::device::select()?;
+    let device = automaldesc_runtime::device::select()?;
     let started = std::time::Instant::now();
     let mut annotator = Annotator::load(&key.model, &device)
         .map_err(|e| TaskError::internal(format!("loading {}: {e}", key.model.display())))?;
@@ -401,8 +401,8 @@ const PREFIX_STORE_BYTES: u64 = 4 << 30;
 /// `state_store`): V2's training reads the seed examples' states V1's computed.
 /// Entries are keyed by the model's `train::file_sha256`, so another model never reads
 /// them.
-pub(crate) fn prefix_store(model_sha256: &str) -> crate::state_store::StateStore {
-    crate::state_store::StateStore::new(
+pub(crate) fn prefix_store(model_sha256: &str) -> automaldesc_runtime::state_store::StateStore {
+    automaldesc_runtime::state_store::StateStore::new(
         &std::env::temp_dir().join("automaldesc-prefix"),
         model_sha256,
         PREFIX_STORE_BYTES,
@@ -429,8 +429,8 @@ fn prefill_store_bytes() -> StageResult<u64> {
 /// The worker-local store of prompts' prefill states that generate stages share (see
 /// `state_store`): V1's and V2's evaluations read what the base model's left. Entries are
 /// keyed by the base model's content hash, apart from the training prefix's.
-pub(crate) fn prefill_store(model_sha256: &str) -> StageResult<crate::state_store::StateStore> {
-    Ok(crate::state_store::StateStore::new(
+pub(crate) fn prefill_store(model_sha256: &str) -> StageResult<automaldesc_runtime::state_store::StateStore> {
+    Ok(automaldesc_runtime::state_store::StateStore::new(
         &std::env::temp_dir().join("automaldesc-prefill"),
         &format!("{model_sha256}:prefill"),
         prefill_store_bytes()?,

@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 use super::judge::{choice_probs_after, first_tokens, judge_summary};
 use super::{config, model, model_path, read_task, refs, write_file, ModelKey, StageRef};
 use crate::executor::{Executor, TaskInput, TaskOutput};
-use crate::prompt;
-use crate::runtime::Annotator;
+use automaldesc_runtime::prompt;
+use automaldesc_runtime::runtime::Annotator;
 use crate::telemetry::Telemetry;
-use crate::train::data::cut_summary;
+use automaldesc_runtime::train::data::cut_summary;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -48,7 +48,7 @@ pub struct ReportConfig {
     /// The system messages of the annotator and the judge (training and inference must
     /// agree).
     #[serde(default)]
-    pub prompt: crate::prompt::PromptStyle,
+    pub prompt: automaldesc_runtime::prompt::PromptStyle,
     /// The annotator's base model (for the prompt's token count).
     #[serde(default)]
     pub model: Option<String>,

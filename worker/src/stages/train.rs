@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{config, model_path, read_task, write_file};
 use crate::executor::{Executor, TaskInput, TaskOutput};
-use crate::train::data::{prepare, Budget, Labelled};
-use crate::train::fit::Trainer;
-use crate::train::metrics::threshold_bias;
-use crate::train::{train_with, TrainConfig, TrainData};
+use automaldesc_runtime::train::data::{prepare, Budget, Labelled};
+use automaldesc_runtime::train::fit::Trainer;
+use automaldesc_runtime::train::metrics::threshold_bias;
+use automaldesc_runtime::train::{train_with, TrainConfig, TrainData};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -33,12 +33,10 @@ pub struct TrainStageConfig {
     /// The system messages of the annotator and the judge (training and inference must
     /// agree).
     #[serde(default)]
-    pub prompt: crate::prompt::PromptStyle,
+    pub prompt: automaldesc_runtime::prompt::PromptStyle,
 }
 
-/// The calibration written beside a trained adapter: the P(malicious) threshold that
-/// balanced the validation classes best, and the label-logit shift that moves it to 0.5.
-pub const CALIBRATION_FILE: &str = "label_calibration.json";
+pub use automaldesc_runtime::runtime::CALIBRATION_FILE;
 
 pub struct TrainExecutor;
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use automaldesc_worker::gguf::{
+use automaldesc_runtime::gguf::{
     f16_bytes, f32_bytes, write_gguf, GgmlType, GgufError, GgufFile, MetaValue,
 };
 

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use automaldesc_worker::gguf::{f32_bytes, write_gguf, GgmlType, GgufFile, MetaValue};
-use automaldesc_worker::tokenizer::{Tokenizer, TokenizerError};
+use automaldesc_runtime::gguf::{f32_bytes, write_gguf, GgmlType, GgufFile, MetaValue};
+use automaldesc_runtime::tokenizer::{Tokenizer, TokenizerError};
 
 /// GPT-2 byte-level alphabet, in byte order.
 fn byte_chars() -> Vec<String> {

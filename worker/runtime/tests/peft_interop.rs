@@ -10,11 +10,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use automaldesc_worker::model::load::Naming;
-use automaldesc_worker::model::{Llama, LlamaConfig};
-use automaldesc_worker::safetensors::SafeTensors;
-use automaldesc_worker::train::forward::{hidden_states, Batch};
-use automaldesc_worker::train::lora::{LayerSet, LoraConfig, LoraWeights, Proj};
+use automaldesc_runtime::model::load::Naming;
+use automaldesc_runtime::model::{Llama, LlamaConfig};
+use automaldesc_runtime::safetensors::SafeTensors;
+use automaldesc_runtime::train::forward::{hidden_states, Batch};
+use automaldesc_runtime::train::lora::{LayerSet, LoraConfig, LoraWeights, Proj};
 use burn::tensor::Device;
 
 mod support;

@@ -8,9 +8,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use automaldesc_worker::model::KvCache;
-use automaldesc_worker::prompt::Role;
-use automaldesc_worker::runtime::Annotator;
+use automaldesc_runtime::model::KvCache;
+use automaldesc_runtime::prompt::Role;
+use automaldesc_runtime::runtime::Annotator;
 use burn::tensor::Device;
 
 mod support;

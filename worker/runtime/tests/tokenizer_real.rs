@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use automaldesc_worker::gguf::GgufFile;
-use automaldesc_worker::tokenizer::Tokenizer;
+use automaldesc_runtime::gguf::GgufFile;
+use automaldesc_runtime::tokenizer::Tokenizer;
 
 mod support;
 use support::{model_path, root as workspace_root, skip};

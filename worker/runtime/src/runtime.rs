@@ -343,10 +343,14 @@ fn model_id(path: &Path) -> std::io::Result<String> {
     Ok(format!("{name}@{}", &hash[..16]))
 }
 
+/// The calibration written beside a trained adapter: the P(malicious) threshold that
+/// balanced the validation classes best, and the label-logit shift that moves it to 0.5.
+pub const CALIBRATION_FILE: &str = "label_calibration.json";
+
 /// The label-logit shift of a trained adapter's calibration file, 0 when it has none (an
 /// adapter trained elsewhere).
 fn read_label_bias(dir: &Path) -> Result<f32, RuntimeError> {
-    let path = dir.join(crate::stages::train::CALIBRATION_FILE);
+    let path = dir.join(CALIBRATION_FILE);
     let invalid = |reason: String| RuntimeError::Invalid {
         path: path.display().to_string(),
         reason,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Instant;
 
-use automaldesc_worker::gguf::{GgmlType, GgufError, GgufFile};
+use automaldesc_runtime::gguf::{GgmlType, GgufError, GgufFile};
 
 mod support;
 use support::{model_path, root as workspace_root, skip};

@@ -4,10 +4,10 @@
 //! reference. Uses the real model's tokenizer.
 
 use automaldesc_common::Language;
-use automaldesc_worker::generate::schema::Next;
-use automaldesc_worker::generate::{AnswerState, Vocab};
-use automaldesc_worker::runtime::Annotator;
-use automaldesc_worker::train::data::{render, Budget};
+use automaldesc_runtime::generate::schema::Next;
+use automaldesc_runtime::generate::{AnswerState, Vocab};
+use automaldesc_runtime::runtime::Annotator;
+use automaldesc_runtime::train::data::{render, Budget};
 use burn::tensor::Device;
 
 mod support;

@@ -6,9 +6,9 @@
 
 use std::path::PathBuf;
 
-use automaldesc_worker::model::KvCache;
-use automaldesc_worker::prompt::Role;
-use automaldesc_worker::runtime::Annotator;
+use automaldesc_runtime::model::KvCache;
+use automaldesc_runtime::prompt::Role;
+use automaldesc_runtime::runtime::Annotator;
 use burn::tensor::Device;
 use serde_json::Value;
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use automaldesc_worker::gguf::{dequantize, GgmlType, GgufError};
+use automaldesc_runtime::gguf::{dequantize, GgmlType, GgufError};
 
 #[derive(serde::Deserialize)]
 struct Entry {
