@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use automaldesc_common::eval::{self, Answers, Reference};
-use automaldesc_common::import_labels::{
+use automaldesc_corpus::import_labels::{
     parse_release_jsonl, parse_release_parquet, text_at, utf8_column,
 };
 use clap::Args;

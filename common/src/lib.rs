@@ -1,27 +1,23 @@
 //! The vocabulary shared by the coordinator and the workers: script languages and labels,
-//! Arrow schemas of every stage's data, Parquet IO over object storage, the synthetic
-//! corpus generator, and corpus import and statistics.
+//! ids, Arrow schemas of every stage's data, Parquet IO over object storage, the fault
+//! kinds, a worker's reported totals, and the loop's scoring, filter funnel, report and
+//! release formats. The corpus tooling (synthesis, import, detection, statistics) is
+//! `automaldesc-corpus`, in `common/corpus/`.
 
 pub mod dataset_card;
-pub mod detect;
 pub mod error;
 pub mod eval;
 pub mod fault;
 pub mod fault_store;
 pub mod filter;
 pub mod ids;
-pub mod import;
-pub mod import_labels;
 pub mod manifest;
 pub mod parquet_io;
 pub mod release;
 pub mod report;
 pub mod report_sections;
 pub mod schema;
-pub mod stats;
 pub mod store;
-pub mod synth;
-pub mod synth_dataset;
 pub mod telemetry;
 pub mod types;
 

@@ -117,7 +117,7 @@ pub fn write_tiny_model(real: &Path, out: &Path) {
 /// A small synthetic corpus for the loop under `dir/corpus` (seed, test and about 30
 /// unlabelled scripts, in row groups of 6); returns its URL.
 pub async fn write_small_loop_corpus(dir: &Path) -> String {
-    let synth = automaldesc_common::synth::SynthConfig {
+    let synth = automaldesc_corpus::synth::SynthConfig {
         seed: 5,
         scale: 0.002,
         unlabelled_scale: Some(0.0002),
@@ -128,7 +128,7 @@ pub async fn write_small_loop_corpus(dir: &Path) -> String {
         ..Default::default()
     };
     let url = dir.join("corpus").display().to_string();
-    automaldesc_common::synth_dataset::write_synth_corpus(&synth, &url, &opts)
+    automaldesc_corpus::synth_dataset::write_synth_corpus(&synth, &url, &opts)
         .await
         .unwrap();
     url

@@ -2,7 +2,7 @@
 //! row per script with the published columns `sha256`, `label` (0 benign, 1 malicious),
 //! `language` and `summary`, and where the label came from (`provenance`, `label_prob`,
 //! `iteration`). No script text: users join the rows to the scripts they hold by sha256.
-//! `corpus import-labels` reads these columns back ([`crate::import_labels`]).
+//! `corpus import-labels` reads these columns back (`automaldesc_corpus::import_labels`).
 
 use serde::Serialize;
 

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use automaldesc_common::import::{
+use automaldesc_corpus::import::{
     import_dir, ImportOptions, SkipReason, SkippedFile, SKIPPED_REPORT,
 };
 use automaldesc_common::parquet_io::read_dataset;

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::types::Language;
+use automaldesc_common::types::Language;
 
 /// Which evidence decided the language.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

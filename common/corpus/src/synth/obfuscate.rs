@@ -3,7 +3,7 @@
 use rand::Rng;
 
 use super::names::{self, pick, R};
-use crate::types::Language;
+use automaldesc_common::types::Language;
 
 /// An obfuscated script and how to describe it.
 pub(crate) struct Obf {

@@ -4,7 +4,7 @@
 use rand::Rng;
 
 use super::names::{pick, R};
-use crate::types::Language;
+use automaldesc_common::types::Language;
 
 /// Names of the functions (or batch subroutines) defined in `code`.
 pub(crate) fn functions(l: Language, code: &str) -> Vec<String> {

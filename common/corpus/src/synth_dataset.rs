@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::error::Result;
-use crate::manifest::ManifestFile;
-use crate::parquet_io::{DatasetWriter, WriterOptions};
-use crate::schema::{CorpusRow, LabelledRow};
-use crate::store::{child, open_store, put_bytes};
+use automaldesc_common::error::Result;
+use automaldesc_common::manifest::ManifestFile;
+use automaldesc_common::parquet_io::{DatasetWriter, WriterOptions};
+use automaldesc_common::schema::{CorpusRow, LabelledRow};
+use automaldesc_common::store::{child, open_store, put_bytes};
 use crate::synth::{generate, SynthConfig};
-use crate::types::Split;
+use automaldesc_common::types::Split;
 
 #[derive(Debug, Serialize)]
 pub struct SynthReport {
@@ -105,7 +105,7 @@ pub async fn write_synth_corpus(
         report.files.insert(name.to_string(), files);
     }
     let json = serde_json::to_vec_pretty(&report)
-        .map_err(|e| crate::error::Error::Internal(format!("cannot encode synth report: {e}")))?;
+        .map_err(|e| automaldesc_common::error::Error::Internal(format!("cannot encode synth report: {e}")))?;
     put_bytes(store.as_ref(), &child(&prefix, "synth.json"), json).await?;
     Ok(report)
 }
@@ -113,10 +113,10 @@ pub async fn write_synth_corpus(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parquet_io::read_dataset;
-    use crate::schema::{CorpusRow, LabelledRow};
+    use automaldesc_common::parquet_io::read_dataset;
+    use automaldesc_common::schema::{CorpusRow, LabelledRow};
     use crate::synth::plan;
-    use crate::types::Split;
+    use automaldesc_common::types::Split;
 
     #[tokio::test]
     async fn every_generated_script_lands_in_exactly_one_split_dataset() {
@@ -164,7 +164,7 @@ mod tests {
         // Labels join their scripts by sha256, and seed/test summaries are present.
         for (l, s) in seed.iter().zip(&seed_scripts) {
             assert_eq!(l.sha256, s.sha256);
-            assert_eq!(s.sha256, crate::types::sha256_hex(&s.content));
+            assert_eq!(s.sha256, automaldesc_common::types::sha256_hex(&s.content));
             assert!(l.summary.split_whitespace().count() > 100, "{}", l.summary);
         }
         assert!(unl.iter().all(|r| r.noisy_label.is_some()));

@@ -4,7 +4,7 @@
 use rand::Rng;
 
 use super::names::{self, pick, R};
-use crate::types::Language;
+use automaldesc_common::types::Language;
 
 fn sha(r: &mut R) -> String {
     format!(

@@ -14,11 +14,11 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
-use crate::parquet_io::{list_parquet, read_file, write_dataset, WriterOptions, WrittenFile};
-use crate::schema::{CorpusRow, LabelledRow};
-use crate::store::{child, get_bytes, open_object, open_store, put_bytes};
-use crate::types::{sha256_hex, Label, Language};
+use automaldesc_common::error::{Error, Result};
+use automaldesc_common::parquet_io::{list_parquet, read_file, write_dataset, WriterOptions, WrittenFile};
+use automaldesc_common::schema::{CorpusRow, LabelledRow};
+use automaldesc_common::store::{child, get_bytes, open_object, open_store, put_bytes};
+use automaldesc_common::types::{sha256_hex, Label, Language};
 
 /// Name of the JSONL report of rows that could not be joined, inside the output prefix.
 pub const REJECTED_REPORT: &str = "_rejected.jsonl";

@@ -6,10 +6,10 @@ use std::fmt;
 use arrow::array::{Array, StringArray, UInt8Array};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::parquet_io::{dataset_schema, list_parquet, read_batches};
-use crate::store::open_object;
-use crate::types::{Label, Language};
+use automaldesc_common::error::{Error, Result};
+use automaldesc_common::parquet_io::{dataset_schema, list_parquet, read_batches};
+use automaldesc_common::store::open_object;
+use automaldesc_common::types::{Label, Language};
 
 /// Which kind of dataset the table was computed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::detect::{self, DetectedBy};
-use crate::error::{Error, Result};
-use crate::manifest::Manifest;
-use crate::parquet_io::{DatasetWriter, WriterOptions, WrittenFile};
-use crate::schema::CorpusRow;
-use crate::store::{child, open_store, put_bytes};
+use automaldesc_common::error::{Error, Result};
+use automaldesc_common::manifest::Manifest;
+use automaldesc_common::parquet_io::{DatasetWriter, WriterOptions, WrittenFile};
+use automaldesc_common::schema::CorpusRow;
+use automaldesc_common::store::{child, open_store, put_bytes};
 
 /// Name of the JSONL report of skipped files, inside the output prefix.
 pub const SKIPPED_REPORT: &str = "_skipped.jsonl";
@@ -250,7 +250,7 @@ pub async fn import_dir(root: &Path, out_url: &str, opts: &ImportOptions) -> Res
                 continue;
             }
         };
-        let sha = crate::types::sha256_hex(&content);
+        let sha = automaldesc_common::types::sha256_hex(&content);
         if let Some(first) = first_seen.get(&sha) {
             let detail = format!("same sha256 {sha} as {first}");
             report.skip(rel_path, SkipReason::Duplicate, detail);
@@ -299,7 +299,7 @@ pub async fn import_dir(root: &Path, out_url: &str, opts: &ImportOptions) -> Res
         iteration: 0,
         stage: "corpus-import".into(),
         files: report.files.clone(),
-        config_hash: crate::types::sha256_hex(format!("max_bytes={}", opts.max_bytes).as_bytes()),
+        config_hash: automaldesc_common::types::sha256_hex(format!("max_bytes={}", opts.max_bytes).as_bytes()),
         model_id: None,
         adapter_id: None,
         counts,

@@ -34,7 +34,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
-use crate::types::{Label, Language, Split};
+use automaldesc_common::types::{Label, Language, Split};
 use names::R;
 
 /// Knobs of the generator.

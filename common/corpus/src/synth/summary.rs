@@ -9,7 +9,7 @@ use super::summary_facts::{
     attack_ids, functions, list, lower_first, runtime, structure, tools_used,
 };
 use super::Draft;
-use crate::types::{Label, Language};
+use automaldesc_common::types::{Label, Language};
 
 pub(crate) struct Input<'a> {
     pub language: Language,

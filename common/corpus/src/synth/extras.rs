@@ -5,7 +5,7 @@
 use rand::Rng;
 
 use super::names::{self, pick, R};
-use crate::types::Language;
+use automaldesc_common::types::Language;
 
 const PY: &[&str] = &[
     "def retry(fn, attempts=3, delay=2.0):\n    import time\n    for i in range(attempts):\n        try:\n            return fn()\n        except Exception:\n            if i == attempts - 1:\n                raise\n            time.sleep(delay * (i + 1))\n",
