@@ -10,7 +10,7 @@ use automaldesc_runtime::runtime::Annotator;
 use std::io::Write;
 
 use crate::model_args::{ModelArg, SamplingArgs};
-use automaldesc_worker::stages::defaults;
+use automaldesc_loop::stages::defaults;
 use clap::Args;
 
 #[derive(Args, Debug)]

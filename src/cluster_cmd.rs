@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use automaldesc_common::ids::RunId;
 use automaldesc_proto::security::{RequireToken, ServerTlsFiles, Token};
-use automaldesc_worker::executor::{EchoExecutor, Executor};
-use automaldesc_worker::stages;
+use automaldesc_common::executor::{EchoExecutor, Executor};
+use automaldesc_loop::stages;
 use automaldesc_worker::worker_process::{run_worker, Executors, WorkerOptions, WorkerReport};
 use clap::Args;
 
@@ -23,7 +23,7 @@ use automaldesc_coordinator::grpc_server::{serve, to_proto, ServeOptions};
 use automaldesc_coordinator::http_access::is_loopback;
 use automaldesc_coordinator::lease_manager::LeasePolicy;
 use automaldesc_coordinator::run_manager::{RunManager, RunPhase, RunStatus};
-use automaldesc_coordinator::run_spec::{RunSpec, StageCatalog};
+use automaldesc_common::run_spec::{RunSpec, StageCatalog};
 use automaldesc_coordinator::state::{EmbeddedStore, EtcdStore, StateError, StateStore};
 
 /// Where the coordinator keeps its durable state.
@@ -397,6 +397,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         endpoints: args.client.coordinator.clone(),
         worker_id: id,
         backend: automaldesc_runtime::device::backend_name().into(),
+        device_memory_bytes: automaldesc_runtime::device::memory_bytes(),
         slots: 1,
         security: args.client.security()?,
         deadlines: args.client.deadlines(),
@@ -535,7 +536,11 @@ pub fn run_local(
         let server = tokio::spawn(serve(listener, manager, opts, terminated()));
         let mut handles = Vec::new();
         for i in 0..workers.max(1) {
-            let opts = WorkerOptions::new(&endpoint, &format!("local-{i}"));
+            let opts = WorkerOptions {
+                backend: automaldesc_runtime::device::backend_name().into(),
+                device_memory_bytes: automaldesc_runtime::device::memory_bytes(),
+                ..WorkerOptions::new(&endpoint, &format!("local-{i}"))
+            };
             handles.push(tokio::spawn(run_worker(
                 opts,
                 executors(&names)?,

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use automaldesc_common::eval::{self, Answers, Reference};
+use automaldesc_loop::eval::{self, Answers, Reference};
 use automaldesc_corpus::import_labels::{
     parse_release_jsonl, parse_release_parquet, text_at, utf8_column,
 };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use automaldesc_common::ids::RunId;
 use automaldesc_common::manifest::Manifest;
-use automaldesc_common::report::{FunnelSummary, IterationReport};
+use automaldesc_loop::report::{FunnelSummary, IterationReport};
 use automaldesc_common::schema::{ArrowRow, LabelledRow, RejectedRow, ReleaseRecord};
 use automaldesc_common::sha256_hex;
 use automaldesc_common::store::{get_bytes, open_object};
@@ -22,7 +22,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use crate::control_cmd::{control, Control};
 use crate::export_cmd::{ExportArgs, ExportStages, RunFacts};
 use automaldesc_coordinator::run_manager::{read_run, RunPhase};
-use automaldesc_coordinator::run_spec::RunSpec;
+use automaldesc_common::run_spec::RunSpec;
 use automaldesc_coordinator::stage_manager::{read_commits, OutputRecord};
 use automaldesc_coordinator::state::{EmbeddedStore, EtcdStore, StateError, StateStore};
 

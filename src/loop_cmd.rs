@@ -90,7 +90,7 @@ pub fn run(args: LoopArgs) -> anyhow::Result<()> {
             bail!("`judge_model` {judge} not found");
         }
     }
-    let model_sha256 = automaldesc_worker::stages::train::file_sha256(&model)?;
+    let model_sha256 = automaldesc_loop::stages::train::file_sha256(&model)?;
     let spec = cfg.run_spec(&model_sha256, &cfg.summary_scripts()?);
     spec.validate()?;
     if args.print_spec {

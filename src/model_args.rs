@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use automaldesc_worker::stages::defaults;
+use automaldesc_loop::stages::defaults;
 use clap::Args;
 
 /// `--model`.

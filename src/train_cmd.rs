@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use automaldesc_worker::stages::defaults;
+use automaldesc_loop::stages::defaults;
 use automaldesc_runtime::train::data::{prepare, through_label, Budget, Labelled, Prepared};
 use automaldesc_runtime::train::fit::Trainer;
 use automaldesc_runtime::train::lora::{LayerSet, LoraConfig};
@@ -412,7 +412,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .adapter
         .save_peft(&adapter_dir, &annotator.model_id, &meta)?;
     std::fs::write(
-        adapter_dir.join(automaldesc_worker::stages::train::CALIBRATION_FILE),
+        adapter_dir.join(automaldesc_loop::stages::train::CALIBRATION_FILE),
         serde_json::to_string_pretty(&serde_json::json!({
             "label_threshold": trained.label_threshold,
             "label_bias": threshold_bias(trained.label_threshold),
@@ -433,7 +433,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 fn file_sha256(path: &std::path::Path) -> anyhow::Result<String> {
-    Ok(automaldesc_worker::stages::train::file_sha256(path)?)
+    Ok(automaldesc_loop::stages::train::file_sha256(path)?)
 }
 
 #[derive(Args, Debug)]

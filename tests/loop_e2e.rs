@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use automaldesc_common::ids::RunId;
 use automaldesc_common::parquet_io::read_dataset;
-use automaldesc_common::report::{FunnelSummary, IterationReport};
+use automaldesc_loop::report::{FunnelSummary, IterationReport};
 use automaldesc_common::schema::{CorpusRow, LabelledRow, RejectedRow};
 use automaldesc_common::store::{child, open_store};
 use automaldesc::loop_cmd::LoopConfig;

@@ -13,7 +13,7 @@ use automaldesc::cluster_cmd::executors;
 use automaldesc_coordinator::grpc_server::{serve, ServeOptions};
 use automaldesc_coordinator::lease_manager::LeasePolicy;
 use automaldesc_coordinator::run_manager::{RunManager, RunPhase};
-use automaldesc_coordinator::run_spec::RunSpec;
+use automaldesc_common::run_spec::RunSpec;
 use automaldesc_coordinator::state::{EmbeddedStore, StateStore};
 use automaldesc_proto::security::{
     ClientSecurity, ClientTlsFiles, RequireToken, ServerTlsFiles, Token,

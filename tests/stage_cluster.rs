@@ -15,7 +15,7 @@ use automaldesc_coordinator::grpc_server::{serve, ServeOptions};
 use automaldesc_coordinator::http::ClusterView;
 use automaldesc_coordinator::lease_manager::LeasePolicy;
 use automaldesc_coordinator::run_manager::{RunManager, RunPhase};
-use automaldesc_coordinator::run_spec::{RunLimits, RunSpec, StageConfig};
+use automaldesc_common::run_spec::{RunLimits, RunSpec, StageConfig};
 use automaldesc_coordinator::state::{EmbeddedStore, StateStore};
 use automaldesc_proto::v1;
 use automaldesc_proto::v1::control_service_client::ControlServiceClient;

@@ -1,21 +1,17 @@
-//! The vocabulary shared by the coordinator and the workers: script languages and labels,
-//! ids, Arrow schemas of every stage's data, Parquet IO over object storage, the fault
-//! kinds, a worker's reported totals, and the loop's scoring, filter funnel, report and
-//! release formats. The corpus tooling (synthesis, import, detection, statistics) is
-//! `automaldesc-corpus`, in `common/corpus/`.
+//! The vocabulary shared by the coordinator, the workers and the loop: script languages
+//! and labels, ids, Arrow schemas of every stage's data, Parquet IO over object storage,
+//! the fault kinds, the executor contract (`executor`) and a worker's counters
+//! (`telemetry`). The corpus tooling is `automaldesc-corpus` (`common/corpus/`); the loop's
+//! scoring, funnel, report and release are `automaldesc-loop` (`worker/loop/`).
 
-pub mod dataset_card;
 pub mod error;
-pub mod eval;
+pub mod executor;
 pub mod fault;
 pub mod fault_store;
-pub mod filter;
 pub mod ids;
 pub mod manifest;
 pub mod parquet_io;
-pub mod release;
-pub mod report;
-pub mod report_sections;
+pub mod run_spec;
 pub mod schema;
 pub mod store;
 pub mod telemetry;

@@ -43,7 +43,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::lease_manager::{LeasePolicy, Stall};
-use crate::run_spec::{RunSpec, StageCatalog};
+use automaldesc_common::run_spec::{RunSpec, StageCatalog};
 use crate::stage_manager::{read_commits, OutputRecord, StageError};
 use crate::state::{Expect, StateStore};
 

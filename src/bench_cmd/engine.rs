@@ -20,7 +20,7 @@ pub struct BenchEngineArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub workers: Vec<u32>,
     /// Input bytes per task.
-    #[arg(long, default_value_t = automaldesc_coordinator::run_spec::DEFAULT_TASK_BYTES)]
+    #[arg(long, default_value_t = automaldesc_common::run_spec::DEFAULT_TASK_BYTES)]
     pub task_bytes: u64,
     /// Scratch directory for state and outputs (emptied first).
     #[arg(long, default_value = "data/bench/engine")]

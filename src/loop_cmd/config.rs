@@ -2,7 +2,7 @@
 //! sit in the run spec.
 
 use anyhow::{bail, Context};
-use automaldesc_worker::stages::defaults;
+use automaldesc_loop::stages::defaults;
 use automaldesc_runtime::train::lora::{LayerSet, LoraConfig};
 use automaldesc_runtime::train::TrainConfig;
 use serde::{Deserialize, Serialize};

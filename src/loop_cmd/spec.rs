@@ -4,19 +4,19 @@
 use std::collections::BTreeMap;
 
 use automaldesc_runtime::prompt::PromptStyle;
-use automaldesc_worker::stages::aggregate::AggregateConfig;
-use automaldesc_worker::stages::defaults;
-use automaldesc_worker::stages::filter::FilterConfig;
-use automaldesc_worker::stages::generate::GenerateConfig;
-use automaldesc_worker::stages::judge::JudgeConfig;
-use automaldesc_worker::stages::judge_train::JudgeTrainConfig;
-use automaldesc_worker::stages::report::ReportConfig;
-use automaldesc_worker::stages::train::TrainStageConfig;
+use automaldesc_loop::stages::aggregate::AggregateConfig;
+use automaldesc_loop::stages::defaults;
+use automaldesc_loop::stages::filter::FilterConfig;
+use automaldesc_loop::stages::generate::GenerateConfig;
+use automaldesc_loop::stages::judge::JudgeConfig;
+use automaldesc_loop::stages::judge_train::JudgeTrainConfig;
+use automaldesc_loop::stages::report::ReportConfig;
+use automaldesc_loop::stages::train::TrainStageConfig;
 use automaldesc_runtime::train::lora::LayerSet;
 use serde::Serialize;
 
 use super::config::{LoopConfig, BASE_EVALUATE, BASE_REPORT, JUDGE_TRAIN};
-use automaldesc_coordinator::run_spec::{RunSpec, StageConfig};
+use automaldesc_common::run_spec::{RunSpec, StageConfig};
 
 impl LoopConfig {
     /// The test scripts that get whole summaries in a label-only evaluation: up to

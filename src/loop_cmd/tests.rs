@@ -1,9 +1,9 @@
 use super::config::FIRST_ITERATION;
 use super::*;
-use automaldesc_coordinator::run_spec::{RunSpec, StageInput};
-use automaldesc_worker::stages::defaults;
-use automaldesc_worker::stages::generate::GenerateConfig;
-use automaldesc_worker::stages::train::TrainStageConfig;
+use automaldesc_common::run_spec::{RunSpec, StageInput};
+use automaldesc_loop::stages::defaults;
+use automaldesc_loop::stages::generate::GenerateConfig;
+use automaldesc_loop::stages::train::TrainStageConfig;
 
 const MINIMAL: &str = r#"
     name = "r1"
@@ -80,7 +80,7 @@ fn a_schedule_sets_each_iterations_threshold_and_the_last_entry_holds() {
 
 #[test]
 fn every_stage_config_is_its_executors_typed_config_with_the_shared_defaults() {
-    use automaldesc_coordinator::run_spec::StageCatalog;
+    use automaldesc_common::run_spec::StageCatalog;
     let c = LoopConfig::from_toml(MINIMAL).unwrap();
     let spec = c.run_spec("abc", &["s1".into()]);
     for (i, stage) in spec.stages.iter().enumerate() {

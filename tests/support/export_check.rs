@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use automaldesc_common::parquet_io::read_dataset;
-use automaldesc_common::report::FunnelSummary;
+use automaldesc_loop::report::FunnelSummary;
 use automaldesc_common::schema::{ArrowRow, LabelledRow, ReleaseRecord};
 use automaldesc_common::store::open_store;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

@@ -16,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::telemetry::Telemetry;
+use automaldesc_common::telemetry::Telemetry;
 use crate::worker_process::{WorkerError, WorkerOptions};
 
 type Client = WorkerServiceClient<InterceptedService<Channel, AttachToken>>;

@@ -1,10 +1,9 @@
-//! The worker: its loop against the coordinator (`worker_process`, `coordinator_client`,
-//! its counters in `telemetry`), the executor contract (`executor`) and the self-training
-//! loop's stage executors (`stages`: train, generate, judge, filter, aggregate, report),
-//! which run the model runtime (`automaldesc-runtime`, in `worker/runtime/`).
+//! The worker process: its loop against the coordinator (`worker_process`: register,
+//! acquire, run the task on its executor, complete or fail, drain on a signal) and the
+//! coordinator connection it keeps (`coordinator_client`: endpoints tried in turn,
+//! deadlines, heartbeats that renew the lease and carry the worker's counters). Executors
+//! implement `automaldesc_common::executor::Executor`; the binary hands it the loop's
+//! (`automaldesc-loop`).
 
 pub mod coordinator_client;
-pub mod executor;
-pub mod stages;
-pub mod telemetry;
 pub mod worker_process;

@@ -20,7 +20,7 @@ use automaldesc_proto::{v1, PROTOCOL_VERSION};
 use tonic::Status;
 
 use crate::coordinator_client::{Coordinator, LeaseKeeper};
-use crate::executor::{Executor, TaskInput, TaskOutput};
+use automaldesc_common::executor::{Executor, TaskInput, TaskOutput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -45,7 +45,10 @@ pub struct WorkerOptions {
     /// Coordinator endpoints, tried in turn (a leader and its standbys).
     pub endpoints: Vec<String>,
     pub worker_id: String,
+    /// What the worker computes on ("cpu", "cuda"), and that device's memory (0: unknown),
+    /// as it registers them.
     pub backend: String,
+    pub device_memory_bytes: u64,
     pub slots: u32,
     pub security: ClientSecurity,
     /// When a call to a coordinator is given up (it is frozen or cut off) and the next
@@ -58,12 +61,13 @@ pub struct WorkerOptions {
 }
 
 impl WorkerOptions {
-    /// Options for a plain connection to one coordinator.
+    /// Options for a plain connection to one coordinator, as a CPU worker.
     pub fn new(endpoint: &str, worker_id: &str) -> Self {
         Self {
             endpoints: vec![endpoint.to_string()],
             worker_id: worker_id.to_string(),
-            backend: automaldesc_runtime::device::backend_name().into(),
+            backend: "cpu".into(),
+            device_memory_bytes: 0,
             slots: 1,
             security: ClientSecurity::default(),
             deadlines: Deadlines::default(),
@@ -103,7 +107,7 @@ pub async fn run_worker(
         worker_id: opts.worker_id.clone(),
         capabilities: Some(v1::Capabilities {
             backend: opts.backend.clone(),
-            device_memory_bytes: automaldesc_runtime::device::memory_bytes(),
+            device_memory_bytes: opts.device_memory_bytes,
             models: Vec::new(),
             slots: opts.slots,
             stage_kinds: kinds.clone(),

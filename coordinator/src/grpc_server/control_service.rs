@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::wire::{check_version, files_to_proto, run_id, status, to_proto};
 use super::{Command, Loop};
 use crate::run_manager::RunPhase;
-use crate::run_spec::RunSpec;
+use automaldesc_common::run_spec::RunSpec;
 
 #[derive(Clone)]
 pub(super) struct ControlGrpc {

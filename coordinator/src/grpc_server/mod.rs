@@ -22,7 +22,7 @@ use tonic::Status;
 use crate::http::ClusterView;
 use crate::lease_manager::{FailOutcome, Refusal};
 use crate::run_manager::{RunError, RunManager, RunStatus};
-use crate::run_spec::RunSpec;
+use automaldesc_common::run_spec::RunSpec;
 use crate::stage_manager::{Assignment, Completion, OutputRecord};
 use crate::workers::{Ending, Registration, Reported, Workers};
 

@@ -20,7 +20,7 @@ use super::records::{from_json, run_key, stage_key, to_json};
 use super::run::summary_of;
 use super::submit::answer_fenced;
 use super::{now_ms, RunError, RunManager, RunPhase, RunStatus, StagePlan};
-use crate::run_spec::{RunSpec, StageCatalog};
+use automaldesc_common::run_spec::{RunSpec, StageCatalog};
 use crate::stage_manager::StageManager;
 use crate::state::{Expect, StateStore};
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::records::{data, from_json, stage_key, stage_output_url, to_json, RunError, StagePlan};
 use crate::lease_manager::LeasePolicy;
 use crate::planner::{plan, plan_single, InputFile, PlanOptions};
-use crate::run_spec::{RunSpec, SpecError, StageCatalog, StageInput};
+use automaldesc_common::run_spec::{RunSpec, SpecError, StageCatalog, StageInput};
 use crate::stage_manager::{read_commits, OutputRecord, StageSpec};
 use crate::state::{Expect, StateError, StateStore};
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lease_manager::StageCounts;
 use crate::planner::TaskPlan;
-use crate::run_spec::SpecError;
+use automaldesc_common::run_spec::SpecError;
 use crate::stage_manager::{StageError, StageTotals, Trouble};
 use crate::state::StateError;
 

@@ -9,7 +9,7 @@ use super::planning::record_plan;
 use super::records::{check_id, from_json, run_key, to_json};
 use super::run::load_run;
 use super::{now_ms, RunError, RunManager, RunPhase, RunRecord, RunStatus, StagePlan};
-use crate::run_spec::RunSpec;
+use automaldesc_common::run_spec::RunSpec;
 use crate::stage_manager::StageError;
 use crate::state::{Expect, StateError};
 

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use super::planning::stage_policy;
 use super::*;
-use crate::run_spec::StageConfig;
+use automaldesc_common::run_spec::StageConfig;
 
 #[test]
 fn single_task_stages_are_never_speculated() {

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Label, Language};
+use automaldesc_common::types::{Label, Language};
 
 pub use mcnemar::McNemar;
 

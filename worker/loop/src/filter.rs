@@ -24,8 +24,8 @@
 use std::collections::BTreeMap;
 
 use crate::eval::parse_response;
-use crate::schema::{FinishReason, FunnelRow};
-use crate::types::{Label, Language};
+use automaldesc_common::schema::{FinishReason, FunnelRow};
+use automaldesc_common::types::{Label, Language};
 
 /// One sample as the filter sees it.
 #[derive(Clone, Debug, PartialEq)]

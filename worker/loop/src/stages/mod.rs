@@ -35,7 +35,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
 use serde::Deserialize;
 
-use crate::executor::TaskInput;
+use automaldesc_common::executor::TaskInput;
 use automaldesc_runtime::runtime::Annotator;
 
 /// Errors of a stage executor carry their kind to the coordinator (see
@@ -347,7 +347,7 @@ static LOADED: Mutex<Vec<(ModelKey, Arc<Annotator>)>> = Mutex::new(Vec::new());
 /// The model of `key`, loaded (and counted in `telemetry`) unless it is kept loaded.
 pub fn model(
     key: &ModelKey,
-    telemetry: &crate::telemetry::Telemetry,
+    telemetry: &automaldesc_common::telemetry::Telemetry,
 ) -> StageResult<Arc<Annotator>> {
     let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(i) = loaded.iter().position(|(k, _)| k == key) {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::judge::{first_tokens, judge_probability};
 use super::{config, model, model_path, read_task, write_file, ModelKey};
-use crate::executor::{Executor, TaskInput, TaskOutput};
+use automaldesc_common::executor::{Executor, TaskInput, TaskOutput};
 use automaldesc_runtime::prompt::{self, Role};
 use automaldesc_runtime::runtime::Annotator;
 use automaldesc_runtime::train::data::cut_summary;
@@ -62,7 +62,7 @@ fn default_val_fraction() -> f64 {
     0.3
 }
 
-pub use automaldesc_common::report::{JudgeChoice, JudgeScore};
+pub use crate::report::{JudgeChoice, JudgeScore};
 
 /// The judge's prompt for one summary, as tokens ending where its answer starts.
 pub fn judge_prompt(judge: &Annotator, summary: &str, summary_tokens: usize) -> Vec<u32> {

@@ -1,16 +1,16 @@
 //! `filter`: the published funnel over judged answers, one [`DecisionRow`] per script: the
 //! kept answer of an accepted script, or the stage and reason that rejected it. The rules
-//! and the choice of summary are those of [`automaldesc_common::filter`].
+//! and the choice of summary are those of [`crate::filter`].
 
 use automaldesc_common::fault::TaskError;
-use automaldesc_common::filter::{after_judge, before_judge, Rejection};
+use crate::filter::{after_judge, before_judge, Rejection};
 use automaldesc_common::parquet_io::WriterOptions;
 use automaldesc_common::schema::{AnswersRow, DecisionRow, JudgeVerdict};
 use serde::{Deserialize, Serialize};
 
 use super::judge::filter_samples;
 use super::{config, read_task, write_rows};
-use crate::executor::{Executor, TaskInput, TaskOutput};
+use automaldesc_common::executor::{Executor, TaskInput, TaskOutput};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

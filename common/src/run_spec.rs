@@ -158,7 +158,7 @@ pub trait StageCatalog: Send + Sync {
         &self,
         kind: &str,
         config: &serde_json::Value,
-    ) -> Result<(), automaldesc_common::TaskError>;
+    ) -> Result<(), crate::TaskError>;
     /// The columns a stage of `kind` needs in a dataset it reads by URL, if it reads one.
     fn input_schema(&self, kind: &str) -> Option<arrow::datatypes::SchemaRef>;
 }

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use automaldesc_common::fault::TaskError;
-use automaldesc_common::manifest::ManifestFile;
-use automaldesc_common::parquet_io::{read_row_groups, DatasetWriter, WriterOptions};
-use automaldesc_common::schema::{check_identity, CorpusRow};
-use automaldesc_common::store::{block_on, open_object, open_store};
+use crate::fault::TaskError;
+use crate::manifest::ManifestFile;
+use crate::parquet_io::{read_row_groups, DatasetWriter, WriterOptions};
+use crate::schema::{check_identity, CorpusRow};
+use crate::store::{block_on, open_object, open_store};
 use object_store::path::Path;
 use serde::Deserialize;
 
@@ -92,7 +92,7 @@ impl Executor for EchoExecutor {
                     .await?;
                 rows.extend(got);
             }
-            Ok::<_, automaldesc_common::Error>(rows)
+            Ok::<_, crate::Error>(rows)
         })?
         .map_err(|e| TaskError::from(e).context("echo: reading the task's input"))?;
         let rows_in = rows.len() as u64;

@@ -13,7 +13,7 @@ use super::judge::JudgeConfig;
 use super::judge_train::JudgeTrainConfig;
 use super::report::ReportConfig;
 use super::train::TrainStageConfig;
-use crate::executor::EchoConfig;
+use automaldesc_common::executor::EchoConfig;
 
 /// Every stage kind a worker has an executor for.
 pub const KINDS: [&str; 8] = [

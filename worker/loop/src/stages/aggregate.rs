@@ -15,16 +15,16 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automaldesc_common::fault::TaskError;
-use automaldesc_common::filter::{Funnel, Reason};
+use crate::filter::{Funnel, Reason};
 use automaldesc_common::manifest::Manifest;
 use automaldesc_common::parquet_io::{read_dataset, WriterOptions};
-use automaldesc_common::report::FunnelSummary;
+use crate::report::FunnelSummary;
 use automaldesc_common::schema::{CorpusRow, DecisionRow, LabelledRow, RejectedRow};
 use automaldesc_common::store::{block_on, open_object};
 use serde::{Deserialize, Serialize};
 
 use super::{config, read_task, refs, write_file, write_rows};
-use crate::executor::{Executor, TaskInput, TaskOutput};
+use automaldesc_common::executor::{Executor, TaskInput, TaskOutput};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

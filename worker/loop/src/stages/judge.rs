@@ -3,7 +3,7 @@
 //! likely of the tokens "1" and "0" after the judge prompt, read off one prefill (no
 //! sampling, so the same summary always gets the same verdict).
 
-use automaldesc_common::filter::{before_judge, FilterSample};
+use crate::filter::{before_judge, FilterSample};
 use automaldesc_common::parquet_io::WriterOptions;
 use automaldesc_common::schema::{AnswersRow, JudgeVerdict};
 use automaldesc_common::Label;
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::judge_train::JudgeChoice;
 use super::{adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey};
-use crate::executor::{Executor, TaskInput, TaskOutput};
+use automaldesc_common::executor::{Executor, TaskInput, TaskOutput};
 use automaldesc_runtime::generate::sampler::choice_probs;
 use automaldesc_runtime::model::KvCache;
 use automaldesc_runtime::prompt::{self, Role};

@@ -532,7 +532,7 @@ pub fn grouped_bars_svg(
 mod tests {
     use super::*;
     use crate::eval::{evaluate, Reference};
-    use crate::types::{Label, Language};
+    use automaldesc_common::types::{Label, Language};
 
     fn funnel() -> FunnelSummary {
         let mut f = Funnel::default();

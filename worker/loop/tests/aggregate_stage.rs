@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use automaldesc_common::manifest::Manifest;
 use automaldesc_common::parquet_io::{dataset_layout, read_dataset, write_dataset, WriterOptions};
-use automaldesc_common::report::FunnelSummary;
+use automaldesc_loop::report::FunnelSummary;
 use automaldesc_common::schema::{CorpusRow, DecisionRow, LabelledRow, RejectedRow};
 use automaldesc_common::store::{block_on, child, open_store};
 use automaldesc_common::{Label, Language};
-use automaldesc_worker::executor::{Executor, TaskInput};
-use automaldesc_worker::stages::aggregate::AggregateExecutor;
+use automaldesc_common::executor::{Executor, TaskInput};
+use automaldesc_loop::stages::aggregate::AggregateExecutor;
 
 fn script(i: u32) -> CorpusRow {
     CorpusRow::new(format!("echo script {i}\n").into_bytes(), "t", None)

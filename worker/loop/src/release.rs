@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use parquet::arrow::ArrowWriter;
 
-use crate::error::{Error, Result};
-use crate::parquet_io::{DatasetWriter, WriterOptions, WrittenFile};
-use crate::schema::{rejected_json_line, ArrowRow, RejectedRow, ReleaseRecord};
-use crate::store::open_store;
-use crate::types::sha256_hex;
+use automaldesc_common::error::{Error, Result};
+use automaldesc_common::parquet_io::{DatasetWriter, WriterOptions, WrittenFile};
+use automaldesc_common::schema::{rejected_json_line, ArrowRow, RejectedRow, ReleaseRecord};
+use automaldesc_common::store::open_store;
+use automaldesc_common::types::sha256_hex;
 
 /// The name of the checksum list in a released dataset.
 pub const CHECKSUMS: &str = "SHA256SUMS";
@@ -233,7 +233,7 @@ fn check_empty(out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Label, Language};
+    use automaldesc_common::types::{Label, Language};
 
     fn rows(n: usize) -> Vec<ReleaseRecord> {
         (0..n)

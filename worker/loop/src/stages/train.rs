@@ -12,7 +12,7 @@ use automaldesc_common::schema::{CorpusRow, LabelledRow};
 use serde::{Deserialize, Serialize};
 
 use super::{config, model_path, read_task, write_file};
-use crate::executor::{Executor, TaskInput, TaskOutput};
+use automaldesc_common::executor::{Executor, TaskInput, TaskOutput};
 use automaldesc_runtime::train::data::{prepare, Budget, Labelled};
 use automaldesc_runtime::train::fit::Trainer;
 use automaldesc_runtime::train::metrics::threshold_bias;

@@ -10,12 +10,12 @@ use std::fmt::Write as _;
 use arrow::datatypes::DataType;
 
 use crate::eval;
-use crate::manifest::Manifest;
+use automaldesc_common::manifest::Manifest;
 use crate::release::{ReleaseFormat, CHECKSUMS};
 use crate::report::{FunnelSummary, IterationReport};
 use crate::report_sections::{judge_and_classes_markdown, learning_markdown};
-use crate::schema::{ArrowRow, RejectedRow, ReleaseRecord};
-use crate::types::Language;
+use automaldesc_common::schema::{ArrowRow, RejectedRow, ReleaseRecord};
+use automaldesc_common::types::Language;
 
 /// One split of a released dataset, as the card lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -364,7 +364,7 @@ mod tests {
     use super::*;
     use crate::eval::Evaluation;
     use crate::report_sections::LabelScores;
-    use crate::types::Label;
+    use automaldesc_common::types::Label;
 
     fn record(i: usize, language: Language, label: Label, seed: bool) -> ReleaseRecord {
         ReleaseRecord {
