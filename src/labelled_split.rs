@@ -8,6 +8,7 @@ use anyhow::Context;
 use automaldesc_common::parquet_io::read_dataset;
 use automaldesc_common::schema::{CorpusRow, LabelledRow};
 use automaldesc_common::store::{block_on, open_object};
+pub use automaldesc_loop::spec::read_labels;
 use automaldesc_runtime::annotate::ScriptAnnotation;
 
 /// Scripts as (sha256, bytes).
@@ -32,14 +33,6 @@ pub fn read(url: &str, limit: Option<usize>) -> anyhow::Result<(Scripts, Vec<Lab
     Ok((out, labels))
 }
 
-/// The labels of a labelled split (its `labels/` part only), the first `limit` of them.
-pub fn read_labels(url: &str, limit: Option<usize>) -> anyhow::Result<Vec<LabelledRow>> {
-    let u = format!("{}/labels", url.trim_end_matches('/'));
-    let (store, prefix) = open_object(&u).with_context(|| format!("opening {u}"))?;
-    let mut labels: Vec<LabelledRow> = block_on(read_dataset(store, &prefix))??;
-    labels.truncate(limit.unwrap_or(usize::MAX));
-    Ok(labels)
-}
 
 /// `n` of the pairs, evenly spaced (row `i * len / n`), in their order.
 pub fn spread<T, U>(a: Vec<T>, b: Vec<U>, n: usize) -> (Vec<T>, Vec<U>) {

@@ -37,12 +37,10 @@ use automaldesc_coordinator::run_manager::RunStatus;
 use automaldesc_coordinator::stage_manager::read_commits;
 use automaldesc_coordinator::state::EmbeddedStore;
 
-mod config;
-mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use config::{
+pub use automaldesc_loop::config::{
     AdapterConfig, IterationStages, LoopConfig, BASE_EVALUATE, BASE_REPORT, JUDGE_TRAIN,
 };
 

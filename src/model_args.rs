@@ -23,12 +23,7 @@ impl ModelArg {
     }
 }
 
-/// `$AUTOMALDESC_MODEL`, else the model `deploy/fetch_model.sh` fetches.
-pub fn default_model_path() -> PathBuf {
-    std::env::var("AUTOMALDESC_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
-}
+pub use automaldesc_loop::stages::defaults::model_path as default_model_path;
 
 /// How answers are sampled.
 #[derive(Args, Clone, Debug)]

@@ -1,4 +1,4 @@
-use super::config::FIRST_ITERATION;
+use automaldesc_loop::config::FIRST_ITERATION;
 use super::*;
 use automaldesc_common::run_spec::{RunSpec, StageInput};
 use automaldesc_loop::stages::defaults;

@@ -3,6 +3,13 @@
 //! `automaldesc annotate` / `train` start from them, so the same setting means the same
 //! number everywhere.
 
+/// The base model: `$AUTOMALDESC_MODEL`, else the model `deploy/fetch_model.sh` fetches.
+pub fn model_path() -> std::path::PathBuf {
+    std::env::var("AUTOMALDESC_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+}
+
 /// Sampling temperatures, one sample each (the published setting).
 pub const TEMPERATURES: [f32; 3] = [0.4, 0.6, 0.8];
 /// Nucleus sampling's probability mass.

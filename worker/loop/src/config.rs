@@ -2,7 +2,7 @@
 //! sit in the run spec.
 
 use anyhow::{bail, Context};
-use automaldesc_loop::stages::defaults;
+use crate::stages::defaults;
 use automaldesc_runtime::train::lora::{LayerSet, LoraConfig};
 use automaldesc_runtime::train::TrainConfig;
 use serde::{Deserialize, Serialize};
@@ -209,7 +209,7 @@ impl AdapterConfig {
 }
 
 fn default_model() -> String {
-    crate::model_args::default_model_path()
+    defaults::model_path()
         .display()
         .to_string()
 }
@@ -352,7 +352,7 @@ pub const BASE_REPORT: u32 = 1;
 /// The run's judge, measured (and trained when it falls short) on the seed summaries.
 pub const JUDGE_TRAIN: u32 = 2;
 /// The first stage of iteration 1.
-pub(super) const FIRST_ITERATION: u32 = 3;
+pub const FIRST_ITERATION: u32 = 3;
 
 impl LoopConfig {
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {

@@ -4,18 +4,22 @@
 use std::collections::BTreeMap;
 
 use automaldesc_runtime::prompt::PromptStyle;
-use automaldesc_loop::stages::aggregate::AggregateConfig;
-use automaldesc_loop::stages::defaults;
-use automaldesc_loop::stages::filter::FilterConfig;
-use automaldesc_loop::stages::generate::GenerateConfig;
-use automaldesc_loop::stages::judge::JudgeConfig;
-use automaldesc_loop::stages::judge_train::JudgeTrainConfig;
-use automaldesc_loop::stages::report::ReportConfig;
-use automaldesc_loop::stages::train::TrainStageConfig;
+use crate::stages::aggregate::AggregateConfig;
+use crate::stages::defaults;
+use crate::stages::filter::FilterConfig;
+use crate::stages::generate::GenerateConfig;
+use crate::stages::judge::JudgeConfig;
+use crate::stages::judge_train::JudgeTrainConfig;
+use crate::stages::report::ReportConfig;
+use crate::stages::train::TrainStageConfig;
 use automaldesc_runtime::train::lora::LayerSet;
+use anyhow::Context;
+use automaldesc_common::parquet_io::read_dataset;
+use automaldesc_common::schema::LabelledRow;
+use automaldesc_common::store::{block_on, open_object};
 use serde::Serialize;
 
-use super::config::{LoopConfig, BASE_EVALUATE, BASE_REPORT, JUDGE_TRAIN};
+use crate::config::{LoopConfig, BASE_EVALUATE, BASE_REPORT, JUDGE_TRAIN};
 use automaldesc_common::run_spec::{RunSpec, StageConfig};
 
 impl LoopConfig {
@@ -26,7 +30,7 @@ impl LoopConfig {
         if !self.label_only_eval || self.eval_summary_scripts == 0 {
             return Ok(Vec::new());
         }
-        let labels = crate::labelled_split::read_labels(&self.test, None)?;
+        let labels = read_labels(&self.test, None)?;
         let mut strata: BTreeMap<(String, u8), Vec<String>> = BTreeMap::new();
         for l in labels {
             strata
@@ -301,4 +305,13 @@ fn without_nulls(config: serde_json::Value) -> serde_json::Value {
             .collect(),
         other => other,
     }
+}
+
+/// The labels of a labelled split (its `labels/` part only), the first `limit` of them.
+pub fn read_labels(url: &str, limit: Option<usize>) -> anyhow::Result<Vec<LabelledRow>> {
+    let u = format!("{}/labels", url.trim_end_matches('/'));
+    let (store, prefix) = open_object(&u).with_context(|| format!("opening {u}"))?;
+    let mut labels: Vec<LabelledRow> = block_on(read_dataset(store, &prefix))??;
+    labels.truncate(limit.unwrap_or(usize::MAX));
+    Ok(labels)
 }
