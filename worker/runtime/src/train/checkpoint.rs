@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::lora::LoraWeights;
-use super::{State, TrainError};
+use serde::{Deserialize, Serialize};
+
+use super::metrics::{self, Tally};
+use super::optim::AdamW;
+use super::{EpochLoss, TrainConfig, TrainError};
 use crate::safetensors::{read_metadata, write_f32, SafeTensors};
 
 const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -92,4 +96,68 @@ pub(super) fn load_checkpoint(
     state.adam.m = read("adam_m")?;
     state.adam.v = read("adam_v")?;
     Ok(Some(state))
+}
+
+/// The durable training state, besides its vectors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct State {
+    pub(super) config: TrainConfig,
+    /// Hash of the training and validation examples: a checkpoint resumes only the same data.
+    pub(super) data_hash: String,
+    pub(super) epoch: u32,
+    /// Optimizer steps done in the current epoch.
+    pub(super) group: usize,
+    pub(super) adam: AdamW,
+    pub(super) history: Vec<EpochLoss>,
+    /// Sum of the step losses of the current epoch, and their count.
+    pub(super) epoch_loss_sum: f64,
+    pub(super) epoch_steps: u64,
+    /// The current epoch's training scores so far.
+    #[serde(default)]
+    pub(super) tally: TallyState,
+    /// The best epoch and its selection key (label NLL, token loss).
+    pub(super) best: Option<(u32, f64, f64)>,
+    #[serde(default)]
+    pub(super) best_threshold: Option<f64>,
+    pub(super) epochs_without_improvement: u32,
+    pub(super) finished: bool,
+}
+
+/// [`Tally`] in a form the checkpoint keeps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct TallyState {
+    pub(super) scripts: usize,
+    pub(super) token_nll: f64,
+    pub(super) tokens: usize,
+    pub(super) labels: Vec<(f64, u8)>,
+    pub(super) languages_right: usize,
+    pub(super) languages: usize,
+}
+
+impl TallyState {
+    pub(super) fn from_tally(t: &Tally) -> Self {
+        Self {
+            scripts: t.scripts,
+            token_nll: t.token_nll,
+            tokens: t.tokens,
+            labels: t.labels.iter().map(|s| (s.p, s.label)).collect(),
+            languages_right: t.languages_right,
+            languages: t.languages,
+        }
+    }
+
+    pub(super) fn to_tally(&self) -> Tally {
+        Tally {
+            scripts: self.scripts,
+            token_nll: self.token_nll,
+            tokens: self.tokens,
+            labels: self
+                .labels
+                .iter()
+                .map(|&(p, label)| metrics::Scored { p, label })
+                .collect(),
+            languages_right: self.languages_right,
+            languages: self.languages,
+        }
+    }
 }
