@@ -3,6 +3,7 @@
 //! path in `model`, written with ordinary tensor ops. Tests hold the two paths to the same
 //! numbers (`model::tests`).
 
+pub mod attention;
 pub mod causal;
 pub mod cpu;
 pub mod frozen;
@@ -14,7 +15,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, DispatchDevice, Flex};
 use burn::tensor::{DType, Shape, Tensor};
 
-pub use cpu::AttentionStep;
+pub use attention::AttentionStep;
 
 #[backend_extension(Flex)]
 pub trait FusedOps: Backend {
@@ -37,7 +38,7 @@ pub trait FusedOps: Backend {
     fn fused_swiglu(gate_up: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// Rotary embedding, KV-cache write and attention of one step (see
-    /// `cpu::attention`). Returns the attention output and the updated caches.
+    /// `attention::attention`). Returns the attention output and the updated caches.
     fn fused_attention(
         qkv: FloatTensor<Self>,
         k_cache: FloatTensor<Self>,
@@ -117,7 +118,7 @@ impl FusedOps for Flex {
         step: AttentionStep,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let qkv = contiguous(qkv);
-        let out = cpu::attention(
+        let out = attention::attention(
             slice(&qkv),
             cache_storage(&mut k_cache),
             cache_storage(&mut v_cache),
