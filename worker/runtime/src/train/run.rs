@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::batch::{make_batch, micro_batches, Weights};
-use super::checkpoint::{load_checkpoint, save_checkpoint, State, TallyState};
+use super::checkpoint::{self, load_checkpoint, save_checkpoint, State, TallyState};
 use super::forward::{score, Dropout};
 use super::heads;
 use super::lora::LoraWeights;
