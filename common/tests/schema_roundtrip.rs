@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringArray, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{
+    Array, ArrayRef, DictionaryArray, ListArray, ListBuilder, StringArray, StringDictionaryBuilder,
+    UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Int8Type, Schema};
 use arrow::record_batch::RecordBatch;
 use automaldesc_common::manifest::{Manifest, ManifestFile};
 use automaldesc_common::parquet_io::{read_dataset, write_dataset, WriterOptions};
@@ -96,8 +99,8 @@ fn decision_rows() -> Vec<DecisionRow> {
             sha256: "1".repeat(64),
             content: b"rm -rf /tmp/x".to_vec(),
             accepted: true,
-            stage: "accepted".into(),
-            reason: String::new(),
+            reason: None,
+            detail: String::new(),
             language: Some(Language::Bash),
             label: Some(Label::Benign),
             summary: Some("Cleans a temporary directory.".into()),
@@ -110,8 +113,8 @@ fn decision_rows() -> Vec<DecisionRow> {
             sha256: "2".repeat(64),
             content: b"x".to_vec(),
             accepted: false,
-            stage: "3-label-agreement".into(),
-            reason: "label-disagreement: labels 0,1,1".into(),
+            reason: Some(FunnelReason::LabelDisagreement),
+            detail: "labels 0,1,1".into(),
             language: None,
             label: None,
             summary: None,
@@ -232,44 +235,93 @@ fn bad_values_are_named_by_row() {
     );
 }
 
+/// The names behind the codes of dictionary list column `name` at `row`.
+fn stored_names(batch: &RecordBatch, name: &str, row: usize) -> Vec<String> {
+    let list = batch
+        .column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<ListArray>()
+        .unwrap()
+        .value(row);
+    let dict = list
+        .as_any()
+        .downcast_ref::<DictionaryArray<Int8Type>>()
+        .unwrap();
+    let names = dict.values().as_any().downcast_ref::<StringArray>().unwrap();
+    dict.keys()
+        .iter()
+        .map(|k| names.value(k.unwrap() as usize).to_string())
+        .collect()
+}
+
+/// Column `name` of `batch` rewritten as a list of dictionary values whose dictionary is
+/// `names`, with row `row`'s items replaced by `bad`.
+fn with_bad_item(batch: &RecordBatch, name: &str, row: usize, bad: &str) -> RecordBatch {
+    let mut b = ListBuilder::new(StringDictionaryBuilder::<Int8Type>::new());
+    for r in 0..batch.num_rows() {
+        for v in stored_names(batch, name, r) {
+            b.values().append_value(if r == row { bad } else { &v });
+        }
+        b.append(true);
+    }
+    let i = batch.schema().index_of(name).unwrap();
+    let mut cols = batch.columns().to_vec();
+    cols[i] = Arc::new(b.finish());
+    RecordBatch::try_new(batch.schema(), cols).unwrap()
+}
+
 #[test]
-fn finish_reasons_and_judge_verdicts_are_stored_by_name_and_checked_on_reading() {
+fn finish_reasons_and_judge_verdicts_are_stored_as_dictionaries_and_checked_on_reading() {
     let mut rows = answers_rows();
     rows[1].judge_labels = vec![JudgeVerdict::Voted(Label::Malicious), JudgeVerdict::Skipped];
     let batch = AnswersRow::to_batch(&rows).unwrap();
-    let stored = |name: &str, row: usize| -> Vec<String> {
-        let list = batch
-            .column_by_name(name)
-            .unwrap()
-            .as_any()
-            .downcast_ref::<arrow::array::ListArray>()
-            .unwrap()
-            .value(row);
-        let s = list.as_any().downcast_ref::<StringArray>().unwrap();
-        s.iter().map(|v| v.unwrap().to_string()).collect()
-    };
-    assert_eq!(stored("finishes", 0), ["stop", "early_stop_disagree"]);
-    assert_eq!(stored("judge_labels", 1), ["1", "skipped"]);
+    let dictionary = DataType::Dictionary(Box::new(DataType::Int8), Box::new(DataType::Utf8));
+    for column in ["finishes", "judge_labels"] {
+        let DataType::List(item) = batch.schema().field_with_name(column).unwrap().data_type().clone()
+        else {
+            panic!("{column} is not a list");
+        };
+        assert_eq!(item.data_type(), &dictionary, "{column}");
+    }
+    assert_eq!(stored_names(&batch, "finishes", 0), ["stop", "early_stop_disagree"]);
+    assert_eq!(stored_names(&batch, "judge_labels", 1), ["malicious", "skipped"]);
     assert_eq!(AnswersRow::from_batch(&batch).unwrap(), rows);
     // A name no stage writes is refused, naming the column and the row.
-    for (column, bad) in [("finishes", "early_stop_maybe"), ("judge_labels", "2")] {
-        let i = batch.schema().index_of(column).unwrap();
-        let mut cols = batch.columns().to_vec();
-        let mut b = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new());
-        for row in 0..batch.num_rows() {
-            for v in stored(column, row) {
-                b.values()
-                    .append_value(if row == 1 && !v.is_empty() { bad } else { &v });
-            }
-            b.append(true);
-        }
-        cols[i] = Arc::new(b.finish());
-        let bad_batch = RecordBatch::try_new(batch.schema(), cols).unwrap();
-        let err = AnswersRow::from_batch(&bad_batch).unwrap_err().to_string();
+    for (column, bad) in [("finishes", "early_stop_maybe"), ("judge_labels", "1")] {
+        let err = AnswersRow::from_batch(&with_bad_item(&batch, column, 1, bad))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains(&format!("`{column}` row 1")) && err.contains(bad),
             "{err}"
         );
+    }
+}
+
+#[test]
+fn a_decision_stores_its_funnel_reason_as_a_dictionary_null_when_accepted() {
+    let batch = DecisionRow::to_batch(&decision_rows()).unwrap();
+    let reason = batch
+        .column_by_name("reason")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<DictionaryArray<Int8Type>>()
+        .unwrap();
+    assert!(reason.is_null(0), "accepted: no reason");
+    let names = reason.values().as_any().downcast_ref::<StringArray>().unwrap();
+    let code = reason.keys().value(1);
+    assert_eq!(names.value(code as usize), "label-disagreement");
+    assert_eq!(code, FunnelReason::LabelDisagreement as i8, "the documented code");
+    assert!(batch.column_by_name("stage").is_none(), "the stage follows from the reason");
+    // An accepted script with a reason, or a rejected one without, is refused.
+    for (i, reason) in [(0, Some(FunnelReason::Empty)), (1, None)] {
+        let mut rows = decision_rows();
+        rows[i].reason = reason;
+        let err = DecisionRow::from_batch(&DecisionRow::to_batch(&rows).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("decision row {i}")), "{err}");
     }
 }
 

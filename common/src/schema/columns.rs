@@ -11,7 +11,9 @@
 //! | `Language` | `utf8`, its name (`bash`, ...) |
 //! | `Label` | `uint8`, 0 benign, 1 malicious |
 //! | `Option<T>` | `T`'s column, nullable |
-//! | `Vec<String>`, `Vec<FinishReason>`, `Vec<JudgeVerdict>` | `list<utf8>`, enums by their stored names |
+//! | `FinishReason`, `FunnelReason`, `JudgeVerdict` | `dictionary<int8, utf8>`, see [`super::coded`] |
+//! | `Vec<String>` | `list<utf8>` |
+//! | `Vec` of one of those enums | `list<dictionary<int8, utf8>>` |
 //! | `Vec<f32>` | `list<float32>` |
 //!
 //! Reading checks each column's presence and type once per batch and every value once,
@@ -29,7 +31,6 @@ use arrow::record_batch::RecordBatch;
 
 use super::{
     floats_list, list_of, parse_label, parse_language, required, same_type, strings_list,
-    FinishReason, JudgeVerdict,
 };
 use crate::error::{Error, Result};
 use crate::types::{Label, Language};
@@ -55,7 +56,7 @@ pub(crate) trait Nullable: Column {
         Self: 'a;
 }
 
-fn downcast<'a, T: Array + 'static>(col: &'a dyn Array, name: &str) -> Result<&'a T> {
+pub(crate) fn downcast<'a, T: Array + 'static>(col: &'a dyn Array, name: &str) -> Result<&'a T> {
     col.as_any()
         .downcast_ref::<T>()
         .ok_or_else(|| Error::Internal(format!("column `{name}` did not downcast")))
@@ -181,78 +182,31 @@ impl<T: Nullable> Column for Option<T> {
     }
 }
 
-/// An item of a list column stored as its name (`list<utf8>`).
-pub(crate) trait Named: Sized {
-    fn name(&self) -> &str;
-    fn from_name(name: &str) -> Result<Self>;
-}
-
-impl Named for String {
-    fn name(&self) -> &str {
-        self
-    }
-
-    fn from_name(name: &str) -> Result<Self> {
-        Ok(name.to_string())
-    }
-}
-
-impl Named for FinishReason {
-    fn name(&self) -> &str {
-        self.as_str()
-    }
-
-    fn from_name(name: &str) -> Result<Self> {
-        name.parse()
-    }
-}
-
-impl Named for JudgeVerdict {
-    fn name(&self) -> &str {
-        self.as_str()
-    }
-
-    fn from_name(name: &str) -> Result<Self> {
-        name.parse()
-    }
-}
-
 /// The items of list column `name` at `row`.
-fn items(col: &dyn Array, name: &str, row: usize) -> Result<ArrayRef> {
+pub(crate) fn items(col: &dyn Array, name: &str, row: usize) -> Result<ArrayRef> {
     required(col, name, row)?;
     Ok(downcast::<ListArray>(col, name)?.value(row))
 }
 
-/// Implements [`Column`] for `Vec<$item>`, a [`Named`] item, as `list<utf8>`.
-macro_rules! named_list {
-    ($item:ty) => {
-        impl Column for Vec<$item> {
-            fn data_type() -> DataType {
-                list_of(DataType::Utf8)
-            }
+/// `list<utf8>`; a null item reads as "".
+impl Column for Vec<String> {
+    fn data_type() -> DataType {
+        list_of(DataType::Utf8)
+    }
 
-            fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
-                strings_list(values.map(|v| v.iter().map(Named::name)))
-            }
+    fn build<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
+        strings_list(values.map(|v| v.iter()))
+    }
 
-            fn read(col: &dyn Array, name: &str, row: usize) -> Result<Self> {
-                let list = items(col, name, row)?;
-                let strings = downcast::<StringArray>(&list, name)?;
-                strings
-                    .iter()
-                    .map(|s| {
-                        <$item>::from_name(s.unwrap_or_default())
-                            .map_err(|e| Error::invalid(format!("column `{name}` row {row}: {e}")))
-                    })
-                    .collect()
-            }
-        }
-    };
+    fn read(col: &dyn Array, name: &str, row: usize) -> Result<Self> {
+        let list = items(col, name, row)?;
+        let strings = downcast::<StringArray>(&list, name)?;
+        Ok(strings
+            .iter()
+            .map(|s| s.unwrap_or_default().to_string())
+            .collect())
+    }
 }
-
-named_list!(String);
-named_list!(FinishReason);
-named_list!(JudgeVerdict);
 
 /// `list<float32>`; a null item reads as NaN.
 impl Column for Vec<f32> {

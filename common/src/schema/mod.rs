@@ -2,6 +2,7 @@
 //! the stages and the reports all speak one vocabulary. Each row type converts to and from a
 //! `RecordBatch`; reading checks every column's presence and type and names the culprit.
 
+mod coded;
 mod columns;
 mod corpus;
 mod generation;
@@ -11,7 +12,7 @@ mod report;
 
 pub use corpus::{check_identity, CheckedRows, CorpusRow, LabelledRow};
 pub use generation::FinishReason;
-pub use pipeline::{AnswersRow, DecisionRow, JudgeVerdict};
+pub use pipeline::{AnswersRow, DecisionRow, FunnelReason, JudgeVerdict};
 pub use release::{rejected_json_line, ReleaseRecord};
 pub use report::{FunnelRow, RejectedRow};
 

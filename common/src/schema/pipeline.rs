@@ -19,7 +19,7 @@ pub struct AnswersRow {
     pub responses: Vec<String>,
     /// Probability of the chosen label against the other one.
     pub label_probs: Vec<f32>,
-    /// Why each sample stopped (stored under [`FinishReason::as_str`]).
+    /// Why each sample stopped (a dictionary column of [`FinishReason::as_str`] names).
     pub finishes: Vec<FinishReason>,
     /// Decode tokens produced for this script (all samples).
     pub generated_tokens: u64,
@@ -27,7 +27,8 @@ pub struct AnswersRow {
     /// stop saved, at most.
     pub saved_tokens: u64,
     pub model_id: String,
-    /// The judge's verdict per sample (stored under [`JudgeVerdict::as_str`]). Empty
+    /// The judge's verdict per sample (a dictionary column of [`JudgeVerdict::as_str`]
+    /// names). Empty
     /// before judging.
     pub judge_labels: Vec<JudgeVerdict>,
     /// The judge's probability of its label per sample (NaN where not asked).
@@ -45,26 +46,81 @@ pub enum JudgeVerdict {
 }
 
 impl JudgeVerdict {
-    /// The stored form: "", "skipped", "0" (benign) or "1" (malicious).
+    /// Every verdict, in the order of its stored code (see [`super::coded`]).
+    pub const ALL: [JudgeVerdict; 4] = [
+        JudgeVerdict::NotAsked,
+        JudgeVerdict::Skipped,
+        JudgeVerdict::Voted(Label::Benign),
+        JudgeVerdict::Voted(Label::Malicious),
+    ];
+
+    /// The stored name: "not_asked", "skipped", "benign" or "malicious".
     pub fn as_str(self) -> &'static str {
         match self {
-            JudgeVerdict::NotAsked => "",
+            JudgeVerdict::NotAsked => "not_asked",
             JudgeVerdict::Skipped => "skipped",
-            JudgeVerdict::Voted(Label::Benign) => "0",
-            JudgeVerdict::Voted(Label::Malicious) => "1",
+            JudgeVerdict::Voted(Label::Benign) => "benign",
+            JudgeVerdict::Voted(Label::Malicious) => "malicious",
+        }
+    }
+
+    /// The stored code: its position in [`JudgeVerdict::ALL`].
+    pub fn code(self) -> i8 {
+        match self {
+            JudgeVerdict::NotAsked => 0,
+            JudgeVerdict::Skipped => 1,
+            JudgeVerdict::Voted(Label::Benign) => 2,
+            JudgeVerdict::Voted(Label::Malicious) => 3,
         }
     }
 }
 
-impl std::str::FromStr for JudgeVerdict {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "" => Ok(JudgeVerdict::NotAsked),
-            "skipped" => Ok(JudgeVerdict::Skipped),
-            "0" => Ok(JudgeVerdict::Voted(Label::Benign)),
-            "1" => Ok(JudgeVerdict::Voted(Label::Malicious)),
-            _ => Err(Error::invalid(format!("unknown judge verdict {s:?}"))),
+/// Why the filter rejected a script: the published funnel's checks, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FunnelReason {
+    Empty,
+    Malformed,
+    Truncated,
+    LabelDisagreement,
+    LowConfidence,
+    JudgeDisagreement,
+    UnknownLanguage,
+}
+
+impl FunnelReason {
+    /// Every reason, in funnel order, which is also the order of its stored code.
+    pub const ALL: [FunnelReason; 7] = [
+        FunnelReason::Empty,
+        FunnelReason::Malformed,
+        FunnelReason::Truncated,
+        FunnelReason::LabelDisagreement,
+        FunnelReason::LowConfidence,
+        FunnelReason::JudgeDisagreement,
+        FunnelReason::UnknownLanguage,
+    ];
+
+    /// The stored name, also the `reason` of the released rejected set.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunnelReason::Empty => "empty",
+            FunnelReason::Malformed => "malformed",
+            FunnelReason::Truncated => "truncated",
+            FunnelReason::LabelDisagreement => "label-disagreement",
+            FunnelReason::LowConfidence => "low-confidence",
+            FunnelReason::JudgeDisagreement => "judge-disagreement",
+            FunnelReason::UnknownLanguage => "unknown-language",
+        }
+    }
+
+    /// The funnel stage (1-based, in the published order) that applies this reason.
+    pub fn stage(self) -> &'static str {
+        match self {
+            FunnelReason::Empty => "1-empty",
+            FunnelReason::Malformed | FunnelReason::Truncated => "2-well-formed",
+            FunnelReason::LabelDisagreement => "3-label-agreement",
+            FunnelReason::LowConfidence => "4-confidence",
+            FunnelReason::JudgeDisagreement => "5-judge",
+            FunnelReason::UnknownLanguage => "6-language",
         }
     }
 }
@@ -112,17 +168,18 @@ arrow_row! {
     check(row, _i) => row.check(),
 }
 
-/// The filter's decision for one script: accepted with the answer it keeps, or rejected at
-/// a funnel stage for a reason.
+/// The filter's decision for one script: accepted with the answer it keeps, or rejected by
+/// a funnel check for a reason.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecisionRow {
     pub sha256: String,
     pub content: Vec<u8>,
     pub accepted: bool,
-    /// The funnel stage that rejected it ("1-empty" ... "6-language"); "accepted" if kept.
-    pub stage: String,
-    /// Why, in words (empty when accepted).
-    pub reason: String,
+    /// The check that rejected it (stage: [`FunnelReason::stage`]); `None` exactly when
+    /// accepted.
+    pub reason: Option<FunnelReason>,
+    /// Why, in words a person can audit (empty when accepted).
+    pub detail: String,
     /// The kept answer (accepted only).
     pub language: Option<Language>,
     pub label: Option<Label>,
@@ -140,8 +197,8 @@ arrow_row! {
         sha256: String,
         content: Vec<u8>,
         accepted: bool,
-        stage: String,
-        reason: String,
+        reason: Option<FunnelReason>,
+        detail: String,
         language: Option<Language>,
         label: Option<Label>,
         summary: Option<String>,
@@ -151,19 +208,28 @@ arrow_row! {
         saved_tokens: u64,
     }
     approx_bytes(r) => {
-        r.content.len() + r.summary.as_ref().map_or(0, String::len) + r.reason.len() + 96
+        r.content.len() + r.summary.as_ref().map_or(0, String::len) + r.detail.len() + 96
     },
     check(row, i) => row.check(i),
 }
 
 impl DecisionRow {
-    /// An accepted row carries the answer it keeps; `i` is its index in the batch.
+    /// An accepted row carries the answer it keeps and no reason, a rejected one its
+    /// reason; `i` is its index in the batch.
     fn check(&self, i: usize) -> Result<()> {
         let complete = self.language.is_some() && self.label.is_some() && self.summary.is_some();
         if self.accepted && !complete {
             return Err(Error::invalid(format!(
                 "decision row {i}: accepted script {} lacks language, label or summary",
                 self.sha256
+            )));
+        }
+        if self.accepted == self.reason.is_some() {
+            return Err(Error::invalid(format!(
+                "decision row {i}: script {} is {} but has {} rejection reason",
+                self.sha256,
+                if self.accepted { "accepted" } else { "rejected" },
+                if self.accepted { "a" } else { "no" },
             )));
         }
         Ok(())

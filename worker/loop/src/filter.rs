@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 
 use crate::eval::parse_response;
-use automaldesc_common::schema::{FinishReason, FunnelRow};
+use automaldesc_common::schema::{FinishReason, FunnelReason, FunnelRow};
 use automaldesc_common::types::{Label, Language};
 
 /// One sample as the filter sees it.
@@ -39,58 +39,10 @@ pub struct FilterSample {
     pub finish: FinishReason,
 }
 
-/// Why a script was rejected: the funnel's stage and reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Reason {
-    Empty,
-    Malformed,
-    Truncated,
-    LabelDisagreement,
-    LowConfidence,
-    JudgeDisagreement,
-    UnknownLanguage,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 7] = [
-        Reason::Empty,
-        Reason::Malformed,
-        Reason::Truncated,
-        Reason::LabelDisagreement,
-        Reason::LowConfidence,
-        Reason::JudgeDisagreement,
-        Reason::UnknownLanguage,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Empty => "empty",
-            Reason::Malformed => "malformed",
-            Reason::Truncated => "truncated",
-            Reason::LabelDisagreement => "label-disagreement",
-            Reason::LowConfidence => "low-confidence",
-            Reason::JudgeDisagreement => "judge-disagreement",
-            Reason::UnknownLanguage => "unknown-language",
-        }
-    }
-
-    /// The funnel stage (1-based, in the published order) that applies this reason.
-    pub fn stage(self) -> &'static str {
-        match self {
-            Reason::Empty => "1-empty",
-            Reason::Malformed | Reason::Truncated => "2-well-formed",
-            Reason::LabelDisagreement => "3-label-agreement",
-            Reason::LowConfidence => "4-confidence",
-            Reason::JudgeDisagreement => "5-judge",
-            Reason::UnknownLanguage => "6-language",
-        }
-    }
-}
-
 /// A rejection with a detail a person can audit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rejection {
-    pub reason: Reason,
+    pub reason: FunnelReason,
     pub detail: String,
 }
 
@@ -106,11 +58,11 @@ pub struct Survivor {
 pub fn before_judge(samples: &[FilterSample], min_label_prob: f32) -> Result<Survivor, Rejection> {
     let reject = |reason, detail: String| Err(Rejection { reason, detail });
     if samples.is_empty() {
-        return reject(Reason::Empty, "no samples".into());
+        return reject(FunnelReason::Empty, "no samples".into());
     }
     if let Some(i) = samples.iter().position(|s| s.response.trim().is_empty()) {
         return reject(
-            Reason::Empty,
+            FunnelReason::Empty,
             format!("sample {i} (t={}) is empty", samples[i].temperature),
         );
     }
@@ -121,7 +73,7 @@ pub fn before_judge(samples: &[FilterSample], min_label_prob: f32) -> Result<Sur
         match s.finish {
             FinishReason::Length => {
                 return reject(
-                    Reason::Truncated,
+                    FunnelReason::Truncated,
                     format!("sample {i} (t={t}) hit the token budget"),
                 );
             }
@@ -130,7 +82,7 @@ pub fn before_judge(samples: &[FilterSample], min_label_prob: f32) -> Result<Sur
                     Some(l) => labels.push(l),
                     None => {
                         return reject(
-                            Reason::Malformed,
+                            FunnelReason::Malformed,
                             format!("sample {i} (t={t}) stopped early without a label"),
                         )
                     }
@@ -147,7 +99,7 @@ pub fn before_judge(samples: &[FilterSample], min_label_prob: f32) -> Result<Sur
                 None => {
                     let head: String = s.response.chars().take(60).collect();
                     return reject(
-                        Reason::Malformed,
+                        FunnelReason::Malformed,
                         format!("sample {i} (t={t}) is not a well-formed answer: {head:?}"),
                     );
                 }
@@ -157,7 +109,7 @@ pub fn before_judge(samples: &[FilterSample], min_label_prob: f32) -> Result<Sur
     if labels.iter().any(|&l| l != labels[0]) {
         let list: Vec<String> = labels.iter().map(|l| l.as_u8().to_string()).collect();
         return reject(
-            Reason::LabelDisagreement,
+            FunnelReason::LabelDisagreement,
             format!("labels by temperature: {}", list.join(",")),
         );
     }
@@ -166,7 +118,7 @@ pub fn before_judge(samples: &[FilterSample], min_label_prob: f32) -> Result<Sur
         .position(|s| s.label_prob.is_nan() || s.label_prob < min_label_prob)
     {
         return reject(
-            Reason::LowConfidence,
+            FunnelReason::LowConfidence,
             format!(
                 "sample {i} (t={}) label probability {:.3} < {min_label_prob}",
                 samples[i].temperature, samples[i].label_prob
@@ -219,7 +171,7 @@ pub fn after_judge(
         .collect();
     if agreed.is_empty() {
         return Err(Rejection {
-            reason: Reason::JudgeDisagreement,
+            reason: FunnelReason::JudgeDisagreement,
             detail: format!(
                 "the judge read {} summaries and disagreed with label {} on all",
                 judge.len(),
@@ -242,7 +194,7 @@ pub fn after_judge(
     if known.is_empty() {
         let langs: Vec<&str> = agreed.iter().map(|s| s.1.as_str()).collect();
         return Err(Rejection {
-            reason: Reason::UnknownLanguage,
+            reason: FunnelReason::UnknownLanguage,
             detail: format!("languages: {}", langs.join(",")),
         });
     }
@@ -266,12 +218,12 @@ pub fn after_judge(
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Funnel {
     pub input: u64,
-    pub rejected: BTreeMap<Reason, u64>,
+    pub rejected: BTreeMap<FunnelReason, u64>,
     pub accepted: u64,
 }
 
 impl Funnel {
-    pub fn reject(&mut self, reason: Reason) {
+    pub fn reject(&mut self, reason: FunnelReason) {
         self.input += 1;
         *self.rejected.entry(reason).or_default() += 1;
     }
@@ -293,7 +245,7 @@ impl Funnel {
     pub fn remaining(&self) -> Vec<(&'static str, u64)> {
         let mut left = self.input;
         let mut out = Vec::new();
-        let mut stages: Vec<&'static str> = Reason::ALL.iter().map(|r| r.stage()).collect();
+        let mut stages: Vec<&'static str> = FunnelReason::ALL.iter().map(|r| r.stage()).collect();
         stages.dedup();
         for stage in stages {
             let dropped: u64 = self
@@ -310,7 +262,7 @@ impl Funnel {
 
     /// As rows of the funnel dataset: every stage's drops by reason, then `accepted`.
     pub fn rows(&self) -> Vec<FunnelRow> {
-        let mut rows: Vec<FunnelRow> = Reason::ALL
+        let mut rows: Vec<FunnelRow> = FunnelReason::ALL
             .iter()
             .map(|r| FunnelRow {
                 stage: r.stage().into(),
@@ -354,7 +306,7 @@ mod tests {
         ]
     }
 
-    fn reason(samples: &[FilterSample]) -> Reason {
+    fn reason(samples: &[FilterSample]) -> FunnelReason {
         before_judge(samples, 0.9).unwrap_err().reason
     }
 
@@ -365,22 +317,22 @@ mod tests {
         s[2].response.clear();
         s[0].response = "{\"language\":".into();
         s[1] = sample(0.6, 0, 0.5, "bash");
-        assert_eq!(reason(&s), Reason::Empty);
+        assert_eq!(reason(&s), FunnelReason::Empty);
         s[2] = sample(0.8, 1, 0.99, "bash");
-        assert_eq!(reason(&s), Reason::Malformed);
+        assert_eq!(reason(&s), FunnelReason::Malformed);
         s[0] = sample(0.4, 1, 0.99, "bash");
-        assert_eq!(reason(&s), Reason::LabelDisagreement);
+        assert_eq!(reason(&s), FunnelReason::LabelDisagreement);
         s[1] = sample(0.6, 1, 0.5, "bash");
         let err = before_judge(&s, 0.9).unwrap_err();
-        assert_eq!(err.reason, Reason::LowConfidence);
+        assert_eq!(err.reason, FunnelReason::LowConfidence);
         assert!(err.detail.contains("0.500 < 0.9"), "{}", err.detail);
         let mut t = three(0);
         t[1].finish = FinishReason::Length;
-        assert_eq!(reason(&t), Reason::Truncated);
+        assert_eq!(reason(&t), FunnelReason::Truncated);
         // NaN probabilities never pass.
         let mut n = three(0);
         n[0].label_prob = f32::NAN;
-        assert_eq!(reason(&n), Reason::LowConfidence);
+        assert_eq!(reason(&n), FunnelReason::LowConfidence);
     }
 
     #[test]
@@ -392,10 +344,10 @@ mod tests {
             label_prob: 0.99,
             finish: FinishReason::EarlyStopDisagree,
         };
-        assert_eq!(reason(&s), Reason::LabelDisagreement);
+        assert_eq!(reason(&s), FunnelReason::LabelDisagreement);
         s[2].response = "{\"language\": \"bash\", \"label\": 1".into();
         s[2].label_prob = 0.6;
-        assert_eq!(reason(&s), Reason::LowConfidence);
+        assert_eq!(reason(&s), FunnelReason::LowConfidence);
     }
 
     #[test]
@@ -411,11 +363,11 @@ mod tests {
         let m = Label::Malicious;
         let b = Label::Benign;
         let err = after_judge(&survivor, &[b, b, b], &s).unwrap_err();
-        assert_eq!(err.reason, Reason::JudgeDisagreement);
+        assert_eq!(err.reason, FunnelReason::JudgeDisagreement);
         // The judge agrees only with the unknown-language sample.
         assert_eq!(
             after_judge(&survivor, &[b, m, b], &s).unwrap_err().reason,
-            Reason::UnknownLanguage
+            FunnelReason::UnknownLanguage
         );
         // 0.99 at t=0.8 beats 0.97 at t=0.4; the 0.99 at t=0.6 has no known language.
         let a = after_judge(&survivor, &[m, m, m], &s).unwrap();
@@ -438,7 +390,7 @@ mod tests {
         let survivor = before_judge(&s, 0.9).unwrap();
         assert_eq!(
             after_judge(&survivor, &[b], &s).unwrap_err().reason,
-            Reason::UnknownLanguage
+            FunnelReason::UnknownLanguage
         );
     }
 
@@ -446,18 +398,18 @@ mod tests {
     fn funnel_counts_add_up() {
         let mut f = Funnel::default();
         for r in [
-            Reason::Empty,
-            Reason::Malformed,
-            Reason::Truncated,
-            Reason::LowConfidence,
-            Reason::LowConfidence,
+            FunnelReason::Empty,
+            FunnelReason::Malformed,
+            FunnelReason::Truncated,
+            FunnelReason::LowConfidence,
+            FunnelReason::LowConfidence,
         ] {
             f.reject(r);
         }
         f.accept();
         f.accept();
         let mut g = Funnel::default();
-        g.reject(Reason::JudgeDisagreement);
+        g.reject(FunnelReason::JudgeDisagreement);
         f.merge(&g);
         assert_eq!(f.input, 8);
         let rem = f.remaining();

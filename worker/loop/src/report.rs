@@ -11,7 +11,8 @@ mod charts;
 pub use charts::{grouped_bars_svg, hbar_svg};
 
 use crate::eval::{self, Comparison, Evaluation};
-use crate::filter::{Funnel, Reason};
+use crate::filter::Funnel;
+use automaldesc_common::schema::FunnelReason;
 use crate::report_sections::{
     judge_and_classes_markdown, learning_markdown, mcnemar_power_note, LabelScores, PromptSummary,
     TrainingSummary,
@@ -26,7 +27,7 @@ pub struct FunnelSummary {
     pub unprocessed: u64,
     /// Scripts the filter saw.
     pub filtered: u64,
-    /// Rejections by reason (`Reason::as_str`).
+    /// Rejections by reason (`FunnelReason::as_str`).
     pub rejected: BTreeMap<String, u64>,
     /// Scripts left after each funnel stage, in order.
     pub remaining: Vec<(String, u64)>,
@@ -114,7 +115,7 @@ impl FunnelSummary {
             self.unprocessed, self.filtered
         );
         for (stage, left) in &self.remaining {
-            let dropped: Vec<String> = Reason::ALL
+            let dropped: Vec<String> = FunnelReason::ALL
                 .iter()
                 .filter(|r| r.stage() == stage)
                 .map(|r| {
@@ -129,7 +130,7 @@ impl FunnelSummary {
     pub fn from_funnel(f: &Funnel) -> Self {
         Self {
             filtered: f.input,
-            rejected: Reason::ALL
+            rejected: FunnelReason::ALL
                 .iter()
                 .map(|r| {
                     (
@@ -431,9 +432,9 @@ mod tests {
     fn funnel() -> FunnelSummary {
         let mut f = Funnel::default();
         for r in [
-            Reason::Truncated,
-            Reason::LabelDisagreement,
-            Reason::LabelDisagreement,
+            FunnelReason::Truncated,
+            FunnelReason::LabelDisagreement,
+            FunnelReason::LabelDisagreement,
         ] {
             f.reject(r);
         }

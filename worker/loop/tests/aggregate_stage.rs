@@ -10,7 +10,7 @@ use std::sync::Arc;
 use automaldesc_common::manifest::Manifest;
 use automaldesc_common::parquet_io::{dataset_layout, read_dataset, write_dataset, WriterOptions};
 use automaldesc_loop::report::FunnelSummary;
-use automaldesc_common::schema::{CorpusRow, DecisionRow, LabelledRow, RejectedRow};
+use automaldesc_common::schema::{CorpusRow, DecisionRow, FunnelReason, LabelledRow, RejectedRow};
 use automaldesc_common::store::{block_on, child, open_store};
 use automaldesc_common::{Label, Language};
 use automaldesc_common::executor::{Executor, TaskInput};
@@ -25,8 +25,8 @@ fn accepted(row: &CorpusRow) -> DecisionRow {
         sha256: row.sha256.clone(),
         content: row.content.clone(),
         accepted: true,
-        stage: "accepted".into(),
-        reason: String::new(),
+        reason: None,
+        detail: String::new(),
         language: Some(Language::Bash),
         label: Some(Label::Benign),
         summary: Some("Prints a line.".into()),
@@ -37,11 +37,11 @@ fn accepted(row: &CorpusRow) -> DecisionRow {
     }
 }
 
-fn rejected(row: &CorpusRow, stage: &str, reason: &str) -> DecisionRow {
+fn rejected(row: &CorpusRow, reason: FunnelReason, detail: &str) -> DecisionRow {
     DecisionRow {
         accepted: false,
-        stage: stage.into(),
-        reason: reason.into(),
+        reason: Some(reason),
+        detail: detail.into(),
         language: None,
         label: None,
         summary: None,
@@ -155,19 +155,19 @@ fn every_script_is_accepted_or_rejected_once_and_the_files_agree() {
                 accepted(&c[0]),
                 rejected(
                     &c[1],
-                    "2-well-formed",
-                    "truncated: sample 0 cut at 512 tokens",
+                    FunnelReason::Truncated,
+                    "sample 0 cut at 512 tokens",
                 ),
                 rejected(
                     &c[2],
-                    "3-label-agreement",
-                    "label-disagreement: labels 0,1,1",
+                    FunnelReason::LabelDisagreement,
+                    "labels 0,1,1",
                 ),
                 // Script 2 occurs twice in the corpus and is decided twice, alike.
                 rejected(
                     &c[2],
-                    "3-label-agreement",
-                    "label-disagreement: labels 0,1,1",
+                    FunnelReason::LabelDisagreement,
+                    "labels 0,1,1",
                 ),
             ],
         )
@@ -262,18 +262,23 @@ fn untrustworthy_decisions_fail_the_task() {
         "conflict",
         vec![
             accepted(&c[0]),
-            rejected(&c[0], "5-judge", "judge-disagreement: the judge disagreed"),
+            rejected(&c[0], FunnelReason::JudgeDisagreement, "the judge disagreed"),
             accepted(&c[1]),
         ],
     );
     assert!(conflict.unwrap_err().contains("two different decisions"));
-    let unknown = f.run(
-        "unknown",
+    // A rejection must say which check rejected it.
+    let unexplained = f.run(
+        "unexplained",
         vec![
-            rejected(&c[0], "9-other", "vibes: no"),
+            DecisionRow {
+                reason: None,
+                ..rejected(&c[0], FunnelReason::Empty, "")
+            },
             accepted(&c[1]),
             accepted(&c[2]),
         ],
     );
-    assert!(unknown.unwrap_err().contains("unknown reason"));
+    let err = unexplained.unwrap_err();
+    assert!(err.contains("rejected but has no rejection reason"), "{err}");
 }

@@ -15,7 +15,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automaldesc_common::fault::TaskError;
-use crate::filter::{Funnel, Reason};
+use crate::filter::Funnel;
+use automaldesc_common::schema::FunnelReason;
 use automaldesc_common::manifest::Manifest;
 use automaldesc_common::parquet_io::{read_dataset, WriterOptions};
 use crate::report::FunnelSummary;
@@ -52,13 +53,8 @@ fn read_url<R: automaldesc_common::schema::ArrowRow>(url: &str) -> super::StageR
 /// What a decision decides (its floats left out: a rejected row carries NaN).
 fn verdict(d: &DecisionRow) -> impl PartialEq + '_ {
     (
-        d.accepted, &d.stage, &d.reason, d.language, d.label, &d.summary,
+        d.accepted, d.reason, &d.detail, d.language, d.label, &d.summary,
     )
-}
-
-fn reason_of(d: &DecisionRow) -> Option<Reason> {
-    let code = d.reason.split(':').next().unwrap_or("");
-    Reason::ALL.into_iter().find(|r| r.as_str() == code)
 }
 
 pub struct AggregateExecutor;
@@ -141,14 +137,18 @@ impl Executor for AggregateExecutor {
                 *rejected_by_label
                     .entry(class(d.label).to_string())
                     .or_insert(0) += 1;
-                let reason = reason_of(d)
-                    .ok_or_else(|| format!("script {}: unknown reason {:?}", d.sha256, d.reason))?;
+                let Some(reason) = d.reason else {
+                    return Err(TaskError::invalid(format!(
+                        "rejected script {} without its reason",
+                        d.sha256
+                    )));
+                };
                 funnel.reject(reason);
                 rejected.push(RejectedRow {
                     sha256: d.sha256.clone(),
-                    stage: d.stage.clone(),
+                    stage: reason.stage().into(),
                     reason: reason.as_str().into(),
-                    detail: d.reason.clone(),
+                    detail: d.detail.clone(),
                 });
                 continue;
             }
