@@ -18,11 +18,10 @@ pub use crate::control_cmd::{
     cancel, retry_quarantined, status, submit, CancelArgs, ClientArgs, RetryArgs, StatusArgs,
     SubmitArgs,
 };
-use crate::control_cmd::{exit_code, status_json};
-use automaldesc_coordinator::grpc_server::{serve, to_proto, ServeOptions};
+use automaldesc_coordinator::grpc_server::{serve, ServeOptions};
 use automaldesc_coordinator::http_access::is_loopback;
 use automaldesc_coordinator::lease_manager::LeasePolicy;
-use automaldesc_coordinator::run_manager::{RunManager, RunPhase, RunStatus};
+use automaldesc_coordinator::run_manager::RunManager;
 use automaldesc_common::run_spec::{RunSpec, StageCatalog};
 use automaldesc_coordinator::state::{EmbeddedStore, EtcdStore, StateError, StateStore};
 
@@ -445,7 +444,7 @@ fn print_report(r: &WorkerReport) {
 mod tests {
     use super::*;
     use automaldesc_coordinator::lease_manager::StageCounts;
-    use automaldesc_coordinator::run_manager::StageSummary;
+    use automaldesc_coordinator::run_manager::{RunPhase, RunStatus, StageSummary};
     use automaldesc_coordinator::stage_manager::StageTotals;
 
     fn stage(index: u32, done: u32, total: u32, finished_ms: u64) -> StageSummary {

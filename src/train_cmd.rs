@@ -17,7 +17,6 @@ use crate::model_args::ModelArg;
 
 mod bench;
 pub use bench::{bench, BenchTrainArgs};
-use rand::{Rng, SeedableRng};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {

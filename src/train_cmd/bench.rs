@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use automaldesc_runtime::train::data::Budget;
 use automaldesc_runtime::train::{train_with, Example, TrainData};
+use anyhow::Context;
 use clap::Args;
 use rand::{Rng, SeedableRng};
 

@@ -15,6 +15,8 @@ pub mod export_check;
 pub mod procs;
 pub mod tiny_model;
 
+// Each test binary uses its own part of the support.
+#[allow(unused_imports)]
 pub use corpus::{small_corpus, Corpus};
 
 use automaldesc_common::parquet_io::read_file;

@@ -390,6 +390,10 @@ mod tests {
 
     #[test]
     fn options_read_nulls_as_none_and_lists_parse_their_items() {
+        use super::super::FinishReason;
+        use arrow::array::{ListBuilder, StringDictionaryBuilder};
+        use arrow::datatypes::Int8Type;
+
         let v: Vec<Option<f32>> = vec![Some(0.5), None];
         let col = <Option<f32>>::build(v.iter());
         assert_eq!(col.null_count(), 1);
@@ -413,8 +417,12 @@ mod tests {
             <Vec<FinishReason>>::read(col.as_ref(), "finishes", 1).unwrap(),
             vec![]
         );
-        let bad = <Vec<String>>::build([vec!["stop".to_string(), "melted".to_string()]].iter());
-        let err = <Vec<FinishReason>>::read(bad.as_ref(), "finishes", 0)
+        let mut b = ListBuilder::new(StringDictionaryBuilder::<Int8Type>::new());
+        b.values().append_value("stop");
+        b.values().append_value("melted");
+        b.append(true);
+        let bad = b.finish();
+        let err = <Vec<FinishReason>>::read(&bad, "finishes", 0)
             .unwrap_err()
             .to_string();
         assert!(

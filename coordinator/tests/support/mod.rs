@@ -7,4 +7,6 @@
 mod corpus;
 pub mod etcd;
 
-pub use corpus::{small_corpus, Corpus};
+// Each test binary uses its own part of the support.
+#[allow(unused_imports)]
+pub use corpus::small_corpus;

@@ -1,7 +1,7 @@
 //! The loop config: its keys, their defaults and checks, and where each iteration's stages
 //! sit in the run spec.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use crate::stages::defaults;
 use automaldesc_runtime::train::lora::{LayerSet, LoraConfig};
 use automaldesc_runtime::train::TrainConfig;

@@ -69,7 +69,7 @@ impl LoopConfig {
         }
     }
 
-    pub(super) fn judge(&self) -> &str {
+    pub fn judge(&self) -> &str {
         self.judge_model.as_deref().unwrap_or(&self.model)
     }
 

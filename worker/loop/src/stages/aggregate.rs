@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automaldesc_common::fault::TaskError;
 use crate::filter::Funnel;
-use automaldesc_common::schema::FunnelReason;
 use automaldesc_common::manifest::Manifest;
 use automaldesc_common::parquet_io::{read_dataset, WriterOptions};
 use crate::report::FunnelSummary;

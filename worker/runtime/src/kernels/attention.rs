@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu::{axpy, dot, exp, fmadd, has_fma, max_of, rotate, simd_dispatch, softmax_in_place, sum_of, LANES};
+use super::cpu::{axpy, dot, has_fma, rotate, simd_dispatch, softmax_in_place};
 use super::linear;
 
 /// The shape of one attention step over a slot cache (see `model::KvCache` for its layout).

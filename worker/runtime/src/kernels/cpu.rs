@@ -10,8 +10,6 @@
 
 use rayon::prelude::*;
 
-use super::linear;
-
 /// Whether the AVX2+FMA builds of the kernels may run on this CPU.
 pub(super) fn has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -10,7 +10,7 @@ use super::checkpoint::{self, load_checkpoint, save_checkpoint, State, TallyStat
 use super::forward::{score, Dropout};
 use super::heads;
 use super::lora::LoraWeights;
-use super::metrics::{calibrated_threshold, SplitMetrics, Tally};
+use super::metrics::{calibrated_threshold, SplitMetrics};
 use super::optim::{learning_rate, AdamW};
 use super::prefix::PrefixCache;
 use super::scorer::Scorer;

@@ -5,7 +5,7 @@ use super::forward::target_log_probs;
 use super::lora::{LayerSet, LoraConfig, LoraWeights, Proj};
 use super::*;
 use crate::model::load::TensorSource;
-use crate::model::{KvCache, LlamaConfig};
+use crate::model::{KvCache, Llama, LlamaConfig};
 use crate::safetensors::SafeTensors;
 use std::collections::BTreeMap;
 

@@ -7,8 +7,11 @@ use burn::tensor::Device;
 use super::forward::{hidden_states, score};
 use super::lora::{LayerSet, LoraConfig, LoraWeights, Proj};
 use super::prefix::PrefixCache;
+use super::run::is_better;
+use super::scorer::Scorer;
+use super::scoring::scores_with;
 use super::*;
-use crate::model::LlamaConfig;
+use crate::model::{Llama, LlamaConfig};
 use crate::state_store::StateStore;
 
 const LANGS: [u32; 5] = [10, 11, 12, 13, 14];

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::super::cpu::{exp, fmadd, has_fma, rotate, simd_dispatch, sum_of};
+use super::super::cpu::{exp, fmadd, has_fma, rotate, simd_dispatch};
 use super::{swap_middle, times, times_t, transpose, Block, CausalShape, Saved};
 
 /// A block's probabilities from its scores `[group * r, ctx]` (in place) and its score
