@@ -327,7 +327,9 @@ mod tests {
         assert_eq!(got, want);
         let lists = AnswersRow::schema();
         assert_eq!(lists.field(2).data_type(), &list_of(DataType::Float32));
-        assert_eq!(lists.field(5).data_type(), &list_of(DataType::Utf8));
+        assert_eq!(lists.field(3).data_type(), &list_of(DataType::Utf8));
+        let codes = DataType::Dictionary(Box::new(DataType::Int8), Box::new(DataType::Utf8));
+        assert_eq!(lists.field(5).data_type(), &list_of(codes));
     }
 
     #[test]
