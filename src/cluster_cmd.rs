@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use automaldesc_common::ids::RunId;
-use automaldesc_proto::security::{RequireToken, ServerTlsFiles, Token};
 use automaldesc_common::executor::{EchoExecutor, Executor};
+use automaldesc_common::ids::RunId;
 use automaldesc_loop::stages;
+use automaldesc_proto::security::{RequireToken, ServerTlsFiles, Token};
 use automaldesc_worker::worker_process::{run_worker, Executors, WorkerOptions, WorkerReport};
 use clap::Args;
 
@@ -18,11 +18,11 @@ pub use crate::control_cmd::{
     cancel, retry_quarantined, status, submit, CancelArgs, ClientArgs, RetryArgs, StatusArgs,
     SubmitArgs,
 };
+use automaldesc_common::run_spec::{RunSpec, StageCatalog};
 use automaldesc_coordinator::grpc_server::{serve, ServeOptions};
 use automaldesc_coordinator::http_access::is_loopback;
 use automaldesc_coordinator::lease_manager::LeasePolicy;
 use automaldesc_coordinator::run_manager::RunManager;
-use automaldesc_common::run_spec::{RunSpec, StageCatalog};
 use automaldesc_coordinator::state::{EmbeddedStore, EtcdStore, StateError, StateStore};
 
 mod local;

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use automaldesc_common::parquet_io::WriterOptions;
+use automaldesc_common::store::block_on;
 use automaldesc_corpus::import::{import_dir, ImportOptions};
 use automaldesc_corpus::import_labels::{import_labels, LabelImportOptions};
-use automaldesc_common::parquet_io::WriterOptions;
 use automaldesc_corpus::stats::dataset_stats;
-use automaldesc_common::store::block_on;
 use automaldesc_corpus::synth::SynthConfig;
 use automaldesc_corpus::synth_dataset::write_synth_corpus;
 use clap::{Args, Subcommand};

@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use automaldesc_loop::eval::{self, Answers, Reference};
 use automaldesc_corpus::import_labels::{
     parse_release_jsonl, parse_release_parquet, text_at, utf8_column,
 };
+use automaldesc_loop::eval::{self, Answers, Reference};
 use clap::Args;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 

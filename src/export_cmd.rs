@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use automaldesc_loop::dataset_card::{CardSplit, DatasetCard};
 use automaldesc_common::parquet_io::WrittenFile;
+use automaldesc_loop::dataset_card::{CardSplit, DatasetCard};
 use automaldesc_loop::release::{
     checksum_list, write_file, write_split, ReleaseFormat, Staging, CHECKSUMS,
 };
@@ -23,8 +23,8 @@ use clap::Args;
 
 use crate::cluster_cmd::ClientArgs;
 use crate::export_source::{read_iteration, IterationData, Source};
-use automaldesc_coordinator::run_manager::RunPhase;
 use automaldesc_common::run_spec::{RunSpec, StageInput};
+use automaldesc_coordinator::run_manager::RunPhase;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {

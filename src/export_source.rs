@@ -10,10 +10,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use automaldesc_common::ids::RunId;
 use automaldesc_common::manifest::Manifest;
-use automaldesc_loop::report::{FunnelSummary, IterationReport};
 use automaldesc_common::schema::{ArrowRow, LabelledRow, RejectedRow, ReleaseRecord};
 use automaldesc_common::sha256_hex;
 use automaldesc_common::store::{get_bytes, open_object};
+use automaldesc_loop::report::{FunnelSummary, IterationReport};
 use automaldesc_proto::v1;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
@@ -21,8 +21,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::control_cmd::{control, Control};
 use crate::export_cmd::{ExportArgs, ExportStages, RunFacts};
-use automaldesc_coordinator::run_manager::{read_run, RunPhase};
 use automaldesc_common::run_spec::RunSpec;
+use automaldesc_coordinator::run_manager::{read_run, RunPhase};
 use automaldesc_coordinator::stage_manager::{read_commits, OutputRecord};
 use automaldesc_coordinator::state::{EmbeddedStore, EtcdStore, StateError, StateStore};
 

@@ -33,7 +33,6 @@ pub fn read(url: &str, limit: Option<usize>) -> anyhow::Result<(Scripts, Vec<Lab
     Ok((out, labels))
 }
 
-
 /// `n` of the pairs, evenly spaced (row `i * len / n`), in their order.
 pub fn spread<T, U>(a: Vec<T>, b: Vec<U>, n: usize) -> (Vec<T>, Vec<U>) {
     let len = a.len();

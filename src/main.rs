@@ -126,9 +126,7 @@ fn main() -> anyhow::Result<()> {
         Command::RetryQuarantined(args) => cluster::retry_quarantined(args),
         Command::Export(args) => automaldesc::export_cmd::run(args),
         Command::Bench(BenchCmd::Runtime(args)) => automaldesc::bench_cmd::run(args),
-        Command::Bench(BenchCmd::Annotate(args)) => {
-            automaldesc::bench_cmd::annotate(args)
-        }
+        Command::Bench(BenchCmd::Annotate(args)) => automaldesc::bench_cmd::annotate(args),
         Command::Bench(BenchCmd::Train(args)) => automaldesc::train_cmd::bench(args),
         Command::Bench(BenchCmd::Engine(args)) => automaldesc::bench_cmd::engine(args),
         Command::Bench(BenchCmd::Matmul(args)) => automaldesc::bench_cmd::matmul(args),

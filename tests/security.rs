@@ -8,12 +8,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use automaldesc_common::ids::RunId;
 use automaldesc::cluster_cmd::executors;
+use automaldesc_common::ids::RunId;
+use automaldesc_common::run_spec::RunSpec;
 use automaldesc_coordinator::grpc_server::{serve, ServeOptions};
 use automaldesc_coordinator::lease_manager::LeasePolicy;
 use automaldesc_coordinator::run_manager::{RunManager, RunPhase};
-use automaldesc_common::run_spec::RunSpec;
 use automaldesc_coordinator::state::{EmbeddedStore, StateStore};
 use automaldesc_proto::security::{
     ClientSecurity, ClientTlsFiles, RequireToken, ServerTlsFiles, Token,

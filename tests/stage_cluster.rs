@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use automaldesc_common::ids::RunId;
 use automaldesc::cluster_cmd::executors;
+use automaldesc_common::ids::RunId;
+use automaldesc_common::run_spec::{RunLimits, RunSpec, StageConfig};
 use automaldesc_coordinator::grpc_server::{serve, ServeOptions};
 use automaldesc_coordinator::http::ClusterView;
 use automaldesc_coordinator::lease_manager::LeasePolicy;
 use automaldesc_coordinator::run_manager::{RunManager, RunPhase};
-use automaldesc_common::run_spec::{RunLimits, RunSpec, StageConfig};
 use automaldesc_coordinator::state::{EmbeddedStore, StateStore};
 use automaldesc_proto::v1;
 use automaldesc_proto::v1::control_service_client::ControlServiceClient;

@@ -154,11 +154,7 @@ fn empty_object() -> serde_json::Value {
 /// kind's executor and typed config, and the schema a kind reads from a dataset URL.
 pub trait StageCatalog: Send + Sync {
     /// Parses a stage's config into its kind's typed config; an unknown kind is an error.
-    fn check_stage(
-        &self,
-        kind: &str,
-        config: &serde_json::Value,
-    ) -> Result<(), crate::TaskError>;
+    fn check_stage(&self, kind: &str, config: &serde_json::Value) -> Result<(), crate::TaskError>;
     /// The columns a stage of `kind` needs in a dataset it reads by URL, if it reads one.
     fn input_schema(&self, kind: &str) -> Option<arrow::datatypes::SchemaRef>;
 }

@@ -248,7 +248,11 @@ fn stored_names(batch: &RecordBatch, name: &str, row: usize) -> Vec<String> {
         .as_any()
         .downcast_ref::<DictionaryArray<Int8Type>>()
         .unwrap();
-    let names = dict.values().as_any().downcast_ref::<StringArray>().unwrap();
+    let names = dict
+        .values()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
     dict.keys()
         .iter()
         .map(|k| names.value(k.unwrap() as usize).to_string())
@@ -278,14 +282,25 @@ fn finish_reasons_and_judge_verdicts_are_stored_as_dictionaries_and_checked_on_r
     let batch = AnswersRow::to_batch(&rows).unwrap();
     let dictionary = DataType::Dictionary(Box::new(DataType::Int8), Box::new(DataType::Utf8));
     for column in ["finishes", "judge_labels"] {
-        let DataType::List(item) = batch.schema().field_with_name(column).unwrap().data_type().clone()
+        let DataType::List(item) = batch
+            .schema()
+            .field_with_name(column)
+            .unwrap()
+            .data_type()
+            .clone()
         else {
             panic!("{column} is not a list");
         };
         assert_eq!(item.data_type(), &dictionary, "{column}");
     }
-    assert_eq!(stored_names(&batch, "finishes", 0), ["stop", "early_stop_disagree"]);
-    assert_eq!(stored_names(&batch, "judge_labels", 1), ["malicious", "skipped"]);
+    assert_eq!(
+        stored_names(&batch, "finishes", 0),
+        ["stop", "early_stop_disagree"]
+    );
+    assert_eq!(
+        stored_names(&batch, "judge_labels", 1),
+        ["malicious", "skipped"]
+    );
     assert_eq!(AnswersRow::from_batch(&batch).unwrap(), rows);
     // A name no stage writes is refused, naming the column and the row.
     for (column, bad) in [("finishes", "early_stop_maybe"), ("judge_labels", "1")] {
@@ -309,11 +324,22 @@ fn a_decision_stores_its_funnel_reason_as_a_dictionary_null_when_accepted() {
         .downcast_ref::<DictionaryArray<Int8Type>>()
         .unwrap();
     assert!(reason.is_null(0), "accepted: no reason");
-    let names = reason.values().as_any().downcast_ref::<StringArray>().unwrap();
+    let names = reason
+        .values()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
     let code = reason.keys().value(1);
     assert_eq!(names.value(code as usize), "label-disagreement");
-    assert_eq!(code, FunnelReason::LabelDisagreement as i8, "the documented code");
-    assert!(batch.column_by_name("stage").is_none(), "the stage follows from the reason");
+    assert_eq!(
+        code,
+        FunnelReason::LabelDisagreement as i8,
+        "the documented code"
+    );
+    assert!(
+        batch.column_by_name("stage").is_none(),
+        "the stage follows from the reason"
+    );
     // An accepted script with a reason, or a rejected one without, is refused.
     for (i, reason) in [(0, Some(FunnelReason::Empty)), (1, None)] {
         let mut rows = decision_rows();

@@ -43,9 +43,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::lease_manager::{LeasePolicy, Stall};
-use automaldesc_common::run_spec::{RunSpec, StageCatalog};
 use crate::stage_manager::{read_commits, OutputRecord, StageError};
 use crate::state::{Expect, StateStore};
+use automaldesc_common::run_spec::{RunSpec, StageCatalog};
 
 use background::Job;
 pub use background::JobDone;

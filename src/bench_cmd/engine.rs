@@ -162,11 +162,12 @@ fn engine_once(args: &BenchEngineArgs, workers: u32) -> anyhow::Result<EngineRun
     // Check the work before timing it: every input script came out once.
     let summary: Value = {
         let store = automaldesc_coordinator::state::EmbeddedStore::open(&state)?;
-        let v = automaldesc_common::store::block_on(automaldesc_coordinator::state::StateStore::get(
-            &store,
-            "runs/bench/stages/000/summary",
-        ))??
-        .context("the run left no stage summary")?;
+        let v =
+            automaldesc_common::store::block_on(automaldesc_coordinator::state::StateStore::get(
+                &store,
+                "runs/bench/stages/000/summary",
+            ))??
+            .context("the run left no stage summary")?;
         serde_json::from_slice(&v.value)?
     };
     let (total, out) = (

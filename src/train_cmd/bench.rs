@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use automaldesc_runtime::train::data::Budget;
 use automaldesc_runtime::train::{train_with, Example, TrainData};
-use anyhow::Context;
 use clap::Args;
 use rand::{Rng, SeedableRng};
 
@@ -152,8 +152,8 @@ pub fn bench(args: BenchTrainArgs) -> anyhow::Result<()> {
     if let (Some(python), Some(model), Some(shape)) =
         (&args.peft_python, &args.peft_model, &args.shape)
     {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/peer/peft_train_bench.py");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peer/peft_train_bench.py");
         let peer = crate::bench_cmd::peer_json(
             std::process::Command::new(python)
                 .arg(&script)

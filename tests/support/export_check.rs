@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use automaldesc_common::parquet_io::read_dataset;
-use automaldesc_loop::report::FunnelSummary;
 use automaldesc_common::schema::{ArrowRow, LabelledRow, ReleaseRecord};
 use automaldesc_common::store::open_store;
+use automaldesc_loop::report::FunnelSummary;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 

@@ -16,8 +16,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use automaldesc_common::telemetry::Telemetry;
 use crate::worker_process::{WorkerError, WorkerOptions};
+use automaldesc_common::telemetry::Telemetry;
 
 type Client = WorkerServiceClient<InterceptedService<Channel, AttachToken>>;
 

@@ -299,7 +299,9 @@ pub async fn import_dir(root: &Path, out_url: &str, opts: &ImportOptions) -> Res
         iteration: 0,
         stage: "corpus-import".into(),
         files: report.files.clone(),
-        config_hash: automaldesc_common::types::sha256_hex(format!("max_bytes={}", opts.max_bytes).as_bytes()),
+        config_hash: automaldesc_common::types::sha256_hex(
+            format!("max_bytes={}", opts.max_bytes).as_bytes(),
+        ),
         model_id: None,
         adapter_id: None,
         counts,

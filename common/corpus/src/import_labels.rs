@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use automaldesc_common::error::{Error, Result};
-use automaldesc_common::parquet_io::{list_parquet, read_file, write_dataset, WriterOptions, WrittenFile};
+use automaldesc_common::parquet_io::{
+    list_parquet, read_file, write_dataset, WriterOptions, WrittenFile,
+};
 use automaldesc_common::schema::{CorpusRow, LabelledRow};
 use automaldesc_common::store::{child, get_bytes, open_object, open_store, put_bytes};
 use automaldesc_common::types::{sha256_hex, Label, Language};

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::synth::{generate, SynthConfig};
 use automaldesc_common::error::Result;
 use automaldesc_common::manifest::ManifestFile;
 use automaldesc_common::parquet_io::{DatasetWriter, WriterOptions};
 use automaldesc_common::schema::{CorpusRow, LabelledRow};
 use automaldesc_common::store::{child, open_store, put_bytes};
-use crate::synth::{generate, SynthConfig};
 use automaldesc_common::types::Split;
 
 #[derive(Debug, Serialize)]
@@ -104,8 +104,9 @@ pub async fn write_synth_corpus(
     for (name, files) in done.into_iter().chain(labels) {
         report.files.insert(name.to_string(), files);
     }
-    let json = serde_json::to_vec_pretty(&report)
-        .map_err(|e| automaldesc_common::error::Error::Internal(format!("cannot encode synth report: {e}")))?;
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| {
+        automaldesc_common::error::Error::Internal(format!("cannot encode synth report: {e}"))
+    })?;
     put_bytes(store.as_ref(), &child(&prefix, "synth.json"), json).await?;
     Ok(report)
 }
@@ -113,9 +114,9 @@ pub async fn write_synth_corpus(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::synth::plan;
     use automaldesc_common::parquet_io::read_dataset;
     use automaldesc_common::schema::{CorpusRow, LabelledRow};
-    use crate::synth::plan;
     use automaldesc_common::types::Split;
 
     #[tokio::test]

@@ -6,13 +6,13 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use automaldesc_corpus::import::{
-    import_dir, ImportOptions, SkipReason, SkippedFile, SKIPPED_REPORT,
-};
 use automaldesc_common::parquet_io::read_dataset;
 use automaldesc_common::schema::CorpusRow;
 use automaldesc_common::store::open_store;
 use automaldesc_common::{sha256_hex, Language};
+use automaldesc_corpus::import::{
+    import_dir, ImportOptions, SkipReason, SkippedFile, SKIPPED_REPORT,
+};
 
 const SAMPLE: usize = 300;
 

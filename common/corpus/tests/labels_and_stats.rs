@@ -6,12 +6,12 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use automaldesc_corpus::import_labels::*;
 use automaldesc_common::parquet_io::{read_dataset, write_dataset, WriterOptions};
 use automaldesc_common::schema::{CorpusRow, LabelledRow};
-use automaldesc_corpus::stats::{dataset_stats, DatasetKind, StatsRow};
 use automaldesc_common::store::open_store;
 use automaldesc_common::{sha256_hex, Label, Language};
+use automaldesc_corpus::import_labels::*;
+use automaldesc_corpus::stats::{dataset_stats, DatasetKind, StatsRow};
 use parquet::arrow::ArrowWriter;
 
 fn line(sha: &str, label: &str, lang: &str, path: Option<&str>) -> String {

@@ -72,12 +72,7 @@ fn dictionary<E: Coded>(values: impl Iterator<Item = Option<E>>) -> DictionaryAr
 }
 
 /// The value at `i` of a dictionary column (`name`, `row` for errors), by its name.
-fn decode<E: Coded>(
-    col: &dyn Array,
-    i: usize,
-    name: &str,
-    row: usize,
-) -> Result<E> {
+fn decode<E: Coded>(col: &dyn Array, i: usize, name: &str, row: usize) -> Result<E> {
     let dict = downcast::<DictionaryArray<Int8Type>>(col, name)?;
     let names = downcast::<StringArray>(dict.values().as_ref(), name)?;
     let code = dict.keys().value(i);
@@ -90,12 +85,16 @@ fn decode<E: Coded>(
                 "column `{name}` row {row}: code {code} is outside its dictionary"
             ))
         })?;
-    E::ALL.iter().copied().find(|e| e.name() == stored).ok_or_else(|| {
-        let known: Vec<&str> = E::ALL.iter().map(|e| e.name()).collect();
-        Error::invalid(format!(
-            "column `{name}` row {row}: unknown value {stored:?} (expected one of {known:?})"
-        ))
-    })
+    E::ALL
+        .iter()
+        .copied()
+        .find(|e| e.name() == stored)
+        .ok_or_else(|| {
+            let known: Vec<&str> = E::ALL.iter().map(|e| e.name()).collect();
+            Error::invalid(format!(
+                "column `{name}` row {row}: unknown value {stored:?} (expected one of {known:?})"
+            ))
+        })
 }
 
 macro_rules! coded_column {
@@ -188,7 +187,9 @@ mod tests {
             FinishReason::read(&col, "finish", 1).unwrap(),
             FinishReason::LabelOnly
         );
-        let err = FinishReason::read(&col, "finish", 2).unwrap_err().to_string();
+        let err = FinishReason::read(&col, "finish", 2)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("`finish` row 2") && err.contains("no_such_finish"),
             "{err}"

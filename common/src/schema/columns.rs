@@ -29,9 +29,7 @@ use arrow::array::{
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 
-use super::{
-    floats_list, list_of, parse_label, parse_language, required, same_type, strings_list,
-};
+use super::{floats_list, list_of, parse_label, parse_language, required, same_type, strings_list};
 use crate::error::{Error, Result};
 use crate::types::{Label, Language};
 

@@ -228,7 +228,11 @@ impl DecisionRow {
             return Err(Error::invalid(format!(
                 "decision row {i}: script {} is {} but has {} rejection reason",
                 self.sha256,
-                if self.accepted { "accepted" } else { "rejected" },
+                if self.accepted {
+                    "accepted"
+                } else {
+                    "rejected"
+                },
                 if self.accepted { "a" } else { "no" },
             )));
         }

@@ -22,9 +22,9 @@ use tonic::Status;
 use crate::http::ClusterView;
 use crate::lease_manager::{FailOutcome, Refusal};
 use crate::run_manager::{RunError, RunManager, RunStatus};
-use automaldesc_common::run_spec::RunSpec;
 use crate::stage_manager::{Assignment, Completion, OutputRecord};
 use crate::workers::{Ending, Registration, Reported, Workers};
+use automaldesc_common::run_spec::RunSpec;
 
 mod control_service;
 mod wire;

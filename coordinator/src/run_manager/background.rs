@@ -20,9 +20,9 @@ use super::records::{from_json, run_key, stage_key, to_json};
 use super::run::summary_of;
 use super::submit::answer_fenced;
 use super::{now_ms, RunError, RunManager, RunPhase, RunStatus, StagePlan};
-use automaldesc_common::run_spec::{RunSpec, StageCatalog};
 use crate::stage_manager::StageManager;
 use crate::state::{Expect, StateStore};
+use automaldesc_common::run_spec::{RunSpec, StageCatalog};
 
 /// What a job reports back to the event loop (which knows the run each job works for).
 pub(super) enum Job {

@@ -15,9 +15,9 @@ use serde::Serialize;
 use super::records::{data, from_json, stage_key, stage_output_url, to_json, RunError, StagePlan};
 use crate::lease_manager::LeasePolicy;
 use crate::planner::{plan, plan_single, InputFile, PlanOptions};
-use automaldesc_common::run_spec::{RunSpec, SpecError, StageCatalog, StageInput};
 use crate::stage_manager::{read_commits, OutputRecord, StageSpec};
 use crate::state::{Expect, StateError, StateStore};
+use automaldesc_common::run_spec::{RunSpec, SpecError, StageCatalog, StageInput};
 
 /// Checks `spec` against what the workers can run: every stage's kind and config, and
 /// the schema of every dataset a stage reads by URL. A refusal names the stage and the

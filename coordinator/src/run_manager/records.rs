@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::lease_manager::StageCounts;
 use crate::planner::TaskPlan;
-use automaldesc_common::run_spec::SpecError;
 use crate::stage_manager::{StageError, StageTotals, Trouble};
 use crate::state::StateError;
+use automaldesc_common::run_spec::SpecError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

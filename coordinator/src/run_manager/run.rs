@@ -11,9 +11,9 @@ use super::planning::{stage_policy, stage_spec};
 use super::records::{from_json, placeholder_status, run_key, stage_key};
 use super::{RunError, RunPhase, RunRecord, RunStatus, StagePlan, StageSummary};
 use crate::lease_manager::{LeasePolicy, Stall};
-use automaldesc_common::run_spec::RunSpec;
 use crate::stage_manager::{StageError, StageManager};
 use crate::state::StateStore;
+use automaldesc_common::run_spec::RunSpec;
 
 pub(super) struct Run {
     pub(super) id: RunId,

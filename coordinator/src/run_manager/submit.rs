@@ -9,9 +9,9 @@ use super::planning::record_plan;
 use super::records::{check_id, from_json, run_key, to_json};
 use super::run::load_run;
 use super::{now_ms, RunError, RunManager, RunPhase, RunRecord, RunStatus, StagePlan};
-use automaldesc_common::run_spec::RunSpec;
 use crate::stage_manager::StageError;
 use crate::state::{Expect, StateError};
+use automaldesc_common::run_spec::RunSpec;
 
 impl RunManager {
     /// Starts a run. Submitting the same id with the same spec again is harmless (it

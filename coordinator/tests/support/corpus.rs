@@ -6,9 +6,9 @@ use std::sync::Arc;
 use automaldesc_common::parquet_io::{dataset_layout, read_dataset, write_dataset, WriterOptions};
 use automaldesc_common::schema::CorpusRow;
 use automaldesc_common::store::{child, open_store};
+use automaldesc_coordinator::planner::InputFile;
 use automaldesc_corpus::synth::SynthConfig;
 use automaldesc_corpus::synth_dataset::write_synth_corpus;
-use automaldesc_coordinator::planner::InputFile;
 use object_store::path::Path;
 use object_store::ObjectStore;
 

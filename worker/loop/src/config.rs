@@ -1,8 +1,8 @@
 //! The loop config: its keys, their defaults and checks, and where each iteration's stages
 //! sit in the run spec.
 
-use anyhow::Context;
 use crate::stages::defaults;
+use anyhow::Context;
 use automaldesc_runtime::train::lora::{LayerSet, LoraConfig};
 use automaldesc_runtime::train::TrainConfig;
 use serde::{Deserialize, Serialize};
@@ -211,9 +211,7 @@ impl AdapterConfig {
 }
 
 fn default_model() -> String {
-    defaults::model_path()
-        .display()
-        .to_string()
+    defaults::model_path().display().to_string()
 }
 fn default_iterations() -> u32 {
     2

@@ -10,10 +10,10 @@ use std::fmt::Write as _;
 use arrow::datatypes::DataType;
 
 use crate::eval;
-use automaldesc_common::manifest::Manifest;
 use crate::release::{ReleaseFormat, CHECKSUMS};
 use crate::report::{FunnelSummary, IterationReport};
 use crate::report_sections::{judge_and_classes_markdown, learning_markdown};
+use automaldesc_common::manifest::Manifest;
 use automaldesc_common::schema::{ArrowRow, RejectedRow, ReleaseRecord};
 use automaldesc_common::types::Language;
 

@@ -12,11 +12,11 @@ pub use charts::{grouped_bars_svg, hbar_svg};
 
 use crate::eval::{self, Comparison, Evaluation};
 use crate::filter::Funnel;
-use automaldesc_common::schema::FunnelReason;
 use crate::report_sections::{
     judge_and_classes_markdown, learning_markdown, mcnemar_power_note, LabelScores, PromptSummary,
     TrainingSummary,
 };
+use automaldesc_common::schema::FunnelReason;
 
 /// What the filter did to one iteration's unlabelled corpus.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

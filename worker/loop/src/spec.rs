@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use automaldesc_runtime::prompt::PromptStyle;
 use crate::stages::aggregate::AggregateConfig;
 use crate::stages::defaults;
 use crate::stages::filter::FilterConfig;
@@ -12,11 +11,12 @@ use crate::stages::judge::JudgeConfig;
 use crate::stages::judge_train::JudgeTrainConfig;
 use crate::stages::report::ReportConfig;
 use crate::stages::train::TrainStageConfig;
-use automaldesc_runtime::train::lora::LayerSet;
 use anyhow::Context;
 use automaldesc_common::parquet_io::read_dataset;
 use automaldesc_common::schema::LabelledRow;
 use automaldesc_common::store::{block_on, open_object};
+use automaldesc_runtime::prompt::PromptStyle;
+use automaldesc_runtime::train::lora::LayerSet;
 use serde::Serialize;
 
 use crate::config::{LoopConfig, BASE_EVALUATE, BASE_REPORT, JUDGE_TRAIN};

@@ -7,13 +7,13 @@ use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use automaldesc_common::executor::{Executor, TaskInput};
 use automaldesc_common::manifest::Manifest;
 use automaldesc_common::parquet_io::{dataset_layout, read_dataset, write_dataset, WriterOptions};
-use automaldesc_loop::report::FunnelSummary;
 use automaldesc_common::schema::{CorpusRow, DecisionRow, FunnelReason, LabelledRow, RejectedRow};
 use automaldesc_common::store::{block_on, child, open_store};
 use automaldesc_common::{Label, Language};
-use automaldesc_common::executor::{Executor, TaskInput};
+use automaldesc_loop::report::FunnelSummary;
 use automaldesc_loop::stages::aggregate::AggregateExecutor;
 
 fn script(i: u32) -> CorpusRow {
@@ -153,22 +153,10 @@ fn every_script_is_accepted_or_rejected_once_and_the_files_agree() {
             "ok",
             vec![
                 accepted(&c[0]),
-                rejected(
-                    &c[1],
-                    FunnelReason::Truncated,
-                    "sample 0 cut at 512 tokens",
-                ),
-                rejected(
-                    &c[2],
-                    FunnelReason::LabelDisagreement,
-                    "labels 0,1,1",
-                ),
+                rejected(&c[1], FunnelReason::Truncated, "sample 0 cut at 512 tokens"),
+                rejected(&c[2], FunnelReason::LabelDisagreement, "labels 0,1,1"),
                 // Script 2 occurs twice in the corpus and is decided twice, alike.
-                rejected(
-                    &c[2],
-                    FunnelReason::LabelDisagreement,
-                    "labels 0,1,1",
-                ),
+                rejected(&c[2], FunnelReason::LabelDisagreement, "labels 0,1,1"),
             ],
         )
         .unwrap();
@@ -262,7 +250,11 @@ fn untrustworthy_decisions_fail_the_task() {
         "conflict",
         vec![
             accepted(&c[0]),
-            rejected(&c[0], FunnelReason::JudgeDisagreement, "the judge disagreed"),
+            rejected(
+                &c[0],
+                FunnelReason::JudgeDisagreement,
+                "the judge disagreed",
+            ),
             accepted(&c[1]),
         ],
     );
@@ -280,5 +272,8 @@ fn untrustworthy_decisions_fail_the_task() {
         ],
     );
     let err = unexplained.unwrap_err();
-    assert!(err.contains("rejected but has no rejection reason"), "{err}");
+    assert!(
+        err.contains("rejected but has no rejection reason"),
+        "{err}"
+    );
 }

@@ -14,11 +14,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use automaldesc_common::fault::TaskError;
 use crate::filter::Funnel;
+use crate::report::FunnelSummary;
+use automaldesc_common::fault::TaskError;
 use automaldesc_common::manifest::Manifest;
 use automaldesc_common::parquet_io::{read_dataset, WriterOptions};
-use crate::report::FunnelSummary;
 use automaldesc_common::schema::{CorpusRow, DecisionRow, LabelledRow, RejectedRow};
 use automaldesc_common::store::{block_on, open_object};
 use serde::{Deserialize, Serialize};

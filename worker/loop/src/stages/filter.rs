@@ -2,8 +2,8 @@
 //! kept answer of an accepted script, or the stage and reason that rejected it. The rules
 //! and the choice of summary are those of [`crate::filter`].
 
-use automaldesc_common::fault::TaskError;
 use crate::filter::{after_judge, before_judge, Rejection};
+use automaldesc_common::fault::TaskError;
 use automaldesc_common::parquet_io::WriterOptions;
 use automaldesc_common::schema::{AnswersRow, DecisionRow, JudgeVerdict};
 use serde::{Deserialize, Serialize};

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     adapter_of, config, model, model_path, read_task, refs, write_rows, ModelKey, StageResult,
 };
-use automaldesc_runtime::annotate::{annotate, AnnotateOptions};
 use automaldesc_common::executor::{Executor, TaskInput, TaskOutput};
+use automaldesc_runtime::annotate::{annotate, AnnotateOptions};
 use automaldesc_runtime::generate::{EarlyStop, PrefillReuse};
 use automaldesc_runtime::runtime::Annotator;
 use automaldesc_runtime::train::lora::LayerSet;

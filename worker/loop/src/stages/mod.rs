@@ -429,7 +429,9 @@ fn prefill_store_bytes() -> StageResult<u64> {
 /// The worker-local store of prompts' prefill states that generate stages share (see
 /// `state_store`): V1's and V2's evaluations read what the base model's left. Entries are
 /// keyed by the base model's content hash, apart from the training prefix's.
-pub(crate) fn prefill_store(model_sha256: &str) -> StageResult<automaldesc_runtime::state_store::StateStore> {
+pub(crate) fn prefill_store(
+    model_sha256: &str,
+) -> StageResult<automaldesc_runtime::state_store::StateStore> {
     Ok(automaldesc_runtime::state_store::StateStore::new(
         &std::env::temp_dir().join("automaldesc-prefill"),
         &format!("{model_sha256}:prefill"),

@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::eval::{self, parse_response, Answers, Reference};
-use crate::report::{
-    FunnelSummary, HistoryPoint, IterationReport, JudgeCheck, Preference,
-};
+use crate::report::{FunnelSummary, HistoryPoint, IterationReport, JudgeCheck, Preference};
 use crate::report_sections::{LabelScores, PromptSummary, TrainingSummary};
 use automaldesc_common::schema::{AnswersRow, LabelledRow};
 use automaldesc_common::Label;
@@ -20,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::judge::{choice_probs_after, first_tokens, judge_summary};
 use super::{config, model, model_path, read_task, refs, write_file, ModelKey, StageRef};
 use automaldesc_common::executor::{Executor, TaskInput, TaskOutput};
+use automaldesc_common::telemetry::Telemetry;
 use automaldesc_runtime::prompt;
 use automaldesc_runtime::runtime::Annotator;
-use automaldesc_common::telemetry::Telemetry;
 use automaldesc_runtime::train::data::cut_summary;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
