@@ -214,7 +214,8 @@ impl Executor for AggregateExecutor {
             rejected,
             WriterOptions::default(),
         )?);
-        let funnel_json = serde_json::to_vec_pretty(&summary).map_err(|e| e.to_string())?;
+        let funnel_json =
+            serde_json::to_vec_pretty(&summary).map_err(|e| TaskError::internal(e.to_string()))?;
         files.push(write_file(task, "funnel.json", funnel_json)?);
         let counts: BTreeMap<String, u64> = [
             ("unlabelled", summary.unlabelled),

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{config, model_path, read_task, write_file};
 use automaldesc_common::executor::{Executor, TaskInput, TaskOutput};
+use automaldesc_common::fault::TaskError;
 use automaldesc_runtime::train::data::{prepare, Budget, Labelled};
 use automaldesc_runtime::train::fit::Trainer;
 use automaldesc_runtime::train::metrics::threshold_bias;
@@ -71,9 +72,9 @@ impl Executor for TrainExecutor {
         let items = labels
             .iter()
             .map(|l| {
-                let script = by_sha
-                    .get(l.sha256.as_str())
-                    .ok_or_else(|| format!("train: label {} has no script", l.sha256))?;
+                let script = by_sha.get(l.sha256.as_str()).ok_or_else(|| {
+                    TaskError::invalid(format!("train: label {} has no script", l.sha256))
+                })?;
                 Ok(Labelled {
                     sha256: &l.sha256,
                     script: &script.content,
@@ -82,9 +83,9 @@ impl Executor for TrainExecutor {
                     summary: &l.summary,
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, TaskError>>()?;
         let data = prepare(&trainer.annotator, &items, budget, cfg.val_fraction)
-            .map_err(|e| format!("train: {e}"))?;
+            .map_err(|e| TaskError::invalid(format!("train: {e}")))?;
         let key = automaldesc_common::sha256_hex(
             format!("{}|{:?}|{}", task.input_root, task.ranges, task.config_json).as_bytes(),
         );
@@ -106,7 +107,7 @@ impl Executor for TrainExecutor {
                 &[&data.train, &data.val],
                 Some(&ckpt.join("prefix")),
             )
-            .map_err(|e| format!("train: {e}"))?;
+            .map_err(|e| TaskError::invalid(format!("train: {e}")))?;
         let cancel = task.cancel.clone();
         let run = TrainData {
             train: &data.train,
@@ -145,7 +146,7 @@ impl Executor for TrainExecutor {
             },
         )
         .map_err(|e| format!("train: {e}"))?
-        .ok_or_else(|| automaldesc_common::fault::TaskError::cancelled("train: cancelled"))?;
+        .ok_or_else(|| TaskError::cancelled("train: cancelled"))?;
         let annotator = &trainer.annotator;
         let set_sha256 = automaldesc_common::sha256_hex(data.train_shas.join("\n").as_bytes());
         let epochs = trained.epochs_from_one();
@@ -162,9 +163,10 @@ impl Executor for TrainExecutor {
         });
         std::fs::write(
             local.join(CALIBRATION_FILE),
-            serde_json::to_vec_pretty(&calibration).map_err(|e| e.to_string())?,
+            serde_json::to_vec_pretty(&calibration)
+                .map_err(|e| TaskError::internal(e.to_string()))?,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| TaskError::transient(format!("writing {CALIBRATION_FILE}: {e}")))?;
         let mut files = super::write_adapter_dir(task, &local)?;
         let lineage = serde_json::json!({
             "base_model": annotator.model_id,
@@ -188,9 +190,11 @@ impl Executor for TrainExecutor {
             "stopped_early": trained.stopped_early,
             "seconds": started.elapsed().as_secs_f64(),
         });
-        let lineage = serde_json::to_vec_pretty(&lineage).map_err(|e| e.to_string())?;
+        let lineage =
+            serde_json::to_vec_pretty(&lineage).map_err(|e| TaskError::internal(e.to_string()))?;
         files.push(write_file(task, "lineage.json", lineage)?);
-        let shas_json = serde_json::to_vec(&data.train_shas).map_err(|e| e.to_string())?;
+        let shas_json =
+            serde_json::to_vec(&data.train_shas).map_err(|e| TaskError::internal(e.to_string()))?;
         files.push(write_file(task, "training_set.json", shas_json)?);
         // The outputs are written; a later attempt would train from scratch on purpose.
         let _ = std::fs::remove_dir_all(&ckpt);
