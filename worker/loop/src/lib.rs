@@ -5,7 +5,8 @@
 //! - `stages`: the stage executors (train, generate, judge, judge-train, filter,
 //!   aggregate, report), each with its typed config; `stages::defaults` holds the one value
 //!   of each default, `stages::catalog` checks a run's stage configs at submit.
-//! - `filter`: the published filter funnel and its reason codes.
+//! - `filter`: the published filter funnel (its reasons are
+//!   `automaldesc_common::schema::FunnelReason`, stored as a dictionary column).
 //! - `eval`: scoring answers against references (accuracies, confusion, summary BLEU /
 //!   chrF / ROUGE-L, McNemar).
 //! - `report` (with `report_sections`): the per-iteration report, Markdown, JSON and SVG.
