@@ -1,9 +1,9 @@
 //! The `automaldesc` binary's commands, over the service and runtime crates.
 //!
 //! - The self-training loop on one machine (`loop_cmd`: reads the loop config and submits
-//!   the run spec that `automaldesc-loop` builds from it, with the progress line) and the cluster roles (`cluster_cmd`: `local`,
-//!   `coordinator`, `worker`, and the clients `submit`, `status`, `cancel`,
-//!   `retry-quarantined` in `control_cmd`).
+//!   the run spec that `automaldesc-loop` builds from it, with the progress line) and the
+//!   cluster roles (`cluster_cmd`: `local`, `coordinator`, `worker`, and the clients
+//!   `submit`, `status`, `cancel`, `retry-quarantined` in `control_cmd`).
 //! - The model commands: `annotate`, `train` (with `bench train`), `eval` and `mcnemar`
 //!   (`eval_cmd`, over `labelled_split`), and the model and sampling arguments they share
 //!   (`model_args`, `device`).
