@@ -198,7 +198,7 @@ pub fn read_references(spec: &str) -> anyhow::Result<Vec<Reference>> {
             parse_release_parquet(data.into()).with_context(|| format!("reading {spec}"))?
         }
         _ => {
-            let labels = crate::labelled_split::read_labels(spec, None).with_context(|| {
+            let labels = automaldesc_loop::spec::read_labels(spec, None).with_context(|| {
                 format!("{spec} is neither .jsonl/.parquet nor a labelled split")
             })?;
             return Ok(labels

@@ -8,7 +8,7 @@ use anyhow::Context;
 use automaldesc_common::parquet_io::read_dataset;
 use automaldesc_common::schema::{CorpusRow, LabelledRow};
 use automaldesc_common::store::{block_on, open_object};
-pub use automaldesc_loop::spec::read_labels;
+use automaldesc_loop::spec::read_labels;
 use automaldesc_runtime::annotate::ScriptAnnotation;
 
 /// Scripts as (sha256, bytes).

@@ -40,9 +40,7 @@ use automaldesc_coordinator::state::EmbeddedStore;
 #[cfg(test)]
 mod tests;
 
-pub use automaldesc_loop::config::{
-    AdapterConfig, IterationStages, LoopConfig, BASE_EVALUATE, BASE_REPORT, JUDGE_TRAIN,
-};
+use automaldesc_loop::config::{LoopConfig, BASE_REPORT};
 
 #[derive(Args, Debug)]
 pub struct LoopArgs {

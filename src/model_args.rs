@@ -1,6 +1,6 @@
 //! The arguments every command that loads the model, or samples from it, shares through
 //! `#[command(flatten)]`, each with one default (the sampling ones from
-//! `worker::stages::defaults`, which the loop and the stage configs use too).
+//! `automaldesc_loop::stages::defaults`, which the loop and the stage configs use too).
 
 use std::path::PathBuf;
 
@@ -19,11 +19,9 @@ pub struct ModelArg {
 impl ModelArg {
     /// `--model`, else the default model.
     pub fn path(&self) -> PathBuf {
-        self.model.clone().unwrap_or_else(default_model_path)
+        self.model.clone().unwrap_or_else(defaults::model_path)
     }
 }
-
-pub use automaldesc_loop::stages::defaults::model_path as default_model_path;
 
 /// How answers are sampled.
 #[derive(Args, Clone, Debug)]

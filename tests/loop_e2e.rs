@@ -12,13 +12,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use automaldesc::loop_cmd::LoopConfig;
 use automaldesc_common::ids::RunId;
 use automaldesc_common::parquet_io::read_dataset;
 use automaldesc_common::schema::{CorpusRow, LabelledRow, RejectedRow};
 use automaldesc_common::store::{child, open_store};
 use automaldesc_coordinator::stage_manager::read_commits;
 use automaldesc_coordinator::state::EmbeddedStore;
+use automaldesc_loop::config::LoopConfig;
 use automaldesc_loop::report::{FunnelSummary, IterationReport};
 use automaldesc_proto::v1;
 use object_store::path::Path as ObjectPath;

@@ -259,8 +259,8 @@ fn stored_names(batch: &RecordBatch, name: &str, row: usize) -> Vec<String> {
         .collect()
 }
 
-/// Column `name` of `batch` rewritten as a list of dictionary values whose dictionary is
-/// `names`, with row `row`'s items replaced by `bad`.
+/// Column `name` of `batch` rebuilt as a list of dictionary values (the builder's own
+/// dictionary order), with row `row`'s items replaced by `bad`.
 fn with_bad_item(batch: &RecordBatch, name: &str, row: usize, bad: &str) -> RecordBatch {
     let mut b = ListBuilder::new(StringDictionaryBuilder::<Int8Type>::new());
     for r in 0..batch.num_rows() {

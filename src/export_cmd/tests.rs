@@ -1,5 +1,5 @@
 use super::*;
-use crate::loop_cmd::LoopConfig;
+use automaldesc_loop::config::LoopConfig;
 
 fn loop_spec(iterations: u32) -> RunSpec {
     let cfg = LoopConfig::from_toml(&format!(

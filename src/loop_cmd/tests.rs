@@ -1,6 +1,6 @@
 use super::*;
 use automaldesc_common::run_spec::{RunSpec, StageInput};
-use automaldesc_loop::config::FIRST_ITERATION;
+use automaldesc_loop::config::{BASE_EVALUATE, FIRST_ITERATION, JUDGE_TRAIN};
 use automaldesc_loop::stages::defaults;
 use automaldesc_loop::stages::generate::GenerateConfig;
 use automaldesc_loop::stages::train::TrainStageConfig;
